@@ -1,0 +1,619 @@
+#!/usr/bin/env bash
+# benches/load.sh — loopback load benchmark: licensegate vs nginx vs HAProxy.
+#
+# Usage (from anywhere; paths are resolved relative to the repository root):
+#
+#   benches/load.sh
+#   SKIP_BUILD=1 ROUNDS=1 DURATION=2 benches/load.sh
+#   WORKERS=2 CONNECTIONS=128 DURATION=10 ROUNDS=5 benches/load.sh
+#
+# What it measures
+#   A trivial upstream (nginx, 1 worker, `return 200 "ok\n"`, keep-alive on,
+#   access_log off) is put behind each reverse proxy in turn, and wrk drives
+#   the same plain HTTP/1.1 keep-alive GET load at each target:
+#     1. direct       wrk -> upstream (no proxy; reference only)
+#     2. licensegate  wrk -> licensegate -> upstream
+#     3. nginx        wrk -> nginx proxy_pass (upstream keepalive 64) -> upstream
+#     4. haproxy      wrk -> HAProxy (mode http, http-reuse always) -> upstream
+#                     (skipped with a note when HAProxy cannot be installed)
+#   Every proxy gets the same worker/thread budget (WORKERS): licensegate
+#   --workers, nginx worker_processes, HAProxy nbthread. All servers are started
+#   once up front and kept running; after a 1 s warm-up per target, ROUNDS
+#   rounds run every target once each, in the order above (alternating, so
+#   slow drift such as thermal throttling or noisy neighbours hits all targets
+#   alike). The report is the median over rounds of req/s, p50 and p99 latency
+#   (the p50/p99 shown are medians of the per-round wrk percentiles), the ratio
+#   licensegate req/s / target req/s, and licensegate's resident memory:
+#   idle (VmRSS right after readiness, before any load) and peak (VmHWM after
+#   all runs).
+#
+#   A Markdown table goes to stdout; progress and logs go to stderr. A JSON
+#   file with every round's raw figures and the medians is written to OUT_JSON.
+#
+# Environment
+#   WORKERS      worker threads/processes for every proxy under test (default 1)
+#   ROUNDS       measured rounds (default 3)
+#   DURATION     seconds per wrk run (default 5)
+#   CONNECTIONS  wrk connections, always with one wrk thread (default 64)
+#   SKIP_BUILD   1 = do not run `cargo build --release` first (default 0)
+#   BIN          licensegate binary (default <repo>/target/release/licensegate);
+#                called as: BIN run --listen A --upstream URL --admin A --workers N
+#   PIN          1 = pin with taskset: wrk on CPU 0, the proxy under test on
+#                CPU 1 (CPUs 1..WORKERS when WORKERS > 1). Default 1 when
+#                taskset exists, nproc >= 2 and WORKERS = 1; otherwise 0.
+#   OUT_JSON     JSON output path (default <repo>/target/bench/load.json)
+#   UPSTREAM_CPUS  taskset CPU list for the upstream nginx when PIN=1 (default:
+#                a spare core if there is one, else CPU 0, shared with wrk)
+#   RUST_LOG     passed to licensegate (default "warn": no per-request logging)
+#   LG_EXTRA_ARGS  extra arguments appended to the licensegate command line
+#   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
+#
+# Requirements: wrk, nginx, curl, python3 (and optionally haproxy, taskset).
+# Missing packages are installed with apt-get (wrk, nginx-light or nginx,
+# haproxy, curl, python3), after a single `apt-get update`.
+#
+# Everything listens on 127.0.0.1 only, on ports the kernel reports free.
+# nginx and HAProxy run as foreground children of this script with configs,
+# pid files and logs in a private temp dir (never the system services), and
+# every background process is killed on exit, including on Ctrl-C.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+# nginx and haproxy live in /usr/sbin, which is not on every user's PATH.
+PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+export PATH
+
+WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNECTIONS=${CONNECTIONS:-64}
+SKIP_BUILD=${SKIP_BUILD:-0}
+BIN=${BIN:-$ROOT/target/release/licensegate}
+OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
+KEEP_TMP=${KEEP_TMP:-0}
+LG_RUST_LOG=${RUST_LOG:-warn}
+WARMUP_SECONDS=1
+READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
+READY_SLEEP=0.05
+
+log() { printf '[load.sh] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for var in WORKERS ROUNDS DURATION CONNECTIONS; do
+    [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer (got '${!var}')"
+done
+
+# --------------------------------------------------------------------------
+# Processes, temp dir and cleanup
+# --------------------------------------------------------------------------
+PIDS=()          # background processes we started (servers, wrk)
+POLICY_RC_D=""   # set while a temporary policy-rc.d blocks service starts
+TMP=""
+
+children_of() {
+    if command -v pgrep >/dev/null 2>&1; then
+        pgrep -P "$1" 2>/dev/null || true
+    else
+        cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d' || true
+    fi
+}
+
+descendants_of() {
+    local p c
+    for p in "$@"; do
+        for c in $(children_of "$p"); do
+            printf '%s\n' "$c"
+            descendants_of "$c"
+        done
+    done
+}
+
+forget_pid() {
+    local p keep=()
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+stop_all() {
+    ((${#PIDS[@]})) || return 0
+    local all=() alive p
+    # Collect the whole tree (e.g. nginx workers) before signalling, so that
+    # nothing is orphaned even if a master dies first.
+    mapfile -t all < <(printf '%s\n' "${PIDS[@]}"; descendants_of "${PIDS[@]}")
+    kill -TERM "${all[@]}" 2>/dev/null || true
+    for _ in $(seq 1 60); do
+        alive=0
+        for p in "${all[@]}"; do
+            if kill -0 "$p" 2>/dev/null; then alive=1; break; fi
+        done
+        ((alive)) || break
+        sleep 0.05
+    done
+    kill -KILL "${all[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if [[ -n $POLICY_RC_D ]]; then rm -f -- "$POLICY_RC_D"; fi
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 ]]; then log "kept temp dir $TMP"; else rm -rf -- "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Start "$@" in the background, output to $1; sets LAST_PID.
+LAST_PID=""
+start_bg() {
+    local logf=$1
+    shift
+    "$@" >"$logf" 2>&1 </dev/null &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# --------------------------------------------------------------------------
+# Dependencies
+# --------------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || return 1
+        sudo=(sudo)
+    fi
+    if ((!APT_UPDATED)); then
+        log "apt-get update"
+        "${sudo[@]}" apt-get update -qq >&2 || return 1
+        APT_UPDATED=1
+    fi
+    # Debian's nginx/haproxy packages start their system service on install;
+    # we never use it, so block that with a temporary policy-rc.d if none exists.
+    if [[ $EUID -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+        POLICY_RC_D=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC_D"
+        chmod 755 "$POLICY_RC_D"
+    fi
+    log "apt-get install $*"
+    local rc=0
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
+    if [[ -n $POLICY_RC_D ]]; then
+        rm -f -- "$POLICY_RC_D"
+        POLICY_RC_D=""
+    fi
+    return "$rc"
+}
+
+ensure_tools() {
+    local t missing=()
+    for t in wrk nginx curl python3 haproxy; do
+        command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+    done
+    ((${#missing[@]})) || return 0
+    log "missing: ${missing[*]}"
+    for t in "${missing[@]}"; do
+        case $t in
+            nginx) apt_install nginx-light || apt_install nginx || true ;;
+            *) apt_install "$t" || true ;;
+        esac
+    done
+    for t in wrk nginx curl python3; do
+        command -v "$t" >/dev/null 2>&1 || die "$t is required and could not be installed"
+    done
+}
+
+ensure_tools
+HAVE_HAPROXY=0
+if command -v haproxy >/dev/null 2>&1; then HAVE_HAPROXY=1; fi
+
+# --------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release (set SKIP_BUILD=1 to skip)"
+    (cd "$ROOT" && cargo build --release) >&2
+fi
+[[ -x $BIN ]] || die "licensegate binary not found or not executable: $BIN (build it, or set BIN=...)"
+
+# --------------------------------------------------------------------------
+# Setup: temp dir, ports, CPU pinning
+# --------------------------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/licensegate-load.XXXXXX")
+# nginx started as root runs its workers as "nobody": let them traverse.
+chmod 755 "$TMP"
+mkdir -p "$TMP/wrk"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_ports() {
+    # Bind all sockets at once so the kernel hands out distinct ports.
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+PY
+}
+PORTS=$(free_ports 5)
+read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT <<<"$PORTS"
+[[ -n $HAP_PORT ]] || die "could not pick free loopback ports"
+
+NPROC=$(nproc)
+if [[ -z ${PIN:-} ]]; then
+    if ((NPROC >= 2 && WORKERS == 1)) && command -v taskset >/dev/null 2>&1; then PIN=1; else PIN=0; fi
+fi
+if [[ $PIN == 1 ]] && ! command -v taskset >/dev/null 2>&1; then
+    log "PIN=1 but taskset is missing; not pinning"
+    PIN=0
+fi
+if [[ $PIN == 1 ]] && ((NPROC < WORKERS + 1)); then
+    log "PIN=1 needs at least WORKERS+1=$((WORKERS + 1)) CPUs (have $NPROC); not pinning"
+    PIN=0
+fi
+WRK_PFX=()
+PROXY_PFX=()
+UP_PFX=()
+PIN_DESC="off"
+if [[ $PIN == 1 ]]; then
+    WRK_CPUS=0
+    if ((WORKERS == 1)); then PROXY_CPUS=1; else PROXY_CPUS="1-$WORKERS"; fi
+    # The upstream gets a core of its own only when there is one to spare.
+    # Otherwise (e.g. 2 cores) it shares CPU 0 with wrk: that leaves the proxy
+    # under test a dedicated core, identical for every proxy, at the price of
+    # load generator and upstream competing for CPU 0 — so the "direct" row is
+    # a reference point, not an upper bound for what the proxies could reach.
+    if ((NPROC >= WORKERS + 2)); then UP_CPUS=$((WORKERS + 1)); else UP_CPUS=0; fi
+    UP_CPUS=${UPSTREAM_CPUS:-$UP_CPUS}
+    WRK_PFX=(taskset -c "$WRK_CPUS")
+    PROXY_PFX=(taskset -c "$PROXY_CPUS")
+    UP_PFX=(taskset -c "$UP_CPUS")
+    PIN_DESC="wrk CPU $WRK_CPUS, proxy CPU $PROXY_CPUS, upstream CPU $UP_CPUS"
+fi
+# Other load on the machine skews everything; record it for the report.
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "workers=$WORKERS rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS pin: $PIN_DESC"
+
+# Render a template: render TEMPLATE OUT KEY=VALUE... (replaces @KEY@).
+render() {
+    local tmpl=$1 out=$2 kv
+    shift 2
+    local expr=()
+    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${expr[@]}" "$tmpl" >"$out"
+    if grep -q '@[A-Z_]*@' "$out"; then die "unrendered placeholder left in $out"; fi
+}
+
+# Poll URL until it answers 2xx; fail early if PID died. Bounded.
+wait_http() {
+    local url=$1 pid=$2 i
+    for ((i = 0; i < READY_TRIES; i++)); do
+        if curl -sf -o /dev/null --max-time 1 "$url"; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep "$READY_SLEEP"
+    done
+    return 1
+}
+
+dump_log() {
+    local f
+    for f in "$@"; do
+        [[ -s $f ]] || continue
+        log "---- $f"
+        sed 's/^/    /' "$f" >&2
+    done
+}
+
+rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+META="$TMP/meta"
+: >"$META"
+meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
+
+declare -A URL=()
+TARGETS=()
+
+# --------------------------------------------------------------------------
+# Start servers (once; they stay up across all rounds)
+# --------------------------------------------------------------------------
+# 1. upstream
+mkdir "$TMP/upstream"
+render "$SCRIPT_DIR/nginx-upstream.conf.tmpl" "$TMP/upstream/nginx.conf" \
+    DIR="$TMP/upstream" PORT="$UP_PORT"
+start_bg "$TMP/upstream/stdout.log" "${UP_PFX[@]}" \
+    nginx -p "$TMP/upstream/" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf"
+UP_PID=$LAST_PID
+if ! wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID"; then
+    dump_log "$TMP/upstream/stdout.log" "$TMP/upstream/error.log"
+    die "upstream nginx did not come up on 127.0.0.1:$UP_PORT"
+fi
+URL[direct]="http://127.0.0.1:$UP_PORT/"
+TARGETS+=(direct)
+log "upstream nginx ready on 127.0.0.1:$UP_PORT"
+
+# 2. licensegate
+mkdir "$TMP/licensegate"
+LG_EXTRA=()
+if [[ -n ${LG_EXTRA_ARGS:-} ]]; then read -r -a LG_EXTRA <<<"$LG_EXTRA_ARGS"; fi
+LG_LOG="$TMP/licensegate/licensegate.log"
+start_bg "$LG_LOG" env RUST_LOG="$LG_RUST_LOG" "${PROXY_PFX[@]}" "$BIN" run \
+    --listen "127.0.0.1:$LG_PORT" \
+    --upstream "http://127.0.0.1:$UP_PORT" \
+    --admin "127.0.0.1:$LG_ADMIN_PORT" \
+    --workers "$WORKERS" \
+    "${LG_EXTRA[@]}"
+LG_PID=$LAST_PID # env and taskset exec, so this is licensegate itself
+if ! wait_http "http://127.0.0.1:$LG_ADMIN_PORT/readyz" "$LG_PID"; then
+    log "licensegate did not become ready (GET http://127.0.0.1:$LG_ADMIN_PORT/readyz); its log:"
+    dump_log "$LG_LOG"
+    exit 1
+fi
+LG_RSS_IDLE_KB=$(rss_kb "$LG_PID" VmRSS)
+meta lg_rss_idle_kb "$LG_RSS_IDLE_KB"
+URL[licensegate]="http://127.0.0.1:$LG_PORT/"
+TARGETS+=(licensegate)
+log "licensegate ready on 127.0.0.1:$LG_PORT (admin $LG_ADMIN_PORT), idle RSS ${LG_RSS_IDLE_KB} kB"
+
+# 3. nginx reverse proxy
+mkdir "$TMP/nginx"
+render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
+    DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+start_bg "$TMP/nginx/stdout.log" "${PROXY_PFX[@]}" \
+    nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
+if ! wait_http "http://127.0.0.1:$NGX_PORT/" "$LAST_PID"; then
+    dump_log "$TMP/nginx/stdout.log" "$TMP/nginx/error.log"
+    die "nginx proxy did not come up on 127.0.0.1:$NGX_PORT"
+fi
+URL[nginx]="http://127.0.0.1:$NGX_PORT/"
+TARGETS+=(nginx)
+meta nginx_version "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+log "nginx proxy ready on 127.0.0.1:$NGX_PORT"
+
+# 4. HAProxy (optional)
+if ((HAVE_HAPROXY)); then
+    mkdir "$TMP/haproxy"
+    render "$SCRIPT_DIR/haproxy.cfg.tmpl" "$TMP/haproxy/haproxy.cfg" \
+        PORT="$HAP_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+    start_bg "$TMP/haproxy/haproxy.log" "${PROXY_PFX[@]}" \
+        haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+    HAP_PID=$LAST_PID
+    if wait_http "http://127.0.0.1:$HAP_PORT/" "$HAP_PID"; then
+        URL[haproxy]="http://127.0.0.1:$HAP_PORT/"
+        TARGETS+=(haproxy)
+        meta haproxy_version "$(haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')"
+        log "haproxy ready on 127.0.0.1:$HAP_PORT"
+    else
+        dump_log "$TMP/haproxy/haproxy.log"
+        log "haproxy did not come up; skipping it"
+        kill -TERM "$HAP_PID" 2>/dev/null || true
+        meta skipped_haproxy "failed to start (see stderr)"
+    fi
+else
+    log "haproxy not available; skipping it"
+    meta skipped_haproxy "not installed and could not be installed"
+fi
+
+# Sanity: every target must answer 200 before it is measured; a non-200 (e.g.
+# a licence rejection) would make its req/s meaningless, so warn loudly.
+for t in "${TARGETS[@]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${URL[$t]}" || true)
+    if [[ $code != 200 ]]; then
+        log "WARNING: $t answered HTTP $code to GET ${URL[$t]} (expected 200)"
+    fi
+    meta "probe_status_$t" "$code"
+done
+
+# --------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------
+# run_wrk TARGET SECONDS OUTFILE: one wrk thread, fixed duration.
+run_wrk() {
+    local url=${URL[$1]} secs=$2 out=$3 rc=0 pid
+    start_bg "$out" "${WRK_PFX[@]}" \
+        wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "$url"
+    pid=$LAST_PID
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    if ((rc != 0)) || ! grep -q '^Requests/sec:' "$out"; then
+        dump_log "$out"
+        die "wrk against $1 ($url) failed (exit $rc)"
+    fi
+}
+
+check_licensegate_alive() {
+    if ! kill -0 "$LG_PID" 2>/dev/null; then
+        log "licensegate (pid $LG_PID) exited during the benchmark; its log:"
+        dump_log "$LG_LOG"
+        exit 1
+    fi
+}
+
+log "warm-up: ${WARMUP_SECONDS}s per target"
+for t in "${TARGETS[@]}"; do
+    run_wrk "$t" "$WARMUP_SECONDS" "$TMP/wrk/warmup.$t.txt"
+done
+check_licensegate_alive
+
+MANIFEST="$TMP/manifest.tsv"
+: >"$MANIFEST"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TARGETS[@]}"; do
+        out="$TMP/wrk/round$r.$t.txt"
+        sleep 0.5 # let the previous run's connections close
+        run_wrk "$t" "$DURATION" "$out"
+        [[ $t != licensegate ]] || check_licensegate_alive
+        printf '%s\t%s\t%s\n' "$t" "$r" "$out" >>"$MANIFEST"
+        log "round $r/$ROUNDS $(printf '%-12s' "$t") $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s"
+    done
+done
+check_licensegate_alive
+LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
+meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+meta workers "$WORKERS"
+meta rounds "$ROUNDS"
+meta duration_s "$DURATION"
+meta connections "$CONNECTIONS"
+meta wrk_threads 1
+meta pin "$PIN"
+meta pin_desc "$PIN_DESC"
+meta nproc "$NPROC"
+meta licensegate_bin "$BIN"
+meta git_rev "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+meta loadavg_start "$LOADAVG_START"
+
+mkdir -p -- "$(dirname -- "$OUT_JSON")"
+python3 - "$MANIFEST" "$META" "$OUT_JSON" <<'PY'
+import json
+import re
+import statistics
+import sys
+
+manifest_path, meta_path, out_json = sys.argv[1:4]
+
+meta = {}
+with open(meta_path) as f:
+    for line in f:
+        key, _, value = line.rstrip("\n").partition("=")
+        meta[key] = value
+
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(token):
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h)", token)
+    if not m:
+        raise SystemExit(f"cannot parse wrk latency {token!r}")
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(path):
+    with open(path) as f:
+        text = f.read()
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    if not rps:
+        raise SystemExit(f"no 'Requests/sec:' in {path}:\n{text}")
+    pct = {p: to_ms(v) for p, v in
+           re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.M)}
+    for p in ("50", "99"):
+        if p not in pct:
+            raise SystemExit(f"no {p}% latency in {path} (was --latency passed?):\n{text}")
+    total = re.search(r"^\s*(\d+) requests in", text, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {
+        "requests_per_sec": float(rps.group(1)),
+        "p50_ms": pct["50"],
+        "p75_ms": pct.get("75"),
+        "p90_ms": pct.get("90"),
+        "p99_ms": pct["99"],
+        "requests": int(total.group(1)) if total else None,
+        "non_2xx_3xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
+                                  map(int, sock.groups()))) if sock else
+                         {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+    }
+
+
+targets = {}
+with open(manifest_path) as f:
+    for line in f:
+        name, rnd, path = line.rstrip("\n").split("\t")
+        fig = parse_wrk(path)
+        fig["round"] = int(rnd)
+        targets.setdefault(name, {"rounds": []})["rounds"].append(fig)
+
+for t in targets.values():
+    rs = t["rounds"]
+    t["median"] = {k: statistics.median(r[k] for r in rs)
+                   for k in ("requests_per_sec", "p50_ms", "p99_ms")}
+    t["errors"] = {
+        "non_2xx_3xx": sum(r["non_2xx_3xx"] for r in rs),
+        "socket_errors": sum(sum(r["socket_errors"].values()) for r in rs),
+    }
+
+lg = targets.get("licensegate")
+lg_rps = lg["median"]["requests_per_sec"] if lg else None
+for t in targets.values():
+    rps = t["median"]["requests_per_sec"]
+    t["licensegate_over_target"] = (lg_rps / rps) if lg_rps and rps else None
+
+ints = ("workers", "rounds", "duration_s", "connections", "wrk_threads", "nproc", "pin",
+        "lg_rss_idle_kb", "lg_rss_peak_kb")
+config = {k: (int(v) if k in ints and v.isdigit() else v) for k, v in meta.items()
+          if not k.startswith(("skipped_", "lg_rss_", "probe_status_"))}
+skipped = {k[len("skipped_"):]: v for k, v in meta.items() if k.startswith("skipped_")}
+probe = {k[len("probe_status_"):]: v for k, v in meta.items() if k.startswith("probe_status_")}
+
+
+def kb(key):
+    v = meta.get(key, "")
+    return int(v) if v.isdigit() else None
+
+
+rss = {"idle_kb": kb("lg_rss_idle_kb"), "peak_kb": kb("lg_rss_peak_kb")}
+
+result = {
+    "config": config,
+    "targets": targets,
+    "licensegate_rss": rss,
+    "probe_status": probe,
+    "skipped": skipped,
+}
+with open(out_json, "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+
+# ---- Markdown on stdout
+def mib(v):
+    return f"{v / 1024:.1f} MiB" if v is not None else "n/a"
+
+
+print("### licensegate load benchmark\n")
+print(f"WORKERS={config.get('workers')}, wrk -t1 -c{config.get('connections')} "
+      f"-d{config.get('duration_s')}s, {config.get('rounds')} round(s), medians over rounds; "
+      f"pinning: {config.get('pin_desc')}; {config.get('nproc')} CPUs; "
+      f"load average at start: {config.get('loadavg_start')}\n")
+print("| Target | req/s | p50 ms | p99 ms | licensegate / X |")
+print("|---|---:|---:|---:|---:|")
+for name, t in targets.items():
+    m = t["median"]
+    ratio = t["licensegate_over_target"]
+    print(f"| {name} | {m['requests_per_sec']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
+          f"{(f'{ratio:.2f}' if ratio is not None else 'n/a')} |")
+for name, why in skipped.items():
+    print(f"| {name} | skipped: {why} | | | |")
+print()
+print(f"licensegate RSS: idle {mib(rss['idle_kb'])}, peak {mib(rss['peak_kb'])} "
+      f"(VmRSS after readiness / VmHWM after all runs)")
+for name, t in targets.items():
+    e = t["errors"]
+    if e["non_2xx_3xx"] or e["socket_errors"]:
+        print(f"\n**Warning:** {name}: {e['non_2xx_3xx']} non-2xx/3xx responses, "
+              f"{e['socket_errors']} socket errors over all rounds; its figures are not comparable.")
+for name, code in probe.items():
+    if code != "200":
+        print(f"\n**Warning:** {name} answered HTTP {code} to the pre-flight GET.")
+print(f"\nJSON: {out_json}")
+PY

@@ -1,0 +1,150 @@
+//! The admin port: `/metrics`, `/healthz`, `/readyz` and a loopback-only
+//! `POST /shutdown`. Kept apart from the proxy port so probes and scrapes
+//! never compete with, or leak into, workload traffic.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::proxy::server::{bind_listener, BindError};
+
+/// The admin endpoints' shared state.
+#[derive(Debug)]
+pub struct Admin {
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct AdminServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    admin: Arc<Admin>,
+}
+
+impl AdminServer {
+    pub fn bind(addr: SocketAddr, admin: Arc<Admin>) -> Result<AdminServer, BindError> {
+        let io_error = |source| BindError::Io {
+            what: "admin",
+            addr,
+            source,
+        };
+        let listener = bind_listener(addr).map_err(io_error)?;
+        let local_addr = listener.local_addr().map_err(io_error)?;
+        Ok(AdminServer {
+            listener,
+            local_addr,
+            admin,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until the task is dropped; the admin port stays up while the
+    /// proxy drains so probes can watch it happen.
+    pub async fn serve(self) {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(5));
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let admin = Arc::clone(&self.admin);
+            let connection = builder.serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |request| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.route(peer, &request)) }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "admin connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+impl Admin {
+    fn route(&self, peer: SocketAddr, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            (&Method::GET | &Method::HEAD, "/healthz" | "/live") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, "/readyz" | "/ready") => {
+                let report = self.lifecycle.report();
+                let status = if report.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(status, &report)
+            }
+            (&Method::POST, "/shutdown") => {
+                if !peer.ip().is_loopback() {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "shutdown is only accepted from loopback\n",
+                    );
+                }
+                tracing::info!(%peer, "shutdown requested on the admin port");
+                self.lifecycle.drain();
+                text(StatusCode::ACCEPTED, "draining\n")
+            }
+            (_, "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/shutdown") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /readyz or POST /shutdown\n",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).expect("admin reports serialise");
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,291 @@
+//! The command line: `licensegate run` and `licensegate demo`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    ConfigError, FileConfig, Overrides, Settings, UpstreamProtocol, UpstreamUrl, Workers,
+};
+use crate::decision::DecisionEngine;
+use crate::demo::EchoUpstream;
+use crate::gateway::Gateway;
+use crate::lifecycle::Lifecycle;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "licensegate",
+    version,
+    about = "A license-enforcing sidecar reverse proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info` or `licensegate=debug`.
+    #[arg(long, global = true, env = "LICENSEGATE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in front of an upstream.
+    Run(RunArgs),
+    /// Run the proxy in front of an embedded echo server, with zero setup.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML config file; flags and LICENSEGATE_* variables override it.
+    #[arg(long, short, env = "LICENSEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Inbound address, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "LICENSEGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The workload's origin, http://host:port or https://host:port.
+    #[arg(long, env = "LICENSEGATE_UPSTREAM")]
+    pub upstream: Option<UpstreamUrl>,
+    /// HTTP version towards the upstream: auto, http1 or http2.
+    #[arg(long, env = "LICENSEGATE_UPSTREAM_PROTOCOL")]
+    pub upstream_protocol: Option<UpstreamProtocol>,
+    /// PEM CA bundle trusted for an https upstream (default: system roots).
+    #[arg(long, env = "LICENSEGATE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Admin address for /metrics, /healthz, /readyz [default: 127.0.0.1:9901].
+    #[arg(long, env = "LICENSEGATE_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Runtime worker threads [default: available cores].
+    #[arg(long, env = "LICENSEGATE_WORKERS")]
+    pub workers: Option<Workers>,
+    /// PEM certificate chain for inbound TLS.
+    #[arg(long, env = "LICENSEGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for inbound TLS.
+    #[arg(long, env = "LICENSEGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Keep and extend incoming X-Forwarded-* headers (only behind a trusted proxy).
+    #[arg(long, env = "LICENSEGATE_TRUST_FORWARDED")]
+    pub trust_forwarded: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Inbound address of the demo proxy.
+    #[arg(long, env = "LICENSEGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin address of the demo proxy.
+    #[arg(long, env = "LICENSEGATE_ADMIN", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+}
+
+impl std::str::FromStr for UpstreamProtocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(UpstreamProtocol::Auto),
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "http2" => Ok(UpstreamProtocol::Http2),
+            other => Err(format!(
+                "`{other}` is not a protocol; expected auto, http1 or http2"
+            )),
+        }
+    }
+}
+
+/// Exit status for configuration errors (EX_USAGE), checked before any port is bound.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Parse arguments, run the command, return the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
+        eprintln!("licensegate: ignoring invalid log filter `{filter}`: {error}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load_settings(args: RunArgs) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Settings::resolve(
+        file,
+        Overrides {
+            listen: args.listen,
+            admin: args.admin,
+            workers: args.workers,
+            upstream: args.upstream,
+            upstream_protocol: args.upstream_protocol,
+            upstream_ca: args.upstream_ca,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            trust_forwarded: args.trust_forwarded,
+        },
+    )
+}
+
+fn run(args: RunArgs) -> i32 {
+    let settings = match load_settings(args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("licensegate: configuration error: {error}");
+            return EXIT_CONFIG;
+        }
+    };
+    let runtime = match build_runtime(settings.workers) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("licensegate: cannot start the runtime: {error}");
+            return 71;
+        }
+    };
+    let code = runtime.block_on(async {
+        let gateway = match Gateway::bind(&settings, DecisionEngine::allow_all()) {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                eprintln!("licensegate: {error}");
+                return error.exit_code();
+            }
+        };
+        announce(&gateway);
+        tracing::info!(
+            upstream = %settings.upstream.url,
+            workers = settings.workers,
+            tls = settings.tls.is_some(),
+            "licensegate started"
+        );
+        tokio::spawn(drain_on_signal(gateway.lifecycle()));
+        gateway.run().await;
+        0
+    });
+    // Tunnels and pooled upstream connections end with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn demo(args: DemoArgs) -> i32 {
+    let runtime = match build_runtime(crate::config::default_workers()) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("licensegate: cannot start the runtime: {error}");
+            return 71;
+        }
+    };
+    let code = runtime.block_on(async {
+        let echo = match EchoUpstream::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+            Ok(echo) => echo,
+            Err(error) => {
+                eprintln!("licensegate: cannot start the demo upstream: {error}");
+                return 71;
+            }
+        };
+        let upstream: UpstreamUrl = format!("http://{}", echo.local_addr())
+            .parse()
+            .expect("a loopback address is a valid origin");
+        tokio::spawn(echo.serve());
+        let settings = Settings::resolve(
+            FileConfig::default(),
+            Overrides {
+                listen: Some(args.listen),
+                admin: Some(args.admin),
+                upstream: Some(upstream),
+                ..Overrides::default()
+            },
+        )
+        .expect("demo settings are complete");
+        let gateway = match Gateway::bind(&settings, DecisionEngine::allow_all()) {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                eprintln!("licensegate: {error}");
+                eprintln!("hint: pick other ports with --listen and --admin");
+                return error.exit_code();
+            }
+        };
+        announce(&gateway);
+        let proxy = gateway.proxy_addr();
+        let admin = gateway.admin_addr();
+        println!(
+            "\nlicensegate demo: proxying to an embedded echo server at {}\n\n\
+             Try:\n  \
+             curl -i http://{proxy}/hello                      # forwarded; the echo shows what arrived\n  \
+             curl -i -X POST --data-binary 'ping' http://{proxy}/upload   # the body streams back\n  \
+             curl --http2-prior-knowledge -i http://{proxy}/h2  # HTTP/2 on the same port\n  \
+             curl -s http://{admin}/metrics | grep licensegate_ # Prometheus metrics\n  \
+             curl -i http://{admin}/readyz                     # readiness\n\n\
+             Press Ctrl-C to stop.",
+            settings.upstream.url
+        );
+        let _ = std::io::stdout().flush();
+        tokio::spawn(drain_on_signal(gateway.lifecycle()));
+        gateway.run().await;
+        0
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// The one stdout line tools and tests read to find the bound ports.
+fn announce(gateway: &Gateway) {
+    println!(
+        "licensegate listening: proxy={} admin={}",
+        gateway.proxy_addr(),
+        gateway.admin_addr()
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    // One worker runs on a current-thread runtime: no work stealing, no
+    // cross-thread wake-ups, the cheapest way to spend one core.
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
+/// SIGTERM or SIGINT starts draining; a second one exits at once.
+async fn drain_on_signal(lifecycle: std::sync::Arc<Lifecycle>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; use POST /shutdown on the admin port");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
+        _ = int.recv() => tracing::info!("SIGINT received; draining"),
+    }
+    lifecycle.drain();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::warn!("second signal received; exiting without waiting for the drain");
+    std::process::exit(130);
+}

@@ -1,0 +1,592 @@
+//! Settings: a YAML file (`--config`) overridden by flags and `LICENSEGATE_*`
+//! environment variables. Everything is parsed into typed values before any
+//! port is bound; a bad value names the setting, the file, line and column.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use serde::{Deserialize, Deserializer};
+
+/// Fully resolved, validated settings of `licensegate run`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Runtime worker threads; 1 selects a single-threaded runtime.
+    pub workers: usize,
+    pub upstream: UpstreamSettings,
+    /// Inbound TLS; plain TCP (with h2c prior knowledge) when absent.
+    pub tls: Option<TlsFiles>,
+    pub forwarded: ForwardedSettings,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub url: UpstreamUrl,
+    pub protocol: UpstreamProtocol,
+    /// PEM bundle of CAs trusted for an https upstream; system roots when absent.
+    pub ca: Option<PathBuf>,
+}
+
+/// Which HTTP version to speak to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 on plain TCP; ALPN (h2 or http/1.1) on TLS.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) on plain TCP, ALPN h2 on TLS.
+    Http2,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardedSettings {
+    /// Keep and extend incoming `X-Forwarded-*`/`Forwarded` headers instead
+    /// of replacing them. Only safe behind another trusted proxy.
+    pub trust_incoming: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Time a client has to send a complete request head. On HTTP/1.1 this
+    /// also bounds how long a keep-alive connection waits for its next request.
+    pub request_header: Duration,
+    pub upstream_connect: Duration,
+    /// Time from sending the request to the upstream's response head.
+    pub upstream_response: Duration,
+    /// A connection with no traffic and no request in flight is closed.
+    pub idle: Duration,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_header: Duration::from_secs(10),
+            upstream_connect: Duration::from_secs(2),
+            upstream_response: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            drain: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request head accepted (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Inbound connections held open at once; further ones wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Smallest header budget hyper's HTTP/1.1 reader accepts.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// An upstream origin: `http://host:port` or `https://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl UpstreamUrl {
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            Some(other) => {
+                return Err(format!(
+                    "scheme `{other}` is not supported; expected http or https"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`{text}` has no scheme; expected http://host:port or https://host:port"
+                ))
+            }
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("user info in the upstream URL is not supported".into());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "`{text}` has a path or query; the upstream is an origin (scheme://host:port) and requests keep their own path"
+            ));
+        }
+        Ok(UpstreamUrl { scheme, authority })
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written the human way: `250ms`, `10s`, `5m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("`{text}` is not a duration ({e}); expected e.g. `250ms`, `10s`, `5m`")
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The YAML file as written; every field optional so flags can fill gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub workers: Option<Workers>,
+    pub upstream: Option<FileUpstream>,
+    pub tls: Option<FileTls>,
+    #[serde(default)]
+    pub forwarded: FileForwarded,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// A worker count of at least one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workers(pub usize);
+
+impl FromStr for Workers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Workers(n)),
+            _ => Err(format!(
+                "`{text}` is not a worker count; expected a whole number from 1 to 1024"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        n.to_string().parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub url: Option<UpstreamUrl>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwarded {
+    #[serde(default)]
+    pub trust_incoming: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub request_header: Option<HumanDuration>,
+    pub upstream_connect: Option<HumanDuration>,
+    pub upstream_response: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
+    pub drain: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_header_bytes: Option<HeaderBytes>,
+    pub max_connections: Option<MaxConnections>,
+}
+
+/// A header budget of at least 8 KiB and at most 1 MiB.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderBytes(pub usize);
+
+impl<'de> Deserialize<'de> for HeaderBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        if (MIN_HEADER_BYTES as u64..=1 << 20).contains(&n) {
+            Ok(HeaderBytes(n as usize))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{n} is out of range; expected {MIN_HEADER_BYTES} to 1048576 bytes"
+            )))
+        }
+    }
+}
+
+/// A connection limit of at least one.
+#[derive(Clone, Copy, Debug)]
+pub struct MaxConnections(pub usize);
+
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        if n >= 1 && n <= u32::MAX as u64 {
+            Ok(MaxConnections(n as usize))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{n} is out of range; expected at least 1"
+            )))
+        }
+    }
+}
+
+/// Values given as flags or `LICENSEGATE_*` variables; they win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub workers: Option<Workers>,
+    pub upstream: Option<UpstreamUrl>,
+    pub upstream_protocol: Option<UpstreamProtocol>,
+    pub upstream_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub trust_forwarded: Option<bool>,
+}
+
+/// A configuration error, formatted `file:line:column: setting: what was expected`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    ParseNoLocation { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+impl FileConfig {
+    /// Read and parse a config file, keeping its position in errors.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| yaml_error(path, e))
+    }
+}
+
+/// Turn a YAML error into a positioned config error. The library appends
+/// " at line L column C" to its message; the position is reported up front
+/// instead, in the `file:line:column` form editors jump to.
+pub fn yaml_error(path: &Path, error: serde_yaml::Error) -> ConfigError {
+    let message = error.to_string();
+    match error.location() {
+        Some(location) => {
+            let suffix = format!(" at line {} column {}", location.line(), location.column());
+            let message = message.replace(&suffix, "");
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line: location.line(),
+                column: location.column(),
+                message,
+            }
+        }
+        None => ConfigError::ParseNoLocation {
+            path: path.to_owned(),
+            message,
+        },
+    }
+}
+
+impl Settings {
+    /// Merge a parsed file (if any) with overrides; check what a single field
+    /// cannot check on its own.
+    pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Settings, ConfigError> {
+        let file_upstream = file.upstream.unwrap_or_default();
+        let url = overrides
+            .upstream
+            .or(file_upstream.url)
+            .ok_or(ConfigError::Invalid {
+                setting: "upstream.url",
+                message: "required: the workload's origin, e.g. http://127.0.0.1:3000 \
+                      (config `upstream.url`, flag --upstream or LICENSEGATE_UPSTREAM)"
+                    .into(),
+            })?;
+        let protocol = overrides
+            .upstream_protocol
+            .unwrap_or(file_upstream.protocol);
+        let ca = overrides.upstream_ca.or(file_upstream.ca);
+        if ca.is_some() && !url.is_https() {
+            return Err(ConfigError::Invalid {
+                setting: "upstream.ca",
+                message: format!("set, but the upstream `{url}` is not https"),
+            });
+        }
+
+        let (cert, key) = match file.tls {
+            Some(tls) => (Some(tls.cert), Some(tls.key)),
+            None => (None, None),
+        };
+        let tls = match (overrides.tls_cert.or(cert), overrides.tls_key.or(key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls.key",
+                    message: "a certificate is set but no private key (--tls-key)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls.cert",
+                    message: "a private key is set but no certificate (--tls-cert)".into(),
+                })
+            }
+        };
+
+        let defaults = Timeouts::default();
+        let pick = |v: Option<HumanDuration>, d: Duration| v.map_or(d, |h| h.0);
+        let timeouts = Timeouts {
+            request_header: pick(file.timeouts.request_header, defaults.request_header),
+            upstream_connect: pick(file.timeouts.upstream_connect, defaults.upstream_connect),
+            upstream_response: pick(file.timeouts.upstream_response, defaults.upstream_response),
+            idle: pick(file.timeouts.idle, defaults.idle),
+            drain: pick(file.timeouts.drain, defaults.drain),
+        };
+        for (setting, value) in [
+            ("timeouts.request_header", timeouts.request_header),
+            ("timeouts.upstream_connect", timeouts.upstream_connect),
+            ("timeouts.upstream_response", timeouts.upstream_response),
+            ("timeouts.idle", timeouts.idle),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be greater than zero".into(),
+                });
+            }
+        }
+
+        let limit_defaults = Limits::default();
+        let limits = Limits {
+            max_header_bytes: file
+                .limits
+                .max_header_bytes
+                .map_or(limit_defaults.max_header_bytes, |b| b.0),
+            max_connections: file
+                .limits
+                .max_connections
+                .map_or(limit_defaults.max_connections, |c| c.0),
+        };
+
+        let listen = overrides
+            .listen
+            .or(file.listen)
+            .ok_or(ConfigError::Invalid {
+                setting: "listen",
+                message: "required: the inbound address, e.g. 0.0.0.0:8080 \
+                      (config `listen`, flag --listen or LICENSEGATE_LISTEN)"
+                    .into(),
+            })?;
+        let admin = overrides
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"));
+        if admin == listen && listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                setting: "admin",
+                message: format!("{admin} is also the proxy's listen address"),
+            });
+        }
+        let workers = overrides
+            .workers
+            .or(file.workers)
+            .map_or_else(default_workers, |w| w.0);
+
+        Ok(Settings {
+            listen,
+            admin,
+            workers,
+            upstream: UpstreamSettings { url, protocol, ca },
+            tls,
+            forwarded: ForwardedSettings {
+                trust_incoming: overrides
+                    .trust_forwarded
+                    .unwrap_or(file.forwarded.trust_incoming),
+            },
+            timeouts,
+            limits,
+        })
+    }
+}
+
+/// One worker per available core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(Path::new("lg.yaml"), text)
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_position() {
+        let err = parse("listen: 127.0.0.1:8080\ntimeouts:\n  idel: 5s\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("lg.yaml:3:3: "), "{text}");
+        assert!(text.contains("unknown field `idel`"), "{text}");
+    }
+
+    #[test]
+    fn bad_duration_names_setting_and_position() {
+        let err = parse("timeouts:\n  idle: soon\n").unwrap_err().to_string();
+        assert!(err.starts_with("lg.yaml:2:9: "), "{err}");
+        assert!(err.contains("timeouts.idle"), "{err}");
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn upstream_must_be_an_origin() {
+        assert!("http://127.0.0.1:3000".parse::<UpstreamUrl>().is_ok());
+        assert!("https://example.test".parse::<UpstreamUrl>().is_ok());
+        assert!("ftp://x"
+            .parse::<UpstreamUrl>()
+            .unwrap_err()
+            .contains("ftp"));
+        assert!("http://x/api"
+            .parse::<UpstreamUrl>()
+            .unwrap_err()
+            .contains("path"));
+        assert!("127.0.0.1:3000".parse::<UpstreamUrl>().is_err());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = parse("listen: 127.0.0.1:1\nupstream:\n  url: http://127.0.0.1:2\n").unwrap();
+        let settings = Settings::resolve(
+            file,
+            Overrides {
+                listen: Some("127.0.0.1:3".parse().unwrap()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.listen.port(), 3);
+        assert_eq!(settings.upstream.url.authority.port_u16(), Some(2));
+        assert_eq!(settings.admin, DEFAULT_ADMIN.parse().unwrap());
+    }
+
+    #[test]
+    fn missing_upstream_is_named() {
+        let err = Settings::resolve(
+            parse("listen: 127.0.0.1:1\n").unwrap(),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("upstream.url: required"), "{err}");
+    }
+
+    #[test]
+    fn half_configured_tls_is_rejected() {
+        let file = parse(
+            "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\ntls:\n  cert: a.pem\n",
+        )
+        .unwrap_err();
+        assert!(file.to_string().contains("missing field `key`"), "{file}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The composition root: bind the proxy and admin listeners from settings,
+//! then run them until the lifecycle drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::admin::{Admin, AdminServer};
+use crate::config::{ConfigError, Settings};
+use crate::decision::DecisionEngine;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::proxy::forward::Forwarder;
+use crate::proxy::server::{BindError, ProxyServer};
+use crate::proxy::Shared;
+
+/// Readiness condition: the proxy listener is bound and accepting.
+pub const LISTENER_READY: &str = "listener";
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+impl StartError {
+    /// Exit status: 64 (EX_USAGE) for configuration, 71 (EX_OSERR) for binding.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) | StartError::Bind(BindError::Tls(_)) => 64,
+            StartError::Bind(BindError::Io { .. }) => 71,
+        }
+    }
+}
+
+/// Both listeners, bound and ready to serve.
+pub struct Gateway {
+    proxy: ProxyServer,
+    admin: AdminServer,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Build everything the settings describe and bind both ports. Must run
+    /// inside a Tokio runtime. Nothing is served until [`Gateway::run`].
+    pub fn bind(settings: &Settings, engine: DecisionEngine) -> Result<Gateway, StartError> {
+        crate::proxy::tls::install_crypto_provider();
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Arc::new(Lifecycle::new());
+        lifecycle.require(LISTENER_READY, "proxy listener not started");
+
+        let shared = Arc::new(Shared {
+            engine,
+            forwarder: Forwarder::new(settings)?,
+            metrics: Arc::clone(&metrics),
+        });
+        let proxy = ProxyServer::bind(settings, shared)?;
+        let admin = AdminServer::bind(
+            settings.admin,
+            Arc::new(Admin {
+                lifecycle: Arc::clone(&lifecycle),
+                metrics: Arc::clone(&metrics),
+            }),
+        )?;
+        Ok(Gateway {
+            proxy,
+            admin,
+            lifecycle,
+            metrics,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Serve until draining completes. The admin port keeps answering until
+    /// the proxy has drained, so `/readyz` shows 503 throughout.
+    pub async fn run(self) {
+        let admin = tokio::spawn(self.admin.serve());
+        self.lifecycle.set(LISTENER_READY, Ok(()));
+        self.proxy.serve(Arc::clone(&self.lifecycle)).await;
+        admin.abort();
+    }
+}

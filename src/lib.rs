@@ -1,0 +1,21 @@
+//! licensegate: a license-enforcing sidecar reverse proxy.
+//!
+//! A request flows one way through the modules:
+//! `proxy` (accept, normalise) → `decision` (allow or deny) → `proxy::forward`
+//! (upstream) or `problem` (rejection). `admin` exposes `metrics` and the
+//! `lifecycle` state; `gateway` wires them together for `cli`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod gateway;
+pub mod lifecycle;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+
+/// The crate version, as reported by `licensegate_build_info` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

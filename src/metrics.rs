@@ -1,0 +1,217 @@
+//! Prometheus metrics. Label handles are resolved once at start so the hot
+//! path only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::decision::Reason;
+
+/// Which way a request went, the `decision` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed and answered by the upstream.
+    Allow,
+    /// Rejected by the decision engine.
+    Deny,
+    /// Allowed, but the proxy could not get an answer from the upstream.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Allow, Outcome::Deny, Outcome::Error];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Kinds of upstream failure, the `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 3] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// All metrics of one process, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests_total: IntCounterVec,
+    /// `[outcome][reason]`, pre-resolved for the pairs that can occur.
+    requests: Vec<Vec<Option<IntCounter>>>,
+    pub request_duration: Histogram,
+    upstream_errors: Vec<IntCounter>,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "licensegate_requests_total",
+                "Requests handled, by decision and reason.",
+            ),
+            &["decision", "reason"],
+        )
+        .expect("valid metric");
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "licensegate_request_duration_seconds",
+                "Time from request head received to response head sent (proxy + upstream).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .expect("valid metric");
+        let upstream_errors_total = IntCounterVec::new(
+            Opts::new(
+                "licensegate_upstream_errors_total",
+                "Failures talking to the upstream, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let connections_open = IntGauge::new(
+            "licensegate_connections_open",
+            "Inbound connections currently open.",
+        )
+        .expect("valid metric");
+        let connections_total = IntCounter::new(
+            "licensegate_connections_total",
+            "Inbound connections accepted.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("licensegate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[crate::VERSION]).set(1);
+
+        for collector in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_errors_total.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+
+        // Pairs that can occur are created up front, so a scrape shows
+        // zeros for them instead of nothing.
+        let requests = Outcome::ALL
+            .iter()
+            .map(|&outcome| {
+                Reason::ALL
+                    .iter()
+                    .map(|&reason| {
+                        plausible(outcome, reason).then(|| {
+                            requests_total.with_label_values(&[outcome.as_str(), reason.as_str()])
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let upstream_errors = UpstreamErrorKind::ALL
+            .iter()
+            .map(|kind| upstream_errors_total.with_label_values(&[kind.as_str()]))
+            .collect();
+
+        Metrics {
+            registry,
+            requests_total,
+            requests,
+            request_duration,
+            upstream_errors,
+            connections_open,
+            connections_total,
+        }
+    }
+
+    /// Count one finished request.
+    #[inline]
+    pub fn request(&self, outcome: Outcome, reason: Reason) {
+        match &self.requests[outcome as usize][reason.index()] {
+            Some(counter) => counter.inc(),
+            None => self
+                .requests_total
+                .with_label_values(&[outcome.as_str(), reason.as_str()])
+                .inc(),
+        }
+    }
+
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    /// The registry, for subsystems that register their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn plausible(outcome: Outcome, reason: Reason) -> bool {
+    match outcome {
+        Outcome::Allow => reason == Reason::Allowed,
+        Outcome::Error => matches!(
+            reason,
+            Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::BadRequest
+        ),
+        Outcome::Deny => !matches!(
+            reason,
+            Reason::Allowed | Reason::UpstreamUnavailable | Reason::UpstreamTimeout
+        ),
+    }
+}

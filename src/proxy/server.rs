@@ -1,0 +1,286 @@
+//! The proxy listener: accept, TLS, HTTP/1.1 + HTTP/2 on one port, idle and
+//! connection limits, and draining on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::io::{Activity, CountingIo};
+use super::{handle, Shared};
+use crate::config::Settings;
+use crate::decision::Peer;
+use crate::lifecycle::Lifecycle;
+
+/// A bound proxy listener, ready to serve.
+pub struct ProxyServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    builders: Builders,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+    request_header_timeout: Duration,
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+/// HTTP server builders: auto-detect on plain TCP; the ALPN choice on TLS.
+#[derive(Clone)]
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &Settings) -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.timeouts.request_header)
+            .max_buf_size(settings.limits.max_header_bytes)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX),
+            )
+            .max_concurrent_streams(256);
+        Builders {
+            http1: auto.clone().http1_only(),
+            http2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+}
+
+impl ProxyServer {
+    /// Bind the listener. Fails before anything is served if the address is taken.
+    pub fn bind(settings: &Settings, shared: Arc<Shared>) -> Result<ProxyServer, BindError> {
+        let tls = match &settings.tls {
+            Some(files) => Some(TlsAcceptor::from(
+                super::tls::server_config(files).map_err(BindError::Tls)?,
+            )),
+            None => None,
+        };
+        let listener = bind_listener(settings.listen).map_err(|source| BindError::Io {
+            what: "proxy",
+            addr: settings.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| BindError::Io {
+            what: "proxy",
+            addr: settings.listen,
+            source,
+        })?;
+        let max_connections = u32::try_from(settings.limits.max_connections).unwrap_or(u32::MAX);
+        Ok(ProxyServer {
+            listener,
+            local_addr,
+            tls,
+            shared,
+            builders: Builders::new(settings),
+            connections: Arc::new(Semaphore::new(max_connections as usize)),
+            max_connections,
+            request_header_timeout: settings.timeouts.request_header,
+            idle_timeout: settings.timeouts.idle,
+            drain_timeout: settings.timeouts.drain,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until `lifecycle` starts draining, then stop accepting, let
+    /// open connections finish (up to the drain timeout) and return.
+    pub async fn serve(self, lifecycle: Arc<Lifecycle>) {
+        let drained = lifecycle.drained();
+        tokio::pin!(drained);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut drained => break,
+                permit = Arc::clone(&self.connections).acquire_owned() => {
+                    permit.expect("the connection semaphore is never closed")
+                }
+            };
+            let (stream, addr) = tokio::select! {
+                biased;
+                () = &mut drained => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                shared: Arc::clone(&self.shared),
+                builders: self.builders.clone(),
+                tls: self.tls.clone(),
+                lifecycle: Arc::clone(&lifecycle),
+                peer: Peer {
+                    addr,
+                    tls: self.tls.is_some(),
+                },
+                request_header_timeout: self.request_header_timeout,
+                idle_timeout: self.idle_timeout,
+            };
+            tokio::spawn(async move {
+                connection.run(stream).await;
+                drop(permit);
+            });
+        }
+
+        // Refuse new connections from here on.
+        drop(self.listener);
+        tracing::info!("listener closed; draining open connections");
+        let all = self.connections.acquire_many(self.max_connections);
+        match tokio::time::timeout(self.drain_timeout, all).await {
+            Ok(_) => tracing::info!("all connections drained"),
+            Err(_) => {
+                let open = self.max_connections as usize - self.connections.available_permits();
+                tracing::warn!(open, "drain deadline passed; closing remaining connections");
+            }
+        }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    builders: Builders,
+    tls: Option<TlsAcceptor>,
+    lifecycle: Arc<Lifecycle>,
+    peer: Peer,
+    request_header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let metrics = Arc::clone(&self.shared.metrics);
+        metrics.connections_total.inc();
+        metrics.connections_open.inc();
+        let activity = Arc::new(Activity::default());
+        let io = CountingIo::new(stream, Arc::clone(&activity));
+        match self.tls.clone() {
+            None => {
+                let builder = self.builders.auto.clone();
+                self.serve_http(&builder, io, activity).await;
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(self.request_header_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let builder = if h2 {
+                            self.builders.http2.clone()
+                        } else {
+                            self.builders.http1.clone()
+                        };
+                        self.serve_http(&builder, tls, activity).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(peer = %self.peer.addr, %error, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %self.peer.addr, "TLS handshake timed out"),
+                }
+            }
+        }
+        metrics.connections_open.dec();
+    }
+
+    async fn serve_http<I>(
+        &self,
+        builder: &auto::Builder<TokioExecutor>,
+        io: I,
+        activity: Arc<Activity>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let peer = self.peer;
+        let service_activity = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let in_flight = service_activity.begin_request();
+            let shared = Arc::clone(&shared);
+            async move {
+                let response = handle(shared, peer, request).await;
+                drop(in_flight);
+                response
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+
+        let drained = self.lifecycle.drained();
+        tokio::pin!(drained);
+        let mut idle_check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.idle_timeout,
+            self.idle_timeout,
+        );
+        let mut last_ticks = activity.ticks();
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(peer = %peer.addr, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = &mut drained, if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = idle_check.tick(), if !closing => {
+                    let ticks = activity.ticks();
+                    if ticks == last_ticks && activity.in_flight() == 0 {
+                        tracing::debug!(peer = %peer.addr, "closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    last_ticks = ticks;
+                }
+            }
+        }
+    }
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Io {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(crate::config::ConfigError),
+}
+
+/// Bind with address reuse and a deep backlog, as a sidecar sees bursts.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

@@ -1,0 +1,99 @@
+//! TLS for both sides, through rustls with the ring provider only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ConfigError, TlsFiles};
+
+/// Install ring as the process-wide rustls provider. Idempotent; call it
+/// before building any TLS configuration.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+fn invalid(setting: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { setting, message }
+}
+
+fn load_certs(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| invalid(setting, format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(setting, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            setting,
+            format!("{}: no PEM `CERTIFICATE` block found", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Inbound TLS: the certificate chain and key, ALPN h2 then http/1.1.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ConfigError> {
+    let certs = load_certs("tls.cert", &files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        invalid(
+            "tls.key",
+            format!(
+                "{}: {e} (expected a PKCS#8, PKCS#1 or SEC1 PEM private key)",
+                files.key.display()
+            ),
+        )
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("tls.key", format!("does not match tls.cert: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Upstream TLS: trust the given CA bundle, or the system roots. ALPN is
+/// left to the connector, which offers what the upstream protocol allows.
+pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in load_certs("upstream.ca", path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid("upstream.ca", format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "skipping an unreadable system root certificate");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(invalid(
+                    "upstream.ca",
+                    "no system root certificates found; give a CA bundle with --upstream-ca".into(),
+                ));
+            }
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("upstream", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
