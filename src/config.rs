@@ -361,26 +361,57 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_yaml::from_str(text).map_err(|e| yaml_error(path, e))
+        parse_yaml(path, text)
     }
 }
 
-/// Turn a YAML error into a positioned config error. The library appends
-/// " at line L column C" to its message; the position is reported up front
-/// instead, in the `file:line:column` form editors jump to.
-pub fn yaml_error(path: &Path, error: serde_yaml::Error) -> ConfigError {
-    let message = error.to_string();
-    match error.location() {
-        Some(location) => {
-            let suffix = format!(" at line {} column {}", location.line(), location.column());
-            let message = message.replace(&suffix, "");
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line: location.line(),
-                column: location.column(),
-                message,
-            }
+/// Deserialize YAML into `T`, reporting errors as `file:line:column:
+/// dotted.setting: message` — the full path of the offending setting, not
+/// just its parent.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let setting = error.path().to_string();
+        yaml_error(path, &setting, error.into_inner())
+    })
+}
+
+/// Turn a YAML error into a positioned config error. The library decorates
+/// its message with " at line L column C" and a partial path; both are
+/// reported up front instead, in the `file:line:column` form editors jump to.
+pub fn yaml_error(path: &Path, setting: &str, error: serde_yaml::Error) -> ConfigError {
+    let mut message = error.to_string();
+    if let Some(location) = error.location() {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
         }
+    }
+    // Drop the library's own (partial) path prefix: some ancestor of `setting`.
+    let mut prefix = setting;
+    loop {
+        if let Some(rest) = message.strip_prefix(&format!("{prefix}: ")) {
+            message = rest.to_owned();
+            break;
+        }
+        match prefix.rfind('.') {
+            Some(dot) => prefix = &prefix[..dot],
+            None => break,
+        }
+    }
+    if !setting.is_empty() && setting != "." {
+        message = format!("{setting}: {message}");
+    }
+    match error.location() {
+        Some(location) => ConfigError::Parse {
+            path: path.to_owned(),
+            line: location.line(),
+            column: location.column(),
+            message,
+        },
         None => ConfigError::ParseNoLocation {
             path: path.to_owned(),
             message,
@@ -527,14 +558,14 @@ mod tests {
     fn unknown_field_is_reported_with_position() {
         let err = parse("listen: 127.0.0.1:8080\ntimeouts:\n  idel: 5s\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("lg.yaml:3:3: "), "{text}");
+        assert!(text.starts_with("lg.yaml:3:3: timeouts.idel: "), "{text}");
         assert!(text.contains("unknown field `idel`"), "{text}");
     }
 
     #[test]
     fn bad_duration_names_setting_and_position() {
         let err = parse("timeouts:\n  idle: soon\n").unwrap_err().to_string();
-        assert!(err.starts_with("lg.yaml:2:9: "), "{err}");
+        assert!(err.starts_with("lg.yaml:2:3: timeouts.idle: "), "{err}");
         assert!(err.contains("timeouts.idle"), "{err}");
         assert!(err.contains("not a duration"), "{err}");
     }

@@ -1,0 +1,338 @@
+//! Test harness: the real `licensegate` binary on real loopback sockets, in
+//! front of real HTTP upstreams started in-process.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Upper bound for any single wait in a test; reaching it is a failure.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A running `licensegate` process; killed on drop.
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    log_rx: mpsc::Receiver<String>,
+}
+
+impl Proxy {
+    /// `licensegate run` with an ephemeral proxy and admin port plus `args`.
+    pub fn run(upstream: &str, args: &[&str]) -> Proxy {
+        let mut all = vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--workers",
+            "2",
+        ];
+        all.extend_from_slice(args);
+        Proxy::spawn(&all).expect("licensegate starts")
+    }
+
+    /// `licensegate run --config FILE` (the file supplies the upstream).
+    pub fn with_config(config: &Path) -> Proxy {
+        Proxy::spawn(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .expect("licensegate starts")
+    }
+
+    /// Start the binary and wait for its "listening" line. On early exit,
+    /// returns the exit status and everything it wrote to stderr.
+    pub fn spawn(args: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
+            .args(args)
+            .env("LICENSEGATE_LOG", "licensegate=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the licensegate binary runs");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (log_tx, log_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = log_tx.send(line);
+            }
+        });
+
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("licensegate listening: ") {
+                        let mut proxy = None;
+                        let mut admin = None;
+                        for field in rest.split_whitespace() {
+                            if let Some(v) = field.strip_prefix("proxy=") {
+                                proxy = Some(v.parse().unwrap());
+                            } else if let Some(v) = field.strip_prefix("admin=") {
+                                admin = Some(v.parse().unwrap());
+                            }
+                        }
+                        return Ok(Proxy {
+                            child: Some(child),
+                            addr: proxy.expect("proxy address announced"),
+                            admin: admin.expect("admin address announced"),
+                            logs,
+                            log_rx,
+                        });
+                    }
+                }
+                Err(_) => {
+                    // stdout closed or timed out: the process failed to start.
+                    let status = match child.try_wait().unwrap() {
+                        Some(status) => status,
+                        None => {
+                            child.kill().unwrap();
+                            child.wait().unwrap()
+                        }
+                    };
+                    // Give the stderr reader the rest of the output.
+                    let mut text = Vec::new();
+                    while let Ok(line) = log_rx.recv_timeout(Duration::from_secs(2)) {
+                        text.push(line);
+                    }
+                    return Err((status, text.join("\n")));
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Block until a stderr line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        if let Some(line) = self
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self
+                .log_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?}; logs:\n{}", self.logs()),
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Wait for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("licensegate did not exit; logs:\n{}", self.logs());
+            }
+            // Polling a child's exit has no blocking-with-timeout form in std.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// An HTTP/1.1 + HTTP/2 upstream answering with `handler`, on an ephemeral port.
+pub async fn upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The echo upstream that ships with `licensegate demo`.
+pub async fn echo_upstream() -> SocketAddr {
+    let echo = licensegate::demo::EchoUpstream::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = echo.local_addr();
+    tokio::spawn(echo.serve());
+    addr
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Send a request and collect the whole response body.
+pub async fn send(request: Request<Body>) -> (http::response::Parts, Bytes) {
+    let response = tokio::time::timeout(WAIT, client().request(request))
+        .await
+        .expect("response within the test bound")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    (parts, body)
+}
+
+pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
+    send(Request::get(url).body(empty()).unwrap()).await
+}
+
+/// One metric sample from a Prometheus text page, e.g.
+/// `licensegate_requests_total{decision="allow",reason="allowed"}`.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+pub async fn metrics(proxy: &Proxy) -> String {
+    let (parts, body) = get(&proxy.admin_url("/metrics")).await;
+    assert_eq!(parts.status, 200);
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}

@@ -1,0 +1,213 @@
+//! Start-up, shutdown and connection timeouts of the real binary.
+
+mod common;
+
+use common::*;
+use http::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    // The upstream holds each request until the test releases it.
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let upstream = upstream(move |_request| {
+        let arrived = arrived_tx.clone();
+        let mut release = release_rx.clone();
+        async move {
+            arrived.send(()).unwrap();
+            let _ = release.wait_for(|go| *go).await;
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let mut proxy = Proxy::run(&format!("http://{upstream}"), &[]);
+    let url = proxy.url("/long");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::timeout(WAIT, arrived_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    proxy.signal("TERM");
+    proxy.wait_for_log("listener closed");
+
+    // Readiness reports the drain while the admin port is still up.
+    let (parts, body) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("\"draining\": true"));
+
+    let refused = tokio::net::TcpStream::connect(proxy.addr).await;
+    assert!(
+        refused.is_err(),
+        "new connections must be refused while draining"
+    );
+
+    release_tx.send(true).unwrap();
+    let (parts, body) = in_flight.await.unwrap();
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "finished");
+    let status = proxy.wait_exit();
+    assert_eq!(status.code(), Some(0), "logs:\n{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn post_shutdown_on_the_admin_port_drains_and_exits_zero() {
+    let mut proxy = Proxy::run(&format!("http://{}", echo_upstream().await), &[]);
+    let (parts, _) = get(&proxy.url("/before")).await;
+    assert_eq!(parts.status, 200);
+    let (parts, body) = send(
+        Request::post(proxy.admin_url("/shutdown"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 202);
+    assert_eq!(body, "draining\n");
+    assert_eq!(proxy.wait_exit().code(), Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_requires_post() {
+    let proxy = Proxy::run(&format!("http://{}", echo_upstream().await), &[]);
+    let (parts, _) = get(&proxy.admin_url("/shutdown")).await;
+    assert_eq!(parts.status, 405);
+    let (parts, _) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 200, "a GET must not start draining");
+}
+
+#[test]
+fn bad_config_file_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        "listen: 127.0.0.1:0\nupstream:\n  url: http://127.0.0.1:1\ntimeouts:\n  upstream_response: forever\n",
+    );
+    let (status, stderr) = Proxy::spawn(&["run", "--config", config.to_str().unwrap()])
+        .err()
+        .expect("must not start");
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    let expected = format!("{}:5:3: timeouts.upstream_response", config.display());
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains("not a duration"), "{stderr}");
+}
+
+#[test]
+fn unknown_setting_is_named_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        "listen: 127.0.0.1:0\nupstreams: http://x\n",
+    );
+    let (status, stderr) = Proxy::spawn(&["run", "--config", config.to_str().unwrap()])
+        .err()
+        .expect("must not start");
+    assert_eq!(status.code(), Some(64));
+    assert!(
+        stderr.contains(":2:1: upstreams: unknown field `upstreams`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flag_value_is_rejected_before_binding() {
+    let (status, stderr) =
+        Proxy::spawn(&["run", "--listen", "127.0.0.1:0", "--upstream", "ftp://x"])
+            .err()
+            .expect("must not start");
+    assert_ne!(status.code(), Some(0));
+    assert!(stderr.contains("--upstream"), "{stderr}");
+    assert!(stderr.contains("ftp"), "{stderr}");
+}
+
+#[test]
+fn missing_upstream_is_a_config_error() {
+    let (status, stderr) = Proxy::spawn(&["run", "--listen", "127.0.0.1:0"])
+        .err()
+        .expect("must not start");
+    assert_eq!(status.code(), Some(64));
+    assert!(stderr.contains("upstream.url: required"), "{stderr}");
+}
+
+#[test]
+fn taken_port_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, stderr) = Proxy::spawn(&[
+        "run",
+        "--listen",
+        &addr,
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:1",
+    ])
+    .err()
+    .expect("must not start");
+    assert_eq!(status.code(), Some(71));
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_too_slowly_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo_upstream().await;
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        &format!("upstream:\n  url: http://{upstream}\ntimeouts:\n  request_header: 300ms\n"),
+    );
+    let proxy = Proxy::with_config(&config);
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Half a request head, then silence.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, client.read_to_end(&mut rest)).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(!text.contains("200 OK"), "{text}");
+
+    // A prompt client on a fresh connection is unaffected.
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo_upstream().await;
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        &format!("upstream:\n  url: http://{upstream}\ntimeouts:\n  idle: 200ms\n"),
+    );
+    let proxy = Proxy::with_config(&config);
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let response = sender
+        .send_request(Request::get("http://x/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // The server ends the connection (GOAWAY, then close) on its own.
+    let ended = tokio::time::timeout(WAIT, connection).await;
+    assert!(ended.is_ok(), "idle connection was not closed");
+}
