@@ -211,3 +211,15 @@ async fn idle_http2_connections_are_closed() {
     let ended = tokio::time::timeout(WAIT, connection).await;
     assert!(ended.is_ok(), "idle connection was not closed");
 }
+
+#[tokio::test]
+async fn the_shipped_example_config_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/licensegate.yaml");
+    let upstream = format!("http://{}", echo_upstream().await);
+    let proxy = Proxy::spawn(&[
+        "run", "--config", config, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", &upstream,
+    ])
+    .expect("the example config starts");
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+}
