@@ -27,6 +27,22 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The inbound peer, with its address pre-rendered once per connection for
+/// `X-Forwarded-For`.
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    pub peer: Peer,
+    ip_header: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(peer: Peer) -> Self {
+        let ip_header = HeaderValue::from_str(&peer.addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ClientAddr { peer, ip_header }
+    }
+}
+
 /// Why the upstream gave no response.
 #[derive(Debug)]
 pub struct UpstreamError {
@@ -99,10 +115,10 @@ impl Forwarder {
         &self,
         mut head: request::Parts,
         body: Incoming,
-        peer: &Peer,
+        client: &ClientAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let upgrade = prepare_upgrade(&mut head);
-        self.rewrite(&mut head, peer, upgrade.as_ref().map(|u| &u.protocol))?;
+        self.rewrite(&mut head, client, upgrade.as_ref().map(|u| &u.protocol))?;
         let request = Request::from_parts(head, body);
 
         let mut response =
@@ -148,7 +164,7 @@ impl Forwarder {
     fn rewrite(
         &self,
         head: &mut request::Parts,
-        peer: &Peer,
+        client: &ClientAddr,
         upgrade: Option<&HeaderValue>,
     ) -> Result<(), UpstreamError> {
         // HTTP/2 requests carry the host in `:authority`; an HTTP/1.1 upstream needs `Host`.
@@ -171,7 +187,7 @@ impl Forwarder {
                 head.headers.insert(header::HOST, host.clone());
             }
         }
-        self.set_forwarded(&mut head.headers, peer, original_host);
+        self.set_forwarded(&mut head.headers, client, original_host);
 
         let path_and_query = head
             .uri
@@ -192,10 +208,14 @@ impl Forwarder {
         Ok(())
     }
 
-    fn set_forwarded(&self, headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
-        let client_ip = HeaderValue::from_str(&peer.addr.ip().to_string())
-            .expect("an IP address is a valid header value");
-        let proto = HeaderValue::from_static(if peer.tls { "https" } else { "http" });
+    fn set_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        client: &ClientAddr,
+        host: Option<HeaderValue>,
+    ) {
+        let client_ip = client.ip_header.clone();
+        let proto = HeaderValue::from_static(if client.peer.tls { "https" } else { "http" });
         if self.trust_forwarded {
             let chain = headers
                 .get_all(&X_FORWARDED_FOR)
@@ -206,7 +226,8 @@ impl Forwarder {
             let value = if chain.is_empty() {
                 client_ip
             } else {
-                HeaderValue::from_str(&format!("{chain}, {}", peer.addr.ip())).unwrap_or(client_ip)
+                HeaderValue::from_str(&format!("{chain}, {}", client.peer.addr.ip()))
+                    .unwrap_or(client_ip)
             };
             headers.insert(&X_FORWARDED_FOR, value);
             if !headers.contains_key(&X_FORWARDED_PROTO) {

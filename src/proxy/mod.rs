@@ -14,10 +14,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::decision::{Decision, DecisionEngine, Peer, Reason};
+use crate::decision::{Decision, DecisionEngine, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::problem;
-use forward::Forwarder;
+use forward::{ClientAddr, Forwarder};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -33,17 +33,17 @@ pub struct Shared {
 /// One request, from head to response head: decide, then forward or reject.
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: Peer,
+    client: ClientAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let (head, body) = request.into_parts();
-    let response = match shared.engine.decide(&head, &peer).await {
+    let response = match shared.engine.decide(&head, &client.peer).await {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
             problem::render(*denial).map(Either::Right)
         }
-        Decision::Allow => match shared.forwarder.forward(head, body, &peer).await {
+        Decision::Allow => match shared.forwarder.forward(head, body, &client).await {
             Ok(response) => {
                 shared.metrics.request(Outcome::Allow, Reason::Allowed);
                 response.map(Either::Left)
