@@ -217,7 +217,15 @@ async fn the_shipped_example_config_is_valid() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/licensegate.yaml");
     let upstream = format!("http://{}", echo_upstream().await);
     let proxy = Proxy::spawn(&[
-        "run", "--config", config, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", &upstream,
+        "run",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
     ])
     .expect("the example config starts");
     let (parts, _) = get(&proxy.url("/")).await;
