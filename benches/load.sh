@@ -44,7 +44,8 @@
 #   OUT_JSON     JSON output path (default <repo>/target/bench/load.json)
 #   UPSTREAM_CPUS  taskset CPU list for the upstream nginx when PIN=1 (default:
 #                a spare core if there is one, else CPU 0, shared with wrk)
-#   RUST_LOG     passed to licensegate (default "warn": no per-request logging)
+#   LICENSEGATE_LOG  licensegate's log filter (default "warn", so that logging
+#                costs nothing under load; its log is shown when it fails)
 #   LG_EXTRA_ARGS  extra arguments appended to the licensegate command line
 #   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
 #
@@ -72,7 +73,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 BIN=${BIN:-$ROOT/target/release/licensegate}
 OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
-LG_RUST_LOG=${RUST_LOG:-warn}
+LG_LOG_FILTER=${LICENSEGATE_LOG:-warn}
 WARMUP_SECONDS=1
 READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
 READY_SLEEP=0.05
@@ -305,7 +306,7 @@ render() {
 wait_http() {
     local url=$1 pid=$2 i
     for ((i = 0; i < READY_TRIES; i++)); do
-        if curl -sf -o /dev/null --max-time 1 "$url"; then return 0; fi
+        if curl -sf -o /dev/null --max-time 0.5 "$url"; then return 0; fi
         kill -0 "$pid" 2>/dev/null || return 1
         sleep "$READY_SLEEP"
     done
@@ -353,7 +354,7 @@ mkdir "$TMP/licensegate"
 LG_EXTRA=()
 if [[ -n ${LG_EXTRA_ARGS:-} ]]; then read -r -a LG_EXTRA <<<"$LG_EXTRA_ARGS"; fi
 LG_LOG="$TMP/licensegate/licensegate.log"
-start_bg "$LG_LOG" env RUST_LOG="$LG_RUST_LOG" "${PROXY_PFX[@]}" "$BIN" run \
+start_bg "$LG_LOG" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
     --listen "127.0.0.1:$LG_PORT" \
     --upstream "http://127.0.0.1:$UP_PORT" \
     --admin "127.0.0.1:$LG_ADMIN_PORT" \
@@ -361,7 +362,14 @@ start_bg "$LG_LOG" env RUST_LOG="$LG_RUST_LOG" "${PROXY_PFX[@]}" "$BIN" run \
     "${LG_EXTRA[@]}"
 LG_PID=$LAST_PID # env and taskset exec, so this is licensegate itself
 if ! wait_http "http://127.0.0.1:$LG_ADMIN_PORT/readyz" "$LG_PID"; then
-    log "licensegate did not become ready (GET http://127.0.0.1:$LG_ADMIN_PORT/readyz); its log:"
+    if kill -0 "$LG_PID" 2>/dev/null; then
+        log "licensegate did not become ready within 5 s (GET http://127.0.0.1:$LG_ADMIN_PORT/readyz); its log:"
+    else
+        lg_rc=0
+        wait "$LG_PID" || lg_rc=$?
+        forget_pid "$LG_PID"
+        log "licensegate exited with status $lg_rc before becoming ready; its log:"
+    fi
     dump_log "$LG_LOG"
     exit 1
 fi
@@ -433,6 +441,7 @@ run_wrk() {
     forget_pid "$pid"
     if ((rc != 0)) || ! grep -q '^Requests/sec:' "$out"; then
         dump_log "$out"
+        if [[ $1 == licensegate ]]; then dump_log "$LG_LOG"; fi
         die "wrk against $1 ($url) failed (exit $rc)"
     fi
 }
