@@ -413,3 +413,50 @@ fn admin_answers_health_and_readiness() {
         assert_eq!(parts.status, 404);
     });
 }
+
+#[tokio::test]
+async fn upstream_closing_connections_after_each_response_is_harmless() {
+    let upstream = upstream(|_request| async {
+        let mut response = Response::new(full("bye"));
+        response
+            .headers_mut()
+            .insert("connection", "close".parse().unwrap());
+        response
+    })
+    .await;
+    let proxy = Proxy::run(&format!("http://{upstream}"), &[]);
+    // One client connection, many requests: each needs a fresh upstream connection.
+    let client = client();
+    for i in 0..25 {
+        let response = client
+            .request(
+                Request::get(proxy.url(&format!("/{i}")))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert!(
+            response.headers().get("connection").is_none(),
+            "hop-by-hop leaked"
+        );
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "bye"
+        );
+    }
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(&page, "licensegate_connections_total"),
+        Some(1.0),
+        "the client kept one connection"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "licensegate_requests_total{decision=\"allow\",reason=\"allowed\"}"
+        ),
+        Some(25.0)
+    );
+}

@@ -2,6 +2,7 @@
 //! strip hop-by-hop headers, set `X-Forwarded-*`, send it over a pooled
 //! connection, and tunnel HTTP/1.1 upgrades.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +19,12 @@ use crate::config::{ConfigError, Settings, UpstreamProtocol};
 use crate::decision::Peer;
 use crate::metrics::UpstreamErrorKind;
 
+use super::upstream::{DirectPool, Lease};
+
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// Idle direct upstream connections kept for new inbound connections.
+const DIRECT_MAX_IDLE: usize = 1024;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -27,20 +33,13 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The inbound peer, with its address pre-rendered once per connection for
-/// `X-Forwarded-For`.
-#[derive(Clone, Debug)]
-pub struct ClientAddr {
+/// What forwarding keeps per inbound connection: the peer, its address
+/// pre-rendered for `X-Forwarded-For`, and the upstream connection it holds.
+#[derive(Debug)]
+pub struct ConnContext {
     pub peer: Peer,
     ip_header: HeaderValue,
-}
-
-impl ClientAddr {
-    pub fn new(peer: Peer) -> Self {
-        let ip_header = HeaderValue::from_str(&peer.addr.ip().to_string())
-            .expect("an IP address is a valid header value");
-        ClientAddr { peer, ip_header }
-    }
+    lease: Option<Lease>,
 }
 
 /// Why the upstream gave no response.
@@ -52,6 +51,9 @@ pub struct UpstreamError {
 
 /// Sends requests to one upstream origin over pooled connections.
 pub struct Forwarder {
+    /// Plain HTTP/1.1 upstreams: connection-affine reuse for HTTP/1.x clients.
+    direct: Option<Arc<DirectPool>>,
+    /// Everything else: HTTP/2 clients, TLS or HTTP/2 upstreams.
     client: UpstreamClient,
     scheme: Scheme,
     authority: Authority,
@@ -100,7 +102,16 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(upstream.protocol == UpstreamProtocol::Http2);
+        let direct = (!upstream.url.is_https() && upstream.protocol != UpstreamProtocol::Http2)
+            .then(|| {
+                Arc::new(DirectPool::new(
+                    upstream.url.authority.clone(),
+                    settings.timeouts.upstream_connect,
+                    DIRECT_MAX_IDLE,
+                ))
+            });
         Ok(Forwarder {
+            direct,
             client: client.build(connector),
             scheme: upstream.url.scheme.clone(),
             authority: upstream.url.authority.clone(),
@@ -109,42 +120,69 @@ impl Forwarder {
         })
     }
 
+    /// Per-connection forwarding state for a newly accepted connection.
+    pub fn connection(&self, peer: Peer) -> ConnContext {
+        let ip_header = HeaderValue::from_str(&peer.addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ConnContext {
+            peer,
+            ip_header,
+            lease: self.direct.as_ref().map(DirectPool::lease),
+        }
+    }
+
     /// Forward one allowed request and return the upstream's response head
     /// with its body still streaming.
     pub async fn forward(
         &self,
         mut head: request::Parts,
         body: Incoming,
-        client: &ClientAddr,
+        conn: &ConnContext,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let upgrade = prepare_upgrade(&mut head);
-        self.rewrite(&mut head, client, upgrade.as_ref().map(|u| &u.protocol))?;
+        // HTTP/2 clients multiplex, so their requests share the general pool.
+        let lease = conn
+            .lease
+            .as_ref()
+            .filter(|_| head.version != Version::HTTP_2);
+        self.rewrite(
+            &mut head,
+            conn,
+            upgrade.as_ref().map(|u| &u.protocol),
+            lease.is_none(),
+        )?;
         let request = Request::from_parts(head, body);
 
-        let mut response =
-            match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => {
-                    let kind = if error.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else {
-                        UpstreamErrorKind::Protocol
-                    };
-                    return Err(UpstreamError {
-                        kind,
+        let sent = async {
+            match lease {
+                // An upgraded connection is consumed by its tunnel; never reuse it.
+                Some(lease) => lease.send(request, upgrade.is_none()).await,
+                None => self
+                    .client
+                    .request(request)
+                    .await
+                    .map_err(|error| UpstreamError {
+                        kind: if error.is_connect() {
+                            UpstreamErrorKind::Connect
+                        } else {
+                            UpstreamErrorKind::Protocol
+                        },
                         detail: describe(&error),
-                    });
-                }
-                Err(_elapsed) => {
-                    return Err(UpstreamError {
-                        kind: UpstreamErrorKind::Timeout,
-                        detail: format!(
-                            "the upstream did not respond within {}",
-                            humantime::format_duration(self.response_timeout)
-                        ),
-                    })
-                }
-            };
+                    }),
+            }
+        };
+        let mut response = match tokio::time::timeout(self.response_timeout, sent).await {
+            Ok(result) => result?,
+            Err(_elapsed) => {
+                return Err(UpstreamError {
+                    kind: UpstreamErrorKind::Timeout,
+                    detail: format!(
+                        "the upstream did not respond within {}",
+                        humantime::format_duration(self.response_timeout)
+                    ),
+                })
+            }
+        };
 
         match upgrade {
             Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -164,8 +202,9 @@ impl Forwarder {
     fn rewrite(
         &self,
         head: &mut request::Parts,
-        client: &ClientAddr,
+        conn: &ConnContext,
         upgrade: Option<&HeaderValue>,
+        absolute_uri: bool,
     ) -> Result<(), UpstreamError> {
         // HTTP/2 requests carry the host in `:authority`; an HTTP/1.1 upstream needs `Host`.
         let original_host = match head.headers.get(header::HOST) {
@@ -187,21 +226,27 @@ impl Forwarder {
                 head.headers.insert(header::HOST, host.clone());
             }
         }
-        self.set_forwarded(&mut head.headers, client, original_host);
+        self.set_forwarded(&mut head.headers, conn, original_host);
 
-        let path_and_query = head
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        head.uri = Uri::from_parts(parts).map_err(|e| UpstreamError {
-            kind: UpstreamErrorKind::Protocol,
-            detail: format!("the request target cannot be forwarded: {e}"),
-        })?;
+        // The pool wants the upstream origin in the URI; a direct HTTP/1.1
+        // connection sends the origin form (`/path?query`) as it is.
+        if absolute_uri || head.uri.authority().is_some() {
+            let path_and_query = head
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let mut parts = http::uri::Parts::default();
+            if absolute_uri {
+                parts.scheme = Some(self.scheme.clone());
+                parts.authority = Some(self.authority.clone());
+            }
+            parts.path_and_query = Some(path_and_query);
+            head.uri = Uri::from_parts(parts).map_err(|e| UpstreamError {
+                kind: UpstreamErrorKind::Protocol,
+                detail: format!("the request target cannot be forwarded: {e}"),
+            })?;
+        }
         // The upstream connection's own version is chosen by the pool; HTTP/1.1
         // is accepted by both an HTTP/1.1 and an HTTP/2 upstream connection.
         head.version = Version::HTTP_11;
@@ -211,11 +256,11 @@ impl Forwarder {
     fn set_forwarded(
         &self,
         headers: &mut HeaderMap,
-        client: &ClientAddr,
+        conn: &ConnContext,
         host: Option<HeaderValue>,
     ) {
-        let client_ip = client.ip_header.clone();
-        let proto = HeaderValue::from_static(if client.peer.tls { "https" } else { "http" });
+        let client_ip = conn.ip_header.clone();
+        let proto = HeaderValue::from_static(if conn.peer.tls { "https" } else { "http" });
         if self.trust_forwarded {
             let chain = headers
                 .get_all(&X_FORWARDED_FOR)
@@ -226,7 +271,7 @@ impl Forwarder {
             let value = if chain.is_empty() {
                 client_ip
             } else {
-                HeaderValue::from_str(&format!("{chain}, {}", client.peer.addr.ip()))
+                HeaderValue::from_str(&format!("{chain}, {}", conn.peer.addr.ip()))
                     .unwrap_or(client_ip)
             };
             headers.insert(&X_FORWARDED_FOR, value);

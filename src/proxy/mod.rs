@@ -4,6 +4,7 @@ pub mod forward;
 mod io;
 pub mod server;
 pub mod tls;
+mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use hyper::body::Incoming;
 use crate::decision::{Decision, DecisionEngine, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::problem;
-use forward::{ClientAddr, Forwarder};
+use forward::{ConnContext, Forwarder};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -33,17 +34,17 @@ pub struct Shared {
 /// One request, from head to response head: decide, then forward or reject.
 pub async fn handle(
     shared: Arc<Shared>,
-    client: ClientAddr,
+    conn: Arc<ConnContext>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let (head, body) = request.into_parts();
-    let response = match shared.engine.decide(&head, &client.peer).await {
+    let response = match shared.engine.decide(&head, &conn.peer).await {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
             problem::render(*denial).map(Either::Right)
         }
-        Decision::Allow => match shared.forwarder.forward(head, body, &client).await {
+        Decision::Allow => match shared.forwarder.forward(head, body, &conn).await {
             Ok(response) => {
                 shared.metrics.request(Outcome::Allow, Reason::Allowed);
                 response.map(Either::Left)

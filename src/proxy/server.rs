@@ -212,14 +212,14 @@ impl Connection {
     {
         let shared = Arc::clone(&self.shared);
         let peer = self.peer;
-        let client = super::forward::ClientAddr::new(peer);
+        let conn = Arc::new(self.shared.forwarder.connection(peer));
         let service_activity = Arc::clone(&activity);
         let service = service_fn(move |request| {
             let in_flight = service_activity.begin_request();
             let shared = Arc::clone(&shared);
-            let client = client.clone();
+            let conn = Arc::clone(&conn);
             async move {
-                let response = handle(shared, client, request).await;
+                let response = handle(shared, conn, request).await;
                 drop(in_flight);
                 response
             }

@@ -1,0 +1,187 @@
+//! Plain-HTTP/1.1 upstream connections with connection affinity.
+//!
+//! A sidecar's upstream is usually one local workload spoken to over plain
+//! HTTP/1.1. For that case each inbound connection keeps the upstream
+//! connection it last used and sends its next request on it directly: no
+//! shared-pool lock, no key hashing, no task spawned per request to return
+//! the connection (all of which the general-purpose pool does, and which
+//! profiles showed as a large share of user-space time per request). Upstream
+//! connections not held by an inbound connection wait in a small shared idle
+//! list, so new inbound connections reuse them. TLS and HTTP/2 upstreams use
+//! hyper-util's pool instead (see `forward.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::forward::UpstreamError;
+use crate::metrics::UpstreamErrorKind;
+
+type Sender = http1::SendRequest<Incoming>;
+
+/// Idle upstream connections shared by all inbound connections.
+#[derive(Debug)]
+pub struct DirectPool {
+    authority: Authority,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Sender>>,
+    max_idle: usize,
+}
+
+/// The upstream connection an inbound connection holds between requests.
+/// Returned to the shared idle list when the inbound connection closes.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<DirectPool>,
+    held: Mutex<Option<Sender>>,
+}
+
+impl DirectPool {
+    pub fn new(authority: Authority, connect_timeout: Duration, max_idle: usize) -> Self {
+        DirectPool {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        Lease {
+            pool: Arc::clone(self),
+            held: Mutex::new(None),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: Sender) {
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max_idle {
+            idle.push(sender);
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let connect_error = |detail: String| UpstreamError {
+            kind: UpstreamErrorKind::Connect,
+            detail,
+        };
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = self.authority.port_u16().unwrap_or(80);
+        let connect = async {
+            let mut last_error = None;
+            let addrs = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| connect_error(format!("cannot resolve {}: {e}", self.authority)))?;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last_error = Some(format!("tcp connect error: {addr}: {e}")),
+                }
+            }
+            Err(connect_error(last_error.unwrap_or_else(|| {
+                format!("{} resolved to no addresses", self.authority)
+            })))
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                connect_error(format!(
+                    "tcp connect to {} timed out after {}",
+                    self.authority,
+                    humantime::format_duration(self.connect_timeout)
+                ))
+            })??;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(format!("HTTP/1.1 handshake failed: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Lease {
+    /// Send one request in origin form, on the held connection when it is
+    /// usable, else on an idle or new one. A request the connection refused
+    /// before writing anything (it was closing) is retried once on a new one.
+    pub async fn send(
+        &self,
+        request: Request<Incoming>,
+        keep_connection: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let held = lock(&self.held).take();
+        let mut sender = match held.or_else(|| self.pool.take_idle()) {
+            Some(sender) => sender,
+            None => self.pool.connect().await?,
+        };
+        if sender.ready().await.is_err() {
+            sender = self.pool.connect().await?;
+        }
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut error) => match error.take_message() {
+                Some(request) => {
+                    sender = self.pool.connect().await?;
+                    sender.send_request(request).await.map_err(protocol_error)?
+                }
+                None => return Err(protocol_error(error.into_error())),
+            },
+        };
+        if keep_connection {
+            // The next request on this inbound connection waits in `ready()`
+            // until this response's body has been read to the end.
+            if let Some(previous) = lock(&self.held).replace(sender) {
+                self.pool.put_idle(previous);
+            }
+        }
+        Ok(response)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(sender) = lock(&self.held).take() {
+            self.pool.put_idle(sender);
+        }
+    }
+}
+
+fn protocol_error(error: hyper::Error) -> UpstreamError {
+    UpstreamError {
+        kind: UpstreamErrorKind::Protocol,
+        detail: format!("upstream connection failed: {error}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can panic while holding the lock; recover regardless.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
