@@ -335,34 +335,67 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that are not named in `Connection`,
+/// one bit each so a single scan finds which are present.
+const HOP_BY_HOP: [(&HeaderName, u16); 9] = [
+    (&header::CONNECTION, 1 << 0),
+    (&KEEP_ALIVE, 1 << 1),
+    (&PROXY_CONNECTION, 1 << 2),
+    (&header::PROXY_AUTHENTICATE, 1 << 3),
+    (&header::PROXY_AUTHORIZATION, 1 << 4),
+    (&header::TRAILER, 1 << 5),
+    (&header::TRANSFER_ENCODING, 1 << 6),
+    (&header::UPGRADE, 1 << 7),
+    (&header::TE, 1 << 8),
+];
+
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
 /// header named in `Connection`. `TE: trailers` survives, as gRPC needs it.
+///
+/// Most messages carry few or none of these, so one pass over the names
+/// (cheap comparisons, no hashing) decides what needs removing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Rare path: only HTTP/1.x clients that name extra headers get here.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        for (hop, bit) in HOP_BY_HOP {
+            if name == hop {
+                present |= bit;
+            }
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Headers named in `Connection` are hop-by-hop too. `close` and
+        // `keep-alive` are the usual tokens and name nothing else to remove.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    for (hop, bit) in HOP_BY_HOP {
+        if present & bit == 0 {
+            continue;
         }
+        if *hop == header::TE {
+            let trailers_only = headers.get_all(header::TE).iter().count() == 1
+                && headers
+                    .get(header::TE)
+                    .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            if trailers_only {
+                continue;
+            }
+        }
+        headers.remove(hop);
     }
 }
 
@@ -407,6 +440,36 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn keep_alive_token_and_header_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_untouched() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_removed_even_beside_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::TE, HeaderValue::from_static("trailers"));
+        headers.append(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get(header::TE).is_none());
     }
 
     #[test]
