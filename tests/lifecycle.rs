@@ -231,3 +231,15 @@ async fn the_shipped_example_config_is_valid() {
     let (parts, _) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 200);
 }
+
+#[tokio::test]
+async fn demo_runs_with_zero_setup() {
+    let proxy = Proxy::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .expect("demo starts");
+    let (parts, body) = get(&proxy.url("/hello")).await;
+    assert_eq!(parts.status, 200);
+    let seen: licensegate::demo::EchoReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen.path, "/hello");
+    let (parts, _) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 200);
+}
