@@ -222,7 +222,9 @@ fn demo(args: DemoArgs) -> i32 {
         announce(&gateway);
         let proxy = gateway.proxy_addr();
         let admin = gateway.admin_addr();
-        println!(
+        // Write errors are ignored: a closed stdout must not stop the proxy.
+        let _ = writeln!(
+            std::io::stdout(),
             "\nlicensegate demo: proxying to an embedded echo server at {}\n\n\
              Try:\n  \
              curl -i http://{proxy}/hello                      # forwarded; the echo shows what arrived\n  \
@@ -242,14 +244,17 @@ fn demo(args: DemoArgs) -> i32 {
     code
 }
 
-/// The one stdout line tools and tests read to find the bound ports.
+/// The one stdout line tools and tests read to find the bound ports. Write
+/// errors are ignored: a closed stdout must not stop the proxy.
 fn announce(gateway: &Gateway) {
-    println!(
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
         "licensegate listening: proxy={} admin={}",
         gateway.proxy_addr(),
         gateway.admin_addr()
     );
-    let _ = std::io::stdout().flush();
+    let _ = stdout.flush();
 }
 
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

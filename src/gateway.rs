@@ -92,8 +92,10 @@ impl Gateway {
     /// Serve until draining completes. The admin port keeps answering until
     /// the proxy has drained, so `/readyz` shows 503 throughout.
     pub async fn run(self) {
-        let admin = tokio::spawn(self.admin.serve());
+        // The listener is bound, so connections queue from here on: ready
+        // before the admin port can be asked.
         self.lifecycle.set(LISTENER_READY, Ok(()));
+        let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
         admin.abort();
     }

@@ -243,3 +243,105 @@ async fn demo_runs_with_zero_setup() {
     let (parts, _) = get(&proxy.admin_url("/readyz")).await;
     assert_eq!(parts.status, 200);
 }
+
+fn short_head_timeout_config(
+    dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+) -> std::path::PathBuf {
+    write_file(
+        dir,
+        "lg.yaml",
+        &format!("upstream:\n  url: http://{upstream}\ntimeouts:\n  request_header: 200ms\n  idle: 10s\n"),
+    )
+}
+
+// Time passing is the stimulus in the next two tests: they wait longer than
+// the head timeout on purpose, and assert the connection survives.
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_head_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::with_config(&short_head_timeout_config(
+        dir.path(),
+        echo_upstream().await,
+    ));
+    let client = client();
+    let (parts, _) = get(&proxy.url("/warm")).await;
+    assert_eq!(parts.status, 200);
+    for i in 0..2 {
+        let response = client
+            .request(
+                Request::get(proxy.url(&format!("/{i}")))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+    let response = client
+        .request(Request::get(proxy.url("/last")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let page = metrics(&proxy).await;
+    // One connection for /warm, one reused for the three client requests.
+    assert_eq!(metric(&page, "licensegate_connections_total"), Some(2.0));
+}
+
+#[tokio::test]
+async fn a_slow_upload_after_the_response_head_is_not_cut_off() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::with_config(&short_head_timeout_config(
+        dir.path(),
+        echo_upstream().await,
+    ));
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    let body = http_body_util::StreamBody::new(tokio_stream_from(body_rx));
+    let request = Request::post("/upload")
+        .header("host", "x")
+        .header("content-type", "text/plain")
+        .body(body)
+        .unwrap();
+    body_tx
+        .send(Ok(http_body::Frame::data("first ".into())))
+        .await
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut echoed = response.into_body();
+    let first = echoed.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first ");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    body_tx
+        .send(Ok(http_body::Frame::data("second".into())))
+        .await
+        .unwrap();
+    drop(body_tx);
+    let rest = echoed
+        .collect()
+        .await
+        .expect("the upload was not cut off")
+        .to_bytes();
+    assert_eq!(rest, "second");
+}
+
+/// An mpsc receiver as a `Stream`, without pulling in tokio-stream.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -107,6 +107,7 @@ impl Forwarder {
                 Arc::new(DirectPool::new(
                     upstream.url.authority.clone(),
                     settings.timeouts.upstream_connect,
+                    settings.timeouts.upstream_response,
                     DIRECT_MAX_IDLE,
                 ))
             });
@@ -153,35 +154,33 @@ impl Forwarder {
         )?;
         let request = Request::from_parts(head, body);
 
-        let sent = async {
-            match lease {
-                // An upgraded connection is consumed by its tunnel; never reuse it.
-                Some(lease) => lease.send(request, upgrade.is_none()).await,
-                None => self
-                    .client
-                    .request(request)
-                    .await
-                    .map_err(|error| UpstreamError {
+        let mut response = match lease {
+            // An upgraded connection is consumed by its tunnel; never reuse it.
+            Some(lease) => lease.send(request, upgrade.is_none()).await?,
+            None => match tokio::time::timeout(self.response_timeout, self.client.request(request))
+                .await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    return Err(UpstreamError {
                         kind: if error.is_connect() {
                             UpstreamErrorKind::Connect
                         } else {
                             UpstreamErrorKind::Protocol
                         },
                         detail: describe(&error),
-                    }),
-            }
-        };
-        let mut response = match tokio::time::timeout(self.response_timeout, sent).await {
-            Ok(result) => result?,
-            Err(_elapsed) => {
-                return Err(UpstreamError {
-                    kind: UpstreamErrorKind::Timeout,
-                    detail: format!(
-                        "the upstream did not respond within {}",
-                        humantime::format_duration(self.response_timeout)
-                    ),
-                })
-            }
+                    })
+                }
+                Err(_elapsed) => {
+                    return Err(UpstreamError {
+                        kind: UpstreamErrorKind::Timeout,
+                        detail: format!(
+                            "the upstream did not respond within {}",
+                            humantime::format_duration(self.response_timeout)
+                        ),
+                    })
+                }
+            },
         };
 
         match upgrade {

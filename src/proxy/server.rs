@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::io::{Activity, CountingIo};
+use super::io::{Activity, CountingIo, InFlightBody};
 use super::{handle, Shared};
 use crate::config::Settings;
 use crate::decision::Peer;
@@ -43,9 +43,11 @@ struct Builders {
 impl Builders {
     fn new(settings: &Settings) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
+        // The request-head timeout is enforced by the connection watchdog
+        // (one coarse timer per connection) rather than hyper's per-request timer.
         auto.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.timeouts.request_header)
+            .header_read_timeout(None)
             .max_buf_size(settings.limits.max_header_bytes)
             .keep_alive(true);
         auto.http2()
@@ -186,6 +188,7 @@ impl Connection {
                     Ok(Ok(tls)) => {
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         let builder = if h2 {
+                            activity.set_multiplexed();
                             self.builders.http2.clone()
                         } else {
                             self.builders.http1.clone()
@@ -220,8 +223,7 @@ impl Connection {
             let conn = Arc::clone(&conn);
             async move {
                 let response = handle(shared, conn, request).await;
-                drop(in_flight);
-                response
+                response.map(|response| response.map(|body| InFlightBody::new(body, in_flight)))
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -229,11 +231,12 @@ impl Connection {
 
         let drained = self.lifecycle.drained();
         tokio::pin!(drained);
-        let mut idle_check = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.idle_timeout,
-            self.idle_timeout,
+        let mut watchdog = Watchdog::new(self.request_header_timeout, self.idle_timeout);
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + watchdog.period,
+            watchdog.period,
         );
-        let mut last_ticks = activity.ticks();
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -247,16 +250,74 @@ impl Connection {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                _ = idle_check.tick(), if !closing => {
-                    let ticks = activity.ticks();
-                    if ticks == last_ticks && activity.in_flight() == 0 {
+                _ = check.tick() => match watchdog.check(&activity) {
+                    Verdict::Fine => {}
+                    Verdict::HeadTooSlow => {
+                        tracing::debug!(peer = %peer.addr, "request head not received in time; closing");
+                        return;
+                    }
+                    Verdict::Idle if !closing => {
                         tracing::debug!(peer = %peer.addr, "closing idle connection");
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
-                    last_ticks = ticks;
-                }
+                    Verdict::Idle => {}
+                },
             }
+        }
+    }
+}
+
+/// One coarse timer per connection enforcing the request-head and idle
+/// timeouts. It checks every `period` (half the shorter timeout), so a slow
+/// head is cut off between 1× and 1.5× `timeouts.request_header`, and a quiet
+/// connection closed between 1× and 1.5× `timeouts.idle` (rounded to checks).
+struct Watchdog {
+    period: Duration,
+    head_epochs: u64,
+    idle_checks: u64,
+    quiet_checks: u64,
+    last_ticks: u64,
+}
+
+enum Verdict {
+    Fine,
+    HeadTooSlow,
+    Idle,
+}
+
+impl Watchdog {
+    fn new(request_header: Duration, idle: Duration) -> Self {
+        let period = (request_header.min(idle) / 2).max(Duration::from_millis(5));
+        let checks = |timeout: Duration| (timeout.as_nanos() / period.as_nanos()).max(1) as u64;
+        Watchdog {
+            period,
+            head_epochs: checks(request_header),
+            idle_checks: checks(idle),
+            quiet_checks: 0,
+            last_ticks: 0,
+        }
+    }
+
+    fn check(&mut self, activity: &Activity) -> Verdict {
+        let epoch = activity.advance_epoch();
+        if let Some(started) = activity.head_started() {
+            // The head began during epoch `started`, i.e. after its start.
+            if activity.in_flight() == 0 && epoch.saturating_sub(started + 1) >= self.head_epochs {
+                return Verdict::HeadTooSlow;
+            }
+        }
+        let ticks = activity.ticks();
+        if ticks == self.last_ticks && activity.in_flight() == 0 {
+            self.quiet_checks += 1;
+        } else {
+            self.quiet_checks = 0;
+        }
+        self.last_ticks = ticks;
+        if self.quiet_checks >= self.idle_checks {
+            Verdict::Idle
+        } else {
+            Verdict::Fine
         }
     }
 }

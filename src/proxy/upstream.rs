@@ -10,6 +10,7 @@
 //! list, so new inbound connections reuse them. TLS and HTTP/2 upstreams use
 //! hyper-util's pool instead (see `forward.rs`).
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::forward::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
@@ -30,6 +32,7 @@ type Sender = http1::SendRequest<Incoming>;
 pub struct DirectPool {
     authority: Authority,
     connect_timeout: Duration,
+    response_timeout: Duration,
     idle: Mutex<Vec<Sender>>,
     max_idle: usize,
 }
@@ -40,13 +43,23 @@ pub struct DirectPool {
 pub struct Lease {
     pool: Arc<DirectPool>,
     held: Mutex<Option<Sender>>,
+    /// The response-timeout timer, re-armed per request. Moving a tokio
+    /// deadline later is an atomic update, while a fresh timer per request
+    /// costs a timer-wheel insert and removal.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl DirectPool {
-    pub fn new(authority: Authority, connect_timeout: Duration, max_idle: usize) -> Self {
+    pub fn new(
+        authority: Authority,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
         DirectPool {
             authority,
             connect_timeout,
+            response_timeout,
             idle: Mutex::new(Vec::new()),
             max_idle,
         }
@@ -56,6 +69,7 @@ impl DirectPool {
         Lease {
             pool: Arc::clone(self),
             held: Mutex::new(None),
+            timer: Mutex::new(None),
         }
     }
 
@@ -129,10 +143,38 @@ impl DirectPool {
 }
 
 impl Lease {
-    /// Send one request in origin form, on the held connection when it is
-    /// usable, else on an idle or new one. A request the connection refused
-    /// before writing anything (it was closing) is retried once on a new one.
+    /// Send one request in origin form and wait, up to the response
+    /// timeout, for the response head.
     pub async fn send(
+        &self,
+        request: Request<Incoming>,
+        keep_connection: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let timeout = self.pool.response_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut timer = lock(&self.timer)
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
+        let result = tokio::select! {
+            biased;
+            result = self.send_now(request, keep_connection) => result,
+            () = timer.as_mut() => Err(UpstreamError {
+                kind: UpstreamErrorKind::Timeout,
+                detail: format!(
+                    "the upstream did not respond within {}",
+                    humantime::format_duration(timeout)
+                ),
+            }),
+        };
+        *lock(&self.timer) = Some(timer);
+        result
+    }
+
+    /// Send on the held connection when it is usable, else on an idle or new
+    /// one. A request the connection refused before writing anything (it was
+    /// closing) is retried once on a new one.
+    async fn send_now(
         &self,
         request: Request<Incoming>,
         keep_connection: bool,

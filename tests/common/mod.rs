@@ -105,11 +105,10 @@ impl Proxy {
 
         let stdout = child.stdout.take().unwrap();
         let (line_tx, line_rx) = mpsc::channel();
+        // Keep reading after the announcement so the child never writes to a closed pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
+                let _ = line_tx.send(line);
             }
         });
         let deadline = Instant::now() + WAIT;
