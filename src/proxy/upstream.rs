@@ -130,6 +130,7 @@ impl DirectPool {
             })??;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_error(format!("HTTP/1.1 handshake failed: {e}")))?;
