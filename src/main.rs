@@ -1,4 +1,5 @@
-// mimalloc: hyper allocates a fresh read buffer per HTTP/1.1 message, and
+// mimalloc (built without transparent huge pages, which doubled idle RSS):
+// hyper allocates a fresh read buffer per HTTP/1.1 message, and
 // with glibc's allocator that showed up as a measurable share of each
 // request (benches/load.sh, callgrind); mimalloc cuts it.
 #[global_allocator]
