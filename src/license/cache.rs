@@ -1,0 +1,380 @@
+//! Remembering verified tokens, so a token seen before costs a map lookup
+//! instead of a signature check.
+//!
+//! The map is keyed by the token text itself, compared in full. Hashing the
+//! whole token with SHA-256 (as first planned) costs ~550 ns for a typical
+//! 700-byte token on the reference machine, more than the whole 200 ns
+//! budget of a hit; instead the map hashes only the token's tail (the end of
+//! the signature, random-looking per token) with a keyed SipHash, and
+//! equality is an exact byte comparison, so there are no false hits at all.
+//! Only tokens that verified are ever inserted, so an attacker cannot crowd
+//! a bucket or grow the map.
+//!
+//! Memory is bounded by the entry count: at most `capacity` tokens of at most
+//! [`MAX_TOKEN_BYTES`](super::MAX_TOKEN_BYTES) each (a real deployment sees a
+//! handful of licenses).
+
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use super::error::LicenseError;
+use super::keys::Keyring;
+use super::token::{self, VerifiedLicense};
+use super::validate::{Validator, Validity};
+
+/// Verified tokens by their exact text. Bounded; see the module docs.
+pub struct VerificationCache {
+    map: DashMap<Box<str>, Entry, TailHasher>,
+    capacity: usize,
+}
+
+struct Entry {
+    license: Arc<VerifiedLicense>,
+    /// [`Keyring::generation`] of the keyring that verified it.
+    generation: u64,
+    /// Not served from this second on (`exp` + leeway + grace).
+    serve_until: u64,
+}
+
+impl VerificationCache {
+    /// The default number of entries.
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
+    /// An empty cache holding at most `capacity` entries (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        VerificationCache {
+            map: DashMap::with_hasher(TailHasher(RandomState::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The most entries held at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Drop every entry, e.g. when the keyring or validator changes.
+    pub fn clear(&self) {
+        self.map.clear();
+    }
+
+    /// The license for `token` if it was verified under keyring `generation`
+    /// and is not past its serving time. A stale entry is removed.
+    pub(crate) fn get(
+        &self,
+        token: &str,
+        generation: u64,
+        now: u64,
+    ) -> Option<Arc<VerifiedLicense>> {
+        {
+            let entry = self.map.get(token)?;
+            if entry.generation == generation && now < entry.serve_until {
+                return Some(Arc::clone(&entry.license));
+            }
+            // The read guard must be gone before removing (same shard).
+        }
+        self.map.remove_if(token, |_, e| {
+            e.generation != generation || now >= e.serve_until
+        });
+        None
+    }
+
+    /// Remember `license` for `token` until `serve_until`.
+    ///
+    /// When full, expired and other-generation entries are dropped first; if
+    /// that frees less than an eighth of the capacity, an arbitrary eighth
+    /// (hash order, so effectively random) goes too. This keeps the hit path
+    /// free of LRU bookkeeping, and a full cache costs one sweep per
+    /// capacity/8 inserts.
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        license: Arc<VerifiedLicense>,
+        generation: u64,
+        serve_until: u64,
+        now: u64,
+    ) {
+        if now >= serve_until {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map
+                .retain(|_, e| e.generation == generation && now < e.serve_until);
+            let target = self.capacity - self.capacity.div_ceil(8);
+            let mut excess = self.map.len().saturating_sub(target);
+            if excess > 0 {
+                self.map.retain(|_, _| {
+                    if excess == 0 {
+                        return true;
+                    }
+                    excess -= 1;
+                    false
+                });
+            }
+        }
+        self.map.insert(
+            token.into(),
+            Entry {
+                license,
+                generation,
+                serve_until,
+            },
+        );
+    }
+}
+
+impl std::fmt::Debug for VerificationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationCache")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// Hashes a string key by its last [`TailHasher::TAIL`] bytes and its length
+/// with a keyed SipHash. Both the stored `Box<str>` and the looked-up `&str`
+/// hash through `str`'s `Hash`, which hands the whole text to one `write`,
+/// so both sides see the same tail.
+#[derive(Clone)]
+struct TailHasher(RandomState);
+
+impl TailHasher {
+    /// 32 base64url characters: 192 bits of the signature.
+    const TAIL: usize = 32;
+}
+
+impl BuildHasher for TailHasher {
+    type Hasher = TailHash;
+
+    fn build_hasher(&self) -> TailHash {
+        TailHash(self.0.build_hasher())
+    }
+}
+
+struct TailHash(DefaultHasher);
+
+impl Hasher for TailHash {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0
+            .write(&bytes[bytes.len().saturating_sub(TailHasher::TAIL)..]);
+        self.0.write_usize(bytes.len());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Verifies license tokens: the cache, then full verification, then the
+/// validator. Share it behind an `Arc`; the keyring can be swapped live.
+pub struct LicenseVerifier {
+    keyring: ArcSwap<Keyring>,
+    cache: VerificationCache,
+    validator: Validator,
+}
+
+impl LicenseVerifier {
+    /// A verifier over `keyring` with a cache of `cache_capacity` entries.
+    pub fn new(keyring: Arc<Keyring>, validator: Validator, cache_capacity: usize) -> Self {
+        LicenseVerifier {
+            keyring: ArcSwap::new(keyring),
+            cache: VerificationCache::new(cache_capacity),
+            validator,
+        }
+    }
+
+    /// Verify and validate `token` at `now` (unix seconds).
+    ///
+    /// A cache hit does no signature or parsing work; the time window, issuer
+    /// and audience are still checked on every call. Only tokens that pass
+    /// are cached, so failures are recomputed (they cannot be forged
+    /// cheaply into hits).
+    pub fn check(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
+        let keyring = self.keyring.load();
+        let generation = keyring.generation();
+        if let Some(license) = self.cache.get(token, generation, now) {
+            let validity = self.validator.validate(&license.claims, now)?;
+            return Ok((license, validity));
+        }
+        let license = Arc::new(token::verify(token, &keyring)?);
+        let validity = self.validator.validate(&license.claims, now)?;
+        let serve_until = self.validator.serve_until(&license.claims);
+        self.cache
+            .insert(token, Arc::clone(&license), generation, serve_until, now);
+        Ok((license, validity))
+    }
+
+    /// The current keyring.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.load_full()
+    }
+
+    /// Swap in `keyring`. Returns false (and keeps the cache) when its
+    /// contents equal the current one's; otherwise the cache is cleared.
+    /// Entries are also tagged with the keyring generation, so a check that
+    /// raced the swap cannot leave an entry the new keyring would not accept.
+    pub fn replace_keyring(&self, keyring: Arc<Keyring>) -> bool {
+        let new_generation = keyring.generation();
+        let old = self.keyring.swap(keyring);
+        if old.generation() == new_generation {
+            return false;
+        }
+        self.cache.clear();
+        true
+    }
+
+    /// The checks applied after verification.
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+
+    /// The cache, e.g. for its size on the admin port.
+    pub fn cache(&self) -> &VerificationCache {
+        &self.cache
+    }
+}
+
+impl std::fmt::Debug for LicenseVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LicenseVerifier")
+            .field("keyring", &self.keyring.load().fingerprint())
+            .field("cache", &self.cache)
+            .field("validator", &self.validator)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::claims::{Claims, LicenseClaims, NumericDate};
+    use crate::license::token::Algorithm;
+    use std::hash::Hash;
+
+    fn license(exp: u64) -> Arc<VerifiedLicense> {
+        Arc::new(VerifiedLicense {
+            kid: "k".into(),
+            alg: Algorithm::EdDSA,
+            claims: Claims {
+                iss: None,
+                sub: "s".into(),
+                aud: Default::default(),
+                exp: NumericDate(exp),
+                nbf: None,
+                iat: None,
+                jti: None,
+                lic: LicenseClaims::default(),
+            },
+        })
+    }
+
+    #[test]
+    fn tail_hash_agrees_for_owned_and_borrowed_keys() {
+        let hasher = TailHasher(RandomState::new());
+        let text = "header.payload.signature-with-enough-characters-to-cut";
+        let owned: Box<str> = text.into();
+        let hash = |v: &dyn Fn(&mut TailHash)| {
+            let mut h = hasher.build_hasher();
+            v(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&|h| owned.hash(h)), hash(&|h| text.hash(h)));
+        // Same tail, different length: different hash (almost surely).
+        let longer = format!("x{text}");
+        assert_ne!(hash(&|h| longer.as_str().hash(h)), hash(&|h| text.hash(h)));
+    }
+
+    #[test]
+    fn same_tail_tokens_are_distinct_entries() {
+        let cache = VerificationCache::new(10);
+        let tail = "S".repeat(40);
+        let a = format!("aaaa.{tail}");
+        let b = format!("bbbb.{tail}");
+        cache.insert(&a, license(100), 1, 100, 0);
+        assert!(cache.get(&a, 1, 0).is_some());
+        assert!(cache.get(&b, 1, 0).is_none());
+        cache.insert(&b, license(200), 1, 200, 0);
+        assert_eq!(cache.get(&a, 1, 0).unwrap().expires_at(), 100);
+        assert_eq!(cache.get(&b, 1, 0).unwrap().expires_at(), 200);
+    }
+
+    #[test]
+    fn entries_expire_and_follow_the_generation() {
+        let cache = VerificationCache::new(10);
+        cache.insert("t", license(100), 7, 150, 0);
+        assert!(cache.get("t", 7, 149).is_some());
+        assert!(cache.get("t", 8, 10).is_none(), "other keyring");
+        assert!(cache.is_empty(), "stale entry removed");
+        cache.insert("t", license(100), 7, 150, 0);
+        assert!(cache.get("t", 7, 150).is_none(), "past serving time");
+        assert!(cache.is_empty());
+        cache.insert("t", license(100), 7, 150, 150);
+        assert!(cache.is_empty(), "already-expired entries are not stored");
+    }
+
+    #[test]
+    fn full_cache_drops_expired_first_then_a_chunk() {
+        let cache = VerificationCache::new(16);
+        for i in 0..8 {
+            cache.insert(&format!("old{i}"), license(10), 1, 10, 0);
+        }
+        for i in 0..8 {
+            cache.insert(&format!("new{i}"), license(1000), 1, 1000, 0);
+        }
+        assert_eq!(cache.len(), 16);
+        // At now = 20 the eight old entries are expired: they go, nothing else.
+        cache.insert("x", license(1000), 1, 1000, 20);
+        assert_eq!(cache.len(), 9);
+        assert!((0..8).all(|i| cache.get(&format!("new{i}"), 1, 20).is_some()));
+
+        for i in 0..7 {
+            cache.insert(&format!("more{i}"), license(1000), 1, 1000, 20);
+        }
+        assert_eq!(cache.len(), 16);
+        // Nothing expired: an eighth (2 of 16) is dropped before inserting.
+        cache.insert("y", license(1000), 1, 1000, 20);
+        assert_eq!(cache.len(), 15);
+        assert!(cache.get("y", 1, 20).is_some());
+        for _ in 0..1000 {
+            cache.insert(&format!("{}", rand_token()), license(1000), 1, 1000, 20);
+            assert!(cache.len() <= 16);
+        }
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+
+    fn rand_token() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn capacity_is_at_least_one() {
+        let cache = VerificationCache::new(0);
+        assert_eq!(cache.capacity(), 1);
+        cache.insert("a", license(10), 1, 10, 0);
+        cache.insert("b", license(10), 1, 10, 0);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get("b", 1, 0).is_some());
+    }
+}

@@ -1,0 +1,39 @@
+//! License tokens: signed JWTs that say who may run the workload, where, and
+//! until when.
+//!
+//! Verification is pure computation over bytes already in memory; every file
+//! is read when a [`Keyring`] is built, never on the request path. A token
+//! flows through:
+//!
+//! 1. [`token::verify`]: size and shape checks, a strict header parse, key
+//!    lookup by `kid`, then the signature (over the raw text, before the
+//!    claims are parsed), then the [`Claims`].
+//! 2. [`Validator::validate`]: issuer, audience and the time window.
+//! 3. [`admits`]: the deployment environment against `lic.env`.
+//!
+//! [`LicenseVerifier`] combines 1 and 2 behind a [`VerificationCache`] so a
+//! token seen before costs a map lookup, not a signature check.
+//! [`issue`] mints keys and tokens for the CLI and for tests.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod claims;
+pub mod environment;
+mod error;
+pub mod issue;
+mod json;
+pub mod keys;
+pub mod token;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{LicenseVerifier, VerificationCache};
+pub use claims::{Audience, Claims, LicenseClaims, LicenseEnv, NumericDate};
+pub use environment::{admits, Environment};
+pub use error::LicenseError;
+pub use keys::{KeyError, Keyring, VerifyingKey};
+pub use token::{Algorithm, VerifiedLicense, MAX_TOKEN_BYTES};
+pub use validate::{Validator, Validity};

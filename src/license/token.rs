@@ -1,0 +1,380 @@
+//! Compact JWS (RFC 7515) parsing and signature verification with `ring`.
+//!
+//! The rules, in the order they are applied:
+//! 1. At most [`MAX_TOKEN_BYTES`]; exactly three base64url segments without
+//!    padding (no JWE, no JSON serialisation, no unencoded payloads).
+//! 2. The header is strict JSON (no repeated keys). `alg` must be `EdDSA` or
+//!    `ES256`: `none`, HMAC and RSA are rejected outright, so no key can be
+//!    misused under another algorithm. `kid` is required and must be a plain
+//!    identifier. `typ`, if present, must be `JWT`.
+//! 3. Headers that carry or point at a key (`jwk`, `jku`, `x5u`, `x5c`) are
+//!    rejected as **malformed**: keys come only from the configured keyring,
+//!    and a token offering its own key is not a token we could ever accept.
+//!    `crit` is rejected too: we implement no extensions.
+//! 4. `kid` must name a keyring key, and the token's `alg` must be the one
+//!    that key is pinned to.
+//! 5. The signature is checked over the raw `header.payload` text; only then
+//!    is the payload decoded and parsed, so unauthenticated input never
+//!    reaches the claims parser.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+
+use super::claims::Claims;
+use super::error::{quote, LicenseError};
+use super::json::{from_slice_strict, Present};
+use super::keys::Keyring;
+
+/// Longest token accepted, checked before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Longest `kid` accepted.
+pub(crate) const MAX_KID_CHARS: usize = 128;
+
+/// A JWS signature algorithm this crate accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Ed25519 (RFC 8037).
+    EdDSA,
+    /// ECDSA over P-256 with SHA-256, signature as the 64-byte `r || s`.
+    ES256,
+}
+
+impl Algorithm {
+    /// The JOSE `alg` name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+        }
+    }
+
+    /// Parse a JOSE `alg` name; exact and case-sensitive, as JOSE requires.
+    pub fn from_jose(name: &str) -> Option<Algorithm> {
+        match name {
+            "EdDSA" => Some(Algorithm::EdDSA),
+            "ES256" => Some(Algorithm::ES256),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A token whose signature verified under the keyring, with its claims.
+/// Time, issuer and audience are not checked yet: see
+/// [`Validator`](crate::license::Validator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedLicense {
+    /// The key that signed it.
+    pub kid: String,
+    /// The algorithm it was signed with.
+    pub alg: Algorithm,
+    /// The claims, parsed after the signature verified.
+    pub claims: Claims,
+}
+
+impl VerifiedLicense {
+    /// The `exp` claim, in unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        self.claims.exp.0
+    }
+}
+
+/// Verify a compact JWS against `keyring` and parse its claims.
+///
+/// Pure and allocation-light; no I/O. Every rejection maps to one
+/// [`LicenseError`] reason (see the module docs for the order of checks).
+pub fn verify(token: &str, keyring: &Keyring) -> Result<VerifiedLicense, LicenseError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(LicenseError::malformed(format!(
+            "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
+            token.len()
+        )));
+    }
+    let segments = split(token)?;
+
+    let header = parse_header(&decode_segment(segments.header, "header")?)?;
+    let key = keyring
+        .get(&header.kid)
+        .ok_or_else(|| LicenseError::KeyUnknown {
+            kid: header.kid.clone(),
+        })?;
+    if key.alg() != header.alg {
+        return Err(LicenseError::AlgorithmRejected(format!(
+            "the token says {} but key `{}` is pinned to {}",
+            header.alg,
+            key.kid(),
+            key.alg()
+        )));
+    }
+
+    let signature = decode_segment(segments.signature, "signature")?;
+    key.verify(segments.signing_input, &signature)?;
+
+    let payload = decode_segment(segments.payload, "payload")?;
+    // `Claims` rejects repeated members itself, in the same pass.
+    let claims: Claims = serde_json::from_slice(&payload)
+        .map_err(|e| LicenseError::malformed(format!("claims: {e}")))?;
+    Ok(VerifiedLicense {
+        kid: header.kid,
+        alg: header.alg,
+        claims,
+    })
+}
+
+/// The three segments of a compact JWS, still base64url.
+struct Segments<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    /// `header.payload`, the bytes the signature covers.
+    signing_input: &'a [u8],
+}
+
+fn split(token: &str) -> Result<Segments<'_>, LicenseError> {
+    let dots = token.bytes().filter(|&b| b == b'.').count();
+    if dots != 2 {
+        return Err(LicenseError::malformed(format!(
+            "a compact JWS has 3 dot-separated segments, this has {}",
+            dots + 1
+        )));
+    }
+    // Two dots were counted, so both splits succeed.
+    let (header, rest) = token.split_once('.').unwrap_or_default();
+    let (payload, signature) = rest.split_once('.').unwrap_or_default();
+    // An empty signature is left to the signature check, so an unsecured
+    // (`alg: none`) token is reported as the algorithm it is.
+    for (segment, what) in [(header, "header"), (payload, "payload")] {
+        if segment.is_empty() {
+            return Err(LicenseError::malformed(format!(
+                "the {what} segment is empty"
+            )));
+        }
+    }
+    Ok(Segments {
+        header,
+        payload,
+        signature,
+        signing_input: &token.as_bytes()[..header.len() + 1 + payload.len()],
+    })
+}
+
+fn decode_segment(segment: &str, what: &str) -> Result<Vec<u8>, LicenseError> {
+    if segment.is_empty() {
+        return Err(LicenseError::malformed(format!(
+            "the {what} segment is empty"
+        )));
+    }
+    // The engine rejects padding and non-canonical trailing bits, so each
+    // token has exactly one encoding.
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|e| LicenseError::malformed(format!("the {what} is not unpadded base64url: {e}")))
+}
+
+/// The header members we act on; anything else is ignored.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    typ: Option<String>,
+    #[serde(default)]
+    crit: Present,
+    #[serde(default)]
+    jwk: Present,
+    #[serde(default)]
+    jku: Present,
+    #[serde(default)]
+    x5u: Present,
+    #[serde(default)]
+    x5c: Present,
+}
+
+/// A checked header.
+#[derive(Debug, PartialEq, Eq)]
+struct Header {
+    alg: Algorithm,
+    kid: String,
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
+    let raw: RawHeader =
+        from_slice_strict(bytes).map_err(|e| LicenseError::malformed(format!("header: {e}")))?;
+
+    let alg = match raw.alg.as_deref() {
+        None => return Err(LicenseError::malformed("header has no `alg`")),
+        Some(name) => Algorithm::from_jose(name).ok_or_else(|| {
+            LicenseError::AlgorithmRejected(format!(
+                "{} is not accepted; only EdDSA and ES256 are",
+                quote(name)
+            ))
+        })?,
+    };
+
+    for (name, present) in [
+        ("jwk", raw.jwk),
+        ("jku", raw.jku),
+        ("x5u", raw.x5u),
+        ("x5c", raw.x5c),
+    ] {
+        if present.0 {
+            return Err(LicenseError::malformed(format!(
+                "header parameter `{name}` is not accepted: verification keys come only from the configured keyring"
+            )));
+        }
+    }
+    if raw.crit.0 {
+        return Err(LicenseError::malformed(
+            "header parameter `crit` is not accepted: no JWS extensions are supported",
+        ));
+    }
+    if let Some(typ) = raw.typ.as_deref() {
+        // RFC 7515 §4.1.9 allows omitting the "application/" prefix.
+        if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("application/jwt") {
+            return Err(LicenseError::malformed(format!(
+                "header `typ` is {}; expected `JWT`",
+                quote(typ)
+            )));
+        }
+    }
+
+    let kid = raw
+        .kid
+        .ok_or_else(|| LicenseError::malformed("header has no `kid`"))?;
+    if !is_valid_kid(&kid) {
+        return Err(LicenseError::malformed(format!(
+            "header `kid` {} is not a key id: use 1 to {MAX_KID_CHARS} of A-Z a-z 0-9 . _ - (and no `..`)",
+            quote(&kid)
+        )));
+    }
+    Ok(Header { alg, kid })
+}
+
+/// A key id is a plain name: it may end up in file names, logs and metrics,
+/// so nothing that could walk a path (`/`, `\`, `..`) or break a line.
+pub(crate) fn is_valid_kid(kid: &str) -> bool {
+    (1..=MAX_KID_CHARS).contains(&kid.len())
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && kid != "."
+        && !kid.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(json: &str) -> Result<Header, LicenseError> {
+        parse_header(json.as_bytes())
+    }
+
+    #[test]
+    fn accepts_the_two_algorithms_with_a_kid() {
+        assert_eq!(
+            header(r#"{"alg":"EdDSA","kid":"k1","typ":"JWT"}"#).unwrap(),
+            Header {
+                alg: Algorithm::EdDSA,
+                kid: "k1".into()
+            }
+        );
+        let h =
+            header(r#"{"typ":"application/JWT","kid":"a.b_c-9","alg":"ES256","x5t":"ignored"}"#)
+                .unwrap();
+        assert_eq!(h.alg, Algorithm::ES256);
+        assert!(header(r#"{"alg":"EdDSA","kid":"k","typ":"jwt"}"#).is_ok());
+    }
+
+    #[test]
+    fn rejects_other_algorithms() {
+        for alg in [
+            "none", "None", "HS256", "HS512", "RS256", "PS256", "ES384", "ES256K", "eddsa",
+            "Ed25519", "",
+        ] {
+            let err = header(&format!(r#"{{"alg":"{alg}","kid":"k"}}"#)).unwrap_err();
+            assert_eq!(err.reason(), "license_algorithm_rejected", "{alg}");
+        }
+        let err = header(r#"{"kid":"k"}"#).unwrap_err();
+        assert_eq!(err.reason(), "license_malformed");
+        let err = header(r#"{"alg":5,"kid":"k"}"#).unwrap_err();
+        assert_eq!(err.reason(), "license_malformed");
+    }
+
+    #[test]
+    fn rejects_bad_kids() {
+        for kid in [
+            "",
+            ".",
+            "..",
+            "../k",
+            "a/b",
+            "a\\\\b",
+            "a..b",
+            "k ",
+            "ké",
+            "k\\n",
+            &"k".repeat(129),
+        ] {
+            let err = header(&format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#)).unwrap_err();
+            assert_eq!(err.reason(), "license_malformed", "{kid:?}");
+        }
+        assert!(header(r#"{"alg":"EdDSA"}"#)
+            .unwrap_err()
+            .detail()
+            .contains("no `kid`"));
+        assert!(header(r#"{"alg":"EdDSA","kid":null}"#).is_err());
+        assert!(header(&format!(r#"{{"alg":"EdDSA","kid":"{}"}}"#, "k".repeat(128))).is_ok());
+    }
+
+    #[test]
+    fn rejects_embedded_keys_crit_and_odd_typ() {
+        for member in [
+            r#""jwk":{"kty":"OKP"}"#,
+            r#""jku":"https://evil.test/jwks""#,
+            r#""x5u":"https://evil.test/c""#,
+            r#""x5c":["MII="]"#,
+            r#""jwk":null"#,
+            r#""crit":["b64"]"#,
+            r#""crit":[]"#,
+            r#""typ":"JOSE""#,
+            r#""typ":"at+jwt""#,
+        ] {
+            let err = header(&format!(r#"{{"alg":"EdDSA","kid":"k",{member}}}"#)).unwrap_err();
+            assert_eq!(err.reason(), "license_malformed", "{member}");
+        }
+    }
+
+    #[test]
+    fn rejects_duplicate_header_members() {
+        let err = header(r#"{"alg":"EdDSA","kid":"k","kid":"other"}"#).unwrap_err();
+        assert!(err.detail().contains("duplicate key `kid`"), "{err}");
+        let err = header(r#"{"alg":"none","alg":"EdDSA","kid":"k"}"#).unwrap_err();
+        assert_eq!(err.reason(), "license_malformed");
+    }
+
+    #[test]
+    fn split_requires_exactly_three_segments() {
+        for token in ["", "a", "a.b", "a.b.c.d", "..", "a..c", ".b.c"] {
+            assert_eq!(split(token).err().unwrap().reason(), "license_malformed");
+        }
+        let s = split("hh.pp.ss").ok().unwrap();
+        assert_eq!((s.header, s.payload, s.signature), ("hh", "pp", "ss"));
+        assert_eq!(s.signing_input, b"hh.pp");
+    }
+
+    #[test]
+    fn base64_must_be_unpadded_and_canonical() {
+        assert_eq!(decode_segment("e30", "x").unwrap(), b"{}");
+        for bad in ["e30=", "e3+", "e3/", "e3 0", "e31"] {
+            assert!(decode_segment(bad, "x").is_err(), "{bad}");
+        }
+    }
+}
