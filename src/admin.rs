@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::server::{bind_listener, BindError};
@@ -24,6 +25,7 @@ use crate::proxy::server::{bind_listener, BindError};
 pub struct Admin {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
+    pub license: Option<Arc<LicenseGate>>,
 }
 
 pub struct AdminServer {
@@ -106,6 +108,13 @@ impl Admin {
                 };
                 json(status, &report)
             }
+            (&Method::GET | &Method::HEAD, "/license") => match &self.license {
+                Some(gate) => json(StatusCode::OK, &gate.status()),
+                None => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "enforced": false, "detail": "no license section configured" }),
+                ),
+            },
             (&Method::POST, "/shutdown") => {
                 if !peer.ip().is_loopback() {
                     return text(
@@ -117,12 +126,13 @@ impl Admin {
                 self.lifecycle.drain();
                 text(StatusCode::ACCEPTED, "draining\n")
             }
-            (_, "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/shutdown") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                _,
+                "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/license" | "/shutdown",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz or POST /shutdown\n",
+                "not found; try /metrics, /healthz, /readyz, /license or POST /shutdown\n",
             ),
         }
     }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod license;
+
 use crate::config::{
-    ConfigError, FileConfig, Overrides, Settings, UpstreamProtocol, UpstreamUrl, Workers,
+    ConfigError, EnvironmentSettings, FileConfig, LicenseSettings, LicenseSource, Overrides,
+    Settings, UpstreamProtocol, UpstreamUrl, Workers,
 };
-use crate::decision::DecisionEngine;
 use crate::demo::EchoUpstream;
 use crate::gateway::Gateway;
 use crate::lifecycle::Lifecycle;
@@ -35,6 +37,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run the proxy in front of an embedded echo server, with zero setup.
     Demo(DemoArgs),
+    /// Make keys, issue and inspect license tokens.
+    #[command(subcommand)]
+    License(license::LicenseCommand),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +111,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
+        Command::License(command) => license::run(command),
     }
 }
 
@@ -158,7 +164,7 @@ fn run(args: RunArgs) -> i32 {
         }
     };
     let code = runtime.block_on(async {
-        let gateway = match Gateway::bind(&settings, DecisionEngine::allow_all()) {
+        let gateway = match Gateway::bind(&settings) {
             Ok(gateway) => gateway,
             Err(error) => {
                 eprintln!("licensegate: {error}");
@@ -201,7 +207,14 @@ fn demo(args: DemoArgs) -> i32 {
             .parse()
             .expect("a loopback address is a valid origin");
         tokio::spawn(echo.serve());
-        let settings = Settings::resolve(
+        let dev = match DevLicense::create() {
+            Ok(dev) => dev,
+            Err(message) => {
+                eprintln!("licensegate: cannot set up the demo license: {message}");
+                return 71;
+            }
+        };
+        let mut settings = Settings::resolve(
             FileConfig::default(),
             Overrides {
                 listen: Some(args.listen),
@@ -211,7 +224,17 @@ fn demo(args: DemoArgs) -> i32 {
             },
         )
         .expect("demo settings are complete");
-        let gateway = match Gateway::bind(&settings, DecisionEngine::allow_all()) {
+        settings.license = Some(LicenseSettings {
+            keys: dev.public_key.clone(),
+            source: LicenseSource::Header(http::header::AUTHORIZATION),
+            issuer: Some(DevLicense::ISSUER.to_owned()),
+            audience: None,
+            leeway: Duration::from_secs(60),
+            grace: Duration::ZERO,
+            environment: EnvironmentSettings::default(),
+            cache_capacity: 10_000,
+        });
+        let gateway = match Gateway::bind(&settings) {
             Ok(gateway) => gateway,
             Err(error) => {
                 eprintln!("licensegate: {error}");
@@ -222,16 +245,21 @@ fn demo(args: DemoArgs) -> i32 {
         announce(&gateway);
         let proxy = gateway.proxy_addr();
         let admin = gateway.admin_addr();
+        let token = &dev.token;
         // Write errors are ignored: a closed stdout must not stop the proxy.
         let _ = writeln!(
             std::io::stdout(),
-            "\nlicensegate demo: proxying to an embedded echo server at {}\n\n\
+            "\nlicensegate demo: proxying to an embedded echo server at {}\n\
+             A development key was generated and signed this license (plan `pro`, 1 hour):\n\n\
+             TOKEN={token}\n\n\
              Try:\n  \
-             curl -i http://{proxy}/hello                      # forwarded; the echo shows what arrived\n  \
-             curl -i -X POST --data-binary 'ping' http://{proxy}/upload   # the body streams back\n  \
-             curl --http2-prior-knowledge -i http://{proxy}/h2  # HTTP/2 on the same port\n  \
-             curl -s http://{admin}/metrics | grep licensegate_ # Prometheus metrics\n  \
-             curl -i http://{admin}/readyz                     # readiness\n\n\
+             curl -i http://{proxy}/hello                                   # 401: no license\n  \
+             curl -i -H \"Authorization: Bearer $TOKEN\" http://{proxy}/hello  # forwarded; the echo shows what arrived\n  \
+             curl -i -H \"Authorization: Bearer ${{TOKEN}}x\" http://{proxy}/hello # 401: tampered token\n  \
+             curl -i -H \"Authorization: Bearer $TOKEN\" --data-binary ping http://{proxy}/upload  # the body streams back\n  \
+             curl -i --http2-prior-knowledge -H \"Authorization: Bearer $TOKEN\" http://{proxy}/h2  # HTTP/2, same port\n  \
+             curl -s http://{admin}/metrics | grep licensegate_             # Prometheus metrics\n  \
+             curl -s http://{admin}/license                                 # license status\n\n\
              Press Ctrl-C to stop.",
             settings.upstream.url
         );
@@ -242,6 +270,58 @@ fn demo(args: DemoArgs) -> i32 {
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// The demo's throw-away signing key and license, in a private temp dir
+/// that is removed when the demo ends.
+struct DevLicense {
+    dir: std::path::PathBuf,
+    public_key: std::path::PathBuf,
+    token: String,
+}
+
+impl DevLicense {
+    const ISSUER: &'static str = "licensegate-demo";
+
+    fn create() -> Result<DevLicense, String> {
+        use crate::license::issue::{sign, SigningKey};
+        use crate::license::Algorithm;
+        let dir = std::env::temp_dir().join(format!("licensegate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key = SigningKey::generate(Algorithm::EdDSA).map_err(|e| e.to_string())?;
+        let public_key = dir.join("demo-key.pem");
+        std::fs::write(&public_key, key.public_key_pem())
+            .map_err(|e| format!("{}: {e}", public_key.display()))?;
+        let now = crate::license::validate::unix_now();
+        let claims = serde_json::json!({
+            "iss": Self::ISSUER,
+            "sub": "demo-license",
+            "aud": "demo",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "lic": {
+                "plan": "pro",
+                "customer": "Demo Customer",
+                "features": ["reports", "export"],
+                "limits": {"requests_per_minute": 600},
+                "seats": 5,
+            }
+        });
+        // The PEM file's stem is the key id.
+        let token = sign(&claims, &key, "demo-key");
+        Ok(DevLicense {
+            dir,
+            public_key,
+            token,
+        })
+    }
+}
+
+impl Drop for DevLicense {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The one stdout line tools and tests read to find the bound ports. Write

@@ -24,6 +24,131 @@ pub struct Settings {
     pub forwarded: ForwardedSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// License enforcement; `None` runs a plain proxy.
+    pub license: Option<LicenseSettings>,
+}
+
+/// Where licenses come from and how they are checked.
+#[derive(Clone, Debug)]
+pub struct LicenseSettings {
+    /// Public keys: a PEM file, a directory of PEM files, or a JWKS file.
+    pub keys: PathBuf,
+    pub source: LicenseSource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub grace: Duration,
+    /// The workload identity licenses are bound to.
+    pub environment: EnvironmentSettings,
+    /// Verified tokens remembered (header source).
+    pub cache_capacity: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LicenseSource {
+    /// One deployment license in a file, reloaded when it changes.
+    File(PathBuf),
+    /// A token per request in this header (`Bearer ` prefix optional).
+    Header(http::HeaderName),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSettings {
+    pub cluster: Option<String>,
+    pub region: Option<String>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLicense {
+    pub keys: PathBuf,
+    #[serde(default)]
+    pub source: FileLicenseSource,
+    pub file: Option<PathBuf>,
+    pub header: Option<HeaderNameSetting>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<HumanDuration>,
+    pub grace: Option<HumanDuration>,
+    #[serde(default)]
+    pub environment: EnvironmentSettings,
+    pub cache_capacity: Option<MaxConnections>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileLicenseSource {
+    #[default]
+    File,
+    Header,
+}
+
+/// An HTTP header name, checked when the file is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNameSetting(pub http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderNameSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        http::HeaderName::from_bytes(text.as_bytes())
+            .map(HeaderNameSetting)
+            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a valid header name")))
+    }
+}
+
+impl EnvironmentSettings {
+    /// Fill gaps from the Kubernetes Downward API variables (`POD_NAMESPACE`,
+    /// `POD_SERVICE_ACCOUNT`) and `LICENSEGATE_CLUSTER` / `LICENSEGATE_REGION`.
+    pub fn with_process_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        self.cluster = self.cluster.or_else(|| var("LICENSEGATE_CLUSTER"));
+        self.region = self.region.or_else(|| var("LICENSEGATE_REGION"));
+        self.namespace = self.namespace.or_else(|| var("POD_NAMESPACE"));
+        self.service_account = self.service_account.or_else(|| var("POD_SERVICE_ACCOUNT"));
+        self
+    }
+}
+
+impl FileLicense {
+    fn resolve(self) -> Result<LicenseSettings, ConfigError> {
+        let source = match (self.source, self.file, self.header) {
+            (FileLicenseSource::File, Some(file), None) => LicenseSource::File(file),
+            (FileLicenseSource::File, None, _) => {
+                return Err(ConfigError::Invalid {
+                    setting: "license.file",
+                    message: "required with `source: file`: the path of the license token (e.g. a Secret mount)".into(),
+                })
+            }
+            (FileLicenseSource::File, Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "license.header",
+                    message: "only used with `source: header`".into(),
+                })
+            }
+            (FileLicenseSource::Header, None, header) => LicenseSource::Header(
+                header.map_or(http::header::AUTHORIZATION, |h| h.0),
+            ),
+            (FileLicenseSource::Header, Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    setting: "license.file",
+                    message: "only used with `source: file`".into(),
+                })
+            }
+        };
+        Ok(LicenseSettings {
+            keys: self.keys,
+            source,
+            issuer: self.issuer,
+            audience: self.audience,
+            leeway: self.leeway.map_or(Duration::from_secs(60), |d| d.0),
+            grace: self.grace.map_or(Duration::ZERO, |d| d.0),
+            environment: self.environment.with_process_env(),
+            cache_capacity: self.cache_capacity.map_or(10_000, |c| c.0),
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +333,7 @@ pub struct FileConfig {
     pub timeouts: FileTimeouts,
     #[serde(default)]
     pub limits: FileLimits,
+    pub license: Option<FileLicense>,
 }
 
 /// A worker count of at least one.
@@ -523,6 +649,7 @@ impl Settings {
             .workers
             .or(file.workers)
             .map_or_else(default_workers, |w| w.0);
+        let license = file.license.map(FileLicense::resolve).transpose()?;
 
         Ok(Settings {
             listen,
@@ -537,6 +664,7 @@ impl Settings {
             },
             timeouts,
             limits,
+            license,
         })
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
 use crate::decision::DecisionEngine;
+use crate::license::watch::{keep_current, update_readiness, LICENSE_READY};
+use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::forward::Forwarder;
@@ -23,13 +25,17 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    License(#[from] crate::license::GateError),
 }
 
 impl StartError {
     /// Exit status: 64 (EX_USAGE) for configuration, 71 (EX_OSERR) for binding.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::Bind(BindError::Tls(_)) => 64,
+            StartError::Config(_)
+            | StartError::Bind(BindError::Tls(_))
+            | StartError::License(_) => 64,
             StartError::Bind(BindError::Io { .. }) => 71,
         }
     }
@@ -41,16 +47,31 @@ pub struct Gateway {
     admin: AdminServer,
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
+    license: Option<Arc<LicenseGate>>,
 }
 
 impl Gateway {
     /// Build everything the settings describe and bind both ports. Must run
     /// inside a Tokio runtime. Nothing is served until [`Gateway::run`].
-    pub fn bind(settings: &Settings, engine: DecisionEngine) -> Result<Gateway, StartError> {
+    pub fn bind(settings: &Settings) -> Result<Gateway, StartError> {
         crate::proxy::tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::new());
         lifecycle.require(LISTENER_READY, "proxy listener not started");
+
+        let license = match &settings.license {
+            Some(license) => Some(Arc::new(LicenseGate::new(license, Arc::clone(&metrics))?)),
+            None => None,
+        };
+        if let Some(gate) = &license {
+            if !gate.is_per_request() {
+                lifecycle.require(LICENSE_READY, "license not loaded");
+            }
+        }
+        let engine = match &license {
+            Some(gate) => DecisionEngine::with_license(Arc::clone(gate)),
+            None => DecisionEngine::allow_all(),
+        };
 
         let shared = Arc::new(Shared {
             engine,
@@ -63,6 +84,7 @@ impl Gateway {
             Arc::new(Admin {
                 lifecycle: Arc::clone(&lifecycle),
                 metrics: Arc::clone(&metrics),
+                license: license.clone(),
             }),
         )?;
         Ok(Gateway {
@@ -70,6 +92,7 @@ impl Gateway {
             admin,
             lifecycle,
             metrics,
+            license,
         })
     }
 
@@ -95,8 +118,15 @@ impl Gateway {
         // The listener is bound, so connections queue from here on: ready
         // before the admin port can be asked.
         self.lifecycle.set(LISTENER_READY, Ok(()));
+        let license = self.license.map(|gate| {
+            update_readiness(&gate, &self.lifecycle, gate.refresh_state());
+            tokio::spawn(keep_current(gate, Arc::clone(&self.lifecycle)))
+        });
         let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
         admin.abort();
+        if let Some(license) = license {
+            license.abort();
+        }
     }
 }

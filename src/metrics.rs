@@ -65,6 +65,152 @@ pub struct Metrics {
     upstream_errors: Vec<IntCounter>,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
+    pub license: LicenseMetrics,
+}
+
+/// License states, the `state` label of `licensegate_license_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LicenseState {
+    Valid,
+    Grace,
+    Expired,
+    Invalid,
+    Missing,
+}
+
+impl LicenseState {
+    const ALL: [LicenseState; 5] = [
+        LicenseState::Valid,
+        LicenseState::Grace,
+        LicenseState::Expired,
+        LicenseState::Invalid,
+        LicenseState::Missing,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LicenseState::Valid => "valid",
+            LicenseState::Grace => "grace",
+            LicenseState::Expired => "expired",
+            LicenseState::Invalid => "invalid",
+            LicenseState::Missing => "missing",
+        }
+    }
+}
+
+/// Metrics of license checking and loading.
+pub struct LicenseMetrics {
+    pub expiry_timestamp: IntGauge,
+    state: Vec<IntGauge>,
+    /// `[valid, grace, <each LicenseError reason>]`.
+    verifications: Vec<IntCounter>,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub reloads_ok: IntCounter,
+    pub reloads_failed: IntCounter,
+    pub grace_requests: IntCounter,
+}
+
+impl LicenseMetrics {
+    fn new(registry: &Registry) -> Self {
+        let expiry_timestamp = IntGauge::new(
+            "licensegate_license_expiry_timestamp_seconds",
+            "Expiry (exp) of the deployment license, unix seconds; 0 when none is loaded.",
+        )
+        .expect("valid metric");
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "licensegate_license_state",
+                "1 for the deployment license's current state, 0 for the others.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "licensegate_token_verifications_total",
+                "License token checks, by result (valid, grace, or the failure reason).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let cache_hits = IntCounter::new(
+            "licensegate_license_cache_hits_total",
+            "Token checks answered from the verification cache.",
+        )
+        .expect("valid metric");
+        let cache_misses = IntCounter::new(
+            "licensegate_license_cache_misses_total",
+            "Token checks that needed signature verification.",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "licensegate_license_reloads_total",
+                "Reloads of the license or keyring, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let grace_requests = IntCounter::new(
+            "licensegate_license_grace_requests_total",
+            "Requests allowed on a license inside its grace period.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(expiry_timestamp.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(state.clone()),
+            Box::new(verifications.clone()),
+            Box::new(cache_hits.clone()),
+            Box::new(cache_misses.clone()),
+            Box::new(reloads.clone()),
+            Box::new(grace_requests.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        let results = ["valid", "grace"]
+            .into_iter()
+            .chain(crate::license::LicenseError::REASONS);
+        LicenseMetrics {
+            expiry_timestamp,
+            state: LicenseState::ALL
+                .iter()
+                .map(|s| state.with_label_values(&[s.as_str()]))
+                .collect(),
+            verifications: results
+                .map(|r| verifications.with_label_values(&[r]))
+                .collect(),
+            cache_hits,
+            cache_misses,
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_failed: reloads.with_label_values(&["error"]),
+            grace_requests,
+        }
+    }
+
+    /// Make `current` the one state reported as 1.
+    pub fn set_state(&self, current: LicenseState) {
+        for (state, gauge) in LicenseState::ALL.iter().zip(&self.state) {
+            gauge.set(i64::from(*state == current));
+        }
+    }
+
+    /// Count one token check.
+    pub fn verification(&self, result: Result<bool, &crate::license::LicenseError>) {
+        let index = match result {
+            Ok(false) => 0,
+            Ok(true) => 1,
+            Err(error) => {
+                2 + crate::license::LicenseError::REASONS
+                    .iter()
+                    .position(|r| *r == error.reason())
+                    .expect("every reason is listed")
+            }
+        };
+        self.verifications[index].inc();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,7 +299,9 @@ impl Metrics {
             .map(|kind| upstream_errors_total.with_label_values(&[kind.as_str()]))
             .collect();
 
+        let license = LicenseMetrics::new(&registry);
         Metrics {
+            license,
             registry,
             requests_total,
             requests,

@@ -236,7 +236,14 @@ async fn the_shipped_example_config_is_valid() {
 async fn demo_runs_with_zero_setup() {
     let proxy = Proxy::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .expect("demo starts");
-    let (parts, body) = get(&proxy.url("/hello")).await;
+    let token = proxy.wait_for_stdout("TOKEN=");
+    let (parts, _) = get(&proxy.url("/hello")).await;
+    assert_eq!(parts.status, 401, "the demo enforces its license");
+    let request = Request::get(proxy.url("/hello"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(request).await;
     assert_eq!(parts.status, 200);
     let seen: licensegate::demo::EchoReport = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen.path, "/hello");

@@ -209,18 +209,33 @@ impl LicenseVerifier {
         token: &str,
         now: u64,
     ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
+        self.check_traced(token, now).0
+    }
+
+    /// [`check`](Self::check), also telling whether the cache answered.
+    pub fn check_traced(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> (Result<(Arc<VerifiedLicense>, Validity), LicenseError>, bool) {
         let keyring = self.keyring.load();
         let generation = keyring.generation();
         if let Some(license) = self.cache.get(token, generation, now) {
-            let validity = self.validator.validate(&license.claims, now)?;
-            return Ok((license, validity));
+            let result = self
+                .validator
+                .validate(&license.claims, now)
+                .map(|validity| (license, validity));
+            return (result, true);
         }
-        let license = Arc::new(token::verify(token, &keyring)?);
-        let validity = self.validator.validate(&license.claims, now)?;
-        let serve_until = self.validator.serve_until(&license.claims);
-        self.cache
-            .insert(token, Arc::clone(&license), generation, serve_until, now);
-        Ok((license, validity))
+        let result = token::verify(token, &keyring).and_then(|license| {
+            let license = Arc::new(license);
+            let validity = self.validator.validate(&license.claims, now)?;
+            let serve_until = self.validator.serve_until(&license.claims);
+            self.cache
+                .insert(token, Arc::clone(&license), generation, serve_until, now);
+            Ok((license, validity))
+        });
+        (result, false)
     }
 
     /// The current keyring.

@@ -21,11 +21,13 @@ pub mod cache;
 pub mod claims;
 pub mod environment;
 mod error;
+mod gate;
 pub mod issue;
 mod json;
 pub mod keys;
 pub mod token;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +36,7 @@ pub use cache::{LicenseVerifier, VerificationCache};
 pub use claims::{Audience, Claims, LicenseClaims, LicenseEnv, NumericDate};
 pub use environment::{admits, Environment};
 pub use error::LicenseError;
+pub use gate::{GateError, LicenseGate, Loaded, TrustedClock};
 pub use keys::{KeyError, Keyring, VerifyingKey};
 pub use token::{Algorithm, VerifiedLicense, MAX_TOKEN_BYTES};
 pub use validate::{Validator, Validity};

@@ -46,6 +46,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     log_rx: mpsc::Receiver<String>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stdout_rx: mpsc::Receiver<String>,
 }
 
 impl Proxy {
@@ -105,9 +107,12 @@ impl Proxy {
 
         let stdout = child.stdout.take().unwrap();
         let (line_tx, line_rx) = mpsc::channel();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout_sink = Arc::clone(&stdout_lines);
         // Keep reading after the announcement so the child never writes to a closed pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                stdout_sink.lock().unwrap().push(line.clone());
                 let _ = line_tx.send(line);
             }
         });
@@ -131,6 +136,8 @@ impl Proxy {
                             admin: admin.expect("admin address announced"),
                             logs,
                             log_rx,
+                            stdout: stdout_lines,
+                            stdout_rx: line_rx,
                         });
                     }
                 }
@@ -194,6 +201,34 @@ impl Proxy {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(_) => panic!("no log line containing {needle:?}; logs:\n{}", self.logs()),
+            }
+        }
+    }
+
+    /// Block until the process printed a stdout line starting with `prefix`;
+    /// returns the rest of that line.
+    pub fn wait_for_stdout(&self, prefix: &str) -> String {
+        if let Some(line) = self
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+        {
+            return line.to_owned();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self
+                .stdout_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(_) => panic!("no stdout line starting with {prefix:?}"),
             }
         }
     }

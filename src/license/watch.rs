@@ -1,0 +1,132 @@
+//! Keeping the license and keyring current: directory watches (so Kubernetes
+//! Secret and ConfigMap symlink swaps are seen), SIGHUP, and a periodic
+//! state refresh so expiry and grace show up in metrics and readiness
+//! without any reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::LicenseGate;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::LicenseState;
+
+/// Readiness condition name for the deployment license.
+pub const LICENSE_READY: &str = "license";
+
+/// How often state gauges and readiness are recomputed from the clock.
+const STATE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Events arriving within this window are handled as one reload: a symlink
+/// swap is several filesystem events.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Watch the license file's and the keyring's directories, reload on change
+/// or SIGHUP, and keep readiness in step with the license state. Runs until
+/// the task is dropped.
+pub async fn keep_current(gate: Arc<LicenseGate>, lifecycle: Arc<Lifecycle>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = watch_dirs(&watched_dirs(&gate), tx.clone());
+    spawn_sighup(tx);
+    update_readiness(&gate, &lifecycle, gate.refresh_state());
+
+    let mut state_tick = tokio::time::interval(STATE_INTERVAL);
+    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                if event.is_none() {
+                    return;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                let _ = gate.reload_keys();
+                if gate.file_path().is_some() {
+                    let _ = gate.reload_license();
+                }
+                update_readiness(&gate, &lifecycle, gate.refresh_state());
+            }
+            _ = state_tick.tick() => {
+                update_readiness(&gate, &lifecycle, gate.refresh_state());
+            }
+        }
+    }
+}
+
+/// Readiness follows the deployment license: ready while valid or in grace.
+pub fn update_readiness(gate: &LicenseGate, lifecycle: &Lifecycle, state: LicenseState) {
+    if gate.is_per_request() {
+        return;
+    }
+    let condition = match state {
+        LicenseState::Valid | LicenseState::Grace => Ok(()),
+        other => Err(format!("license {}", other.as_str())),
+    };
+    lifecycle.set(LICENSE_READY, condition);
+}
+
+fn watched_dirs(gate: &LicenseGate) -> Vec<PathBuf> {
+    let mut dirs = vec![dir_of(gate.keys_path())];
+    if let Some(file) = gate.file_path() {
+        dirs.push(dir_of(file));
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The directory to watch for a path: itself if it is a directory (a PEM
+/// directory), else its parent.
+fn dir_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_owned();
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn watch_dirs(
+    dirs: &[PathBuf],
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch license files; reload with SIGHUP");
+                return None;
+            }
+        };
+    for dir in dirs {
+        if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, dir = %dir.display(), "cannot watch directory; reload with SIGHUP");
+        }
+    }
+    Some(watcher)
+}
+
+fn spawn_sighup(tx: mpsc::UnboundedSender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received; reloading license and keys");
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot install the SIGHUP handler"),
+    }
+}
