@@ -120,8 +120,11 @@ fn init_logging(filter: &str) {
         eprintln!("licensegate: ignoring invalid log filter `{filter}`: {error}");
         tracing_subscriber::EnvFilter::new("info")
     });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for people: log collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -233,6 +233,31 @@ impl Proxy {
         }
     }
 
+    /// Block until at least `count` stderr lines contain `needle`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let seen = || {
+            self.logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+        };
+        let deadline = Instant::now() + WAIT;
+        while seen() < count {
+            match self
+                .log_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "fewer than {count} log lines containing {needle:?}; logs:\n{}",
+                    self.logs()
+                ),
+            }
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -1,0 +1,572 @@
+//! License enforcement through the real binary: header and file sources,
+//! reloads (including Kubernetes-style symlink swaps), key rotation, grace,
+//! and the `license` CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use http::Request;
+use licensegate::license::issue::{sign, SigningKey};
+use licensegate::license::validate::unix_now;
+use licensegate::license::Algorithm;
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://vendor.test";
+
+/// A vendor signing key whose public half is written to `dir/<kid>.pem`.
+fn vendor_key(dir: &Path, kid: &str, alg: Algorithm) -> SigningKey {
+    let key = SigningKey::generate(alg).unwrap();
+    std::fs::write(dir.join(format!("{kid}.pem")), key.public_key_pem()).unwrap();
+    key
+}
+
+fn claims(sub: &str, plan: &str, exp_from_now: i64) -> Value {
+    let now = unix_now() as i64;
+    json!({
+        "iss": ISSUER,
+        "sub": sub,
+        "aud": "shop-api",
+        "iat": now - 120,
+        "nbf": now - 120,
+        "exp": now + exp_from_now,
+        "lic": {"plan": plan, "features": ["reports"], "limits": {"rpm": 100}, "seats": 3,
+                "customer": "Acme", "env": {"namespaces": ["shop"]}},
+    })
+}
+
+fn config(dir: &Path, upstream: std::net::SocketAddr, license: &str) -> PathBuf {
+    write_file(
+        dir,
+        "licensegate.yaml",
+        &format!(
+            "upstream:\n  url: http://{upstream}\nlicense:\n  issuer: {ISSUER}\n  audience: shop-api\n  \
+             environment:\n    namespace: shop\n{license}"
+        ),
+    )
+}
+
+async fn get_with_token(proxy: &Proxy, token: &str) -> (http::response::Parts, bytes::Bytes) {
+    send(
+        Request::get(proxy.url("/api"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
+fn problem(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("problem+json: {e}: {body:?}"))
+}
+
+#[tokio::test]
+async fn header_tokens_are_verified_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let ed = vendor_key(&keys, "ed-1", Algorithm::EdDSA);
+    let es = vendor_key(&keys, "es-1", Algorithm::ES256);
+    let rogue = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!("  keys: {}\n  source: header\n", keys.display()),
+    );
+    let proxy = Proxy::with_config(&config);
+
+    // No token: 401 with a Bearer challenge.
+    let (parts, body) = get(&proxy.url("/api")).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(
+        parts.headers["www-authenticate"],
+        "Bearer realm=\"licensegate\""
+    );
+    assert_eq!(problem(&body)["reason"], "license_missing");
+
+    // Valid tokens under both algorithms.
+    for (key, kid) in [(&ed, "ed-1"), (&es, "es-1")] {
+        let token = sign(&claims("lic-1", "pro", 3600), key, kid);
+        let (parts, _) = get_with_token(&proxy, &token).await;
+        assert_eq!(parts.status, 200, "{kid}");
+        // A repeat is served from the verification cache.
+        let (parts, _) = get_with_token(&proxy, &token).await;
+        assert_eq!(parts.status, 200);
+    }
+
+    let cases = [
+        (
+            sign(&claims("lic-1", "pro", 3600), &rogue, "ed-1"),
+            401,
+            "license_signature_invalid",
+        ),
+        (
+            sign(&claims("lic-1", "pro", 3600), &ed, "nobody"),
+            401,
+            "license_key_unknown",
+        ),
+        (
+            sign(&claims("lic-1", "pro", 3600), &ed, "es-1"),
+            401,
+            "license_algorithm_rejected",
+        ),
+        (
+            sign(&claims("lic-1", "pro", -3600), &ed, "ed-1"),
+            401,
+            "license_expired",
+        ),
+        (
+            sign(
+                &claims("lic-1", "pro", 3600).tap(|c| c["iss"] = json!("https://evil.test")),
+                &ed,
+                "ed-1",
+            ),
+            401,
+            "license_issuer_mismatch",
+        ),
+        (
+            sign(
+                &claims("lic-1", "pro", 3600).tap(|c| c["aud"] = json!("other")),
+                &ed,
+                "ed-1",
+            ),
+            401,
+            "license_audience_mismatch",
+        ),
+        (
+            sign(
+                &claims("lic-1", "pro", 3600)
+                    .tap(|c| c["lic"]["env"] = json!({"namespaces": ["billing"]})),
+                &ed,
+                "ed-1",
+            ),
+            403,
+            "environment_not_licensed",
+        ),
+        ("not.a.token".to_owned(), 401, "license_malformed"),
+    ];
+    for (token, status, reason) in cases {
+        let (parts, body) = get_with_token(&proxy, &token).await;
+        assert_eq!(parts.status, status, "{reason}");
+        assert_eq!(problem(&body)["reason"], reason);
+    }
+    // Tampering with a valid token's payload breaks its signature.
+    let good = sign(&claims("lic-1", "pro", 3600), &ed, "ed-1");
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let forged_payload =
+        base64_url(&serde_json::to_vec(&claims("lic-1", "enterprise", 3600)).unwrap());
+    parts[1] = &forged_payload;
+    let (response, body) = get_with_token(&proxy, &parts.join(".")).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(problem(&body)["reason"], "license_signature_invalid");
+
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &page,
+            "licensegate_token_verifications_total{result=\"valid\"}"
+        ),
+        Some(4.0)
+    );
+    assert!(metric(&page, "licensegate_license_cache_hits_total").unwrap() >= 2.0);
+    assert_eq!(
+        metric(
+            &page,
+            "licensegate_requests_total{decision=\"deny\",reason=\"license_expired\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+trait Tap: Sized {
+    fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
+}
+
+impl Tap for Value {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+/// A directory laid out the way the kubelet mounts a Secret: the visible
+/// file is a symlink through `..data`, which is swapped atomically.
+struct SecretMount {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretMount {
+    fn new(dir: PathBuf, token: &str) -> SecretMount {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut mount = SecretMount { dir, generation: 0 };
+        mount.publish(token);
+        std::os::unix::fs::symlink("..data/license.jwt", mount.dir.join("license.jwt")).unwrap();
+        mount
+    }
+
+    fn publish(&mut self, token: &str) {
+        self.generation += 1;
+        let version = format!("..2026_{}", self.generation);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("license.jwt"), token).unwrap();
+        let staging = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staging).unwrap();
+        std::fs::rename(&staging, self.dir.join("..data")).unwrap();
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("license.jwt")
+    }
+}
+
+#[tokio::test]
+async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let mut secret = SecretMount::new(
+        dir.path().join("secret"),
+        &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
+    );
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            secret.file().display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(
+        parts.status, 200,
+        "the deployment license admits requests without a token"
+    );
+    let status = license_status(&proxy).await;
+    assert_eq!(status["state"], "valid");
+    assert_eq!(status["license"]["plan"], "pro");
+    assert!(
+        status
+            .to_string()
+            .find(&secret_token_prefix(&secret))
+            .is_none(),
+        "the token is never shown"
+    );
+
+    // The vendor ships an upgrade: Kubernetes swaps the ..data symlink.
+    secret.publish(&sign(
+        &claims("lic-ent", "enterprise", 7200),
+        &key,
+        "vendor",
+    ));
+    proxy.wait_for_log("license=lic-ent");
+    assert_eq!(
+        license_status(&proxy).await["license"]["plan"],
+        "enterprise"
+    );
+
+    // A broken replacement is rejected and the enterprise license stays.
+    secret.publish("garbage");
+    proxy.wait_for_log("new license rejected");
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+    let status = license_status(&proxy).await;
+    assert_eq!(status["license"]["plan"], "enterprise");
+    assert_eq!(status["last_reload"]["ok"], false);
+
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(&page, "licensegate_license_state{state=\"valid\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metric(&page, "licensegate_license_expiry_timestamp_seconds").unwrap() > unix_now() as f64
+    );
+    assert!(metric(&page, "licensegate_license_reloads_total{result=\"error\"}").unwrap() >= 1.0);
+}
+
+fn secret_token_prefix(secret: &SecretMount) -> String {
+    std::fs::read_to_string(secret.file()).unwrap()[..40].to_owned()
+}
+
+async fn license_status(proxy: &Proxy) -> Value {
+    let (parts, body) = get(&proxy.admin_url("/license")).await;
+    assert_eq!(parts.status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn without_a_license_file_requests_are_denied_and_readiness_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::ES256);
+    let file = dir.path().join("license.jwt");
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            file.display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    let (parts, body) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 403);
+    assert_eq!(problem(&body)["reason"], "license_missing");
+    let (parts, body) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("license missing"));
+
+    std::fs::write(
+        &file,
+        sign(&claims("lic-late", "pro", 3600), &key, "vendor"),
+    )
+    .unwrap();
+    proxy.wait_for_log("license=lic-late");
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+    let (parts, _) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 200);
+}
+
+#[tokio::test]
+async fn an_expired_license_in_grace_is_allowed_and_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let file = write_file(
+        dir.path(),
+        "license.jwt",
+        &sign(&claims("lic-late-payer", "pro", -600), &key, "vendor"),
+    );
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  file: {}\n  grace: 1h\n",
+            dir.path().join("vendor.pem").display(),
+            file.display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    let (parts, _) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+    let status = license_status(&proxy).await;
+    assert_eq!(status["state"], "grace");
+    assert_eq!(status["license"]["in_grace"], true);
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(&page, "licensegate_license_state{state=\"grace\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, "licensegate_license_grace_requests_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn rotating_keys_overlap_and_removing_a_key_revokes_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let old = vendor_key(&keys, "2026-01", Algorithm::EdDSA);
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!("  keys: {}\n  source: header\n", keys.display()),
+    );
+    let proxy = Proxy::with_config(&config);
+    let old_token = sign(&claims("lic-1", "pro", 3600), &old, "2026-01");
+    assert_eq!(get_with_token(&proxy, &old_token).await.0.status, 200);
+
+    // The new key ships first; both verify during the overlap.
+    let new = vendor_key(&keys, "2026-02", Algorithm::EdDSA);
+    wait_for_kids(&proxy, &["2026-01", "2026-02"]).await;
+    let new_token = sign(&claims("lic-1", "pro", 3600), &new, "2026-02");
+    assert_eq!(get_with_token(&proxy, &new_token).await.0.status, 200);
+    assert_eq!(get_with_token(&proxy, &old_token).await.0.status, 200);
+
+    // Retiring the old key rejects what it signed, even though it was cached.
+    std::fs::remove_file(keys.join("2026-01.pem")).unwrap();
+    wait_for_kids(&proxy, &["2026-02"]).await;
+    let (parts, body) = get_with_token(&proxy, &old_token).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(problem(&body)["reason"], "license_key_unknown");
+    assert_eq!(get_with_token(&proxy, &new_token).await.0.status, 200);
+
+    // A broken key file keeps the current keyring.
+    std::fs::write(
+        keys.join("broken.pem"),
+        "-----BEGIN PUBLIC KEY-----\nnope\n",
+    )
+    .unwrap();
+    proxy.wait_for_log("keyring reload failed");
+    assert_eq!(get_with_token(&proxy, &new_token).await.0.status, 200);
+}
+
+/// Each keyring change logs "keyring reloaded"; wait for the reload that
+/// makes /license list exactly `kids` (a file write can arrive as two events).
+async fn wait_for_kids(proxy: &Proxy, kids: &[&str]) {
+    let already = proxy.logs().matches("keyring reloaded").count();
+    for extra in 1..=3 {
+        let status = license_status(proxy).await;
+        let listed: Vec<String> =
+            serde_json::from_value(status["keyring"]["kids"].clone()).unwrap();
+        if listed == kids {
+            return;
+        }
+        proxy.wait_for_log_count("keyring reloaded", already + extra);
+    }
+    panic!("keyring never became {kids:?}: {}", proxy.logs());
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_licensegate"))
+        .args(args)
+        .env("LICENSEGATE_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn cli_keygen_issue_and_inspect_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    for alg in ["ed25519", "es256"] {
+        let (code, _, stderr) = cli(&[
+            "license",
+            "keygen",
+            "--alg",
+            alg,
+            "--kid",
+            "k1",
+            "--private",
+            &path("k1.key"),
+            "--public",
+            &path("k1.pem"),
+            "--jwks",
+            &path("jwks.json"),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(path("k1.key")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "the private key is private");
+
+        write_file(
+            dir.path(),
+            "claims.yaml",
+            "sub: lic-42\nlic:\n  plan: team\n  features: [export]\n  seats: 10\n",
+        );
+        let (code, token, stderr) = cli(&[
+            "license",
+            "issue",
+            "--key",
+            &path("k1.key"),
+            "--kid",
+            "k1",
+            "--claims",
+            &path("claims.yaml"),
+            "--ttl",
+            "7d",
+            "--iss",
+            ISSUER,
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let token = token.trim();
+        write_file(dir.path(), "token.jwt", token);
+
+        for keys in [path("k1.pem"), path("jwks.json")] {
+            let (code, out, _) = cli(&[
+                "license",
+                "inspect",
+                "--keys",
+                &keys,
+                "--iss",
+                ISSUER,
+                &format!("@{}", path("token.jwt")),
+            ]);
+            assert_eq!(code, 0, "{out}");
+            let report: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(report["valid"], true);
+            assert_eq!(report["claims"]["lic"]["plan"], "team");
+            assert_eq!(
+                report["header"]["alg"],
+                if alg == "ed25519" { "EdDSA" } else { "ES256" }
+            );
+            let expires_in = report["expires_in_seconds"].as_i64().unwrap();
+            assert!(
+                (7 * 86400 - 60..=7 * 86400).contains(&expires_in),
+                "{expires_in}"
+            );
+        }
+
+        // Wrong issuer expected: not valid, exit 1, with the reason.
+        let (code, out, _) = cli(&[
+            "license",
+            "inspect",
+            "--keys",
+            &path("k1.pem"),
+            "--iss",
+            "https://other.test",
+            token,
+        ]);
+        assert_eq!(code, 1);
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["reason"], "license_issuer_mismatch");
+    }
+
+    // Claims that cannot make a license are refused at issue time.
+    write_file(dir.path(), "bad.yaml", "sub: lic-43\n");
+    let (code, _, stderr) = cli(&[
+        "license",
+        "issue",
+        "--key",
+        &path("k1.key"),
+        "--kid",
+        "k1",
+        "--claims",
+        &path("bad.yaml"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert!(stderr.contains("lic"), "{stderr}");
+}
+
+#[test]
+fn an_unreadable_keyring_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        &format!("upstream:\n  url: http://127.0.0.1:1\nlicense:\n  keys: {}/missing.pem\n  source: header\n", dir.path().display()),
+    );
+    let (status, stderr) = Proxy::spawn(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .err()
+    .expect("must not start");
+    assert_eq!(status.code(), Some(64));
+    assert!(stderr.contains("license.keys"), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+}
