@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
 use crate::decision::DecisionEngine;
-use crate::license::watch::{keep_current, update_readiness, LICENSE_READY};
+use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -47,7 +47,7 @@ pub struct Gateway {
     admin: AdminServer,
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
-    license: Option<Arc<LicenseGate>>,
+    license: Option<(Arc<LicenseGate>, LicenseWatch)>,
 }
 
 impl Gateway {
@@ -87,6 +87,10 @@ impl Gateway {
                 license: license.clone(),
             }),
         )?;
+        let license = license.map(|gate| {
+            let watch = LicenseWatch::start(Arc::clone(&gate));
+            (gate, watch)
+        });
         Ok(Gateway {
             proxy,
             admin,
@@ -118,9 +122,9 @@ impl Gateway {
         // The listener is bound, so connections queue from here on: ready
         // before the admin port can be asked.
         self.lifecycle.set(LISTENER_READY, Ok(()));
-        let license = self.license.map(|gate| {
+        let license = self.license.map(|(gate, watch)| {
             update_readiness(&gate, &self.lifecycle, gate.refresh_state());
-            tokio::spawn(keep_current(gate, Arc::clone(&self.lifecycle)))
+            tokio::spawn(watch.run(Arc::clone(&self.lifecycle)))
         });
         let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;

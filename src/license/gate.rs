@@ -207,13 +207,14 @@ impl LicenseGate {
         };
         let now = self.clock.now();
         let previous = current.load_full();
-        if let (Ok(token), Some((_, in_force))) = (read_token(path), &previous.license) {
-            if *token == **in_force {
+        let read = read_token(path);
+        if let (Ok(token), Some((_, in_force))) = (&read, &previous.license) {
+            if **token == **in_force {
                 // Unchanged: a watch event for another file in the directory.
                 return Ok(());
             }
         }
-        let result = read_token(path).and_then(|token| {
+        let result = read.and_then(|token| {
             let (result, _) = self.verifier.check_traced(&token, now);
             result.map(|(license, _)| (license, Arc::<str>::from(token)))
         });
@@ -222,7 +223,6 @@ impl LicenseGate {
             .verification(result.as_ref().map(|_| false));
         let outcome = match result {
             Ok((license, token)) => {
-                // Same token as before: nothing changes but the timestamp.
                 let environment = admits(&license.claims.lic.env, &self.environment);
                 if let Err(error) = &environment {
                     tracing::error!(%error, "the license does not admit this environment");

@@ -24,35 +24,60 @@ const STATE_INTERVAL: Duration = Duration::from_secs(5);
 /// swap is several filesystem events.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Watch the license file's and the keyring's directories, reload on change
-/// or SIGHUP, and keep readiness in step with the license state. Runs until
-/// the task is dropped.
-pub async fn keep_current(gate: Arc<LicenseGate>, lifecycle: Arc<Lifecycle>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch_dirs(&watched_dirs(&gate), tx.clone());
-    spawn_sighup(tx);
-    update_readiness(&gate, &lifecycle, gate.refresh_state());
+/// Watches on the license file's and the keyring's directories, plus SIGHUP.
+/// Created before the proxy announces itself, so no change made after start
+/// can be missed.
+pub struct LicenseWatch {
+    gate: Arc<LicenseGate>,
+    events: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
 
-    let mut state_tick = tokio::time::interval(STATE_INTERVAL);
-    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            event = rx.recv() => {
-                if event.is_none() {
-                    return;
+impl LicenseWatch {
+    /// Start watching (inside a Tokio runtime, for the signal handler).
+    pub fn start(gate: Arc<LicenseGate>) -> LicenseWatch {
+        let (tx, events) = mpsc::unbounded_channel::<()>();
+        let watcher = watch_dirs(&watched_dirs(&gate), tx.clone());
+        spawn_sighup(tx);
+        // Anything that changed between the first load and the watch.
+        reload(&gate);
+        LicenseWatch {
+            gate,
+            events,
+            _watcher: watcher,
+        }
+    }
+
+    /// Reload on change or SIGHUP and keep readiness in step with the
+    /// license state. Runs until the task is dropped.
+    pub async fn run(mut self, lifecycle: Arc<Lifecycle>) {
+        let gate = self.gate;
+        update_readiness(&gate, &lifecycle, gate.refresh_state());
+        let mut state_tick = tokio::time::interval(STATE_INTERVAL);
+        state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.events.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while self.events.try_recv().is_ok() {}
+                    reload(&gate);
+                    update_readiness(&gate, &lifecycle, gate.refresh_state());
                 }
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                let _ = gate.reload_keys();
-                if gate.file_path().is_some() {
-                    let _ = gate.reload_license();
+                _ = state_tick.tick() => {
+                    update_readiness(&gate, &lifecycle, gate.refresh_state());
                 }
-                update_readiness(&gate, &lifecycle, gate.refresh_state());
-            }
-            _ = state_tick.tick() => {
-                update_readiness(&gate, &lifecycle, gate.refresh_state());
             }
         }
+    }
+}
+
+fn reload(gate: &LicenseGate) {
+    let _ = gate.reload_keys();
+    if gate.file_path().is_some() {
+        let _ = gate.reload_license();
     }
 }
 
