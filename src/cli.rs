@@ -236,6 +236,7 @@ fn demo(args: DemoArgs) -> i32 {
             grace: Duration::ZERO,
             environment: EnvironmentSettings::default(),
             cache_capacity: 10_000,
+            state_file: None,
         });
         let gateway = match Gateway::bind(&settings) {
             Ok(gateway) => gateway,

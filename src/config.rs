@@ -42,14 +42,18 @@ pub struct LicenseSettings {
     pub environment: EnvironmentSettings,
     /// Verified tokens remembered (header source).
     pub cache_capacity: usize,
+    /// Trusted time and the last fetched token, kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum LicenseSource {
     /// One deployment license in a file, reloaded when it changes.
     File(PathBuf),
     /// A token per request in this header (`Bearer ` prefix optional).
     Header(http::HeaderName),
+    /// A short-lived deployment token fetched from the vendor on schedule.
+    Refresh(crate::license::refresh::RefreshSettings),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +80,8 @@ pub struct FileLicense {
     #[serde(default)]
     pub environment: EnvironmentSettings,
     pub cache_capacity: Option<MaxConnections>,
+    pub refresh: Option<FileRefresh>,
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -84,6 +90,69 @@ pub enum FileLicenseSource {
     #[default]
     File,
     Header,
+    Refresh,
+}
+
+/// `license.refresh`: where and how often to fetch the deployment token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRefresh {
+    pub url: String,
+    pub ca: Option<PathBuf>,
+    pub timeout: Option<HumanDuration>,
+    pub min_backoff: Option<HumanDuration>,
+    pub max_backoff: Option<HumanDuration>,
+    /// Fraction of a token's lifetime after which the next one is fetched.
+    pub refresh_at: Option<f64>,
+    /// Extra request headers, e.g. an API key.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Plain http to a loopback address (a local agent; tests).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl FileRefresh {
+    fn resolve(self) -> Result<crate::license::refresh::RefreshSettings, ConfigError> {
+        let invalid = |setting, message: String| ConfigError::Invalid { setting, message };
+        let url: http::Uri = self.url.parse().map_err(|e| {
+            invalid(
+                "license.refresh.url",
+                format!("`{}` is not a URL: {e}", self.url),
+            )
+        })?;
+        let mut settings = crate::license::refresh::RefreshSettings::new(url);
+        settings.ca = self.ca;
+        settings.allow_http = self.allow_http;
+        if let Some(timeout) = self.timeout {
+            settings.timeout = timeout.0;
+        }
+        if let Some(min) = self.min_backoff {
+            settings.min_backoff = min.0;
+        }
+        if let Some(max) = self.max_backoff {
+            settings.max_backoff = max.0;
+        }
+        if let Some(fraction) = self.refresh_at {
+            settings.refresh_at_fraction = fraction;
+        }
+        for (name, value) in self.headers {
+            let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(
+                    "license.refresh.headers",
+                    format!("`{name}` is not a header name"),
+                )
+            })?;
+            let value = http::HeaderValue::from_str(&value).map_err(|_| {
+                invalid(
+                    "license.refresh.headers",
+                    format!("the value of `{name}` is not a valid header value"),
+                )
+            })?;
+            settings.headers.push((header, value));
+        }
+        Ok(settings)
+    }
 }
 
 /// An HTTP header name, checked when the file is read.
@@ -115,6 +184,21 @@ impl EnvironmentSettings {
 impl FileLicense {
     fn resolve(self) -> Result<LicenseSettings, ConfigError> {
         let source = match (self.source, self.file, self.header) {
+            (FileLicenseSource::Refresh, None, None) => match self.refresh {
+                Some(refresh) => LicenseSource::Refresh(refresh.resolve()?),
+                None => {
+                    return Err(ConfigError::Invalid {
+                        setting: "license.refresh",
+                        message: "required with `source: refresh`: at least `url`".into(),
+                    })
+                }
+            },
+            (FileLicenseSource::Refresh, _, _) => {
+                return Err(ConfigError::Invalid {
+                    setting: "license.source",
+                    message: "`refresh` takes `license.refresh`, not `file` or `header`".into(),
+                })
+            }
             (FileLicenseSource::File, Some(file), None) => LicenseSource::File(file),
             (FileLicenseSource::File, None, _) => {
                 return Err(ConfigError::Invalid {
@@ -147,6 +231,7 @@ impl FileLicense {
             grace: self.grace.map_or(Duration::ZERO, |d| d.0),
             environment: self.environment.with_process_env(),
             cache_capacity: self.cache_capacity.map_or(10_000, |c| c.0),
+            state_file: self.state_file,
         })
     }
 }

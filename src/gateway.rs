@@ -124,13 +124,20 @@ impl Gateway {
         self.lifecycle.set(LISTENER_READY, Ok(()));
         let license = self.license.map(|(gate, watch)| {
             update_readiness(&gate, &self.lifecycle, gate.refresh_state());
-            tokio::spawn(watch.run(Arc::clone(&self.lifecycle)))
+            let refresh = gate.spawn_refresh();
+            (
+                tokio::spawn(watch.run(Arc::clone(&self.lifecycle))),
+                refresh,
+            )
         });
         let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
         admin.abort();
-        if let Some(license) = license {
-            license.abort();
+        if let Some((watch, refresh)) = license {
+            watch.abort();
+            if let Some(refresh) = refresh {
+                refresh.abort();
+            }
         }
     }
 }

@@ -570,3 +570,139 @@ fn an_unreadable_keyring_stops_start_up() {
     assert!(stderr.contains("license.keys"), "{stderr}");
     assert!(stderr.contains("missing.pem"), "{stderr}");
 }
+
+/// A vendor token endpoint over HTTPS on loopback: serves whatever token is
+/// set, or 503 when none is.
+struct Vendor {
+    addr: std::net::SocketAddr,
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    ca: PathBuf,
+}
+
+impl Vendor {
+    async fn start(dir: &Path) -> Vendor {
+        use std::sync::Arc;
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let ca = write_file(dir, "vendor-ca.pem", &certified.cert.pem());
+        let key = rustls_pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let served = Arc::clone(&token);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let served = Arc::clone(&served);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |_request: Request<hyper::body::Incoming>| {
+                            let current = served.lock().unwrap().clone();
+                            async move {
+                                let mut response = http::Response::new(full(
+                                    current.clone().unwrap_or_else(|| "down".into()),
+                                ));
+                                if current.is_none() {
+                                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Vendor { addr, token, ca }
+    }
+
+    fn serve(&self, token: Option<String>) {
+        *self.token.lock().unwrap() = token;
+    }
+}
+
+// Multi-threaded: the vendor server keeps running while the test thread
+// blocks waiting for the proxy's log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshed_licenses_survive_a_restart_while_the_vendor_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let vendor = Vendor::start(dir.path()).await;
+    vendor.serve(Some(sign(
+        &claims("lic-fetched", "pro", 3600),
+        &key,
+        "vendor",
+    )));
+    let state = dir.path().join("state.json");
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  source: refresh\n  refresh:\n    url: https://{}/token\n    ca: {}\n    min_backoff: 50ms\n    max_backoff: 200ms\n    refresh_at: 0.02\n  state_file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            vendor.addr,
+            vendor.ca.display(),
+            state.display()
+        ),
+    );
+
+    let mut first = Proxy::with_config(&config);
+    first.wait_for_log("license=lic-fetched");
+    assert_eq!(get(&first.url("/")).await.0.status, 200);
+    let status = license_status(&first).await;
+    assert_eq!(status["source"], "refresh");
+    assert_eq!(status["license"]["id"], "lic-fetched");
+    first.signal("TERM");
+    assert_eq!(first.wait_exit().code(), Some(0));
+
+    // The vendor goes down; a restart serves from the persisted token
+    // (`refresh_at` is low, so the restarted proxy tries the vendor at once).
+    vendor.serve(None);
+    let second = Proxy::with_config(&config);
+    second.wait_for_log("license restored from the state file");
+    assert_eq!(get(&second.url("/")).await.0.status, 200);
+    second.wait_for_log("license refresh failed");
+    let status = license_status(&second).await;
+    assert_eq!(status["license"]["id"], "lic-fetched");
+    assert_eq!(status["last_reload"]["ok"], false);
+    assert!(
+        status["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{status}"
+    );
+    let (parts, _) = get(&second.admin_url("/readyz")).await;
+    assert_eq!(
+        parts.status, 200,
+        "a valid persisted license keeps the pod ready"
+    );
+
+    // Without the state file there is nothing to serve until the vendor answers.
+    std::fs::remove_file(&state).unwrap();
+    let third = Proxy::with_config(&config);
+    third.wait_for_log("license refresh failed");
+    let (parts, body) = get(&third.url("/")).await;
+    assert_eq!(parts.status, 403);
+    assert_eq!(problem(&body)["reason"], "license_missing");
+    vendor.serve(Some(sign(&claims("lic-back", "pro", 3600), &key, "vendor")));
+    third.wait_for_log("license=lic-back");
+    assert_eq!(get(&third.url("/")).await.0.status, 200);
+}

@@ -16,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
 
+use super::refresh::{run_refresh_loop, Fetcher, Lifetime};
+use super::state::{PersistedState, StateFile};
 use super::{
     admits, Environment, Keyring, LicenseError, LicenseVerifier, Validator, Validity,
     VerifiedLicense,
@@ -30,15 +32,35 @@ pub struct LicenseGate {
     environment: Environment,
     source: Source,
     clock: TrustedClock,
+    /// Where the trusted time and the last fetched token survive restarts.
+    state_file: Option<StateFile>,
+    /// The trusted time last written to the state file.
+    persisted_floor: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 enum Source {
-    File {
-        path: PathBuf,
+    /// One license for the whole deployment, swapped atomically on reload.
+    Deployment {
+        origin: Origin,
         current: ArcSwap<Loaded>,
     },
+    /// A token in this header of every request.
     Header(HeaderName),
+}
+
+enum Origin {
+    File(PathBuf),
+    Refresh(Arc<Fetcher>),
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        match self {
+            Origin::File(path) => path.display().to_string(),
+            Origin::Refresh(fetcher) => fetcher.url().to_owned(),
+        }
+    }
 }
 
 /// The deployment license as last loaded from its file.
@@ -57,8 +79,14 @@ pub struct Loaded {
 
 /// Why the gate could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("license.keys: {0}")]
-pub struct GateError(#[from] pub super::KeyError);
+pub enum GateError {
+    /// The keyring could not be loaded.
+    #[error("license.keys: {0}")]
+    Keys(#[from] super::KeyError),
+    /// The refresh endpoint settings are unusable.
+    #[error(transparent)]
+    Refresh(#[from] crate::config::ConfigError),
+}
 
 impl LicenseGate {
     /// Load the keyring (and, for the file source, the license). A missing
@@ -81,11 +109,15 @@ impl LicenseGate {
             region: settings.environment.region.clone(),
             service_account: settings.environment.service_account.clone(),
         };
+        let deployment = |origin| Source::Deployment {
+            origin,
+            current: ArcSwap::from_pointee(Loaded::default()),
+        };
         let source = match &settings.source {
-            LicenseSource::File(path) => Source::File {
-                path: path.clone(),
-                current: ArcSwap::from_pointee(Loaded::default()),
-            },
+            LicenseSource::File(path) => deployment(Origin::File(path.clone())),
+            LicenseSource::Refresh(refresh) => {
+                deployment(Origin::Refresh(Arc::new(Fetcher::new(refresh)?)))
+            }
             LicenseSource::Header(name) => Source::Header(name.clone()),
         };
         let gate = LicenseGate {
@@ -94,8 +126,11 @@ impl LicenseGate {
             environment,
             source,
             clock: TrustedClock::default(),
+            state_file: settings.state_file.clone().map(StateFile::new),
+            persisted_floor: AtomicU64::new(0),
             metrics,
         };
+        gate.restore_state();
         if gate.file_path().is_some() {
             let _ = gate.reload_license();
         }
@@ -107,7 +142,7 @@ impl LicenseGate {
     pub fn check(&self, headers: &HeaderMap) -> Result<Validity, LicenseError> {
         let now = self.clock.now();
         match &self.source {
-            Source::File { current, .. } => {
+            Source::Deployment { current, .. } => {
                 let loaded = current.load();
                 let Some((license, _)) = &loaded.license else {
                     return Err(loaded.error.clone().unwrap_or(LicenseError::Missing));
@@ -166,8 +201,11 @@ impl LicenseGate {
     /// The license file, for the file source.
     pub fn file_path(&self) -> Option<&Path> {
         match &self.source {
-            Source::File { path, .. } => Some(path),
-            Source::Header(_) => None,
+            Source::Deployment {
+                origin: Origin::File(path),
+                ..
+            } => Some(path),
+            _ => None,
         }
     }
 
@@ -179,7 +217,7 @@ impl LicenseGate {
     /// The deployment license snapshot (file source).
     pub fn loaded(&self) -> Option<Arc<Loaded>> {
         match &self.source {
-            Source::File { current, .. } => Some(current.load_full()),
+            Source::Deployment { current, .. } => Some(current.load_full()),
             Source::Header(_) => None,
         }
     }
@@ -202,25 +240,38 @@ impl LicenseGate {
     /// Re-read the license file. A token that fails verification or
     /// validation keeps the previous license in force and is reported.
     pub fn reload_license(&self) -> Result<(), LicenseError> {
-        let Source::File { path, current } = &self.source else {
+        let Some(path) = self.file_path() else {
             return Ok(());
+        };
+        self.install_token(read_token(path)).map(|_| ())
+    }
+
+    /// Put a deployment token in force if it verifies and validates; else
+    /// keep the license in force and record why. Returns the lifetime of the
+    /// license in force, for scheduling refreshes.
+    pub fn install_token(
+        &self,
+        token: Result<String, LicenseError>,
+    ) -> Result<Lifetime, LicenseError> {
+        let Source::Deployment { origin, current } = &self.source else {
+            return Err(LicenseError::Missing);
         };
         let now = self.clock.now();
         let previous = current.load_full();
-        let read = read_token(path);
-        if let (Ok(token), Some((_, in_force))) = (&read, &previous.license) {
+        if let (Ok(token), Some((license, in_force))) = (&token, &previous.license) {
             if **token == **in_force {
-                // Unchanged: a watch event for another file in the directory.
-                return Ok(());
+                // Unchanged: e.g. a watch event for another file in the directory.
+                return Ok(Lifetime::of(&license.claims, now));
             }
         }
-        let result = read.and_then(|token| {
+        let result = token.and_then(|token| {
             let (result, _) = self.verifier.check_traced(&token, now);
             result.map(|(license, _)| (license, Arc::<str>::from(token)))
         });
         self.metrics
             .license
             .verification(result.as_ref().map(|_| false));
+        let from = origin.describe();
         let outcome = match result {
             Ok((license, token)) => {
                 let environment = admits(&license.claims.lic.env, &self.environment);
@@ -234,23 +285,27 @@ impl LicenseGate {
                     license = %license.claims.sub,
                     plan = %license.claims.lic.plan,
                     expires = license.claims.exp.0,
-                    path = %path.display(),
+                    from = %from,
                     "license loaded"
                 );
+                let lifetime = Lifetime::of(&license.claims, now);
                 current.store(Arc::new(Loaded {
-                    license: Some((license, token)),
+                    license: Some((license, Arc::clone(&token))),
                     environment: Some(environment),
                     error: None,
                     last_reload: Some((now, Ok(()))),
                 }));
                 self.metrics.license.reloads_ok.inc();
-                Ok(())
+                if matches!(origin, Origin::Refresh(_)) {
+                    self.persist(Some(&token));
+                }
+                Ok(lifetime)
             }
             Err(error) => {
                 if previous.license.is_some() {
-                    tracing::error!(%error, path = %path.display(), "new license rejected; the previous license stays in force");
+                    tracing::error!(%error, from = %from, "new license rejected; the previous license stays in force");
                 } else {
-                    tracing::error!(%error, path = %path.display(), "no valid license loaded");
+                    tracing::error!(%error, from = %from, "no valid license loaded");
                 }
                 current.store(Arc::new(Loaded {
                     license: previous.license.clone(),
@@ -268,6 +323,121 @@ impl LicenseGate {
         };
         self.refresh_state();
         outcome
+    }
+
+    /// Record a failed fetch in the status without touching the license.
+    pub fn record_fetch_failure(&self, error: &str) {
+        if let Source::Deployment { current, .. } = &self.source {
+            let previous = current.load_full();
+            current.store(Arc::new(Loaded {
+                license: previous.license.clone(),
+                environment: previous.environment.clone(),
+                error: previous.error.clone(),
+                last_reload: Some((self.clock.now(), Err(error.to_owned()))),
+            }));
+            self.metrics.license.reloads_failed.inc();
+        }
+    }
+
+    /// Fetch tokens from the vendor on schedule, for the refresh source;
+    /// `None` for the other sources.
+    pub fn spawn_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let Source::Deployment {
+            origin: Origin::Refresh(fetcher),
+            ..
+        } = &self.source
+        else {
+            return None;
+        };
+        let fetcher = Arc::clone(fetcher);
+        let gate = Arc::clone(self);
+        let current = gate.loaded().and_then(|l| {
+            l.license
+                .as_ref()
+                .map(|(license, _)| Lifetime::of(&license.claims, gate.now()))
+        });
+        Some(tokio::spawn(async move {
+            let clock_gate = Arc::clone(&gate);
+            run_refresh_loop(
+                &fetcher,
+                current,
+                move || clock_gate.now(),
+                |token| gate.install_token(Ok(token)),
+                |error| gate.record_fetch_failure(&error.to_string()),
+            )
+            .await;
+        }))
+    }
+
+    /// Load the state file: raise the trusted clock to what was trusted
+    /// before the restart and, for the refresh source, put the last fetched
+    /// token back in force so a restart while the vendor is unreachable
+    /// still serves.
+    fn restore_state(&self) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let state = match file.load() {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(%error, "cannot use the license state file; starting without it");
+                return;
+            }
+        };
+        self.clock.observe(state.highest_trusted_time);
+        self.persisted_floor
+            .store(state.highest_trusted_time, Ordering::Relaxed);
+        let refresh = matches!(
+            self.source,
+            Source::Deployment {
+                origin: Origin::Refresh(_),
+                ..
+            }
+        );
+        if let (true, Some(token)) = (refresh, state.last_good_token) {
+            match self.install_token(Ok(token)) {
+                Ok(_) => tracing::info!("license restored from the state file"),
+                Err(error) => tracing::warn!(%error, "the persisted license is not usable"),
+            }
+        }
+    }
+
+    /// Write the state file (trusted time, and the token in force for the
+    /// refresh source). Failures are logged: the proxy keeps serving.
+    fn persist(&self, token: Option<&str>) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let floor = self.clock.floor();
+        let last_good_token = token.map(str::to_owned).or_else(|| {
+            self.loaded()
+                .and_then(|l| l.license.as_ref().map(|(_, t)| t.to_string()))
+                .filter(|_| {
+                    matches!(
+                        self.source,
+                        Source::Deployment {
+                            origin: Origin::Refresh(_),
+                            ..
+                        }
+                    )
+                })
+        });
+        let state = PersistedState {
+            highest_trusted_time: floor,
+            last_good_token,
+            updated_at: wall_clock(),
+        };
+        match file.save(&state) {
+            Ok(()) => self.persisted_floor.store(floor, Ordering::Relaxed),
+            Err(error) => tracing::error!(%error, "cannot write the license state file"),
+        }
+    }
+
+    /// Persist the trusted time when it has moved on by a minute or more.
+    pub fn persist_if_due(&self) {
+        if self.clock.floor() >= self.persisted_floor.load(Ordering::Relaxed) + 60 {
+            self.persist(None);
+        }
     }
 
     /// Re-read the keyring. A broken key file keeps the previous keyring. A
@@ -293,7 +463,7 @@ impl LicenseGate {
 
     /// After a keyring change the license in force must still verify.
     fn recheck_loaded(&self) {
-        let Source::File { current, .. } = &self.source else {
+        let Source::Deployment { current, .. } = &self.source else {
             return;
         };
         let loaded = current.load_full();
@@ -388,11 +558,19 @@ impl LicenseGate {
                 status["header"] = json!(name.as_str());
                 status["cached_tokens"] = json!(self.verifier.cache().len());
             }
-            Source::File { path, current } => {
+            Source::Deployment { origin, current } => {
                 let loaded = current.load();
                 let now = self.clock.now();
-                status["source"] = json!("file");
-                status["path"] = json!(path.display().to_string());
+                match origin {
+                    Origin::File(path) => {
+                        status["source"] = json!("file");
+                        status["path"] = json!(path.display().to_string());
+                    }
+                    Origin::Refresh(fetcher) => {
+                        status["source"] = json!("refresh");
+                        status["url"] = json!(fetcher.url());
+                    }
+                }
                 status["state"] = json!(self.state().as_str());
                 status["error"] = json!(loaded
                     .error

@@ -25,6 +25,8 @@ mod gate;
 pub mod issue;
 mod json;
 pub mod keys;
+pub mod refresh;
+pub mod state;
 pub mod token;
 pub mod validate;
 pub mod watch;

@@ -68,6 +68,7 @@ impl LicenseWatch {
                 }
                 _ = state_tick.tick() => {
                     update_readiness(&gate, &lifecycle, gate.refresh_state());
+                    gate.persist_if_due();
                 }
             }
         }

@@ -1,0 +1,809 @@
+//! Fetching short-lived license tokens from a license server on a schedule.
+//!
+//! The timing rules are pure functions ([`next_delay`], [`Backoff`],
+//! [`Schedule`]) so they are tested without a clock; [`Fetcher`] does one
+//! HTTPS GET; [`run_refresh_loop`] ties them together.
+//!
+//! Nothing fetched here is trusted: the caller verifies each token
+//! (signature, issuer, audience, time) before it replaces the license in
+//! force. A hostile or compromised server can therefore withhold a license
+//! but never grant one; TLS protects the request's credentials (e.g. an API
+//! key header) and keeps an on-path attacker from doing even that.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, USER_AGENT};
+use http::uri::Scheme;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::{Claims, MAX_TOKEN_BYTES};
+use crate::config::ConfigError;
+
+/// The largest response body read: a token of at most [`MAX_TOKEN_BYTES`]
+/// plus room for a JSON wrapper and whitespace.
+pub const MAX_RESPONSE_BYTES: usize = MAX_TOKEN_BYTES + 4096;
+
+// Setting names used in configuration errors.
+const URL_SETTING: &str = "license.refresh.url";
+const CA_SETTING: &str = "license.refresh.ca";
+const TIMEOUT_SETTING: &str = "license.refresh.timeout";
+const BACKOFF_SETTING: &str = "license.refresh.backoff";
+const FRACTION_SETTING: &str = "license.refresh.refresh_at_fraction";
+
+/// Where to fetch tokens from, and when.
+#[derive(Clone)]
+pub struct RefreshSettings {
+    /// The token endpoint: `https://` (or `http://` to a loopback address
+    /// when [`allow_http`](Self::allow_http) is set).
+    pub url: Uri,
+    /// Allow plain `http://`, to a loopback address only. For tests and a
+    /// local agent on the same host; anything else would expose the request
+    /// headers on the network.
+    pub allow_http: bool,
+    /// A PEM CA bundle to trust instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Bound on one whole fetch: connect, TLS, response and body.
+    pub timeout: Duration,
+    /// The first retry delay after a failure.
+    pub min_backoff: Duration,
+    /// The longest retry delay.
+    pub max_backoff: Duration,
+    /// How far into a token's lifetime (`iat`, else `nbf`, to `exp`) the
+    /// next fetch happens, in (0, 1].
+    pub refresh_at_fraction: f64,
+    /// Extra request headers, e.g. an API key. Sent marked sensitive and
+    /// never logged.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RefreshSettings {
+    /// Default [`timeout`](Self::timeout).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`min_backoff`](Self::min_backoff).
+    pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(1);
+    /// Default [`max_backoff`](Self::max_backoff).
+    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+    /// Default [`refresh_at_fraction`](Self::refresh_at_fraction).
+    pub const DEFAULT_REFRESH_AT_FRACTION: f64 = 0.5;
+
+    /// Settings for `url` with every default: system roots, https only.
+    pub fn new(url: Uri) -> RefreshSettings {
+        RefreshSettings {
+            url,
+            allow_http: false,
+            ca: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+            min_backoff: Self::DEFAULT_MIN_BACKOFF,
+            max_backoff: Self::DEFAULT_MAX_BACKOFF,
+            refresh_at_fraction: Self::DEFAULT_REFRESH_AT_FRACTION,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for RefreshSettings {
+    // Header values are credentials: only their names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("RefreshSettings")
+            .field("url", &shown_url(&self.url))
+            .field("allow_http", &self.allow_http)
+            .field("ca", &self.ca)
+            .field("timeout", &self.timeout)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("refresh_at_fraction", &self.refresh_at_fraction)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// A failed fetch: the URL (query redacted) and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("license refresh from {url}: {kind}")]
+pub struct FetchError {
+    /// The URL fetched, with any query string redacted.
+    pub url: String,
+    /// What went wrong.
+    pub kind: FetchErrorKind,
+}
+
+/// What went wrong in a fetch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchErrorKind {
+    /// No response: DNS, TCP, TLS (e.g. an untrusted certificate) or HTTP
+    /// protocol failure. The text is the whole error chain.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// No complete response within the timeout.
+    #[error("no complete response within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A status other than 200. Redirects are not followed.
+    #[error("HTTP status {status}{detail}")]
+    Status {
+        /// The status received.
+        status: StatusCode,
+        /// `: ` and the start of the body (escaped, truncated), or empty.
+        detail: String,
+    },
+    /// The body is bigger than [`MAX_RESPONSE_BYTES`].
+    #[error("response body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body could not be read, or holds no token.
+    #[error("{0}")]
+    Response(String),
+}
+
+/// Fetches tokens from one URL. Cheap to share by reference; each fetch
+/// opens a fresh connection (fetches are minutes to hours apart, so pooled
+/// connections would only sit idle).
+pub struct Fetcher {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    url: Uri,
+    shown_url: String,
+    headers: HeaderMap,
+    timeout: Duration,
+    refresh_at_fraction: f64,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("url", &self.shown_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// Check `settings` and build the HTTPS client (loading the CA bundle,
+    /// or the system roots, now rather than at the first fetch).
+    pub fn new(settings: &RefreshSettings) -> Result<Fetcher, ConfigError> {
+        let https = check_url(&settings.url, settings.allow_http)?;
+        if settings.timeout.is_zero() {
+            return Err(invalid(TIMEOUT_SETTING, "must be more than zero".into()));
+        }
+        if settings.min_backoff.is_zero() || settings.max_backoff < settings.min_backoff {
+            return Err(invalid(
+                BACKOFF_SETTING,
+                format!(
+                    "need 0 < min ({:?}) <= max ({:?})",
+                    settings.min_backoff, settings.max_backoff
+                ),
+            ));
+        }
+        let fraction = settings.refresh_at_fraction;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(invalid(
+                FRACTION_SETTING,
+                format!("{fraction} is not in (0, 1]"),
+            ));
+        }
+
+        crate::proxy::tls::install_crypto_provider();
+        let tls = if https {
+            crate::proxy::tls::client_config(settings.ca.as_deref()).map_err(
+                |error| match error {
+                    ConfigError::Invalid { message, .. } => invalid(CA_SETTING, message),
+                    other => other,
+                },
+            )?
+        } else {
+            // Plain http never starts TLS, so no roots need loading (there
+            // may be none on a test machine).
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(URL_SETTING, e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if settings.allow_http {
+            builder.https_or_http()
+        } else {
+            builder.https_only()
+        };
+        let connector = builder.enable_all_versions().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            headers.append(name.clone(), value);
+        }
+        if !headers.contains_key(ACCEPT) {
+            headers.insert(
+                ACCEPT,
+                HeaderValue::from_static(
+                    "application/jwt, application/json;q=0.9, text/plain;q=0.8",
+                ),
+            );
+        }
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("licensegate/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
+
+        Ok(Fetcher {
+            client,
+            url: settings.url.clone(),
+            shown_url: shown_url(&settings.url),
+            headers,
+            timeout: settings.timeout,
+            refresh_at_fraction: fraction,
+            min_backoff: settings.min_backoff,
+            max_backoff: settings.max_backoff,
+        })
+    }
+
+    /// The URL fetched, query redacted, as errors and logs show it.
+    pub fn url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// GET the URL once and return the token text (not yet verified).
+    ///
+    /// The response must be 200 with a body of at most
+    /// [`MAX_RESPONSE_BYTES`]: either the compact token as text, or a JSON
+    /// object with a string `token` (or `license`) field. JSON is recognised
+    /// by its content type or a leading `{`, which no compact token has.
+    pub async fn fetch(&self) -> Result<String, FetchError> {
+        let result = match tokio::time::timeout(self.timeout, self.fetch_once()).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchErrorKind::Timeout(self.timeout)),
+        };
+        result.map_err(|kind| FetchError {
+            url: self.shown_url.clone(),
+            kind,
+        })
+    }
+
+    async fn fetch_once(&self) -> Result<String, FetchErrorKind> {
+        let mut request = Request::new(Empty::<Bytes>::new());
+        *request.uri_mut() = self.url.clone();
+        *request.headers_mut() = self.headers.clone();
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| FetchErrorKind::Request(error_chain(&e)))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let detail = if parts.status.is_redirection() {
+                let location = parts
+                    .headers
+                    .get(LOCATION)
+                    .map_or(&[][..], |v| v.as_bytes());
+                format!(
+                    ": redirects are not followed (location: {})",
+                    printable(location, 200)
+                )
+            } else {
+                // The body often says why (e.g. "invalid API key"); it is
+                // untrusted, so it is bounded, escaped and truncated.
+                let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await;
+                match body.map(|collected| collected.to_bytes()) {
+                    Ok(bytes) if !bytes.trim_ascii().is_empty() => {
+                        format!(": {}", printable(&bytes, 200))
+                    }
+                    _ => String::new(),
+                }
+            };
+            return Err(FetchErrorKind::Status {
+                status: parts.status,
+                detail,
+            });
+        }
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
+            return Err(FetchErrorKind::TooLarge {
+                limit: MAX_RESPONSE_BYTES,
+            });
+        }
+        let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => {
+                return Err(FetchErrorKind::TooLarge {
+                    limit: MAX_RESPONSE_BYTES,
+                })
+            }
+            Err(error) => {
+                return Err(FetchErrorKind::Response(format!(
+                    "reading the body failed: {}",
+                    error_chain(&*error)
+                )))
+            }
+        };
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        extract_token(content_type, &bytes).map_err(FetchErrorKind::Response)
+    }
+
+    /// A [`Schedule`] with this fetcher's timing settings, starting from the
+    /// token in force (if any).
+    pub fn schedule(&self, current: Option<Lifetime>) -> Schedule {
+        Schedule {
+            fraction: self.refresh_at_fraction,
+            backoff: Backoff::new(self.min_backoff, self.max_backoff),
+            current,
+        }
+    }
+}
+
+fn invalid(setting: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { setting, message }
+}
+
+/// Check the URL; returns whether it is https.
+fn check_url(url: &Uri, allow_http: bool) -> Result<bool, ConfigError> {
+    let Some(authority) = url.authority() else {
+        return Err(invalid(
+            URL_SETTING,
+            format!("`{url}` is not an absolute https:// URL"),
+        ));
+    };
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            URL_SETTING,
+            "credentials in the URL would end up in logs; send them in a header".into(),
+        ));
+    }
+    let https = match url.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTPS => true,
+        Some(scheme) if *scheme == Scheme::HTTP => {
+            if !allow_http {
+                return Err(invalid(
+                    URL_SETTING,
+                    format!("`{}` must be https://", shown_url(url)),
+                ));
+            }
+            if !is_loopback(authority.host()) {
+                return Err(invalid(
+                    URL_SETTING,
+                    format!(
+                        "plain http:// is allowed only to a loopback address, not `{}`",
+                        authority.host()
+                    ),
+                ));
+            }
+            false
+        }
+        _ => {
+            return Err(invalid(
+                URL_SETTING,
+                format!("`{}` must be https://", shown_url(url)),
+            ))
+        }
+    };
+    Ok(https)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The URL for errors and logs: a query string may carry a credential, so
+/// it is replaced by `?…`.
+fn shown_url(url: &Uri) -> String {
+    let mut shown = match (url.scheme(), url.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", url.path()),
+        _ => url.path().to_owned(),
+    };
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+/// An error and its sources: hyper's own message ("client error
+/// (Connect)") says little; the cause (e.g. "invalid peer certificate:
+/// UnknownIssuer") is in the chain.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// At most `max_chars` of untrusted bytes, trimmed, with control characters
+/// escaped so a hostile server cannot forge log lines.
+fn printable(bytes: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let mut shown: String = text
+        .chars()
+        .take(max_chars)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().nth(max_chars).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// The token in a 200 response body; the error says what the body is instead.
+fn extract_token(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| "the response body is not UTF-8 text".to_owned())?
+        .trim();
+    if text.is_empty() {
+        return Err("the response body is empty".into());
+    }
+    let media_type = content_type
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let is_json =
+        media_type == "application/json" || media_type.ends_with("+json") || text.starts_with('{');
+    let value: serde_json::Value;
+    let token = if is_json {
+        value = serde_json::from_str(text)
+            .map_err(|e| format!("the response is not valid JSON: {e}"))?;
+        let field = ["token", "license"]
+            .into_iter()
+            .find_map(|name| Some((name, value.get(name)?)));
+        match field {
+            Some((_, serde_json::Value::String(token))) => token.trim(),
+            Some((name, _)) => {
+                return Err(format!("`{name}` in the JSON response is not a string"))
+            }
+            None => return Err("the JSON response has no string `token` or `license` field".into()),
+        }
+    } else {
+        text
+    };
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "the token is {} bytes, more than the {MAX_TOKEN_BYTES} a license token can be",
+            token.len()
+        ));
+    }
+    if !is_compact_jws(token) {
+        let shown_type = if media_type.is_empty() {
+            "none"
+        } else {
+            media_type.as_str()
+        };
+        return Err(format!(
+            "the response is not a compact license token (content type {}; body starts `{}`)",
+            printable(shown_type.as_bytes(), 60),
+            printable(token.as_bytes(), 32)
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// Three non-empty base64url segments: checked here so that, say, an HTML
+/// error page served with 200 gets a clear error naming the fetch, rather
+/// than a "malformed token" from verification.
+fn is_compact_jws(token: &str) -> bool {
+    let mut segments = 0;
+    for segment in token.split('.') {
+        segments += 1;
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    segments == 3
+}
+
+/// A token's validity window, unix seconds: what the schedule needs to
+/// know about the license in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// When the token was issued (`iat`, else `nbf`).
+    pub issued: u64,
+    /// `exp`.
+    pub expires: u64,
+}
+
+impl Lifetime {
+    /// The lifetime of verified `claims`: from `iat`, else `nbf`, else
+    /// `fetched_at` (when there is neither), to `exp`.
+    pub fn of(claims: &Claims, fetched_at: u64) -> Lifetime {
+        let expires = claims.exp.0;
+        let issued = claims
+            .iat
+            .or(claims.nbf)
+            .map_or(fetched_at, |date| date.0)
+            .min(expires);
+        Lifetime { issued, expires }
+    }
+}
+
+/// How long until the next fetch, given the token in force was issued at
+/// `issued` and expires at `expires` (unix seconds): the point `fraction`
+/// of the way through its lifetime, minus `now`.
+///
+/// Zero when that point has passed or the token has expired: fetch now.
+/// Never more than the time left until `expires`. Callers retrying after a
+/// zero must go through [`Backoff`] (as [`Schedule`] does) so a server that
+/// keeps handing out stale tokens does not cause a busy loop.
+pub fn next_delay(now: u64, issued: u64, expires: u64, fraction: f64) -> Duration {
+    if now >= expires {
+        return Duration::ZERO;
+    }
+    let issued = issued.min(expires);
+    let fraction = if fraction.is_nan() {
+        RefreshSettings::DEFAULT_REFRESH_AT_FRACTION
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    // Rounded up so a short lifetime still waits at least a second; the
+    // float-to-int cast saturates.
+    let offset = ((expires - issued) as f64 * fraction).ceil() as u64;
+    let refresh_at = issued.saturating_add(offset).min(expires);
+    Duration::from_secs(refresh_at.saturating_sub(now))
+}
+
+/// Retry delays after failures: the ceiling doubles from `2 × min` up to
+/// `max`, and each delay is drawn uniformly from the upper half of the
+/// ceiling (but never below `min`), so retries spread out across replicas
+/// that failed together yet never come faster than `min`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    failures: u32,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Backoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backoff")
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("failures", &self.failures)
+            .finish()
+    }
+}
+
+impl Backoff {
+    /// Delays between `min` (at least 1 ms) and `max` (at least `min`).
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        let min = min.max(Duration::from_millis(1));
+        Backoff {
+            min,
+            max: max.max(min),
+            failures: 0,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The delay before the next retry; counts one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let mut random = [0u8; 8];
+        // Without randomness the ceiling itself is a safe (if unjittered)
+        // answer.
+        let random = match self.rng.fill(&mut random) {
+            Ok(()) => u64::from_le_bytes(random),
+            Err(_) => u64::MAX,
+        };
+        let delay = backoff_delay(self.min, self.max, self.failures, random);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Back to the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures since the last reset.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The smallest delay this backoff returns.
+    pub fn min(&self) -> Duration {
+        self.min
+    }
+}
+
+/// The delay after `failures` earlier failures, `random` choosing where in
+/// the jitter range it falls. In milliseconds, saturating throughout.
+fn backoff_delay(min: Duration, max: Duration, failures: u32, random: u64) -> Duration {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (min, max) = (millis(min).max(1), millis(max));
+    let max = max.max(min);
+    let factor = 1u64
+        .checked_shl(failures.saturating_add(1))
+        .unwrap_or(u64::MAX);
+    let ceiling = min.saturating_mul(factor).min(max);
+    let floor = (ceiling / 2).max(min);
+    let span = ceiling - floor;
+    let jitter = match span.checked_add(1) {
+        Some(range) => random % range,
+        None => random,
+    };
+    Duration::from_millis(floor + jitter)
+}
+
+/// When to fetch next: [`next_delay`] while tokens keep coming, [`Backoff`]
+/// after failures. Every delay it returns after a fetch is positive, so a
+/// driver cannot spin.
+#[derive(Debug)]
+pub struct Schedule {
+    fraction: f64,
+    backoff: Backoff,
+    current: Option<Lifetime>,
+}
+
+impl Schedule {
+    /// A schedule with these settings, starting from the token in force.
+    pub fn new(settings: &RefreshSettings, current: Option<Lifetime>) -> Schedule {
+        Schedule {
+            fraction: settings.refresh_at_fraction,
+            backoff: Backoff::new(settings.min_backoff, settings.max_backoff),
+            current,
+        }
+    }
+
+    /// The delay before the first fetch: zero without a token in force, or
+    /// when it is due for refresh or expired.
+    pub fn first_delay(&self, now: u64) -> Duration {
+        self.current.map_or(Duration::ZERO, |lifetime| {
+            next_delay(now, lifetime.issued, lifetime.expires, self.fraction)
+        })
+    }
+
+    /// A token with `lifetime` was fetched and accepted at `now`.
+    ///
+    /// If it is already due for refresh (the server handed out a stale or
+    /// very short-lived token), this counts as no progress and backs off
+    /// rather than fetching again at once.
+    pub fn on_success(&mut self, now: u64, lifetime: Lifetime) -> Duration {
+        self.current = Some(lifetime);
+        let delay = next_delay(now, lifetime.issued, lifetime.expires, self.fraction);
+        if delay.is_zero() {
+            return self.backoff.next_delay();
+        }
+        self.backoff.reset();
+        delay
+    }
+
+    /// A fetch failed (or its token was rejected) at `now`. While the token
+    /// in force is still valid, the retry comes no later than halfway
+    /// through its remaining time, so a long backoff cannot sleep through
+    /// the last chance to refresh before it expires.
+    pub fn on_failure(&mut self, now: u64) -> Duration {
+        let delay = self.backoff.next_delay();
+        match self.current {
+            Some(lifetime) if now < lifetime.expires => {
+                let half_left = Duration::from_secs((lifetime.expires - now) / 2);
+                delay.min(half_left.max(self.backoff.min()))
+            }
+            _ => delay,
+        }
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+}
+
+/// Fetch tokens for ever: the first at once unless `current` (the token in
+/// force at startup) is not yet due, then on the [`Schedule`].
+///
+/// `accept` verifies a fetched token and, if good, puts it in force and
+/// returns its lifetime; an error keeps the previous token in force and is
+/// retried like a failed fetch. `on_fetch_error` sees each failed fetch
+/// (for status reporting). `clock` is the trusted time, unix seconds. Runs
+/// until the future is dropped.
+pub async fn run_refresh_loop<C, A, E, F>(
+    fetcher: &Fetcher,
+    current: Option<Lifetime>,
+    clock: C,
+    mut accept: A,
+    mut on_fetch_error: F,
+) where
+    C: Fn() -> u64,
+    A: FnMut(String) -> Result<Lifetime, E>,
+    E: fmt::Display,
+    F: FnMut(&FetchError),
+{
+    let mut schedule = fetcher.schedule(current);
+    let mut delay = schedule.first_delay(clock());
+    loop {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        delay = match fetcher.fetch().await {
+            Ok(token) => match accept(token) {
+                Ok(lifetime) => {
+                    let delay = schedule.on_success(clock(), lifetime);
+                    tracing::info!(
+                        url = fetcher.url(),
+                        expires = lifetime.expires,
+                        next_refresh_in = %humantime::format_duration(delay),
+                        "license token refreshed"
+                    );
+                    delay
+                }
+                Err(error) => {
+                    let delay = schedule.on_failure(clock());
+                    tracing::error!(
+                        %error,
+                        url = fetcher.url(),
+                        retry_in = %humantime::format_duration(delay),
+                        "fetched license token rejected; the license in force is unchanged"
+                    );
+                    delay
+                }
+            },
+            Err(error) => {
+                on_fetch_error(&error);
+                let delay = schedule.on_failure(clock());
+                tracing::warn!(
+                    %error,
+                    failures = schedule.failures(),
+                    retry_in = %humantime::format_duration(delay),
+                    "license refresh failed; the license in force is unchanged"
+                );
+                delay
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests;
