@@ -612,3 +612,86 @@ fn schema_lists_exactly_the_parsed_members() {
         assert!(schema["properties"].get(&key).is_some(), "{key}");
     }
 }
+
+#[test]
+fn fuzz_regression_header_that_is_a_json_array() {
+    // Found with the `signed_claims` fuzz target's header invariant: serde's
+    // derived header struct also parsed a JSON array by member position, so
+    // a validly signed token with this header verified.
+    let f = fixture();
+    let payload = claims().to_string();
+    for header in [
+        &br#"["EdDSA","ed-1",null]"#[..],
+        br#" ["EdDSA","ed-1",null,false,null,null,null,null]"#,
+    ] {
+        let token = sign_parts(header, payload.as_bytes(), &f.ed);
+        let err = token::verify(&token, &f.keyring).unwrap_err();
+        assert_eq!(err.reason(), "license_malformed", "{err}");
+        assert!(err.detail().contains("not a JSON object"), "{err}");
+    }
+    // The exact fuzz input: header, NUL, payload.
+    let input =
+        b"[\"EdDSA\",\"fuzz-ed25519\",null]\0{\"sub\":\"a\",\"exp\":1,\"lic\":{\"plan\":\"p\"}}";
+    let err = fuzz_harness::signed_claims(input).unwrap_err();
+    assert_eq!(
+        err.detail(),
+        "malformed license token: header is not a JSON object"
+    );
+    // Objects, with leading whitespace too, still verify.
+    let token = sign_parts(
+        br#" {"alg":"EdDSA","kid":"ed-1"}"#,
+        payload.as_bytes(),
+        &f.ed,
+    );
+    assert!(token::verify(&token, &f.keyring).is_ok());
+}
+
+// The cargo-fuzz harness, compiled into the tests as well, so every
+// committed seed runs through exactly the code the fuzz targets run, on
+// every `cargo test`, with no libFuzzer or nightly compiler.
+#[path = "../../fuzz/harness.rs"]
+mod fuzz_harness;
+
+#[test]
+fn fuzz_seeds_replay_through_the_harness() {
+    type Target = fn(&[u8]) -> Option<Result<VerifiedLicense, LicenseError>>;
+    let targets: [(&str, Target); 2] = [
+        ("token_verify", fuzz_harness::token_verify),
+        ("signed_claims", |data| {
+            Some(fuzz_harness::signed_claims(data))
+        }),
+    ];
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    // Every seed directory is replayed: a new target needs an entry above.
+    let mut dirs: Vec<String> = std::fs::read_dir(&seeds)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut known: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    known.sort();
+    assert_eq!(dirs, known, "seed directories without a replay entry");
+    for (target, run) in targets {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(seeds.join(target))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        paths.sort();
+        assert!(paths.len() >= 5, "{target}: too few seeds: {paths:?}");
+        for path in paths {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            // A panic inside `run` is the failure a fuzzer would report.
+            let result = run(&std::fs::read(&path).unwrap());
+            // `ok-*` seeds must verify and `err-*` seeds must not, so a
+            // seed that rots (say, re-minted fixtures) is noticed.
+            if name.starts_with("ok-") {
+                assert!(matches!(result, Some(Ok(_))), "{target}/{name}: {result:?}");
+            } else if name.starts_with("err-") {
+                assert!(
+                    matches!(result, Some(Err(_))),
+                    "{target}/{name}: {result:?}"
+                );
+            }
+        }
+    }
+}

@@ -208,6 +208,11 @@ struct Header {
 fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
     let raw: RawHeader =
         from_slice_strict(bytes).map_err(|e| LicenseError::malformed(format!("header: {e}")))?;
+    // A derived struct also parses from a JSON array, by member position;
+    // a JOSE header is an object (RFC 7515 §4).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(LicenseError::malformed("header is not a JSON object"));
+    }
 
     let alg = match raw.alg.as_deref() {
         None => return Err(LicenseError::malformed("header has no `alg`")),
