@@ -42,6 +42,16 @@ pub struct ConnContext {
     lease: Option<Lease>,
 }
 
+/// How to send a request rewritten for the upstream.
+pub struct Outbound<'c> {
+    /// Send on this inbound connection's direct upstream connection;
+    /// `None`: use [`Forwarder::send_pooled`].
+    pub lease: Option<&'c Lease>,
+    /// Whether the direct connection may serve further requests.
+    pub keep_connection: bool,
+    pub upgrade: Option<PendingUpgrade>,
+}
+
 /// Why the upstream gave no response.
 #[derive(Debug)]
 pub struct UpstreamError {
@@ -132,57 +142,74 @@ impl Forwarder {
         }
     }
 
-    /// Forward one allowed request and return the upstream's response head
-    /// with its body still streaming.
-    pub async fn forward(
+    /// Rewrite an allowed request head for the upstream. No I/O: the caller
+    /// awaits the send itself ([`Lease::send`] or [`Forwarder::send_pooled`]),
+    /// as every async layer between it and the send would move the request
+    /// and its future once more per request (measured with callgrind), then
+    /// hands the response head to [`Forwarder::finish`].
+    pub fn prepare<'c>(
         &self,
-        mut head: request::Parts,
-        body: Incoming,
-        conn: &ConnContext,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let upgrade = prepare_upgrade(&mut head);
+        head: &mut request::Parts,
+        conn: &'c ConnContext,
+    ) -> Result<Outbound<'c>, UpstreamError> {
+        let scan = Scan::of(&head.headers);
+        // An upgrade needs a `Connection` token other than `close`/`keep-alive`.
+        let upgrade = if scan.connection_names_others {
+            prepare_upgrade(head)
+        } else {
+            None
+        };
         // HTTP/2 clients multiplex, so their requests share the general pool.
         let lease = conn
             .lease
             .as_ref()
             .filter(|_| head.version != Version::HTTP_2);
         self.rewrite(
-            &mut head,
+            head,
+            &scan,
             conn,
             upgrade.as_ref().map(|u| &u.protocol),
             lease.is_none(),
         )?;
-        let request = Request::from_parts(head, body);
-
-        let mut response = match lease {
+        Ok(Outbound {
             // An upgraded connection is consumed by its tunnel; never reuse it.
-            Some(lease) => lease.send(request, upgrade.is_none()).await?,
-            None => match tokio::time::timeout(self.response_timeout, self.client.request(request))
-                .await
-            {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => {
-                    return Err(UpstreamError {
-                        kind: if error.is_connect() {
-                            UpstreamErrorKind::Connect
-                        } else {
-                            UpstreamErrorKind::Protocol
-                        },
-                        detail: describe(&error),
-                    })
-                }
-                Err(_elapsed) => {
-                    return Err(UpstreamError {
-                        kind: UpstreamErrorKind::Timeout,
-                        detail: format!(
-                            "the upstream did not respond within {}",
-                            humantime::format_duration(self.response_timeout)
-                        ),
-                    })
-                }
-            },
-        };
+            keep_connection: upgrade.is_none(),
+            upgrade,
+            lease,
+        })
+    }
 
+    /// Send over hyper-util's pool (TLS or HTTP/2 upstreams, HTTP/2 clients).
+    pub async fn send_pooled(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(UpstreamError {
+                kind: if error.is_connect() {
+                    UpstreamErrorKind::Connect
+                } else {
+                    UpstreamErrorKind::Protocol
+                },
+                detail: describe(&error),
+            }),
+            Err(_elapsed) => Err(UpstreamError {
+                kind: UpstreamErrorKind::Timeout,
+                detail: format!(
+                    "the upstream did not respond within {}",
+                    humantime::format_duration(self.response_timeout)
+                ),
+            }),
+        }
+    }
+
+    /// Fix up the upstream's response head, and tunnel an accepted upgrade.
+    pub fn finish(
+        &self,
+        mut response: Response<Incoming>,
+        upgrade: Option<PendingUpgrade>,
+    ) -> Response<Incoming> {
         match upgrade {
             Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut response);
@@ -194,19 +221,20 @@ impl Forwarder {
             }
             _ => strip_hop_by_hop(response.headers_mut()),
         }
-        Ok(response)
+        response
     }
 
     /// Point the request at the upstream origin and fix up its headers.
     fn rewrite(
         &self,
         head: &mut request::Parts,
+        scan: &Scan,
         conn: &ConnContext,
         upgrade: Option<&HeaderValue>,
         absolute_uri: bool,
     ) -> Result<(), UpstreamError> {
         // HTTP/2 requests carry the host in `:authority`; an HTTP/1.1 upstream needs `Host`.
-        let original_host = match head.headers.get(header::HOST) {
+        let original_host = match &scan.host {
             Some(host) => Some(host.clone()),
             None => head
                 .uri
@@ -214,18 +242,23 @@ impl Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
 
-        strip_hop_by_hop(&mut head.headers);
+        scan.strip(&mut head.headers);
         if let Some(protocol) = upgrade {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, protocol.clone());
         }
         if let Some(host) = &original_host {
-            if !head.headers.contains_key(header::HOST) {
+            // `Host` is gone only if it never was there or `Connection` named it.
+            let missing = scan.host.is_none()
+                || (scan.connection_names_others && !head.headers.contains_key(header::HOST));
+            if missing {
                 head.headers.insert(header::HOST, host.clone());
             }
         }
-        self.set_forwarded(&mut head.headers, conn, original_host);
+        // What the scan saw still holds unless `Connection` named more headers.
+        let forwarded = (!scan.connection_names_others).then_some(scan.forwarded);
+        self.set_forwarded(&mut head.headers, conn, original_host, forwarded);
 
         // The pool wants the upstream origin in the URI; a direct HTTP/1.1
         // connection sends the origin form (`/path?query`) as it is.
@@ -252,21 +285,32 @@ impl Forwarder {
         Ok(())
     }
 
+    /// `forwarded`: which forwarding headers are present, when already known
+    /// (`FWD_*` bits); `None` to look them up.
     fn set_forwarded(
         &self,
         headers: &mut HeaderMap,
         conn: &ConnContext,
         host: Option<HeaderValue>,
+        forwarded: Option<u8>,
     ) {
+        let has = |headers: &HeaderMap, bit: u8, name: &HeaderName| match forwarded {
+            Some(bits) => bits & bit != 0,
+            None => headers.contains_key(name),
+        };
         let client_ip = conn.ip_header.clone();
         let proto = HeaderValue::from_static(if conn.peer.tls { "https" } else { "http" });
         if self.trust_forwarded {
-            let chain = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let chain = if !has(headers, FWD_FOR, &X_FORWARDED_FOR) {
+                String::new()
+            } else {
+                headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let value = if chain.is_empty() {
                 client_ip
             } else {
@@ -274,29 +318,37 @@ impl Forwarder {
                     .unwrap_or(client_ip)
             };
             headers.insert(&X_FORWARDED_FOR, value);
-            if !headers.contains_key(&X_FORWARDED_PROTO) {
+            if !has(headers, FWD_PROTO, &X_FORWARDED_PROTO) {
                 headers.insert(&X_FORWARDED_PROTO, proto);
             }
-            if !headers.contains_key(&X_FORWARDED_HOST) {
+            if !has(headers, FWD_HOST, &X_FORWARDED_HOST) {
                 if let Some(host) = host {
                     headers.insert(&X_FORWARDED_HOST, host);
                 }
             }
         } else {
             // Replace: a client must not be able to claim another address.
-            headers.remove(&FORWARDED);
+            if has(headers, FWD_FORWARDED, &FORWARDED) {
+                headers.remove(&FORWARDED);
+            }
             headers.insert(&X_FORWARDED_FOR, client_ip);
             headers.insert(&X_FORWARDED_PROTO, proto);
             match host {
-                Some(host) => headers.insert(&X_FORWARDED_HOST, host),
-                None => headers.remove(&X_FORWARDED_HOST),
-            };
+                Some(host) => {
+                    headers.insert(&X_FORWARDED_HOST, host);
+                }
+                None => {
+                    if has(headers, FWD_HOST, &X_FORWARDED_HOST) {
+                        headers.remove(&X_FORWARDED_HOST);
+                    }
+                }
+            }
         }
     }
 }
 
 /// An inbound HTTP/1.1 upgrade (e.g. WebSocket) waiting for the upstream's 101.
-struct PendingUpgrade {
+pub struct PendingUpgrade {
     protocol: HeaderValue,
     inbound: OnUpgrade,
 }
@@ -336,17 +388,174 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are not named in `Connection`,
 /// one bit each so a single scan finds which are present.
-const HOP_BY_HOP: [(&HeaderName, u16); 9] = [
-    (&header::CONNECTION, 1 << 0),
-    (&KEEP_ALIVE, 1 << 1),
-    (&PROXY_CONNECTION, 1 << 2),
-    (&header::PROXY_AUTHENTICATE, 1 << 3),
-    (&header::PROXY_AUTHORIZATION, 1 << 4),
-    (&header::TRAILER, 1 << 5),
-    (&header::TRANSFER_ENCODING, 1 << 6),
-    (&header::UPGRADE, 1 << 7),
-    (&header::TE, 1 << 8),
+const HOP_CONNECTION: u16 = 1 << 0;
+const HOP_KEEP_ALIVE: u16 = 1 << 1;
+const HOP_PROXY_CONNECTION: u16 = 1 << 2;
+const HOP_PROXY_AUTHENTICATE: u16 = 1 << 3;
+const HOP_PROXY_AUTHORIZATION: u16 = 1 << 4;
+const HOP_TRAILER: u16 = 1 << 5;
+const HOP_TRANSFER_ENCODING: u16 = 1 << 6;
+const HOP_UPGRADE: u16 = 1 << 7;
+const HOP_TE: u16 = 1 << 8;
+
+static HOP_BY_HOP: [(&HeaderName, u16); 9] = [
+    (&header::CONNECTION, HOP_CONNECTION),
+    (&KEEP_ALIVE, HOP_KEEP_ALIVE),
+    (&PROXY_CONNECTION, HOP_PROXY_CONNECTION),
+    (&header::PROXY_AUTHENTICATE, HOP_PROXY_AUTHENTICATE),
+    (&header::PROXY_AUTHORIZATION, HOP_PROXY_AUTHORIZATION),
+    (&header::TRAILER, HOP_TRAILER),
+    (&header::TRANSFER_ENCODING, HOP_TRANSFER_ENCODING),
+    (&header::UPGRADE, HOP_UPGRADE),
+    (&header::TE, HOP_TE),
 ];
+
+/// Forwarding headers a request may carry, one bit each.
+const FWD_FORWARDED: u8 = 1 << 0;
+const FWD_FOR: u8 = 1 << 1;
+const FWD_PROTO: u8 = 1 << 2;
+const FWD_HOST: u8 = 1 << 3;
+
+/// A header name the forwarding path cares about.
+enum Known {
+    Hop(u16),
+    Forwarded(u8),
+    Host,
+    Other,
+}
+
+/// Classify a name by length and first byte, then one comparison: much
+/// cheaper than comparing against every interesting `HeaderName` or hashing
+/// (names are always lowercase).
+fn classify(name: &HeaderName) -> Known {
+    let s = name.as_str().as_bytes();
+    let (Some(&first), len) = (s.first(), s.len()) else {
+        return Known::Other;
+    };
+    let (candidate, known): (&[u8], Known) = match (len, first) {
+        (2, b't') => (b"te", Known::Hop(HOP_TE)),
+        (4, b'h') => (b"host", Known::Host),
+        (7, b't') => (b"trailer", Known::Hop(HOP_TRAILER)),
+        (7, b'u') => (b"upgrade", Known::Hop(HOP_UPGRADE)),
+        (9, b'f') => (b"forwarded", Known::Forwarded(FWD_FORWARDED)),
+        (10, b'c') => (b"connection", Known::Hop(HOP_CONNECTION)),
+        (10, b'k') => (b"keep-alive", Known::Hop(HOP_KEEP_ALIVE)),
+        (15, b'x') => (b"x-forwarded-for", Known::Forwarded(FWD_FOR)),
+        (16, b'p') => (b"proxy-connection", Known::Hop(HOP_PROXY_CONNECTION)),
+        (16, b'x') => (b"x-forwarded-host", Known::Forwarded(FWD_HOST)),
+        (17, b't') => (b"transfer-encoding", Known::Hop(HOP_TRANSFER_ENCODING)),
+        (17, b'x') => (b"x-forwarded-proto", Known::Forwarded(FWD_PROTO)),
+        (18, b'p') => (b"proxy-authenticate", Known::Hop(HOP_PROXY_AUTHENTICATE)),
+        (19, b'p') => (b"proxy-authorization", Known::Hop(HOP_PROXY_AUTHORIZATION)),
+        _ => return Known::Other,
+    };
+    if s == candidate {
+        known
+    } else {
+        Known::Other
+    }
+}
+
+/// Whether a `Connection` value names only `close` or `keep-alive`, i.e.
+/// no further header to remove (and no `upgrade`). Values that are not
+/// text count as naming others, which sends them down the general path.
+fn connection_names_nothing(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+        return true;
+    }
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    value.split(',').all(|token| {
+        // A valid header value holds no whitespace other than SP and HTAB.
+        let token = token.trim_matches([' ', '\t']);
+        token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+    })
+}
+
+/// What one pass over a message's headers found.
+struct Scan {
+    /// Hop-by-hop headers present (`HOP_*` bits).
+    hop: u16,
+    /// Some `Connection` value names more than `close`/`keep-alive`.
+    connection_names_others: bool,
+    /// Forwarding headers present (`FWD_*` bits).
+    forwarded: u8,
+    /// The first `Host` value.
+    host: Option<HeaderValue>,
+}
+
+impl Scan {
+    fn of(headers: &HeaderMap) -> Scan {
+        let mut scan = Scan {
+            hop: 0,
+            connection_names_others: false,
+            forwarded: 0,
+            host: None,
+        };
+        for (name, value) in headers {
+            match classify(name) {
+                Known::Other => {}
+                Known::Hop(bit) => {
+                    scan.hop |= bit;
+                    if bit == HOP_CONNECTION && !connection_names_nothing(value) {
+                        scan.connection_names_others = true;
+                    }
+                }
+                Known::Forwarded(bit) => scan.forwarded |= bit,
+                Known::Host => {
+                    if scan.host.is_none() {
+                        scan.host = Some(value.clone());
+                    }
+                }
+            }
+        }
+        scan
+    }
+
+    /// Remove the hop-by-hop headers this scan found in `headers`.
+    fn strip(&self, headers: &mut HeaderMap) {
+        if self.hop == 0 {
+            return;
+        }
+        if self.connection_names_others {
+            // Headers named in `Connection` are hop-by-hop too. `close` and
+            // `keep-alive` are the usual tokens and name nothing else to remove.
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive")
+                })
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+        for &(hop, bit) in &HOP_BY_HOP {
+            if self.hop & bit == 0 {
+                continue;
+            }
+            if bit == HOP_TE {
+                let trailers_only = headers.get_all(header::TE).iter().count() == 1
+                    && headers
+                        .get(header::TE)
+                        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+                if trailers_only {
+                    continue;
+                }
+            }
+            headers.remove(hop);
+        }
+    }
+}
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
 /// header named in `Connection`. `TE: trailers` survives, as gRPC needs it.
@@ -354,48 +563,7 @@ const HOP_BY_HOP: [(&HeaderName, u16); 9] = [
 /// Most messages carry few or none of these, so one pass over the names
 /// (cheap comparisons, no hashing) decides what needs removing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u16;
-    for name in headers.keys() {
-        for (hop, bit) in HOP_BY_HOP {
-            if name == hop {
-                present |= bit;
-            }
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Headers named in `Connection` are hop-by-hop too. `close` and
-        // `keep-alive` are the usual tokens and name nothing else to remove.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (hop, bit) in HOP_BY_HOP {
-        if present & bit == 0 {
-            continue;
-        }
-        if *hop == header::TE {
-            let trailers_only = headers.get_all(header::TE).iter().count() == 1
-                && headers
-                    .get(header::TE)
-                    .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-            if trailers_only {
-                continue;
-            }
-        }
-        headers.remove(hop);
-    }
+    Scan::of(headers).strip(headers);
 }
 
 fn empty_client_config() -> rustls::ClientConfig {
@@ -477,5 +645,81 @@ mod tests {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn classify_finds_every_name_it_looks_for_and_nothing_else() {
+        for (hop, bit) in &HOP_BY_HOP {
+            assert!(matches!(classify(hop), Known::Hop(b) if b == *bit), "{hop}");
+        }
+        for (name, bit) in [
+            (&FORWARDED, FWD_FORWARDED),
+            (&X_FORWARDED_FOR, FWD_FOR),
+            (&X_FORWARDED_PROTO, FWD_PROTO),
+            (&X_FORWARDED_HOST, FWD_HOST),
+        ] {
+            assert!(
+                matches!(classify(name), Known::Forwarded(b) if b == bit),
+                "{name}"
+            );
+        }
+        assert!(matches!(classify(&header::HOST), Known::Host));
+        for other in [
+            "user-agent",
+            "accept",
+            "te2",
+            "hosts",
+            "tea",
+            "x-forwarded-fox",
+            "trailers",
+            "connections",
+            "keep-alivf",
+            "proxy-connectiom",
+            "transfer-encodinx",
+            "date",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert!(matches!(classify(&name), Known::Other), "{other}");
+        }
+    }
+
+    #[test]
+    fn connection_values_naming_only_close_or_keep_alive_name_nothing() {
+        for value in [
+            "close",
+            "Keep-Alive",
+            "keep-alive, close",
+            " close ,",
+            "",
+            ",\tclose",
+        ] {
+            let value = HeaderValue::from_str(value).unwrap();
+            assert!(connection_names_nothing(&value), "{value:?}");
+        }
+        for value in ["upgrade", "close, x-secret", "keep-alive,te", "closed"] {
+            let value = HeaderValue::from_str(value).unwrap();
+            assert!(!connection_names_nothing(&value), "{value:?}");
+        }
+        let opaque = HeaderValue::from_bytes(b"close, \xff").unwrap();
+        assert!(!connection_names_nothing(&opaque));
+    }
+
+    #[test]
+    fn scan_sees_host_forwarding_and_hop_headers_in_one_pass() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a.example"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let scan = Scan::of(&headers);
+        assert_eq!(scan.host.as_ref().unwrap(), "a.example");
+        assert_eq!(scan.hop, HOP_CONNECTION | HOP_KEEP_ALIVE);
+        assert_eq!(scan.forwarded, FWD_PROTO);
+        assert!(!scan.connection_names_others);
+        scan.strip(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "x-forwarded-proto", "x-kept"]);
     }
 }

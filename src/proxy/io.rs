@@ -160,6 +160,10 @@ impl<T> CountingIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         CountingIo { inner, activity }
     }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for CountingIo<T> {

@@ -1,18 +1,23 @@
 //! The proxy listener: accept, TLS, HTTP/1.1 + HTTP/2 on one port, idle and
 //! connection limits, and draining on shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::io::{Activity, CountingIo, InFlightBody};
+use super::io::{Activity, CountingIo};
 use super::{handle, Shared};
 use crate::config::Settings;
 use crate::decision::Peer;
@@ -32,26 +37,47 @@ pub struct ProxyServer {
     drain_timeout: Duration,
 }
 
-/// HTTP server builders: auto-detect on plain TCP; the ALPN choice on TLS.
+/// HTTP server builders.
 #[derive(Clone)]
 struct Builders {
+    /// Plain TCP whose first bytes are not the HTTP/2 preface.
+    http1: http1::Builder,
+    /// Plain TCP starting with the HTTP/2 preface (prior knowledge).
+    http2: http2::Builder<TokioExecutor>,
+    /// TLS, and plain TCP whose first bytes are only part of the HTTP/2
+    /// preface: hyper-util reads the first bytes and picks the protocol.
     auto: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(settings: &Settings) -> Self {
-        let mut auto = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = http1::Builder::new();
         // The request-head timeout is enforced by the connection watchdog
         // (one coarse timer per connection) rather than hyper's per-request timer.
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(settings.limits.max_header_bytes)
+            // The buffer limit alone lets a head through that arrives in
+            // few enough reads; this one is checked on every parsed head.
+            .max_header_size(settings.limits.max_header_bytes)
+            .keep_alive(true)
+            // Small responses go out as one flattened write; writev's queue
+            // bookkeeping cost more than the copy (callgrind, benches/load.sh).
+            .writev(false);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX),
+            )
+            .max_concurrent_streams(256);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(settings.limits.max_header_bytes)
             .keep_alive(true)
-            // Small responses go out as one flattened write; writev's queue
-            // bookkeeping cost more than the copy (callgrind, benches/load.sh).
             .writev(false);
         auto.http2()
             .timer(TokioTimer::new())
@@ -59,12 +85,19 @@ impl Builders {
                 u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX),
             )
             .max_concurrent_streams(256);
-        Builders {
-            http1: auto.clone().http1_only(),
-            http2: auto.clone().http2_only(),
-            auto,
-        }
+        Builders { http1, http2, auto }
     }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a plain-TCP connection starts.
+enum Sniffed {
+    Http1,
+    Http2,
+    /// A prefix of the HTTP/2 preface so far.
+    Unsure,
 }
 
 impl ProxyServer {
@@ -181,22 +214,58 @@ impl Connection {
         metrics.connections_open.inc();
         let activity = Arc::new(Activity::default());
         let io = CountingIo::new(stream, Arc::clone(&activity));
+        let shared = Arc::clone(&self.shared);
+        let conn = Arc::new(self.shared.forwarder.connection(self.peer));
+        let service_activity = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let in_flight = service_activity.begin_request();
+            handle(Arc::clone(&shared), Arc::clone(&conn), request, in_flight)
+        });
         match self.tls.clone() {
-            None => {
-                let builder = self.builders.auto.clone();
-                self.serve_http(&builder, io, activity).await;
-            }
+            // Plain TCP: hyper's HTTP/1 and HTTP/2 connections directly, chosen
+            // from the peeked first bytes. hyper-util's auto-detection instead
+            // wraps the stream for the connection's lifetime to replay the
+            // bytes it read, which cost every read and write (callgrind).
+            None => match self.sniff(io.get_ref()).await {
+                Some(Sniffed::Http1) => {
+                    let connection = self
+                        .builders
+                        .http1
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades();
+                    self.supervise(connection, |c| c.graceful_shutdown(), &activity)
+                        .await;
+                }
+                Some(Sniffed::Http2) => {
+                    let connection = self
+                        .builders
+                        .http2
+                        .serve_connection(TokioIo::new(io), service);
+                    self.supervise(connection, |c| c.graceful_shutdown(), &activity)
+                        .await;
+                }
+                Some(Sniffed::Unsure) => {
+                    let connection = self
+                        .builders
+                        .auto
+                        .serve_connection_with_upgrades(TokioIo::new(io), service);
+                    self.supervise(connection, |c| c.graceful_shutdown(), &activity)
+                        .await;
+                }
+                None => {}
+            },
             Some(acceptor) => {
                 match tokio::time::timeout(self.request_header_timeout, acceptor.accept(io)).await {
                     Ok(Ok(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let builder = if h2 {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             activity.set_multiplexed();
-                            self.builders.http2.clone()
-                        } else {
-                            self.builders.http1.clone()
-                        };
-                        self.serve_http(&builder, tls, activity).await;
+                        }
+                        let connection = self
+                            .builders
+                            .auto
+                            .serve_connection_with_upgrades(TokioIo::new(tls), service);
+                        self.supervise(connection, |c| c.graceful_shutdown(), &activity)
+                            .await;
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(peer = %self.peer.addr, %error, "TLS handshake failed")
@@ -208,67 +277,122 @@ impl Connection {
         metrics.connections_open.dec();
     }
 
-    async fn serve_http<I>(
-        &self,
-        builder: &auto::Builder<TokioExecutor>,
-        io: I,
-        activity: Arc<Activity>,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let shared = Arc::clone(&self.shared);
-        let peer = self.peer;
-        let conn = Arc::new(self.shared.forwarder.connection(peer));
-        let service_activity = Arc::clone(&activity);
-        let service = service_fn(move |request| {
-            let in_flight = service_activity.begin_request();
-            let shared = Arc::clone(&shared);
-            let conn = Arc::clone(&conn);
-            async move {
-                let response = handle(shared, conn, request).await;
-                response.map(|response| response.map(|body| InFlightBody::new(body, in_flight)))
+    /// Wait for the first bytes and peek at them (hyper still reads them).
+    /// `None`: the connection stayed idle, or draining began, before that.
+    async fn sniff(&self, stream: &TcpStream) -> Option<Sniffed> {
+        let peek = async {
+            let mut first = [0u8; H2_PREFACE.len()];
+            match stream.peek(&mut first).await {
+                Ok(n) if n > 0 && first[..n] == H2_PREFACE[..n] => {
+                    if n == H2_PREFACE.len() {
+                        Sniffed::Http2
+                    } else {
+                        Sniffed::Unsure
+                    }
+                }
+                // End of stream and errors are hyper's to report.
+                _ => Sniffed::Http1,
             }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
+        };
+        tokio::select! {
+            biased;
+            () = self.lifecycle.drained() => None,
+            sniffed = tokio::time::timeout(self.idle_timeout, peek) => sniffed.ok(),
+        }
+    }
 
-        let drained = self.lifecycle.drained();
+    /// Drive a served connection, enforcing the watchdog's timeouts and
+    /// shutting it down gracefully when draining begins.
+    async fn supervise<C, E>(
+        &self,
+        connection: C,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        activity: &Activity,
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let peer = self.peer;
+        tokio::pin!(connection);
+        let lifecycle = &self.lifecycle;
+        let drained = lifecycle.drained();
         tokio::pin!(drained);
         let mut watchdog = Watchdog::new(self.request_header_timeout, self.idle_timeout);
-        let mut check = tokio::time::interval_at(
-            tokio::time::Instant::now() + watchdog.period,
-            watchdog.period,
-        );
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check = tokio::time::sleep(watchdog.period);
+        tokio::pin!(check);
         let mut closing = false;
+        // The drain signal and the watchdog timer keep the waker of their
+        // first poll (this task's), so after that they are polled only once
+        // they may be ready. Polling them on every wake-up of the connection,
+        // as `select!` does, cost ~700 instructions per request (callgrind).
+        let mut drain_polled = false;
+        let mut check_polled = false;
         loop {
-            tokio::select! {
-                result = connection.as_mut() => {
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
+                if !closing && (!drain_polled || lifecycle.is_draining()) {
+                    drain_polled = true;
+                    if drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Drain);
+                    }
+                }
+                if !check_polled || check.is_elapsed() {
+                    check_polled = true;
+                    if check.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Check);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Ended(result) => {
                     if let Err(error) = result {
                         tracing::debug!(peer = %peer.addr, %error, "connection ended with an error");
                     }
                     return;
                 }
-                () = &mut drained, if !closing => {
+                Event::Drain => {
                     closing = true;
-                    connection.as_mut().graceful_shutdown();
+                    graceful_shutdown(connection.as_mut());
                 }
-                _ = check.tick() => match watchdog.check(&activity) {
-                    Verdict::Fine => {}
-                    Verdict::HeadTooSlow => {
-                        tracing::debug!(peer = %peer.addr, "request head not received in time; closing");
-                        return;
+                Event::Check => {
+                    // Like `Interval` with `MissedTickBehavior::Delay`.
+                    let now = Instant::now();
+                    let due = check.deadline();
+                    let next = if now > due + Duration::from_millis(5) {
+                        now + watchdog.period
+                    } else {
+                        due + watchdog.period
+                    };
+                    check.as_mut().reset(next);
+                    check_polled = false;
+                    match watchdog.check(activity) {
+                        Verdict::Fine => {}
+                        Verdict::HeadTooSlow => {
+                            tracing::debug!(peer = %peer.addr, "request head not received in time; closing");
+                            return;
+                        }
+                        Verdict::Idle if !closing => {
+                            tracing::debug!(peer = %peer.addr, "closing idle connection");
+                            closing = true;
+                            graceful_shutdown(connection.as_mut());
+                        }
+                        Verdict::Idle => {}
                     }
-                    Verdict::Idle if !closing => {
-                        tracing::debug!(peer = %peer.addr, "closing idle connection");
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Verdict::Idle => {}
-                },
+                }
             }
         }
     }
+}
+
+/// What woke the connection's supervision loop.
+enum Event<T> {
+    Ended(T),
+    Drain,
+    Check,
 }
 
 /// One coarse timer per connection enforcing the request-head and idle

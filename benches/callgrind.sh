@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# benches/callgrind.sh — deterministic user-space cost per proxied request:
+# instructions (callgrind Ir) per request for licensegate and nginx proxy_pass.
+#
+# Usage (from anywhere; paths are resolved relative to the repository root):
+#
+#   benches/callgrind.sh
+#   BIN=/path/to/licensegate benches/callgrind.sh
+#   SKIP_NGINX=1 REQUESTS=10000 benches/callgrind.sh
+#
+# What it measures
+#   A trivial upstream (benches/nginx-upstream.conf.tmpl, run natively) is put
+#   behind each proxy in turn, the proxy running under valgrind --tool=callgrind
+#   with one worker. h2load --h1 warms the proxy up (WARMUP requests), the
+#   counters are zeroed, exactly REQUESTS plain HTTP/1.1 keep-alive GETs are
+#   driven over CONNECTIONS connections, and the counters are dumped. Ir per
+#   request is the program total divided by REQUESTS: user-space instructions
+#   of the proxy process only (system-call work in the kernel is not counted).
+#   Unlike wall-clock load tests this is insensitive to other load on the
+#   machine, so it serves as a regression guard for the hot path.
+#
+#   A Markdown table goes to stdout; progress goes to stderr.
+#
+# Environment
+#   BIN          licensegate binary (default <repo>/target/release/licensegate)
+#   SKIP_BUILD   1 = do not run `cargo build --release` first (default 0; the
+#                build is skipped anyway when BIN is set)
+#   REQUESTS     measured requests per proxy (default 20000)
+#   WARMUP       warm-up requests before the counters are zeroed (default 2000)
+#   CONNECTIONS  h2load connections (default 64)
+#   SKIP_NGINX   1 = measure licensegate only
+#   TOP          also print licensegate's top N functions by self Ir per
+#                request, with their inclusive Ir (default 0 = none)
+#   KEEP_TMP     1 = keep the temp dir (configs, logs, callgrind dumps for
+#                callgrind_annotate)
+#
+# Requirements: valgrind, h2load (nghttp2-client), nginx, curl, python3;
+# missing ones are installed with apt-get.
+#
+# Everything listens on 127.0.0.1 only, on ports the kernel reports free;
+# nginx runs with configs, pid files and logs in a private temp dir, and every
+# background process is killed on exit, including on Ctrl-C.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+export PATH
+
+REQUESTS=${REQUESTS:-20000}
+WARMUP=${WARMUP:-2000}
+CONNECTIONS=${CONNECTIONS:-64}
+SKIP_NGINX=${SKIP_NGINX:-0}
+TOP=${TOP:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+if [[ -n ${BIN:-} ]]; then SKIP_BUILD=1; fi
+BIN=${BIN:-$ROOT/target/release/licensegate}
+READY_TRIES=600 # x 0.1 s: valgrind starts slowly
+
+log() { printf '[callgrind.sh] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for var in REQUESTS WARMUP CONNECTIONS; do
+    [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer (got '${!var}')"
+done
+[[ $TOP =~ ^[0-9]+$ ]] || die "TOP must be a number (got '$TOP')"
+
+PIDS=()
+TMP=""
+
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 100); do
+        local alive=0
+        for p in "${PIDS[@]}"; do
+            if kill -0 "$p" 2>/dev/null; then alive=1; fi
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    ((${#PIDS[@]})) && stop_all
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 ]]; then log "kept temp dir $TMP"; else rm -rf -- "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- dependencies
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || return 1
+        sudo=(sudo)
+    fi
+    if ((!APT_UPDATED)); then
+        log "apt-get update"
+        "${sudo[@]}" apt-get update -qq >&2 || return 1
+        APT_UPDATED=1
+    fi
+    # Debian's nginx package starts its system service on install; we never
+    # use it, so block that with a temporary policy-rc.d if none exists.
+    local policy="" rc=0
+    if [[ $EUID -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+    fi
+    log "apt-get install $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
+    if [[ -n $policy ]]; then rm -f -- "$policy"; fi
+    return "$rc"
+}
+
+for tool in valgrind callgrind_control callgrind_annotate h2load nginx curl python3; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    case $tool in
+        valgrind | callgrind_control | callgrind_annotate) apt_install valgrind || true ;;
+        h2load) apt_install nghttp2-client || true ;;
+        nginx) apt_install nginx-light || apt_install nginx || true ;;
+        *) apt_install "$tool" || true ;;
+    esac
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is required and could not be installed"
+done
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release (set SKIP_BUILD=1 or BIN=... to skip)"
+    (cd "$ROOT" && cargo build --release --bin licensegate) >&2
+fi
+[[ -x $BIN ]] || die "licensegate binary not found or not executable: $BIN"
+
+# ---- setup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/licensegate-callgrind.XXXXXX")
+chmod 755 "$TMP" # nginx started as root runs its workers as "nobody"
+ulimit -n 65536 2>/dev/null || true
+
+read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT <<<"$(python3 - <<'PY'
+import socket
+socks = []
+for _ in range(4):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+)"
+[[ -n ${NGX_PORT:-} ]] || die "could not pick free loopback ports"
+
+render() {
+    local tmpl=$1 out=$2 kv expr=()
+    shift 2
+    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${expr[@]}" "$tmpl" >"$out"
+    if grep -q '@[A-Z_]*@' "$out"; then die "unrendered placeholder left in $out"; fi
+}
+
+wait_http() {
+    local url=$1 pid=$2 i
+    for ((i = 0; i < READY_TRIES; i++)); do
+        if curl -sf -o /dev/null --max-time 2 "$url"; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+dump_log() {
+    local f
+    for f in "$@"; do
+        [[ -s $f ]] || continue
+        log "---- $f"
+        sed 's/^/    /' "$f" >&2
+    done
+}
+
+# h2load URL N: drive N requests; fail unless every one answered 2xx.
+drive() {
+    local out
+    out=$(h2load --h1 -n "$2" -c "$CONNECTIONS" "$1" 2>&1) || {
+        printf '%s\n' "$out" >&2
+        die "h2load against $1 failed"
+    }
+    if ! grep -Eq "^status codes: $2 2xx" <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        die "not every request to $1 answered 2xx"
+    fi
+}
+
+# measure NAME URL READY_URL -- CMD...: run CMD under callgrind, drive the
+# load, and set MEASURED to the program's total Ir over the measured requests.
+MEASURED=
+measure() {
+    local name=$1 url=$2 ready=$3 logf=$TMP/$1.log out=$TMP/callgrind.$1.out
+    shift 4
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$logf" 2>&1 </dev/null &
+    local pid=$!
+    PIDS+=("$pid")
+    if ! wait_http "$ready" "$pid"; then
+        dump_log "$logf"
+        die "$name did not come up under valgrind"
+    fi
+    log "$name: warm-up ($WARMUP requests)"
+    drive "$url" "$WARMUP"
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    log "$name: measuring $REQUESTS requests"
+    drive "$url" "$REQUESTS"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $out.1 ]] && break
+        sleep 0.1
+    done
+    [[ -s $out.1 ]] || die "no callgrind dump from $name"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+    local total
+    total=$(callgrind_annotate "$out.1" 2>/dev/null |
+        awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+    [[ $total =~ ^[0-9]+$ ]] || die "cannot read the program total of $out.1"
+    MEASURED=$total
+}
+
+# ---- upstream (native)
+mkdir "$TMP/upstream"
+render "$SCRIPT_DIR/nginx-upstream.conf.tmpl" "$TMP/upstream/nginx.conf" \
+    DIR="$TMP/upstream" PORT="$UP_PORT"
+nginx -p "$TMP/upstream/" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" \
+    >"$TMP/upstream/stdout.log" 2>&1 </dev/null &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" || {
+    dump_log "$TMP/upstream/error.log"
+    die "upstream nginx did not come up"
+}
+log "upstream nginx on 127.0.0.1:$UP_PORT"
+
+# ---- licensegate
+measure licensegate "http://127.0.0.1:$LG_PORT/" "http://127.0.0.1:$LG_ADMIN_PORT/readyz" -- \
+    "$BIN" run --listen "127.0.0.1:$LG_PORT" --admin "127.0.0.1:$LG_ADMIN_PORT" \
+    --upstream "http://127.0.0.1:$UP_PORT" --workers 1 --log warn
+LG_TOTAL=$MEASURED
+
+# ---- nginx proxy_pass (one process: callgrind follows no children)
+NGX_TOTAL=""
+if [[ $SKIP_NGINX != 1 ]]; then
+    mkdir "$TMP/nginx"
+    render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
+        DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS=1
+    sed -i 's/^master_process on;/master_process off;/' "$TMP/nginx/nginx.conf"
+    measure nginx "http://127.0.0.1:$NGX_PORT/" "http://127.0.0.1:$NGX_PORT/" -- \
+        nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
+    NGX_TOTAL=$MEASURED
+fi
+
+# ---- report
+python3 - "$REQUESTS" "$CONNECTIONS" "$LG_TOTAL" "$NGX_TOTAL" <<'PY'
+import sys
+requests, connections, lg, ngx = sys.argv[1:5]
+requests = int(requests)
+lg = int(lg)
+print("### Instructions per proxied request (callgrind)\n")
+print(f"{requests} HTTP/1.1 keep-alive GETs over {connections} connections (h2load --h1), "
+      "one worker, trivial nginx upstream; user-space instructions of the proxy process.\n")
+print("| Proxy | Ir total | Ir / request | licensegate / X |")
+print("|---|---:|---:|---:|")
+print(f"| licensegate | {lg:,} | {lg / requests:,.0f} | 1.00 |")
+if ngx:
+    ngx = int(ngx)
+    print(f"| nginx proxy_pass | {ngx:,} | {ngx / requests:,.0f} | {lg / ngx:.2f} |")
+PY
+
+if ((TOP > 0)); then
+    # Self and inclusive Ir per request by function, merging the code that
+    # inlining spread over many source files (callgrind_annotate lists those
+    # separately).
+    printf '\nlicensegate: top %s functions by self Ir per request\n\n```\n' "$TOP"
+    python3 - "$TMP/callgrind.licensegate.out.1" "$REQUESTS" "$TOP" <<'PY'
+import collections, re, sys
+path, requests, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+names, own, calls = {}, collections.Counter(), collections.defaultdict(collections.Counter)
+fn = cfn = None
+pending = False
+def name(rest):
+    m = re.match(r"\((\d+)\)(?: (.*))?", rest)
+    if not m:
+        return rest
+    if m.group(2) is not None:
+        names[m.group(1)] = m.group(2)
+    return names[m.group(1)]
+for line in open(path):
+    if line.startswith("fn="):
+        fn = name(line[3:].rstrip("\n"))
+    elif line.startswith("cfn="):
+        cfn = name(line[4:].rstrip("\n"))
+    elif line.startswith("calls="):
+        pending = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        if pending:
+            calls[fn][cfn] += int(parts[1])
+            pending = False
+        else:
+            own[fn] += int(parts[1])
+inclusive = {f: own[f] + sum(v for g, v in calls[f].items() if g != f) for f in own}
+print(f"{'self':>8} {'incl':>8}  function")
+for f, v in own.most_common(top):
+    print(f"{v / requests:8.0f} {inclusive[f] / requests:8.0f}  {f[:150]}")
+PY
+    printf '```\n'
+fi
