@@ -58,77 +58,18 @@ if [[ -n ${BIN:-} ]]; then SKIP_BUILD=1; fi
 BIN=${BIN:-$ROOT/target/release/licensegate}
 READY_TRIES=600 # x 0.1 s: valgrind starts slowly
 
-log() { printf '[callgrind.sh] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=callgrind.sh
+READY_SLEEP=0.1
+READY_CURL_TIMEOUT=2
+# shellcheck source=benches/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 for var in REQUESTS WARMUP CONNECTIONS; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer (got '${!var}')"
 done
 [[ $TOP =~ ^[0-9]+$ ]] || die "TOP must be a number (got '$TOP')"
 
-PIDS=()
-TMP=""
-
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 100); do
-        local alive=0
-        for p in "${PIDS[@]}"; do
-            if kill -0 "$p" 2>/dev/null; then alive=1; fi
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ((${#PIDS[@]})) && stop_all
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 ]]; then log "kept temp dir $TMP"; else rm -rf -- "$TMP"; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 # ---- dependencies
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || return 1
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || return 1
-        sudo=(sudo)
-    fi
-    if ((!APT_UPDATED)); then
-        log "apt-get update"
-        "${sudo[@]}" apt-get update -qq >&2 || return 1
-        APT_UPDATED=1
-    fi
-    # Debian's nginx package starts its system service on install; we never
-    # use it, so block that with a temporary policy-rc.d if none exists.
-    local policy="" rc=0
-    if [[ $EUID -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
-        policy=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-    fi
-    log "apt-get install $*"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-    if [[ -n $policy ]]; then rm -f -- "$policy"; fi
-    return "$rc"
-}
 
 for tool in valgrind callgrind_control callgrind_annotate h2load nginx curl python3; do
     command -v "$tool" >/dev/null 2>&1 && continue
@@ -163,33 +104,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )"
 [[ -n ${NGX_PORT:-} ]] || die "could not pick free loopback ports"
-
-render() {
-    local tmpl=$1 out=$2 kv expr=()
-    shift 2
-    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${expr[@]}" "$tmpl" >"$out"
-    if grep -q '@[A-Z_]*@' "$out"; then die "unrendered placeholder left in $out"; fi
-}
-
-wait_http() {
-    local url=$1 pid=$2 i
-    for ((i = 0; i < READY_TRIES; i++)); do
-        if curl -sf -o /dev/null --max-time 2 "$url"; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-dump_log() {
-    local f
-    for f in "$@"; do
-        [[ -s $f ]] || continue
-        log "---- $f"
-        sed 's/^/    /' "$f" >&2
-    done
-}
 
 # h2load URL N: drive N requests; fail unless every one answered 2xx.
 drive() {
@@ -231,9 +145,7 @@ measure() {
     [[ -s $out.1 ]] || die "no callgrind dump from $name"
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
+    forget_pid "$pid"
     local total
     total=$(callgrind_annotate "$out.1" 2>/dev/null |
         awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')

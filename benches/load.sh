@@ -78,126 +78,17 @@ WARMUP_SECONDS=1
 READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
 READY_SLEEP=0.05
 
-log() { printf '[load.sh] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=load.sh
+# shellcheck source=benches/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 for var in WORKERS ROUNDS DURATION CONNECTIONS; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer (got '${!var}')"
 done
 
 # --------------------------------------------------------------------------
-# Processes, temp dir and cleanup
-# --------------------------------------------------------------------------
-PIDS=()          # background processes we started (servers, wrk)
-POLICY_RC_D=""   # set while a temporary policy-rc.d blocks service starts
-TMP=""
-
-children_of() {
-    if command -v pgrep >/dev/null 2>&1; then
-        pgrep -P "$1" 2>/dev/null || true
-    else
-        cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d' || true
-    fi
-}
-
-descendants_of() {
-    local p c
-    for p in "$@"; do
-        for c in $(children_of "$p"); do
-            printf '%s\n' "$c"
-            descendants_of "$c"
-        done
-    done
-}
-
-forget_pid() {
-    local p keep=()
-    for p in "${PIDS[@]}"; do
-        [[ $p == "$1" ]] || keep+=("$p")
-    done
-    PIDS=("${keep[@]}")
-}
-
-stop_all() {
-    ((${#PIDS[@]})) || return 0
-    local all=() alive p
-    # Collect the whole tree (e.g. nginx workers) before signalling, so that
-    # nothing is orphaned even if a master dies first.
-    mapfile -t all < <(printf '%s\n' "${PIDS[@]}"; descendants_of "${PIDS[@]}")
-    kill -TERM "${all[@]}" 2>/dev/null || true
-    for _ in $(seq 1 60); do
-        alive=0
-        for p in "${all[@]}"; do
-            if kill -0 "$p" 2>/dev/null; then alive=1; break; fi
-        done
-        ((alive)) || break
-        sleep 0.05
-    done
-    kill -KILL "${all[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-    PIDS=()
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    if [[ -n $POLICY_RC_D ]]; then rm -f -- "$POLICY_RC_D"; fi
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 ]]; then log "kept temp dir $TMP"; else rm -rf -- "$TMP"; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Start "$@" in the background, output to $1; sets LAST_PID.
-LAST_PID=""
-start_bg() {
-    local logf=$1
-    shift
-    "$@" >"$logf" 2>&1 </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# --------------------------------------------------------------------------
 # Dependencies
 # --------------------------------------------------------------------------
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || return 1
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || return 1
-        sudo=(sudo)
-    fi
-    if ((!APT_UPDATED)); then
-        log "apt-get update"
-        "${sudo[@]}" apt-get update -qq >&2 || return 1
-        APT_UPDATED=1
-    fi
-    # Debian's nginx/haproxy packages start their system service on install;
-    # we never use it, so block that with a temporary policy-rc.d if none exists.
-    if [[ $EUID -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
-        POLICY_RC_D=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC_D"
-        chmod 755 "$POLICY_RC_D"
-    fi
-    log "apt-get install $*"
-    local rc=0
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-    if [[ -n $POLICY_RC_D ]]; then
-        rm -f -- "$POLICY_RC_D"
-        POLICY_RC_D=""
-    fi
-    return "$rc"
-}
 
 ensure_tools() {
     local t missing=()
@@ -239,20 +130,6 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-free_ports() {
-    # Bind all sockets at once so the kernel hands out distinct ports.
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-PY
-}
 PORTS=$(free_ports 5)
 read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT <<<"$PORTS"
 [[ -n $HAP_PORT ]] || die "could not pick free loopback ports"
@@ -293,34 +170,8 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "workers=$WORKERS rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS pin: $PIN_DESC"
 
 # Render a template: render TEMPLATE OUT KEY=VALUE... (replaces @KEY@).
-render() {
-    local tmpl=$1 out=$2 kv
-    shift 2
-    local expr=()
-    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${expr[@]}" "$tmpl" >"$out"
-    if grep -q '@[A-Z_]*@' "$out"; then die "unrendered placeholder left in $out"; fi
-}
 
 # Poll URL until it answers 2xx; fail early if PID died. Bounded.
-wait_http() {
-    local url=$1 pid=$2 i
-    for ((i = 0; i < READY_TRIES; i++)); do
-        if curl -sf -o /dev/null --max-time 0.5 "$url"; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep "$READY_SLEEP"
-    done
-    return 1
-}
-
-dump_log() {
-    local f
-    for f in "$@"; do
-        [[ -s $f ]] || continue
-        log "---- $f"
-        sed 's/^/    /' "$f" >&2
-    done
-}
 
 rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
@@ -509,13 +360,11 @@ with open(meta_path) as f:
 
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
-
 def to_ms(token):
     m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h)", token)
     if not m:
         raise SystemExit(f"cannot parse wrk latency {token!r}")
     return float(m.group(1)) * UNIT_MS[m.group(2)]
-
 
 def parse_wrk(path):
     with open(path) as f:
@@ -543,7 +392,6 @@ def parse_wrk(path):
                                   map(int, sock.groups()))) if sock else
                          {"connect": 0, "read": 0, "write": 0, "timeout": 0},
     }
-
 
 targets = {}
 with open(manifest_path) as f:
@@ -575,11 +423,9 @@ config = {k: (int(v) if k in ints and v.isdigit() else v) for k, v in meta.items
 skipped = {k[len("skipped_"):]: v for k, v in meta.items() if k.startswith("skipped_")}
 probe = {k[len("probe_status_"):]: v for k, v in meta.items() if k.startswith("probe_status_")}
 
-
 def kb(key):
     v = meta.get(key, "")
     return int(v) if v.isdigit() else None
-
 
 rss = {"idle_kb": kb("lg_rss_idle_kb"), "peak_kb": kb("lg_rss_peak_kb")}
 
@@ -597,7 +443,6 @@ with open(out_json, "w") as f:
 # ---- Markdown on stdout
 def mib(v):
     return f"{v / 1024:.1f} MiB" if v is not None else "n/a"
-
 
 print("### licensegate load benchmark\n")
 print(f"WORKERS={config.get('workers')}, wrk -t1 -c{config.get('connections')} "
