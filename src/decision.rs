@@ -22,6 +22,8 @@ pub enum Reason {
     UpstreamTimeout,
     /// The request could not be turned into an upstream request.
     BadRequest,
+    /// The request path uses an encoding that is refused (see `policy::normalize`).
+    PathRejected,
     LicenseMissing,
     LicenseMalformed,
     LicenseSignatureInvalid,
@@ -36,11 +38,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Allowed,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
         Reason::BadRequest,
+        Reason::PathRejected,
         Reason::LicenseMissing,
         Reason::LicenseMalformed,
         Reason::LicenseSignatureInvalid,
@@ -59,6 +62,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
+            Reason::PathRejected => "path_rejected",
             Reason::LicenseMissing => "license_missing",
             Reason::LicenseMalformed => "license_malformed",
             Reason::LicenseSignatureInvalid => "license_signature_invalid",
@@ -79,6 +83,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "Upstream unavailable",
             Reason::UpstreamTimeout => "Upstream timed out",
             Reason::BadRequest => "Bad request",
+            Reason::PathRejected => "Path rejected",
             Reason::LicenseMissing => "License missing",
             Reason::LicenseMalformed => "License malformed",
             Reason::LicenseSignatureInvalid => "License signature invalid",

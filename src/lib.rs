@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod license;
 pub mod lifecycle;
 pub mod metrics;
+pub mod policy;
 pub mod problem;
 pub mod proxy;
 

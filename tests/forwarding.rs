@@ -460,3 +460,64 @@ async fn upstream_closing_connections_after_each_response_is_harmless() {
         Some(25.0)
     );
 }
+
+/// Send one raw HTTP/1.1 request line and return the whole response.
+async fn raw_get(addr: std::net::SocketAddr, target: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn the_upstream_receives_the_normalised_path() {
+    let proxy = Proxy::run(&format!("http://{}", echo_upstream().await), &[]);
+    for (sent, served) in [
+        ("/info/../private", "/private"),
+        ("/info/%2e%2e/private?x=%2e%2e", "/private?x=%2e%2e"),
+        ("//admin//users/./", "/admin/users/"),
+        ("/%61dmin", "/admin"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+    ] {
+        let response = raw_get(proxy.addr, sent).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{sent}: {response}");
+        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(report(&Bytes::from(body.to_owned())).path, served, "{sent}");
+    }
+}
+
+#[tokio::test]
+async fn path_tricks_are_rejected_before_the_upstream() {
+    let proxy = Proxy::run(&format!("http://{}", closed_port()), &[]);
+    for target in [
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/admin;jsessionid=1",
+        "/x%00",
+        "/bad%zz",
+    ] {
+        let response = raw_get(proxy.addr, target).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
+        assert!(
+            response.contains("\"reason\":\"path_rejected\""),
+            "{target}: {response}"
+        );
+    }
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(&page, "licensegate_upstream_errors_total{kind=\"connect\"}"),
+        Some(0.0),
+        "never forwarded"
+    );
+}

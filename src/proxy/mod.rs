@@ -15,8 +15,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::decision::{Decision, DecisionEngine, Reason};
+use crate::decision::{Decision, DecisionEngine, Denial, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
+use crate::policy::normalize::normalize_target;
 use crate::problem;
 use forward::{ConnContext, Forwarder, UpstreamError};
 use io::{InFlight, InFlightBody};
@@ -46,7 +47,16 @@ pub async fn handle(
 ) -> Result<Response<InFlightBody<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let (mut head, body) = request.into_parts();
-    let response = match shared.engine.decide(&head, &conn.peer).await {
+    // Normalised once: the path decided on is the path the upstream gets.
+    let decision = match normalize_target(&mut head) {
+        Ok(()) => shared.engine.decide(&head, &conn.peer).await,
+        Err(error) => Decision::Deny(Box::new(Denial::new(
+            StatusCode::BAD_REQUEST,
+            Reason::PathRejected,
+            error.to_string(),
+        ))),
+    };
+    let response = match decision {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
             problem::render(*denial).map(Either::Right)
