@@ -577,60 +577,32 @@ struct Vendor {
     addr: std::net::SocketAddr,
     token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     ca: PathBuf,
+    _cert: TestCert,
 }
 
 impl Vendor {
-    async fn start(dir: &Path) -> Vendor {
-        use std::sync::Arc;
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let ca = write_file(dir, "vendor-ca.pem", &certified.cert.pem());
-        let key = rustls_pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-        let served = Arc::clone(&token);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                let served = Arc::clone(&served);
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(
-                        move |_request: Request<hyper::body::Incoming>| {
-                            let current = served.lock().unwrap().clone();
-                            async move {
-                                let mut response = http::Response::new(full(
-                                    current.clone().unwrap_or_else(|| "down".into()),
-                                ));
-                                if current.is_none() {
-                                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                                }
-                                Ok::<_, std::convert::Infallible>(response)
-                            }
-                        },
-                    );
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-                });
+    async fn start() -> Vendor {
+        let cert = TestCert::new();
+        let token: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let served = std::sync::Arc::clone(&token);
+        let addr = tls_upstream(&cert, move |_request| {
+            let current = served.lock().unwrap().clone();
+            async move {
+                let mut response =
+                    http::Response::new(full(current.clone().unwrap_or_else(|| "down".into())));
+                if current.is_none() {
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                response
             }
-        });
-        Vendor { addr, token, ca }
+        })
+        .await;
+        Vendor {
+            addr,
+            token,
+            ca: PathBuf::from(cert.cert_path()),
+            _cert: cert,
+        }
     }
 
     fn serve(&self, token: Option<String>) {
@@ -644,7 +616,7 @@ impl Vendor {
 async fn refreshed_licenses_survive_a_restart_while_the_vendor_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
-    let vendor = Vendor::start(dir.path()).await;
+    let vendor = Vendor::start().await;
     vendor.serve(Some(sign(
         &claims("lic-fetched", "pro", 3600),
         &key,

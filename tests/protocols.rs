@@ -13,63 +13,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use licensegate::demo::EchoReport;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio_tungstenite::tungstenite::Message;
-
-struct TestCert {
-    dir: tempfile::TempDir,
-    der: CertificateDer<'static>,
-}
-
-impl TestCert {
-    /// A self-signed certificate for 127.0.0.1, written as PEM files.
-    fn new() -> TestCert {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-        ])
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        write_file(dir.path(), "cert.pem", &certified.cert.pem());
-        write_file(
-            dir.path(),
-            "key.pem",
-            &certified.signing_key.serialize_pem(),
-        );
-        TestCert {
-            dir,
-            der: certified.cert.der().clone(),
-        }
-    }
-
-    fn cert_path(&self) -> String {
-        self.dir
-            .path()
-            .join("cert.pem")
-            .to_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn key_path(&self) -> String {
-        self.dir.path().join("key.pem").to_str().unwrap().to_owned()
-    }
-
-    fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config
-    }
-}
 
 async fn tls_connect(
     cert: &TestCert,
@@ -179,45 +124,14 @@ async fn bad_tls_key_is_a_config_error() {
 async fn https_upstream_is_verified_against_the_given_ca() {
     let cert = TestCert::new();
     // A TLS upstream on loopback using the same self-signed certificate.
-    let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der.clone()],
-        rustls_pki_types::PrivateKeyDer::from_pem_file(cert.key_path()).unwrap(),
+    let upstream_addr = tls_upstream(
+        &cert,
+        |request: Request<hyper::body::Incoming>| async move {
+            let h2 = request.version() == http::Version::HTTP_2;
+            Response::new(full(if h2 { "secure h2" } else { "secure h1" }))
+        },
     )
-    .unwrap();
-    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let service = hyper::service::service_fn(
-                    move |_req: Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(full(if h2 {
-                            "secure h2"
-                        } else {
-                            "secure h1"
-                        })))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
+    .await;
 
     let verified = Proxy::run(
         &format!("https://{upstream_addr}"),

@@ -335,6 +335,110 @@ where
     addr
 }
 
+pub struct TestCert {
+    dir: tempfile::TempDir,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    /// A self-signed certificate for 127.0.0.1, written as PEM files.
+    pub fn new() -> TestCert {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "cert.pem", &certified.cert.pem());
+        write_file(
+            dir.path(),
+            "key.pem",
+            &certified.signing_key.serialize_pem(),
+        );
+        TestCert {
+            dir,
+            der: certified.cert.der().clone(),
+        }
+    }
+
+    pub fn cert_path(&self) -> String {
+        self.dir
+            .path()
+            .join("cert.pem")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn key_path(&self) -> String {
+        self.dir.path().join("key.pem").to_str().unwrap().to_owned()
+    }
+
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// A server config for this certificate, offering h2 and http/1.1.
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        use rustls_pki_types::pem::PemObject;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(self.key_path()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![self.der.clone()], key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+}
+
+/// An HTTPS (HTTP/1.1 + HTTP/2 by ALPN) upstream with `cert`, answering
+/// with `handler`, on an ephemeral loopback port.
+pub async fn tls_upstream<F, Fut>(cert: &TestCert, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// The echo upstream that ships with `licensegate demo`.
 pub async fn echo_upstream() -> SocketAddr {
     let echo = licensegate::demo::EchoUpstream::bind("127.0.0.1:0".parse().unwrap())
