@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod license;
+mod policy;
 
 use crate::config::{
     ConfigError, EnvironmentSettings, FileConfig, LicenseSettings, LicenseSource, Overrides,
@@ -40,6 +41,9 @@ pub enum Command {
     /// Make keys, issue and inspect license tokens.
     #[command(subcommand)]
     License(license::LicenseCommand),
+    /// Check policy files and explain decisions.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +119,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::License(command) => license::run(command),
+        Command::Policy(command) => policy::run(command),
     }
 }
 
