@@ -44,7 +44,7 @@ struct Entry {
 }
 
 pub struct EntitlementCache {
-    map: DashMap<usize, Entry>,
+    map: DashMap<usize, Entry, hashbrown::DefaultHashBuilder>,
     capacity: usize,
 }
 
@@ -60,7 +60,7 @@ impl std::fmt::Debug for EntitlementCache {
 impl EntitlementCache {
     pub fn new(capacity: usize) -> EntitlementCache {
         EntitlementCache {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
             capacity: capacity.max(1),
         }
     }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Checked, Limited, OVERFLOW_KEY};
+use super::{Checked, Hasher, Limited, OVERFLOW_KEY};
 
 #[derive(Debug)]
 pub struct ConcurrencyCounters {
-    map: DashMap<Box<str>, Arc<AtomicU64>>,
+    map: DashMap<Box<str>, Arc<AtomicU64>, Hasher>,
     max_keys: usize,
 }
 
@@ -29,7 +29,7 @@ impl Drop for Permit {
 impl ConcurrencyCounters {
     pub fn new(max_keys: usize) -> ConcurrencyCounters {
         ConcurrencyCounters {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(Hasher::default()),
             max_keys,
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use time::OffsetDateTime;
 
-use super::{Limited, OVERFLOW_KEY};
+use super::{Hasher, Limited, OVERFLOW_KEY};
 use crate::policy::Period;
 
 const NANOS: u64 = 1_000_000_000;
@@ -26,7 +26,7 @@ pub struct QuotaState {
 
 #[derive(Debug)]
 pub struct QuotaCounters {
-    map: DashMap<Box<str>, Mutex<QuotaState>>,
+    map: DashMap<Box<str>, Mutex<QuotaState>, Hasher>,
     max_keys: usize,
 }
 
@@ -98,7 +98,7 @@ impl QuotaState {
 impl QuotaCounters {
     pub fn new(max_keys: usize) -> QuotaCounters {
         QuotaCounters {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(Hasher::default()),
             max_keys,
         }
     }

@@ -7,19 +7,19 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Limited, OVERFLOW_KEY};
+use super::{Hasher, Limited, OVERFLOW_KEY};
 
 #[derive(Debug)]
 pub struct RateCounters {
     /// Key → theoretical arrival time (monotonic nanoseconds).
-    tat: DashMap<Box<str>, AtomicU64>,
+    tat: DashMap<Box<str>, AtomicU64, Hasher>,
     max_keys: usize,
 }
 
 impl RateCounters {
     pub fn new(max_keys: usize) -> RateCounters {
         RateCounters {
-            tat: DashMap::new(),
+            tat: DashMap::with_hasher(Hasher::default()),
             max_keys,
         }
     }

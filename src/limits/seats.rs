@@ -4,30 +4,29 @@
 //! seat count (idle holders are pruned before a new one is refused), so an
 //! attacker inventing identities cannot grow them.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Limited, OVERFLOW_KEY};
+use super::{Hasher, Limited, OVERFLOW_KEY};
 
 #[derive(Debug, Default)]
 struct SeatTable {
     /// Identity → last request (monotonic nanoseconds).
-    holders: HashMap<Box<str>, u64>,
+    holders: hashbrown::HashMap<Box<str>, u64>,
 }
 
 #[derive(Debug)]
 pub struct SeatCounters {
-    map: DashMap<Box<str>, Mutex<SeatTable>>,
+    map: DashMap<Box<str>, Mutex<SeatTable>, Hasher>,
     max_keys: usize,
 }
 
 impl SeatCounters {
     pub fn new(max_keys: usize) -> SeatCounters {
         SeatCounters {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(Hasher::default()),
             max_keys,
         }
     }

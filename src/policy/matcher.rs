@@ -175,9 +175,11 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
         let segment = match *part {
             "" if last => break, // `/api/` is `/api`
             "" => return Err(format!("`{pattern}` has an empty segment (`//`)")),
-            "." | ".." => return Err(format!(
+            "." | ".." => {
+                return Err(format!(
                 "`{pattern}` has a dot segment; requests are normalised, so it could never match"
-            )),
+            ))
+            }
             "**" if last => Segment::Rest,
             "**" => return Err(format!("`**` must be the last segment of `{pattern}`")),
             "*" => Segment::Param(None),
@@ -193,9 +195,11 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
                 }
                 Segment::Param(Some(name.into()))
             }
-            p if p.contains('*') || p.contains('{') || p.contains('}') => return Err(format!(
+            p if p.contains('*') || p.contains('{') || p.contains('}') => {
+                return Err(format!(
                 "segment `{p}` of `{pattern}`: `*`, `**` and `{{name}}` stand for whole segments"
-            )),
+            ))
+            }
             p => {
                 // Only characters with one spelling after normalisation: a
                 // literal `@` would miss a request for `%40` that the

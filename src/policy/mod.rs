@@ -17,3 +17,6 @@ pub use compile::{
     Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
     LimitKind, LimitUse, Mode, Period, Policy, PolicyError, Route,
 };
+
+#[cfg(test)]
+mod tests;
