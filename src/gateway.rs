@@ -86,6 +86,7 @@ impl Gateway {
                 .as_ref()
                 .map_or(MemoryStore::DEFAULT_MAX_KEYS, |p| p.max_keys_per_limit),
             entitlement_capacity: settings.license.as_ref().map_or(1, |l| l.cache_capacity),
+            trust_forwarded: settings.forwarded.trust_incoming,
         };
         let store = Arc::new(MemoryStore::new(Clock::system(), engine_settings.max_keys));
         let mut engine = DecisionEngine::new(

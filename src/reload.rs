@@ -35,6 +35,8 @@ pub struct PolicyWatch {
     paths: Vec<PathBuf>,
     /// The texts the policy in force was compiled from.
     current: Vec<(PathBuf, String)>,
+    /// Whether the last reload failed (and `/readyz` says so).
+    failed: bool,
     events: mpsc::UnboundedReceiver<()>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -56,6 +58,7 @@ impl PolicyWatch {
             shared,
             paths,
             current,
+            failed: false,
             events,
             _watcher: watcher,
         }
@@ -77,6 +80,14 @@ impl PolicyWatch {
             Err(error) => return self.failed(lifecycle, &error.to_string()),
         };
         if files == self.current {
+            if self.failed {
+                // The broken edit was undone: what is in force is on disk again.
+                self.failed = false;
+                if let Some(summary) = self.shared.engine.with_current_policy(summary) {
+                    tracing::info!("policy files match the policy in force again: {summary}");
+                    lifecycle.note(POLICY_NOTE, summary);
+                }
+            }
             return;
         }
         let result = Policy::compile(files.clone()).and_then(|policy| {
@@ -89,6 +100,7 @@ impl PolicyWatch {
         match result {
             Ok(summary) => {
                 self.current = files;
+                self.failed = false;
                 metrics.reloads_ok.inc();
                 tracing::info!("policy reloaded: {summary}");
                 lifecycle.note(POLICY_NOTE, summary);
@@ -97,7 +109,8 @@ impl PolicyWatch {
         }
     }
 
-    fn failed(&self, lifecycle: &Lifecycle, error: &str) {
+    fn failed(&mut self, lifecycle: &Lifecycle, error: &str) {
+        self.failed = true;
         self.shared.metrics.policy.reloads_failed.inc();
         for line in error.lines() {
             tracing::error!("policy reload failed, keeping the policy in force: {line}");

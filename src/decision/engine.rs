@@ -38,6 +38,9 @@ pub struct EngineSettings {
     pub max_keys: usize,
     /// Licenses whose entitlements are remembered.
     pub entitlement_capacity: usize,
+    /// Take the client address for `client_ip` keys from the last
+    /// `X-Forwarded-For` entry (added by the trusted proxy in front).
+    pub trust_forwarded: bool,
 }
 
 impl Default for EngineSettings {
@@ -46,12 +49,16 @@ impl Default for EngineSettings {
             license_headers: LicenseHeaderNames::default(),
             max_keys: MemoryStore::DEFAULT_MAX_KEYS,
             entitlement_capacity: 10_000,
+            trust_forwarded: false,
         }
     }
 }
 
 /// The route label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+/// The route label of requests refused before matching (bad path or head).
+pub const REJECTED_ROUTE: &str = "(rejected)";
 
 /// What an allowed request carries to the forwarder.
 #[derive(Debug, Default)]
@@ -84,6 +91,7 @@ pub struct DecisionEngine {
     header_names: LicenseHeaderNames,
     metrics: Arc<Metrics>,
     log: DecisionLog,
+    trust_forwarded: bool,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -112,6 +120,7 @@ impl DecisionEngine {
             header_names: settings.license_headers.clone(),
             metrics,
             log: DecisionLog::default(),
+            trust_forwarded: settings.trust_forwarded,
         }
     }
 
@@ -355,7 +364,7 @@ impl DecisionEngine {
         let context = KeyContext {
             license: license.map(|(l, _)| &**l),
             headers: &head.headers,
-            client: peer.addr.ip(),
+            client: client_ip(&head.headers, peer, self.trust_forwarded),
             route: &route.name,
         };
         for (position, usage) in route.limits.iter().enumerate() {
@@ -442,11 +451,28 @@ impl DecisionEngine {
                 method: head.method.as_str(),
                 path: head.uri.path(),
                 license: license.map(|l| l.claims.sub.as_str()),
-                client: peer.addr.ip(),
+                client: client_ip(&head.headers, peer, self.trust_forwarded),
                 detail: &denial.detail,
             },
             &self.metrics.policy.decision_logs_suppressed,
         );
+    }
+
+    /// Count and log a request refused before matching (bad path or head).
+    #[cold]
+    pub fn refuse_unmatched(
+        &self,
+        denial: Box<Denial>,
+        head: &http::request::Parts,
+        peer: &Peer,
+    ) -> Decision {
+        self.metrics
+            .policy
+            .decisions
+            .with_label_values(&["deny", denial.reason.as_str(), REJECTED_ROUTE])
+            .inc();
+        self.log_denial(&denial, false, REJECTED_ROUTE, head, peer, None);
+        Decision::Deny(denial)
     }
 
     /// Sweep expired counter entries and refresh the usage gauges.
@@ -479,11 +505,12 @@ impl DecisionEngine {
                 continue;
             }
             for (key, value) in usage {
-                used.with_label_values(&[&*def.name, key.as_str()])
+                let label = key_label(&key);
+                used.with_label_values(&[&*def.name, &*label])
                     .set(value as i64);
                 if let Some(amount) = self.amount_for_key(&active.policy, def, &key) {
                     limit
-                        .with_label_values(&[&*def.name, key.as_str()])
+                        .with_label_values(&[&*def.name, &*label])
                         .set(amount as i64);
                 }
             }
@@ -510,6 +537,45 @@ impl DecisionEngine {
             }
         }
     }
+}
+
+/// A counter key as a metric label: compound keys joined with `/`, the
+/// overflow counter named, control characters replaced.
+fn key_label(key: &str) -> Cow<'_, str> {
+    if key == crate::limits::OVERFLOW_KEY {
+        return Cow::Borrowed("(overflow)");
+    }
+    if !key.chars().any(char::is_control) {
+        return Cow::Borrowed(key);
+    }
+    Cow::Owned(
+        key.chars()
+            .map(|c| match c {
+                KEY_SEPARATOR => '/',
+                c if c.is_control() => '?',
+                c => c,
+            })
+            .collect(),
+    )
+}
+
+/// The client address for keys and logs: the TCP peer, or with
+/// `forwarded.trust_incoming` the last `X-Forwarded-For` entry — the one the
+/// trusted proxy in front appended (earlier entries are client-supplied).
+fn client_ip(headers: &HeaderMap, peer: &Peer, trust_forwarded: bool) -> IpAddr {
+    if trust_forwarded {
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(ip) = last {
+            return ip;
+        }
+    }
+    peer.addr.ip()
 }
 
 /// Gauges get per-key series up to this many keys per limit.
@@ -636,14 +702,17 @@ pub(crate) fn license_denial(error: &LicenseError, per_request: bool) -> Denial 
 /// The request's host without port: the URI authority (HTTP/2, absolute
 /// form) or the `Host` header.
 pub fn request_host(head: &http::request::Parts) -> Option<&str> {
-    let raw = match head.uri.host() {
-        Some(host) => return Some(host),
-        None => head.headers.get(http::header::HOST)?.to_str().ok()?,
+    // `check_request_head` made `Host` agree with any target authority.
+    let raw = match head.headers.get(http::header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => head.uri.authority()?.as_str(),
     };
     if let Some(rest) = raw.strip_prefix('[') {
         return rest.split(']').next();
     }
-    Some(raw.rsplit_once(':').map_or(raw, |(host, _)| host))
+    let host = raw.rsplit_once(':').map_or(raw, |(host, _)| host);
+    // `example.com.` is the same name, fully qualified.
+    Some(host.strip_suffix('.').unwrap_or(host))
 }
 
 /// What counter keys are made of, for one request.

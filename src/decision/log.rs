@@ -61,6 +61,8 @@ impl DecisionLog {
         }
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         let json = serde_json::json!({
+            // Lets log pipelines pick decision lines out of the stream.
+            "log": "licensegate.decision",
             "decision": if line.shadow { "shadow_deny" } else { "deny" },
             "reason": line.reason,
             "status": line.status,

@@ -95,6 +95,34 @@ impl QuotaState {
     }
 }
 
+impl QuotaState {
+    /// Rolling windows: how long until `cost` more units fit under the
+    /// sliding estimate, as the previous window's share decays (and, if the
+    /// current window alone is too full, once it has become the previous).
+    fn rolling_wait(&self, amount: u64, cost: u64, length: u64, now_nanos: u64) -> u64 {
+        let window = u128::from(length * NANOS);
+        let elapsed = u128::from(now_nanos.saturating_sub(self.window_start * NANOS)).min(window);
+        let to_edge = window - elapsed;
+        // The time t (from now) at which ceil(share * (W - e - t) / W) <= room.
+        let decay = |share: u64, room: u64, from_elapsed: u128| -> u128 {
+            if share == 0 {
+                return 0;
+            }
+            let allowed = u128::from(room) * window / u128::from(share);
+            (window - from_elapsed).saturating_sub(allowed)
+        };
+        let wait = if self.used.saturating_add(cost) <= amount {
+            decay(self.previous, amount - self.used - cost, elapsed)
+        } else if cost > amount {
+            window
+        } else {
+            to_edge + decay(self.used, amount - cost, 0)
+        };
+        // A millisecond of margin for the estimate's rounding up.
+        (wait + 1_000_000).min(u128::from(u64::MAX)) as u64
+    }
+}
+
 impl QuotaCounters {
     pub fn new(max_keys: usize) -> QuotaCounters {
         QuotaCounters {
@@ -130,8 +158,12 @@ impl QuotaCounters {
         let used = state.estimate(period, length, now_nanos);
         if used.saturating_add(cost) > amount {
             let end = (start + length) * NANOS;
+            let wait = match period {
+                Period::Rolling(_) => state.rolling_wait(amount, cost, length, now_nanos),
+                _ => end.saturating_sub(now_nanos),
+            };
             return Err(Limited {
-                retry_after: Duration::from_nanos(end.saturating_sub(now_nanos)),
+                retry_after: Duration::from_nanos(wait),
                 limit: amount,
                 remaining: amount.saturating_sub(used),
                 window: Some(Duration::from_secs(length)),
@@ -143,7 +175,8 @@ impl QuotaCounters {
 
     pub fn refund(&self, key: &str, period: Period, cost: u64, now_nanos: u64) {
         let (start, _) = window(period, now_nanos / NANOS);
-        if let Some(entry) = self.map.get(key) {
+        // A key that was never stored was counted on the overflow key.
+        if let Some(entry) = self.map.get(key).or_else(|| self.map.get(OVERFLOW_KEY)) {
             let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
             if state.window_start == start {
                 state.used = state.used.saturating_sub(cost);

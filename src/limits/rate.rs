@@ -80,7 +80,8 @@ impl RateCounters {
             return;
         }
         let emission = (window.as_nanos().min(u128::from(u64::MAX)) as u64 / amount).max(1);
-        if let Some(entry) = self.tat.get(key) {
+        // A key that was never stored was counted on the overflow key.
+        if let Some(entry) = self.tat.get(key).or_else(|| self.tat.get(OVERFLOW_KEY)) {
             let _ = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                 Some(tat.saturating_sub(emission.saturating_mul(cost)))
             });

@@ -224,3 +224,50 @@ fn retry_after_is_never_early() {
         clock.advance(Duration::from_nanos(7_777_777));
     }
 }
+
+#[test]
+fn rolling_quota_retry_after_is_when_the_request_fits() {
+    let window = Duration::from_secs(100);
+    let d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Rolling(window),
+        },
+    );
+    for (fill, wait_first) in [(10u64, 25u64), (6, 60)] {
+        let clock = clock();
+        let c = Counters::new(&d, 100);
+        assert!(allowed(c.check(&d, "k", "", 10, fill, &clock)));
+        clock.advance(Duration::from_secs(wait_first));
+        let mut waited = 0;
+        loop {
+            match c.check(&d, "k", "", 10, 5, &clock) {
+                Checked::Limited(limited) => {
+                    // Waiting exactly Retry-After must be enough: never early.
+                    clock.advance(limited.retry_after);
+                    waited += 1;
+                    assert!(waited < 3, "refused again after waiting Retry-After");
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[test]
+fn refunds_reach_the_overflow_counter() {
+    let clock = clock();
+    let d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Day,
+        },
+    );
+    let c = Counters::new(&d, 1);
+    assert!(allowed(c.check(&d, "a", "", 10, 1, &clock)));
+    // "b" does not fit under max_keys: it counts on the overflow key.
+    assert!(allowed(c.check(&d, "b", "", 10, 10, &clock)));
+    assert!(!allowed(c.check(&d, "c", "", 10, 1, &clock)));
+    c.refund(&d, "b", 10, 10, &clock);
+    assert!(allowed(c.check(&d, "c", "", 10, 10, &clock)));
+}

@@ -3,7 +3,8 @@
 //! Proxies and backends that read a path differently are how authorization
 //! bypasses happen (`/info/../private`, `/admin;x`, `%2e%2e`). The rules:
 //!
-//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are
+//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) and
+//!   `:` and `@` (allowed raw in a segment, read alike by every server) are
 //!   decoded; every other escape is kept, with its hex digits upper-cased;
 //! - an encoded `/` (`%2F`), an encoded or raw `\` and an encoded NUL are
 //!   rejected: backends disagree on what they mean;
@@ -38,6 +39,40 @@ pub enum PathError {
     InvalidUtf8,
 }
 
+/// Why a request head was refused before matching (answered with 400/405).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("CONNECT is not forwarded: licensegate is a reverse proxy for one upstream")]
+    Connect,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header is not a valid host")]
+    BadHost,
+}
+
+/// Make the host decided on the host the upstream gets: one `Host` header
+/// at most, and when the target carries an authority (HTTP/2 `:authority`,
+/// an absolute-form HTTP/1.1 target) it is the host (RFC 9112 §3.2.2, RFC
+/// 9113 §8.3.1), so a contradicting `Host` header is replaced by it.
+pub fn check_request_head(head: &mut http::request::Parts) -> Result<(), HeadError> {
+    if head.method == http::Method::CONNECT {
+        return Err(HeadError::Connect);
+    }
+    let mut hosts = head.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HeadError::DuplicateHost);
+    }
+    if let Some(authority) = head.uri.authority() {
+        if host.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
+            let value =
+                http::HeaderValue::from_str(authority.as_str()).map_err(|_| HeadError::BadHost)?;
+            head.headers.insert(http::header::HOST, value);
+        }
+    }
+    Ok(())
+}
+
 /// Normalise `path` (without the query). Borrows when nothing changes, which
 /// is the common case.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
@@ -67,9 +102,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Normalise the request target in place (path only; the query is kept
-/// byte for byte). `OPTIONS *` and `CONNECT` have no path and are left as is.
+/// byte for byte). `OPTIONS *` has no path and is left as is. `CONNECT` is
+/// refused before this (see [`check_request_head`]).
 pub fn normalize_target(head: &mut http::request::Parts) -> Result<(), PathError> {
-    if head.method == http::Method::CONNECT || head.uri.path() == "*" {
+    if head.uri.path() == "*" && head.method == http::Method::OPTIONS {
         return Ok(());
     }
     let normalized = match normalize(head.uri.path())? {
@@ -126,7 +162,7 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
             b';' => return Err(PathError::Semicolon),
-            v if is_unreserved(v) => out.push(v as char),
+            v if is_unreserved(v) || v == b':' || v == b'@' => out.push(v as char),
             v => {
                 out.push('%');
                 out.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
@@ -256,6 +292,32 @@ mod tests {
         assert_eq!(normalize("/a%zz").unwrap_err(), PathError::BadEscape(2));
         assert_eq!(normalize("/a%4").unwrap_err(), PathError::BadEscape(2));
         assert_eq!(normalize("*").unwrap_err(), PathError::NotOriginForm);
+    }
+
+    #[test]
+    fn colon_and_at_have_one_spelling() {
+        assert_eq!(ok("/v1/items%3AbatchGet"), "/v1/items:batchGet");
+        assert_eq!(ok("/users/%40me"), "/users/@me");
+        assert_eq!(ok("/a%3d"), "/a%3D");
+    }
+
+    #[test]
+    fn the_target_authority_wins_over_a_host_header() {
+        let request = |uri: &str, hosts: &[&str]| {
+            let mut builder = http::Request::builder().uri(uri);
+            for host in hosts {
+                builder = builder.header("host", *host);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        let mut head = request("http://www.example.com/x", &["admin.example.com"]);
+        check_request_head(&mut head).unwrap();
+        assert_eq!(head.headers["host"], "www.example.com");
+        let mut head = request("/x", &["a.example", "b.example"]);
+        assert_eq!(check_request_head(&mut head), Err(HeadError::DuplicateHost));
+        let mut head = request("/x", &["a.example"]);
+        check_request_head(&mut head).unwrap();
+        assert_eq!(head.headers["host"], "a.example");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::decision::{Decision, DecisionEngine, Denial, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
-use crate::policy::normalize::normalize_target;
+use crate::policy::normalize::{check_request_head, normalize_target, HeadError};
 use crate::problem;
 use forward::{ConnContext, Forwarder, UpstreamError};
 use io::{InFlight, InFlightBody};
@@ -47,14 +47,10 @@ pub async fn handle(
 ) -> Result<Response<InFlightBody<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let (mut head, body) = request.into_parts();
-    // Normalised once: the path decided on is the path the upstream gets.
-    let decision = match normalize_target(&mut head) {
+    // Normalised once: the host and path decided on are what the upstream gets.
+    let decision = match check_head(&mut head) {
         Ok(()) => shared.engine.decide(&head, &conn.peer).await,
-        Err(error) => Decision::Deny(Box::new(Denial::new(
-            StatusCode::BAD_REQUEST,
-            Reason::BadRequestPath,
-            error.to_string(),
-        ))),
+        Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
     };
     let mut permits = Vec::new();
     let response = match decision {
@@ -128,6 +124,29 @@ fn set_entitlement_headers(
             http::HeaderValue::from_static(reason.as_str()),
         );
     }
+}
+
+/// Refuse heads that cannot be decided safely: CONNECT, several `Host`
+/// headers, paths with ambiguous encodings.
+fn check_head(head: &mut http::request::Parts) -> Result<(), Box<Denial>> {
+    if let Err(error) = check_request_head(head) {
+        let status = match error {
+            HeadError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            HeadError::DuplicateHost | HeadError::BadHost => StatusCode::BAD_REQUEST,
+        };
+        return Err(Box::new(Denial::new(
+            status,
+            Reason::BadRequest,
+            error.to_string(),
+        )));
+    }
+    normalize_target(head).map_err(|error| {
+        Box::new(Denial::new(
+            StatusCode::BAD_REQUEST,
+            Reason::BadRequestPath,
+            error.to_string(),
+        ))
+    })
 }
 
 /// The problem response for a request the upstream did not answer.
