@@ -667,8 +667,9 @@ pub fn yaml_error(path: &Path, setting: &str, error: serde_yaml::Error) -> Confi
             message = rest.to_owned();
             break;
         }
-        match prefix.rfind('.') {
-            Some(dot) => prefix = &prefix[..dot],
+        // Ancestors end at a `.field` or an `[index]`.
+        match prefix.rfind(['.', '[']) {
+            Some(at) => prefix = &prefix[..at],
             None => break,
         }
     }

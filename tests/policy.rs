@@ -1716,7 +1716,6 @@ async fn a_trailing_dot_host_matches_its_host_route() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a request refused by a later limit gives back rate and quota units but not the seat it took: a new identity refused by the rate limit still holds a seat for `idle` (30m), so later users get seat_limit_reached for seats nobody was served on (src/decision/engine.rs count_limits refund, src/limits/mod.rs Counters::refund ignores seats)"]
 async fn a_request_refused_by_a_rate_limit_takes_no_seat() {
     let setup = Setup::new();
     let proxy = setup.start(

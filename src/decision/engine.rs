@@ -2,10 +2,11 @@
 //! entitlements, count the limits, and say allow or deny — once per request.
 //!
 //! Order of checks (and so which reason a request gets): route `deny` →
-//! license (valid, environment) → features → limits (concurrency, seats,
-//! rates, quotas; see [`crate::policy`]). A limit that refuses gives back
-//! what earlier limits counted for the same request, so a denied request is
-//! never billed against a quota.
+//! license (valid, environment) → features → limits (concurrency, rates,
+//! quotas, then seats; see [`crate::policy`]). A limit that refuses gives
+//! back what earlier limits counted for the same request, so a denied
+//! request is never billed against a quota, and seats come last so a refused
+//! request never takes one.
 
 use std::borrow::Cow;
 use std::net::IpAddr;

@@ -3,7 +3,7 @@
 //! [`Diagnostic`] with file, line and column; warnings (shadowed routes,
 //! unknown features) do not stop a policy from loading.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 
-use super::locate::{dotted, locate, Step};
+use super::locate::{dotted, locate, scalar_texts, Step};
 use super::matcher::{parse_pattern, pattern_key, Matcher, Segment};
 use super::schema::{
     AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec, KeySpec, LimitSpec,
@@ -287,7 +287,9 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Why a policy did not load: every error found, in file order.
+/// Why a policy did not load: every error found, in file order (files in
+/// the order given, then by line and column; errors past the located ones
+/// last, in a fixed order).
 #[derive(Debug, thiserror::Error)]
 pub struct PolicyError(pub Vec<Diagnostic>);
 
@@ -368,7 +370,10 @@ impl Policy {
                 continue;
             }
             match crate::config::parse_yaml::<PolicyFile>(path, text) {
-                Ok(file) => parsed.push(file),
+                Ok(mut file) => {
+                    header_texts_as_written(&mut file, text);
+                    parsed.push(file);
+                }
                 Err(error) => errors.push(config_diagnostic(path, error)),
             }
         }
@@ -377,8 +382,13 @@ impl Policy {
         }
         let mut compiler = Compiler::default();
         compiler.compile(&parsed);
-        let located = |notes: Vec<Note>| -> Vec<Diagnostic> {
-            notes
+        let located = |mut notes: Vec<Note>| -> Vec<Diagnostic> {
+            // Locate the first notes of the first files (within a file,
+            // notes come roughly in document order), then sort by position.
+            // The sorts are stable: unlocated notes keep the order they were
+            // found in, which is deterministic.
+            notes.sort_by_key(|note| note.file);
+            let mut diagnostics: Vec<(usize, Diagnostic)> = notes
                 .into_iter()
                 .enumerate()
                 .map(|(i, note)| {
@@ -393,13 +403,16 @@ impl Policy {
                     } else {
                         format!("{}: {}", dotted(&note.at), note.message)
                     };
-                    Diagnostic {
+                    let diagnostic = Diagnostic {
                         file: path.clone(),
                         position,
                         message,
-                    }
+                    };
+                    (note.file, diagnostic)
                 })
-                .collect()
+                .collect();
+            diagnostics.sort_by_key(|(file, d)| (*file, d.position.is_none(), d.position));
+            diagnostics.into_iter().map(|(_, d)| d).collect()
         };
         if !compiler.errors.is_empty() {
             return Err(PolicyError(located(std::mem::take(&mut compiler.errors))));
@@ -496,6 +509,39 @@ impl Route {
     }
 }
 
+/// Replace header values YAML read as numbers or booleans (`x-version: 2`)
+/// with their text as written: `2.10` must compare as `2.10`, not as the
+/// number's `2.1`. One more pass over the file, only when there are any.
+fn header_texts_as_written(file: &mut PolicyFile, text: &str) {
+    let mut targets = Vec::new();
+    for (i, route) in file.routes.iter().enumerate() {
+        for (name, condition) in &route.headers {
+            if matches!(condition, HeaderConditionSpec::EqualsScalar(_)) {
+                targets.push(vec![
+                    Step::key("routes"),
+                    Step::Index(i),
+                    Step::key("headers"),
+                    Step::key(name),
+                ]);
+            }
+        }
+    }
+    if targets.is_empty() {
+        return;
+    }
+    let mut texts = scalar_texts(text, &targets).into_iter();
+    for route in &mut file.routes {
+        for (_, condition) in route.headers.iter_mut() {
+            if let HeaderConditionSpec::EqualsScalar(value) = condition {
+                // Keep the parsed form if the text cannot be read back.
+                if let Some(Some(written)) = texts.next() {
+                    *value = written;
+                }
+            }
+        }
+    }
+}
+
 fn read_error(path: &Path, error: std::io::Error) -> PolicyError {
     PolicyError(vec![Diagnostic {
         file: path.to_owned(),
@@ -542,9 +588,14 @@ struct Compiler {
     mode: Option<(Mode, usize)>,
     unmatched: Option<(Access, usize)>,
     case: Option<(bool, usize)>,
-    plans: HashMap<String, (Plan, usize)>,
+    /// Plans in the order defined: (name, plan, file).
+    plans: Vec<(String, Plan, usize)>,
+    plan_index: HashMap<String, usize>,
     limit_index: HashMap<String, usize>,
     limits: Vec<(LimitDef, usize)>,
+    /// Limits defined but not compiled (their error is reported): routes
+    /// using them fail without a second error.
+    broken_limits: HashSet<String>,
     features: Vec<String>,
     feature_index: HashMap<String, usize>,
     routes: Vec<Route>,
@@ -578,8 +629,8 @@ impl Compiler {
             self.top_level(f, file);
             for (name, spec) in &file.plans {
                 let at = vec![Step::key("plans"), Step::key(name)];
-                if let Some((_, other)) = self.plans.get(name) {
-                    let other = *other;
+                if let Some(&other) = self.plan_index.get(name) {
+                    let other = self.plans[other].2;
                     self.error(
                         f,
                         at,
@@ -589,10 +640,15 @@ impl Compiler {
                 }
                 let plan = Plan {
                     features: spec.features.clone(),
-                    limits: spec.limits.clone(),
+                    limits: spec
+                        .limits
+                        .iter()
+                        .map(|(name, n)| (name.clone(), *n))
+                        .collect(),
                     seats: spec.seats,
                 };
-                self.plans.insert(name.clone(), (plan, f));
+                self.plan_index.insert(name.clone(), self.plans.len());
+                self.plans.push((name.clone(), plan, f));
             }
             for (name, spec) in &file.limits {
                 self.limit(f, name, spec);
@@ -648,15 +704,7 @@ impl Compiler {
 
     fn limit(&mut self, f: usize, name: &str, spec: &LimitSpec) {
         let at = vec![Step::key("limits"), Step::key(name)];
-        if !valid_name(name) {
-            self.error(
-                f,
-                at.clone(),
-                "limit names use letters, digits, `_`, `-` and `.`",
-            );
-            return;
-        }
-        if self.limit_index.contains_key(name) {
+        if self.limit_index.contains_key(name) || self.broken_limits.contains(name) {
             self.error(
                 f,
                 at,
@@ -664,119 +712,19 @@ impl Compiler {
             );
             return;
         }
-        let kinds = [
-            spec.rate.is_some(),
-            spec.quota.is_some(),
-            spec.seats.is_some(),
-            spec.concurrency.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
+        if !valid_name(name) {
             self.error(
                 f,
-                at,
-                "a limit is exactly one of `rate`, `quota`, `seats` or `concurrency`",
+                at.clone(),
+                "limit names use letters, digits, `_`, `-` and `.`",
             );
+            self.broken_limits.insert(name.to_owned());
             return;
         }
-        let sub = |kind: &str| {
-            let mut at = at.clone();
-            at.push(Step::key(kind));
-            at
+        let Some((kind, amount, key)) = self.limit_def(f, &at, spec) else {
+            self.broken_limits.insert(name.to_owned());
+            return;
         };
-        let compiled = if let Some(rate) = &spec.rate {
-            let at = sub("rate");
-            if rate.per.0.is_zero() {
-                self.error(f, with(&at, "per"), "must be longer than zero");
-                return;
-            }
-            if rate.burst == Some(0) {
-                self.error(f, with(&at, "burst"), "must be at least 1");
-                return;
-            }
-            let Some(amount) = self.amount(f, &at, &rate.limit, rate.default, false) else {
-                return;
-            };
-            let Some(key) = self.key(f, &with(&at, "key"), rate.key.as_ref()) else {
-                return;
-            };
-            (
-                LimitKind::Rate {
-                    window: rate.per.0,
-                    burst: rate.burst,
-                },
-                amount,
-                key,
-            )
-        } else if let Some(quota) = &spec.quota {
-            let at = sub("quota");
-            let period = match (quota.period, quota.rolling) {
-                (Some(PeriodSetting::Hour), None) => Period::Hour,
-                (Some(PeriodSetting::Day), None) => Period::Day,
-                (Some(PeriodSetting::Month), None) => Period::Month,
-                (None, Some(window)) if !window.0.is_zero() => Period::Rolling(window.0),
-                (None, Some(_)) => {
-                    self.error(f, with(&at, "rolling"), "must be longer than zero");
-                    return;
-                }
-                _ => {
-                    self.error(
-                        f,
-                        at,
-                        "a quota has exactly one of `period` (hour, day, month) or `rolling` (a duration)",
-                    );
-                    return;
-                }
-            };
-            let Some(amount) = self.amount(f, &at, &quota.limit, quota.default, false) else {
-                return;
-            };
-            let Some(key) = self.key(f, &with(&at, "key"), quota.key.as_ref()) else {
-                return;
-            };
-            (LimitKind::Quota { period }, amount, key)
-        } else if let Some(seats) = &spec.seats {
-            let at = sub("seats");
-            let limit = seats
-                .limit
-                .clone()
-                .unwrap_or_else(|| AmountSpec::License("lic.seats".into()));
-            let Some(amount) = self.amount(f, &at, &limit, seats.default, true) else {
-                return;
-            };
-            let Some(key) = self.key(f, &with(&at, "key"), seats.key.as_ref()) else {
-                return;
-            };
-            let identity = match parse_key_part(&seats.identity) {
-                Ok(KeyPart::Route) => {
-                    self.error(f, with(&at, "identity"), "`route` does not identify a user");
-                    return;
-                }
-                Ok(part) => part,
-                Err(message) => {
-                    self.error(f, with(&at, "identity"), message);
-                    return;
-                }
-            };
-            let idle = seats.idle.map_or(Duration::from_secs(30 * 60), |d| d.0);
-            if idle.is_zero() {
-                self.error(f, with(&at, "idle"), "must be longer than zero");
-                return;
-            }
-            (LimitKind::Seats { identity, idle }, amount, key)
-        } else if let Some(concurrency) = &spec.concurrency {
-            let at = sub("concurrency");
-            let Some(amount) = self.amount(f, &at, &concurrency.limit, concurrency.default, false)
-            else {
-                return;
-            };
-            let Some(key) = self.key(f, &with(&at, "key"), concurrency.key.as_ref()) else {
-                return;
-            };
-            (LimitKind::Concurrency, amount, key)
-        } else {
-            unreachable!("exactly one kind was checked above")
-        };
-        let (kind, amount, key) = compiled;
         let needs_license = matches!(amount, Amount::License { .. })
             || key
                 .iter()
@@ -796,6 +744,111 @@ impl Compiler {
             },
             f,
         ));
+    }
+
+    /// A limit's kind, amount and key, or `None` after reporting why not.
+    fn limit_def(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        spec: &LimitSpec,
+    ) -> Option<(LimitKind, Amount, Vec<KeyPart>)> {
+        let kinds = [
+            spec.rate.is_some(),
+            spec.quota.is_some(),
+            spec.seats.is_some(),
+            spec.concurrency.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.error(
+                f,
+                at.to_vec(),
+                "a limit is exactly one of `rate`, `quota`, `seats` or `concurrency`",
+            );
+            return None;
+        }
+        let sub = |kind: &str| {
+            let mut at = at.to_vec();
+            at.push(Step::key(kind));
+            at
+        };
+        let compiled = if let Some(rate) = &spec.rate {
+            let at = sub("rate");
+            if rate.per.0.is_zero() {
+                self.error(f, with(&at, "per"), "must be longer than zero");
+                return None;
+            }
+            if rate.burst == Some(0) {
+                self.error(f, with(&at, "burst"), "must be at least 1");
+                return None;
+            }
+            let amount = self.amount(f, &at, &rate.limit, rate.default, false)?;
+            let key = self.key(f, &with(&at, "key"), rate.key.as_ref())?;
+            (
+                LimitKind::Rate {
+                    window: rate.per.0,
+                    burst: rate.burst,
+                },
+                amount,
+                key,
+            )
+        } else if let Some(quota) = &spec.quota {
+            let at = sub("quota");
+            let period = match (quota.period, quota.rolling) {
+                (Some(PeriodSetting::Hour), None) => Period::Hour,
+                (Some(PeriodSetting::Day), None) => Period::Day,
+                (Some(PeriodSetting::Month), None) => Period::Month,
+                (None, Some(window)) if !window.0.is_zero() => Period::Rolling(window.0),
+                (None, Some(_)) => {
+                    self.error(f, with(&at, "rolling"), "must be longer than zero");
+                    return None;
+                }
+                _ => {
+                    self.error(
+                        f,
+                        at,
+                        "a quota has exactly one of `period` (hour, day, month) or `rolling` (a duration)",
+                    );
+                    return None;
+                }
+            };
+            let amount = self.amount(f, &at, &quota.limit, quota.default, false)?;
+            let key = self.key(f, &with(&at, "key"), quota.key.as_ref())?;
+            (LimitKind::Quota { period }, amount, key)
+        } else if let Some(seats) = &spec.seats {
+            let at = sub("seats");
+            let limit = seats
+                .limit
+                .clone()
+                .unwrap_or_else(|| AmountSpec::License("lic.seats".into()));
+            let amount = self.amount(f, &at, &limit, seats.default, true)?;
+            let key = self.key(f, &with(&at, "key"), seats.key.as_ref())?;
+            let identity = match parse_key_part(&seats.identity) {
+                Ok(KeyPart::Route) => {
+                    self.error(f, with(&at, "identity"), "`route` does not identify a user");
+                    return None;
+                }
+                Ok(part) => part,
+                Err(message) => {
+                    self.error(f, with(&at, "identity"), message);
+                    return None;
+                }
+            };
+            let idle = seats.idle.map_or(Duration::from_secs(30 * 60), |d| d.0);
+            if idle.is_zero() {
+                self.error(f, with(&at, "idle"), "must be longer than zero");
+                return None;
+            }
+            (LimitKind::Seats { identity, idle }, amount, key)
+        } else if let Some(concurrency) = &spec.concurrency {
+            let at = sub("concurrency");
+            let amount = self.amount(f, &at, &concurrency.limit, concurrency.default, false)?;
+            let key = self.key(f, &with(&at, "key"), concurrency.key.as_ref())?;
+            (LimitKind::Concurrency, amount, key)
+        } else {
+            unreachable!("exactly one kind was checked above")
+        };
+        Some(compiled)
     }
 
     fn amount(
@@ -819,7 +872,7 @@ impl Compiler {
                 Some(Amount::Fixed(*n))
             }
             AmountSpec::License(path) => {
-                let source = if path == "lic.seats" {
+                let source = if seats && path == "lic.seats" {
                     LicenseAmount::Seats
                 } else if let Some(name) = path.strip_prefix("lic.limits.") {
                     if !valid_name(name) {
@@ -942,7 +995,9 @@ impl Compiler {
             headers.push((
                 header,
                 match condition {
-                    HeaderConditionSpec::Equals(v) => HeaderCondition::Equals(v.clone()),
+                    HeaderConditionSpec::Equals(v) | HeaderConditionSpec::EqualsScalar(v) => {
+                        HeaderCondition::Equals(v.clone())
+                    }
                     HeaderConditionSpec::Present(p) => HeaderCondition::Present(*p),
                     HeaderConditionSpec::Prefix(p) => HeaderCondition::Prefix(p.clone()),
                 },
@@ -991,8 +1046,18 @@ impl Compiler {
         for (n, used) in spec.limits.iter().enumerate() {
             let mut at = with(&at, "limits");
             at.push(Step::Index(n));
+            if self.broken_limits.contains(&used.limit) {
+                // Reported where it is defined; the policy fails anyway.
+                failed = true;
+                continue;
+            }
             let Some(&index) = self.limit_index.get(&used.limit) else {
-                let known: Vec<&str> = self.limit_index.keys().map(String::as_str).collect();
+                let known: Vec<&str> = self
+                    .limit_index
+                    .keys()
+                    .chain(&self.broken_limits)
+                    .map(String::as_str)
+                    .collect();
                 self.error(
                     f,
                     at,
@@ -1038,6 +1103,11 @@ impl Compiler {
                         limit.kind.as_str()
                     ),
                 );
+                failed = true;
+                continue;
+            }
+            if let Some(message) = unpayable(limit, &used.limit, used.cost) {
+                self.error(f, at, message);
                 failed = true;
                 continue;
             }
@@ -1111,10 +1181,10 @@ impl Compiler {
 
     fn check_references(&mut self) {
         // Features no plan includes can only come from a license listing them.
-        let planned: std::collections::HashSet<&str> = self
+        let planned: HashSet<&str> = self
             .plans
-            .values()
-            .flat_map(|(plan, _)| plan.features.iter().map(String::as_str))
+            .iter()
+            .flat_map(|(_, plan, _)| plan.features.iter().map(String::as_str))
             .collect();
         let mut notes = Vec::new();
         if !self.plans.is_empty() {
@@ -1141,8 +1211,8 @@ impl Compiler {
                 if !self.plans.is_empty()
                     && !self
                         .plans
-                        .values()
-                        .any(|(plan, _)| plan.limits.contains_key(name))
+                        .iter()
+                        .any(|(_, plan, _)| plan.limits.contains_key(name))
                 {
                     notes.push((
                         *f,
@@ -1152,7 +1222,7 @@ impl Compiler {
                 }
             }
         }
-        for (plan_name, (plan, f)) in &self.plans {
+        for (plan_name, plan, f) in &self.plans {
             for name in plan.limits.keys() {
                 let used = self.limits.iter().any(|(limit, _)| {
                     matches!(&limit.amount, Amount::License { source: LicenseAmount::Limit(n), .. } if n == name)
@@ -1171,7 +1241,7 @@ impl Compiler {
                 }
             }
         }
-        let used: std::collections::HashSet<usize> = self
+        let used: HashSet<usize> = self
             .routes
             .iter()
             .flat_map(|r| r.limits.iter().map(|l| l.limit))
@@ -1192,16 +1262,25 @@ impl Compiler {
 
     fn check_shadowing(&mut self) {
         // Same pattern and conditions that an earlier-ranked route covers:
-        // the later one can never be chosen.
-        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        // the later one can never be chosen. In a case-insensitive policy
+        // literals that differ only in case share a trie node, so patterns
+        // are compared case-folded, as the matcher does.
+        let fold = self.case.is_some_and(|(insensitive, _)| insensitive);
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
         for (index, route) in self.routes.iter().enumerate() {
-            by_key
-                .entry(pattern_key(&route.pattern))
-                .or_default()
-                .push(index);
+            let mut key = pattern_key(&route.pattern);
+            if fold {
+                key.make_ascii_lowercase();
+            }
+            let group = *group_of.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(index);
         }
         let mut notes = Vec::new();
-        for indices in by_key.values() {
+        for indices in &groups {
             for (later_pos, &later) in indices.iter().enumerate() {
                 let l = &self.routes[later];
                 for &earlier in &indices[..later_pos] {
@@ -1221,16 +1300,14 @@ impl Compiler {
                 }
             }
         }
+        // In route order; the diagnostics are sorted by position later.
         notes.sort_by_key(|(f, at, _)| {
             (
                 *f,
-                at.clone()
-                    .into_iter()
-                    .map(|s| match s {
-                        Step::Index(i) => i,
-                        Step::Key(_) => 0,
-                    })
-                    .collect::<Vec<_>>(),
+                match at.get(1) {
+                    Some(Step::Index(i)) => *i,
+                    _ => 0,
+                },
             )
         });
         for (f, at, message) in notes {
@@ -1249,13 +1326,18 @@ impl Compiler {
         }
         let limits: Vec<LimitDef> = self.limits.into_iter().map(|(l, _)| l).collect();
         for route in &mut routes {
-            // Evaluation order: slots and seats first, quotas last, so a
-            // request refused by a rate is never billed against a quota.
+            // Evaluation order: concurrency, rates, quotas, seats. A limit
+            // that refuses gives back what the earlier ones counted, but not
+            // everything can be given back: a slot can (it is released), a
+            // rate's or quota's units can (refunded), a seat cannot (once
+            // taken it is someone's until idle). So seats come last, and a
+            // new user refused by a rate or quota never takes a seat.
+            // Several of one kind keep the order written (a stable sort).
             route.limits.sort_by_key(|u| match limits[u.limit].kind {
                 LimitKind::Concurrency => 0,
-                LimitKind::Seats { .. } => 1,
-                LimitKind::Rate { .. } => 2,
-                LimitKind::Quota { .. } => 3,
+                LimitKind::Rate { .. } => 1,
+                LimitKind::Quota { .. } => 2,
+                LimitKind::Seats { .. } => 3,
             });
         }
         for (route, bits) in routes.iter_mut().zip(&self.route_bits) {
@@ -1279,7 +1361,11 @@ impl Compiler {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             routes,
             limits,
-            plans: self.plans.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+            plans: self
+                .plans
+                .into_iter()
+                .map(|(name, plan, _)| (name, plan))
+                .collect(),
             features: self.features,
             unmatched,
             mode,
@@ -1289,6 +1375,39 @@ impl Compiler {
             warnings: Vec::new(),
             matcher,
         }
+    }
+}
+
+/// Why no request can ever pay `cost` units of `limit`, when that is known
+/// at compile time: a fixed rate lets at most `burst` (default: its amount)
+/// through at once, a fixed quota at most its amount per period. Numbers
+/// from licenses are only known per license, at run time; a fixed `0`
+/// refuses everything whatever the cost, as written.
+fn unpayable(limit: &LimitDef, name: &str, cost: u64) -> Option<String> {
+    let Amount::Fixed(amount) = limit.amount else {
+        return None;
+    };
+    if amount == 0 {
+        return None;
+    }
+    match limit.kind {
+        LimitKind::Rate { burst, .. } => {
+            let (at_once, defaulted) = match burst {
+                Some(burst) => (burst, ""),
+                None => (amount, ", the default: its limit"),
+            };
+            (cost > at_once).then(|| {
+                format!(
+                    "`cost: {cost}` is more than rate `{name}` lets through at once (burst {at_once}{defaulted}), so no request here can pass"
+                )
+            })
+        }
+        LimitKind::Quota { .. } => (cost > amount).then(|| {
+            format!(
+                "`cost: {cost}` is more than quota `{name}` allows per period ({amount}), so no request here can pass"
+            )
+        }),
+        LimitKind::Seats { .. } | LimitKind::Concurrency => None,
     }
 }
 

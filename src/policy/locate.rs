@@ -1,11 +1,13 @@
 //! Finding the line and column of a node in a YAML document, for errors
-//! found after parsing (an unknown feature, a shadowed route).
+//! found after parsing (an unknown feature, a shadowed route); and reading
+//! back the text of scalars as written.
 //!
 //! serde_norway reports positions only for errors raised while it reads, so
 //! this walks the document once more and raises an error exactly at the node
 //! asked for; the position the parser attaches to that error is the answer.
 //! It costs a second parse of one file, only when there is something to say.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -139,6 +141,142 @@ impl Seek<'_> {
     }
 }
 
+/// The text as written of the scalars at `targets` in `text` (`None` where
+/// there is none), in one pass over the document. For values YAML reads as
+/// numbers or booleans, whose parsed form loses the spelling: `2.10` is the
+/// number 2.1, `0x1F` is 31, `True` is `true`.
+pub fn scalar_texts(text: &str, targets: &[Vec<Step>]) -> Vec<Option<String>> {
+    let mut found = vec![None; targets.len()];
+    let wanted = targets
+        .iter()
+        .enumerate()
+        .map(|(i, steps)| (steps.as_slice(), i))
+        .collect();
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    // Every target was a scalar when the document was first read; an error
+    // here can only leave some `None`.
+    let _ = Gather {
+        wanted,
+        found: &mut found,
+    }
+    .deserialize(deserializer);
+    found
+}
+
+/// Walks the document, descending only where some target lies.
+struct Gather<'a, 'f> {
+    /// (steps left, index in `found`)
+    wanted: Vec<(&'a [Step], usize)>,
+    found: &'f mut [Option<String>],
+}
+
+impl<'de> DeserializeSeed<'de> for Gather<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if self.wanted.iter().any(|(steps, _)| steps.is_empty()) {
+            let text = deserializer.deserialize_str(RawText)?;
+            for (_, i) in self.wanted {
+                self.found[i] = Some(text.clone());
+            }
+            Ok(())
+        } else {
+            deserializer.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Gather<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut by_key: HashMap<&str, Vec<(&[Step], usize)>> = HashMap::new();
+        for (steps, i) in self.wanted {
+            if let Some((Step::Key(key), rest)) = steps.split_first() {
+                by_key.entry(key.as_str()).or_default().push((rest, i));
+            }
+        }
+        // Every entry is read: returning early is an error to serde_norway,
+        // which would end the walk before later targets.
+        while let Some(key) = map.next_key::<KeyText>()? {
+            match key.0.as_deref().and_then(|k| by_key.remove(k)) {
+                Some(wanted) => map.next_value_seed(Gather {
+                    wanted,
+                    found: &mut *self.found,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut by_index: HashMap<usize, Vec<(&[Step], usize)>> = HashMap::new();
+        for (steps, i) in self.wanted {
+            if let Some((Step::Index(index), rest)) = steps.split_first() {
+                by_index.entry(*index).or_default().push((rest, i));
+            }
+        }
+        let mut index = 0;
+        loop {
+            let more = match by_index.remove(&index) {
+                Some(wanted) => seq
+                    .next_element_seed(Gather {
+                        wanted,
+                        found: &mut *self.found,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                break;
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// A scalar's text, however YAML would type it.
+struct RawText;
+
+impl Visitor<'_> for RawText {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+}
+
 /// A mapping key as text (non-text keys never match a step).
 struct KeyText(Option<String>);
 
@@ -215,6 +353,48 @@ routes:
         );
         assert_eq!(at(&[Step::key("nothing")]), None);
         assert_eq!(at(&[Step::key("routes"), Step::Index(7)]), None);
+    }
+
+    #[test]
+    fn scalar_texts_are_read_as_written() {
+        let doc = "\
+routes:
+  - path: /x
+    headers: {x-a: 2.10, x-b: 0x1F}
+  - path: /y
+    headers:
+      x-c: True
+      x-d: &v 007
+      x-e: *v
+";
+        let at = |i: usize, name: &str| {
+            vec![
+                Step::key("routes"),
+                Step::Index(i),
+                Step::key("headers"),
+                Step::key(name),
+            ]
+        };
+        let targets = [
+            at(1, "x-c"),
+            at(0, "x-a"),
+            at(0, "x-b"),
+            at(1, "x-e"),
+            at(1, "nothing"),
+            at(7, "x-a"),
+        ];
+        assert_eq!(
+            scalar_texts(doc, &targets),
+            [
+                Some("True".to_owned()),
+                Some("2.10".to_owned()),
+                Some("0x1F".to_owned()),
+                Some("007".to_owned()),
+                None,
+                None
+            ]
+        );
+        assert_eq!(scalar_texts(doc, &[]), []);
     }
 
     #[test]

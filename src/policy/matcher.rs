@@ -202,11 +202,12 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
             }
             p => {
                 // Only characters with one spelling after normalisation: a
-                // literal `@` would miss a request for `%40` that the
-                // upstream may read as the same path.
-                if let Some(bad) = p.bytes().find(|&b| b.is_ascii() && !is_unreserved(b)) {
+                // literal `+` would miss a request for `%2B` that the
+                // upstream may read as the same path. `:` and `@` qualify:
+                // the normaliser decodes `%3A` and `%40`.
+                if let Some(bad) = p.bytes().find(|&b| b.is_ascii() && !is_literal(b)) {
                     return Err(format!(
-                        "segment `{p}` of `{pattern}` contains `{}`; literal segments may use letters, digits, `-`, `.`, `_`, `~` and non-ASCII text",
+                        "segment `{p}` of `{pattern}` contains `{}`; literal segments may use letters, digits, `-`, `.`, `_`, `~`, `:`, `@` and non-ASCII text",
                         char::from(bad)
                     ));
                 }
@@ -219,12 +220,13 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
 }
 
 /// Patterns are written decoded; requests are matched in their normalised
-/// form, where only unreserved characters are decoded. Percent-encode the
-/// rest (upper-case hex) so `/café` matches a request for `/caf%C3%A9`.
+/// form, where only unreserved characters, `:` and `@` are decoded.
+/// Percent-encode the rest (upper-case hex) so `/café` matches a request for
+/// `/caf%C3%A9`.
 fn encode_literal(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for &b in segment.as_bytes() {
-        if is_unreserved(b) {
+        if is_literal(b) {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -235,8 +237,12 @@ fn encode_literal(segment: &str) -> String {
     out
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// ASCII a literal segment may contain: what a normalised path spells one
+/// way only, the unreserved characters (RFC 3986) plus `:` and `@`, which are
+/// allowed raw in a segment and decoded from `%3A` / `%40` by
+/// [`super::normalize`].
+fn is_literal(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@')
 }
 
 /// The pattern with parameters unnamed, to compare patterns for shadowing.
@@ -337,8 +343,28 @@ mod tests {
         assert!(parse_pattern("/a/../b").is_err());
         assert!(parse_pattern("/a/%2F").is_err());
         assert!(parse_pattern("/a/{bad name}").is_err());
-        assert!(parse_pattern("/a/user@x").is_err());
+        for reserved in [
+            "+", "!", "$", "&", "'", "(", ")", ",", "=", "%40", " ", "\"", "|",
+        ] {
+            let error = parse_pattern(&format!("/a/x{reserved}y")).unwrap_err();
+            assert!(error.contains("literal segments may use"), "{error}");
+        }
         assert_eq!(parse_pattern("/").unwrap(), vec![]);
+        // `:` and `@` have one spelling after normalisation, kept raw.
+        assert_eq!(
+            parse_pattern("/v1/items:batchGet").unwrap(),
+            vec![
+                Segment::Literal("v1".into()),
+                Segment::Literal("items:batchGet".into())
+            ]
+        );
+        assert_eq!(
+            parse_pattern("/users/@me").unwrap(),
+            vec![
+                Segment::Literal("users".into()),
+                Segment::Literal("@me".into())
+            ]
+        );
         assert_eq!(
             parse_pattern("/café").unwrap(),
             vec![Segment::Literal("caf%C3%A9".into())]

@@ -1,13 +1,75 @@
-//! The policy file as written. Every struct denies unknown fields, so a typo
-//! is an error with its file, line and column rather than a silently ignored
-//! rule. Meaning (cross-references, patterns, precedence) is checked when the
-//! file is compiled, in [`super::compile`].
+//! The policy file as written. Every struct denies unknown fields and every
+//! mapping refuses a key given twice, so a typo or a copy-paste slip is an
+//! error with its file, line and column rather than a silently ignored (or
+//! silently replaced) rule. Meaning (cross-references, patterns, precedence)
+//! is checked when the file is compiled, in [`super::compile`].
+//!
+//! Values that can be written in more than one shape (a number or
+//! `lic.limits.NAME`, a key or a list of keys, a header value or a
+//! condition) are read by hand-written visitors rather than
+//! `#[serde(untagged)]`: untagged enums buffer the value first, and an error
+//! raised afterwards is located at the enclosing mapping. A visitor raises it
+//! while the parser is at the value, and serde_norway attaches that position.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::fmt;
+use std::marker::PhantomData;
 
-use serde::{Deserialize, Deserializer};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 use crate::config::HumanDuration;
+
+/// Visitor methods that refuse a kind of value with one custom message
+/// (serde's default says `invalid type: …, expected …`).
+macro_rules! refuse {
+    ($message:expr; $($kind:ident),* $(,)?) => {
+        $(refuse!(@method $message, $kind);)*
+    };
+    (@method $message:expr, bool) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, i64) => {
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, u64) => {
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, f64) => {
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, str) => {
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, unit) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(E::custom($message))
+        }
+    };
+    (@method $message:expr, seq) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom($message))
+        }
+    };
+    (@method $message:expr, map) => {
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom($message))
+        }
+    };
+}
 
 /// One policy file.
 #[derive(Debug, Default, Deserialize)]
@@ -21,13 +83,160 @@ pub struct PolicyFile {
     pub paths: Option<PathsSetting>,
     /// Plan name → what the plan includes.
     #[serde(default)]
-    pub plans: BTreeMap<String, PlanSpec>,
+    pub plans: UniqueMap<PlanSpec>,
     /// Limit name → definition; routes refer to limits by name.
     #[serde(default)]
-    pub limits: BTreeMap<String, LimitSpec>,
+    pub limits: UniqueMap<LimitSpec>,
     /// Routes; see the README for precedence.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+}
+
+/// A mapping with text keys, each given at most once, in the order written.
+/// A repeated key is an error located at the repetition (a plain map would
+/// keep the last value and drop the first without a word).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UniqueMap<V>(Vec<(String, V)>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(Vec::new())
+    }
+}
+
+impl<V> UniqueMap<V> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries in the order written.
+    pub fn iter(&self) -> std::slice::Iter<'_, (String, V)> {
+        self.0.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, (String, V)> {
+        self.0.iter_mut()
+    }
+}
+
+impl<'a, V> IntoIterator for &'a UniqueMap<V> {
+    type Item = &'a (String, V);
+    type IntoIter = std::slice::Iter<'a, (String, V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = UniqueMap<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = HashSet::new();
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key_seed(NewKey { seen: &seen })? {
+                    let value = map.next_value()?;
+                    seen.insert(key.clone());
+                    entries.push((key, value));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+/// A mapping key not seen before in its mapping. The check is made while the
+/// parser is at the key, so the error carries the key's position.
+struct NewKey<'a> {
+    seen: &'a HashSet<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
+        if self.seen.contains(key) {
+            Err(E::custom(format_args!(
+                "duplicate key `{key}` (already given above in this mapping)"
+            )))
+        } else {
+            Ok(key.to_owned())
+        }
+    }
+}
+
+/// A required duration (`per: 1m`), read so that an error points at the
+/// value rather than at the enclosing mapping.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HumanDuration, D::Error> {
+    deserializer.deserialize_str(DurationVisitor)
+}
+
+/// An optional duration (`idle: 30m`), like [`duration`].
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HumanDuration>, D::Error> {
+    struct OptionalDuration;
+
+    impl<'de> Visitor<'de> for OptionalDuration {
+        type Value = Option<HumanDuration>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            DurationVisitor.expecting(f)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            duration(deserializer).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(OptionalDuration)
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as `250ms`, `10s` or `5m`")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<HumanDuration, E> {
+        text.parse().map_err(E::custom)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -71,7 +280,7 @@ pub struct PlanSpec {
     #[serde(default)]
     pub features: Vec<String>,
     #[serde(default)]
-    pub limits: BTreeMap<String, u64>,
+    pub limits: UniqueMap<u64>,
     pub seats: Option<u64>,
 }
 
@@ -93,22 +302,37 @@ pub enum AmountSpec {
     License(String),
 }
 
+const AMOUNT: &str = "expected a whole number or `lic.limits.NAME` (or `lic.seats` for seats)";
+
 impl<'de> Deserialize<'de> for AmountSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        struct AmountVisitor;
+
+        impl<'de> Visitor<'de> for AmountVisitor {
+            type Value = AmountSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(AMOUNT)
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<AmountSpec, E> {
+                Ok(AmountSpec::Fixed(n))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<AmountSpec, E> {
+                u64::try_from(n)
+                    .map(AmountSpec::Fixed)
+                    .map_err(|_| E::custom(AMOUNT))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<AmountSpec, E> {
+                Ok(AmountSpec::License(text.to_owned()))
+            }
+
+            refuse!(AMOUNT; bool, f64, unit, seq, map);
         }
-        match Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom(
-                "expected a whole number or `lic.limits.NAME` (or `lic.seats`)",
-            )
-        })? {
-            Raw::Number(n) => Ok(AmountSpec::Fixed(n)),
-            Raw::Text(text) => Ok(AmountSpec::License(text)),
-        }
+
+        deserializer.deserialize_any(AmountVisitor)
     }
 }
 
@@ -119,20 +343,40 @@ pub enum DefaultSpec {
     Unlimited,
 }
 
+const DEFAULT: &str = "expected a whole number or `unlimited`";
+
 impl<'de> Deserialize<'de> for DefaultSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        struct DefaultVisitor;
+
+        impl<'de> Visitor<'de> for DefaultVisitor {
+            type Value = DefaultSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DEFAULT)
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DefaultSpec, E> {
+                Ok(DefaultSpec::Amount(n))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DefaultSpec, E> {
+                u64::try_from(n)
+                    .map(DefaultSpec::Amount)
+                    .map_err(|_| E::custom(DEFAULT))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<DefaultSpec, E> {
+                match text {
+                    "unlimited" => Ok(DefaultSpec::Unlimited),
+                    _ => Err(E::custom(DEFAULT)),
+                }
+            }
+
+            refuse!(DEFAULT; bool, f64, unit, seq, map);
         }
-        let error = || serde::de::Error::custom("expected a whole number or `unlimited`");
-        match Raw::deserialize(deserializer).map_err(|_| error())? {
-            Raw::Number(n) => Ok(DefaultSpec::Amount(n)),
-            Raw::Text(text) if text == "unlimited" => Ok(DefaultSpec::Unlimited),
-            Raw::Text(_) => Err(error()),
-        }
+
+        deserializer.deserialize_any(DefaultVisitor)
     }
 }
 
@@ -140,22 +384,62 @@ impl<'de> Deserialize<'de> for DefaultSpec {
 #[derive(Clone, Debug)]
 pub struct KeySpec(pub Vec<String>);
 
+const KEY: &str = "expected a key (`license`, `claim:NAME`, `header:NAME`, `client_ip`, `route`) or a list of keys";
+const KEY_PART: &str =
+    "expected a key (`license`, `claim:NAME`, `header:NAME`, `client_ip` or `route`)";
+
 impl<'de> Deserialize<'de> for KeySpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeySpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(KEY)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<KeySpec, E> {
+                Ok(KeySpec(vec![text.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeySpec, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<KeyPartText>()? {
+                    parts.push(part.0);
+                }
+                Ok(KeySpec(parts))
+            }
+
+            refuse!(KEY; bool, i64, u64, f64, unit, map);
         }
-        match Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom(
-                "expected a key (`license`, `claim:NAME`, `header:NAME`, `client_ip`, `route`) or a list of keys",
-            )
-        })? {
-            Raw::One(one) => Ok(KeySpec(vec![one])),
-            Raw::Many(many) => Ok(KeySpec(many)),
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+/// One element of a key list: text, refused at its own position otherwise.
+struct KeyPartText(String);
+
+impl<'de> Deserialize<'de> for KeyPartText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+
+        impl<'de> Visitor<'de> for PartVisitor {
+            type Value = KeyPartText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(KEY_PART)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<KeyPartText, E> {
+                Ok(KeyPartText(text.to_owned()))
+            }
+
+            refuse!(KEY_PART; bool, i64, u64, f64, unit, seq, map);
         }
+
+        deserializer.deserialize_any(PartVisitor)
     }
 }
 
@@ -165,6 +449,7 @@ pub struct RateSpec {
     pub limit: AmountSpec,
     pub default: Option<DefaultSpec>,
     /// The window the limit is counted over, e.g. `1m`.
+    #[serde(deserialize_with = "duration")]
     pub per: HumanDuration,
     /// Requests allowed at once after a quiet spell (default: `limit`).
     pub burst: Option<u64>,
@@ -179,6 +464,7 @@ pub struct QuotaSpec {
     /// Calendar period (UTC): `hour`, `day` or `month`.
     pub period: Option<PeriodSetting>,
     /// Or a rolling window, e.g. `24h`.
+    #[serde(default, deserialize_with = "optional_duration")]
     pub rolling: Option<HumanDuration>,
     pub key: Option<KeySpec>,
 }
@@ -200,6 +486,7 @@ pub struct SeatsSpec {
     /// Who holds a seat, e.g. `header:x-user`.
     pub identity: String,
     /// A seat is freed after this long without a request (default 30m).
+    #[serde(default, deserialize_with = "optional_duration")]
     pub idle: Option<HumanDuration>,
     /// Whose seats: default `license`.
     pub key: Option<KeySpec>,
@@ -229,7 +516,7 @@ pub struct RouteSpec {
     pub host: Option<String>,
     /// Header name → condition.
     #[serde(default)]
-    pub headers: BTreeMap<String, HeaderConditionSpec>,
+    pub headers: UniqueMap<HeaderConditionSpec>,
     /// `licensed` (default), `public` or `deny`.
     pub access: Option<AccessSetting>,
     #[serde(default)]
@@ -243,39 +530,76 @@ pub struct RouteSpec {
 #[derive(Debug)]
 pub enum HeaderConditionSpec {
     Equals(String),
+    /// An unquoted value YAML reads as a number or a boolean (`x-version:
+    /// 2`), which is compared as text too. The text here is the value as
+    /// parsed (`2.10` reads as `2.1`); [`super::compile`] replaces it with
+    /// the text as written, read back from the document.
+    EqualsScalar(String),
     Present(bool),
     Prefix(String),
 }
 
+const HEADER: &str =
+    "expected a value to equal, or one of {present: true|false}, {prefix: TEXT}, {equals: TEXT}";
+
 impl<'de> Deserialize<'de> for HeaderConditionSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Detailed {
-            present: Option<bool>,
-            prefix: Option<String>,
-            equals: Option<String>,
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Present,
+            Prefix,
+            Equals,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Detailed(Detailed),
+
+        struct ConditionVisitor;
+
+        impl<'de> Visitor<'de> for ConditionVisitor {
+            type Value = HeaderConditionSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(HEADER)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(HeaderConditionSpec::Equals(text.to_owned()))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(HeaderConditionSpec::EqualsScalar(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(HeaderConditionSpec::EqualsScalar(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(HeaderConditionSpec::EqualsScalar(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(HeaderConditionSpec::EqualsScalar(v.to_string()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut condition = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    let next = match field {
+                        Field::Present => HeaderConditionSpec::Present(map.next_value()?),
+                        Field::Prefix => HeaderConditionSpec::Prefix(map.next_value()?),
+                        Field::Equals => HeaderConditionSpec::Equals(map.next_value()?),
+                    };
+                    if condition.replace(next).is_some() {
+                        return Err(de::Error::custom(HEADER));
+                    }
+                }
+                condition.ok_or_else(|| de::Error::custom(HEADER))
+            }
+
+            refuse!(HEADER; unit, seq);
         }
-        let error = || {
-            serde::de::Error::custom(
-                "expected a value to equal, or one of {present: true|false}, {prefix: TEXT}, {equals: TEXT}",
-            )
-        };
-        match Raw::deserialize(deserializer).map_err(|_| error())? {
-            Raw::Text(text) => Ok(HeaderConditionSpec::Equals(text)),
-            Raw::Detailed(d) => match (d.present, d.prefix, d.equals) {
-                (Some(present), None, None) => Ok(HeaderConditionSpec::Present(present)),
-                (None, Some(prefix), None) => Ok(HeaderConditionSpec::Prefix(prefix)),
-                (None, None, Some(equals)) => Ok(HeaderConditionSpec::Equals(equals)),
-                _ => Err(error()),
-            },
-        }
+
+        deserializer.deserialize_any(ConditionVisitor)
     }
 }
 
@@ -286,28 +610,56 @@ pub struct LimitUseSpec {
     pub cost: u64,
 }
 
+const LIMIT_USE: &str = "expected a limit name or {limit: NAME, cost: N}";
+
 impl<'de> Deserialize<'de> for LimitUseSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Detailed {
-            limit: String,
-            cost: Option<u64>,
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Limit,
+            Cost,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Detailed(Detailed),
+
+        struct UseVisitor;
+
+        impl<'de> Visitor<'de> for UseVisitor {
+            type Value = LimitUseSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(LIMIT_USE)
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(LimitUseSpec {
+                    limit: name.to_owned(),
+                    cost: 1,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut limit: Option<String> = None;
+                let mut cost: Option<u64> = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Limit if limit.is_none() => limit = Some(map.next_value()?),
+                        Field::Cost if cost.is_none() => cost = Some(map.next_value()?),
+                        Field::Limit => return Err(de::Error::duplicate_field("limit")),
+                        Field::Cost => return Err(de::Error::duplicate_field("cost")),
+                    }
+                }
+                match limit {
+                    Some(limit) => Ok(LimitUseSpec {
+                        limit,
+                        cost: cost.unwrap_or(1),
+                    }),
+                    None => Err(de::Error::custom(LIMIT_USE)),
+                }
+            }
+
+            refuse!(LIMIT_USE; bool, i64, u64, f64, unit, seq);
         }
-        match Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("expected a limit name or {limit: NAME, cost: N}")
-        })? {
-            Raw::Name(limit) => Ok(LimitUseSpec { limit, cost: 1 }),
-            Raw::Detailed(d) => Ok(LimitUseSpec {
-                limit: d.limit,
-                cost: d.cost.unwrap_or(1),
-            }),
-        }
+
+        deserializer.deserialize_any(UseVisitor)
     }
 }

@@ -1,8 +1,8 @@
 //! Unit tests of the policy compiler: the example policies, errors and
 //! warnings located to file:line:column, route precedence through
 //! [`Policy::find`], entitlements through [`Policy::entitle`], and a large
-//! policy. Tests marked `#[ignore = "BUG: ..."]` describe behaviour that is
-//! wrong or unclear today; they fail until it is fixed.
+//! policy. A test marked `#[ignore = "BUG: ..."]` describes behaviour that is
+//! wrong or unclear today; it fails until it is fixed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -452,7 +452,7 @@ fn bad_patterns_are_located() {
             "/a/x*",
             "segment `x*` of `/a/x*`: `*`, `**` and `{name}` stand for whole segments",
         ),
-        ("/a/user@x", "segment `user@x` of `/a/user@x` contains `@`"),
+        ("/a/x+y", "segment `x+y` of `/a/x+y` contains `+`"),
         ("a/b", "`a/b` must start with `/`"),
         ("/a//b", "has an empty segment"),
         ("/a/../b", "has a dot segment"),
@@ -1209,10 +1209,10 @@ routes:
 ";
     let policy = compiled(compile(text));
     let positions: Vec<_> = policy.warnings.iter().map(|w| w.position).collect();
-    // References first (features, then limits), then shadowing.
+    // In file order, whatever check found them.
     assert_eq!(
         positions,
-        vec![Some((9, 16)), Some((6, 5)), Some((10, 5))],
+        vec![Some((6, 5)), Some((9, 16)), Some((10, 5))],
         "{}",
         render(&policy.warnings)
     );
@@ -1536,7 +1536,7 @@ routes:
 }
 
 #[test]
-fn limits_are_evaluated_slots_seats_rates_then_quotas() {
+fn limits_are_evaluated_slots_rates_quotas_then_seats() {
     let p = clean(
         "\
 limits:
@@ -1561,15 +1561,16 @@ routes:
         .iter()
         .map(|u| (&*p.limits[u.limit].name, u.cost))
         .collect();
-    // Quotas keep the order they were written in.
+    // Quotas keep the order they were written in. Seats come last: a seat
+    // taken cannot be given back when a later limit refuses.
     assert_eq!(
         order,
         [
             ("slots", 1),
-            ("users", 1),
             ("rate", 1),
             ("monthly", 1),
-            ("daily", 3)
+            ("daily", 3),
+            ("users", 1)
         ]
     );
     let def = |name: &str| &p.limits[limit_index(&p, name)];
@@ -1869,11 +1870,10 @@ fn ten_thousand_routes_compile_and_match() {
 }
 
 // ---------------------------------------------------------------------------
-// Known problems: each test fails today and says what is wrong.
+// Defects found and fixed: each test pins the behaviour that was wrong.
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: a key repeated in one YAML mapping (two limits, plans or header conditions with the same name) is silently replaced by the last one instead of being an error"]
 fn duplicate_keys_in_one_file_are_errors() {
     let text = "\
 limits:
@@ -1893,7 +1893,6 @@ routes:
 }
 
 #[test]
-#[ignore = "BUG: `lic.seats` is accepted as the number of a rate, quota or concurrency limit although the schema and the error text say it is for seats only"]
 fn license_seats_is_for_seat_limits_only() {
     let text = "\
 limits:
@@ -1913,7 +1912,6 @@ routes:
 }
 
 #[test]
-#[ignore = "BUG: in a `paths: {case: insensitive}` policy, routes whose paths differ only in case share one trie node but are not reported as shadowed"]
 fn case_insensitive_duplicates_warn() {
     let policy = compiled(compile(
         "paths: {case: insensitive}\nroutes:\n  - name: a\n    path: /Reports\n  - name: b\n    path: /reports\n",
@@ -1928,7 +1926,6 @@ fn case_insensitive_duplicates_warn() {
 }
 
 #[test]
-#[ignore = "BUG: PolicyError promises every error in file order, but plan and limit errors of all files come before route errors of any file, and limits within a file are in name order"]
 fn errors_are_in_file_order() {
     let errors = errors_of(compile_files(&[
         ("a.yaml", "routes:\n  - path: bad\n"),
@@ -1949,7 +1946,6 @@ fn errors_are_in_file_order() {
 }
 
 #[test]
-#[ignore = "BUG: warnings about plan limits no limit reads come out in random (HashMap) order, so `policy check` output changes from run to run"]
 fn plan_warnings_are_in_file_order() {
     let mut text = String::from("plans:\n");
     for plan in ["a", "b", "c", "d", "e", "f", "g", "h"] {
@@ -1963,7 +1959,6 @@ fn plan_warnings_are_in_file_order() {
 }
 
 #[test]
-#[ignore = "BUG: a limit that fails to compile is reported a second time at every route using it, as `no limit named ... (defined: none)`, although it is defined"]
 fn a_broken_limit_is_reported_once() {
     let text = "\
 limits:
@@ -1978,7 +1973,6 @@ routes:
 }
 
 #[test]
-#[ignore = "BUG: a route whose `cost` exceeds a fixed rate's `burst` (or a fixed quota's limit) can never pass, yet compiles without an error or warning"]
 fn a_cost_no_request_can_pay_is_reported() {
     let text = "\
 limits:
@@ -1997,7 +1991,6 @@ routes:
 }
 
 #[test]
-#[ignore = "BUG: an unquoted number as a header value (`x-version: 2`) is refused with `expected a value to equal, ...`, which is what was given; `features: [2024]` is accepted as text"]
 fn numeric_header_values_are_text() {
     let policy = clean("routes:\n  - path: /v\n    headers: {x-version: 2}\n");
     assert!(policy
@@ -2006,7 +1999,6 @@ fn numeric_header_values_are_text() {
 }
 
 #[test]
-#[ignore = "BUG: Retry-After of a rolling-window quota is the end of the current fixed sub-window, but the sliding estimate still refuses at that moment"]
 fn rolling_quota_retry_after_is_honest() {
     use crate::limits::{Checked, Clock, MemoryStore};
     let policy = clean(
@@ -2038,7 +2030,6 @@ fn rolling_quota_retry_after_is_honest() {
 }
 
 #[test]
-#[ignore = "BUG: a refund for a key counted under the overflow key (max_keys_per_limit reached) finds no counter, so the overflow counter keeps units of refused requests"]
 fn refunds_reach_the_overflow_counter() {
     use crate::limits::{Checked, Clock, MemoryStore};
     let policy = clean(
@@ -2069,7 +2060,6 @@ fn refunds_reach_the_overflow_counter() {
 }
 
 #[test]
-#[ignore = "BUG: errors raised while reading a value (a bad duration, amount, default, key, header condition or limit use) are located at the first key of the enclosing mapping, not at the value; in block style that is another line"]
 fn value_errors_point_at_the_value() {
     let cases: &[(&str, (usize, usize), &str)] = &[
         (
@@ -2110,7 +2100,6 @@ fn value_errors_point_at_the_value() {
 }
 
 #[test]
-#[ignore = "BUG: an error in a route's `limits` list names the setting twice: `routes[0].limits[1]: routes[0].limits: expected ...`"]
 fn limit_use_errors_name_the_setting_once() {
     let errors = errors("routes:\n  - path: /a\n    limits: [a, {cost: 2}]\n");
     assert_eq!(errors.len(), 1, "{}", render(&errors));
@@ -2118,4 +2107,139 @@ fn limit_use_errors_name_the_setting_once() {
         errors[0].message,
         "routes[0].limits[1]: expected a limit name or {limit: NAME, cost: N}"
     );
+}
+
+#[test]
+fn duplicate_plans_and_plan_limits_are_errors_too() {
+    assert_only(
+        &errors("plans:\n  pro: {}\n  free: {}\n  pro: {seats: 3}\n"),
+        FILE,
+        (4, 3),
+        &["plans.pro: duplicate key `pro`"],
+    );
+    assert_only(
+        &errors("plans:\n  pro:\n    limits:\n      rpm: 5\n      rpm: 50\n"),
+        FILE,
+        (5, 7),
+        &["plans.pro.limits.rpm: duplicate key"],
+    );
+    // Different keys that are the same header name are not YAML duplicates.
+    clean("routes:\n  - path: /a\n    headers: {x-a: \"1\", X-B: {present: true}}\n");
+}
+
+#[test]
+fn costs_are_checked_against_fixed_numbers_only() {
+    let text = "\
+limits:
+  daily:
+    quota: {limit: 10, period: day}
+routes:
+  - path: /a
+    limits: [{limit: daily, cost: 11}]
+";
+    assert_only(
+        &errors(text),
+        FILE,
+        (6, 14),
+        &["`cost: 11` is more than quota `daily` allows per period (10)"],
+    );
+    // Exactly the burst (default: the limit) can pass; numbers from a
+    // license are known only at run time; a fixed 0 refuses everything.
+    clean(
+        "\
+limits:
+  fixed:
+    rate: {limit: 5, per: 1m}
+  burst:
+    rate: {limit: 5, per: 1m, burst: 8}
+  licensed:
+    rate: {limit: lic.limits.rpm, default: 2, per: 1m}
+  closed:
+    quota: {limit: 0, period: day}
+routes:
+  - path: /a
+    limits:
+      - {limit: fixed, cost: 5}
+      - {limit: burst, cost: 8}
+      - {limit: licensed, cost: 9}
+      - {limit: closed, cost: 9}
+",
+    );
+}
+
+#[test]
+fn license_seats_still_counts_seats() {
+    let p = clean(
+        "limits:\n  users:\n    seats: {limit: lic.seats, default: 3, identity: \"header:x-user\"}\nroutes:\n  - path: /a\n    limits: [users]\n",
+    );
+    assert_eq!(
+        p.limits[0].amount,
+        Amount::License {
+            source: LicenseAmount::Seats,
+            default: Some(3)
+        }
+    );
+}
+
+#[test]
+fn unquoted_header_values_compare_as_written() {
+    let p = clean(
+        "routes:\n  - name: v\n    path: /v\n    headers: {x-version: 2.10, x-flag: True, x-n: 0x1F}\n",
+    );
+    let request = |version: &str| {
+        let h = headers(&[("x-version", version), ("x-flag", "True"), ("x-n", "0x1F")]);
+        p.find(&Method::GET, None, "/v", &h).is_some()
+    };
+    assert!(request("2.10"));
+    assert!(!request("2.1"));
+}
+
+#[test]
+fn colon_and_at_literals_match_either_spelling() {
+    let p = clean(
+        "\
+routes:
+  - name: batch
+    path: /v1/items:batchGet
+  - name: me
+    path: /users/@me
+  - name: user
+    path: /users/{id}
+",
+    );
+    for (path, name) in [
+        ("/v1/items:batchGet", "batch"),
+        ("/v1/items%3AbatchGet", "batch"),
+        ("/v1/items%3abatchGet", "batch"),
+        ("/users/@me", "me"),
+        ("/users/%40me", "me"),
+        ("/users/me", "user"),
+    ] {
+        let normalized = normalize::normalize(path).unwrap();
+        assert_eq!(get(&p, &normalized).as_deref(), Some(name), "{path}");
+    }
+}
+
+#[test]
+fn diagnostics_are_the_same_every_time() {
+    let text = "\
+plans:
+  b: {features: [x], limits: {u1: 1}}
+  a: {features: [y], limits: {u2: 1, u0: 1}}
+limits:
+  z: {concurrency: {limit: 1}}
+  y: {concurrency: {limit: 1}}
+routes:
+  - {path: /a, features: [f1]}
+  - {path: /a, features: [f1]}
+  - {path: /b, features: [f2]}
+";
+    let first = warnings(text);
+    let lines: Vec<usize> = first.iter().map(|w| w.position.unwrap().0).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "{}", render(&first));
+    for _ in 0..10 {
+        assert_eq!(warnings(text), first);
+    }
 }
