@@ -40,6 +40,9 @@ pub enum Command {
     /// Make keys, issue and inspect license tokens.
     #[command(subcommand)]
     License(license::LicenseCommand),
+    /// Inject the sidecar into Kubernetes workloads: by hand or as an admission webhook.
+    #[command(subcommand)]
+    Inject(crate::inject::InjectCommand),
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +115,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::License(command) => license::run(command),
+        Command::Inject(command) => crate::inject::run(command),
     }
 }
 
