@@ -4,10 +4,12 @@
 //! updating the `caBundle`.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
-use time::{Duration, OffsetDateTime};
+
+/// Longest validity `--days` accepts (a hundred years).
+pub const MAX_DAYS: u32 = 36_500;
 
 /// PEM text of the CA certificate, the serving certificate and its key.
 #[derive(Debug)]
@@ -30,8 +32,8 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 }
 
 /// Make a CA and a serving certificate for `service`.`namespace`.svc (and
-/// `extra_names`), both valid for `days` days from now (an hour of slack
-/// before, for clock skew).
+/// `extra_names`), both valid from the start of yesterday (UTC, slack for
+/// clock skew) until `days` days from today.
 pub fn generate(
     service: &str,
     namespace: &str,
@@ -45,12 +47,20 @@ pub fn generate(
             ));
         }
     }
-    if days == 0 {
-        return Err("--days: at least 1".into());
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(format!("--days: 1 to {MAX_DAYS}"));
     }
-    let now = OffsetDateTime::now_utc();
-    let not_before = now - Duration::hours(1);
-    let not_after = now + Duration::days(i64::from(days));
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_owned())?
+        .as_secs()
+        / 86_400;
+    let date = |day: u64| {
+        let (year, month, day) = civil_from_days(day);
+        date_time_ymd(year, month, day)
+    };
+    let not_before = date(today - 1);
+    let not_after = date(today + u64::from(days));
     let error = |what: &str, e: rcgen::Error| format!("cannot make the {what}: {e}");
 
     let mut ca_params = CertificateParams::default();
@@ -84,6 +94,22 @@ pub fn generate(
         key_pem: key.serialize_pem(),
         dns_names,
     })
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub(super) fn civil_from_days(days: u64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    // Years stay in four digits: today plus at most MAX_DAYS.
+    (year as i32, month as u8, day as u8)
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {

@@ -361,4 +361,16 @@ fn serving_certificates_name_the_service() {
         .contains(&"licensegate-injector.licensegate-system.svc".to_owned()));
     assert!(super::certs::generate("Bad_Name", "ns", &[], 30).is_err());
     assert!(super::certs::generate("svc", "ns", &[], 0).is_err());
+    assert!(super::certs::generate("svc", "ns", &[], super::certs::MAX_DAYS + 1).is_err());
+    assert!(super::certs::generate("svc", "ns", &[], super::certs::MAX_DAYS).is_ok());
+}
+
+#[test]
+fn calendar_dates_from_day_counts() {
+    use super::certs::civil_from_days;
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(364), (1970, 12, 31));
+    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    assert_eq!(civil_from_days(47_541), (2100, 3, 1));
 }
