@@ -269,7 +269,9 @@ async fn the_webhook_injects_an_opted_in_pod_into_a_valid_pod_with_a_native_side
         injected["metadata"]["labels"]["licensegate.io/sidecar"],
         "true"
     );
-    assert!(webhook.process.logs().contains("injected"));
+    webhook
+        .process
+        .wait_for_log("shop/shop-api-7d9c6b5f4-: injected");
 
     k8s::validate(&[injected], "the injected pod");
 }
@@ -489,10 +491,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         assert!(Instant::now() < deadline, "{}", webhook.process.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(webhook
-        .process
-        .logs()
-        .contains("webhook certificate reloaded"));
+    webhook.process.wait_for_log("webhook certificate reloaded");
 }
 
 #[tokio::test]

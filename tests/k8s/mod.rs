@@ -277,6 +277,20 @@ impl Running {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Wait until a stderr line contains `needle` (lines arrive through a
+    /// reader thread, a moment after the process writes them).
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needle:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
