@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod license;
+mod policy;
 
 use crate::config::{
     ConfigError, EnvironmentSettings, FileConfig, LicenseSettings, LicenseSource, Overrides,
-    Settings, UpstreamProtocol, UpstreamUrl, Workers,
+    PolicySettings, Settings, UpstreamProtocol, UpstreamUrl, Workers,
 };
 use crate::demo::EchoUpstream;
 use crate::gateway::Gateway;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Make keys, issue and inspect license tokens.
     #[command(subcommand)]
     License(license::LicenseCommand),
+    /// Check policy files and explain decisions.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Inject the sidecar into Kubernetes workloads: by hand or as an admission webhook.
     #[command(subcommand)]
     Inject(crate::inject::InjectCommand),
@@ -53,6 +57,9 @@ pub struct RunArgs {
     /// Inbound address, e.g. 0.0.0.0:8080.
     #[arg(long, env = "LICENSEGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Policy file or directory (repeatable); replaces `policy.paths`.
+    #[arg(long, env = "LICENSEGATE_POLICY", value_delimiter = ',')]
+    pub policy: Vec<PathBuf>,
     /// The workload's origin, http://host:port or https://host:port.
     #[arg(long, env = "LICENSEGATE_UPSTREAM")]
     pub upstream: Option<UpstreamUrl>,
@@ -115,6 +122,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::License(command) => license::run(command),
+        Command::Policy(command) => policy::run(command),
         Command::Inject(command) => crate::inject::run(command),
     }
 }
@@ -151,6 +159,7 @@ fn load_settings(args: RunArgs) -> Result<Settings, ConfigError> {
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             trust_forwarded: args.trust_forwarded,
+            policy: args.policy,
         },
     )
 }
@@ -242,6 +251,12 @@ fn demo(args: DemoArgs) -> i32 {
             cache_capacity: 10_000,
             state_file: None,
         });
+        settings.policy = Some(PolicySettings {
+            paths: vec![dev.policy.clone()],
+            counters_file: None,
+            persist_interval: Duration::from_secs(10),
+            max_keys_per_limit: 100_000,
+        });
         let gateway = match Gateway::bind(&settings) {
             Ok(gateway) => gateway,
             Err(error) => {
@@ -257,19 +272,26 @@ fn demo(args: DemoArgs) -> i32 {
         // Write errors are ignored: a closed stdout must not stop the proxy.
         let _ = writeln!(
             std::io::stdout(),
-            "\nlicensegate demo: proxying to an embedded echo server at {}\n\
-             A development key was generated and signed this license (plan `pro`, 1 hour):\n\n\
+            "\nlicensegate demo: proxying to an embedded echo server at {upstream}\n\
+             Policy: {policy} (edit it: changes apply at once)\n\
+             A development key was generated and signed this license (plan `pro`, feature `reports`, 3 seats, 1 hour):\n\n\
              TOKEN={token}\n\n\
              Try:\n  \
-             curl -i http://{proxy}/hello                                   # 401: no license\n  \
-             curl -i -H \"Authorization: Bearer $TOKEN\" http://{proxy}/hello  # forwarded; the echo shows what arrived\n  \
-             curl -i -H \"Authorization: Bearer ${{TOKEN}}x\" http://{proxy}/hello # 401: tampered token\n  \
-             curl -i -H \"Authorization: Bearer $TOKEN\" --data-binary ping http://{proxy}/upload  # the body streams back\n  \
-             curl -i --http2-prior-knowledge -H \"Authorization: Bearer $TOKEN\" http://{proxy}/h2  # HTTP/2, same port\n  \
-             curl -s http://{admin}/metrics | grep licensegate_             # Prometheus metrics\n  \
-             curl -s http://{admin}/license                                 # license status\n\n\
+             curl -i http://{proxy}/healthz                                   # public route: no license needed\n  \
+             curl -i http://{proxy}/hello                                     # 401: no license\n  \
+             curl -i -H \"Authorization: Bearer $TOKEN\" http://{proxy}/hello    # forwarded; the echo shows what arrived (x-license-* headers)\n  \
+             curl -i -H \"Authorization: Bearer ${{TOKEN}}x\" http://{proxy}/hello   # 401: tampered token\n  \
+             curl -i -H \"Authorization: Bearer $TOKEN\" -H 'x-user: alice' http://{proxy}/api/reports/q3  # 200: feature `reports`\n  \
+             curl -i -H \"Authorization: Bearer $TOKEN\" -H 'x-user: alice' http://{proxy}/api/export/q3   # 403 feature_not_licensed\n  \
+             for u in bob carol dave; do curl -s -o /dev/null -w \"$u %{{http_code}}\\n\" -H \"Authorization: Bearer $TOKEN\" -H \"x-user: $u\" http://{proxy}/api/items; done\n      \
+             # dave: 429 seat_limit_reached (alice, bob and carol hold the 3 seats)\n  \
+             for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} ' -H \"Authorization: Bearer $TOKEN\" -H 'x-user: alice' http://{proxy}/api/items; done; echo\n      \
+             # 20 per minute per license: the 21st request is 429 rate_limited with Retry-After\n  \
+             curl -s http://{admin}/metrics | grep licensegate_decisions       # decisions by reason and route\n  \
+             curl -s http://{admin}/license                                   # license status\n\n\
              Press Ctrl-C to stop.",
-            settings.upstream.url
+            upstream = settings.upstream.url,
+            policy = dev.policy.display(),
         );
         let _ = std::io::stdout().flush();
         tokio::spawn(drain_on_signal(gateway.lifecycle()));
@@ -285,8 +307,12 @@ fn demo(args: DemoArgs) -> i32 {
 struct DevLicense {
     dir: std::path::PathBuf,
     public_key: std::path::PathBuf,
+    policy: std::path::PathBuf,
     token: String,
 }
+
+/// The demo's policy, `policies/demo.yaml`, built into the binary.
+pub const DEMO_POLICY: &str = include_str!("../policies/demo.yaml");
 
 impl DevLicense {
     const ISSUER: &'static str = "licensegate-demo";
@@ -311,16 +337,18 @@ impl DevLicense {
             "lic": {
                 "plan": "pro",
                 "customer": "Demo Customer",
-                "features": ["reports", "export"],
-                "limits": {"requests_per_minute": 600},
-                "seats": 5,
+                "features": ["reports"],
+                "seats": 3,
             }
         });
         // The PEM file's stem is the key id.
         let token = sign(&claims, &key, "demo-key");
+        let policy = dir.join("demo-policy.yaml");
+        std::fs::write(&policy, DEMO_POLICY).map_err(|e| format!("{}: {e}", policy.display()))?;
         Ok(DevLicense {
             dir,
             public_key,
+            policy,
             token,
         })
     }

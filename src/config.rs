@@ -26,6 +26,60 @@ pub struct Settings {
     pub limits: Limits,
     /// License enforcement; `None` runs a plain proxy.
     pub license: Option<LicenseSettings>,
+    /// Routes, features and limits; `None` checks only the license (if any).
+    pub policy: Option<PolicySettings>,
+    /// Headers carrying the verified license to the upstream.
+    pub upstream_headers: UpstreamHeaders,
+}
+
+/// Where policies come from and how their counters are kept.
+#[derive(Clone, Debug)]
+pub struct PolicySettings {
+    /// Policy files or directories of them (`*.yaml`, `*.yml`).
+    pub paths: Vec<PathBuf>,
+    /// Quota counts kept across restarts.
+    pub counters_file: Option<PathBuf>,
+    /// How often the counters file is written (also on shutdown).
+    pub persist_interval: Duration,
+    /// Keys tracked per limit before new keys share one overflow counter.
+    pub max_keys_per_limit: usize,
+}
+
+/// Names of the headers that carry the verified license id, plan and
+/// features to the upstream. Client-sent copies are always removed.
+#[derive(Clone, Debug)]
+pub struct UpstreamHeaders {
+    pub id: http::HeaderName,
+    pub plan: http::HeaderName,
+    pub features: http::HeaderName,
+}
+
+impl Default for UpstreamHeaders {
+    fn default() -> Self {
+        UpstreamHeaders {
+            id: http::HeaderName::from_static("x-license-id"),
+            plan: http::HeaderName::from_static("x-license-plan"),
+            features: http::HeaderName::from_static("x-license-features"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicy {
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    pub counters_file: Option<PathBuf>,
+    pub persist_interval: Option<HumanDuration>,
+    pub max_keys_per_limit: Option<MaxConnections>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamHeaders {
+    pub id: Option<HeaderNameSetting>,
+    pub plan: Option<HeaderNameSetting>,
+    pub features: Option<HeaderNameSetting>,
 }
 
 /// Where licenses come from and how they are checked.
@@ -419,6 +473,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: FileLimits,
     pub license: Option<FileLicense>,
+    pub policy: Option<FilePolicy>,
+    #[serde(default)]
+    pub upstream_headers: FileUpstreamHeaders,
 }
 
 /// A worker count of at least one.
@@ -531,6 +588,8 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub trust_forwarded: Option<bool>,
+    /// Policy files or directories; replace `policy.paths` when given.
+    pub policy: Vec<PathBuf>,
 }
 
 /// A configuration error, formatted `file:line:column: setting: what was expected`.
@@ -735,6 +794,49 @@ impl Settings {
             .or(file.workers)
             .map_or_else(default_workers, |w| w.0);
         let license = file.license.map(FileLicense::resolve).transpose()?;
+        let file_policy = file.policy.unwrap_or_default();
+        let paths = if overrides.policy.is_empty() {
+            file_policy.paths
+        } else {
+            overrides.policy
+        };
+        let policy = if paths.is_empty() {
+            if file_policy.counters_file.is_some() {
+                return Err(ConfigError::Invalid {
+                    setting: "policy.counters_file",
+                    message: "set, but there are no `policy.paths`".into(),
+                });
+            }
+            None
+        } else {
+            let persist_interval = file_policy
+                .persist_interval
+                .map_or(Duration::from_secs(10), |d| d.0);
+            if persist_interval.is_zero() {
+                return Err(ConfigError::Invalid {
+                    setting: "policy.persist_interval",
+                    message: "must be greater than zero".into(),
+                });
+            }
+            Some(PolicySettings {
+                paths,
+                counters_file: file_policy.counters_file,
+                persist_interval,
+                max_keys_per_limit: file_policy.max_keys_per_limit.map_or(100_000, |m| m.0),
+            })
+        };
+        let header_defaults = UpstreamHeaders::default();
+        let upstream_headers = UpstreamHeaders {
+            id: file.upstream_headers.id.map_or(header_defaults.id, |h| h.0),
+            plan: file
+                .upstream_headers
+                .plan
+                .map_or(header_defaults.plan, |h| h.0),
+            features: file
+                .upstream_headers
+                .features
+                .map_or(header_defaults.features, |h| h.0),
+        };
 
         Ok(Settings {
             listen,
@@ -750,6 +852,8 @@ impl Settings {
             timeouts,
             limits,
             license,
+            policy,
+            upstream_headers,
         })
     }
 }

@@ -6,14 +6,20 @@ use std::sync::Arc;
 
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
-use crate::decision::DecisionEngine;
+use std::time::Duration;
+
+use crate::decision::{DecisionEngine, EngineSettings};
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
+use crate::limits::persist::CounterFile;
+use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::Shared;
+use crate::reload::{PolicyWatch, POLICY_NOTE};
 
 /// Readiness condition: the proxy listener is bound and accepting.
 pub const LISTENER_READY: &str = "listener";
@@ -27,6 +33,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error(transparent)]
     License(#[from] crate::license::GateError),
+    #[error("policy:\n{0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 impl StartError {
@@ -35,7 +43,8 @@ impl StartError {
         match self {
             StartError::Config(_)
             | StartError::Bind(BindError::Tls(_))
-            | StartError::License(_) => 64,
+            | StartError::License(_)
+            | StartError::Policy(_) => 64,
             StartError::Bind(BindError::Io { .. }) => 71,
         }
     }
@@ -48,6 +57,8 @@ pub struct Gateway {
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
     license: Option<(Arc<LicenseGate>, LicenseWatch)>,
+    shared: Arc<Shared>,
+    policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
 }
 
 impl Gateway {
@@ -68,17 +79,63 @@ impl Gateway {
                 lifecycle.require(LICENSE_READY, "license not loaded");
             }
         }
-        let engine = match &license {
-            Some(gate) => DecisionEngine::with_license(Arc::clone(gate)),
-            None => DecisionEngine::allow_all(),
+        let engine_settings = EngineSettings {
+            license_headers: settings.upstream_headers.clone(),
+            max_keys: settings
+                .policy
+                .as_ref()
+                .map_or(MemoryStore::DEFAULT_MAX_KEYS, |p| p.max_keys_per_limit),
+            entitlement_capacity: settings.license.as_ref().map_or(1, |l| l.cache_capacity),
         };
+        let store = Arc::new(MemoryStore::new(Clock::system(), engine_settings.max_keys));
+        let mut engine = DecisionEngine::new(
+            license.clone(),
+            Arc::clone(&store),
+            &engine_settings,
+            Arc::clone(&metrics),
+        );
+        let mut counters_file = None;
+        match &settings.policy {
+            Some(policy_settings) => {
+                let policy = Policy::load(&policy_settings.paths)?;
+                for warning in &policy.warnings {
+                    tracing::warn!("policy: {warning}");
+                }
+                let summary = crate::reload::summary(&policy);
+                tracing::info!("policy loaded: {summary}");
+                lifecycle.note(POLICY_NOTE, summary);
+                engine = engine.with_policy(policy)?;
+                if let Some(path) = &policy_settings.counters_file {
+                    let file = CounterFile::new(path.clone());
+                    match file.restore(&store) {
+                        Ok(restored) => {
+                            tracing::info!(path = %path.display(), restored, "quota counters restored")
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "cannot read the counters file; quotas start from zero")
+                        }
+                    }
+                    counters_file = Some(file);
+                }
+            }
+            None => {
+                let what = if license.is_some() {
+                    "no policy configured: every request with a valid license is forwarded (no routes, features or limits)"
+                } else {
+                    "no policy and no license configured: forwarding every request (plain pass-through proxy)"
+                };
+                tracing::warn!("{what}");
+                lifecycle.note(POLICY_NOTE, what);
+                metrics.policy.loaded.set(0);
+            }
+        }
 
         let shared = Arc::new(Shared {
             engine,
             forwarder: Forwarder::new(settings)?,
             metrics: Arc::clone(&metrics),
         });
-        let proxy = ProxyServer::bind(settings, shared)?;
+        let proxy = ProxyServer::bind(settings, Arc::clone(&shared))?;
         let admin = AdminServer::bind(
             settings.admin,
             Arc::new(Admin {
@@ -91,12 +148,21 @@ impl Gateway {
             let watch = LicenseWatch::start(Arc::clone(&gate));
             (gate, watch)
         });
+        let policy = settings.policy.as_ref().map(|p| {
+            (
+                PolicyWatch::start(Arc::clone(&shared), p.paths.clone()),
+                counters_file,
+                p.persist_interval,
+            )
+        });
         Ok(Gateway {
             proxy,
             admin,
             lifecycle,
             metrics,
             license,
+            shared,
+            policy,
         })
     }
 
@@ -130,8 +196,26 @@ impl Gateway {
                 refresh,
             )
         });
+        let policy = self.policy.map(|(watch, file, interval)| {
+            let watch = tokio::spawn(watch.run(Arc::clone(&self.lifecycle)));
+            let upkeep = tokio::spawn(crate::reload::maintain(
+                Arc::clone(&self.shared),
+                file.clone(),
+                interval,
+            ));
+            (watch, upkeep, file)
+        });
         let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
+        if let Some((watch, upkeep, file)) = policy {
+            watch.abort();
+            upkeep.abort();
+            // Drained: every counted request is in; nothing is lost on SIGTERM.
+            if let Some(file) = file {
+                crate::reload::save_counters(&self.shared, &file);
+                tracing::info!(path = %file.path().display(), "quota counters saved");
+            }
+        }
         admin.abort();
         if let Some((watch, refresh)) = license {
             watch.abort();

@@ -15,10 +15,13 @@ pub mod gateway;
 pub mod inject;
 pub mod license;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
+pub mod watch;
 
 /// The crate version, as reported by `licensegate_build_info` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

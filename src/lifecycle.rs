@@ -12,6 +12,8 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Lifecycle {
     conditions: Mutex<BTreeMap<&'static str, Result<(), String>>>,
+    /// Facts shown with readiness that do not gate it.
+    notes: Mutex<BTreeMap<&'static str, String>>,
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
 }
@@ -23,12 +25,16 @@ pub struct ReadinessReport {
     pub draining: bool,
     /// Condition name → `"ok"` or why it does not hold.
     pub checks: BTreeMap<&'static str, String>,
+    /// Facts worth knowing that do not gate readiness (e.g. no policy).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<&'static str, String>,
 }
 
 impl Lifecycle {
     pub fn new() -> Self {
         Lifecycle {
             conditions: Mutex::new(BTreeMap::new()),
+            notes: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
             drain_tx: watch::Sender::new(false),
         }
@@ -42,6 +48,14 @@ impl Lifecycle {
     /// Record that a condition holds, or why it stopped holding.
     pub fn set(&self, name: &'static str, state: Result<(), String>) {
         self.lock().insert(name, state);
+    }
+
+    /// Show `text` under `notes` in the readiness report.
+    pub fn note(&self, name: &'static str, text: impl Into<String>) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, text.into());
     }
 
     pub fn is_ready(&self) -> bool {
@@ -64,6 +78,7 @@ impl Lifecycle {
                     (*name, text)
                 })
                 .collect(),
+            notes: self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 

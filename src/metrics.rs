@@ -66,6 +66,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
     pub license: LicenseMetrics,
+    pub policy: PolicyMetrics,
 }
 
 /// License states, the `state` label of `licensegate_license_state`.
@@ -213,6 +214,158 @@ impl LicenseMetrics {
     }
 }
 
+/// Metrics of policy decisions, reloads and limit usage.
+pub struct PolicyMetrics {
+    /// `{decision, reason, route}`; routes are the policy's route names.
+    pub decisions: IntCounterVec,
+    pub decision_duration: Histogram,
+    pub shadow_denials: IntCounterVec,
+    pub reloads_ok: IntCounter,
+    pub reloads_failed: IntCounter,
+    /// 1 while a policy is in force; 0 runs as a plain (license-only) proxy.
+    pub loaded: IntGauge,
+    pub routes: IntGauge,
+    pub generation: IntGauge,
+    /// `{limit, key}`: identities holding a seat.
+    pub seats_in_use: IntGaugeVec,
+    pub seats_limit: IntGaugeVec,
+    /// `{limit, key}`: units used this period, and the limit.
+    pub quota_used: IntGaugeVec,
+    pub quota_limit: IntGaugeVec,
+    /// `{limit}`: keys tracked (memory held by counters).
+    pub limit_keys: IntGaugeVec,
+    pub decision_logs_suppressed: IntCounter,
+}
+
+impl PolicyMetrics {
+    fn new(registry: &Registry) -> Self {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let decisions = counter_vec(
+            "licensegate_decisions_total",
+            "Policy decisions, by decision (allow, deny, shadow_deny), reason and route.",
+            &["decision", "reason", "route"],
+        );
+        let decision_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "licensegate_decision_duration_seconds",
+                "Time to decide one request (match, license, limits), excluding the upstream.",
+            )
+            .buckets(vec![
+                0.000_000_5,
+                0.000_001,
+                0.000_002_5,
+                0.000_005,
+                0.000_01,
+                0.000_025,
+                0.000_05,
+                0.000_1,
+                0.000_25,
+                0.000_5,
+                0.001,
+                0.005,
+                0.01,
+                0.05,
+            ]),
+        )
+        .expect("valid metric");
+        let shadow_denials = counter_vec(
+            "licensegate_shadow_denials_total",
+            "Requests a shadow-mode rule would have denied (forwarded anyway), by reason and route.",
+            &["reason", "route"],
+        );
+        let reloads = counter_vec(
+            "licensegate_policy_reloads_total",
+            "Policy reloads, by result (ok, error).",
+            &["result"],
+        );
+        let loaded = IntGauge::new(
+            "licensegate_policy_loaded",
+            "1 while a policy is in force; 0 when running without one (pass-through).",
+        )
+        .expect("valid metric");
+        let routes = IntGauge::new(
+            "licensegate_policy_routes",
+            "Routes in the policy in force.",
+        )
+        .expect("valid metric");
+        let generation = IntGauge::new(
+            "licensegate_policy_generation",
+            "Generation of the policy in force; changes on every successful reload.",
+        )
+        .expect("valid metric");
+        let seats_in_use = gauge_vec(
+            "licensegate_seats_in_use",
+            "Identities holding a seat, by limit and key (usually the license id).",
+            &["limit", "key"],
+        );
+        let seats_limit = gauge_vec(
+            "licensegate_seats_limit",
+            "Seats licensed, by limit and key.",
+            &["limit", "key"],
+        );
+        let quota_used = gauge_vec(
+            "licensegate_quota_used",
+            "Quota units used in the current period, by limit and key.",
+            &["limit", "key"],
+        );
+        let quota_limit = gauge_vec(
+            "licensegate_quota_limit",
+            "Quota units allowed per period, by limit and key.",
+            &["limit", "key"],
+        );
+        let limit_keys = gauge_vec(
+            "licensegate_limit_keys",
+            "Counter keys tracked per limit.",
+            &["limit"],
+        );
+        let decision_logs_suppressed = IntCounter::new(
+            "licensegate_decision_logs_suppressed_total",
+            "Denial log lines dropped by the log rate limit.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(decision_duration.clone()),
+            Box::new(shadow_denials.clone()),
+            Box::new(reloads.clone()),
+            Box::new(loaded.clone()),
+            Box::new(routes.clone()),
+            Box::new(generation.clone()),
+            Box::new(seats_in_use.clone()),
+            Box::new(seats_limit.clone()),
+            Box::new(quota_used.clone()),
+            Box::new(quota_limit.clone()),
+            Box::new(limit_keys.clone()),
+            Box::new(decision_logs_suppressed.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        PolicyMetrics {
+            decisions,
+            decision_duration,
+            shadow_denials,
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_failed: reloads.with_label_values(&["error"]),
+            loaded,
+            routes,
+            generation,
+            seats_in_use,
+            seats_limit,
+            quota_used,
+            quota_limit,
+            limit_keys,
+            decision_logs_suppressed,
+        }
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -300,8 +453,10 @@ impl Metrics {
             .collect();
 
         let license = LicenseMetrics::new(&registry);
+        let policy = PolicyMetrics::new(&registry);
         Metrics {
             license,
+            policy,
             registry,
             requests_total,
             requests,

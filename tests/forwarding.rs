@@ -510,7 +510,7 @@ async fn path_tricks_are_rejected_before_the_upstream() {
         let response = raw_get(proxy.addr, target).await;
         assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
         assert!(
-            response.contains("\"reason\":\"path_rejected\""),
+            response.contains("\"reason\":\"bad_request_path\""),
             "{target}: {response}"
         );
     }

@@ -218,7 +218,7 @@ fn inspect(args: InspectArgs) -> i32 {
     i32::from(!valid)
 }
 
-fn read_token_arg(arg: &str) -> Result<String, String> {
+pub(super) fn read_token_arg(arg: &str) -> Result<String, String> {
     let text = if arg == "-" {
         let mut text = String::new();
         std::io::stdin()

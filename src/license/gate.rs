@@ -139,7 +139,10 @@ impl LicenseGate {
     }
 
     /// Check one request. `Ok` carries whether the license is in grace.
-    pub fn check(&self, headers: &HeaderMap) -> Result<Validity, LicenseError> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
         let now = self.clock.now();
         match &self.source {
             Source::Deployment { current, .. } => {
@@ -152,15 +155,15 @@ impl LicenseGate {
                 }
                 let validity = self.verifier.validator().validate(&license.claims, now)?;
                 self.count_grace(validity);
-                Ok(validity)
+                Ok((Arc::clone(license), validity))
             }
             Source::Header(name) => {
                 let result = self.check_header(headers, name, now);
                 self.metrics
                     .license
-                    .verification(result.as_ref().map(Validity::is_in_grace));
-                if let Ok(validity) = result {
-                    self.count_grace(validity);
+                    .verification(result.as_ref().map(|(_, v)| v.is_in_grace()));
+                if let Ok((_, validity)) = &result {
+                    self.count_grace(*validity);
                 }
                 result
             }
@@ -172,7 +175,7 @@ impl LicenseGate {
         headers: &HeaderMap,
         name: &HeaderName,
         now: u64,
-    ) -> Result<Validity, LicenseError> {
+    ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
         let value = headers.get(name).ok_or(LicenseError::Missing)?;
         let token = bearer_token(value.as_bytes())?;
         let (result, cache_hit) = self.verifier.check_traced(token, now);
@@ -183,7 +186,7 @@ impl LicenseGate {
         }
         let (license, validity) = result?;
         admits(&license.claims.lic.env, &self.environment)?;
-        Ok(validity)
+        Ok((license, validity))
     }
 
     fn count_grace(&self, validity: Validity) {
@@ -281,20 +284,20 @@ impl LicenseGate {
                 if let Some(iat) = license.claims.iat {
                     self.clock.observe(iat.0);
                 }
-                tracing::info!(
-                    license = %license.claims.sub,
-                    plan = %license.claims.lic.plan,
-                    expires = license.claims.exp.0,
-                    from = %from,
-                    "license loaded"
-                );
                 let lifetime = Lifetime::of(&license.claims, now);
+                let (sub, plan, expires) = (
+                    license.claims.sub.clone(),
+                    license.claims.lic.plan.clone(),
+                    license.claims.exp.0,
+                );
                 current.store(Arc::new(Loaded {
                     license: Some((license, Arc::clone(&token))),
                     environment: Some(environment),
                     error: None,
                     last_reload: Some((now, Ok(()))),
                 }));
+                // Logged once in force: readers of this line may rely on it.
+                tracing::info!(license = %sub, plan = %plan, expires, from = %from, "license loaded");
                 self.metrics.license.reloads_ok.inc();
                 if matches!(origin, Origin::Refresh(_)) {
                     self.persist(Some(&token));

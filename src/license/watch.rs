@@ -3,16 +3,16 @@
 //! state refresh so expiry and grace show up in metrics and readiness
 //! without any reload.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::LicenseState;
+use crate::watch::{dir_of, spawn_sighup, watch_dirs};
 
 /// Readiness condition name for the deployment license.
 pub const LICENSE_READY: &str = "license";
@@ -38,7 +38,7 @@ impl LicenseWatch {
     pub fn start(gate: Arc<LicenseGate>) -> LicenseWatch {
         let (tx, events) = mpsc::unbounded_channel::<()>();
         let watcher = watch_dirs(&watched_dirs(&gate), tx.clone());
-        spawn_sighup(tx);
+        spawn_sighup(tx, "license and keys");
         // Anything that changed between the first load and the watch.
         reload(&gate);
         LicenseWatch {
@@ -102,57 +102,4 @@ fn watched_dirs(gate: &LicenseGate) -> Vec<PathBuf> {
     dirs.sort();
     dirs.dedup();
     dirs
-}
-
-/// The directory to watch for a path: itself if it is a directory (a PEM
-/// directory), else its parent.
-fn dir_of(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        return path.to_owned();
-    }
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn watch_dirs(
-    dirs: &[PathBuf],
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(watcher) => watcher,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch license files; reload with SIGHUP");
-                return None;
-            }
-        };
-    for dir in dirs {
-        if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(%error, dir = %dir.display(), "cannot watch directory; reload with SIGHUP");
-        }
-    }
-    Some(watcher)
-}
-
-fn spawn_sighup(tx: mpsc::UnboundedSender<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hangup) => {
-            tokio::spawn(async move {
-                while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received; reloading license and keys");
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Err(error) => tracing::warn!(%error, "cannot install the SIGHUP handler"),
-    }
 }

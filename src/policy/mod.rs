@@ -1,5 +1,22 @@
-//! Request matching against policies. The path is normalised once, here,
-//! and the same normalised path is what the upstream receives, so the route
-//! decided is the route served.
+//! Policies: YAML files that map routes to licensed features and limits,
+//! compiled into an immutable [`Policy`] the decision engine consults.
+//!
+//! - [`schema`]: the file format, as written;
+//! - [`compile`]: names resolved, patterns into a trie, errors located;
+//! - [`matcher`]: the route trie and its precedence rules;
+//! - [`normalize`]: the one path normalisation every request goes through
+//!   before matching, so the route decided is the route served.
 
+pub mod compile;
+mod locate;
+pub mod matcher;
 pub mod normalize;
+pub mod schema;
+
+pub use compile::{
+    Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
+    LimitKind, LimitUse, Mode, Period, Policy, PolicyError, Route,
+};
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,8 @@
 //!   rejected: backends disagree on what they mean;
 //! - `;` is rejected: some backends strip `;parameters` from segments and
 //!   would serve a different path than the one matched;
+//! - escapes that decode to invalid UTF-8 are rejected: overlong forms such
+//!   as `%C0%AE` (a `.` to lax decoders) would otherwise hide dot segments;
 //! - dot segments are removed (RFC 3986 §5.2.4), after decoding, so `%2e%2e`
 //!   counts as `..`; a path cannot climb above `/`;
 //! - runs of `/` collapse to one.
@@ -32,6 +34,8 @@ pub enum PathError {
     Nul,
     #[error("`;` in the path is not accepted (path parameters are read differently by different servers)")]
     Semicolon,
+    #[error("the percent-encoded path is not valid UTF-8 (overlong or truncated sequences are not accepted)")]
+    InvalidUtf8,
 }
 
 /// Normalise `path` (without the query). Borrows when nothing changes, which
@@ -131,7 +135,34 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
         }
         i += 3;
     }
+    if !decodes_to_utf8(bytes) {
+        return Err(PathError::InvalidUtf8);
+    }
     Ok(out)
+}
+
+/// Whether the path with every escape decoded is valid UTF-8. Escapes were
+/// checked to be well formed by the caller.
+fn decodes_to_utf8(bytes: &[u8]) -> bool {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// RFC 3986 §5.2.4 on an absolute path, also collapsing empty segments.
@@ -225,6 +256,20 @@ mod tests {
         assert_eq!(normalize("/a%zz").unwrap_err(), PathError::BadEscape(2));
         assert_eq!(normalize("/a%4").unwrap_err(), PathError::BadEscape(2));
         assert_eq!(normalize("*").unwrap_err(), PathError::NotOriginForm);
+    }
+
+    #[test]
+    fn overlong_and_invalid_utf8_escapes_are_rejected() {
+        for path in [
+            "/a/%C0%AE%C0%AE/b",
+            "/a/%C0%AF",
+            "/%E0%80%AE",
+            "/a/%FF",
+            "/a/%C3",
+        ] {
+            assert_eq!(normalize(path), Err(PathError::InvalidUtf8), "{path}");
+        }
+        assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
     }
 
     #[test]

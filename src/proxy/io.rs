@@ -118,12 +118,18 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         guard: InFlight,
+        // Concurrency-limit slots, freed with the body.
+        permits: Vec<crate::limits::Permit>,
     }
 }
 
 impl<B> InFlightBody<B> {
-    pub fn new(body: B, guard: InFlight) -> Self {
-        InFlightBody { body, guard }
+    pub fn new(body: B, guard: InFlight, permits: Vec<crate::limits::Permit>) -> Self {
+        InFlightBody {
+            body,
+            guard,
+            permits,
+        }
     }
 }
 

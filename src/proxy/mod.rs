@@ -52,19 +52,26 @@ pub async fn handle(
         Ok(()) => shared.engine.decide(&head, &conn.peer).await,
         Err(error) => Decision::Deny(Box::new(Denial::new(
             StatusCode::BAD_REQUEST,
-            Reason::PathRejected,
+            Reason::BadRequestPath,
             error.to_string(),
         ))),
     };
+    let mut permits = Vec::new();
     let response = match decision {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
             problem::render(*denial).map(Either::Right)
         }
-        Decision::Allow => {
+        Decision::Allow(allowed) => {
             let forwarder = &shared.forwarder;
             let result = match forwarder.prepare(&mut head, &conn) {
                 Ok(outbound) => {
+                    set_entitlement_headers(
+                        &mut head.headers,
+                        shared.engine.license_header_names(),
+                        &allowed,
+                    );
+                    permits = allowed.permits;
                     let request = Request::from_parts(head, body);
                     let sent = match outbound.lease {
                         Some(lease) => lease.send(request, outbound.keep_connection).await,
@@ -87,7 +94,40 @@ pub async fn handle(
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(response.map(|body| InFlightBody::new(body, in_flight)))
+    Ok(response.map(|body| InFlightBody::new(body, in_flight, permits)))
+}
+
+/// The header that tells the upstream a shadow-mode rule would have denied.
+pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
+
+/// Replace whatever the client sent under the entitlement header names with
+/// the verified values, so the upstream can trust them.
+fn set_entitlement_headers(
+    headers: &mut http::HeaderMap,
+    names: &crate::decision::LicenseHeaderNames,
+    allowed: &crate::decision::Allowed,
+) {
+    headers.remove(&names.id);
+    headers.remove(&names.plan);
+    headers.remove(&names.features);
+    headers.remove(SHADOW_DENY_HEADER);
+    if let Some(license) = &allowed.license {
+        for (name, value) in [
+            (&names.id, &license.id),
+            (&names.plan, &license.plan),
+            (&names.features, &license.features),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Some(reason) = allowed.shadow {
+        headers.insert(
+            http::HeaderName::from_static(SHADOW_DENY_HEADER),
+            http::HeaderValue::from_static(reason.as_str()),
+        );
+    }
 }
 
 /// The problem response for a request the upstream did not answer.

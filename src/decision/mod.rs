@@ -1,13 +1,14 @@
 //! The decision seam: every inbound request is decided exactly once, before
 //! it is forwarded. The license and policy engines plug in here.
 
+mod engine;
+mod entitlements;
+mod log;
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
-
-use crate::license::{LicenseError, LicenseGate};
 
 /// A stable, machine-readable reason. Its `as_str` form is the `reason`
 /// field of problem+json bodies and the `reason` label of metrics, so the
@@ -23,7 +24,7 @@ pub enum Reason {
     /// The request could not be turned into an upstream request.
     BadRequest,
     /// The request path uses an encoding that is refused (see `policy::normalize`).
-    PathRejected,
+    BadRequestPath,
     LicenseMissing,
     LicenseMalformed,
     LicenseSignatureInvalid,
@@ -34,16 +35,28 @@ pub enum Reason {
     LicenseExpired,
     LicenseNotYetValid,
     EnvironmentNotLicensed,
+    /// The route needs a feature the license does not include.
+    FeatureNotLicensed,
+    RateLimited,
+    QuotaExceeded,
+    SeatLimitReached,
+    /// A seat-counted route was called without the identity that holds a seat.
+    SeatIdentityMissing,
+    ConcurrencyLimited,
+    /// The route is `access: deny`.
+    RouteDenied,
+    /// No route matches and unmatched requests are denied.
+    RouteNotFound,
 }
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Allowed,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
         Reason::BadRequest,
-        Reason::PathRejected,
+        Reason::BadRequestPath,
         Reason::LicenseMissing,
         Reason::LicenseMalformed,
         Reason::LicenseSignatureInvalid,
@@ -54,6 +67,14 @@ impl Reason {
         Reason::LicenseExpired,
         Reason::LicenseNotYetValid,
         Reason::EnvironmentNotLicensed,
+        Reason::FeatureNotLicensed,
+        Reason::RateLimited,
+        Reason::QuotaExceeded,
+        Reason::SeatLimitReached,
+        Reason::SeatIdentityMissing,
+        Reason::ConcurrencyLimited,
+        Reason::RouteDenied,
+        Reason::RouteNotFound,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -62,7 +83,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
-            Reason::PathRejected => "path_rejected",
+            Reason::BadRequestPath => "bad_request_path",
             Reason::LicenseMissing => "license_missing",
             Reason::LicenseMalformed => "license_malformed",
             Reason::LicenseSignatureInvalid => "license_signature_invalid",
@@ -73,6 +94,14 @@ impl Reason {
             Reason::LicenseExpired => "license_expired",
             Reason::LicenseNotYetValid => "license_not_yet_valid",
             Reason::EnvironmentNotLicensed => "environment_not_licensed",
+            Reason::FeatureNotLicensed => "feature_not_licensed",
+            Reason::RateLimited => "rate_limited",
+            Reason::QuotaExceeded => "quota_exceeded",
+            Reason::SeatLimitReached => "seat_limit_reached",
+            Reason::SeatIdentityMissing => "seat_identity_missing",
+            Reason::ConcurrencyLimited => "concurrency_limited",
+            Reason::RouteDenied => "route_denied",
+            Reason::RouteNotFound => "route_not_found",
         }
     }
 
@@ -83,7 +112,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "Upstream unavailable",
             Reason::UpstreamTimeout => "Upstream timed out",
             Reason::BadRequest => "Bad request",
-            Reason::PathRejected => "Path rejected",
+            Reason::BadRequestPath => "Request path rejected",
             Reason::LicenseMissing => "License missing",
             Reason::LicenseMalformed => "License malformed",
             Reason::LicenseSignatureInvalid => "License signature invalid",
@@ -94,6 +123,14 @@ impl Reason {
             Reason::LicenseExpired => "License expired",
             Reason::LicenseNotYetValid => "License not yet valid",
             Reason::EnvironmentNotLicensed => "Environment not licensed",
+            Reason::FeatureNotLicensed => "Feature not licensed",
+            Reason::RateLimited => "Rate limited",
+            Reason::QuotaExceeded => "Quota exceeded",
+            Reason::SeatLimitReached => "Seat limit reached",
+            Reason::SeatIdentityMissing => "Seat identity missing",
+            Reason::ConcurrencyLimited => "Too many requests in flight",
+            Reason::RouteDenied => "Route denied",
+            Reason::RouteNotFound => "No route",
         }
     }
 
@@ -122,7 +159,7 @@ impl Reason {
 /// What the engine concluded for one request.
 #[derive(Debug)]
 pub enum Decision {
-    Allow,
+    Allow(Allowed),
     /// Boxed so that the common `Allow` stays one word wide.
     Deny(Box<Denial>),
 }
@@ -155,55 +192,4 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// Decides every request. Immutable once built; what it consults (the
-/// license gate's snapshots) is swapped atomically on reload.
-#[derive(Debug, Default)]
-pub struct DecisionEngine {
-    license: Option<Arc<LicenseGate>>,
-}
-
-impl DecisionEngine {
-    /// An engine that allows every request (a plain reverse proxy).
-    pub fn allow_all() -> Self {
-        DecisionEngine { license: None }
-    }
-
-    /// An engine that requires a valid license for every request.
-    pub fn with_license(gate: Arc<LicenseGate>) -> Self {
-        DecisionEngine {
-            license: Some(gate),
-        }
-    }
-
-    /// Decide one request from its head. Async because shared counters may
-    /// need a round trip; the license check completes without suspending.
-    pub async fn decide(&self, head: &http::request::Parts, _peer: &Peer) -> Decision {
-        if let Some(gate) = &self.license {
-            if let Err(error) = gate.check(&head.headers) {
-                return Decision::Deny(Box::new(license_denial(&error, gate.is_per_request())));
-            }
-        }
-        Decision::Allow
-    }
-}
-
-/// A failed license check as a response. A per-request token the client can
-/// fix is a 401 with a `WWW-Authenticate` challenge (RFC 6750); anything
-/// about the deployment or its environment is a 403.
-fn license_denial(error: &LicenseError, per_request: bool) -> Denial {
-    let reason = Reason::of_license_error(error);
-    let mut denial = Denial::new(StatusCode::FORBIDDEN, reason, error.detail());
-    if per_request && reason != Reason::EnvironmentNotLicensed {
-        denial.status = StatusCode::UNAUTHORIZED;
-        let challenge = if reason == Reason::LicenseMissing {
-            "Bearer realm=\"licensegate\""
-        } else {
-            "Bearer realm=\"licensegate\", error=\"invalid_token\""
-        };
-        denial.headers.insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static(challenge),
-        );
-    }
-    denial
-}
+pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames};

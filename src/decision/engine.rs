@@ -1,0 +1,709 @@
+//! The decision engine: match the route, check the license and its
+//! entitlements, count the limits, and say allow or deny — once per request.
+//!
+//! Order of checks (and so which reason a request gets): route `deny` →
+//! license (valid, environment) → features → limits (concurrency, seats,
+//! rates, quotas; see [`crate::policy`]). A limit that refuses gives back
+//! what earlier limits counted for the same request, so a denied request is
+//! never billed against a quota.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use prometheus::IntCounter;
+
+use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
+use super::log::{DecisionLog, DenialLine};
+use super::{Decision, Denial, Peer, Reason};
+use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
+use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
+use crate::metrics::Metrics;
+use crate::policy::{
+    Access, Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError, Route,
+};
+
+/// Names of the entitlement headers sent to the upstream.
+pub type LicenseHeaderNames = crate::config::UpstreamHeaders;
+
+/// How the engine is built.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub license_headers: LicenseHeaderNames,
+    /// Keys tracked per limit before new keys share an overflow counter.
+    pub max_keys: usize,
+    /// Licenses whose entitlements are remembered.
+    pub entitlement_capacity: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            license_headers: LicenseHeaderNames::default(),
+            max_keys: MemoryStore::DEFAULT_MAX_KEYS,
+            entitlement_capacity: 10_000,
+        }
+    }
+}
+
+/// The route label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+/// What an allowed request carries to the forwarder.
+#[derive(Debug, Default)]
+pub struct Allowed {
+    /// Entitlement header values (absent when no license was checked).
+    pub license: Option<Arc<LicenseHeaders>>,
+    /// Concurrency slots, held until the response has been sent.
+    pub permits: Vec<Permit>,
+    /// A shadow-mode rule would have denied for this reason.
+    pub shadow: Option<Reason>,
+}
+
+/// A policy in force, bound to its counters.
+struct Active {
+    policy: Policy,
+    /// Per limit definition.
+    counters: Vec<Arc<Counters>>,
+    /// `decisions_total{allow, allowed, route}` per route, pre-resolved.
+    allowed: Vec<IntCounter>,
+    unmatched_allowed: IntCounter,
+}
+
+/// Decides every request. What it consults (license snapshots, the policy)
+/// is swapped atomically on reload.
+pub struct DecisionEngine {
+    license: Option<Arc<LicenseGate>>,
+    policy: Option<ArcSwap<Active>>,
+    store: Arc<MemoryStore>,
+    entitlements: EntitlementCache,
+    header_names: LicenseHeaderNames,
+    metrics: Arc<Metrics>,
+    log: DecisionLog,
+}
+
+impl std::fmt::Debug for DecisionEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionEngine")
+            .field("license", &self.license.is_some())
+            .field("policy", &self.policy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecisionEngine {
+    /// An engine without a policy: every request passes, after the license
+    /// check when a license gate is given.
+    pub fn new(
+        license: Option<Arc<LicenseGate>>,
+        store: Arc<MemoryStore>,
+        settings: &EngineSettings,
+        metrics: Arc<Metrics>,
+    ) -> DecisionEngine {
+        DecisionEngine {
+            license,
+            policy: None,
+            store,
+            entitlements: EntitlementCache::new(settings.entitlement_capacity),
+            header_names: settings.license_headers.clone(),
+            metrics,
+            log: DecisionLog::default(),
+        }
+    }
+
+    /// An engine that allows every request (a plain reverse proxy).
+    pub fn allow_all() -> DecisionEngine {
+        DecisionEngine::new(
+            None,
+            Arc::new(MemoryStore::new(
+                Default::default(),
+                MemoryStore::DEFAULT_MAX_KEYS,
+            )),
+            &EngineSettings::default(),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// Enforce `policy` from now on. Fails (and keeps any policy in force)
+    /// if the policy needs a license and there is no license gate.
+    pub fn with_policy(mut self, policy: Policy) -> Result<DecisionEngine, PolicyError> {
+        let active = self.bind(policy)?;
+        self.policy = Some(ArcSwap::from_pointee(active));
+        Ok(self)
+    }
+
+    /// Swap in a newly compiled policy (hot reload).
+    pub fn install(&self, policy: Policy) -> Result<(), PolicyError> {
+        let Some(current) = &self.policy else {
+            return Err(PolicyError(vec![crate::policy::Diagnostic {
+                file: PathBuf::new(),
+                position: None,
+                message: "started without a policy; restart to enforce one".into(),
+            }]));
+        };
+        let active = self.bind(policy)?;
+        current.store(Arc::new(active));
+        Ok(())
+    }
+
+    fn bind(&self, policy: Policy) -> Result<Active, PolicyError> {
+        if policy.needs_license && self.license.is_none() {
+            let file = policy.sources.first().cloned().unwrap_or_default();
+            return Err(PolicyError(vec![crate::policy::Diagnostic {
+                file,
+                position: None,
+                message: "the policy has licensed routes (or `unmatched: licensed`) but no `license` is configured".into(),
+            }]));
+        }
+        let counters = policy
+            .limits
+            .iter()
+            .map(|def| self.store.counters(def))
+            .collect();
+        let decisions = &self.metrics.policy.decisions;
+        let allowed = policy
+            .routes
+            .iter()
+            .map(|route| decisions.with_label_values(&["allow", "allowed", &route.name]))
+            .collect();
+        let unmatched_allowed = decisions.with_label_values(&["allow", "allowed", UNMATCHED_ROUTE]);
+        let metrics = &self.metrics.policy;
+        metrics.loaded.set(1);
+        metrics.routes.set(policy.routes.len() as i64);
+        metrics.generation.set(policy.generation as i64);
+        Ok(Active {
+            policy,
+            counters,
+            allowed,
+            unmatched_allowed,
+        })
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// The counter store (for the state file and maintenance).
+    pub fn store(&self) -> &Arc<MemoryStore> {
+        &self.store
+    }
+
+    pub fn license_header_names(&self) -> &LicenseHeaderNames {
+        &self.header_names
+    }
+
+    /// Run `f` on the policy in force.
+    pub fn with_current_policy<T>(&self, f: impl FnOnce(&Policy) -> T) -> Option<T> {
+        self.policy.as_ref().map(|p| f(&p.load().policy))
+    }
+
+    /// Decide one request from its head (path already normalised). Async
+    /// because a shared counter store may need a round trip.
+    pub async fn decide(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
+        match &self.policy {
+            None => self.decide_without_policy(head),
+            Some(policy) => {
+                let started = Instant::now();
+                let active = policy.load();
+                let decision = self.decide_with(&active, head, peer);
+                self.metrics
+                    .policy
+                    .decision_duration
+                    .observe(started.elapsed().as_secs_f64());
+                decision
+            }
+        }
+    }
+
+    fn decide_without_policy(&self, head: &http::request::Parts) -> Decision {
+        let Some(gate) = &self.license else {
+            return Decision::Allow(Allowed::default());
+        };
+        match gate.check(&head.headers) {
+            Ok((license, _)) => Decision::Allow(Allowed {
+                license: Some(Arc::clone(&self.entitlements.get(&license, None).headers)),
+                ..Allowed::default()
+            }),
+            Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.is_per_request()))),
+        }
+    }
+
+    fn decide_with(&self, active: &Active, head: &http::request::Parts, peer: &Peer) -> Decision {
+        let policy = &active.policy;
+        let route = policy.find(
+            &head.method,
+            request_host(head),
+            head.uri.path(),
+            &head.headers,
+        );
+        let mode = route.map_or(policy.mode, |r| r.mode);
+        let mut allowed = Allowed::default();
+        let mut license = None;
+        let result = self.evaluate(active, route, head, peer, &mut allowed, &mut license);
+        let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
+        match result {
+            Ok(()) => {
+                match route {
+                    Some(route) => active.allowed[route.id].inc(),
+                    None => active.unmatched_allowed.inc(),
+                }
+                Decision::Allow(allowed)
+            }
+            Err(denial) => {
+                let shadow = mode == Mode::Shadow;
+                self.log_denial(&denial, shadow, route_name, head, peer, license.as_deref());
+                if shadow {
+                    self.metrics
+                        .policy
+                        .shadow_denials
+                        .with_label_values(&[denial.reason.as_str(), route_name])
+                        .inc();
+                    self.metrics
+                        .policy
+                        .decisions
+                        .with_label_values(&["shadow_deny", denial.reason.as_str(), route_name])
+                        .inc();
+                    allowed.shadow = Some(denial.reason);
+                    Decision::Allow(allowed)
+                } else {
+                    self.metrics
+                        .policy
+                        .decisions
+                        .with_label_values(&["deny", denial.reason.as_str(), route_name])
+                        .inc();
+                    Decision::Deny(denial)
+                }
+            }
+        }
+    }
+
+    fn evaluate(
+        &self,
+        active: &Active,
+        route: Option<&Route>,
+        head: &http::request::Parts,
+        peer: &Peer,
+        allowed: &mut Allowed,
+        license_out: &mut Option<Arc<VerifiedLicense>>,
+    ) -> Result<(), Box<Denial>> {
+        let policy = &active.policy;
+        let access = route.map_or(policy.unmatched, |r| r.access);
+        match (access, route) {
+            (Access::Deny, Some(route)) => {
+                return Err(Box::new(Denial::new(
+                    StatusCode::FORBIDDEN,
+                    Reason::RouteDenied,
+                    format!("route `{}` is not available", route.name),
+                )))
+            }
+            (Access::Deny, None) => {
+                return Err(Box::new(Denial::new(
+                    StatusCode::NOT_FOUND,
+                    Reason::RouteNotFound,
+                    format!("no route matches {} {}", head.method, head.uri.path()),
+                )))
+            }
+            (Access::Public, _) => {}
+            (Access::Licensed, _) => {
+                let gate = self
+                    .license
+                    .as_ref()
+                    .expect("a policy with licensed routes is only bound with a license gate");
+                let (license, _) = gate
+                    .check(&head.headers)
+                    .map_err(|error| Box::new(license_denial(&error, gate.is_per_request())))?;
+                let entitled = self.entitlements.get(&license, Some(policy));
+                allowed.license = Some(Arc::clone(&entitled.headers));
+                *license_out = Some(Arc::clone(&license));
+                if let Some(route) = route {
+                    check_features(policy, route, &license, &entitled)?;
+                    return self.count_limits(
+                        active,
+                        route,
+                        head,
+                        peer,
+                        Some((&license, &entitled)),
+                        allowed,
+                    );
+                }
+                return Ok(());
+            }
+        }
+        match route {
+            Some(route) if !route.limits.is_empty() => {
+                self.count_limits(active, route, head, peer, None, allowed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn count_limits(
+        &self,
+        active: &Active,
+        route: &Route,
+        head: &http::request::Parts,
+        peer: &Peer,
+        license: Option<(&Arc<VerifiedLicense>, &Entitled)>,
+        allowed: &mut Allowed,
+    ) -> Result<(), Box<Denial>> {
+        let policy = &active.policy;
+        let clock = self.store.clock();
+        let context = KeyContext {
+            license: license.map(|(l, _)| &**l),
+            headers: &head.headers,
+            client: peer.addr.ip(),
+            route: &route.name,
+        };
+        for (position, usage) in route.limits.iter().enumerate() {
+            let def = &policy.limits[usage.limit];
+            let amount = match license.and_then(|(_, e)| e.entitlement.as_ref()) {
+                Some(entitlement) => entitlement.amounts[usage.limit],
+                None => match def.amount {
+                    crate::policy::Amount::Fixed(n) => Some(n),
+                    // Compile refuses license-dependent limits on public routes.
+                    crate::policy::Amount::License { default, .. } => default,
+                },
+            };
+            let Some(amount) = amount else {
+                continue; // unlimited for this license
+            };
+            let key = context.key(&def.key);
+            let identity = match &def.kind {
+                LimitKind::Seats { identity, .. } => match context.part(identity) {
+                    Some(identity) if !identity.is_empty() => identity,
+                    _ => {
+                        return Err(Box::new(Denial::new(
+                            StatusCode::FORBIDDEN,
+                            Reason::SeatIdentityMissing,
+                            format!(
+                                "seats of `{}` are counted by {}; the request does not carry it",
+                                def.name,
+                                describe_part(identity)
+                            ),
+                        )))
+                    }
+                },
+                _ => Cow::Borrowed(""),
+            };
+            let counters = &active.counters[usage.limit];
+            match counters.check(def, &key, &identity, amount, usage.cost, clock) {
+                Checked::Allowed => {}
+                Checked::Held(permit) => allowed.permits.push(permit),
+                Checked::Limited(limited) => {
+                    // Give back what this request counted so far.
+                    for earlier in &route.limits[..position] {
+                        let earlier_def = &policy.limits[earlier.limit];
+                        if let Some(earlier_amount) =
+                            match license.and_then(|(_, e)| e.entitlement.as_ref()) {
+                                Some(entitlement) => entitlement.amounts[earlier.limit],
+                                None => match earlier_def.amount {
+                                    crate::policy::Amount::Fixed(n) => Some(n),
+                                    crate::policy::Amount::License { default, .. } => default,
+                                },
+                            }
+                        {
+                            let earlier_key = context.key(&earlier_def.key);
+                            active.counters[earlier.limit].refund(
+                                earlier_def,
+                                &earlier_key,
+                                earlier_amount,
+                                earlier.cost,
+                                clock,
+                            );
+                        }
+                    }
+                    allowed.permits.clear();
+                    return Err(Box::new(limit_denial(def, &limited, clock)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_denial(
+        &self,
+        denial: &Denial,
+        shadow: bool,
+        route: &str,
+        head: &http::request::Parts,
+        peer: &Peer,
+        license: Option<&VerifiedLicense>,
+    ) {
+        self.log.denial(
+            DenialLine {
+                shadow,
+                reason: denial.reason.as_str(),
+                status: denial.status.as_u16(),
+                route,
+                method: head.method.as_str(),
+                path: head.uri.path(),
+                license: license.map(|l| l.claims.sub.as_str()),
+                client: peer.addr.ip(),
+                detail: &denial.detail,
+            },
+            &self.metrics.policy.decision_logs_suppressed,
+        );
+    }
+
+    /// Sweep expired counter entries and refresh the usage gauges.
+    pub fn maintain(&self) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let active = policy.load();
+        let clock = self.store.clock();
+        let metrics = &self.metrics.policy;
+        metrics.seats_in_use.reset();
+        metrics.seats_limit.reset();
+        metrics.quota_used.reset();
+        metrics.quota_limit.reset();
+        for (def, counters) in active.policy.limits.iter().zip(&active.counters) {
+            let kept = counters.sweep(def, clock);
+            metrics
+                .limit_keys
+                .with_label_values(&[&*def.name])
+                .set(kept as i64);
+            let (used, limit) = match def.kind {
+                LimitKind::Seats { .. } => (&metrics.seats_in_use, &metrics.seats_limit),
+                LimitKind::Quota { .. } => (&metrics.quota_used, &metrics.quota_limit),
+                _ => continue,
+            };
+            // Per-key series only while the key count is small (a
+            // deployment license, a handful of tenants).
+            let usage = counters.usage(def, clock);
+            if usage.len() > MAX_KEY_SERIES {
+                continue;
+            }
+            for (key, value) in usage {
+                used.with_label_values(&[&*def.name, key.as_str()])
+                    .set(value as i64);
+                if let Some(amount) = self.amount_for_key(&active.policy, def, &key) {
+                    limit
+                        .with_label_values(&[&*def.name, key.as_str()])
+                        .set(amount as i64);
+                }
+            }
+        }
+    }
+
+    /// The limit number for a key that is a license id (deployment license).
+    fn amount_for_key(&self, policy: &Policy, def: &LimitDef, key: &str) -> Option<u64> {
+        match &def.amount {
+            crate::policy::Amount::Fixed(n) => Some(*n),
+            crate::policy::Amount::License { .. } => {
+                let gate = self.license.as_ref()?;
+                let loaded = gate.loaded()?;
+                let (license, _) = loaded.license.as_ref()?;
+                if def.key != [KeyPart::License] || license.claims.sub != key {
+                    return None;
+                }
+                let index = policy.limits.iter().position(|d| d == def)?;
+                self.entitlements
+                    .get(license, Some(policy))
+                    .entitlement
+                    .as_ref()?
+                    .amounts[index]
+            }
+        }
+    }
+}
+
+/// Gauges get per-key series up to this many keys per limit.
+const MAX_KEY_SERIES: usize = 100;
+
+fn check_features(
+    policy: &Policy,
+    route: &Route,
+    license: &VerifiedLicense,
+    entitled: &Entitled,
+) -> Result<(), Box<Denial>> {
+    let Some(entitlement) = &entitled.entitlement else {
+        return Ok(());
+    };
+    match entitlement.features.first_missing(&route.features) {
+        None => Ok(()),
+        Some(bit) => {
+            let lic = &license.claims.lic;
+            let plan = if lic.plan.is_empty() {
+                String::new()
+            } else {
+                format!(", plan `{}`", lic.plan)
+            };
+            Err(Box::new(Denial::new(
+                StatusCode::FORBIDDEN,
+                Reason::FeatureNotLicensed,
+                format!(
+                    "route `{}` needs feature `{}`, which license `{}`{plan} does not include",
+                    route.name, policy.features[bit], license.claims.sub
+                ),
+            )))
+        }
+    }
+}
+
+/// A limit's refusal: 429 with `Retry-After` and, for rates and quotas,
+/// the IETF `RateLimit-Policy` and `RateLimit` fields.
+fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock) -> Denial {
+    let retry = retry_after_secs(limited.retry_after, clock);
+    let window = limited.window.unwrap_or(Duration::ZERO);
+    let (reason, detail) = match &def.kind {
+        LimitKind::Rate { .. } => (
+            Reason::RateLimited,
+            format!(
+                "rate limit `{}` ({} per {}) reached; retry in {retry} s",
+                def.name,
+                limited.limit,
+                humantime::format_duration(window)
+            ),
+        ),
+        LimitKind::Quota { .. } => (
+            Reason::QuotaExceeded,
+            format!(
+                "quota `{}` ({} per period) is used up; it resets in {}",
+                def.name,
+                limited.limit,
+                humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs()))
+            ),
+        ),
+        LimitKind::Seats { idle, .. } => (
+            Reason::SeatLimitReached,
+            format!(
+                "all {} seats of `{}` are in use; a seat frees after {} without requests",
+                limited.limit,
+                def.name,
+                humantime::format_duration(*idle)
+            ),
+        ),
+        LimitKind::Concurrency => (
+            Reason::ConcurrencyLimited,
+            format!(
+                "{} requests are already in flight (limit `{}`)",
+                limited.limit, def.name
+            ),
+        ),
+    };
+    let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
+    denial
+        .headers
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    if matches!(def.kind, LimitKind::Rate { .. } | LimitKind::Quota { .. }) {
+        let policy = format!(
+            "\"{}\";q={};w={}",
+            def.name,
+            limited.limit,
+            window.as_secs().max(1)
+        );
+        let state = format!("\"{}\";r={};t={retry}", def.name, limited.remaining);
+        if let Ok(value) = HeaderValue::from_str(&policy) {
+            denial
+                .headers
+                .insert(HeaderName::from_static("ratelimit-policy"), value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&state) {
+            denial
+                .headers
+                .insert(HeaderName::from_static("ratelimit"), value);
+        }
+    }
+    denial
+}
+
+/// A failed license check as a response. A per-request token the client can
+/// fix is a 401 with a `WWW-Authenticate` challenge (RFC 6750); anything
+/// about the deployment or its environment is a 403.
+pub(crate) fn license_denial(error: &LicenseError, per_request: bool) -> Denial {
+    let reason = Reason::of_license_error(error);
+    let mut denial = Denial::new(StatusCode::FORBIDDEN, reason, error.detail());
+    if per_request && reason != Reason::EnvironmentNotLicensed {
+        denial.status = StatusCode::UNAUTHORIZED;
+        let challenge = if reason == Reason::LicenseMissing {
+            "Bearer realm=\"licensegate\""
+        } else {
+            "Bearer realm=\"licensegate\", error=\"invalid_token\""
+        };
+        denial.headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    denial
+}
+
+/// The request's host without port: the URI authority (HTTP/2, absolute
+/// form) or the `Host` header.
+pub fn request_host(head: &http::request::Parts) -> Option<&str> {
+    let raw = match head.uri.host() {
+        Some(host) => return Some(host),
+        None => head.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next();
+    }
+    Some(raw.rsplit_once(':').map_or(raw, |(host, _)| host))
+}
+
+/// What counter keys are made of, for one request.
+struct KeyContext<'a> {
+    license: Option<&'a VerifiedLicense>,
+    headers: &'a HeaderMap,
+    client: IpAddr,
+    route: &'a str,
+}
+
+/// Joins the parts of a compound key; cannot appear in a header value.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+impl<'a> KeyContext<'a> {
+    /// The value of one key part; `None` when the request lacks it (no
+    /// license, header absent). Absent parts key as "".
+    fn part(&self, part: &KeyPart) -> Option<Cow<'a, str>> {
+        match part {
+            KeyPart::License => self.license.map(|l| Cow::Borrowed(l.claims.sub.as_str())),
+            KeyPart::Claim(claim) => {
+                let claims = &self.license?.claims;
+                match claim {
+                    Claim::Sub => Some(Cow::Borrowed(claims.sub.as_str())),
+                    Claim::Plan => Some(Cow::Borrowed(claims.lic.plan.as_str())),
+                    Claim::Customer => claims.lic.customer.as_deref().map(Cow::Borrowed),
+                    Claim::Issuer => claims.iss.as_deref().map(Cow::Borrowed),
+                }
+            }
+            KeyPart::Header(name) => self.headers.get(name).map(|v| match v.to_str() {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            }),
+            KeyPart::ClientIp => Some(Cow::Owned(self.client.to_string())),
+            KeyPart::Route => Some(Cow::Borrowed(self.route)),
+        }
+    }
+
+    fn key(&self, parts: &[KeyPart]) -> Cow<'a, str> {
+        if let [one] = parts {
+            return self.part(one).unwrap_or(Cow::Borrowed(""));
+        }
+        let mut key = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push(KEY_SEPARATOR);
+            }
+            if let Some(value) = self.part(part) {
+                key.push_str(&value);
+            }
+        }
+        Cow::Owned(key)
+    }
+}
+
+fn describe_part(part: &KeyPart) -> String {
+    match part {
+        KeyPart::License => "the license".into(),
+        KeyPart::Claim(_) => "a license claim".into(),
+        KeyPart::Header(name) => format!("the `{name}` header"),
+        KeyPart::ClientIp => "the client address".into(),
+        KeyPart::Route => "the route".into(),
+    }
+}

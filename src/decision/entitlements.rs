@@ -1,0 +1,112 @@
+//! The static part of a decision, cached: what a verified license is
+//! entitled to under the policy in force (feature bits, resolved limit
+//! numbers) and the entitlement headers sent upstream.
+//!
+//! Keyed by (license, policy generation) rather than by (license, route,
+//! generation): once a license's entitlement is known, a route's check is a
+//! bit-set test, cheaper than another map lookup, and the cache stays as
+//! small as the number of licenses. Counters are never cached.
+//!
+//! A license is identified by its `Arc` address; each entry holds a clone of
+//! that `Arc`, so the address cannot be reused by another license while the
+//! entry exists.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::HeaderValue;
+
+use crate::license::VerifiedLicense;
+use crate::policy::{Entitlement, Policy};
+
+/// Values of the entitlement headers for one license.
+#[derive(Debug, Default)]
+pub struct LicenseHeaders {
+    pub id: Option<HeaderValue>,
+    pub plan: Option<HeaderValue>,
+    /// Comma-separated effective features (the license's and its plan's).
+    pub features: Option<HeaderValue>,
+}
+
+/// A license resolved against one policy generation.
+#[derive(Debug)]
+pub struct Entitled {
+    /// `None` when running without a policy.
+    pub entitlement: Option<Entitlement>,
+    pub headers: Arc<LicenseHeaders>,
+}
+
+struct Entry {
+    /// Pins the address the map is keyed by.
+    _license: Arc<VerifiedLicense>,
+    generation: u64,
+    value: Arc<Entitled>,
+}
+
+pub struct EntitlementCache {
+    map: DashMap<usize, Entry, hashbrown::DefaultHashBuilder>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for EntitlementCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntitlementCache")
+            .field("len", &self.map.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl EntitlementCache {
+    pub fn new(capacity: usize) -> EntitlementCache {
+        EntitlementCache {
+            map: DashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The entitlement of `license` under `policy` (generation 0: none).
+    pub fn get(&self, license: &Arc<VerifiedLicense>, policy: Option<&Policy>) -> Arc<Entitled> {
+        let id = Arc::as_ptr(license) as usize;
+        let generation = policy.map_or(0, |p| p.generation);
+        if let Some(entry) = self.map.get(&id) {
+            if entry.generation == generation {
+                return Arc::clone(&entry.value);
+            }
+        }
+        let value = Arc::new(entitle(license, policy));
+        if self.map.len() >= self.capacity {
+            // Licenses are few; a full cache means churn (header tokens
+            // rotating). Starting over keeps memory bounded and is cheap.
+            self.map.clear();
+        }
+        self.map.insert(
+            id,
+            Entry {
+                _license: Arc::clone(license),
+                generation,
+                value: Arc::clone(&value),
+            },
+        );
+        value
+    }
+}
+
+fn entitle(license: &VerifiedLicense, policy: Option<&Policy>) -> Entitled {
+    let lic = &license.claims.lic;
+    let mut features: Vec<&str> = lic.features.iter().map(String::as_str).collect();
+    if let Some(plan) = policy.and_then(|p| p.plans.get(&lic.plan)) {
+        features.extend(plan.features.iter().map(String::as_str));
+    }
+    features.sort_unstable();
+    features.dedup();
+    let value = |text: &str| HeaderValue::from_str(text).ok();
+    Entitled {
+        entitlement: policy.map(|p| p.entitle(lic)),
+        headers: Arc::new(LicenseHeaders {
+            id: value(&license.claims.sub),
+            plan: (!lic.plan.is_empty()).then(|| value(&lic.plan)).flatten(),
+            features: value(&features.join(",")),
+        }),
+    }
+}

@@ -1,0 +1,202 @@
+//! Quotas: units counted per calendar period (UTC hour, day, month) or per
+//! rolling window. A rolling window is counted as two fixed windows, the
+//! previous one weighted by how much of it still overlaps (the sliding
+//! window estimate): constant memory per key, exact at window edges and
+//! never below the true count by more than the previous window's share.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use time::OffsetDateTime;
+
+use super::{Hasher, Limited, OVERFLOW_KEY};
+use crate::policy::Period;
+
+const NANOS: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Start of the counted window (unix seconds).
+    pub window_start: u64,
+    pub used: u64,
+    /// Rolling windows: the count of the window before.
+    pub previous: u64,
+}
+
+#[derive(Debug)]
+pub struct QuotaCounters {
+    map: DashMap<Box<str>, Mutex<QuotaState>, Hasher>,
+    max_keys: usize,
+}
+
+/// The window containing `now` (unix seconds): (start, length in seconds).
+pub fn window(period: Period, now: u64) -> (u64, u64) {
+    match period {
+        Period::Hour => (now - now % 3600, 3600),
+        Period::Day => (now - now % 86_400, 86_400),
+        Period::Rolling(w) => {
+            let w = w.as_secs().max(1);
+            (now - now % w, w)
+        }
+        Period::Month => {
+            let at = OffsetDateTime::from_unix_timestamp(now as i64)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let first = at
+                .date()
+                .replace_day(1)
+                .expect("day 1 exists")
+                .midnight()
+                .assume_utc();
+            let (year, month) = (first.year(), first.month());
+            let next = if month == time::Month::December {
+                first
+                    .replace_year(year + 1)
+                    .and_then(|d| d.replace_month(time::Month::January))
+            } else {
+                first.replace_month(month.next())
+            }
+            .expect("the first of a month exists");
+            let start = first.unix_timestamp() as u64;
+            (start, next.unix_timestamp() as u64 - start)
+        }
+    }
+}
+
+impl QuotaState {
+    /// Bring the state to the window containing `now`.
+    fn roll(&mut self, period: Period, start: u64, length: u64) {
+        if self.window_start == start {
+            return;
+        }
+        let adjacent = self.window_start + length == start;
+        self.previous = if matches!(period, Period::Rolling(_)) && adjacent {
+            self.used
+        } else {
+            0
+        };
+        self.used = 0;
+        self.window_start = start;
+    }
+
+    /// Units counted against the limit at `now_nanos`.
+    fn estimate(&self, period: Period, length: u64, now_nanos: u64) -> u64 {
+        match period {
+            Period::Rolling(_) if self.previous > 0 => {
+                let elapsed = now_nanos.saturating_sub(self.window_start * NANOS);
+                let window = length * NANOS;
+                let overlap = window.saturating_sub(elapsed);
+                let carried =
+                    (u128::from(self.previous) * u128::from(overlap)).div_ceil(u128::from(window));
+                self.used + carried as u64
+            }
+            _ => self.used,
+        }
+    }
+}
+
+impl QuotaCounters {
+    pub fn new(max_keys: usize) -> QuotaCounters {
+        QuotaCounters {
+            map: DashMap::with_hasher(Hasher::default()),
+            max_keys,
+        }
+    }
+
+    pub fn check(
+        &self,
+        key: &str,
+        amount: u64,
+        period: Period,
+        cost: u64,
+        now_nanos: u64,
+    ) -> Result<(), Limited> {
+        let now = now_nanos / NANOS;
+        let (start, length) = window(period, now);
+        let entry = match self.map.get(key) {
+            Some(entry) => entry,
+            None => {
+                let key = if self.map.len() >= self.max_keys {
+                    OVERFLOW_KEY
+                } else {
+                    key
+                };
+                self.map.entry(key.into()).or_default();
+                self.map.get(key).expect("just inserted")
+            }
+        };
+        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        state.roll(period, start, length);
+        let used = state.estimate(period, length, now_nanos);
+        if used.saturating_add(cost) > amount {
+            let end = (start + length) * NANOS;
+            return Err(Limited {
+                retry_after: Duration::from_nanos(end.saturating_sub(now_nanos)),
+                limit: amount,
+                remaining: amount.saturating_sub(used),
+                window: Some(Duration::from_secs(length)),
+            });
+        }
+        state.used += cost;
+        Ok(())
+    }
+
+    pub fn refund(&self, key: &str, period: Period, cost: u64, now_nanos: u64) {
+        let (start, _) = window(period, now_nanos / NANOS);
+        if let Some(entry) = self.map.get(key) {
+            let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+            if state.window_start == start {
+                state.used = state.used.saturating_sub(cost);
+            }
+        }
+    }
+
+    /// Drop keys whose counts have expired.
+    pub fn sweep(&self, period: Period, now_nanos: u64) -> usize {
+        let (start, length) = window(period, now_nanos / NANOS);
+        self.map.retain(|_, state| {
+            let state = state.get_mut().unwrap_or_else(|e| e.into_inner());
+            state.window_start == start || state.window_start + length == start && state.used > 0
+        });
+        self.map.len()
+    }
+
+    pub fn usage(&self, period: Period, now_nanos: u64) -> Vec<(String, u64)> {
+        let (start, length) = window(period, now_nanos / NANOS);
+        self.map
+            .iter()
+            .map(|entry| {
+                let mut state = *entry.value().lock().unwrap_or_else(|e| e.into_inner());
+                state.roll(period, start, length);
+                (
+                    entry.key().to_string(),
+                    state.estimate(period, length, now_nanos),
+                )
+            })
+            .collect()
+    }
+
+    /// Every key's state (for the state file).
+    pub fn snapshot(&self) -> Vec<(String, QuotaState)> {
+        self.map
+            .iter()
+            .map(|entry| {
+                let state = *entry.value().lock().unwrap_or_else(|e| e.into_inner());
+                (entry.key().to_string(), state)
+            })
+            .filter(|(_, state)| state.used > 0 || state.previous > 0)
+            .collect()
+    }
+
+    /// Restore a key's state, keeping whichever count is higher if the key
+    /// has been counted since start (never forget units already used).
+    pub fn restore(&self, key: &str, restored: QuotaState) {
+        let entry = self.map.entry(key.into()).or_default();
+        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if state.window_start < restored.window_start
+            || state.window_start == restored.window_start && state.used < restored.used
+        {
+            *state = restored;
+        }
+    }
+}

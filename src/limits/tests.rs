@@ -1,0 +1,226 @@
+use std::time::Duration;
+
+use super::*;
+use crate::policy::{Amount, KeyPart, Period};
+
+const MONTH_START: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+fn def(name: &str, kind: LimitKind) -> LimitDef {
+    LimitDef {
+        name: name.into(),
+        kind,
+        amount: Amount::Fixed(0),
+        key: vec![KeyPart::License],
+        needs_license: true,
+    }
+}
+
+fn clock() -> Clock {
+    Clock::manual(Duration::from_secs(MONTH_START))
+}
+
+fn allowed(checked: Checked) -> bool {
+    !matches!(checked, Checked::Limited(_))
+}
+
+#[test]
+fn rate_allows_burst_then_paces_at_the_rate() {
+    let clock = clock();
+    let d = def(
+        "r",
+        LimitKind::Rate {
+            window: Duration::from_secs(60),
+            burst: None,
+        },
+    );
+    let c = Counters::new(&d, 100);
+    for _ in 0..20 {
+        assert!(allowed(c.check(&d, "k", "", 20, 1, &clock)));
+    }
+    let Checked::Limited(limited) = c.check(&d, "k", "", 20, 1, &clock) else {
+        panic!("the 21st request must be limited");
+    };
+    assert_eq!(limited.retry_after, Duration::from_secs(3));
+    assert_eq!(limited.limit, 20);
+    // Another key has its own budget.
+    assert!(allowed(c.check(&d, "other", "", 20, 1, &clock)));
+    clock.advance(Duration::from_millis(2_999));
+    assert!(!allowed(c.check(&d, "k", "", 20, 1, &clock)));
+    clock.advance(Duration::from_millis(1));
+    assert!(allowed(c.check(&d, "k", "", 20, 1, &clock)));
+    assert!(!allowed(c.check(&d, "k", "", 20, 1, &clock)));
+}
+
+#[test]
+fn rate_refund_gives_the_slot_back() {
+    let clock = clock();
+    let d = def(
+        "r",
+        LimitKind::Rate {
+            window: Duration::from_secs(1),
+            burst: Some(1),
+        },
+    );
+    let c = Counters::new(&d, 100);
+    assert!(allowed(c.check(&d, "k", "", 1, 1, &clock)));
+    assert!(!allowed(c.check(&d, "k", "", 1, 1, &clock)));
+    c.refund(&d, "k", 1, 1, &clock);
+    assert!(allowed(c.check(&d, "k", "", 1, 1, &clock)));
+}
+
+#[test]
+fn calendar_quota_resets_at_the_month_boundary() {
+    let clock = clock();
+    let d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Month,
+        },
+    );
+    let c = Counters::new(&d, 100);
+    assert!(allowed(c.check(&d, "k", "", 10, 4, &clock)));
+    assert!(allowed(c.check(&d, "k", "", 10, 6, &clock)));
+    let Checked::Limited(limited) = c.check(&d, "k", "", 10, 1, &clock) else {
+        panic!("quota exhausted");
+    };
+    // January has 31 days.
+    assert_eq!(limited.retry_after, Duration::from_secs(31 * 86_400));
+    assert_eq!(limited.window, Some(Duration::from_secs(31 * 86_400)));
+    clock.advance(Duration::from_secs(31 * 86_400 - 1));
+    assert!(!allowed(c.check(&d, "k", "", 10, 1, &clock)));
+    clock.advance(Duration::from_secs(1));
+    assert!(allowed(c.check(&d, "k", "", 10, 10, &clock)));
+}
+
+#[test]
+fn month_windows_follow_the_calendar() {
+    let feb = MONTH_START + 31 * 86_400;
+    assert_eq!(quota::window(Period::Month, feb + 5), (feb, 28 * 86_400));
+    let dec_2026 = 1_796_083_200; // 2026-12-01
+    assert_eq!(
+        quota::window(Period::Month, dec_2026 + 100),
+        (dec_2026, 31 * 86_400)
+    );
+    assert_eq!(
+        quota::window(Period::Day, MONTH_START + 90_000),
+        (MONTH_START + 86_400, 86_400)
+    );
+}
+
+#[test]
+fn rolling_quota_carries_the_previous_window() {
+    let clock = clock();
+    let window = Duration::from_secs(100);
+    let d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Rolling(window),
+        },
+    );
+    let c = Counters::new(&d, 100);
+    assert!(allowed(c.check(&d, "k", "", 10, 10, &clock)));
+    // A quarter into the next window, three quarters of the 10 still count.
+    clock.advance(Duration::from_secs(125));
+    assert!(allowed(c.check(&d, "k", "", 10, 2, &clock)));
+    assert!(!allowed(c.check(&d, "k", "", 10, 1, &clock)));
+    clock.advance(Duration::from_secs(75));
+    assert!(allowed(c.check(&d, "k", "", 10, 8, &clock)));
+}
+
+#[test]
+fn seats_free_up_after_the_idle_window() {
+    let clock = clock();
+    let idle = Duration::from_secs(60);
+    let d = def(
+        "s",
+        LimitKind::Seats {
+            identity: KeyPart::ClientIp,
+            idle,
+        },
+    );
+    let c = Counters::new(&d, 100);
+    for user in ["a", "b", "c"] {
+        assert!(allowed(c.check(&d, "lic", user, 3, 1, &clock)));
+    }
+    let Checked::Limited(limited) = c.check(&d, "lic", "d", 3, 1, &clock) else {
+        panic!("4th user must wait");
+    };
+    assert_eq!(limited.retry_after, idle);
+    clock.advance(Duration::from_secs(30));
+    // Known users keep their seats and refresh them.
+    assert!(allowed(c.check(&d, "lic", "a", 3, 1, &clock)));
+    assert!(allowed(c.check(&d, "lic", "b", 3, 1, &clock)));
+    clock.advance(Duration::from_secs(30));
+    // `c` has been idle for 60 s: its seat goes to `d`.
+    assert!(allowed(c.check(&d, "lic", "d", 3, 1, &clock)));
+    assert!(!allowed(c.check(&d, "lic", "c", 3, 1, &clock)));
+    assert_eq!(c.usage(&d, &clock), vec![("lic".to_owned(), 3)]);
+}
+
+#[test]
+fn concurrency_permits_free_their_slot_on_drop() {
+    let clock = clock();
+    let d = def("c", LimitKind::Concurrency);
+    let c = Counters::new(&d, 100);
+    let Checked::Held(first) = c.check(&d, "k", "", 2, 1, &clock) else {
+        panic!()
+    };
+    let Checked::Held(_second) = c.check(&d, "k", "", 2, 1, &clock) else {
+        panic!()
+    };
+    assert!(!allowed(c.check(&d, "k", "", 2, 1, &clock)));
+    drop(first);
+    assert!(allowed(c.check(&d, "k", "", 2, 1, &clock)));
+}
+
+#[test]
+fn keys_beyond_the_bound_share_one_counter() {
+    let clock = clock();
+    let d = def(
+        "r",
+        LimitKind::Rate {
+            window: Duration::from_secs(60),
+            burst: None,
+        },
+    );
+    let c = Counters::new(&d, 2);
+    assert!(allowed(c.check(&d, "a", "", 1, 1, &clock)));
+    assert!(allowed(c.check(&d, "b", "", 1, 1, &clock)));
+    // Full: new keys land on the overflow counter, which also limits.
+    assert!(allowed(c.check(&d, "c", "", 1, 1, &clock)));
+    assert!(!allowed(c.check(&d, "d", "", 1, 1, &clock)));
+}
+
+#[test]
+fn quota_counts_survive_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = persist::CounterFile::new(dir.path().join("counters.json"));
+    let clock = clock();
+    let d = def(
+        "calls",
+        LimitKind::Quota {
+            period: Period::Day,
+        },
+    );
+    let store = MemoryStore::new(clock.clone(), 100);
+    let counters = store.counters(&d);
+    assert!(allowed(counters.check(&d, "lic-1", "", 5, 4, &clock)));
+    file.save(&store).unwrap();
+
+    let restarted = MemoryStore::new(clock.clone(), 100);
+    assert_eq!(file.restore(&restarted).unwrap(), 1);
+    let counters = restarted.counters(&d);
+    assert!(allowed(counters.check(&d, "lic-1", "", 5, 1, &clock)));
+    assert!(!allowed(counters.check(&d, "lic-1", "", 5, 1, &clock)));
+}
+
+#[test]
+fn retry_after_is_never_early() {
+    let clock = clock();
+    for nanos in [1, 999_999_999, 1_000_000_000, 2_500_000_000] {
+        let delay = Duration::from_nanos(nanos);
+        let secs = retry_after_secs(delay, &clock);
+        assert!(Duration::from_secs(secs) >= delay, "{secs} for {delay:?}");
+        clock.advance(Duration::from_nanos(7_777_777));
+    }
+}

@@ -1,0 +1,1395 @@
+//! From policy files to one immutable, compiled [`Policy`]: names resolved
+//! to indices, patterns to a trie, features to bit sets. Every problem is a
+//! [`Diagnostic`] with file, line and column; warnings (shadowed routes,
+//! unknown features) do not stop a policy from loading.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method};
+
+use super::locate::{dotted, locate, Step};
+use super::matcher::{parse_pattern, pattern_key, Matcher, Segment};
+use super::schema::{
+    AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec, KeySpec, LimitSpec,
+    ModeSetting, PeriodSetting, PolicyFile, RouteSpec,
+};
+use crate::license::LicenseClaims;
+
+/// A compiled policy: what the decision engine consults per request.
+/// Immutable; a reload compiles a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct Policy {
+    /// Distinguishes snapshots; cached decisions carry it.
+    pub generation: u64,
+    pub routes: Vec<Route>,
+    pub limits: Vec<LimitDef>,
+    pub plans: HashMap<String, Plan>,
+    /// Feature names that routes require, by bit index.
+    pub features: Vec<String>,
+    /// What a request no route matches gets.
+    pub unmatched: Access,
+    /// The policy-wide mode, which also applies to unmatched requests.
+    pub mode: Mode,
+    pub case_insensitive: bool,
+    /// Whether any request can need a license.
+    pub needs_license: bool,
+    /// The files this policy was compiled from.
+    pub sources: Vec<PathBuf>,
+    pub warnings: Vec<Diagnostic>,
+    matcher: Matcher,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Licensed,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Would-be denials are counted, logged and forwarded with a header.
+    Shadow,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub features: Vec<String>,
+    pub limits: BTreeMap<String, u64>,
+    pub seats: Option<u64>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Index in [`Policy::routes`].
+    pub id: usize,
+    /// Shown in denials, logs and the `route` metric label.
+    pub name: Arc<str>,
+    /// The path pattern as written.
+    pub path: String,
+    pub pattern: Vec<Segment>,
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<HostMatch>,
+    pub headers: Vec<(HeaderName, HeaderCondition)>,
+    pub access: Access,
+    /// Required features, as bits of [`Policy::features`].
+    pub features: FeatureSet,
+    pub feature_names: Vec<String>,
+    pub limits: Vec<LimitUse>,
+    pub mode: Mode,
+    /// Which file defined it and where in `routes`.
+    pub origin: (usize, usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`.
+    Suffix(String),
+}
+
+impl HostMatch {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(exact) => host.eq_ignore_ascii_case(exact),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderCondition {
+    Equals(String),
+    Present(bool),
+    Prefix(String),
+}
+
+impl HeaderCondition {
+    fn holds(&self, name: &HeaderName, headers: &HeaderMap) -> bool {
+        match self {
+            HeaderCondition::Present(wanted) => headers.contains_key(name) == *wanted,
+            HeaderCondition::Equals(value) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes()),
+            HeaderCondition::Prefix(prefix) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes().starts_with(prefix.as_bytes())),
+        }
+    }
+}
+
+/// A route's use of a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitUse {
+    /// Index into [`Policy::limits`].
+    pub limit: usize,
+    /// Units a request costs (rates and quotas).
+    pub cost: u64,
+}
+
+/// A compiled limit definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitDef {
+    pub name: Arc<str>,
+    pub kind: LimitKind,
+    pub amount: Amount,
+    /// Whose counter: the parts are joined into one key.
+    pub key: Vec<KeyPart>,
+    /// Whether evaluating it needs a license (key or amount from it).
+    pub needs_license: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    /// GCRA: `amount` per `window`, at most `burst` at once.
+    Rate {
+        window: Duration,
+        burst: Option<u64>,
+    },
+    Quota {
+        period: Period,
+    },
+    /// Distinct identities active within `idle`.
+    Seats {
+        identity: KeyPart,
+        idle: Duration,
+    },
+    /// Requests in flight at once.
+    Concurrency,
+}
+
+impl LimitKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LimitKind::Rate { .. } => "rate",
+            LimitKind::Quota { .. } => "quota",
+            LimitKind::Seats { .. } => "seats",
+            LimitKind::Concurrency => "concurrency",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+    Rolling(Duration),
+}
+
+/// Where a limit's number comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Amount {
+    Fixed(u64),
+    /// The license's `lic.limits.NAME` (or `lic.seats`), else its plan's,
+    /// else `default` (`None`: unlimited).
+    License {
+        source: LicenseAmount,
+        default: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LicenseAmount {
+    Limit(String),
+    Seats,
+}
+
+/// One part of a counter key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The license id (`sub`).
+    License,
+    Claim(Claim),
+    Header(HeaderName),
+    ClientIp,
+    Route,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    Sub,
+    Plan,
+    Customer,
+    Issuer,
+}
+
+/// Feature bits. Tiny: routes rarely need more than 64 distinct features.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeatureSet(Box<[u64]>);
+
+impl FeatureSet {
+    fn with_len(features: usize) -> FeatureSet {
+        FeatureSet(vec![0; features.div_ceil(64)].into_boxed_slice())
+    }
+
+    fn insert(&mut self, bit: usize) {
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The first bit of `required` missing from `self`.
+    pub fn first_missing(&self, required: &FeatureSet) -> Option<usize> {
+        for (i, want) in required.0.iter().enumerate() {
+            let missing = want & !self.0.get(i).copied().unwrap_or(0);
+            if missing != 0 {
+                return Some(i * 64 + missing.trailing_zeros() as usize);
+            }
+        }
+        None
+    }
+}
+
+/// What one license is entitled to under one policy: computed once per
+/// (license, policy generation) and cached by the decision engine.
+#[derive(Debug)]
+pub struct Entitlement {
+    pub features: FeatureSet,
+    /// Per limit definition; `None` is unlimited.
+    pub amounts: Box<[Option<u64>]>,
+}
+
+/// A problem in a policy file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(
+                f,
+                "{}:{line}:{column}: {}",
+                self.file.display(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Why a policy did not load: every error found, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct PolicyError(pub Vec<Diagnostic>);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Located diagnostics cost a re-parse each; past this many, the rest are
+/// reported without a position.
+const MAX_LOCATED: usize = 50;
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Policy {
+    /// Read and compile policy files; a directory stands for its `*.yaml`
+    /// and `*.yml` files in name order.
+    pub fn load(paths: &[PathBuf]) -> Result<Policy, PolicyError> {
+        Policy::compile(Policy::read(paths)?)
+    }
+
+    /// Read policy files (directories expanded) as (path, text).
+    pub fn read(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, PolicyError> {
+        let mut files = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|e| read_error(path, e))?
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        // Skip Kubernetes' `..data` links and hidden files.
+                        let hidden = p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'));
+                        !hidden
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect();
+                entries.sort();
+                if entries.is_empty() {
+                    return Err(PolicyError(vec![Diagnostic {
+                        file: path.clone(),
+                        position: None,
+                        message: "directory has no *.yaml or *.yml policy files".into(),
+                    }]));
+                }
+                for entry in entries {
+                    let text =
+                        std::fs::read_to_string(&entry).map_err(|e| read_error(&entry, e))?;
+                    files.push((entry, text));
+                }
+            } else {
+                let text = std::fs::read_to_string(path).map_err(|e| read_error(path, e))?;
+                files.push((path.clone(), text));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Compile policy documents given as (name, text).
+    pub fn compile(files: Vec<(PathBuf, String)>) -> Result<Policy, PolicyError> {
+        let mut parsed = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for (path, text) in &files {
+            if text.trim().is_empty() {
+                parsed.push(PolicyFile::default());
+                continue;
+            }
+            match crate::config::parse_yaml::<PolicyFile>(path, text) {
+                Ok(file) => parsed.push(file),
+                Err(error) => errors.push(config_diagnostic(path, error)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PolicyError(errors));
+        }
+        let mut compiler = Compiler::default();
+        compiler.compile(&parsed);
+        let located = |notes: Vec<Note>| -> Vec<Diagnostic> {
+            notes
+                .into_iter()
+                .enumerate()
+                .map(|(i, note)| {
+                    let (path, text) = &files[note.file];
+                    let position = if i < MAX_LOCATED {
+                        locate(text, &note.at)
+                    } else {
+                        None
+                    };
+                    let message = if note.at.is_empty() {
+                        note.message
+                    } else {
+                        format!("{}: {}", dotted(&note.at), note.message)
+                    };
+                    Diagnostic {
+                        file: path.clone(),
+                        position,
+                        message,
+                    }
+                })
+                .collect()
+        };
+        if !compiler.errors.is_empty() {
+            return Err(PolicyError(located(std::mem::take(&mut compiler.errors))));
+        }
+        let warnings = located(std::mem::take(&mut compiler.warnings));
+        let mut policy = compiler.finish();
+        policy.warnings = warnings;
+        policy.sources = files.into_iter().map(|(path, _)| path).collect();
+        Ok(policy)
+    }
+
+    /// The route for a request, if any. `path` must be normalised.
+    pub fn find(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        let id = self.matcher.find(path, |id| {
+            let route = &self.routes[id as usize];
+            route.accepts(method, host, headers)
+        })?;
+        Some(&self.routes[id as usize])
+    }
+
+    /// What `claims` entitle to under this policy: the license's own
+    /// features and limits over its plan's over the limit's default.
+    pub fn entitle(&self, claims: &LicenseClaims) -> Entitlement {
+        let plan = self.plans.get(&claims.plan);
+        let mut features = FeatureSet::with_len(self.features.len());
+        for (bit, name) in self.features.iter().enumerate() {
+            let in_plan = plan.is_some_and(|p| p.features.iter().any(|f| f == name));
+            if in_plan || claims.has_feature(name) {
+                features.insert(bit);
+            }
+        }
+        let amounts = self
+            .limits
+            .iter()
+            .map(|limit| match &limit.amount {
+                Amount::Fixed(n) => Some(*n),
+                Amount::License { source, default } => {
+                    let from_license = match source {
+                        LicenseAmount::Limit(name) => claims
+                            .limits
+                            .get(name)
+                            .copied()
+                            .or_else(|| plan.and_then(|p| p.limits.get(name).copied())),
+                        LicenseAmount::Seats => claims
+                            .seats
+                            .map(u64::from)
+                            .or_else(|| plan.and_then(|p| p.seats)),
+                    };
+                    from_license.or(*default)
+                }
+            })
+            .collect();
+        Entitlement { features, amounts }
+    }
+
+    /// Nodes in the route trie.
+    pub fn trie_nodes(&self) -> usize {
+        self.matcher.node_count()
+    }
+}
+
+impl Route {
+    fn accepts(&self, method: &Method, host: Option<&str>, headers: &HeaderMap) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        if let Some(wanted) = &self.host {
+            match host {
+                Some(host) if wanted.matches(host) => {}
+                _ => return false,
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, condition)| condition.holds(name, headers))
+    }
+
+    /// Higher is more specific; see [`super::matcher`] for precedence.
+    fn specificity(&self) -> (u8, u8, usize) {
+        let host = match self.host {
+            Some(HostMatch::Exact(_)) => 2,
+            Some(HostMatch::Suffix(_)) => 1,
+            None => 0,
+        };
+        (host, u8::from(self.methods.is_some()), self.headers.len())
+    }
+}
+
+fn read_error(path: &Path, error: std::io::Error) -> PolicyError {
+    PolicyError(vec![Diagnostic {
+        file: path.to_owned(),
+        position: None,
+        message: format!("cannot read policy: {error}"),
+    }])
+}
+
+fn config_diagnostic(path: &Path, error: crate::config::ConfigError) -> Diagnostic {
+    use crate::config::ConfigError;
+    match error {
+        ConfigError::Parse {
+            line,
+            column,
+            message,
+            ..
+        } => Diagnostic {
+            file: path.to_owned(),
+            position: Some((line, column)),
+            message,
+        },
+        other => Diagnostic {
+            file: path.to_owned(),
+            position: None,
+            message: other
+                .to_string()
+                .trim_start_matches(&format!("{}: ", path.display()))
+                .to_owned(),
+        },
+    }
+}
+
+/// A diagnostic before it is located: which file, which node.
+struct Note {
+    file: usize,
+    at: Vec<Step>,
+    message: String,
+}
+
+#[derive(Default)]
+struct Compiler {
+    errors: Vec<Note>,
+    warnings: Vec<Note>,
+    mode: Option<(Mode, usize)>,
+    unmatched: Option<(Access, usize)>,
+    case: Option<(bool, usize)>,
+    plans: HashMap<String, (Plan, usize)>,
+    limit_index: HashMap<String, usize>,
+    limits: Vec<(LimitDef, usize)>,
+    features: Vec<String>,
+    feature_index: HashMap<String, usize>,
+    routes: Vec<Route>,
+    /// Route keys by position, for shadowing checks: (route, file, index).
+    route_names: HashMap<Arc<str>, (usize, usize)>,
+    /// Feature bits of each route, sized once every feature is known.
+    route_bits: Vec<Vec<usize>>,
+    /// Routes without their own mode, which take the policy-wide one.
+    inherit_mode: Vec<usize>,
+}
+
+impl Compiler {
+    fn error(&mut self, file: usize, at: Vec<Step>, message: impl Into<String>) {
+        self.errors.push(Note {
+            file,
+            at,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, file: usize, at: Vec<Step>, message: impl Into<String>) {
+        self.warnings.push(Note {
+            file,
+            at,
+            message: message.into(),
+        });
+    }
+
+    fn compile(&mut self, files: &[PolicyFile]) {
+        for (f, file) in files.iter().enumerate() {
+            self.top_level(f, file);
+            for (name, spec) in &file.plans {
+                let at = vec![Step::key("plans"), Step::key(name)];
+                if let Some((_, other)) = self.plans.get(name) {
+                    let other = *other;
+                    self.error(
+                        f,
+                        at,
+                        format!("plan `{name}` is already defined (file #{})", other + 1),
+                    );
+                    continue;
+                }
+                let plan = Plan {
+                    features: spec.features.clone(),
+                    limits: spec.limits.clone(),
+                    seats: spec.seats,
+                };
+                self.plans.insert(name.clone(), (plan, f));
+            }
+            for (name, spec) in &file.limits {
+                self.limit(f, name, spec);
+            }
+        }
+        for (f, file) in files.iter().enumerate() {
+            for (i, spec) in file.routes.iter().enumerate() {
+                self.route(f, i, spec);
+            }
+        }
+        self.check_references();
+        self.check_shadowing();
+    }
+
+    fn top_level(&mut self, f: usize, file: &PolicyFile) {
+        if let Some(mode) = file.mode {
+            let mode = match mode {
+                ModeSetting::Enforce => Mode::Enforce,
+                ModeSetting::Shadow => Mode::Shadow,
+            };
+            if self.mode.is_some_and(|(m, _)| m != mode) {
+                self.error(
+                    f,
+                    vec![Step::key("mode")],
+                    "set differently in another policy file",
+                );
+            }
+            self.mode = Some((mode, f));
+        }
+        if let Some(unmatched) = file.unmatched {
+            let access = access(unmatched);
+            if self.unmatched.is_some_and(|(a, _)| a != access) {
+                self.error(
+                    f,
+                    vec![Step::key("unmatched")],
+                    "set differently in another policy file",
+                );
+            }
+            self.unmatched = Some((access, f));
+        }
+        if let Some(case) = file.paths.as_ref().and_then(|p| p.case) {
+            let insensitive = case == CaseSetting::Insensitive;
+            if self.case.is_some_and(|(c, _)| c != insensitive) {
+                self.error(
+                    f,
+                    vec![Step::key("paths"), Step::key("case")],
+                    "set differently in another policy file",
+                );
+            }
+            self.case = Some((insensitive, f));
+        }
+    }
+
+    fn limit(&mut self, f: usize, name: &str, spec: &LimitSpec) {
+        let at = vec![Step::key("limits"), Step::key(name)];
+        if !valid_name(name) {
+            self.error(
+                f,
+                at.clone(),
+                "limit names use letters, digits, `_`, `-` and `.`",
+            );
+            return;
+        }
+        if self.limit_index.contains_key(name) {
+            self.error(
+                f,
+                at,
+                format!("limit `{name}` is already defined in another policy file"),
+            );
+            return;
+        }
+        let kinds = [
+            spec.rate.is_some(),
+            spec.quota.is_some(),
+            spec.seats.is_some(),
+            spec.concurrency.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.error(
+                f,
+                at,
+                "a limit is exactly one of `rate`, `quota`, `seats` or `concurrency`",
+            );
+            return;
+        }
+        let sub = |kind: &str| {
+            let mut at = at.clone();
+            at.push(Step::key(kind));
+            at
+        };
+        let compiled = if let Some(rate) = &spec.rate {
+            let at = sub("rate");
+            if rate.per.0.is_zero() {
+                self.error(f, with(&at, "per"), "must be longer than zero");
+                return;
+            }
+            if rate.burst == Some(0) {
+                self.error(f, with(&at, "burst"), "must be at least 1");
+                return;
+            }
+            let Some(amount) = self.amount(f, &at, &rate.limit, rate.default, false) else {
+                return;
+            };
+            let Some(key) = self.key(f, &with(&at, "key"), rate.key.as_ref()) else {
+                return;
+            };
+            (
+                LimitKind::Rate {
+                    window: rate.per.0,
+                    burst: rate.burst,
+                },
+                amount,
+                key,
+            )
+        } else if let Some(quota) = &spec.quota {
+            let at = sub("quota");
+            let period = match (quota.period, quota.rolling) {
+                (Some(PeriodSetting::Hour), None) => Period::Hour,
+                (Some(PeriodSetting::Day), None) => Period::Day,
+                (Some(PeriodSetting::Month), None) => Period::Month,
+                (None, Some(window)) if !window.0.is_zero() => Period::Rolling(window.0),
+                (None, Some(_)) => {
+                    self.error(f, with(&at, "rolling"), "must be longer than zero");
+                    return;
+                }
+                _ => {
+                    self.error(
+                        f,
+                        at,
+                        "a quota has exactly one of `period` (hour, day, month) or `rolling` (a duration)",
+                    );
+                    return;
+                }
+            };
+            let Some(amount) = self.amount(f, &at, &quota.limit, quota.default, false) else {
+                return;
+            };
+            let Some(key) = self.key(f, &with(&at, "key"), quota.key.as_ref()) else {
+                return;
+            };
+            (LimitKind::Quota { period }, amount, key)
+        } else if let Some(seats) = &spec.seats {
+            let at = sub("seats");
+            let limit = seats
+                .limit
+                .clone()
+                .unwrap_or_else(|| AmountSpec::License("lic.seats".into()));
+            let Some(amount) = self.amount(f, &at, &limit, seats.default, true) else {
+                return;
+            };
+            let Some(key) = self.key(f, &with(&at, "key"), seats.key.as_ref()) else {
+                return;
+            };
+            let identity = match parse_key_part(&seats.identity) {
+                Ok(KeyPart::Route) => {
+                    self.error(f, with(&at, "identity"), "`route` does not identify a user");
+                    return;
+                }
+                Ok(part) => part,
+                Err(message) => {
+                    self.error(f, with(&at, "identity"), message);
+                    return;
+                }
+            };
+            let idle = seats.idle.map_or(Duration::from_secs(30 * 60), |d| d.0);
+            if idle.is_zero() {
+                self.error(f, with(&at, "idle"), "must be longer than zero");
+                return;
+            }
+            (LimitKind::Seats { identity, idle }, amount, key)
+        } else if let Some(concurrency) = &spec.concurrency {
+            let at = sub("concurrency");
+            let Some(amount) = self.amount(f, &at, &concurrency.limit, concurrency.default, false)
+            else {
+                return;
+            };
+            let Some(key) = self.key(f, &with(&at, "key"), concurrency.key.as_ref()) else {
+                return;
+            };
+            (LimitKind::Concurrency, amount, key)
+        } else {
+            unreachable!("exactly one kind was checked above")
+        };
+        let (kind, amount, key) = compiled;
+        let needs_license = matches!(amount, Amount::License { .. })
+            || key
+                .iter()
+                .chain(match &kind {
+                    LimitKind::Seats { identity, .. } => Some(identity),
+                    _ => None,
+                })
+                .any(|part| matches!(part, KeyPart::License | KeyPart::Claim(_)));
+        self.limit_index.insert(name.to_owned(), self.limits.len());
+        self.limits.push((
+            LimitDef {
+                name: name.into(),
+                kind,
+                amount,
+                key,
+                needs_license,
+            },
+            f,
+        ));
+    }
+
+    fn amount(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        spec: &AmountSpec,
+        default: Option<DefaultSpec>,
+        seats: bool,
+    ) -> Option<Amount> {
+        let default = default.map(|d| match d {
+            DefaultSpec::Amount(n) => Some(n),
+            DefaultSpec::Unlimited => None,
+        });
+        match spec {
+            AmountSpec::Fixed(n) => {
+                if default.is_some() {
+                    self.error(f, with(at, "default"), "only used with `limit: lic.…`");
+                    return None;
+                }
+                Some(Amount::Fixed(*n))
+            }
+            AmountSpec::License(path) => {
+                let source = if path == "lic.seats" {
+                    LicenseAmount::Seats
+                } else if let Some(name) = path.strip_prefix("lic.limits.") {
+                    if !valid_name(name) {
+                        self.error(
+                            f,
+                            with(at, "limit"),
+                            format!("`{name}` is not a limit name"),
+                        );
+                        return None;
+                    }
+                    LicenseAmount::Limit(name.to_owned())
+                } else {
+                    let expected = if seats { "`lic.seats`, " } else { "" };
+                    self.error(
+                        f,
+                        with(at, "limit"),
+                        format!(
+                            "`{path}`: expected a whole number, {expected}or `lic.limits.NAME`"
+                        ),
+                    );
+                    return None;
+                };
+                let Some(default) = default else {
+                    self.error(
+                        f,
+                        at.to_vec(),
+                        format!(
+                            "`limit: {path}` needs a `default` (a number, or `unlimited`) for licenses and plans that do not set it"
+                        ),
+                    );
+                    return None;
+                };
+                Some(Amount::License { source, default })
+            }
+        }
+    }
+
+    fn key(&mut self, f: usize, at: &[Step], spec: Option<&KeySpec>) -> Option<Vec<KeyPart>> {
+        let Some(spec) = spec else {
+            return Some(vec![KeyPart::License]);
+        };
+        if spec.0.is_empty() {
+            self.error(
+                f,
+                at.to_vec(),
+                "an empty key list; leave `key` out for `license`",
+            );
+            return None;
+        }
+        let mut parts = Vec::new();
+        for text in &spec.0 {
+            match parse_key_part(text) {
+                Ok(part) => parts.push(part),
+                Err(message) => {
+                    self.error(f, at.to_vec(), message);
+                    return None;
+                }
+            }
+        }
+        Some(parts)
+    }
+
+    fn route(&mut self, f: usize, i: usize, spec: &RouteSpec) {
+        let at = vec![Step::key("routes"), Step::Index(i)];
+        let pattern = match parse_pattern(&spec.path) {
+            Ok(pattern) => pattern,
+            Err(message) => {
+                self.error(f, with(&at, "path"), message);
+                return;
+            }
+        };
+        let mut failed = false;
+        let methods = match &spec.methods {
+            None => None,
+            Some(list) if list.is_empty() => {
+                self.error(
+                    f,
+                    with(&at, "methods"),
+                    "an empty list; leave it out for any method",
+                );
+                return;
+            }
+            Some(list) => {
+                let mut methods = Vec::new();
+                for (m, text) in list.iter().enumerate() {
+                    match Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) => methods.push(method),
+                        Err(_) => {
+                            let mut at = with(&at, "methods");
+                            at.push(Step::Index(m));
+                            self.error(f, at, format!("`{text}` is not an HTTP method"));
+                            failed = true;
+                        }
+                    }
+                }
+                Some(methods)
+            }
+        };
+        let host = match &spec.host {
+            None => None,
+            Some(host) => match parse_host(host) {
+                Ok(host) => Some(host),
+                Err(message) => {
+                    self.error(f, with(&at, "host"), message);
+                    return;
+                }
+            },
+        };
+        let mut headers = Vec::new();
+        for (name, condition) in &spec.headers {
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.error(
+                    f,
+                    with(&at, "headers"),
+                    format!("`{name}` is not a header name"),
+                );
+                failed = true;
+                continue;
+            };
+            headers.push((
+                header,
+                match condition {
+                    HeaderConditionSpec::Equals(v) => HeaderCondition::Equals(v.clone()),
+                    HeaderConditionSpec::Present(p) => HeaderCondition::Present(*p),
+                    HeaderConditionSpec::Prefix(p) => HeaderCondition::Prefix(p.clone()),
+                },
+            ));
+        }
+        let access = spec.access.map_or(Access::Licensed, access);
+        if access != Access::Licensed && !spec.features.is_empty() {
+            self.error(
+                f,
+                with(&at, "features"),
+                format!("a `{}` route cannot require features", access_name(access)),
+            );
+            failed = true;
+        }
+        if access == Access::Deny && !spec.limits.is_empty() {
+            self.error(
+                f,
+                with(&at, "limits"),
+                "a `deny` route has no limits to apply",
+            );
+            failed = true;
+        }
+        let mut feature_names = Vec::new();
+        let mut feature_bits = Vec::new();
+        for (n, feature) in spec.features.iter().enumerate() {
+            if feature.is_empty() {
+                let mut at = with(&at, "features");
+                at.push(Step::Index(n));
+                self.error(f, at, "an empty feature name");
+                failed = true;
+                continue;
+            }
+            let bit = match self.feature_index.get(feature) {
+                Some(&bit) => bit,
+                None => {
+                    self.features.push(feature.clone());
+                    self.feature_index
+                        .insert(feature.clone(), self.features.len() - 1);
+                    self.features.len() - 1
+                }
+            };
+            feature_names.push(feature.clone());
+            feature_bits.push(bit);
+        }
+        let mut limits = Vec::new();
+        for (n, used) in spec.limits.iter().enumerate() {
+            let mut at = with(&at, "limits");
+            at.push(Step::Index(n));
+            let Some(&index) = self.limit_index.get(&used.limit) else {
+                let known: Vec<&str> = self.limit_index.keys().map(String::as_str).collect();
+                self.error(
+                    f,
+                    at,
+                    format!(
+                        "no limit named `{}` (defined: {})",
+                        used.limit,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            sorted(known).join(", ")
+                        }
+                    ),
+                );
+                failed = true;
+                continue;
+            };
+            let limit = &self.limits[index].0;
+            if access == Access::Public && limit.needs_license {
+                self.error(
+                    f,
+                    at,
+                    format!(
+                        "limit `{}` needs a license (its key or number comes from one) but the route is public",
+                        used.limit
+                    ),
+                );
+                failed = true;
+                continue;
+            }
+            if used.cost == 0 {
+                self.error(f, at, "`cost` must be at least 1");
+                failed = true;
+                continue;
+            }
+            if used.cost > 1
+                && matches!(limit.kind, LimitKind::Seats { .. } | LimitKind::Concurrency)
+            {
+                self.error(
+                    f,
+                    at,
+                    format!(
+                        "`cost` applies to rates and quotas, not {}",
+                        limit.kind.as_str()
+                    ),
+                );
+                failed = true;
+                continue;
+            }
+            limits.push(LimitUse {
+                limit: index,
+                cost: used.cost,
+            });
+        }
+        let name: Arc<str> = match &spec.name {
+            Some(name) if name.is_empty() => {
+                self.error(f, with(&at, "name"), "an empty route name");
+                return;
+            }
+            Some(name) => name.as_str().into(),
+            None => match &methods {
+                Some(methods) => {
+                    let list: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                    format!("{} {}", list.join(","), spec.path).into()
+                }
+                None => spec.path.as_str().into(),
+            },
+        };
+        if spec.name.is_some() {
+            if let Some(&(other_file, other_index)) = self.route_names.get(&name) {
+                self.error(
+                    f,
+                    with(&at, "name"),
+                    format!(
+                        "route name `{name}` is already used by routes[{other_index}]{}",
+                        if other_file == f {
+                            String::new()
+                        } else {
+                            format!(" of file #{}", other_file + 1)
+                        }
+                    ),
+                );
+                failed = true;
+            }
+            self.route_names.insert(Arc::clone(&name), (f, i));
+        }
+        if failed {
+            return;
+        }
+        let mode = match spec.mode {
+            Some(ModeSetting::Shadow) => Some(Mode::Shadow),
+            Some(ModeSetting::Enforce) => Some(Mode::Enforce),
+            None => None,
+        };
+        self.routes.push(Route {
+            id: self.routes.len(),
+            name,
+            path: spec.path.clone(),
+            pattern,
+            methods,
+            host,
+            headers,
+            access,
+            // Sized when the feature list is complete (finish).
+            features: FeatureSet::default(),
+            feature_names,
+            limits,
+            // Resolved against the policy-wide mode in finish.
+            mode: mode.unwrap_or(Mode::Enforce),
+            origin: (f, i),
+        });
+        self.route_bits.push(feature_bits);
+        if mode.is_none() {
+            self.inherit_mode.push(self.routes.len() - 1);
+        }
+    }
+
+    fn check_references(&mut self) {
+        // Features no plan includes can only come from a license listing them.
+        let planned: std::collections::HashSet<&str> = self
+            .plans
+            .values()
+            .flat_map(|(plan, _)| plan.features.iter().map(String::as_str))
+            .collect();
+        let mut notes = Vec::new();
+        if !self.plans.is_empty() {
+            for route in &self.routes {
+                for (n, feature) in route.feature_names.iter().enumerate() {
+                    if !planned.contains(feature.as_str()) {
+                        let (f, i) = route.origin;
+                        notes.push((
+                            f,
+                            vec![Step::key("routes"), Step::Index(i), Step::key("features"), Step::Index(n)],
+                            format!("feature `{feature}` is in no plan; only licenses that list it themselves pass"),
+                        ));
+                    }
+                }
+            }
+        }
+        // `lic.limits.NAME` no plan sets falls back to its default for every plan.
+        for (limit, f) in &self.limits {
+            if let Amount::License {
+                source: LicenseAmount::Limit(name),
+                ..
+            } = &limit.amount
+            {
+                if !self.plans.is_empty()
+                    && !self
+                        .plans
+                        .values()
+                        .any(|(plan, _)| plan.limits.contains_key(name))
+                {
+                    notes.push((
+                        *f,
+                        vec![Step::key("limits"), Step::key(&limit.name)],
+                        format!("`lic.limits.{name}` is set by no plan; licenses without it get the default"),
+                    ));
+                }
+            }
+        }
+        for (plan_name, (plan, f)) in &self.plans {
+            for name in plan.limits.keys() {
+                let used = self.limits.iter().any(|(limit, _)| {
+                    matches!(&limit.amount, Amount::License { source: LicenseAmount::Limit(n), .. } if n == name)
+                });
+                if !used {
+                    notes.push((
+                        *f,
+                        vec![
+                            Step::key("plans"),
+                            Step::key(plan_name),
+                            Step::key("limits"),
+                            Step::key(name),
+                        ],
+                        format!("no limit reads `lic.limits.{name}`"),
+                    ));
+                }
+            }
+        }
+        let used: std::collections::HashSet<usize> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.limits.iter().map(|l| l.limit))
+            .collect();
+        for (index, (limit, f)) in self.limits.iter().enumerate() {
+            if !used.contains(&index) {
+                notes.push((
+                    *f,
+                    vec![Step::key("limits"), Step::key(&limit.name)],
+                    format!("limit `{}` is used by no route", limit.name),
+                ));
+            }
+        }
+        for (f, at, message) in notes {
+            self.warn(f, at, message);
+        }
+    }
+
+    fn check_shadowing(&mut self) {
+        // Same pattern and conditions that an earlier-ranked route covers:
+        // the later one can never be chosen.
+        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            by_key
+                .entry(pattern_key(&route.pattern))
+                .or_default()
+                .push(index);
+        }
+        let mut notes = Vec::new();
+        for indices in by_key.values() {
+            for (later_pos, &later) in indices.iter().enumerate() {
+                let l = &self.routes[later];
+                for &earlier in &indices[..later_pos] {
+                    let e = &self.routes[earlier];
+                    if e.specificity() == l.specificity() && covers(e, l) {
+                        let (f, i) = l.origin;
+                        notes.push((
+                            f,
+                            vec![Step::key("routes"), Step::Index(i)],
+                            format!(
+                                "route `{}` can never match: route `{}` (routes[{}]) matches the same requests first",
+                                l.name, e.name, e.origin.1
+                            ),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        notes.sort_by_key(|(f, at, _)| {
+            (
+                *f,
+                at.clone()
+                    .into_iter()
+                    .map(|s| match s {
+                        Step::Index(i) => i,
+                        Step::Key(_) => 0,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for (f, at, message) in notes {
+            self.warn(f, at, message);
+        }
+    }
+
+    fn finish(self) -> Policy {
+        let mode = self.mode.map_or(Mode::Enforce, |(m, _)| m);
+        let unmatched = self.unmatched.map_or(Access::Deny, |(a, _)| a);
+        let case_insensitive = self.case.is_some_and(|(c, _)| c);
+        let feature_count = self.features.len();
+        let mut routes = self.routes;
+        for &index in &self.inherit_mode {
+            routes[index].mode = mode;
+        }
+        let limits: Vec<LimitDef> = self.limits.into_iter().map(|(l, _)| l).collect();
+        for route in &mut routes {
+            // Evaluation order: slots and seats first, quotas last, so a
+            // request refused by a rate is never billed against a quota.
+            route.limits.sort_by_key(|u| match limits[u.limit].kind {
+                LimitKind::Concurrency => 0,
+                LimitKind::Seats { .. } => 1,
+                LimitKind::Rate { .. } => 2,
+                LimitKind::Quota { .. } => 3,
+            });
+        }
+        for (route, bits) in routes.iter_mut().zip(&self.route_bits) {
+            let mut set = FeatureSet::with_len(feature_count);
+            for &bit in bits {
+                set.insert(bit);
+            }
+            route.features = set;
+        }
+        let mut matcher = Matcher::new(case_insensitive);
+        for (id, route) in routes.iter().enumerate() {
+            matcher.insert(&route.pattern, id as u32);
+        }
+        matcher.rank(|id| {
+            let (host, methods, headers) = routes[id as usize].specificity();
+            (std::cmp::Reverse((host, methods, headers)), id)
+        });
+        let needs_license =
+            unmatched == Access::Licensed || routes.iter().any(|r| r.access == Access::Licensed);
+        Policy {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            routes,
+            limits,
+            plans: self.plans.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+            features: self.features,
+            unmatched,
+            mode,
+            case_insensitive,
+            needs_license,
+            sources: Vec::new(),
+            warnings: Vec::new(),
+            matcher,
+        }
+    }
+}
+
+/// Whether every request `later` accepts is accepted by `earlier`.
+fn covers(earlier: &Route, later: &Route) -> bool {
+    let methods = match (&earlier.methods, &later.methods) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|m| e.contains(m)),
+    };
+    let host = match (&earlier.host, &later.host) {
+        (None, _) => true,
+        (Some(e), Some(l)) => e == l,
+        (Some(_), None) => false,
+    };
+    methods && host && earlier.headers.iter().all(|h| later.headers.contains(h))
+}
+
+fn with(at: &[Step], key: &str) -> Vec<Step> {
+    let mut at = at.to_vec();
+    at.push(Step::key(key));
+    at
+}
+
+fn sorted(mut names: Vec<&str>) -> Vec<&str> {
+    names.sort_unstable();
+    names
+}
+
+fn access(setting: AccessSetting) -> Access {
+    match setting {
+        AccessSetting::Public => Access::Public,
+        AccessSetting::Licensed => Access::Licensed,
+        AccessSetting::Deny => Access::Deny,
+    }
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Public => "public",
+        Access::Licensed => "licensed",
+        Access::Deny => "deny",
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn parse_host(host: &str) -> Result<HostMatch, String> {
+    let lower = host.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_owned()),
+        None => (false, lower),
+    };
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if !valid {
+        return Err(format!(
+            "`{host}` is not a host name; expected e.g. `api.example.com` or `*.example.com` (no port)"
+        ));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name)
+    })
+}
+
+/// `license`, `claim:NAME`, `header:NAME`, `client_ip` or `route`.
+pub fn parse_key_part(text: &str) -> Result<KeyPart, String> {
+    match text {
+        "license" => return Ok(KeyPart::License),
+        "client_ip" => return Ok(KeyPart::ClientIp),
+        "route" => return Ok(KeyPart::Route),
+        _ => {}
+    }
+    if let Some(claim) = text.strip_prefix("claim:") {
+        return match claim {
+            "sub" => Ok(KeyPart::Claim(Claim::Sub)),
+            "plan" => Ok(KeyPart::Claim(Claim::Plan)),
+            "customer" => Ok(KeyPart::Claim(Claim::Customer)),
+            "iss" => Ok(KeyPart::Claim(Claim::Issuer)),
+            other => Err(format!(
+                "`claim:{other}`: the claims a key can use are sub, plan, customer and iss"
+            )),
+        };
+    }
+    if let Some(header) = text.strip_prefix("header:") {
+        return HeaderName::from_bytes(header.as_bytes())
+            .map(KeyPart::Header)
+            .map_err(|_| format!("`{header}` is not a header name"));
+    }
+    Err(format!(
+        "`{text}`: expected `license`, `claim:NAME`, `header:NAME`, `client_ip` or `route`"
+    ))
+}

@@ -1,0 +1,165 @@
+//! Background upkeep of the policy in force: hot reload on file change or
+//! SIGHUP, counter sweeps and usage gauges, and the counters file.
+//!
+//! A reload compiles off the request path and swaps the new policy in
+//! atomically; requests in flight finish under the policy they started
+//! with. A policy that fails to compile changes nothing: the last good one
+//! keeps serving, the error is logged with file:line:column, counted, and
+//! shown in `/readyz` notes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::lifecycle::Lifecycle;
+use crate::limits::persist::CounterFile;
+use crate::policy::Policy;
+use crate::proxy::Shared;
+use crate::watch::{dir_of, spawn_sighup, watch_dirs};
+
+/// The `/readyz` note about the policy.
+pub const POLICY_NOTE: &str = "policy";
+
+/// Events within this window are one reload (a symlink swap is several).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// How often counters are swept and usage gauges refreshed.
+const MAINTAIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Watches on the policy paths plus SIGHUP, created before the proxy
+/// announces itself so no change made after start is missed.
+pub struct PolicyWatch {
+    shared: Arc<Shared>,
+    paths: Vec<PathBuf>,
+    /// The texts the policy in force was compiled from.
+    current: Vec<(PathBuf, String)>,
+    events: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl PolicyWatch {
+    pub fn start(shared: Arc<Shared>, paths: Vec<PathBuf>) -> PolicyWatch {
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut dirs: Vec<PathBuf> = paths.iter().map(|p| dir_of(p)).collect();
+        dirs.sort();
+        dirs.dedup();
+        let watcher = watch_dirs(&dirs, tx.clone());
+        spawn_sighup(tx.clone(), "policy");
+        // Compare against what is in force, so a reload of unchanged files
+        // (a neighbour in the directory changed) is a no-op.
+        let current = Policy::read(&paths).unwrap_or_default();
+        // Anything that changed between the first load and the watch.
+        let _ = tx.send(());
+        PolicyWatch {
+            shared,
+            paths,
+            current,
+            events,
+            _watcher: watcher,
+        }
+    }
+
+    /// Reload on change until the task is dropped.
+    pub async fn run(mut self, lifecycle: Arc<Lifecycle>) {
+        while self.events.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while self.events.try_recv().is_ok() {}
+            self.reload(&lifecycle);
+        }
+    }
+
+    fn reload(&mut self, lifecycle: &Lifecycle) {
+        let metrics = &self.shared.metrics.policy;
+        let files = match Policy::read(&self.paths) {
+            Ok(files) => files,
+            Err(error) => return self.failed(lifecycle, &error.to_string()),
+        };
+        if files == self.current {
+            return;
+        }
+        let result = Policy::compile(files.clone()).and_then(|policy| {
+            for warning in &policy.warnings {
+                tracing::warn!("policy: {warning}");
+            }
+            let summary = summary(&policy);
+            self.shared.engine.install(policy).map(|()| summary)
+        });
+        match result {
+            Ok(summary) => {
+                self.current = files;
+                metrics.reloads_ok.inc();
+                tracing::info!("policy reloaded: {summary}");
+                lifecycle.note(POLICY_NOTE, summary);
+            }
+            Err(error) => self.failed(lifecycle, &error.to_string()),
+        }
+    }
+
+    fn failed(&self, lifecycle: &Lifecycle, error: &str) {
+        self.shared.metrics.policy.reloads_failed.inc();
+        for line in error.lines() {
+            tracing::error!("policy reload failed, keeping the policy in force: {line}");
+        }
+        let current = self
+            .shared
+            .engine
+            .with_current_policy(summary)
+            .unwrap_or_default();
+        lifecycle.note(
+            POLICY_NOTE,
+            format!(
+                "{current}; last reload failed: {}",
+                error.lines().next().unwrap_or("")
+            ),
+        );
+    }
+}
+
+/// One line about a policy for logs and `/readyz`.
+pub fn summary(policy: &Policy) -> String {
+    let files: Vec<String> = policy
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!(
+        "generation {}: {} routes, {} limits, {} plans from {}",
+        policy.generation,
+        policy.routes.len(),
+        policy.limits.len(),
+        policy.plans.len(),
+        files.join(", ")
+    )
+}
+
+/// Sweep counters, refresh gauges and write the counters file on schedule.
+pub async fn maintain(
+    shared: Arc<Shared>,
+    counters_file: Option<CounterFile>,
+    persist_interval: Duration,
+) {
+    let mut sweep = tokio::time::interval(MAINTAIN_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut persist = tokio::time::interval(persist_interval);
+    persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    persist.tick().await;
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => shared.engine.maintain(),
+            _ = persist.tick() => {
+                if let Some(file) = &counters_file {
+                    save_counters(&shared, file);
+                }
+            }
+        }
+    }
+}
+
+/// Write the counters file now (also after draining on shutdown).
+pub fn save_counters(shared: &Shared, file: &CounterFile) {
+    if let Err(error) = file.save(shared.engine.store()) {
+        tracing::error!(path = %file.path().display(), %error, "cannot write the counters file");
+    }
+}

@@ -1,0 +1,61 @@
+//! Reload triggers shared by the license and policy watchers: directory
+//! watches (Kubernetes Secret and ConfigMap updates are symlink swaps in the
+//! mount directory, invisible to a watch on the file itself) and SIGHUP.
+
+use std::path::{Path, PathBuf};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// The directory to watch for a path: itself if it is a directory (a PEM
+/// directory), else its parent.
+pub fn dir_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_owned();
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+pub fn watch_dirs(
+    dirs: &[PathBuf],
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch files; reload with SIGHUP");
+                return None;
+            }
+        };
+    for dir in dirs {
+        if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, dir = %dir.display(), "cannot watch directory; reload with SIGHUP");
+        }
+    }
+    Some(watcher)
+}
+
+pub fn spawn_sighup(tx: mpsc::UnboundedSender<()>, what: &'static str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received; reloading {what}");
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot install the SIGHUP handler"),
+    }
+}

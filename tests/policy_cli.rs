@@ -1,0 +1,200 @@
+//! `licensegate policy check` and `policy explain`, run as the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use licensegate::license::issue::{sign, SigningKey};
+use licensegate::license::Algorithm;
+
+fn licensegate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_licensegate"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const POLICY: &str = "\
+plans:
+  pro:
+    features: [reports]
+    limits: {calls_per_minute: 30}
+limits:
+  calls:
+    rate: {limit: lic.limits.calls_per_minute, default: 10, per: 1m}
+routes:
+  - name: health
+    path: /healthz
+    access: public
+  - name: reports
+    path: /api/reports/**
+    features: [reports]
+    limits: [calls]
+  - name: internal
+    path: /internal/**
+    access: deny
+";
+
+#[test]
+fn check_accepts_a_valid_policy_and_reports_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, POLICY).unwrap();
+    let out = licensegate(&["policy", "check", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "ok: 3 routes, 1 limits, 1 plans, 1 features; 0 warning(s)"
+    );
+}
+
+#[test]
+fn check_locates_errors_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "routes:\n  - path: /a\n    limits: [missing]\n  - path: /b/**/c\n",
+    )
+    .unwrap();
+    let out = licensegate(&["policy", "check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:3:14: error: routes[0].limits[0]: no limit named `missing`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:4:11: error: routes[1].path: `**` must be the last segment"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_warns_on_shadowed_routes_and_strict_fails_on_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadow.yaml");
+    std::fs::write(
+        &path,
+        "routes:\n  - name: first\n    path: /a/{id}\n  - name: second\n    path: /a/*\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let out = licensegate(&["policy", "check", file]);
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:4:5: warning: routes[1]: route `second` can never match"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        licensegate(&["policy", "check", "--strict", file])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    policy: String,
+    keys: String,
+    token: String,
+}
+
+fn fixture(features: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let keys = dir.path().join("k1.pem");
+    std::fs::write(&keys, key.public_key_pem()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "lic-7", "exp": now + 600,
+        "lic": {"plan": "pro", "features": features},
+    });
+    let token = dir.path().join("token");
+    std::fs::write(&token, sign(&claims, &key, "k1")).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    Fixture {
+        policy: path(&policy),
+        keys: path(&keys),
+        token: format!("@{}", path(&token)),
+        _dir: dir,
+    }
+}
+
+fn explain(f: &Fixture, path: &str) -> (Option<i32>, String) {
+    let out = licensegate(&[
+        "policy",
+        "explain",
+        "--policy",
+        &f.policy,
+        "--license",
+        &f.token,
+        "--keys",
+        &f.keys,
+        "--path",
+        path,
+    ]);
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn explain_walks_the_checks_of_an_allowed_request() {
+    let f = fixture(&[]);
+    let (code, out) = explain(&f, "/api/x/../reports/q3");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("normalised to /api/reports/q3"), "{out}");
+    assert!(out.contains("route      `reports`"), "{out}");
+    // `reports` comes from the plan, the rate from the plan's limits.
+    assert!(out.contains("needs [reports]: licensed"), "{out}");
+    assert!(out.contains("`calls`: rate 30 per 1m"), "{out}");
+    assert!(
+        out.trim_end().lines().any(|l| l == "decision   allow"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_names_the_reason_of_a_denial() {
+    let f = fixture(&[]);
+    let (code, out) = explain(&f, "/internal/metrics");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("decision   deny 403 route_denied"), "{out}");
+    let (code, out) = explain(&f, "/nowhere");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("deny 404 route_not_found"), "{out}");
+    let (code, out) = explain(&f, "/api/%2Freports");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("deny 400 bad_request_path"), "{out}");
+
+    let out = licensegate(&[
+        "policy",
+        "explain",
+        "--policy",
+        &f.policy,
+        "--path",
+        "/api/reports/q3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("deny 403 license_missing"),
+        "{}",
+        text(&out.stdout)
+    );
+}
