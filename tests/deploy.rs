@@ -16,16 +16,10 @@ use serde_json::{json, Value};
 use licensegate::inject::sidecar;
 
 /// Metrics that `deploy/` (dashboard panels, alert rules) names before
-/// licensegate exports them: the policy and limits work (decision latency,
-/// seats, quotas, policy reloads) and the shared store (fallback, errors).
-/// When one lands, `deploy_names_only_metrics_licensegate_exports_or_plans`
-/// fails until it is removed from this list.
-const PLANNED_METRICS: [&str; 7] = [
-    "licensegate_decision_duration_seconds",
-    "licensegate_seats_in_use",
-    "licensegate_quota_used",
-    "licensegate_quota_limit",
-    "licensegate_policy_reloads_total",
+/// licensegate exports them: the shared limits store's. When one lands,
+/// `deploy_names_only_metrics_licensegate_exports_or_plans` fails until it is
+/// removed from this list.
+const PLANNED_METRICS: [&str; 2] = [
     "licensegate_store_fallback_active",
     "licensegate_store_errors_total",
 ];
@@ -274,12 +268,15 @@ fn start_manifest_sidecar(
     for mount in sidecar["volumeMounts"].as_array().unwrap() {
         std::fs::create_dir_all(relocate(mount["mountPath"].as_str().unwrap())).unwrap();
     }
+    // Every key of the ConfigMap is a file in its mount, as the kubelet lays it out.
     let configmap = one("kubernetes/base/configmap.yaml", "ConfigMap");
-    std::fs::write(
-        relocate(&format!("{}/config.yaml", sidecar::CONFIG_DIR)),
-        relocate(configmap["data"]["config.yaml"].as_str().unwrap()),
-    )
-    .unwrap();
+    for (key, value) in configmap["data"].as_object().unwrap() {
+        std::fs::write(
+            relocate(&format!("{}/{key}", sidecar::CONFIG_DIR)),
+            relocate(value.as_str().unwrap()),
+        )
+        .unwrap();
+    }
 
     let mut env = Vec::new();
     for variable in sidecar["env"].as_array().unwrap() {
@@ -372,6 +369,16 @@ fn write_license_secret(root: &Path) {
     std::fs::write(dir.join("license.jwt"), token.trim()).unwrap();
 }
 
+async fn as_user(url: &str, user: &str) -> (http::response::Parts, bytes::Bytes) {
+    common::send(
+        http::Request::get(url)
+            .header("x-user", user)
+            .body(common::empty())
+            .unwrap(),
+    )
+    .await
+}
+
 fn addresses(announced: &str) -> (String, String) {
     let field = |key: &str| {
         announced
@@ -408,6 +415,14 @@ async fn the_sidecar_runs_as_the_manifests_configure_it() {
     }
     let (parts, _) = common::get(&format!("http://{proxy}/orders")).await;
     assert_eq!(parts.status, 200, "{}", sidecar.logs());
+    // The ConfigMap's policy is in force: seats need an identity.
+    let (parts, body) = common::get(&format!("http://{proxy}/echo?msg=hi")).await;
+    assert_eq!(parts.status, 403);
+    assert!(String::from_utf8_lossy(&body).contains("seat_identity_missing"));
+    let (parts, body) = as_user(&format!("http://{proxy}/echo?msg=hi"), "alice").await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let (parts, _) = common::get(&format!("http://{proxy}/exit")).await;
+    assert_eq!(parts.status, 403, "the deny route never reaches the app");
     // The Downward API values reached the license's environment binding.
     let (_, status) = common::get(&format!("http://{admin}/license")).await;
     let status: Value = serde_json::from_slice(&status).unwrap();
@@ -513,13 +528,10 @@ fn dashboard() -> Value {
     .unwrap()
 }
 
-#[tokio::test]
-async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
-    let proxy = common::Proxy::run(&format!("http://{}", common::echo_upstream().await), &[]);
-    let page = common::metrics(&proxy).await;
-    // Sample names (histograms as _bucket, _sum, _count) and family names.
-    let exported: BTreeSet<String> = page
-        .lines()
+/// Metric names on a Prometheus text page: sample names (histograms as
+/// `_bucket`, `_sum`, `_count`) and family names.
+fn exported_names(page: &str) -> BTreeSet<String> {
+    page.lines()
         .filter_map(|line| match line.strip_prefix("# TYPE ") {
             Some(rest) => rest.split_whitespace().next(),
             None if !line.starts_with('#') => line.split(['{', ' ']).next(),
@@ -527,8 +539,42 @@ async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
         })
         .filter(|name| !name.is_empty())
         .map(str::to_owned)
-        .collect();
-    assert!(exported.contains("licensegate_requests_total"), "{page}");
+        .collect()
+}
+
+#[tokio::test]
+async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
+    // The sidecar as deployed, with traffic through every kind of route, so
+    // that labelled series (decisions, seats, quotas, shadow denials) exist.
+    let upstream = common::echo_upstream().await;
+    let root = tempfile::tempdir().unwrap();
+    write_license_secret(root.path());
+    let sidecar = start_manifest_sidecar(root.path(), upstream, "shop");
+    let (proxy, admin) = addresses(&sidecar.announced);
+    for path in ["/echo", "/hostname", "/exit", "/healthz", "/orders"] {
+        as_user(&format!("http://{proxy}{path}"), "alice").await;
+    }
+    // Seat and quota gauges are refreshed every few seconds.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let exported = loop {
+        let (_, page) = common::get(&format!("http://{admin}/metrics")).await;
+        let page = String::from_utf8(page.to_vec()).unwrap();
+        let exported = exported_names(&page);
+        if exported.contains("licensegate_seats_in_use")
+            && exported.contains("licensegate_quota_used")
+        {
+            break exported;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no seat or quota series:\n{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        exported.contains("licensegate_shadow_denials_total"),
+        "{exported:?}"
+    );
 
     let alerts = std::fs::read_to_string(deploy().join("prometheus/alerts.yaml")).unwrap();
     let dashboard_names: BTreeSet<String> = dashboard_queries(&dashboard())
