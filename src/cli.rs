@@ -44,6 +44,9 @@ pub enum Command {
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Inject the sidecar into Kubernetes workloads: by hand or as an admission webhook.
+    #[command(subcommand)]
+    Inject(crate::inject::InjectCommand),
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +123,7 @@ pub fn main() -> i32 {
         Command::Demo(args) => demo(args),
         Command::License(command) => license::run(command),
         Command::Policy(command) => policy::run(command),
+        Command::Inject(command) => crate::inject::run(command),
     }
 }
 

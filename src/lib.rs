@@ -12,6 +12,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod gateway;
+pub mod inject;
 pub mod license;
 pub mod lifecycle;
 pub mod limits;
