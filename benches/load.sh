@@ -12,10 +12,16 @@
 #   access_log off) is put behind each reverse proxy in turn, and wrk drives
 #   the same plain HTTP/1.1 keep-alive GET load at each target:
 #     1. direct       wrk -> upstream (no proxy; reference only)
-#     2. licensegate  wrk -> licensegate -> upstream
-#     3. nginx        wrk -> nginx proxy_pass (upstream keepalive 64) -> upstream
-#     4. haproxy      wrk -> HAProxy (mode http, http-reuse always) -> upstream
+#     2. licensegate  wrk -> licensegate -> upstream (no license, no policy)
+#     3. enforcing    wrk -> licensegate enforcing a demo-like policy -> upstream:
+#                     a header license (verification cache hit), a feature
+#                     check, a seat check by `x-user` and a per-license rate
+#                     limit set high enough never to trigger (ENFORCE=0 skips)
+#     4. nginx        wrk -> nginx proxy_pass (upstream keepalive 64) -> upstream
+#     5. haproxy      wrk -> HAProxy (mode http, http-reuse always) -> upstream
 #                     (skipped with a note when HAProxy cannot be installed)
+#   Every target receives byte-identical requests: the license and `x-user`
+#   headers are sent to all of them.
 #   Every proxy gets the same worker/thread budget (WORKERS): licensegate
 #   --workers, nginx worker_processes, HAProxy nbthread. All servers are started
 #   once up front and kept running; after a 1 s warm-up per target, ROUNDS
@@ -48,6 +54,7 @@
 #                costs nothing under load; its log is shown when it fails)
 #   LG_EXTRA_ARGS  extra arguments appended to the licensegate command line
 #   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
+#   ENFORCE      0 = skip the enforcing licensegate target (default 1)
 #
 # Requirements: wrk, nginx, curl, python3 (and optionally haproxy, taskset).
 # Missing packages are installed with apt-get (wrk, nginx-light or nginx,
@@ -73,6 +80,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 BIN=${BIN:-$ROOT/target/release/licensegate}
 OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
+ENFORCE=${ENFORCE:-1}
 LG_LOG_FILTER=${LICENSEGATE_LOG:-warn}
 WARMUP_SECONDS=1
 READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
@@ -130,9 +138,9 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 5)
-read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT <<<"$PORTS"
-[[ -n $HAP_PORT ]] || die "could not pick free loopback ports"
+PORTS=$(free_ports 7)
+read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT <<<"$PORTS"
+[[ -n $EN_ADMIN_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -230,7 +238,59 @@ URL[licensegate]="http://127.0.0.1:$LG_PORT/"
 TARGETS+=(licensegate)
 log "licensegate ready on 127.0.0.1:$LG_PORT (admin $LG_ADMIN_PORT), idle RSS ${LG_RSS_IDLE_KB} kB"
 
-# 3. nginx reverse proxy
+# 3. licensegate enforcing a policy (same worker budget and pinning)
+WRK_HEADERS=()
+if [[ $ENFORCE == 1 ]]; then
+    EN="$TMP/enforcing"
+    mkdir "$EN"
+    "$BIN" license keygen --kid bench --private "$EN/bench.key" --public "$EN/bench.pem" >&2
+    cat >"$EN/claims.yaml" <<'YAML'
+sub: lic-bench
+lic:
+  plan: pro
+  features: [reports]
+  seats: 100
+YAML
+    TOKEN=$("$BIN" license issue --key "$EN/bench.key" --kid bench --claims "$EN/claims.yaml" --ttl 2h)
+    cat >"$EN/policy.yaml" <<'YAML'
+plans:
+  pro:
+    features: [reports]
+    limits: {requests_per_minute: 1000000000}
+limits:
+  api_rate:
+    rate: {limit: lic.limits.requests_per_minute, default: 20, per: 1m}
+  users:
+    seats: {identity: "header:x-user", default: 3}
+routes:
+  - {name: health, path: /healthz, access: public}
+  - {name: app, path: "/**", features: [reports], limits: [users, api_rate]}
+YAML
+    cat >"$EN/config.yaml" <<YAML
+listen: 127.0.0.1:$EN_PORT
+admin: 127.0.0.1:$EN_ADMIN_PORT
+workers: $WORKERS
+upstream: {url: "http://127.0.0.1:$UP_PORT"}
+license: {keys: "$EN/bench.pem", source: header}
+policy: {paths: ["$EN/policy.yaml"]}
+YAML
+    EN_LOG="$EN/licensegate.log"
+    start_bg "$EN_LOG" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
+        --config "$EN/config.yaml"
+    EN_PID=$LAST_PID
+    if ! wait_http "http://127.0.0.1:$EN_ADMIN_PORT/readyz" "$EN_PID"; then
+        dump_log "$EN_LOG"
+        die "enforcing licensegate did not become ready"
+    fi
+    WRK_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
+    URL[enforcing]="http://127.0.0.1:$EN_PORT/"
+    TARGETS+=(enforcing)
+    log "enforcing licensegate ready on 127.0.0.1:$EN_PORT"
+    # The licensegate row idles from here on while enforcing runs, and the
+    # other way round: both are started up front, like every target.
+fi
+
+# 4. nginx reverse proxy
 mkdir "$TMP/nginx"
 render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
     DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
@@ -245,7 +305,7 @@ TARGETS+=(nginx)
 meta nginx_version "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
 log "nginx proxy ready on 127.0.0.1:$NGX_PORT"
 
-# 4. HAProxy (optional)
+# 5. HAProxy (optional)
 if ((HAVE_HAPROXY)); then
     mkdir "$TMP/haproxy"
     render "$SCRIPT_DIR/haproxy.cfg.tmpl" "$TMP/haproxy/haproxy.cfg" \
@@ -269,10 +329,11 @@ else
     meta skipped_haproxy "not installed and could not be installed"
 fi
 
+CURL_HEADERS=("${WRK_HEADERS[@]}")
 # Sanity: every target must answer 200 before it is measured; a non-200 (e.g.
 # a licence rejection) would make its req/s meaningless, so warn loudly.
 for t in "${TARGETS[@]}"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${URL[$t]}" || true)
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${CURL_HEADERS[@]}" "${URL[$t]}" || true)
     if [[ $code != 200 ]]; then
         log "WARNING: $t answered HTTP $code to GET ${URL[$t]} (expected 200)"
     fi
@@ -286,13 +347,14 @@ done
 run_wrk() {
     local url=${URL[$1]} secs=$2 out=$3 rc=0 pid
     start_bg "$out" "${WRK_PFX[@]}" \
-        wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "$url"
+        wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "${WRK_HEADERS[@]}" "$url"
     pid=$LAST_PID
     wait "$pid" || rc=$?
     forget_pid "$pid"
     if ((rc != 0)) || ! grep -q '^Requests/sec:' "$out"; then
         dump_log "$out"
         if [[ $1 == licensegate ]]; then dump_log "$LG_LOG"; fi
+        if [[ $1 == enforcing ]]; then dump_log "$EN_LOG"; fi
         die "wrk against $1 ($url) failed (exit $rc)"
     fi
 }
@@ -301,6 +363,11 @@ check_licensegate_alive() {
     if ! kill -0 "$LG_PID" 2>/dev/null; then
         log "licensegate (pid $LG_PID) exited during the benchmark; its log:"
         dump_log "$LG_LOG"
+        exit 1
+    fi
+    if [[ $ENFORCE == 1 ]] && ! kill -0 "$EN_PID" 2>/dev/null; then
+        log "enforcing licensegate (pid $EN_PID) exited during the benchmark; its log:"
+        dump_log "$EN_LOG"
         exit 1
     fi
 }
@@ -318,7 +385,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         out="$TMP/wrk/round$r.$t.txt"
         sleep 0.5 # let the previous run's connections close
         run_wrk "$t" "$DURATION" "$out"
-        [[ $t != licensegate ]] || check_licensegate_alive
+        [[ $t != licensegate && $t != enforcing ]] || check_licensegate_alive
         printf '%s\t%s\t%s\n' "$t" "$r" "$out" >>"$MANIFEST"
         log "round $r/$ROUNDS $(printf '%-12s' "$t") $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s"
     done
@@ -326,6 +393,7 @@ done
 check_licensegate_alive
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
+if [[ $ENFORCE == 1 ]]; then meta lg_rss_enforcing_peak_kb "$(rss_kb "$EN_PID" VmHWM)"; fi
 
 # --------------------------------------------------------------------------
 # Report
@@ -412,9 +480,12 @@ for t in targets.values():
 
 lg = targets.get("licensegate")
 lg_rps = lg["median"]["requests_per_sec"] if lg else None
+en = targets.get("enforcing")
+en_rps = en["median"]["requests_per_sec"] if en else None
 for t in targets.values():
     rps = t["median"]["requests_per_sec"]
     t["licensegate_over_target"] = (lg_rps / rps) if lg_rps and rps else None
+    t["enforcing_over_target"] = (en_rps / rps) if en_rps and rps else None
 
 ints = ("workers", "rounds", "duration_s", "connections", "wrk_threads", "nproc", "pin",
         "lg_rss_idle_kb", "lg_rss_peak_kb")
@@ -427,7 +498,8 @@ def kb(key):
     v = meta.get(key, "")
     return int(v) if v.isdigit() else None
 
-rss = {"idle_kb": kb("lg_rss_idle_kb"), "peak_kb": kb("lg_rss_peak_kb")}
+rss = {"idle_kb": kb("lg_rss_idle_kb"), "peak_kb": kb("lg_rss_peak_kb"),
+       "enforcing_peak_kb": kb("lg_rss_enforcing_peak_kb")}
 
 result = {
     "config": config,
@@ -449,18 +521,20 @@ print(f"WORKERS={config.get('workers')}, wrk -t1 -c{config.get('connections')} "
       f"-d{config.get('duration_s')}s, {config.get('rounds')} round(s), medians over rounds; "
       f"pinning: {config.get('pin_desc')}; {config.get('nproc')} CPUs; "
       f"load average at start: {config.get('loadavg_start')}\n")
-print("| Target | req/s | p50 ms | p99 ms | licensegate / X |")
-print("|---|---:|---:|---:|---:|")
+def fmt_ratio(r):
+    return f"{r:.2f}" if r is not None else "n/a"
+
+print("| Target | req/s | p50 ms | p99 ms | licensegate / X | enforcing / X |")
+print("|---|---:|---:|---:|---:|---:|")
 for name, t in targets.items():
     m = t["median"]
-    ratio = t["licensegate_over_target"]
     print(f"| {name} | {m['requests_per_sec']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
-          f"{(f'{ratio:.2f}' if ratio is not None else 'n/a')} |")
+          f"{fmt_ratio(t['licensegate_over_target'])} | {fmt_ratio(t['enforcing_over_target'])} |")
 for name, why in skipped.items():
-    print(f"| {name} | skipped: {why} | | | |")
+    print(f"| {name} | skipped: {why} | | | | |")
 print()
 print(f"licensegate RSS: idle {mib(rss['idle_kb'])}, peak {mib(rss['peak_kb'])} "
-      f"(VmRSS after readiness / VmHWM after all runs)")
+      f"(VmRSS after readiness / VmHWM after all runs); enforcing peak {mib(rss['enforcing_peak_kb'])}")
 for name, t in targets.items():
     e = t["errors"]
     if e["non_2xx_3xx"] or e["socket_errors"]:
