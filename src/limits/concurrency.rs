@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Checked, Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Checked, Hasher, Limited};
 
 #[derive(Debug)]
 pub struct ConcurrencyCounters {
@@ -35,17 +35,7 @@ impl ConcurrencyCounters {
     }
 
     pub fn acquire(&self, key: &str, limit: u64) -> Checked {
-        let slot = match self.map.get(key) {
-            Some(slot) => Arc::clone(&slot),
-            None => {
-                let key = if self.map.len() >= self.max_keys {
-                    OVERFLOW_KEY
-                } else {
-                    key
-                };
-                Arc::clone(&self.map.entry(key.into()).or_default())
-            }
-        };
+        let slot = Arc::clone(&entry_or_overflow(&self.map, key, self.max_keys));
         let before = slot.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
             slot.fetch_sub(1, Ordering::AcqRel);

@@ -167,6 +167,26 @@ pub const OVERFLOW_KEY: &str = "\u{0}overflow";
 /// Counters are found by limit name and kind.
 type CounterId = (Arc<str>, &'static str);
 
+/// The entry for `key`, created on first use; once a map holds `max_keys`
+/// keys, new keys share the [`OVERFLOW_KEY`] entry. The entry is returned
+/// from the insertion itself, so a concurrent sweep cannot remove it between
+/// insert and use.
+fn entry_or_overflow<'a, V: Default>(
+    map: &'a dashmap::DashMap<Box<str>, V, Hasher>,
+    key: &str,
+    max_keys: usize,
+) -> dashmap::mapref::one::Ref<'a, Box<str>, V> {
+    if let Some(entry) = map.get(key) {
+        return entry;
+    }
+    let key = if map.len() >= max_keys {
+        OVERFLOW_KEY
+    } else {
+        key
+    };
+    map.entry(key.into()).or_default().downgrade()
+}
+
 /// The in-memory counter store: one [`Counters`] per limit name and kind,
 /// kept across policy reloads.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use time::OffsetDateTime;
 
-use super::{Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Hasher, Limited, OVERFLOW_KEY};
 use crate::policy::Period;
 
 const NANOS: u64 = 1_000_000_000;
@@ -141,18 +141,7 @@ impl QuotaCounters {
     ) -> Result<(), Limited> {
         let now = now_nanos / NANOS;
         let (start, length) = window(period, now);
-        let entry = match self.map.get(key) {
-            Some(entry) => entry,
-            None => {
-                let key = if self.map.len() >= self.max_keys {
-                    OVERFLOW_KEY
-                } else {
-                    key
-                };
-                self.map.entry(key.into()).or_default();
-                self.map.get(key).expect("just inserted")
-            }
-        };
+        let entry = entry_or_overflow(&self.map, key, self.max_keys);
         let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
         state.roll(period, start, length);
         let used = state.estimate(period, length, now_nanos);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Hasher, Limited, OVERFLOW_KEY};
 
 #[derive(Debug)]
 pub struct RateCounters {
@@ -46,20 +46,7 @@ impl RateCounters {
         let emission = (window_nanos / amount).max(1);
         let tolerance = emission.saturating_mul(burst);
         let increment = emission.saturating_mul(cost);
-        let entry = match self.tat.get(key) {
-            Some(entry) => entry,
-            None => {
-                let key = if self.tat.len() >= self.max_keys {
-                    OVERFLOW_KEY
-                } else {
-                    key
-                };
-                self.tat
-                    .entry(key.into())
-                    .or_insert_with(|| AtomicU64::new(0));
-                self.tat.get(key).expect("just inserted")
-            }
-        };
+        let entry = entry_or_overflow(&self.tat, key, self.max_keys);
         let mut tat = entry.load(Ordering::Acquire);
         loop {
             let next = tat.max(now).saturating_add(increment);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Hasher, Limited};
 
 #[derive(Debug, Default)]
 struct SeatTable {
@@ -40,18 +40,7 @@ impl SeatCounters {
         now: u64,
     ) -> Result<(), Limited> {
         let idle_nanos = idle.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let entry = match self.map.get(key) {
-            Some(entry) => entry,
-            None => {
-                let key = if self.map.len() >= self.max_keys {
-                    OVERFLOW_KEY
-                } else {
-                    key
-                };
-                self.map.entry(key.into()).or_default();
-                self.map.get(key).expect("just inserted")
-            }
-        };
+        let entry = entry_or_overflow(&self.map, key, self.max_keys);
         let mut table = entry.lock().unwrap_or_else(|e| e.into_inner());
         let active = |last: u64| now.saturating_sub(last) < idle_nanos;
         if let Some(last) = table.holders.get_mut(identity) {
