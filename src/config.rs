@@ -30,6 +30,159 @@ pub struct Settings {
     pub policy: Option<PolicySettings>,
     /// Headers carrying the verified license to the upstream.
     pub upstream_headers: UpstreamHeaders,
+    /// A shared counter store (Redis); `None` counts in memory per replica.
+    pub store: Option<StoreSettings>,
+}
+
+/// Where shared counters live and how they are used.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub nodes: StoreNodes,
+    pub mode: StoreMode,
+    /// Longest wait for one round trip; slower answers count as errors.
+    pub timeout: Duration,
+    /// Replicas sharing the limits: fallback counting divides by this.
+    pub replicas: u32,
+    pub key_prefix: String,
+    /// Leased mode: the most units one lease takes.
+    pub lease_max_slice: u64,
+    /// Leased mode: how long a lease may be spent before it is returned.
+    pub lease_period: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreNodes {
+    Standalone(String),
+    Cluster(Vec<String>),
+}
+
+impl StoreNodes {
+    /// For logs: the URLs without passwords.
+    pub fn describe(&self) -> String {
+        let strip = |url: &str| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        };
+        match self {
+            StoreNodes::Standalone(url) => strip(url),
+            StoreNodes::Cluster(urls) => {
+                let urls: Vec<String> = urls.iter().map(|u| strip(u)).collect();
+                format!("cluster {}", urls.join(","))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreMode {
+    /// Every decision asks the store (one round trip).
+    #[default]
+    Accurate,
+    /// Replicas lease slices of rate and quota budgets and spend them locally.
+    Leased,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    #[serde(default)]
+    pub mode: StoreMode,
+    pub timeout: Option<HumanDuration>,
+    pub replicas: Option<u32>,
+    pub key_prefix: Option<String>,
+    #[serde(default)]
+    pub lease: FileLease,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLease {
+    pub max_slice: Option<u64>,
+    pub period: Option<HumanDuration>,
+}
+
+impl FileStore {
+    fn resolve(self) -> Result<StoreSettings, ConfigError> {
+        let invalid = |setting, message: String| ConfigError::Invalid { setting, message };
+        let check_url = |setting, url: &str| {
+            if url.starts_with("redis://") || url.starts_with("rediss://") {
+                Ok(())
+            } else {
+                Err(invalid(
+                    setting,
+                    format!("`{url}`: expected redis://host:port (or rediss:// for TLS)"),
+                ))
+            }
+        };
+        let nodes = match (self.url, self.cluster) {
+            (Some(url), None) => {
+                check_url("store.url", &url)?;
+                StoreNodes::Standalone(url)
+            }
+            (None, Some(urls)) if !urls.is_empty() => {
+                for url in &urls {
+                    check_url("store.cluster", url)?;
+                }
+                StoreNodes::Cluster(urls)
+            }
+            (None, Some(_)) => return Err(invalid("store.cluster", "an empty list".into())),
+            (None, None) => {
+                return Err(invalid(
+                    "store",
+                    "needs `url` (standalone Redis) or `cluster` (a list of node URLs)".into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store",
+                    "`url` and `cluster` exclude each other".into(),
+                ))
+            }
+        };
+        let timeout = self.timeout.map_or(Duration::from_millis(5), |d| d.0);
+        if timeout.is_zero() {
+            return Err(invalid("store.timeout", "must be greater than zero".into()));
+        }
+        let replicas = self.replicas.unwrap_or(1);
+        if replicas == 0 {
+            return Err(invalid("store.replicas", "must be at least 1".into()));
+        }
+        let key_prefix = self.key_prefix.unwrap_or_else(|| "licensegate".into());
+        if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "store.key_prefix",
+                format!("`{key_prefix}`: not empty, without braces or spaces"),
+            ));
+        }
+        let lease_max_slice = self.lease.max_slice.unwrap_or(100);
+        if lease_max_slice == 0 {
+            return Err(invalid(
+                "store.lease.max_slice",
+                "must be at least 1".into(),
+            ));
+        }
+        let lease_period = self.lease.period.map_or(Duration::from_secs(1), |d| d.0);
+        if lease_period.is_zero() {
+            return Err(invalid(
+                "store.lease.period",
+                "must be greater than zero".into(),
+            ));
+        }
+        Ok(StoreSettings {
+            nodes,
+            mode: self.mode,
+            timeout,
+            replicas,
+            key_prefix,
+            lease_max_slice,
+            lease_period,
+        })
+    }
 }
 
 /// Where policies come from and how their counters are kept.
@@ -476,6 +629,7 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     #[serde(default)]
     pub upstream_headers: FileUpstreamHeaders,
+    pub store: Option<FileStore>,
 }
 
 /// A worker count of at least one.
@@ -855,6 +1009,7 @@ impl Settings {
             license,
             policy,
             upstream_headers,
+            store: file.store.map(FileStore::resolve).transpose()?,
         })
     }
 }

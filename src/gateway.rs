@@ -13,6 +13,7 @@ use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::limits::persist::CounterFile;
+use crate::limits::shared::SharedStore;
 use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -20,6 +21,10 @@ use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::Shared;
 use crate::reload::{PolicyWatch, POLICY_NOTE};
+
+/// Readiness condition: the first connection attempt to the shared store
+/// has been made (ready afterwards whatever its result).
+pub const STORE_READY: &str = "store";
 
 /// Readiness condition: the proxy listener is bound and accepting.
 pub const LISTENER_READY: &str = "listener";
@@ -59,6 +64,7 @@ pub struct Gateway {
     license: Option<(Arc<LicenseGate>, LicenseWatch)>,
     shared: Arc<Shared>,
     policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
+    shared_store: Option<Arc<SharedStore>>,
 }
 
 impl Gateway {
@@ -95,6 +101,20 @@ impl Gateway {
             &engine_settings,
             Arc::clone(&metrics),
         );
+        let shared_store = settings.store.as_ref().map(|store| {
+            lifecycle.require(STORE_READY, "connecting to the shared counter store");
+            Arc::new(SharedStore::new(
+                store.clone(),
+                Arc::clone(&metrics.store),
+                Clock::system(),
+            ))
+        });
+        if let Some(shared) = &shared_store {
+            if settings.policy.is_none() {
+                tracing::warn!("`store` is set but there is no policy: nothing to count");
+            }
+            engine = engine.with_shared_store(Arc::clone(shared));
+        }
         let mut counters_file = None;
         match &settings.policy {
             Some(policy_settings) => {
@@ -164,6 +184,7 @@ impl Gateway {
             license,
             shared,
             policy,
+            shared_store,
         })
     }
 
@@ -206,6 +227,14 @@ impl Gateway {
             ));
             (watch, upkeep, file)
         });
+        let store = self.shared_store.map(|store| {
+            let lifecycle = Arc::clone(&self.lifecycle);
+            tokio::spawn(store.maintain(move |store| {
+                // Fallback never blocks traffic: ready either way.
+                lifecycle.set(STORE_READY, Ok(()));
+                lifecycle.note(STORE_READY, store.describe());
+            }))
+        });
         let admin = tokio::spawn(self.admin.serve());
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
         if let Some((watch, upkeep, file)) = policy {
@@ -218,6 +247,9 @@ impl Gateway {
             }
         }
         admin.abort();
+        if let Some(store) = store {
+            store.abort();
+        }
         if let Some((watch, refresh)) = license {
             watch.abort();
             if let Some(refresh) = refresh {

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     pub license: LicenseMetrics,
     pub policy: PolicyMetrics,
+    pub store: std::sync::Arc<StoreMetrics>,
 }
 
 /// License states, the `state` label of `licensegate_license_state`.
@@ -211,6 +212,82 @@ impl LicenseMetrics {
             }
         };
         self.verifications[index].inc();
+    }
+}
+
+/// Metrics of the shared counter store (Redis).
+pub struct StoreMetrics {
+    /// 1 while limits are counted locally because the store is unavailable.
+    pub fallback_active: IntGauge,
+    pub errors_timeout: IntCounter,
+    pub errors_error: IntCounter,
+    pub latency: Histogram,
+    pub round_trips: IntCounter,
+    pub lease_grants: IntCounter,
+    pub lease_returns: IntCounter,
+}
+
+impl StoreMetrics {
+    fn new(registry: &Registry) -> Self {
+        let fallback_active = IntGauge::new(
+            "licensegate_store_fallback_active",
+            "1 while the shared store is unavailable and limits are counted locally.",
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "licensegate_store_errors_total",
+                "Shared store round trips that failed, by kind (timeout, error).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "licensegate_store_latency_seconds",
+                "Time of one shared store round trip (one per decision in accurate mode).",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        let round_trips = IntCounter::new(
+            "licensegate_store_round_trips_total",
+            "Shared store round trips (compare with licensegate_decisions_total for trips per decision).",
+        )
+        .expect("valid metric");
+        let lease_grants = IntCounter::new(
+            "licensegate_store_lease_grants_total",
+            "Leased mode: budget slices taken from the shared store.",
+        )
+        .expect("valid metric");
+        let lease_returns = IntCounter::new(
+            "licensegate_store_lease_returns_total",
+            "Leased mode: unused slices given back to the shared store.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(fallback_active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(latency.clone()),
+            Box::new(round_trips.clone()),
+            Box::new(lease_grants.clone()),
+            Box::new(lease_returns.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        StoreMetrics {
+            fallback_active,
+            errors_timeout: errors.with_label_values(&["timeout"]),
+            errors_error: errors.with_label_values(&["error"]),
+            latency,
+            round_trips,
+            lease_grants,
+            lease_returns,
+        }
     }
 }
 
@@ -454,7 +531,9 @@ impl Metrics {
 
         let license = LicenseMetrics::new(&registry);
         let policy = PolicyMetrics::new(&registry);
+        let store = std::sync::Arc::new(StoreMetrics::new(&registry));
         Metrics {
+            store,
             license,
             policy,
             registry,

@@ -22,10 +22,11 @@ use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
 use super::log::{DecisionLog, DenialLine};
 use super::{Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
+use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
 use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
 use crate::metrics::Metrics;
 use crate::policy::{
-    Access, Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError, Route,
+    Access, Claim, KeyPart, LimitDef, LimitKind, Mode, OnStoreError, Policy, PolicyError, Route,
 };
 
 /// Names of the entitlement headers sent to the upstream.
@@ -72,6 +73,54 @@ pub struct Allowed {
     pub shadow: Option<Reason>,
 }
 
+/// What a decision has found so far.
+#[derive(Default)]
+struct State {
+    allowed: Allowed,
+    /// The verified license and its entitlement, once checked.
+    license: Option<(Arc<VerifiedLicense>, Arc<Entitled>)>,
+}
+
+/// Which limits [`DecisionEngine::count_limits`] counts on this replica.
+#[derive(Clone, Copy)]
+enum Local {
+    All,
+    Concurrency,
+    /// The shared store is unavailable: each limit's `on_store_error`.
+    Fallback {
+        replicas: u32,
+    },
+}
+
+fn find_route<'p>(policy: &'p Policy, head: &http::request::Parts) -> Option<&'p Route> {
+    policy.find(
+        &head.method,
+        request_host(head),
+        head.uri.path(),
+        &head.headers,
+    )
+}
+
+/// Who holds the seat, or the denial for a request that does not say.
+fn seat_identity<'a>(
+    context: &KeyContext<'a>,
+    def: &LimitDef,
+    identity: &KeyPart,
+) -> Result<Cow<'a, str>, Box<Denial>> {
+    match context.part(identity) {
+        Some(identity) if !identity.is_empty() => Ok(identity),
+        _ => Err(Box::new(Denial::new(
+            StatusCode::FORBIDDEN,
+            Reason::SeatIdentityMissing,
+            format!(
+                "seats of `{}` are counted by {}; the request does not carry it",
+                def.name,
+                describe_part(identity)
+            ),
+        ))),
+    }
+}
+
 /// A policy in force, bound to its counters.
 struct Active {
     policy: Policy,
@@ -93,6 +142,8 @@ pub struct DecisionEngine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     trust_forwarded: bool,
+    /// Shared counters (Redis); `None` counts in memory.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -122,7 +173,14 @@ impl DecisionEngine {
             metrics,
             log: DecisionLog::default(),
             trust_forwarded: settings.trust_forwarded,
+            shared: None,
         }
+    }
+
+    /// Count rate, quota and seat limits in a shared store.
+    pub fn with_shared_store(mut self, shared: Arc<SharedStore>) -> DecisionEngine {
+        self.shared = Some(shared);
+        self
     }
 
     /// An engine that allows every request (a plain reverse proxy).
@@ -212,14 +270,22 @@ impl DecisionEngine {
     }
 
     /// Decide one request from its head (path already normalised). Async
-    /// because a shared counter store may need a round trip.
+    /// because a shared counter store may need a round trip; with the
+    /// in-memory store it completes without suspending.
     pub async fn decide(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
         match &self.policy {
             None => self.decide_without_policy(head),
             Some(policy) => {
                 let started = Instant::now();
-                let active = policy.load();
-                let decision = self.decide_with(&active, head, peer);
+                let decision = match &self.shared {
+                    Some(shared) => {
+                        // Held across the round trip: a reload meanwhile
+                        // does not change the policy this request uses.
+                        let active = policy.load_full();
+                        Box::pin(self.decide_shared(shared, &active, head, peer)).await
+                    }
+                    None => self.decide_local(&policy.load(), head, peer),
+                };
                 self.metrics
                     .policy
                     .decision_duration
@@ -242,18 +308,49 @@ impl DecisionEngine {
         }
     }
 
-    fn decide_with(&self, active: &Active, head: &http::request::Parts, peer: &Peer) -> Decision {
-        let policy = &active.policy;
-        let route = policy.find(
-            &head.method,
-            request_host(head),
-            head.uri.path(),
-            &head.headers,
-        );
-        let mode = route.map_or(policy.mode, |r| r.mode);
-        let mut allowed = Allowed::default();
-        let mut license = None;
-        let result = self.evaluate(active, route, head, peer, &mut allowed, &mut license);
+    fn decide_local(&self, active: &Active, head: &http::request::Parts, peer: &Peer) -> Decision {
+        let route = find_route(&active.policy, head);
+        let mut state = State::default();
+        let result = self
+            .evaluate(active, route, head, &mut state)
+            .and_then(|count| match (count, route) {
+                (true, Some(route)) => {
+                    self.count_limits(active, route, head, peer, &mut state, Local::All)
+                }
+                _ => Ok(()),
+            });
+        self.conclude(active, route, result, state, head, peer)
+    }
+
+    async fn decide_shared(
+        &self,
+        shared: &SharedStore,
+        active: &Active,
+        head: &http::request::Parts,
+        peer: &Peer,
+    ) -> Decision {
+        let route = find_route(&active.policy, head);
+        let mut state = State::default();
+        let mut result = self.evaluate(active, route, head, &mut state);
+        if let (Ok(true), Some(route)) = (&result, route) {
+            result = self
+                .count_shared(shared, active, route, head, peer, &mut state)
+                .await;
+        }
+        self.conclude(active, route, result.map(|_| ()), state, head, peer)
+    }
+
+    /// Metrics, log and shadow mode for a decided request.
+    fn conclude(
+        &self,
+        active: &Active,
+        route: Option<&Route>,
+        result: Result<(), Box<Denial>>,
+        mut state: State,
+        head: &http::request::Parts,
+        peer: &Peer,
+    ) -> Decision {
+        let mode = route.map_or(active.policy.mode, |r| r.mode);
         let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
         match result {
             Ok(()) => {
@@ -261,11 +358,12 @@ impl DecisionEngine {
                     Some(route) => active.allowed[route.id].inc(),
                     None => active.unmatched_allowed.inc(),
                 }
-                Decision::Allow(allowed)
+                Decision::Allow(state.allowed)
             }
             Err(denial) => {
                 let shadow = mode == Mode::Shadow;
-                self.log_denial(&denial, shadow, route_name, head, peer, license.as_deref());
+                let license = state.license.as_ref().map(|(l, _)| &**l);
+                self.log_denial(&denial, shadow, route_name, head, peer, license);
                 if shadow {
                     self.metrics
                         .policy
@@ -277,8 +375,8 @@ impl DecisionEngine {
                         .decisions
                         .with_label_values(&["shadow_deny", denial.reason.as_str(), route_name])
                         .inc();
-                    allowed.shadow = Some(denial.reason);
-                    Decision::Allow(allowed)
+                    state.allowed.shadow = Some(denial.reason);
+                    Decision::Allow(state.allowed)
                 } else {
                     self.metrics
                         .policy
@@ -291,34 +389,30 @@ impl DecisionEngine {
         }
     }
 
+    /// Access, license and features. `Ok(true)`: the route's limits are to
+    /// be counted next.
     fn evaluate(
         &self,
         active: &Active,
         route: Option<&Route>,
         head: &http::request::Parts,
-        peer: &Peer,
-        allowed: &mut Allowed,
-        license_out: &mut Option<Arc<VerifiedLicense>>,
-    ) -> Result<(), Box<Denial>> {
+        state: &mut State,
+    ) -> Result<bool, Box<Denial>> {
         let policy = &active.policy;
         let access = route.map_or(policy.unmatched, |r| r.access);
         match (access, route) {
-            (Access::Deny, Some(route)) => {
-                return Err(Box::new(Denial::new(
-                    StatusCode::FORBIDDEN,
-                    Reason::RouteDenied,
-                    format!("route `{}` is not available", route.name),
-                )))
-            }
-            (Access::Deny, None) => {
-                return Err(Box::new(Denial::new(
-                    StatusCode::NOT_FOUND,
-                    Reason::RouteNotFound,
-                    format!("no route matches {} {}", head.method, head.uri.path()),
-                )))
-            }
-            (Access::Public, _) => {}
-            (Access::Licensed, _) => {
+            (Access::Deny, Some(route)) => Err(Box::new(Denial::new(
+                StatusCode::FORBIDDEN,
+                Reason::RouteDenied,
+                format!("route `{}` is not available", route.name),
+            ))),
+            (Access::Deny, None) => Err(Box::new(Denial::new(
+                StatusCode::NOT_FOUND,
+                Reason::RouteNotFound,
+                format!("no route matches {} {}", head.method, head.uri.path()),
+            ))),
+            (Access::Public, route) => Ok(route.is_some_and(|r| !r.limits.is_empty())),
+            (Access::Licensed, route) => {
                 let gate = self
                     .license
                     .as_ref()
@@ -327,111 +421,222 @@ impl DecisionEngine {
                     .check(&head.headers)
                     .map_err(|error| Box::new(license_denial(&error, gate.is_per_request())))?;
                 let entitled = self.entitlements.get(&license, Some(policy));
-                allowed.license = Some(Arc::clone(&entitled.headers));
-                *license_out = Some(Arc::clone(&license));
-                if let Some(route) = route {
-                    check_features(policy, route, &license, &entitled)?;
-                    return self.count_limits(
-                        active,
-                        route,
-                        head,
-                        peer,
-                        Some((&license, &entitled)),
-                        allowed,
-                    );
-                }
-                return Ok(());
+                state.allowed.license = Some(Arc::clone(&entitled.headers));
+                let verdict = match route {
+                    Some(route) => check_features(policy, route, &license, &entitled)
+                        .map(|()| !route.limits.is_empty()),
+                    None => Ok(false),
+                };
+                state.license = Some((license, entitled));
+                verdict
             }
-        }
-        match route {
-            Some(route) if !route.limits.is_empty() => {
-                self.count_limits(active, route, head, peer, None, allowed)
-            }
-            _ => Ok(()),
         }
     }
 
+    /// The number a limit has for this request; `None` is unlimited.
+    fn amount(&self, state: &State, def: &LimitDef, index: usize) -> Option<u64> {
+        match state
+            .license
+            .as_ref()
+            .and_then(|(_, e)| e.entitlement.as_ref())
+        {
+            Some(entitlement) => entitlement.amounts[index],
+            None => match def.amount {
+                crate::policy::Amount::Fixed(n) => Some(n),
+                // Compile refuses license-dependent limits on public routes.
+                crate::policy::Amount::License { default, .. } => default,
+            },
+        }
+    }
+
+    /// Count the route's limits on this replica: all of them (memory store),
+    /// only concurrency (shared store answering), or the fallback for a
+    /// shared store that is not.
     fn count_limits(
         &self,
         active: &Active,
         route: &Route,
         head: &http::request::Parts,
         peer: &Peer,
-        license: Option<(&Arc<VerifiedLicense>, &Entitled)>,
-        allowed: &mut Allowed,
+        state: &mut State,
+        which: Local,
     ) -> Result<(), Box<Denial>> {
         let policy = &active.policy;
         let clock = self.store.clock();
         let context = KeyContext {
-            license: license.map(|(l, _)| &**l),
+            license: state.license.as_ref().map(|(l, _)| &**l),
             headers: &head.headers,
             client: client_ip(&head.headers, peer, self.trust_forwarded),
             route: &route.name,
         };
+        let mut counted: Vec<usize> = Vec::new();
         for (position, usage) in route.limits.iter().enumerate() {
             let def = &policy.limits[usage.limit];
-            let amount = match license.and_then(|(_, e)| e.entitlement.as_ref()) {
-                Some(entitlement) => entitlement.amounts[usage.limit],
-                None => match def.amount {
-                    crate::policy::Amount::Fixed(n) => Some(n),
-                    // Compile refuses license-dependent limits on public routes.
-                    crate::policy::Amount::License { default, .. } => default,
+            let concurrency = matches!(def.kind, LimitKind::Concurrency);
+            let divide = match which {
+                Local::All => 1,
+                Local::Concurrency if concurrency => 1,
+                Local::Concurrency => continue,
+                Local::Fallback { .. } if concurrency => continue,
+                Local::Fallback { replicas } => match def.on_store_error {
+                    OnStoreError::Allow => continue,
+                    OnStoreError::Deny => {
+                        self.give_back(active, route, &counted, state, &context);
+                        state.allowed.permits.clear();
+                        return Err(Box::new(Denial::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Reason::LimitStoreUnavailable,
+                            format!(
+                                "limit `{}` is counted in a shared store that is unavailable, and set to deny meanwhile",
+                                def.name
+                            ),
+                        )));
+                    }
+                    OnStoreError::Fallback => u64::from(replicas),
                 },
             };
-            let Some(amount) = amount else {
+            let Some(amount) = self.amount(state, def, usage.limit) else {
                 continue; // unlimited for this license
+            };
+            // This replica's share while the store is away (at least 1).
+            let amount = if divide > 1 {
+                (amount / divide).max(u64::from(amount > 0))
+            } else {
+                amount
             };
             let key = context.key(&def.key);
             let identity = match &def.kind {
-                LimitKind::Seats { identity, .. } => match context.part(identity) {
-                    Some(identity) if !identity.is_empty() => identity,
-                    _ => {
-                        return Err(Box::new(Denial::new(
-                            StatusCode::FORBIDDEN,
-                            Reason::SeatIdentityMissing,
-                            format!(
-                                "seats of `{}` are counted by {}; the request does not carry it",
-                                def.name,
-                                describe_part(identity)
-                            ),
-                        )))
+                LimitKind::Seats { identity, .. } => match seat_identity(&context, def, identity) {
+                    Ok(identity) => identity,
+                    Err(denial) => {
+                        self.give_back(active, route, &counted, state, &context);
+                        state.allowed.permits.clear();
+                        return Err(denial);
                     }
                 },
                 _ => Cow::Borrowed(""),
             };
-            let counters = &active.counters[usage.limit];
-            match counters.check(def, &key, &identity, amount, usage.cost, clock) {
-                Checked::Allowed => {}
-                Checked::Held(permit) => allowed.permits.push(permit),
+            match active.counters[usage.limit]
+                .check(def, &key, &identity, amount, usage.cost, clock)
+            {
+                Checked::Allowed => counted.push(position),
+                Checked::Held(permit) => state.allowed.permits.push(permit),
                 Checked::Limited(limited) => {
-                    // Give back what this request counted so far.
-                    for earlier in &route.limits[..position] {
-                        let earlier_def = &policy.limits[earlier.limit];
-                        if let Some(earlier_amount) =
-                            match license.and_then(|(_, e)| e.entitlement.as_ref()) {
-                                Some(entitlement) => entitlement.amounts[earlier.limit],
-                                None => match earlier_def.amount {
-                                    crate::policy::Amount::Fixed(n) => Some(n),
-                                    crate::policy::Amount::License { default, .. } => default,
-                                },
-                            }
-                        {
-                            let earlier_key = context.key(&earlier_def.key);
-                            active.counters[earlier.limit].refund(
-                                earlier_def,
-                                &earlier_key,
-                                earlier_amount,
-                                earlier.cost,
-                                clock,
-                            );
-                        }
-                    }
-                    allowed.permits.clear();
+                    self.give_back(active, route, &counted, state, &context);
+                    state.allowed.permits.clear();
                     return Err(Box::new(limit_denial(def, &limited, clock)));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Give back what this request counted so far (a later limit refused).
+    fn give_back(
+        &self,
+        active: &Active,
+        route: &Route,
+        counted: &[usize],
+        state: &State,
+        context: &KeyContext<'_>,
+    ) {
+        let policy = &active.policy;
+        for &position in counted {
+            let usage = &route.limits[position];
+            let def = &policy.limits[usage.limit];
+            if let Some(amount) = self.amount(state, def, usage.limit) {
+                let key = context.key(&def.key);
+                active.counters[usage.limit].refund(
+                    def,
+                    &key,
+                    amount,
+                    usage.cost,
+                    self.store.clock(),
+                );
+            }
+        }
+    }
+
+    /// Count the route's limits in the shared store (one round trip), with
+    /// concurrency on this replica and the local fallback when the store
+    /// cannot answer.
+    async fn count_shared(
+        &self,
+        shared: &SharedStore,
+        active: &Active,
+        route: &Route,
+        head: &http::request::Parts,
+        peer: &Peer,
+        state: &mut State,
+    ) -> Result<bool, Box<Denial>> {
+        self.count_limits(active, route, head, peer, state, Local::Concurrency)?;
+        let fallback = Local::Fallback {
+            replicas: shared.settings().replicas,
+        };
+        if !shared.is_available() {
+            return self
+                .count_limits(active, route, head, peer, state, fallback)
+                .map(|()| true);
+        }
+        let policy = &active.policy;
+        let context = KeyContext {
+            license: state.license.as_ref().map(|(l, _)| &**l),
+            headers: &head.headers,
+            client: client_ip(&head.headers, peer, self.trust_forwarded),
+            route: &route.name,
+        };
+        // Owned per request: the round trip outlives no borrow of `state`.
+        let mut parts: Vec<(usize, u64, Cow<'_, str>, Cow<'_, str>)> = Vec::new();
+        for (position, usage) in route.limits.iter().enumerate() {
+            let def = &policy.limits[usage.limit];
+            if matches!(def.kind, LimitKind::Concurrency) {
+                continue;
+            }
+            let Some(amount) = self.amount(state, def, usage.limit) else {
+                continue;
+            };
+            let identity = match &def.kind {
+                LimitKind::Seats { identity, .. } => seat_identity(&context, def, identity)
+                    .inspect_err(|_| state.allowed.permits.clear())?,
+                _ => Cow::Borrowed(""),
+            };
+            parts.push((position, amount, context.key(&def.key), identity));
+        }
+        if parts.is_empty() {
+            return Ok(true);
+        }
+        let checks: Vec<SharedCheck<'_>> = parts
+            .iter()
+            .map(|(position, amount, key, identity)| {
+                let usage = &route.limits[*position];
+                SharedCheck {
+                    def: &policy.limits[usage.limit],
+                    amount: *amount,
+                    cost: usage.cost,
+                    key,
+                    identity,
+                }
+            })
+            .collect();
+        // One shard per license: every key of the request carries its id.
+        let tag = match &state.license {
+            Some((license, _)) => license.claims.sub.clone(),
+            None => parts[0].2.to_string(),
+        };
+        match shared.check(&tag, &checks).await {
+            SharedOutcome::Allowed => Ok(true),
+            SharedOutcome::Limited { position, limited } => {
+                state.allowed.permits.clear();
+                Err(Box::new(limit_denial(
+                    checks[position].def,
+                    &limited,
+                    self.store.clock(),
+                )))
+            }
+            SharedOutcome::Unavailable => self
+                .count_limits(active, route, head, peer, state, fallback)
+                .map(|()| true),
+        }
     }
 
     fn log_denial(

@@ -47,11 +47,13 @@ pub enum Reason {
     RouteDenied,
     /// No route matches and unmatched requests are denied.
     RouteNotFound,
+    /// The shared counter store cannot answer and the limit says `deny`.
+    LimitStoreUnavailable,
 }
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Allowed,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
@@ -75,6 +77,7 @@ impl Reason {
         Reason::ConcurrencyLimited,
         Reason::RouteDenied,
         Reason::RouteNotFound,
+        Reason::LimitStoreUnavailable,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl Reason {
             Reason::ConcurrencyLimited => "concurrency_limited",
             Reason::RouteDenied => "route_denied",
             Reason::RouteNotFound => "route_not_found",
+            Reason::LimitStoreUnavailable => "limit_store_unavailable",
         }
     }
 
@@ -131,6 +135,7 @@ impl Reason {
             Reason::ConcurrencyLimited => "Too many requests in flight",
             Reason::RouteDenied => "Route denied",
             Reason::RouteNotFound => "No route",
+            Reason::LimitStoreUnavailable => "Limit store unavailable",
         }
     }
 

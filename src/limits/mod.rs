@@ -13,6 +13,7 @@ pub mod persist;
 mod quota;
 mod rate;
 mod seats;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -12,6 +12,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         amount: Amount::Fixed(0),
         key: vec![KeyPart::License],
         needs_license: true,
+        on_store_error: Default::default(),
     }
 }
 

@@ -16,7 +16,7 @@ use super::locate::{dotted, locate, scalar_texts, Step};
 use super::matcher::{parse_pattern, pattern_key, Matcher, Segment};
 use super::schema::{
     AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec, KeySpec, LimitSpec,
-    ModeSetting, PeriodSetting, PolicyFile, RouteSpec,
+    ModeSetting, PeriodSetting, PolicyFile, RouteSpec, StoreErrorSetting,
 };
 use crate::license::LicenseClaims;
 
@@ -150,6 +150,20 @@ pub struct LimitDef {
     pub key: Vec<KeyPart>,
     /// Whether evaluating it needs a license (key or amount from it).
     pub needs_license: bool,
+    /// With a shared store: what to do when the store cannot answer.
+    pub on_store_error: OnStoreError,
+}
+
+/// What a limit does when the shared counter store is unreachable or slow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Count on this replica, the limit divided by the replica count.
+    #[default]
+    Fallback,
+    /// Let the request through uncounted.
+    Allow,
+    /// Refuse with 503 `limit_store_unavailable`.
+    Deny,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -741,6 +755,11 @@ impl Compiler {
                 amount,
                 key,
                 needs_license,
+                on_store_error: match spec.on_store_error {
+                    None | Some(StoreErrorSetting::Fallback) => OnStoreError::Fallback,
+                    Some(StoreErrorSetting::Allow) => OnStoreError::Allow,
+                    Some(StoreErrorSetting::Deny) => OnStoreError::Deny,
+                },
             },
             f,
         ));

@@ -292,6 +292,18 @@ pub struct LimitSpec {
     pub quota: Option<QuotaSpec>,
     pub seats: Option<SeatsSpec>,
     pub concurrency: Option<ConcurrencySpec>,
+    /// With a shared store: what to do when it cannot answer in time.
+    pub on_store_error: Option<StoreErrorSetting>,
+}
+
+/// `fallback` (count locally, the limit divided by the replica count),
+/// `allow` or `deny` (503 `limit_store_unavailable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreErrorSetting {
+    Fallback,
+    Allow,
+    Deny,
 }
 
 /// `limit: 20` or `limit: lic.limits.NAME` (or `lic.seats` for seats).
