@@ -596,9 +596,14 @@ impl SharedStore {
         if lease.slice == 0 {
             lease.slice = self.initial_slice();
         }
-        lease.remaining = granted.saturating_sub(cost);
+        // Add, never overwrite: concurrent requests may each have taken a
+        // slice; none of it may be lost.
+        lease.remaining += granted.saturating_sub(cost);
+        if lease.key != store_key {
+            lease.spent = 0;
+        }
+        lease.spent += cost;
         lease.expires_at = now + period;
-        lease.spent = cost;
         lease.key = store_key;
     }
 
