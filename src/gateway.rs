@@ -227,6 +227,7 @@ impl Gateway {
             ));
             (watch, upkeep, file)
         });
+        let shared_store = self.shared_store.clone();
         let store = self.shared_store.map(|store| {
             let lifecycle = Arc::clone(&self.lifecycle);
             tokio::spawn(store.maintain(move |store| {
@@ -249,6 +250,11 @@ impl Gateway {
         admin.abort();
         if let Some(store) = store {
             store.abort();
+        }
+        if let Some(shared) = shared_store {
+            // Drained: unspent leased units go back, so a rolling deploy
+            // does not use up quotas it never served.
+            shared.return_leases(true).await;
         }
         if let Some((watch, refresh)) = license {
             watch.abort();

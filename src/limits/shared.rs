@@ -80,6 +80,9 @@ struct Lease {
     slice: u64,
     /// The store key the lease was taken from (a quota window's key).
     key: String,
+    /// Rate leases: microseconds of arrival time per unit (to give units
+    /// back); `None` for quotas.
+    emission: Option<f64>,
 }
 
 pub struct SharedStore {
@@ -136,7 +139,11 @@ impl SharedStore {
     pub fn describe(&self) -> String {
         let nodes = self.settings.nodes.describe();
         if self.is_available() {
-            format!("shared counters on {nodes} ({:?} mode)", self.settings.mode).to_lowercase()
+            let mode = match self.settings.mode {
+                StoreMode::Accurate => "accurate",
+                StoreMode::Leased => "leased",
+            };
+            format!("shared counters on {nodes} ({mode} mode)")
         } else {
             format!(
                 "fallback: {nodes} unreachable; counting locally, limits divided by {}",
@@ -215,7 +222,10 @@ impl SharedStore {
                             "-",
                         ],
                     );
-                    lease_ops.push((position, leased.then(|| (key.as_str().into(), key.clone()))));
+                    lease_ops.push((
+                        position,
+                        leased.then(|| (key.as_str().into(), key.clone(), Some(emission))),
+                    ));
                 }
                 LimitKind::Quota { period } => {
                     let now_secs = unix_nanos / 1_000_000_000;
@@ -268,7 +278,10 @@ impl SharedStore {
                             &slice.to_string(),
                         ],
                     );
-                    lease_ops.push((position, leased.then(|| (lease_key.into(), key.clone()))));
+                    lease_ops.push((
+                        position,
+                        leased.then(|| (lease_key.into(), key.clone(), None)),
+                    ));
                     call.quota_windows.push((position, start, length));
                 }
                 LimitKind::Seats { idle, .. } => {
@@ -316,12 +329,16 @@ impl SharedStore {
         match reply.first().copied() {
             Some(0) => {
                 for ((position, lease), granted) in lease_ops.iter().zip(reply.iter().skip(1)) {
-                    if let (Some((lease_key, store_key)), true) = (lease, *position != usize::MAX) {
+                    if let (Some((lease_key, store_key, emission)), true) =
+                        (lease, *position != usize::MAX)
+                    {
                         let cost = checks[*position].cost;
+                        let granted = (*granted).max(0) as u64;
                         self.install_lease(
                             lease_key,
                             store_key.clone(),
-                            (*granted).max(0) as u64,
+                            *emission,
+                            granted,
                             cost,
                             now,
                         );
@@ -452,9 +469,18 @@ impl SharedStore {
         let mut first = true;
         loop {
             if self.is_available() {
-                self.wake.notified().await;
-                backoff = MIN_BACKOFF;
-                report(&self);
+                // Leased mode: expired leases of keys that went quiet go back
+                // every lease period; a trip wakes this loop at once.
+                let period = self.settings.lease_period;
+                tokio::select! {
+                    _ = self.wake.notified() => {
+                        backoff = MIN_BACKOFF;
+                        report(&self);
+                    }
+                    _ = tokio::time::sleep(period), if self.settings.mode == StoreMode::Leased => {
+                        self.return_leases(false).await;
+                    }
+                }
                 continue;
             }
             match self.probe().await {
@@ -553,6 +579,45 @@ impl SharedStore {
         }
     }
 
+    /// Give unused lease units back to the store: every lease (on shutdown,
+    /// so a rolling deploy loses nothing) or only expired ones (leases of
+    /// keys that stopped seeing traffic). One call per lease: each has its
+    /// own hash tag, which a cluster routes on its own.
+    pub async fn return_leases(&self, all: bool) {
+        if self.settings.mode != StoreMode::Leased || !self.is_available() {
+            return;
+        }
+        let now = self.clock.mono_nanos();
+        let mut returns: Vec<(String, u64, Option<f64>)> = Vec::new();
+        for entry in self.leases.iter() {
+            let mut lease = entry.value().lock().unwrap_or_else(|e| e.into_inner());
+            if lease.remaining > 0 && (all || now >= lease.expires_at) {
+                let units = std::mem::take(&mut lease.remaining);
+                returns.push((lease.key.clone(), units, lease.emission));
+            }
+        }
+        for (key, units, emission) in returns {
+            let mut call = Call::default();
+            match emission {
+                Some(emission) => call.op(
+                    &[&key],
+                    [
+                        "R",
+                        &format!("{emission:.6}"),
+                        &units.to_string(),
+                        "-",
+                        "-",
+                        "-",
+                    ],
+                ),
+                None => call.op(&[&key], ["Q", &units.to_string(), "-", "-", "-", "-"]),
+            }
+            if self.invoke(&call).await.is_some() {
+                self.metrics.lease_returns.inc();
+            }
+        }
+    }
+
     /// Spend `cost` from the local lease for `key`, or say what to ask for.
     fn spend_lease(&self, key: &str, cost: u64, now: u64) -> Spend {
         let Some(entry) = self.leases.get(key) else {
@@ -588,7 +653,15 @@ impl SharedStore {
         (self.settings.lease_max_slice / 10).max(1)
     }
 
-    fn install_lease(&self, key: &str, store_key: String, granted: u64, cost: u64, now: u64) {
+    fn install_lease(
+        &self,
+        key: &str,
+        store_key: String,
+        emission: Option<f64>,
+        granted: u64,
+        cost: u64,
+        now: u64,
+    ) {
         self.metrics.lease_grants.inc();
         let period = self.settings.lease_period.as_nanos() as u64;
         let entry = self.leases.entry(key.into()).or_default();
@@ -605,6 +678,7 @@ impl SharedStore {
         lease.spent += cost;
         lease.expires_at = now + period;
         lease.key = store_key;
+        lease.emission = emission;
     }
 
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
@@ -619,7 +693,7 @@ impl SharedStore {
 }
 
 /// A lease's own key and the store key its units come from.
-type LeaseKeys = (Box<str>, String);
+type LeaseKeys = (Box<str>, String, Option<f64>);
 
 enum Spend {
     Done,
