@@ -469,7 +469,9 @@ impl DecisionEngine {
             client: client_ip(&head.headers, peer, self.trust_forwarded),
             route: &route.name,
         };
-        let mut counted: Vec<usize> = Vec::new();
+        // Positions counted so far, as bits: no allocation per request
+        // (a route with more than 64 limits gives back only the first 64).
+        let mut counted: u64 = 0;
         for (position, usage) in route.limits.iter().enumerate() {
             let def = &policy.limits[usage.limit];
             let concurrency = matches!(def.kind, LimitKind::Concurrency);
@@ -481,7 +483,7 @@ impl DecisionEngine {
                 Local::Fallback { replicas } => match def.on_store_error {
                     OnStoreError::Allow => continue,
                     OnStoreError::Deny => {
-                        self.give_back(active, route, &counted, state, &context);
+                        self.give_back(active, route, counted, state, &context);
                         state.allowed.permits.clear();
                         return Err(Box::new(Denial::new(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -509,7 +511,7 @@ impl DecisionEngine {
                 LimitKind::Seats { identity, .. } => match seat_identity(&context, def, identity) {
                     Ok(identity) => identity,
                     Err(denial) => {
-                        self.give_back(active, route, &counted, state, &context);
+                        self.give_back(active, route, counted, state, &context);
                         state.allowed.permits.clear();
                         return Err(denial);
                     }
@@ -519,10 +521,14 @@ impl DecisionEngine {
             match active.counters[usage.limit]
                 .check(def, &key, &identity, amount, usage.cost, clock)
             {
-                Checked::Allowed => counted.push(position),
+                Checked::Allowed => {
+                    if position < 64 {
+                        counted |= 1 << position;
+                    }
+                }
                 Checked::Held(permit) => state.allowed.permits.push(permit),
                 Checked::Limited(limited) => {
-                    self.give_back(active, route, &counted, state, &context);
+                    self.give_back(active, route, counted, state, &context);
                     state.allowed.permits.clear();
                     return Err(Box::new(limit_denial(def, &limited, clock)));
                 }
@@ -536,12 +542,12 @@ impl DecisionEngine {
         &self,
         active: &Active,
         route: &Route,
-        counted: &[usize],
+        counted: u64,
         state: &State,
         context: &KeyContext<'_>,
     ) {
         let policy = &active.policy;
-        for &position in counted {
+        for position in (0..64).filter(|p| counted & (1 << p) != 0) {
             let usage = &route.limits[position];
             let def = &policy.limits[usage.limit];
             if let Some(amount) = self.amount(state, def, usage.limit) {

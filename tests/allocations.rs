@@ -1,0 +1,136 @@
+//! A warm decision allocates nothing: the request path's decision (route
+//! match, header license from the verification cache, entitlement cache,
+//! features, a seat and a rate limit) is counted with a counting global
+//! allocator in this test binary only.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use licensegate::config::{FileConfig, Settings};
+use licensegate::decision::{Decision, DecisionEngine, EngineSettings, Peer};
+use licensegate::license::issue::{sign, SigningKey};
+use licensegate::license::{Algorithm, LicenseGate};
+use licensegate::limits::{Clock, MemoryStore};
+use licensegate::metrics::Metrics;
+use licensegate::policy::Policy;
+
+struct Counting;
+
+thread_local! {
+    // Per thread, so the test harness's other threads do not count.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const POLICY: &str = "
+plans:
+  pro:
+    features: [reports]
+    limits: {rpm: 1000000000}
+limits:
+  api_rate:
+    rate: {limit: lic.limits.rpm, default: 20, per: 1m}
+  users:
+    seats: {identity: 'header:x-user', default: 3}
+routes:
+  - {name: health, path: /healthz, access: public}
+  - {name: reports, path: /api/reports/**, features: [reports], limits: [users, api_rate]}
+  - {name: api, path: /api/**, limits: [users, api_rate]}
+";
+
+fn decide_now(engine: &DecisionEngine, head: &http::request::Parts, peer: &Peer) -> Decision {
+    let future = pin!(engine.decide(head, peer));
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(decision) => decision,
+        Poll::Pending => panic!("the memory store never suspends"),
+    }
+}
+
+#[test]
+fn a_warm_enforcing_decision_allocates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    std::fs::write(dir.path().join("k1.pem"), key.public_key_pem()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = sign(
+        &serde_json::json!({"sub": "lic-1", "exp": now + 3600, "lic": {"plan": "pro", "seats": 10}}),
+        &key,
+        "k1",
+    );
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n  source: header\n",
+        dir.path().join("k1.pem").display()
+    );
+    let settings = Settings::resolve(
+        FileConfig::parse(Path::new("t.yaml"), &yaml).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let gate = Arc::new(
+        LicenseGate::new(settings.license.as_ref().unwrap(), Arc::clone(&metrics)).unwrap(),
+    );
+    let store = Arc::new(MemoryStore::new(
+        Clock::system(),
+        MemoryStore::DEFAULT_MAX_KEYS,
+    ));
+    let policy = Policy::compile(vec![("p.yaml".into(), POLICY.into())]).unwrap();
+    let engine = DecisionEngine::new(Some(gate), store, &EngineSettings::default(), metrics)
+        .with_policy(policy)
+        .unwrap();
+    let head = http::Request::get("/api/reports/q3")
+        .header("host", "app.local")
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-user", "alice")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    // Warm: the token verified and cached, the entitlement and counters made.
+    for _ in 0..3 {
+        assert!(matches!(
+            decide_now(&engine, &head, &peer),
+            Decision::Allow(_)
+        ));
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..1000 {
+        let decision = decide_now(&engine, &head, &peer);
+        assert!(matches!(decision, Decision::Allow(_)));
+    }
+    let allocations = ALLOCATIONS.with(Cell::get) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} heap allocations in 1,000 warm decisions"
+    );
+}
