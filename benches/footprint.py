@@ -56,8 +56,13 @@ class Quiet(http.server.BaseHTTPRequestHandler):
         body = b"ok\n"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
+        # One thread per upstream connection here: close it, so 10,000
+        # client connections do not mean 10,000 upstream threads. The
+        # client side stays keep-alive.
+        self.send_header("connection", "close")
         self.end_headers()
         self.wfile.write(body)
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -103,7 +108,11 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 + 1024)), hard))
 
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    class Upstream(http.server.ThreadingHTTPServer):
+        request_queue_size = 4096
+        daemon_threads = True
+
+    upstream = Upstream(("127.0.0.1", 0), Quiet)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp(prefix="licensegate-footprint.")
     subprocess.run([args.bin, "license", "keygen", "--kid", "bench", "--private", f"{tmp}/k.key",
@@ -143,7 +152,16 @@ def main():
     request = (f"GET /x HTTP/1.1\r\nhost: app\r\nauthorization: Bearer {token}\r\n"
                f"x-user: alice\r\n\r\n").encode()
     sel = selectors.DefaultSelector()
-    socks, answered = [], 0
+    socks, statuses = [], {}
+
+    def collect(timeout):
+        events = sel.select(timeout=timeout)
+        for key, _ in events:
+            status = key.fileobj.recv(4096)[9:12].decode(errors="replace") or "closed"
+            statuses[status] = statuses.get(status, 0) + 1
+            sel.unregister(key.fileobj)
+        return len(events)
+
     for i in range(args.connections):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(request)
@@ -151,19 +169,13 @@ def main():
         sel.register(s, selectors.EVENT_READ)
         socks.append(s)
         # Keep the accept backlog short: collect answers as we go.
-        while answered < i + 1 - 512:
-            for key, _ in sel.select(timeout=5):
-                if key.fileobj.recv(4096).startswith(b"HTTP/1.1 200"):
-                    answered += 1
-                sel.unregister(key.fileobj)
-    while answered < args.connections:
-        events = sel.select(timeout=10)
-        if not events:
-            sys.exit(f"only {answered} of {args.connections} connections were answered")
-        for key, _ in events:
-            if key.fileobj.recv(4096).startswith(b"HTTP/1.1 200"):
-                answered += 1
-            sel.unregister(key.fileobj)
+        while sum(statuses.values()) < i + 1 - 512:
+            collect(5)
+    while sum(statuses.values()) < args.connections:
+        if not collect(10):
+            sys.exit(f"only {sum(statuses.values())} of {args.connections} answered: {statuses}")
+    if set(statuses) != {"200"}:
+        sys.exit(f"not every request was answered 200: {statuses}")
     time.sleep(0.5)  # let the watchdogs settle; memory is what is held, not how fast
     held_kb = rss_kb(proc.pid, "VmRSS")
     peak_kb = rss_kb(proc.pid, "VmHWM")
