@@ -20,6 +20,10 @@
 #     4. nginx        wrk -> nginx proxy_pass (upstream keepalive 64) -> upstream
 #     5. haproxy      wrk -> HAProxy (mode http, http-reuse always) -> upstream
 #                     (skipped with a note when HAProxy cannot be installed)
+#     3b. redis       enforcing, counters in Redis, accurate mode (one round
+#                     trip per decision) — with REDIS=1 (default when
+#                     redis-server is installed)
+#     3c. leased      enforcing, counters in Redis, leased mode
 #   Every target receives byte-identical requests: the license and `x-user`
 #   headers are sent to all of them.
 #   Every proxy gets the same worker/thread budget (WORKERS): licensegate
@@ -55,6 +59,7 @@
 #   LG_EXTRA_ARGS  extra arguments appended to the licensegate command line
 #   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
 #   ENFORCE      0 = skip the enforcing licensegate target (default 1)
+#   REDIS        0 = skip the Redis-backed targets (default 1 when redis-server exists)
 #
 # Requirements: wrk, nginx, curl, python3 (and optionally haproxy, taskset).
 # Missing packages are installed with apt-get (wrk, nginx-light or nginx,
@@ -81,6 +86,7 @@ BIN=${BIN:-$ROOT/target/release/licensegate}
 OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
 ENFORCE=${ENFORCE:-1}
+if command -v redis-server >/dev/null 2>&1; then REDIS=${REDIS:-1}; else REDIS=0; fi
 LG_LOG_FILTER=${LICENSEGATE_LOG:-warn}
 WARMUP_SECONDS=1
 READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
@@ -138,9 +144,10 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 7)
-read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT <<<"$PORTS"
-[[ -n $EN_ADMIN_PORT ]] || die "could not pick free loopback ports"
+PORTS=$(free_ports 12)
+read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT \
+    RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT <<<"$PORTS"
+[[ -n $RL_ADMIN_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -240,6 +247,7 @@ log "licensegate ready on 127.0.0.1:$LG_PORT (admin $LG_ADMIN_PORT), idle RSS ${
 
 # 3. licensegate enforcing a policy (same worker budget and pinning)
 WRK_HEADERS=()
+declare -A ENFORCING_PIDS=()
 if [[ $ENFORCE == 1 ]]; then
     EN="$TMP/enforcing"
     mkdir "$EN"
@@ -266,26 +274,49 @@ routes:
   - {name: health, path: /healthz, access: public}
   - {name: app, path: "/**", features: [reports], limits: [users, api_rate]}
 YAML
-    cat >"$EN/config.yaml" <<YAML
-listen: 127.0.0.1:$EN_PORT
-admin: 127.0.0.1:$EN_ADMIN_PORT
+    # start_enforcing NAME PORT ADMIN_PORT [STORE_YAML]: one enforcing
+    # licensegate with the shared key, license and policy.
+    start_enforcing() {
+        local name=$1 port=$2 admin=$3 store=${4:-} dir="$EN/$1" pid
+        mkdir -p "$dir"
+        cat >"$dir/config.yaml" <<YAML
+listen: 127.0.0.1:$port
+admin: 127.0.0.1:$admin
 workers: $WORKERS
 upstream: {url: "http://127.0.0.1:$UP_PORT"}
 license: {keys: "$EN/bench.pem", source: header}
 policy: {paths: ["$EN/policy.yaml"]}
+$store
 YAML
-    EN_LOG="$EN/licensegate.log"
-    start_bg "$EN_LOG" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
-        --config "$EN/config.yaml"
-    EN_PID=$LAST_PID
-    if ! wait_http "http://127.0.0.1:$EN_ADMIN_PORT/readyz" "$EN_PID"; then
-        dump_log "$EN_LOG"
-        die "enforcing licensegate did not become ready"
+        start_bg "$dir/licensegate.log" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
+            --config "$dir/config.yaml"
+        pid=$LAST_PID
+        if ! wait_http "http://127.0.0.1:$admin/readyz" "$pid"; then
+            dump_log "$dir/licensegate.log"
+            die "$name licensegate did not become ready"
+        fi
+        ENFORCING_PIDS[$name]=$pid
+        URL[$name]="http://127.0.0.1:$port/"
+        TARGETS+=("$name")
+        log "$name licensegate ready on 127.0.0.1:$port"
+    }
+    start_enforcing enforcing "$EN_PORT" "$EN_ADMIN_PORT"
+    EN_PID=${ENFORCING_PIDS[enforcing]}
+    EN_LOG="$EN/enforcing/licensegate.log"
+    if [[ $REDIS == 1 ]]; then
+        start_bg "$EN/redis.log" "${UP_PFX[@]}" redis-server --port "$RD_PORT" --bind 127.0.0.1 \
+            --save "" --appendonly no
+        for ((i = 0; i < READY_TRIES; i++)); do
+            redis-cli -p "$RD_PORT" ping >/dev/null 2>&1 && break
+            sleep "$READY_SLEEP"
+        done
+        meta redis_version "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
+        start_enforcing redis "$RA_PORT" "$RA_ADMIN_PORT" \
+            "store: {url: \"redis://127.0.0.1:$RD_PORT\", mode: accurate, timeout: 50ms}"
+        start_enforcing leased "$RL_PORT" "$RL_ADMIN_PORT" \
+            "store: {url: \"redis://127.0.0.1:$RD_PORT\", mode: leased, timeout: 50ms}"
     fi
     WRK_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
-    URL[enforcing]="http://127.0.0.1:$EN_PORT/"
-    TARGETS+=(enforcing)
-    log "enforcing licensegate ready on 127.0.0.1:$EN_PORT"
     # The licensegate row idles from here on while enforcing runs, and the
     # other way round: both are started up front, like every target.
 fi
@@ -354,7 +385,7 @@ run_wrk() {
     if ((rc != 0)) || ! grep -q '^Requests/sec:' "$out"; then
         dump_log "$out"
         if [[ $1 == licensegate ]]; then dump_log "$LG_LOG"; fi
-        if [[ $1 == enforcing ]]; then dump_log "$EN_LOG"; fi
+        if [[ -n ${ENFORCING_PIDS[$1]:-} ]]; then dump_log "$EN/$1/licensegate.log"; fi
         die "wrk against $1 ($url) failed (exit $rc)"
     fi
 }
@@ -365,11 +396,14 @@ check_licensegate_alive() {
         dump_log "$LG_LOG"
         exit 1
     fi
-    if [[ $ENFORCE == 1 ]] && ! kill -0 "$EN_PID" 2>/dev/null; then
-        log "enforcing licensegate (pid $EN_PID) exited during the benchmark; its log:"
-        dump_log "$EN_LOG"
-        exit 1
-    fi
+    local name
+    for name in "${!ENFORCING_PIDS[@]}"; do
+        if ! kill -0 "${ENFORCING_PIDS[$name]}" 2>/dev/null; then
+            log "$name licensegate exited during the benchmark; its log:"
+            dump_log "$EN/$name/licensegate.log"
+            exit 1
+        fi
+    done
 }
 
 log "warm-up: ${WARMUP_SECONDS}s per target"
@@ -385,7 +419,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         out="$TMP/wrk/round$r.$t.txt"
         sleep 0.5 # let the previous run's connections close
         run_wrk "$t" "$DURATION" "$out"
-        [[ $t != licensegate && $t != enforcing ]] || check_licensegate_alive
+        check_licensegate_alive
         printf '%s\t%s\t%s\n' "$t" "$r" "$out" >>"$MANIFEST"
         log "round $r/$ROUNDS $(printf '%-12s' "$t") $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s"
     done
@@ -394,6 +428,17 @@ check_licensegate_alive
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
 if [[ $ENFORCE == 1 ]]; then meta lg_rss_enforcing_peak_kb "$(rss_kb "$EN_PID" VmHWM)"; fi
+if [[ -n ${ENFORCING_PIDS[redis]:-} ]]; then
+    # Round trips per decision, from the accurate-mode proxy's own metrics.
+    rt=$(curl -s "http://127.0.0.1:$RA_ADMIN_PORT/metrics" | awk '/^licensegate_store_round_trips_total/ { print $2 }')
+    dec=$(curl -s "http://127.0.0.1:$RA_ADMIN_PORT/metrics" | awk '/^licensegate_decisions_total/ { s += $2 } END { print s }')
+    meta redis_round_trips "$rt"
+    meta redis_decisions "$dec"
+    rt=$(curl -s "http://127.0.0.1:$RL_ADMIN_PORT/metrics" | awk '/^licensegate_store_round_trips_total/ { print $2 }')
+    dec=$(curl -s "http://127.0.0.1:$RL_ADMIN_PORT/metrics" | awk '/^licensegate_decisions_total/ { s += $2 } END { print s }')
+    meta leased_round_trips "$rt"
+    meta leased_decisions "$dec"
+fi
 
 # --------------------------------------------------------------------------
 # Report
@@ -543,5 +588,10 @@ for name, t in targets.items():
 for name, code in probe.items():
     if code != "200":
         print(f"\n**Warning:** {name} answered HTTP {code} to the pre-flight GET.")
+for name in ("redis", "leased"):
+    rt, dec = meta.get(f"{name}_round_trips"), meta.get(f"{name}_decisions")
+    if rt and dec:
+        print(f"\n{name}: {float(rt):,.0f} store round trips for {float(dec):,.0f} decisions "
+              f"({float(rt) / max(float(dec), 1):.3f} per decision)")
 print(f"\nJSON: {out_json}")
 PY
