@@ -947,13 +947,17 @@ routes:
     assert_eq!(reply.status, 200);
 }
 
-#[tokio::test]
-async fn concurrency_limit_frees_the_slot_when_the_response_completes() {
-    // An upstream that holds every response until the test releases it.
-    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
+/// An upstream that holds every response until the test releases it (one
+/// semaphore permit per response); each arriving path is reported.
+async fn held_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let gate = Arc::clone(&release);
-    let upstream_addr = upstream(move |request: Request<Incoming>| {
+    let addr = upstream(move |request: Request<Incoming>| {
         let arrived_tx = arrived_tx.clone();
         let gate = Arc::clone(&gate);
         async move {
@@ -963,6 +967,12 @@ async fn concurrency_limit_frees_the_slot_when_the_response_completes() {
         }
     })
     .await;
+    (addr, arrived, release)
+}
+
+#[tokio::test]
+async fn concurrency_limit_frees_the_slot_when_the_response_completes() {
+    let (upstream_addr, mut arrived, release) = held_upstream().await;
     let setup = Setup::new();
     let proxy = setup.start(
         upstream_addr,
@@ -1043,19 +1053,7 @@ routes:
 
 #[tokio::test]
 async fn a_client_that_goes_away_frees_its_concurrency_slot() {
-    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let gate = Arc::clone(&release);
-    let upstream_addr = upstream(move |request: Request<Incoming>| {
-        let arrived_tx = arrived_tx.clone();
-        let gate = Arc::clone(&gate);
-        async move {
-            let _ = arrived_tx.send(request.uri().path().to_owned());
-            gate.acquire().await.unwrap().forget();
-            Response::new(full("done"))
-        }
-    })
-    .await;
+    let (upstream_addr, mut arrived, release) = held_upstream().await;
     let setup = Setup::new();
     let proxy = setup.start(
         upstream_addr,
