@@ -622,15 +622,7 @@ async fn quota_survives_restarting_every_proxy() {
     const QUOTA: usize = 10;
     const USED: usize = 6;
     let Some(redis) = Redis::start() else { return };
-    let fleet = Fleet::new(&format!(
-        r#"
-limits:
-  daily: {{quota: {{limit: {QUOTA}, period: day}}}}
-routes:
-  - {{name: billed, path: "/billed", limits: [daily]}}
-"#
-    ))
-    .await;
+    let fleet = Fleet::new(&daily_quota_policy(QUOTA)).await;
     let config = fleet.config(&store(
         &redis.url(),
         "  timeout: 500ms\n  replicas: 3\n  key_prefix: lgtest\n",
@@ -638,19 +630,12 @@ routes:
     let start_day = unix_now() / 86_400;
     let auth = fleet.auth("lic-quota");
 
-    let mut first = start(&config, 3).await;
+    let first = start(&config, 3).await;
     for i in 0..USED {
         let reply = call(&first[i % 3], "/billed", &auth).await;
         assert_eq!(reply.status, 200, "unit {i}: {reply:?}");
     }
-    for proxy in &first {
-        proxy.signal("TERM");
-    }
-    for proxy in &mut first {
-        let status = tokio::task::block_in_place(|| proxy.wait_exit());
-        assert!(status.success(), "graceful exit: {status}");
-    }
-    drop(first);
+    stop_gracefully(first);
 
     // The counters live in Redis, with an expiry past the period's end.
     let keys = redis.keys();
@@ -1122,51 +1107,63 @@ routes:
 async fn leased_quota_units_go_back_on_shutdown() {
     const QUOTA: usize = 100;
     let Some(redis) = Redis::start() else { return };
-    let fleet = Fleet::new(&format!(
-        r#"
-limits:
-  daily: {{quota: {{limit: {QUOTA}, period: day}}}}
-routes:
-  - {{name: billed, path: "/billed", limits: [daily]}}
-"#
-    ))
-    .await;
+    let fleet = Fleet::new(&daily_quota_policy(QUOTA)).await;
     let config = fleet.config(&store(
         &redis.url(),
         "  mode: leased\n  timeout: 500ms\n  lease: {max_slice: 20, period: 1h}\n",
     ));
     let start_day = unix_now() / 86_400;
     let auth = fleet.auth("lic-lease-back");
-    let mut first = start(&config, 1).await;
+    let first = start(&config, 1).await;
     for i in 0..3 {
         let reply = call(&first[0], "/billed", &auth).await;
         assert_eq!(reply.status, 200, "unit {i}: {reply:?}");
     }
     // The proxy holds a slice larger than what it spent...
-    let held: i64 = redis
-        .keys()
-        .iter()
-        .filter(|k| k.contains(":q:"))
-        .map(|k| redis.cli(&["GET", k]).trim().parse::<i64>().unwrap_or(0))
-        .sum();
+    let held = quota_units(&redis);
     assert!(held > 3, "the lease took {held} units for 3 requests");
     // ...and gives the rest back when it stops.
-    first[0].signal("TERM");
-    let status = tokio::task::block_in_place(|| first[0].wait_exit());
-    assert!(status.success(), "graceful exit: {status}");
-    drop(first);
+    stop_gracefully(first);
     if unix_now() / 86_400 != start_day {
         eprintln!("a UTC day ended during the test; the quota reset legitimately");
         return;
     }
-    let counted: i64 = redis
+    assert_eq!(
+        quota_units(&redis),
+        3,
+        "after shutdown the store counts exactly what was served"
+    );
+}
+
+/// A policy with one route billed against a daily quota of `quota` units.
+fn daily_quota_policy(quota: usize) -> String {
+    format!(
+        r#"
+limits:
+  daily: {{quota: {{limit: {quota}, period: day}}}}
+routes:
+  - {{name: billed, path: "/billed", limits: [daily]}}
+"#
+    )
+}
+
+/// Quota units counted in Redis, over every quota key.
+fn quota_units(redis: &Redis) -> i64 {
+    redis
         .keys()
         .iter()
         .filter(|k| k.contains(":q:"))
         .map(|k| redis.cli(&["GET", k]).trim().parse::<i64>().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        counted, 3,
-        "after shutdown the store counts exactly what was served"
-    );
+        .sum()
+}
+
+/// SIGTERM every proxy and require a clean exit.
+fn stop_gracefully(mut proxies: Vec<Proxy>) {
+    for proxy in &proxies {
+        proxy.signal("TERM");
+    }
+    for proxy in &mut proxies {
+        let status = tokio::task::block_in_place(|| proxy.wait_exit());
+        assert!(status.success(), "graceful exit: {status}");
+    }
 }
