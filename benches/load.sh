@@ -31,8 +31,11 @@
 #   once up front and kept running; after a 1 s warm-up per target, ROUNDS
 #   rounds run every target once each, in the order above (alternating, so
 #   slow drift such as thermal throttling or noisy neighbours hits all targets
-#   alike). The report is the median over rounds of req/s, p50 and p99 latency
-#   (the p50/p99 shown are medians of the per-round wrk percentiles), the ratio
+#   alike). The report is the median over rounds of req/s, p50, p99 and p99.9
+#   latency (medians of the per-round wrk percentiles; p99.9 from a wrk Lua
+#   `done` hook), CPU seconds per 100k requests of the proxy under test (user +
+#   system ticks of the process and its children, nginx workers included,
+#   during the run), the ratio
 #   licensegate req/s / target req/s, and licensegate's resident memory:
 #   idle (VmRSS right after readiness, before any load) and peak (VmHWM after
 #   all runs).
@@ -242,6 +245,8 @@ fi
 LG_RSS_IDLE_KB=$(rss_kb "$LG_PID" VmRSS)
 meta lg_rss_idle_kb "$LG_RSS_IDLE_KB"
 URL[licensegate]="http://127.0.0.1:$LG_PORT/"
+declare -A TARGET_PID=()
+TARGET_PID[licensegate]=$LG_PID
 TARGETS+=(licensegate)
 log "licensegate ready on 127.0.0.1:$LG_PORT (admin $LG_ADMIN_PORT), idle RSS ${LG_RSS_IDLE_KB} kB"
 
@@ -296,6 +301,7 @@ YAML
             die "$name licensegate did not become ready"
         fi
         ENFORCING_PIDS[$name]=$pid
+        TARGET_PID[$name]=$pid
         URL[$name]="http://127.0.0.1:$port/"
         TARGETS+=("$name")
         log "$name licensegate ready on 127.0.0.1:$port"
@@ -327,11 +333,13 @@ render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
     DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
 start_bg "$TMP/nginx/stdout.log" "${PROXY_PFX[@]}" \
     nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
-if ! wait_http "http://127.0.0.1:$NGX_PORT/" "$LAST_PID"; then
+NGX_PID=$LAST_PID
+if ! wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID"; then
     dump_log "$TMP/nginx/stdout.log" "$TMP/nginx/error.log"
     die "nginx proxy did not come up on 127.0.0.1:$NGX_PORT"
 fi
 URL[nginx]="http://127.0.0.1:$NGX_PORT/"
+TARGET_PID[nginx]=$NGX_PID
 TARGETS+=(nginx)
 meta nginx_version "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
 log "nginx proxy ready on 127.0.0.1:$NGX_PORT"
@@ -346,6 +354,7 @@ if ((HAVE_HAPROXY)); then
     HAP_PID=$LAST_PID
     if wait_http "http://127.0.0.1:$HAP_PORT/" "$HAP_PID"; then
         URL[haproxy]="http://127.0.0.1:$HAP_PORT/"
+        TARGET_PID[haproxy]=$HAP_PID
         TARGETS+=(haproxy)
         meta haproxy_version "$(haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')"
         log "haproxy ready on 127.0.0.1:$HAP_PORT"
@@ -374,11 +383,31 @@ done
 # --------------------------------------------------------------------------
 # Load
 # --------------------------------------------------------------------------
+# CPU time (clock ticks, user + system) of a process and its children
+# (nginx workers under the master).
+cpu_ticks() {
+    local pid=$1 total=0 p
+    for p in $pid $(pgrep -P "$pid" 2>/dev/null); do
+        [[ -r /proc/$p/stat ]] || continue
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+meta clk_tck "$CLK_TCK"
+
+# wrk prints p50..p99 only; this script adds p99.9 in microseconds.
+cat >"$TMP/p999.lua" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("P99.9_US %d\n", latency:percentile(99.9)))
+end
+LUA
+
 # run_wrk TARGET SECONDS OUTFILE: one wrk thread, fixed duration.
 run_wrk() {
     local url=${URL[$1]} secs=$2 out=$3 rc=0 pid
     start_bg "$out" "${WRK_PFX[@]}" \
-        wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "${WRK_HEADERS[@]}" "$url"
+        wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency -s "$TMP/p999.lua" "${WRK_HEADERS[@]}" "$url"
     pid=$LAST_PID
     wait "$pid" || rc=$?
     forget_pid "$pid"
@@ -418,7 +447,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
         out="$TMP/wrk/round$r.$t.txt"
         sleep 0.5 # let the previous run's connections close
+        before=$([[ -n ${TARGET_PID[$t]:-} ]] && cpu_ticks "${TARGET_PID[$t]}" || echo "")
         run_wrk "$t" "$DURATION" "$out"
+        if [[ -n $before ]]; then echo "CPU_TICKS $(($(cpu_ticks "${TARGET_PID[$t]}") - before))" >>"$out"; fi
         check_licensegate_alive
         printf '%s\t%s\t%s\n' "$t" "$r" "$out" >>"$MANIFEST"
         log "round $r/$ROUNDS $(printf '%-12s' "$t") $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s"
@@ -491,6 +522,8 @@ def parse_wrk(path):
         if p not in pct:
             raise SystemExit(f"no {p}% latency in {path} (was --latency passed?):\n{text}")
     total = re.search(r"^\s*(\d+) requests in", text, re.M)
+    p999 = re.search(r"^P99.9_US (\d+)", text, re.M)
+    ticks = re.search(r"^CPU_TICKS (\d+)", text, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     return {
@@ -499,6 +532,9 @@ def parse_wrk(path):
         "p75_ms": pct.get("75"),
         "p90_ms": pct.get("90"),
         "p99_ms": pct["99"],
+        "p999_ms": int(p999.group(1)) / 1000 if p999 else None,
+        "cpu_s_per_100k": (int(ticks.group(1)) / int(meta.get("clk_tck", "100"))) * 100000 / int(total.group(1))
+                          if ticks and total and int(total.group(1)) else None,
         "requests": int(total.group(1)) if total else None,
         "non_2xx_3xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
@@ -518,6 +554,9 @@ for t in targets.values():
     rs = t["rounds"]
     t["median"] = {k: statistics.median(r[k] for r in rs)
                    for k in ("requests_per_sec", "p50_ms", "p99_ms")}
+    for k in ("p999_ms", "cpu_s_per_100k"):
+        vals = [r[k] for r in rs if r[k] is not None]
+        t["median"][k] = statistics.median(vals) if vals else None
     t["errors"] = {
         "non_2xx_3xx": sum(r["non_2xx_3xx"] for r in rs),
         "socket_errors": sum(sum(r["socket_errors"].values()) for r in rs),
@@ -569,14 +608,18 @@ print(f"WORKERS={config.get('workers')}, wrk -t1 -c{config.get('connections')} "
 def fmt_ratio(r):
     return f"{r:.2f}" if r is not None else "n/a"
 
-print("| Target | req/s | p50 ms | p99 ms | licensegate / X | enforcing / X |")
-print("|---|---:|---:|---:|---:|---:|")
+def opt(v, f):
+    return f.format(v) if v is not None else "n/a"
+
+print("| Target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | licensegate / X | enforcing / X |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, t in targets.items():
     m = t["median"]
     print(f"| {name} | {m['requests_per_sec']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
+          f"{opt(m['p999_ms'], '{:.3f}')} | {opt(m['cpu_s_per_100k'], '{:.2f}')} | "
           f"{fmt_ratio(t['licensegate_over_target'])} | {fmt_ratio(t['enforcing_over_target'])} |")
 for name, why in skipped.items():
-    print(f"| {name} | skipped: {why} | | | | |")
+    print(f"| {name} | skipped: {why} | | | | | | |")
 print()
 print(f"licensegate RSS: idle {mib(rss['idle_kb'])}, peak {mib(rss['peak_kb'])} "
       f"(VmRSS after readiness / VmHWM after all runs); enforcing peak {mib(rss['enforcing_peak_kb'])}")
