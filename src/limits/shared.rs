@@ -479,6 +479,7 @@ impl SharedStore {
                     }
                     _ = tokio::time::sleep(period), if self.settings.mode == StoreMode::Leased => {
                         self.return_leases(false).await;
+                        self.forget_expired();
                     }
                 }
                 continue;
@@ -616,6 +617,17 @@ impl SharedStore {
                 self.metrics.lease_returns.inc();
             }
         }
+    }
+
+    /// Drop spent, expired leases and stale seat confirmations, so the maps
+    /// hold only keys with recent traffic.
+    fn forget_expired(&self) {
+        let now = self.clock.mono_nanos();
+        self.leases.retain(|_, lease| {
+            let lease = lease.get_mut().unwrap_or_else(|e| e.into_inner());
+            lease.remaining > 0 || now < lease.expires_at
+        });
+        self.seats_seen.retain(|_, until| *until > now);
     }
 
     /// Spend `cost` from the local lease for `key`, or say what to ask for.
