@@ -496,7 +496,7 @@ async fn three_replicas_share_one_rate_limit_exactly() {
         assert_store_note(&readyz(proxy).await, false);
     }
     // Counters are hash-tagged by license, under the default prefix.
-    let keys = redis.keys();
+    let keys = counter_keys(redis.keys());
     assert!(!keys.is_empty(), "no keys in Redis");
     for key in &keys {
         assert!(
@@ -638,7 +638,7 @@ async fn quota_survives_restarting_every_proxy() {
     stop_gracefully(first);
 
     // The counters live in Redis, with an expiry past the period's end.
-    let keys = redis.keys();
+    let keys = counter_keys(redis.keys());
     assert!(!keys.is_empty(), "no quota keys in Redis");
     let to_midnight = seconds_to_midnight() as i64;
     let mut longest = 0;
@@ -1081,7 +1081,7 @@ routes:
     let mut shards_used = 0;
     let mut home: BTreeMap<String, u16> = BTreeMap::new();
     for node in &cluster.nodes {
-        let keys = node.keys();
+        let keys = counter_keys(node.keys());
         if !keys.is_empty() {
             shards_used += 1;
         }
@@ -1166,4 +1166,50 @@ fn stop_gracefully(mut proxies: Vec<Proxy>) {
         let status = tokio::task::block_in_place(|| proxy.wait_exit());
         assert!(status.success(), "graceful exit: {status}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_divides_by_the_replicas_seen_in_the_store() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let fleet = Fleet::new(
+        r#"
+limits:
+  four: {rate: {limit: 4, per: 1h}}
+routes:
+  - {name: api, path: "/api/**", limits: [four]}
+"#,
+    )
+    .await;
+    // No `replicas` configured: the count comes from the replicas' heartbeats.
+    let config = fleet.config(&store(&redis.url(), "  timeout: 100ms\n"));
+    let proxies = start(&config, 2).await;
+    for proxy in &proxies {
+        wait_log(proxy, "replicas sharing the store: 2");
+        let (_, report) = readyz(proxy).await;
+        let note = report["notes"]["store"].as_str().unwrap_or("");
+        assert!(note.contains("2 replicas seen"), "readyz note: {note}");
+    }
+    redis.kill();
+    let local = fleet.auth("lic-observed");
+    for proxy in &proxies {
+        // The first call may be the one that finds Redis gone; it counts locally too.
+        for i in 0..2 {
+            let reply = call(proxy, "/api/x", &local).await;
+            assert_eq!(reply.status, 200, "request {i}: {reply:?}");
+        }
+        let reply = call(proxy, "/api/x", &local).await;
+        assert!(
+            reply.is(429, "rate_limited"),
+            "4 / 2 replicas seen: {reply:?}"
+        );
+    }
+}
+
+/// The counter keys among `keys`: without the replicas' heartbeat set.
+fn counter_keys(keys: Vec<String>) -> Vec<String> {
+    keys.into_iter()
+        .filter(|k| !k.ends_with(":{replicas}"))
+        .collect()
 }

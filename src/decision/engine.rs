@@ -577,7 +577,7 @@ impl DecisionEngine {
     ) -> Result<bool, Box<Denial>> {
         self.count_limits(active, route, head, peer, state, Local::Concurrency)?;
         let fallback = Local::Fallback {
-            replicas: shared.settings().replicas,
+            replicas: shared.replicas(),
         };
         if !shared.is_available() {
             return self

@@ -35,6 +35,9 @@ const SCRIPT: &str = include_str!("shared.lua");
 /// is noise; three are an outage).
 const TIMEOUTS_TO_TRIP: u32 = 3;
 
+/// How often a replica announces itself in the store's replica set.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -97,6 +100,10 @@ pub struct SharedStore {
     /// Leased mode: seat holders confirmed recently, by seat key and identity.
     seats_seen: DashMap<Box<str>, u64, Hasher>,
     clock: Clock,
+    /// This process, in the store's set of live replicas.
+    instance: String,
+    /// Live replicas last seen in the store (including this one).
+    observed_replicas: AtomicU32,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -123,6 +130,8 @@ impl SharedStore {
             leases: DashMap::with_hasher(Hasher::default()),
             seats_seen: DashMap::with_hasher(Hasher::default()),
             clock,
+            instance: instance_id(),
+            observed_replicas: AtomicU32::new(1),
         }
     }
 
@@ -143,11 +152,12 @@ impl SharedStore {
                 StoreMode::Accurate => "accurate",
                 StoreMode::Leased => "leased",
             };
-            format!("shared counters on {nodes} ({mode} mode)")
+            let seen = self.observed_replicas.load(Ordering::Relaxed);
+            format!("shared counters on {nodes} ({mode} mode, {seen} replicas seen)")
         } else {
             format!(
                 "fallback: {nodes} unreachable; counting locally, limits divided by {}",
-                self.settings.replicas
+                self.replicas()
             )
         }
     }
@@ -467,17 +477,29 @@ impl SharedStore {
     pub async fn maintain(self: Arc<Self>, report: impl Fn(&SharedStore) + Send) {
         let mut backoff = MIN_BACKOFF;
         let mut first = true;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_tick = tokio::time::interval(self.settings.lease_period);
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let leased = self.settings.mode == StoreMode::Leased;
         loop {
             if self.is_available() {
-                // Leased mode: expired leases of keys that went quiet go back
-                // every lease period; a trip wakes this loop at once.
-                let period = self.settings.lease_period;
                 tokio::select! {
+                    // A trip wakes this loop at once.
                     _ = self.wake.notified() => {
                         backoff = MIN_BACKOFF;
                         report(&self);
                     }
-                    _ = tokio::time::sleep(period), if self.settings.mode == StoreMode::Leased => {
+                    _ = heartbeat.tick() => {
+                        if self.heartbeat().await {
+                            report(&self);
+                            let seen = self.observed_replicas.load(Ordering::Relaxed);
+                            tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
+                        }
+                    }
+                    // Leased mode: expired leases of keys that went quiet go
+                    // back every lease period.
+                    _ = lease_tick.tick(), if leased => {
                         self.return_leases(false).await;
                         self.forget_expired();
                     }
@@ -493,12 +515,15 @@ impl SharedStore {
                     self.seats_seen.clear();
                     self.degraded.store(false, Ordering::Release);
                     self.metrics.fallback_active.set(0);
+                    self.heartbeat().await;
                     if first {
                         tracing::info!(store = %self.settings.nodes.describe(), "shared counter store connected");
                     } else {
                         tracing::info!(store = %self.settings.nodes.describe(), "store reachable again; shared counting resumed");
                     }
                     report(&self);
+                    let seen = self.observed_replicas.load(Ordering::Relaxed);
+                    tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
                 }
                 Err(error) => {
                     if first {
@@ -515,6 +540,47 @@ impl SharedStore {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+
+    /// Announce this replica and count the live ones (seen within three
+    /// heartbeats). Returns whether the count changed.
+    async fn heartbeat(&self) -> bool {
+        let Some(connection) = self.connection.load_full() else {
+            return false;
+        };
+        let key = format!("{}:{{replicas}}", self.settings.key_prefix);
+        let now_ms = self.clock.unix_nanos() / 1_000_000;
+        let horizon = now_ms.saturating_sub(3 * HEARTBEAT.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(&key, &self.instance, now_ms)
+            .ignore()
+            .zrembyscore(&key, "-inf", horizon)
+            .ignore()
+            .zcard(&key)
+            .pexpire(&key, 60_000)
+            .ignore();
+        let patience = self.settings.timeout.max(Duration::from_millis(250));
+        let seen = tokio::time::timeout(patience, async {
+            match &*connection {
+                Connection::Single(c) => pipe.query_async::<(u32,)>(&mut c.clone()).await,
+                Connection::Cluster(c) => pipe.query_async::<(u32,)>(&mut c.clone()).await,
+            }
+        })
+        .await;
+        let Ok(Ok((seen,))) = seen else {
+            return false;
+        };
+        let seen = seen.max(1);
+        self.observed_replicas.swap(seen, Ordering::Relaxed) != seen
+    }
+
+    /// The replica count fallback counting divides by: the configured one,
+    /// or more if more replicas were seen sharing the store.
+    pub fn replicas(&self) -> u32 {
+        self.settings
+            .replicas
+            .max(self.observed_replicas.load(Ordering::Relaxed))
     }
 
     async fn probe(&self) -> Result<(), String> {
@@ -702,6 +768,14 @@ impl SharedStore {
             }
         }
     }
+}
+
+/// A random id for this process among the replicas.
+fn instance_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    format!("{}-{:016x}", std::process::id(), u64::from_be_bytes(bytes))
 }
 
 /// A lease's own key and the store key its units come from.
