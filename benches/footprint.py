@@ -91,11 +91,22 @@ def readyz(port):
         return False
 
 
+STARTED = []
+
+
+def stop_all():
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start(binary, config):
     began = time.perf_counter()
     proc = subprocess.Popen([binary, "run", "--config", config],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "LICENSEGATE_LOG": "warn"})
+    STARTED.append(proc)
     return proc, began
 
 
@@ -205,4 +216,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Also on failure: never leave a proxy holding 10,000 connections.
+        stop_all()
