@@ -26,6 +26,12 @@
 #     3c. leased      enforcing, counters in Redis, leased mode
 #   Every target receives byte-identical requests: the license and `x-user`
 #   headers are sent to all of them.
+#
+#   Then, with H2=1 (default when h2load is installed), the same rounds over
+#   HTTP/2 with prior knowledge (h2c): h2load -t1 -c CONNECTIONS -m H2_STREAMS
+#   against licensegate (same port), enforcing, nginx (`listen ... http2`) and
+#   HAProxy (`bind ... proto h2`); upstreams stay HTTP/1.1. h2load reports no
+#   percentiles: the table shows req/s and the mean time per request.
 #   Every proxy gets the same worker/thread budget (WORKERS): licensegate
 #   --workers, nginx worker_processes, HAProxy nbthread. All servers are started
 #   once up front and kept running; after a 1 s warm-up per target, ROUNDS
@@ -63,6 +69,8 @@
 #   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
 #   ENFORCE      0 = skip the enforcing licensegate target (default 1)
 #   REDIS        0 = skip the Redis-backed targets (default 1 when redis-server exists)
+#   H2           0 = skip the HTTP/2 pass (default 1 when h2load exists)
+#   H2_STREAMS   concurrent streams per HTTP/2 connection (default 10)
 #
 # Requirements: wrk, nginx, curl, python3 (and optionally haproxy, taskset).
 # Missing packages are installed with apt-get (wrk, nginx-light or nginx,
@@ -90,6 +98,8 @@ OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
 ENFORCE=${ENFORCE:-1}
 if command -v redis-server >/dev/null 2>&1; then REDIS=${REDIS:-1}; else REDIS=0; fi
+if command -v h2load >/dev/null 2>&1; then H2=${H2:-1}; else H2=0; fi
+H2_STREAMS=${H2_STREAMS:-10}
 LG_LOG_FILTER=${LICENSEGATE_LOG:-warn}
 WARMUP_SECONDS=1
 READY_TRIES=100    # x READY_SLEEP = 5 s upper bound per server
@@ -147,10 +157,10 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 12)
+PORTS=$(free_ports 14)
 read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT \
-    RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT <<<"$PORTS"
-[[ -n $RL_ADMIN_PORT ]] || die "could not pick free loopback ports"
+    RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT NGX_H2_PORT HAP_H2_PORT <<<"$PORTS"
+[[ -n $HAP_H2_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -330,7 +340,7 @@ fi
 # 4. nginx reverse proxy
 mkdir "$TMP/nginx"
 render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
-    DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+    DIR="$TMP/nginx" PORT="$NGX_PORT" H2_PORT="$NGX_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
 start_bg "$TMP/nginx/stdout.log" "${PROXY_PFX[@]}" \
     nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
 NGX_PID=$LAST_PID
@@ -339,6 +349,8 @@ if ! wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID"; then
     die "nginx proxy did not come up on 127.0.0.1:$NGX_PORT"
 fi
 URL[nginx]="http://127.0.0.1:$NGX_PORT/"
+declare -A H2_URL=()
+H2_URL[nginx]="http://127.0.0.1:$NGX_H2_PORT/"
 TARGET_PID[nginx]=$NGX_PID
 TARGETS+=(nginx)
 meta nginx_version "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
@@ -348,12 +360,13 @@ log "nginx proxy ready on 127.0.0.1:$NGX_PORT"
 if ((HAVE_HAPROXY)); then
     mkdir "$TMP/haproxy"
     render "$SCRIPT_DIR/haproxy.cfg.tmpl" "$TMP/haproxy/haproxy.cfg" \
-        PORT="$HAP_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+        PORT="$HAP_PORT" H2_PORT="$HAP_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
     start_bg "$TMP/haproxy/haproxy.log" "${PROXY_PFX[@]}" \
         haproxy -db -f "$TMP/haproxy/haproxy.cfg"
     HAP_PID=$LAST_PID
     if wait_http "http://127.0.0.1:$HAP_PORT/" "$HAP_PID"; then
         URL[haproxy]="http://127.0.0.1:$HAP_PORT/"
+        H2_URL[haproxy]="http://127.0.0.1:$HAP_H2_PORT/"
         TARGET_PID[haproxy]=$HAP_PID
         TARGETS+=(haproxy)
         meta haproxy_version "$(haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')"
@@ -455,6 +468,38 @@ for ((r = 1; r <= ROUNDS; r++)); do
         log "round $r/$ROUNDS $(printf '%-12s' "$t") $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s"
     done
 done
+H2_MANIFEST="$TMP/h2manifest.tsv"
+: >"$H2_MANIFEST"
+if [[ $H2 == 1 ]]; then
+    # licensegate and the enforcing variants serve h2c on their own port.
+    for t in licensegate enforcing redis leased; do
+        if [[ -n ${URL[$t]:-} ]]; then H2_URL[$t]=${URL[$t]}; fi
+    done
+    H2_TARGETS=()
+    for t in "${TARGETS[@]}"; do
+        if [[ -n ${H2_URL[$t]:-} ]]; then H2_TARGETS+=("$t"); fi
+    done
+    meta h2_streams "$H2_STREAMS"
+    meta h2load_version "$(h2load --version 2>&1 | sed -n '1s/.*nghttp2\/\([^ ]*\).*/\1/p')"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for t in "${H2_TARGETS[@]}"; do
+            out="$TMP/wrk/h2.round$r.$t.txt"
+            sleep 0.5
+            before=$([[ -n ${TARGET_PID[$t]:-} ]] && cpu_ticks "${TARGET_PID[$t]}" || echo "")
+            rc=0
+            "${WRK_PFX[@]}" h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$DURATION" \
+                --warm-up-time=1 "${WRK_HEADERS[@]}" "${H2_URL[$t]}" >"$out" 2>&1 || rc=$?
+            if ((rc != 0)) || ! grep -q 'req/s' "$out"; then
+                dump_log "$out"
+                die "h2load against $t (${H2_URL[$t]}) failed (exit $rc)"
+            fi
+            if [[ -n $before ]]; then echo "CPU_TICKS $(($(cpu_ticks "${TARGET_PID[$t]}") - before))" >>"$out"; fi
+            printf '%s\t%s\t%s\n' "$t" "$r" "$out" >>"$H2_MANIFEST"
+            log "h2 round $r/$ROUNDS $(printf '%-12s' "$t") $(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out") req/s"
+        done
+    done
+fi
+
 check_licensegate_alive
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
@@ -488,13 +533,13 @@ meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta loadavg_start "$LOADAVG_START"
 
 mkdir -p -- "$(dirname -- "$OUT_JSON")"
-python3 - "$MANIFEST" "$META" "$OUT_JSON" <<'PY'
+python3 - "$MANIFEST" "$META" "$OUT_JSON" "$H2_MANIFEST" <<'PY'
 import json
 import re
 import statistics
 import sys
 
-manifest_path, meta_path, out_json = sys.argv[1:4]
+manifest_path, meta_path, out_json, h2_manifest_path = sys.argv[1:5]
 
 meta = {}
 with open(meta_path) as f:
@@ -585,7 +630,49 @@ def kb(key):
 rss = {"idle_kb": kb("lg_rss_idle_kb"), "peak_kb": kb("lg_rss_peak_kb"),
        "enforcing_peak_kb": kb("lg_rss_enforcing_peak_kb")}
 
+def parse_h2load(path):
+    with open(path) as f:
+        text = f.read()
+    rps = re.search(r"finished in [^,]+, ([0-9.]+) req/s", text)
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
+    status = re.search(r"status codes: (\d+) 2xx", text)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+    ticks = re.search(r"^CPU_TICKS (\d+)", text, re.M)
+    if not rps or not done:
+        raise SystemExit(f"cannot parse h2load output {path}:\n{text}")
+    total = int(done.group(2))
+    return {
+        "requests_per_sec": float(rps.group(1)),
+        "mean_ms": to_ms(mean.group(1)) if mean else None,
+        "requests": total,
+        "failed": int(done.group(4)),
+        "non_2xx": total - int(status.group(1)) if status else None,
+        "cpu_s_per_100k": (int(ticks.group(1)) / int(meta.get("clk_tck", "100"))) * 100000 / total
+                          if ticks and total else None,
+    }
+
+h2 = {}
+with open(h2_manifest_path) as f:
+    for line in f:
+        name, rnd, path = line.rstrip("\n").split("\t")
+        fig = parse_h2load(path)
+        fig["round"] = int(rnd)
+        h2.setdefault(name, {"rounds": []})["rounds"].append(fig)
+for t in h2.values():
+    rs = t["rounds"]
+    t["median"] = {}
+    for k in ("requests_per_sec", "mean_ms", "cpu_s_per_100k"):
+        vals = [r[k] for r in rs if r[k] is not None]
+        t["median"][k] = statistics.median(vals) if vals else None
+h2_lg = h2.get("licensegate", {}).get("median", {}).get("requests_per_sec")
+h2_en = h2.get("enforcing", {}).get("median", {}).get("requests_per_sec")
+for t in h2.values():
+    rps = t["median"]["requests_per_sec"]
+    t["licensegate_over_target"] = (h2_lg / rps) if h2_lg and rps else None
+    t["enforcing_over_target"] = (h2_en / rps) if h2_en and rps else None
+
 result = {
+    "http2": h2,
     "config": config,
     "targets": targets,
     "licensegate_rss": rss,
@@ -631,6 +718,21 @@ for name, t in targets.items():
 for name, code in probe.items():
     if code != "200":
         print(f"\n**Warning:** {name} answered HTTP {code} to the pre-flight GET.")
+if h2:
+    print(f"\n#### HTTP/2 (h2c, h2load -t1 -c{config.get('connections')} -m{meta.get('h2_streams')}, "
+          f"same rounds and pinning; upstreams HTTP/1.1)\n")
+    print("| Target | req/s | mean ms per request | CPU s / 100k req | licensegate / X | enforcing / X |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, t in h2.items():
+        m = t["median"]
+        print(f"| {name} | {m['requests_per_sec']:,.0f} | {opt(m['mean_ms'], '{:.3f}')} | "
+              f"{opt(m['cpu_s_per_100k'], '{:.2f}')} | {fmt_ratio(t['licensegate_over_target'])} | "
+              f"{fmt_ratio(t['enforcing_over_target'])} |")
+    for name, t in h2.items():
+        bad = sum((r["failed"] or 0) + (r["non_2xx"] or 0) for r in t["rounds"])
+        if bad:
+            print(f"\n**Warning:** {name} (HTTP/2): {bad} failed or non-2xx requests; not comparable.")
+
 for name in ("redis", "leased"):
     rt, dec = meta.get(f"{name}_round_trips"), meta.get(f"{name}_decisions")
     if rt and dec:
