@@ -33,20 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-POLICY = """
-plans:
-  pro:
-    features: [reports]
-    limits: {requests_per_minute: 1000000000}
-limits:
-  api_rate:
-    rate: {limit: lic.limits.requests_per_minute, default: 20, per: 1m}
-  users:
-    seats: {identity: "header:x-user", default: 3}
-routes:
-  - {name: health, path: /healthz, access: public}
-  - {name: app, path: "/**", features: [reports], limits: [users, api_rate]}
-"""
+POLICY = open(os.path.join(ROOT, "benches/enforcing-policy.yaml")).read()
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):

@@ -275,20 +275,7 @@ lic:
   seats: 100
 YAML
     TOKEN=$("$BIN" license issue --key "$EN/bench.key" --kid bench --claims "$EN/claims.yaml" --ttl 2h)
-    cat >"$EN/policy.yaml" <<'YAML'
-plans:
-  pro:
-    features: [reports]
-    limits: {requests_per_minute: 1000000000}
-limits:
-  api_rate:
-    rate: {limit: lic.limits.requests_per_minute, default: 20, per: 1m}
-  users:
-    seats: {identity: "header:x-user", default: 3}
-routes:
-  - {name: health, path: /healthz, access: public}
-  - {name: app, path: "/**", features: [reports], limits: [users, api_rate]}
-YAML
+    cp "$SCRIPT_DIR/enforcing-policy.yaml" "$EN/policy.yaml"
     # start_enforcing NAME PORT ADMIN_PORT [STORE_YAML]: one enforcing
     # licensegate with the shared key, license and policy.
     start_enforcing() {

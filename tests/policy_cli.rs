@@ -198,3 +198,10 @@ fn explain_names_the_reason_of_a_denial() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn the_benchmark_policy_checks_clean() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/enforcing-policy.yaml");
+    let out = licensegate(&["policy", "check", "--strict", path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
