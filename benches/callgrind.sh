@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # benches/callgrind.sh — deterministic user-space cost per proxied request:
-# instructions (callgrind Ir) per request for licensegate and nginx proxy_pass.
+# instructions (callgrind Ir) per request for licensegate (plain, and enforcing
+# benches/enforcing-policy.yaml with a header license) and nginx proxy_pass.
 #
 # Usage (from anywhere; paths are resolved relative to the repository root):
 #
@@ -93,22 +94,41 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/licensegate-callgrind.XXXXXX")
 chmod 755 "$TMP" # nginx started as root runs its workers as "nobody"
 ulimit -n 65536 2>/dev/null || true
 
-read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT <<<"$(python3 - <<'PY'
+read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT NGX_H2_PORT EN_PORT EN_ADMIN_PORT <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(7):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )"
-[[ -n ${NGX_PORT:-} ]] || die "could not pick free loopback ports"
+[[ -n ${EN_ADMIN_PORT:-} ]] || die "could not pick free loopback ports"
+
+# The enforcing run's key, license and policy (benches/enforcing-policy.yaml);
+# every proxy gets the same request headers, so the requests are identical.
+mkdir "$TMP/enforcing"
+"$BIN" license keygen --kid bench --private "$TMP/enforcing/bench.key" \
+    --public "$TMP/enforcing/bench.pem" >/dev/null
+printf 'sub: lic-bench\nlic:\n  plan: pro\n  features: [reports]\n  seats: 100\n' \
+    >"$TMP/enforcing/claims.yaml"
+TOKEN=$("$BIN" license issue --key "$TMP/enforcing/bench.key" --kid bench \
+    --claims "$TMP/enforcing/claims.yaml" --ttl 2h)
+DRIVE_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
+cat >"$TMP/enforcing/config.yaml" <<YAML
+listen: 127.0.0.1:$EN_PORT
+admin: 127.0.0.1:$EN_ADMIN_PORT
+workers: 1
+upstream: {url: "http://127.0.0.1:$UP_PORT"}
+license: {keys: "$TMP/enforcing/bench.pem", source: header}
+policy: {paths: ["$SCRIPT_DIR/enforcing-policy.yaml"]}
+YAML
 
 # h2load URL N: drive N requests; fail unless every one answered 2xx.
 drive() {
     local out
-    out=$(h2load --h1 -n "$2" -c "$CONNECTIONS" "$1" 2>&1) || {
+    out=$(h2load --h1 -n "$2" -c "$CONNECTIONS" "${DRIVE_HEADERS[@]}" "$1" 2>&1) || {
         printf '%s\n' "$out" >&2
         die "h2load against $1 failed"
     }
@@ -173,12 +193,17 @@ measure licensegate "http://127.0.0.1:$LG_PORT/" "http://127.0.0.1:$LG_ADMIN_POR
     --upstream "http://127.0.0.1:$UP_PORT" --workers 1 --log warn
 LG_TOTAL=$MEASURED
 
+# ---- licensegate enforcing the benchmark policy
+measure enforcing "http://127.0.0.1:$EN_PORT/" "http://127.0.0.1:$EN_ADMIN_PORT/readyz" -- \
+    "$BIN" run --config "$TMP/enforcing/config.yaml" --log warn
+EN_TOTAL=$MEASURED
+
 # ---- nginx proxy_pass (one process: callgrind follows no children)
 NGX_TOTAL=""
 if [[ $SKIP_NGINX != 1 ]]; then
     mkdir "$TMP/nginx"
     render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
-        DIR="$TMP/nginx" PORT="$NGX_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS=1
+        DIR="$TMP/nginx" PORT="$NGX_PORT" H2_PORT="$NGX_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS=1
     sed -i 's/^master_process on;/master_process off;/' "$TMP/nginx/nginx.conf"
     measure nginx "http://127.0.0.1:$NGX_PORT/" "http://127.0.0.1:$NGX_PORT/" -- \
         nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
@@ -186,9 +211,9 @@ if [[ $SKIP_NGINX != 1 ]]; then
 fi
 
 # ---- report
-python3 - "$REQUESTS" "$CONNECTIONS" "$LG_TOTAL" "$NGX_TOTAL" <<'PY'
+python3 - "$REQUESTS" "$CONNECTIONS" "$LG_TOTAL" "$NGX_TOTAL" "$EN_TOTAL" <<'PY'
 import sys
-requests, connections, lg, ngx = sys.argv[1:5]
+requests, connections, lg, ngx, en = sys.argv[1:6]
 requests = int(requests)
 lg = int(lg)
 print("### Instructions per proxied request (callgrind)\n")
@@ -197,6 +222,8 @@ print(f"{requests} HTTP/1.1 keep-alive GETs over {connections} connections (h2lo
 print("| Proxy | Ir total | Ir / request | licensegate / X |")
 print("|---|---:|---:|---:|")
 print(f"| licensegate | {lg:,} | {lg / requests:,.0f} | 1.00 |")
+en = int(en)
+print(f"| licensegate enforcing (benches/enforcing-policy.yaml) | {en:,} | {en / requests:,.0f} | {lg / en:.2f} |")
 if ngx:
     ngx = int(ngx)
     print(f"| nginx proxy_pass | {ngx:,} | {ngx / requests:,.0f} | {lg / ngx:.2f} |")
