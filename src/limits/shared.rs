@@ -381,8 +381,9 @@ impl SharedStore {
                         let end = (start + length) * 1_000_000_000;
                         let to_end = Duration::from_nanos(end.saturating_sub(unix_nanos));
                         match period {
-                            // The carried share decays over one more window.
-                            Period::Rolling(w) => to_end + *w / 2,
+                            // Never early: one window after this one ends,
+                            // nothing of today's count is carried any more.
+                            Period::Rolling(w) => to_end + *w,
                             _ => to_end,
                         }
                     }
