@@ -1035,6 +1035,59 @@ mod tests {
         assert!(text.contains("unknown field `idel`"), "{text}");
     }
 
+    fn resolve_store(store: &str) -> Result<Settings, ConfigError> {
+        let text = format!(
+            "listen: 127.0.0.1:8080\nupstream: {{url: 'http://127.0.0.1:1'}}\nstore: {store}\n"
+        );
+        Settings::resolve(parse(&text)?, Overrides::default())
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        let settings =
+            resolve_store("{url: 'redis://127.0.0.1:6379', mode: leased, replicas: 3}").unwrap();
+        let store = settings.store.unwrap();
+        assert_eq!(
+            store.nodes,
+            StoreNodes::Standalone("redis://127.0.0.1:6379".into())
+        );
+        assert_eq!(
+            (store.mode, store.replicas, store.timeout),
+            (StoreMode::Leased, 3, Duration::from_millis(5))
+        );
+        for (bad, expected) in [
+            ("{mode: accurate}", "store: needs `url`"),
+            (
+                "{url: 'redis://a:1', cluster: ['redis://b:1']}",
+                "exclude each other",
+            ),
+            (
+                "{url: 'http://a:1'}",
+                "store.url: `http://a:1`: expected redis://",
+            ),
+            ("{cluster: []}", "store.cluster: an empty list"),
+            (
+                "{url: 'redis://a:1', replicas: 0}",
+                "store.replicas: must be at least 1",
+            ),
+            (
+                "{url: 'redis://a:1', timeout: 0s}",
+                "store.timeout: must be greater than zero",
+            ),
+            (
+                "{url: 'redis://a:1', key_prefix: 'a{b}'}",
+                "store.key_prefix",
+            ),
+        ] {
+            let error = resolve_store(bad).unwrap_err().to_string();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+        let error = resolve_store("{url: 'redis://a:1', mode: fast}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("lg.yaml:3:"), "{error}");
+    }
+
     #[test]
     fn bad_duration_names_setting_and_position() {
         let err = parse("timeouts:\n  idle: soon\n").unwrap_err().to_string();
