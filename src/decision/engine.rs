@@ -463,12 +463,8 @@ impl DecisionEngine {
     ) -> Result<(), Box<Denial>> {
         let policy = &active.policy;
         let clock = self.store.clock();
-        let context = KeyContext {
-            license: state.license.as_ref().map(|(l, _)| &**l),
-            headers: &head.headers,
-            client: client_ip(&head.headers, peer, self.trust_forwarded),
-            route: &route.name,
-        };
+        let license = state.license.as_ref().map(|(l, _)| &**l);
+        let context = self.key_context(license, head, peer, route);
         // Positions counted so far, as bits: no allocation per request
         // (a route with more than 64 limits gives back only the first 64).
         let mut counted: u64 = 0;
@@ -537,6 +533,22 @@ impl DecisionEngine {
         Ok(())
     }
 
+    /// What this request's counter keys are made of.
+    fn key_context<'a>(
+        &self,
+        license: Option<&'a VerifiedLicense>,
+        head: &'a http::request::Parts,
+        peer: &Peer,
+        route: &'a Route,
+    ) -> KeyContext<'a> {
+        KeyContext {
+            license,
+            headers: &head.headers,
+            client: client_ip(&head.headers, peer, self.trust_forwarded),
+            route: &route.name,
+        }
+    }
+
     /// Give back what this request counted so far (a later limit refused).
     fn give_back(
         &self,
@@ -585,12 +597,8 @@ impl DecisionEngine {
                 .map(|()| true);
         }
         let policy = &active.policy;
-        let context = KeyContext {
-            license: state.license.as_ref().map(|(l, _)| &**l),
-            headers: &head.headers,
-            client: client_ip(&head.headers, peer, self.trust_forwarded),
-            route: &route.name,
-        };
+        let license = state.license.as_ref().map(|(l, _)| &**l);
+        let context = self.key_context(license, head, peer, route);
         // Owned per request: the round trip outlives no borrow of `state`.
         let mut parts: Vec<(usize, u64, Cow<'_, str>, Cow<'_, str>)> = Vec::new();
         for (position, usage) in route.limits.iter().enumerate() {
