@@ -65,6 +65,8 @@ pub struct Metrics {
     upstream_errors: Vec<IntCounter>,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
+    /// Plain HTTP/1.1 upstream connections in the shared idle list.
+    pub upstream_idle: IntGauge,
     pub license: LicenseMetrics,
     pub policy: PolicyMetrics,
     pub store: std::sync::Arc<StoreMetrics>,
@@ -484,6 +486,11 @@ impl Metrics {
             "Inbound connections currently open.",
         )
         .expect("valid metric");
+        let upstream_idle = IntGauge::new(
+            "licensegate_upstream_idle_connections",
+            "Plain HTTP/1.1 upstream connections waiting, unused, in the shared idle list.",
+        )
+        .expect("valid metric");
         let connections_total = IntCounter::new(
             "licensegate_connections_total",
             "Inbound connections accepted.",
@@ -502,6 +509,7 @@ impl Metrics {
             Box::new(upstream_errors_total.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_total.clone()),
+            Box::new(upstream_idle.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -543,6 +551,7 @@ impl Metrics {
             upstream_errors,
             connections_open,
             connections_total,
+            upstream_idle,
         }
     }
 

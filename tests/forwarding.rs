@@ -4,6 +4,10 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -520,4 +524,86 @@ async fn path_tricks_are_rejected_before_the_upstream() {
         Some(0.0),
         "never forwarded"
     );
+}
+
+/// An upstream that counts the TCP connections it accepted.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// One keep-alive request on a raw connection, left open afterwards.
+async fn request_and_hold(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /held HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !response.ends_with(b"ok") {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        response.extend_from_slice(&chunk[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    stream
+}
+
+#[tokio::test]
+async fn quiet_client_connections_give_their_upstream_connection_back() {
+    let (upstream, accepted) = counting_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The watchdog checks every 100 ms (half the head timeout).
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        &format!("upstream: {{url: 'http://{upstream}'}}\ntimeouts: {{request_header: 200ms}}\n"),
+    );
+    let proxy = Proxy::with_config(&config);
+
+    let first = request_and_hold(proxy.addr).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The first client stays connected but quiet: its upstream connection
+    // goes back to the shared idle list.
+    let mut released = false;
+    for _ in 0..200 {
+        let page = metrics(&proxy).await;
+        if metric(&page, "licensegate_upstream_idle_connections") == Some(1.0) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        released,
+        "the quiet connection kept its upstream connection"
+    );
+
+    // A second client reuses it instead of opening another.
+    let second = request_and_hold(proxy.addr).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a second upstream connection was opened"
+    );
+    let page = metrics(&proxy).await;
+    assert_eq!(metric(&page, "licensegate_connections_open"), Some(2.0));
+    drop((first, second));
 }

@@ -14,6 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
 
 use crate::config::{ConfigError, Settings, UpstreamProtocol};
 use crate::decision::Peer;
@@ -40,6 +41,15 @@ pub struct ConnContext {
     pub peer: Peer,
     ip_header: HeaderValue,
     lease: Option<Lease>,
+}
+
+impl ConnContext {
+    /// The inbound connection went quiet: let go of its upstream connection.
+    pub fn release_upstream(&self) {
+        if let Some(lease) = &self.lease {
+            lease.release();
+        }
+    }
 }
 
 /// How to send a request rewritten for the upstream.
@@ -83,7 +93,7 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: &Settings) -> Result<Forwarder, ConfigError> {
+    pub fn new(settings: &Settings, idle_gauge: IntGauge) -> Result<Forwarder, ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -119,6 +129,7 @@ impl Forwarder {
                     settings.timeouts.upstream_connect,
                     settings.timeouts.upstream_response,
                     DIRECT_MAX_IDLE,
+                    idle_gauge,
                 ))
             });
         Ok(Forwarder {

@@ -21,6 +21,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -37,6 +38,8 @@ pub struct DirectPool {
     response_timeout: Duration,
     idle: Mutex<Vec<Sender>>,
     max_idle: usize,
+    /// `idle.len()`, exported.
+    idle_gauge: IntGauge,
 }
 
 /// The upstream connection an inbound connection holds between requests.
@@ -63,6 +66,7 @@ impl DirectPool {
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: usize,
+        idle_gauge: IntGauge,
     ) -> Self {
         DirectPool {
             authority,
@@ -70,6 +74,7 @@ impl DirectPool {
             response_timeout,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            idle_gauge,
         }
     }
 
@@ -82,12 +87,15 @@ impl DirectPool {
 
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
+        let mut found = None;
         while let Some(sender) = idle.pop() {
             if !sender.is_closed() {
-                return Some(sender);
+                found = Some(sender);
+                break;
             }
         }
-        None
+        self.idle_gauge.set(idle.len() as i64);
+        found
     }
 
     fn put_idle(&self, sender: Sender) {
@@ -97,6 +105,7 @@ impl DirectPool {
         let mut idle = lock(&self.idle);
         if idle.len() < self.max_idle {
             idle.push(sender);
+            self.idle_gauge.set(idle.len() as i64);
         }
     }
 
@@ -214,9 +223,11 @@ impl Lease {
                 None => return Err(protocol_error(error.into_error())),
             },
         };
-        if keep_connection {
+        if keep_connection && !closes_connection(&response) {
             // The next request on this inbound connection waits in `poll_ready`
-            // until this response's body has been read to the end.
+            // until this response's body has been read to the end. A response
+            // that closes the connection leaves nothing worth holding: the
+            // sender alone keeps hyper's request channel (~9 KB) allocated.
             checkout.keep = Some(sender);
         }
         Ok(response)
@@ -305,6 +316,42 @@ impl<F: Future> Future for Within<'_, F> {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Lease {
+    /// Give the held upstream connection back to the shared idle list (or
+    /// close it if that is full), and free the response timer. Called when
+    /// the inbound connection has gone quiet, so idle clients do not each
+    /// pin an upstream connection.
+    pub fn release(&self) {
+        let held = {
+            let mut state = lock(&self.state);
+            state.timer = None;
+            state.held.take()
+        };
+        if let Some(sender) = held {
+            self.pool.put_idle(sender);
+        }
+    }
+}
+
+/// Whether the upstream said it closes the connection after this response
+/// (`Connection: close`, or HTTP/1.0 without `keep-alive`).
+fn closes_connection(response: &Response<Incoming>) -> bool {
+    let has = |token: &str| {
+        response
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if response.version() == http::Version::HTTP_10 {
+        !has("keep-alive")
+    } else {
+        response.headers().contains_key(http::header::CONNECTION) && has("close")
     }
 }
 
