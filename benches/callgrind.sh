@@ -109,12 +109,7 @@ PY
 # The enforcing run's key, license and policy (benches/enforcing-policy.yaml);
 # every proxy gets the same request headers, so the requests are identical.
 mkdir "$TMP/enforcing"
-"$BIN" license keygen --kid bench --private "$TMP/enforcing/bench.key" \
-    --public "$TMP/enforcing/bench.pem" >/dev/null
-printf 'sub: lic-bench\nlic:\n  plan: pro\n  features: [reports]\n  seats: 100\n' \
-    >"$TMP/enforcing/claims.yaml"
-TOKEN=$("$BIN" license issue --key "$TMP/enforcing/bench.key" --kid bench \
-    --claims "$TMP/enforcing/claims.yaml" --ttl 2h)
+bench_license "$BIN" "$TMP/enforcing"
 DRIVE_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
 cat >"$TMP/enforcing/config.yaml" <<YAML
 listen: 127.0.0.1:$EN_PORT

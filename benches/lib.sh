@@ -163,3 +163,14 @@ dump_log() {
         sed 's/^/    /' "$f" >&2
     done
 }
+
+# bench_license BIN DIR: an EdDSA key, the benchmark license's claims and a
+# token signed with it (2 h) in DIR; sets TOKEN. Every benchmark enforcing
+# benches/enforcing-policy.yaml sends this license as `Authorization: Bearer`.
+TOKEN=""
+bench_license() {
+    local bin=$1 dir=$2
+    "$bin" license keygen --kid bench --private "$dir/bench.key" --public "$dir/bench.pem" >/dev/null
+    printf 'sub: lic-bench\nlic:\n  plan: pro\n  features: [reports]\n  seats: 100\n' >"$dir/claims.yaml"
+    TOKEN=$("$bin" license issue --key "$dir/bench.key" --kid bench --claims "$dir/claims.yaml" --ttl 2h)
+}

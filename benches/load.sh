@@ -266,15 +266,7 @@ declare -A ENFORCING_PIDS=()
 if [[ $ENFORCE == 1 ]]; then
     EN="$TMP/enforcing"
     mkdir "$EN"
-    "$BIN" license keygen --kid bench --private "$EN/bench.key" --public "$EN/bench.pem" >&2
-    cat >"$EN/claims.yaml" <<'YAML'
-sub: lic-bench
-lic:
-  plan: pro
-  features: [reports]
-  seats: 100
-YAML
-    TOKEN=$("$BIN" license issue --key "$EN/bench.key" --kid bench --claims "$EN/claims.yaml" --ttl 2h)
+    bench_license "$BIN" "$EN"
     cp "$SCRIPT_DIR/enforcing-policy.yaml" "$EN/policy.yaml"
     # start_enforcing NAME PORT ADMIN_PORT [STORE_YAML]: one enforcing
     # licensegate with the shared key, license and policy.

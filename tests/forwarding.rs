@@ -607,3 +607,51 @@ async fn quiet_client_connections_give_their_upstream_connection_back() {
     assert_eq!(metric(&page, "licensegate_connections_open"), Some(2.0));
     drop((first, second));
 }
+
+#[tokio::test]
+async fn http2_streams_reuse_upstream_connections() {
+    let (upstream, accepted) = counting_upstream().await;
+    let proxy = Proxy::run(&format!("http://{upstream}"), &[]);
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake with prior knowledge");
+    tokio::spawn(connection);
+    let get = |mut sender: hyper::client::conn::http2::SendRequest<Body>, i: usize| async move {
+        let response = sender
+            .send_request(
+                Request::get(format!("http://app.test/{i}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+
+    // Eight streams at once need at most eight upstream connections...
+    let concurrent: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(get(sender.clone(), i)))
+        .collect();
+    for stream in concurrent {
+        assert_eq!(stream.await.unwrap(), "ok");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!((1..=8).contains(&opened), "{opened} upstream connections");
+    // ...and later streams reuse them: each response's end gives its
+    // connection back before the client sees that end.
+    for i in 0..30 {
+        assert_eq!(get(sender.clone(), i).await, "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        opened,
+        "sequential streams opened new upstream connections"
+    );
+    let page = metrics(&proxy).await;
+    assert!(metric(&page, "licensegate_upstream_idle_connections").unwrap() >= 1.0);
+}

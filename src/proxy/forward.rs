@@ -54,12 +54,23 @@ impl ConnContext {
 
 /// How to send a request rewritten for the upstream.
 pub struct Outbound<'c> {
-    /// Send on this inbound connection's direct upstream connection;
-    /// `None`: use [`Forwarder::send_pooled`].
-    pub lease: Option<&'c Lease>,
+    /// Which upstream connection to send on.
+    pub via: Via<'c>,
     /// Whether the direct connection may serve further requests.
     pub keep_connection: bool,
     pub upgrade: Option<PendingUpgrade>,
+}
+
+/// The upstream connection a request goes out on.
+pub enum Via<'c> {
+    /// The plain HTTP/1.1 connection this inbound HTTP/1.1 connection holds.
+    Held(&'c Lease),
+    /// A plain HTTP/1.1 connection for one HTTP/2 stream, given back to the
+    /// shared idle list when the response body is done (the lease travels
+    /// with the body).
+    Stream(Lease),
+    /// hyper-util's pool: TLS or HTTP/2 upstreams.
+    Pooled,
 }
 
 /// Why the upstream gave no response.
@@ -170,23 +181,25 @@ impl Forwarder {
         } else {
             None
         };
-        // HTTP/2 clients multiplex, so their requests share the general pool.
-        let lease = conn
-            .lease
-            .as_ref()
-            .filter(|_| head.version != Version::HTTP_2);
+        let via = match (&conn.lease, &self.direct) {
+            // HTTP/2 clients multiplex: each stream takes an upstream
+            // connection of its own from the shared idle list.
+            (Some(_), Some(pool)) if head.version == Version::HTTP_2 => Via::Stream(pool.lease()),
+            (Some(lease), _) => Via::Held(lease),
+            _ => Via::Pooled,
+        };
         self.rewrite(
             head,
             &scan,
             conn,
             upgrade.as_ref().map(|u| &u.protocol),
-            lease.is_none(),
+            matches!(via, Via::Pooled),
         )?;
         Ok(Outbound {
             // An upgraded connection is consumed by its tunnel; never reuse it.
             keep_connection: upgrade.is_none(),
             upgrade,
-            lease,
+            via,
         })
     }
 

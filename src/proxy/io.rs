@@ -120,15 +120,24 @@ pin_project_lite::pin_project! {
         guard: InFlight,
         // Concurrency-limit slots, freed with the body.
         permits: Vec<crate::limits::Permit>,
+        // An HTTP/2 stream's upstream connection: back to the idle list once
+        // the body (declared first, so dropped first) is done with it.
+        upstream: Option<super::upstream::Lease>,
     }
 }
 
 impl<B> InFlightBody<B> {
-    pub fn new(body: B, guard: InFlight, permits: Vec<crate::limits::Permit>) -> Self {
+    pub fn new(
+        body: B,
+        guard: InFlight,
+        permits: Vec<crate::limits::Permit>,
+        upstream: Option<super::upstream::Lease>,
+    ) -> Self {
         InFlightBody {
             body,
             guard,
             permits,
+            upstream,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::decision::{Decision, DecisionEngine, Denial, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::policy::normalize::{check_request_head, normalize_target, HeadError};
 use crate::problem;
-use forward::{ConnContext, Forwarder, UpstreamError};
+use forward::{ConnContext, Forwarder, UpstreamError, Via};
 use io::{InFlight, InFlightBody};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
@@ -53,6 +53,7 @@ pub async fn handle(
         Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
     };
     let mut permits = Vec::new();
+    let mut stream_lease = None;
     let response = match decision {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
@@ -69,9 +70,14 @@ pub async fn handle(
                     );
                     permits = allowed.permits;
                     let request = Request::from_parts(head, body);
-                    let sent = match outbound.lease {
-                        Some(lease) => lease.send(request, outbound.keep_connection).await,
-                        None => forwarder.send_pooled(request).await,
+                    let sent = match outbound.via {
+                        Via::Held(lease) => lease.send(request, outbound.keep_connection).await,
+                        Via::Stream(lease) => {
+                            let sent = lease.send(request, outbound.keep_connection).await;
+                            stream_lease = Some(lease);
+                            sent
+                        }
+                        Via::Pooled => forwarder.send_pooled(request).await,
                     };
                     sent.map(|response| forwarder.finish(response, outbound.upgrade))
                 }
@@ -90,7 +96,7 @@ pub async fn handle(
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(response.map(|body| InFlightBody::new(body, in_flight, permits)))
+    Ok(response.map(|body| InFlightBody::new(body, in_flight, permits, stream_lease)))
 }
 
 /// The header that tells the upstream a shadow-mode rule would have denied.

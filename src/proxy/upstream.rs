@@ -7,8 +7,10 @@
 //! the connection (all of which the general-purpose pool does, and which
 //! profiles showed as a large share of user-space time per request). Upstream
 //! connections not held by an inbound connection wait in a small shared idle
-//! list, so new inbound connections reuse them. TLS and HTTP/2 upstreams use
-//! hyper-util's pool instead (see `forward.rs`).
+//! list, so new inbound connections reuse them; an inbound connection that
+//! goes quiet gives its connection back there. Each HTTP/2 client stream
+//! takes one from that list for the time of its response. TLS and HTTP/2
+//! upstreams use hyper-util's pool instead (see `forward.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,8 +100,11 @@ impl DirectPool {
         found
     }
 
+    /// A sender whose connection is still finishing its last response (its
+    /// task has not yet seen the body's end) is kept too: the next user
+    /// waits for it in `poll_ready`, and one that closes instead is replaced.
     fn put_idle(&self, sender: Sender) {
-        if sender.is_closed() || !sender.is_ready() {
+        if sender.is_closed() {
             return;
         }
         let mut idle = lock(&self.idle);
