@@ -41,7 +41,8 @@
 #   latency (medians of the per-round wrk percentiles; p99.9 from a wrk Lua
 #   `done` hook), CPU seconds per 100k requests of the proxy under test (user +
 #   system ticks of the process and its children, nginx workers included,
-#   during the run), the ratio
+#   during the run), peak RSS of every proxy over all runs (VmHWM summed over
+#   its processes), the ratio
 #   licensegate req/s / target req/s, and licensegate's resident memory:
 #   idle (VmRSS right after readiness, before any load) and peak (VmHWM after
 #   all runs).
@@ -480,6 +481,16 @@ if [[ $H2 == 1 ]]; then
 fi
 
 check_licensegate_alive
+# Peak resident memory of every proxy under test over all runs: VmHWM summed
+# over the process and its children (nginx workers; their shared pages are
+# counted once per process, so nginx's figure is an upper bound).
+for t in "${!TARGET_PID[@]}"; do
+    hwm=0
+    for p in ${TARGET_PID[$t]} $(pgrep -P "${TARGET_PID[$t]}" 2>/dev/null); do
+        hwm=$((hwm + $(rss_kb "$p" VmHWM || echo 0)))
+    done
+    meta "peak_rss_kb_$t" "$hwm"
+done
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
 if [[ $ENFORCE == 1 ]]; then meta lg_rss_enforcing_peak_kb "$(rss_kb "$EN_PID" VmHWM)"; fi
@@ -590,6 +601,9 @@ lg = targets.get("licensegate")
 lg_rps = lg["median"]["requests_per_sec"] if lg else None
 en = targets.get("enforcing")
 en_rps = en["median"]["requests_per_sec"] if en else None
+for name, t in targets.items():
+    peak = meta.get(f"peak_rss_kb_{name}", "")
+    t["peak_rss_kb"] = int(peak) if peak.isdigit() else None
 for t in targets.values():
     rps = t["median"]["requests_per_sec"]
     t["licensegate_over_target"] = (lg_rps / rps) if lg_rps and rps else None
@@ -598,7 +612,7 @@ for t in targets.values():
 ints = ("workers", "rounds", "duration_s", "connections", "wrk_threads", "nproc", "pin",
         "lg_rss_idle_kb", "lg_rss_peak_kb")
 config = {k: (int(v) if k in ints and v.isdigit() else v) for k, v in meta.items()
-          if not k.startswith(("skipped_", "lg_rss_", "probe_status_"))}
+          if not k.startswith(("skipped_", "lg_rss_", "probe_status_", "peak_rss_kb_"))}
 skipped = {k[len("skipped_"):]: v for k, v in meta.items() if k.startswith("skipped_")}
 probe = {k[len("probe_status_"):]: v for k, v in meta.items() if k.startswith("probe_status_")}
 
@@ -677,15 +691,17 @@ def fmt_ratio(r):
 def opt(v, f):
     return f.format(v) if v is not None else "n/a"
 
-print("| Target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | licensegate / X | enforcing / X |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| Target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | licensegate / X | enforcing / X |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, t in targets.items():
     m = t["median"]
+    peak = t["peak_rss_kb"]
     print(f"| {name} | {m['requests_per_sec']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
           f"{opt(m['p999_ms'], '{:.3f}')} | {opt(m['cpu_s_per_100k'], '{:.2f}')} | "
+          f"{opt(peak / 1024 if peak else None, '{:.1f}')} | "
           f"{fmt_ratio(t['licensegate_over_target'])} | {fmt_ratio(t['enforcing_over_target'])} |")
 for name, why in skipped.items():
-    print(f"| {name} | skipped: {why} | | | | | | |")
+    print(f"| {name} | skipped: {why} | | | | | | | |")
 print()
 print(f"licensegate RSS: idle {mib(rss['idle_kb'])}, peak {mib(rss['peak_kb'])} "
       f"(VmRSS after readiness / VmHWM after all runs); enforcing peak {mib(rss['enforcing_peak_kb'])}")

@@ -342,22 +342,26 @@ impl Lease {
 }
 
 /// Whether the upstream said it closes the connection after this response
-/// (`Connection: close`, or HTTP/1.0 without `keep-alive`).
+/// (`Connection: close`, or HTTP/1.0 without `keep-alive`). One pass over
+/// the `Connection` values, whole-value matches first: this runs on every
+/// response.
 fn closes_connection(response: &Response<Incoming>) -> bool {
-    let has = |token: &str| {
-        response
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if response.version() == http::Version::HTTP_10 {
-        !has("keep-alive")
-    } else {
-        response.headers().contains_key(http::header::CONNECTION) && has("close")
+    let (mut close, mut keep_alive) = (false, false);
+    for value in response.headers().get_all(http::header::CONNECTION) {
+        let value = value.as_bytes();
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            keep_alive = true;
+        } else if value.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
     }
+    close || (response.version() == http::Version::HTTP_10 && !keep_alive)
 }
 
 impl Drop for Lease {
