@@ -228,7 +228,7 @@ impl Lease {
                 None => return Err(protocol_error(error.into_error())),
             },
         };
-        if keep_connection && !closes_connection(&response) {
+        if keep_connection && !closes_connection(response.headers(), response.version()) {
             // The next request on this inbound connection waits in `poll_ready`
             // until this response's body has been read to the end. A response
             // that closes the connection leaves nothing worth holding: the
@@ -345,9 +345,9 @@ impl Lease {
 /// (`Connection: close`, or HTTP/1.0 without `keep-alive`). One pass over
 /// the `Connection` values, whole-value matches first: this runs on every
 /// response.
-fn closes_connection(response: &Response<Incoming>) -> bool {
+fn closes_connection(headers: &http::HeaderMap, version: http::Version) -> bool {
     let (mut close, mut keep_alive) = (false, false);
-    for value in response.headers().get_all(http::header::CONNECTION) {
+    for value in headers.get_all(http::header::CONNECTION) {
         let value = value.as_bytes();
         if value.eq_ignore_ascii_case(b"keep-alive") {
             keep_alive = true;
@@ -361,7 +361,7 @@ fn closes_connection(response: &Response<Incoming>) -> bool {
             }
         }
     }
-    close || (response.version() == http::Version::HTTP_10 && !keep_alive)
+    close || (version == http::Version::HTTP_10 && !keep_alive)
 }
 
 impl Drop for Lease {
@@ -382,4 +382,39 @@ fn protocol_error(error: hyper::Error) -> UpstreamError {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing here can panic while holding the lock; recover regardless.
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closes_connection;
+    use http::{HeaderMap, HeaderValue, Version};
+
+    fn connection(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(http::header::CONNECTION, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn responses_that_close_their_connection_are_recognised() {
+        let v11 = Version::HTTP_11;
+        assert!(!closes_connection(&connection(&[]), v11));
+        assert!(!closes_connection(&connection(&["keep-alive"]), v11));
+        assert!(!closes_connection(&connection(&["Upgrade"]), v11));
+        assert!(closes_connection(&connection(&["close"]), v11));
+        assert!(closes_connection(&connection(&["CLOSE"]), v11));
+        assert!(closes_connection(&connection(&["x-trace, close "]), v11));
+        assert!(closes_connection(
+            &connection(&["keep-alive", "close"]),
+            v11
+        ));
+        // HTTP/1.0 closes unless it says keep-alive.
+        let v10 = Version::HTTP_10;
+        assert!(closes_connection(&connection(&[]), v10));
+        assert!(!closes_connection(&connection(&["Keep-Alive"]), v10));
+        assert!(!closes_connection(&connection(&["foo,keep-alive"]), v10));
+        assert!(closes_connection(&connection(&["keep-alive, close"]), v10));
+    }
 }
