@@ -484,6 +484,9 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     /// Time from sending the request to the upstream's response head.
     pub upstream_response: Duration,
+    /// An upstream connection unused this long is closed. Keep it below the
+    /// upstream's own keep-alive timeout, so the proxy closes first.
+    pub upstream_idle: Duration,
     /// A connection with no traffic and no request in flight is closed.
     pub idle: Duration,
     /// How long in-flight requests may run after a shutdown signal.
@@ -496,6 +499,7 @@ impl Default for Timeouts {
             request_header: Duration::from_secs(10),
             upstream_connect: Duration::from_secs(2),
             upstream_response: Duration::from_secs(30),
+            upstream_idle: Duration::from_secs(90),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(25),
         }
@@ -685,6 +689,7 @@ pub struct FileTimeouts {
     pub request_header: Option<HumanDuration>,
     pub upstream_connect: Option<HumanDuration>,
     pub upstream_response: Option<HumanDuration>,
+    pub upstream_idle: Option<HumanDuration>,
     pub idle: Option<HumanDuration>,
     pub drain: Option<HumanDuration>,
 }
@@ -896,6 +901,7 @@ impl Settings {
             request_header: pick(file.timeouts.request_header, defaults.request_header),
             upstream_connect: pick(file.timeouts.upstream_connect, defaults.upstream_connect),
             upstream_response: pick(file.timeouts.upstream_response, defaults.upstream_response),
+            upstream_idle: pick(file.timeouts.upstream_idle, defaults.upstream_idle),
             idle: pick(file.timeouts.idle, defaults.idle),
             drain: pick(file.timeouts.drain, defaults.drain),
         };
@@ -903,6 +909,7 @@ impl Settings {
             ("timeouts.request_header", timeouts.request_header),
             ("timeouts.upstream_connect", timeouts.upstream_connect),
             ("timeouts.upstream_response", timeouts.upstream_response),
+            ("timeouts.upstream_idle", timeouts.upstream_idle),
             ("timeouts.idle", timeouts.idle),
         ] {
             if value.is_zero() {

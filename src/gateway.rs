@@ -237,7 +237,12 @@ impl Gateway {
             }))
         });
         let admin = tokio::spawn(self.admin.serve());
+        let shared = Arc::clone(&self.shared);
+        let upstream_upkeep = tokio::spawn(async move {
+            shared.forwarder.expire_idle_upstreams().await;
+        });
         self.proxy.serve(Arc::clone(&self.lifecycle)).await;
+        upstream_upkeep.abort();
         if let Some((watch, upkeep, file)) = policy {
             watch.abort();
             upkeep.abort();

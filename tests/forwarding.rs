@@ -526,15 +526,23 @@ async fn path_tricks_are_rejected_before_the_upstream() {
     );
 }
 
-/// An upstream that counts the TCP connections it accepted.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An upstream that counts the TCP connections it accepted and saw closed.
+struct CountingUpstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+async fn counting_upstream() -> CountingUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (on_accept, on_close) = (Arc::clone(&accepted), Arc::clone(&closed));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
+            on_accept.fetch_add(1, Ordering::SeqCst);
+            let on_close = Arc::clone(&on_close);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_request| async {
                     Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
@@ -542,10 +550,45 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
+                on_close.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    CountingUpstream {
+        addr,
+        accepted,
+        closed,
+    }
+}
+
+/// Poll (every 25 ms, up to 5 s) until `done` holds.
+async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+async fn idle_upstream_connections(proxy: &Proxy) -> Option<f64> {
+    metric(
+        &metrics(proxy).await,
+        "licensegate_upstream_idle_connections",
+    )
+}
+
+/// A proxy whose watchdog checks every 100 ms (half the head timeout).
+fn quick_watchdog_proxy(dir: &std::path::Path, upstream: SocketAddr, extra: &str) -> Proxy {
+    let config = write_file(
+        dir,
+        "lg.yaml",
+        &format!(
+            "upstream: {{url: 'http://{upstream}'}}\ntimeouts: {{request_header: 200ms{extra}}}\n"
+        ),
+    );
+    Proxy::with_config(&config)
 }
 
 /// One keep-alive request on a raw connection, left open afterwards.
@@ -568,38 +611,23 @@ async fn request_and_hold(addr: SocketAddr) -> tokio::net::TcpStream {
 
 #[tokio::test]
 async fn quiet_client_connections_give_their_upstream_connection_back() {
-    let (upstream, accepted) = counting_upstream().await;
+    let upstream = counting_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    // The watchdog checks every 100 ms (half the head timeout).
-    let config = write_file(
-        dir.path(),
-        "lg.yaml",
-        &format!("upstream: {{url: 'http://{upstream}'}}\ntimeouts: {{request_header: 200ms}}\n"),
-    );
-    let proxy = Proxy::with_config(&config);
+    let proxy = quick_watchdog_proxy(dir.path(), upstream.addr, "");
 
     let first = request_and_hold(proxy.addr).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
     // The first client stays connected but quiet: its upstream connection
     // goes back to the shared idle list.
-    let mut released = false;
-    for _ in 0..200 {
-        let page = metrics(&proxy).await;
-        if metric(&page, "licensegate_upstream_idle_connections") == Some(1.0) {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     assert!(
-        released,
+        eventually(async || idle_upstream_connections(&proxy).await == Some(1.0)).await,
         "the quiet connection kept its upstream connection"
     );
 
     // A second client reuses it instead of opening another.
     let second = request_and_hold(proxy.addr).await;
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.accepted.load(Ordering::SeqCst),
         1,
         "a second upstream connection was opened"
     );
@@ -609,9 +637,47 @@ async fn quiet_client_connections_give_their_upstream_connection_back() {
 }
 
 #[tokio::test]
+async fn unused_upstream_connections_are_closed_after_the_upstream_idle_timeout() {
+    let upstream = counting_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = quick_watchdog_proxy(dir.path(), upstream.addr, ", upstream_idle: 400ms");
+
+    let mut client = request_and_hold(proxy.addr).await;
+    assert!(
+        eventually(async || idle_upstream_connections(&proxy).await == Some(1.0)).await,
+        "the quiet connection kept its upstream connection"
+    );
+    // Unused for `upstream_idle`: the proxy closes it, not the upstream.
+    assert!(
+        eventually(async || idle_upstream_connections(&proxy).await == Some(0.0)).await,
+        "the idle upstream connection was kept past upstream_idle"
+    );
+    assert!(
+        eventually(async || upstream.closed.load(Ordering::SeqCst) == 1).await,
+        "the upstream saw no close"
+    );
+
+    // The client's own connection is untouched and gets a fresh upstream one.
+    client
+        .write_all(b"GET /again HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !response.ends_with(b"ok") {
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the proxy closed the client connection");
+        response.extend_from_slice(&chunk[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn http2_streams_reuse_upstream_connections() {
-    let (upstream, accepted) = counting_upstream().await;
-    let proxy = Proxy::run(&format!("http://{upstream}"), &[]);
+    let upstream = counting_upstream().await;
+    let accepted = &upstream.accepted;
+    let proxy = Proxy::run(&format!("http://{}", upstream.addr), &[]);
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

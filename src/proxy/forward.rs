@@ -82,9 +82,10 @@ pub struct UpstreamError {
 
 /// Sends requests to one upstream origin over pooled connections.
 pub struct Forwarder {
-    /// Plain HTTP/1.1 upstreams: connection-affine reuse for HTTP/1.x clients.
+    /// Plain HTTP/1.1 upstreams: connection-affine reuse for HTTP/1.x
+    /// clients, a connection per response for HTTP/2 client streams.
     direct: Option<Arc<DirectPool>>,
-    /// Everything else: HTTP/2 clients, TLS or HTTP/2 upstreams.
+    /// TLS or HTTP/2 upstreams.
     client: UpstreamClient,
     scheme: Scheme,
     authority: Authority,
@@ -104,6 +105,23 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
+    /// Close plain upstream connections left unused for
+    /// `timeouts.upstream_idle`, checking every quarter of it (at least every
+    /// 10 s); runs until aborted. hyper-util's pool expires its own.
+    pub async fn expire_idle_upstreams(&self) {
+        let Some(pool) = &self.direct else {
+            return;
+        };
+        let period =
+            (pool.idle_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
+        let mut checks = tokio::time::interval(period);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            pool.expire_idle();
+        }
+    }
+
     pub fn new(settings: &Settings, idle_gauge: IntGauge) -> Result<Forwarder, ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -131,7 +149,7 @@ impl Forwarder {
         client
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(settings.timeouts.upstream_idle)
             .http2_only(upstream.protocol == UpstreamProtocol::Http2);
         let direct = (!upstream.url.is_https() && upstream.protocol != UpstreamProtocol::Http2)
             .then(|| {
@@ -140,6 +158,7 @@ impl Forwarder {
                     settings.timeouts.upstream_connect,
                     settings.timeouts.upstream_response,
                     DIRECT_MAX_IDLE,
+                    settings.timeouts.upstream_idle,
                     idle_gauge,
                 ))
             });

@@ -12,6 +12,7 @@
 //! takes one from that list for the time of its response. TLS and HTTP/2
 //! upstreams use hyper-util's pool instead (see `forward.rs`).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,10 +39,20 @@ pub struct DirectPool {
     authority: Authority,
     connect_timeout: Duration,
     response_timeout: Duration,
-    idle: Mutex<Vec<Sender>>,
+    /// Most recently idled last, so the warmest connection is reused and
+    /// the coldest expire from the front.
+    idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
+    /// Connections unused this long are closed.
+    idle_timeout: Duration,
     /// `idle.len()`, exported.
     idle_gauge: IntGauge,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: Sender,
+    since: Instant,
 }
 
 /// The upstream connection an inbound connection holds between requests.
@@ -68,14 +79,16 @@ impl DirectPool {
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: usize,
+        idle_timeout: Duration,
         idle_gauge: IntGauge,
     ) -> Self {
         DirectPool {
             authority,
             connect_timeout,
             response_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle,
+            idle_timeout,
             idle_gauge,
         }
     }
@@ -90,14 +103,38 @@ impl DirectPool {
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
         let mut found = None;
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                found = Some(sender);
+        while let Some(entry) = idle.pop_back() {
+            if !entry.sender.is_closed() {
+                found = Some(entry.sender);
                 break;
             }
         }
         self.idle_gauge.set(idle.len() as i64);
         found
+    }
+
+    /// Close the connections idle longer than the idle timeout, and forget
+    /// closed ones. Called as connections are given back, and periodically
+    /// (see [`DirectPool::expire_idle`]), so a quiet proxy lets go too.
+    fn expire(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        idle.retain(|e| !e.sender.is_closed());
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Close connections unused for the idle timeout.
+    pub fn expire_idle(&self) {
+        let mut idle = lock(&self.idle);
+        self.expire(&mut idle, Instant::now());
+        self.idle_gauge.set(idle.len() as i64);
     }
 
     /// A sender whose connection is still finishing its last response (its
@@ -107,11 +144,15 @@ impl DirectPool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(sender);
-            self.idle_gauge.set(idle.len() as i64);
+        if idle.len() >= self.max_idle {
+            self.expire(&mut idle, now);
         }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle { sender, since: now });
+        }
+        self.idle_gauge.set(idle.len() as i64);
     }
 
     async fn connect(&self) -> Result<Sender, UpstreamError> {
