@@ -930,7 +930,12 @@ pub fn request_host(head: &http::request::Parts) -> Option<&str> {
     if let Some(rest) = raw.strip_prefix('[') {
         return rest.split(']').next();
     }
-    let host = raw.rsplit_once(':').map_or(raw, |(host, _)| host);
+    // A byte search: `rsplit_once(':')`'s generic char searcher cost ~230
+    // instructions per request (callgrind).
+    let host = match raw.bytes().rposition(|b| b == b':') {
+        Some(colon) => &raw[..colon],
+        None => raw,
+    };
     // `example.com.` is the same name, fully qualified.
     Some(host.strip_suffix('.').unwrap_or(host))
 }

@@ -109,10 +109,20 @@ fn set_entitlement_headers(
     names: &crate::decision::LicenseHeaderNames,
     allowed: &crate::decision::Allowed,
 ) {
-    headers.remove(&names.id);
-    headers.remove(&names.plan);
-    headers.remove(&names.features);
-    headers.remove(SHADOW_DENY_HEADER);
+    // Clients rarely send these: one pass over the names instead of four
+    // hashed removals (callgrind).
+    let sent_by_client = headers.keys().any(|name| {
+        name == names.id
+            || name == names.plan
+            || name == names.features
+            || name == SHADOW_DENY_HEADER
+    });
+    if sent_by_client {
+        headers.remove(&names.id);
+        headers.remove(&names.plan);
+        headers.remove(&names.features);
+        headers.remove(SHADOW_DENY_HEADER);
+    }
     if let Some(license) = &allowed.license {
         for (name, value) in [
             (&names.id, &license.id),
