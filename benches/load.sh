@@ -491,6 +491,16 @@ for t in "${!TARGET_PID[@]}"; do
     done
     meta "peak_rss_kb_$t" "$hwm"
 done
+# Requests each licensegate did not answer with a forwarded response (denials
+# and upstream errors), from its own metrics: the load generators' error
+# counts can be off by one around warm-up, these are exact.
+declare -A ADMIN_PORT=([licensegate]=$LG_ADMIN_PORT [enforcing]=$EN_ADMIN_PORT
+    [redis]=$RA_ADMIN_PORT [leased]=$RL_ADMIN_PORT)
+for t in "${!ADMIN_PORT[@]}"; do
+    [[ -n ${TARGET_PID[$t]:-} ]] || continue
+    meta "not_allowed_$t" "$(curl -s "http://127.0.0.1:${ADMIN_PORT[$t]}/metrics" |
+        awk '/^licensegate_requests_total/ && !/decision="allow"/ { s += $2 } END { print s + 0 }')"
+done
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
 if [[ $ENFORCE == 1 ]]; then meta lg_rss_enforcing_peak_kb "$(rss_kb "$EN_PID" VmHWM)"; fi
@@ -604,6 +614,9 @@ en_rps = en["median"]["requests_per_sec"] if en else None
 for name, t in targets.items():
     peak = meta.get(f"peak_rss_kb_{name}", "")
     t["peak_rss_kb"] = int(peak) if peak.isdigit() else None
+    refused = meta.get(f"not_allowed_{name}", "")
+    # Over the whole run, HTTP/1.1 and HTTP/2 passes and warm-ups included.
+    t["licensegate_not_allowed"] = int(refused) if refused.isdigit() else None
 for t in targets.values():
     rps = t["median"]["requests_per_sec"]
     t["licensegate_over_target"] = (lg_rps / rps) if lg_rps and rps else None
@@ -612,7 +625,7 @@ for t in targets.values():
 ints = ("workers", "rounds", "duration_s", "connections", "wrk_threads", "nproc", "pin",
         "lg_rss_idle_kb", "lg_rss_peak_kb")
 config = {k: (int(v) if k in ints and v.isdigit() else v) for k, v in meta.items()
-          if not k.startswith(("skipped_", "lg_rss_", "probe_status_", "peak_rss_kb_"))}
+          if not k.startswith(("skipped_", "lg_rss_", "probe_status_", "peak_rss_kb_", "not_allowed_"))}
 skipped = {k[len("skipped_"):]: v for k, v in meta.items() if k.startswith("skipped_")}
 probe = {k[len("probe_status_"):]: v for k, v in meta.items() if k.startswith("probe_status_")}
 
@@ -639,7 +652,8 @@ def parse_h2load(path):
         "mean_ms": to_ms(mean.group(1)) if mean else None,
         "requests": total,
         "failed": int(done.group(4)),
-        "non_2xx": total - int(status.group(1)) if status else None,
+        # h2load can count a response finished in warm-up among the 2xx.
+        "non_2xx": max(total - int(status.group(1)), 0) if status else None,
         "cpu_s_per_100k": (int(ticks.group(1)) / int(meta.get("clk_tck", "100"))) * 100000 / total
                           if ticks and total else None,
     }
@@ -710,6 +724,11 @@ for name, t in targets.items():
     if e["non_2xx_3xx"] or e["socket_errors"]:
         print(f"\n**Warning:** {name}: {e['non_2xx_3xx']} non-2xx/3xx responses, "
               f"{e['socket_errors']} socket errors over all rounds; its figures are not comparable.")
+refusals = {n: t["licensegate_not_allowed"] for n, t in targets.items()
+            if t.get("licensegate_not_allowed") is not None}
+if refusals:
+    print("licensegate's own count of requests not forwarded (denied or upstream errors), "
+          "whole run: " + ", ".join(f"{n} {v}" for n, v in refusals.items()))
 for name, code in probe.items():
     if code != "200":
         print(f"\n**Warning:** {name} answered HTTP {code} to the pre-flight GET.")
