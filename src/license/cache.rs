@@ -28,7 +28,8 @@ use super::validate::{Validator, Validity};
 
 /// Verified tokens by their exact text. Bounded; see the module docs.
 pub struct VerificationCache {
-    map: DashMap<Box<str>, Entry, TailHasher>,
+    /// Keyed by bytes: a hit needs no UTF-8 check of the header value.
+    map: DashMap<Box<[u8]>, Entry, TailHasher>,
     capacity: usize,
 }
 
@@ -76,10 +77,11 @@ impl VerificationCache {
     /// and is not past its serving time. A stale entry is removed.
     pub(crate) fn get(
         &self,
-        token: &str,
+        token: &(impl AsRef<[u8]> + ?Sized),
         generation: u64,
         now: u64,
     ) -> Option<Arc<VerifiedLicense>> {
+        let token = token.as_ref();
         {
             let entry = self.map.get(token)?;
             if entry.generation == generation && now < entry.serve_until {
@@ -102,12 +104,13 @@ impl VerificationCache {
     /// capacity/8 inserts.
     pub(crate) fn insert(
         &self,
-        token: &str,
+        token: &(impl AsRef<[u8]> + ?Sized),
         license: Arc<VerifiedLicense>,
         generation: u64,
         serve_until: u64,
         now: u64,
     ) {
+        let token = token.as_ref();
         if now >= serve_until {
             return;
         }
@@ -147,9 +150,9 @@ impl std::fmt::Debug for VerificationCache {
 }
 
 /// Hashes a string key by its last [`TailHasher::TAIL`] bytes and its length
-/// with a randomly seeded foldhash. Both the stored `Box<str>` and the
-/// looked-up `&str` hash through `str`'s `Hash`, which hands the whole text
-/// to one `write` and then a terminator byte (`write_u8`), so both sides see
+/// with a randomly seeded foldhash. Both the stored `Box<[u8]>` and the
+/// looked-up `&[u8]` hash through `[u8]`'s `Hash`: a length prefix
+/// (`write_usize`), then the whole token in one `write`, so both sides see
 /// the same tail. Only tokens that verified are stored, so an attacker
 /// cannot choose colliding keys.
 #[derive(Clone, Default)]
@@ -177,8 +180,8 @@ impl Hasher for TailHash {
         self.0.write_usize(bytes.len());
     }
 
-    /// `str`'s terminator byte: the length is already in.
-    fn write_u8(&mut self, _terminator: u8) {}
+    /// The slice's length prefix: `write` hashes the length itself.
+    fn write_usize(&mut self, _length: usize) {}
 
     fn finish(&self) -> u64 {
         self.0.finish()
@@ -223,6 +226,16 @@ impl LicenseVerifier {
         token: &str,
         now: u64,
     ) -> (Result<(Arc<VerifiedLicense>, Validity), LicenseError>, bool) {
+        self.check_bytes_traced(token.as_bytes(), now)
+    }
+
+    /// [`check_traced`](Self::check_traced) for a token as a header carries
+    /// it: a hit compares bytes only; the text is checked on a miss.
+    pub fn check_bytes_traced(
+        &self,
+        token: &[u8],
+        now: u64,
+    ) -> (Result<(Arc<VerifiedLicense>, Validity), LicenseError>, bool) {
         let keyring = self.keyring.load();
         let generation = keyring.generation();
         if let Some(license) = self.cache.get(token, generation, now) {
@@ -232,7 +245,14 @@ impl LicenseVerifier {
                 .map(|validity| (license, validity));
             return (result, true);
         }
-        let result = token::verify(token, &keyring).and_then(|license| {
+        let text = match std::str::from_utf8(token) {
+            Ok(text) => text,
+            Err(_) => {
+                let error = LicenseError::Malformed("the license header is not valid text".into());
+                return (Err(error), false);
+            }
+        };
+        let result = token::verify(text, &keyring).and_then(|license| {
             let license = Arc::new(license);
             let validity = self.validator.validate(&license.claims, now)?;
             let serve_until = self.validator.serve_until(&license.claims);
@@ -311,16 +331,19 @@ mod tests {
     fn tail_hash_agrees_for_owned_and_borrowed_keys() {
         let hasher = TailHasher::default();
         let text = "header.payload.signature-with-enough-characters-to-cut";
-        let owned: Box<str> = text.into();
+        let owned: Box<[u8]> = text.as_bytes().into();
         let hash = |v: &dyn Fn(&mut TailHash)| {
             let mut h = hasher.build_hasher();
             v(&mut h);
             h.finish()
         };
-        assert_eq!(hash(&|h| owned.hash(h)), hash(&|h| text.hash(h)));
+        assert_eq!(hash(&|h| owned.hash(h)), hash(&|h| text.as_bytes().hash(h)));
         // Same tail, different length: different hash (almost surely).
         let longer = format!("x{text}");
-        assert_ne!(hash(&|h| longer.as_str().hash(h)), hash(&|h| text.hash(h)));
+        assert_ne!(
+            hash(&|h| longer.as_bytes().hash(h)),
+            hash(&|h| text.as_bytes().hash(h))
+        );
     }
 
     #[test]

@@ -452,6 +452,29 @@ fn verifier_caches_hits_and_revalidates_time() {
 }
 
 #[test]
+fn header_tokens_hit_the_cache_as_bytes_and_non_text_is_malformed() {
+    let f = fixture();
+    let verifier = LicenseVerifier::new(Arc::new(f.keyring), validator(), 100);
+    let token = sign(&claims(), &f.ed, "ed-1");
+    let (first, hit) = verifier.check_bytes_traced(token.as_bytes(), NOW);
+    assert!(!hit);
+    let (second, hit) = verifier.check_bytes_traced(token.as_bytes(), NOW);
+    assert!(hit, "the same bytes are a hit");
+    assert!(Arc::ptr_eq(&first.unwrap().0, &second.unwrap().0));
+    let (third, hit) = verifier.check_traced(&token, NOW);
+    assert!(hit && third.is_ok(), "text and bytes share entries");
+
+    let mut not_text = token.clone().into_bytes();
+    not_text[3] = 0xff;
+    let (result, hit) = verifier.check_bytes_traced(&not_text, NOW);
+    assert!(!hit);
+    assert!(
+        matches!(result, Err(LicenseError::Malformed(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
 fn verifier_rechecks_issuer_on_hits_and_drops_cache_on_new_keyring() {
     let f = fixture();
     let ed_public = f.keyring.get("ed-1").unwrap().clone();
