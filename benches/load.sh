@@ -587,13 +587,18 @@ def parse_wrk(path):
                          {"connect": 0, "read": 0, "write": 0, "timeout": 0},
     }
 
-targets = {}
-with open(manifest_path) as f:
-    for line in f:
-        name, rnd, path = line.rstrip("\n").split("\t")
-        fig = parse_wrk(path)
-        fig["round"] = int(rnd)
-        targets.setdefault(name, {"rounds": []})["rounds"].append(fig)
+def read_manifest(manifest, parse):
+    """Every round's figures by target, from a manifest of (target, round, output file)."""
+    by_target = {}
+    with open(manifest) as f:
+        for line in f:
+            name, rnd, path = line.rstrip("\n").split("\t")
+            fig = parse(path)
+            fig["round"] = int(rnd)
+            by_target.setdefault(name, {"rounds": []})["rounds"].append(fig)
+    return by_target
+
+targets = read_manifest(manifest_path, parse_wrk)
 
 for t in targets.values():
     rs = t["rounds"]
@@ -658,13 +663,7 @@ def parse_h2load(path):
                           if ticks and total else None,
     }
 
-h2 = {}
-with open(h2_manifest_path) as f:
-    for line in f:
-        name, rnd, path = line.rstrip("\n").split("\t")
-        fig = parse_h2load(path)
-        fig["round"] = int(rnd)
-        h2.setdefault(name, {"rounds": []})["rounds"].append(fig)
+h2 = read_manifest(h2_manifest_path, parse_h2load)
 for t in h2.values():
     rs = t["rounds"]
     t["median"] = {}
