@@ -598,11 +598,17 @@ fn plausible(outcome: Outcome, reason: Reason) -> bool {
         Outcome::Allow => reason == Reason::Allowed,
         Outcome::Error => matches!(
             reason,
-            Reason::UpstreamUnavailable | Reason::UpstreamTimeout | Reason::BadRequest
+            Reason::UpstreamUnavailable
+                | Reason::UpstreamTimeout
+                | Reason::UpstreamOverloaded
+                | Reason::BadRequest
         ),
         Outcome::Deny => !matches!(
             reason,
-            Reason::Allowed | Reason::UpstreamUnavailable | Reason::UpstreamTimeout
+            Reason::Allowed
+                | Reason::UpstreamUnavailable
+                | Reason::UpstreamTimeout
+                | Reason::UpstreamOverloaded
         ),
     }
 }

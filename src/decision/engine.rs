@@ -71,6 +71,8 @@ pub struct Allowed {
     pub permits: Vec<Permit>,
     /// A shadow-mode rule would have denied for this reason.
     pub shadow: Option<Reason>,
+    /// The matched route lets this request become a WebSocket tunnel.
+    pub websocket: bool,
 }
 
 /// What a decision has found so far.
@@ -296,12 +298,19 @@ impl DecisionEngine {
     }
 
     fn decide_without_policy(&self, head: &http::request::Parts) -> Decision {
+        // Without a policy there are no routes to scope upgrades to: the
+        // operator chose pass-through, so a WebSocket handshake that passed
+        // the license check may become a tunnel.
         let Some(gate) = &self.license else {
-            return Decision::Allow(Allowed::default());
+            return Decision::Allow(Allowed {
+                websocket: true,
+                ..Allowed::default()
+            });
         };
         match gate.check(&head.headers) {
             Ok((license, _)) => Decision::Allow(Allowed {
                 license: Some(Arc::clone(&self.entitlements.get(&license, None).headers)),
+                websocket: true,
                 ..Allowed::default()
             }),
             Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.is_per_request()))),

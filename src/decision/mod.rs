@@ -49,11 +49,20 @@ pub enum Reason {
     RouteNotFound,
     /// The shared counter store cannot answer and the limit says `deny`.
     LimitStoreUnavailable,
+    /// This client sent more unverifiable license tokens than its budget of
+    /// signature checks allows; answered without verifying.
+    LicenseVerificationThrottled,
+    /// Every upstream connection (`upstream.max_connections`) stayed busy
+    /// for the queue's wait.
+    UpstreamOverloaded,
+    /// A protocol upgrade the route does not allow (only WebSocket, and only
+    /// on routes that say `websocket: true`).
+    UpgradeNotAllowed,
 }
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Allowed,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
@@ -78,6 +87,9 @@ impl Reason {
         Reason::RouteDenied,
         Reason::RouteNotFound,
         Reason::LimitStoreUnavailable,
+        Reason::LicenseVerificationThrottled,
+        Reason::UpstreamOverloaded,
+        Reason::UpgradeNotAllowed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -106,6 +118,9 @@ impl Reason {
             Reason::RouteDenied => "route_denied",
             Reason::RouteNotFound => "route_not_found",
             Reason::LimitStoreUnavailable => "limit_store_unavailable",
+            Reason::LicenseVerificationThrottled => "license_verification_throttled",
+            Reason::UpstreamOverloaded => "upstream_overloaded",
+            Reason::UpgradeNotAllowed => "upgrade_not_allowed",
         }
     }
 
@@ -136,6 +151,9 @@ impl Reason {
             Reason::RouteDenied => "Route denied",
             Reason::RouteNotFound => "No route",
             Reason::LimitStoreUnavailable => "Limit store unavailable",
+            Reason::LicenseVerificationThrottled => "Too many unverifiable licenses",
+            Reason::UpstreamOverloaded => "Upstream overloaded",
+            Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
         }
     }
 
