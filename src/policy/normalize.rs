@@ -14,7 +14,10 @@
 //!   as `%C0%AE` (a `.` to lax decoders) would otherwise hide dot segments;
 //! - dot segments are removed (RFC 3986 §5.2.4), after decoding, so `%2e%2e`
 //!   counts as `..`; a path cannot climb above `/`;
-//! - runs of `/` collapse to one.
+//! - runs of `/` collapse to one;
+//! - bytes ≥ 0x80 sent raw (UTF-8 in the target) are percent-encoded with
+//!   upper-case hex, in the path and the query, so `/café` raw and
+//!   `/caf%C3%A9` are one path to the matcher and reach the upstream alike.
 //!
 //! Case is kept: paths are case-sensitive, as RFC 3986 says.
 
@@ -46,14 +49,19 @@ pub enum HeadError {
     Connect,
     #[error("more than one Host header")]
     DuplicateHost,
-    #[error("the Host header is not a valid host")]
-    BadHost,
+    #[error("an HTTP/1.1 or HTTP/2 request must name its host (Host header or :authority)")]
+    MissingHost,
+    #[error("the Host header is not a valid host: {0}")]
+    BadHost(&'static str),
 }
 
 /// Make the host decided on the host the upstream gets: one `Host` header
 /// at most, and when the target carries an authority (HTTP/2 `:authority`,
 /// an absolute-form HTTP/1.1 target) it is the host (RFC 9112 §3.2.2, RFC
-/// 9113 §8.3.1), so a contradicting `Host` header is replaced by it.
+/// 9113 §8.3.1), so a contradicting `Host` header is replaced by it. The
+/// host must be a plain `host[:port]` (see [`check_host`]): forms that URL
+/// parsers read differently (`x@admin`, `admin,x`, `admin..`) never reach
+/// matching or the upstream. HTTP/1.1 requires a host (RFC 9112 §3.2).
 pub fn check_request_head(head: &mut http::request::Parts) -> Result<(), HeadError> {
     if head.method == http::Method::CONNECT {
         return Err(HeadError::Connect);
@@ -63,11 +71,84 @@ pub fn check_request_head(head: &mut http::request::Parts) -> Result<(), HeadErr
     if hosts.next().is_some() {
         return Err(HeadError::DuplicateHost);
     }
-    if let Some(authority) = head.uri.authority() {
-        if host.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
-            let value =
-                http::HeaderValue::from_str(authority.as_str()).map_err(|_| HeadError::BadHost)?;
-            head.headers.insert(http::header::HOST, value);
+    match (head.uri.authority(), host) {
+        (Some(authority), host) => {
+            check_host(authority.as_str().as_bytes()).map_err(HeadError::BadHost)?;
+            if host.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
+                let value = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| HeadError::BadHost("not a header value"))?;
+                head.headers.insert(http::header::HOST, value);
+            }
+        }
+        (None, Some(host)) => check_host(host.as_bytes()).map_err(HeadError::BadHost)?,
+        (None, None) if head.version >= http::Version::HTTP_11 => {
+            return Err(HeadError::MissingHost)
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// A host as RFC 3986 §3.2.2 allows it, narrowed to what every server reads
+/// alike: a DNS-style name (letters, digits, `-`, `_`, non-empty labels, one
+/// optional trailing dot), an IPv4 address, or a bracketed IPv6 address;
+/// then an optional port of 1–5 digits up to 65535. No userinfo, no commas,
+/// no percent-encoding, no IPvFuture.
+pub fn check_host(host: &[u8]) -> Result<(), &'static str> {
+    // Named first, wherever they stand: the forms URL parsers read as
+    // another host than the one before them.
+    if host.contains(&b'@') {
+        return Err("userinfo (`user@host`) is not accepted");
+    }
+    if host.contains(&b',') {
+        return Err("a list of hosts (`,`) is not accepted");
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let close = rest
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or("an IPv6 address without its closing `]`")?;
+        let literal = std::str::from_utf8(&rest[..close]).map_err(|_| "not ASCII")?;
+        literal
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "the bracketed part is not an IPv6 address")?;
+        match &rest[close + 1..] {
+            [] => (&[][..], None),
+            [b':', port @ ..] => (&[][..], Some(port)),
+            _ => return Err("only `:port` may follow a bracketed IPv6 address"),
+        }
+    } else {
+        match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        }
+    };
+    if let Some(port) = port {
+        let digits = port.iter().all(u8::is_ascii_digit);
+        let value = std::str::from_utf8(port)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok());
+        if !digits || port.is_empty() || port.len() > 5 || value.is_none_or(|p| p > 65_535) {
+            return Err("the port is not a number from 0 to 65535 (and only one `:` may appear outside brackets)");
+        }
+    }
+    if host.first() == Some(&b'[') {
+        return Ok(());
+    }
+    if name.is_empty() {
+        return Err("the host name is empty");
+    }
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    for label in name.split(|&b| b == b'.') {
+        if label.is_empty() {
+            return Err("a host name label is empty (`..`, or a leading or second trailing dot)");
+        }
+        for &b in label {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
+                b'%' => return Err("percent-encoding is not accepted in a host"),
+                _ => return Err("only letters, digits, `-`, `_` and `.` may form a host name"),
+            }
         }
     }
     Ok(())
@@ -87,7 +168,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match b {
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Semicolon),
-            b'%' => needs_work = true,
+            b'%' | 0x80.. => needs_work = true,
             b'/' if previous == b'/' => needs_work = true,
             b'.' if previous == b'/' => needs_work = true,
             _ => {}
@@ -108,11 +189,12 @@ pub fn normalize_target(head: &mut http::request::Parts) -> Result<(), PathError
     if head.uri.path() == "*" && head.method == http::Method::OPTIONS {
         return Ok(());
     }
-    let normalized = match normalize(head.uri.path())? {
-        Cow::Borrowed(_) => return Ok(()),
-        Cow::Owned(normalized) => normalized,
+    let query = head.uri.query().map(encode_high_bytes);
+    let normalized = match (normalize(head.uri.path())?, &query) {
+        (Cow::Borrowed(_), None | Some(Cow::Borrowed(_))) => return Ok(()),
+        (path, _) => path.into_owned(),
     };
-    let path_and_query = match head.uri.query() {
+    let path_and_query = match query {
         Some(query) => format!("{normalized}?{query}"),
         None => normalized,
     };
@@ -124,6 +206,31 @@ pub fn normalize_target(head: &mut http::request::Parts) -> Result<(), PathError
     );
     head.uri = http::Uri::from_parts(parts).expect("only the path changed");
     Ok(())
+}
+
+const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Append `%XX` (upper-case hex) for `byte`.
+fn push_escape(out: &mut String, byte: u8) {
+    out.push('%');
+    out.push(char::from(UPPER_HEX[usize::from(byte >> 4)]));
+    out.push(char::from(UPPER_HEX[usize::from(byte & 0xf)]));
+}
+
+/// The query with every byte ≥ 0x80 percent-encoded; the rest byte for byte.
+fn encode_high_bytes(query: &str) -> Cow<'_, str> {
+    if query.is_ascii() {
+        return Cow::Borrowed(query);
+    }
+    let mut out = String::with_capacity(query.len() + 16);
+    for &b in query.as_bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            push_escape(&mut out, b);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -139,14 +246,20 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Decode escapes of unreserved characters; normalise the rest to upper case.
+/// Decode escapes of unreserved characters; normalise the rest to upper
+/// case; percent-encode raw bytes ≥ 0x80. The result is ASCII: bytes are
+/// never pushed as chars (a byte ≥ 0x80 as a `char` is two other bytes).
 fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = String::with_capacity(bytes.len() + 16);
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            if b.is_ascii() {
+                out.push(char::from(b));
+            } else {
+                push_escape(&mut out, b);
+            }
             i += 1;
             continue;
         }
@@ -162,12 +275,8 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
             b';' => return Err(PathError::Semicolon),
-            v if is_unreserved(v) || v == b':' || v == b'@' => out.push(v as char),
-            v => {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(v & 0xf)]));
-            }
+            v if is_unreserved(v) || v == b':' || v == b'@' => out.push(char::from(v)),
+            v => push_escape(&mut out, v),
         }
         i += 3;
     }
@@ -346,5 +455,91 @@ mod tests {
             let once = ok(path);
             assert_eq!(ok(&once), once, "{path}");
         }
+    }
+    #[test]
+    fn raw_bytes_above_ascii_are_percent_encoded_like_their_escapes() {
+        // `/café` as raw UTF-8 and percent-encoded: one path.
+        assert_eq!(ok("/caf\u{e9}/x"), "/caf%C3%A9/x");
+        assert_eq!(ok("//caf\u{e9}/x"), "/caf%C3%A9/x");
+        assert_eq!(ok("/caf%c3%a9/x"), ok("/caf\u{e9}/x"));
+        assert_eq!(ok("/\u{1F600}"), "/%F0%9F%98%80");
+        let mut head = http::Request::get("/caf\u{e9}?q=\u{e9}&a=%c3%a9")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        normalize_target(&mut head).unwrap();
+        assert_eq!(head.uri.path(), "/caf%C3%A9");
+        // The query is kept byte for byte but for the raw bytes.
+        assert_eq!(head.uri.query(), Some("q=%C3%A9&a=%c3%a9"));
+    }
+
+    #[test]
+    fn hosts_urls_read_as_another_host_are_refused() {
+        for bad in [
+            "x:y@admin.internal",
+            "admin.internal@x",
+            "admin.internal,x",
+            "admin.internal..",
+            ".admin.internal",
+            "admin..internal",
+            "admin.internal:",
+            "admin.internal:8080:1",
+            "admin.internal:99999",
+            "admin.internal:-1",
+            "admin.internal:+80",
+            "adm%69n.internal",
+            "admin internal",
+            "[::1",
+            "[::1]x",
+            "[v1.x]",
+            "[admin.internal]",
+            "",
+            ":80",
+        ] {
+            assert!(check_host(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        for good in [
+            "admin.internal",
+            "admin.internal.",
+            "Admin.Internal:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "my_service",
+            "xn--caf-dma.example",
+        ] {
+            assert_eq!(check_host(good.as_bytes()), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn http11_needs_a_host_and_http10_does_not() {
+        let head = |version| {
+            http::Request::get("/x")
+                .version(version)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        assert_eq!(
+            check_request_head(&mut head(http::Version::HTTP_11)),
+            Err(HeadError::MissingHost)
+        );
+        assert_eq!(
+            check_request_head(&mut head(http::Version::HTTP_10)),
+            Ok(())
+        );
+        let mut with_userinfo = http::Request::get("http://u@admin.internal/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(matches!(
+            check_request_head(&mut with_userinfo),
+            Err(HeadError::BadHost(_))
+        ));
     }
 }

@@ -148,7 +148,9 @@ fn check_head(head: &mut http::request::Parts) -> Result<(), Box<Denial>> {
     if let Err(error) = check_request_head(head) {
         let status = match error {
             HeadError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            HeadError::DuplicateHost | HeadError::BadHost => StatusCode::BAD_REQUEST,
+            HeadError::DuplicateHost | HeadError::MissingHost | HeadError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
         };
         return Err(Box::new(Denial::new(
             status,
