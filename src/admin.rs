@@ -116,7 +116,8 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/shutdown") => {
-                if !peer.ip().is_loopback() {
+                // On a dual-stack listener an IPv4 client is `::ffff:127.0.0.1`.
+                if !peer.ip().to_canonical().is_loopback() {
                     return text(
                         StatusCode::FORBIDDEN,
                         "shutdown is only accepted from loopback\n",

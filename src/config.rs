@@ -22,6 +22,7 @@ pub struct Settings {
     /// Inbound TLS; plain TCP (with h2c prior knowledge) when absent.
     pub tls: Option<TlsFiles>,
     pub forwarded: ForwardedSettings,
+    pub headers: HeaderSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// License enforcement; `None` runs a plain proxy.
@@ -476,6 +477,26 @@ pub struct ForwardedSettings {
     pub trust_incoming: bool,
 }
 
+/// How inbound header names are screened before forwarding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderSettings {
+    pub underscores: Underscores,
+}
+
+/// What happens to inbound headers with `_` in their name. CGI, WSGI and
+/// Rack servers read `_` and `-` alike (`HTTP_X_LICENSE_ID`), so such a
+/// name can impersonate one licensegate sets. Names that do impersonate a
+/// protected header are removed whatever this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Underscores {
+    /// Remove every such header, as nginx does by default.
+    #[default]
+    Drop,
+    /// Forward them, except those that read as a protected name.
+    Keep,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     /// Time a client has to send a complete request head. On HTTP/1.1 this
@@ -491,6 +512,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -502,6 +525,7 @@ impl Default for Timeouts {
             upstream_idle: Duration::from_secs(90),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(25),
+            tunnel_idle: Duration::from_secs(300),
         }
     }
 }
@@ -626,6 +650,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub forwarded: FileForwarded,
     #[serde(default)]
+    pub headers: FileHeaders,
+    #[serde(default)]
     pub timeouts: FileTimeouts,
     #[serde(default)]
     pub limits: FileLimits,
@@ -685,6 +711,13 @@ pub struct FileForwarded {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct FileHeaders {
+    #[serde(default)]
+    pub underscores: Underscores,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileTimeouts {
     pub request_header: Option<HumanDuration>,
     pub upstream_connect: Option<HumanDuration>,
@@ -692,6 +725,7 @@ pub struct FileTimeouts {
     pub upstream_idle: Option<HumanDuration>,
     pub idle: Option<HumanDuration>,
     pub drain: Option<HumanDuration>,
+    pub tunnel_idle: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -904,6 +938,7 @@ impl Settings {
             upstream_idle: pick(file.timeouts.upstream_idle, defaults.upstream_idle),
             idle: pick(file.timeouts.idle, defaults.idle),
             drain: pick(file.timeouts.drain, defaults.drain),
+            tunnel_idle: pick(file.timeouts.tunnel_idle, defaults.tunnel_idle),
         };
         for (setting, value) in [
             ("timeouts.request_header", timeouts.request_header),
@@ -911,6 +946,7 @@ impl Settings {
             ("timeouts.upstream_response", timeouts.upstream_response),
             ("timeouts.upstream_idle", timeouts.upstream_idle),
             ("timeouts.idle", timeouts.idle),
+            ("timeouts.tunnel_idle", timeouts.tunnel_idle),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -1010,6 +1046,9 @@ impl Settings {
                 trust_incoming: overrides
                     .trust_forwarded
                     .unwrap_or(file.forwarded.trust_incoming),
+            },
+            headers: HeaderSettings {
+                underscores: file.headers.underscores,
             },
             timeouts,
             limits,

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     upstream_errors: Vec<IntCounter>,
     pub connections_open: IntGauge,
+    /// WebSocket tunnels open now.
+    pub tunnels_open: IntGauge,
     pub connections_total: IntCounter,
     /// Plain HTTP/1.1 upstream connections in the shared idle list.
     pub upstream_idle: IntGauge,
@@ -483,7 +485,12 @@ impl Metrics {
         .expect("valid metric");
         let connections_open = IntGauge::new(
             "licensegate_connections_open",
-            "Inbound connections currently open.",
+            "Inbound connections currently open (a connection that became a tunnel counts until the tunnel ends).",
+        )
+        .expect("valid metric");
+        let tunnels_open = IntGauge::new(
+            "licensegate_tunnels_open",
+            "WebSocket tunnels currently open.",
         )
         .expect("valid metric");
         let upstream_idle = IntGauge::new(
@@ -508,6 +515,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_errors_total.clone()),
             Box::new(connections_open.clone()),
+            Box::new(tunnels_open.clone()),
             Box::new(connections_total.clone()),
             Box::new(upstream_idle.clone()),
             Box::new(build_info),
@@ -550,6 +558,7 @@ impl Metrics {
             request_duration,
             upstream_errors,
             connections_open,
+            tunnels_open,
             connections_total,
             upstream_idle,
         }

@@ -1,6 +1,7 @@
 //! Forwarding to the upstream: rewrite the request for the upstream origin,
-//! strip hop-by-hop headers, set `X-Forwarded-*`, send it over a pooled
-//! connection, and tunnel HTTP/1.1 upgrades.
+//! strip hop-by-hop headers and every client spelling of a protected header,
+//! set `X-Forwarded-*`, send it over a pooled connection, and open a
+//! WebSocket tunnel when a genuine handshake answer comes back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
 
-use crate::config::{ConfigError, Settings, UpstreamProtocol};
+use crate::config::{ConfigError, Settings, Underscores, UpstreamProtocol};
 use crate::decision::Peer;
+use crate::limits::Permit;
 use crate::metrics::UpstreamErrorKind;
 
+use super::io::ConnectionSlot;
+use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
@@ -33,6 +37,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Every header licensegate sets for the upstream starts with this; no
+/// client may send one.
+const OWN_PREFIX: &[u8] = b"x-licensegate-";
 
 /// What forwarding keeps per inbound connection: the peer, its address
 /// pre-rendered for `X-Forwarded-For`, and the upstream connection it holds.
@@ -41,9 +50,16 @@ pub struct ConnContext {
     pub peer: Peer,
     ip_header: HeaderValue,
     lease: Option<Lease>,
+    /// Held as long as anything of the connection lives, a tunnel included.
+    slot: ConnectionSlot,
 }
 
 impl ConnContext {
+    /// Resolves once the proxy starts draining.
+    pub async fn drained(&self) {
+        self.slot.drained().await;
+    }
+
     /// The inbound connection went quiet: let go of its upstream connection.
     pub fn release_upstream(&self) {
         if let Some(lease) = &self.lease {
@@ -59,6 +75,31 @@ pub struct Outbound<'c> {
     /// Whether the direct connection may serve further requests.
     pub keep_connection: bool,
     pub upgrade: Option<PendingUpgrade>,
+}
+
+/// Header names no client may set, whatever their spelling: the
+/// entitlement headers and the license header. (Hop-by-hop, forwarding and
+/// `x-licensegate-*` names are known to [`classify`].)
+#[derive(Debug)]
+struct Protected {
+    names: Vec<HeaderName>,
+    underscores: Underscores,
+}
+
+impl Protected {
+    /// Whether `name`, with `_` read as `-`, is one no client may send.
+    fn covers(&self, name: &[u8]) -> bool {
+        let folded: Vec<u8> = name
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .collect();
+        let Ok(folded) = HeaderName::from_bytes(&folded) else {
+            return true;
+        };
+        !matches!(classify(&folded), Known::Other)
+            || folded.as_str().as_bytes().starts_with(OWN_PREFIX)
+            || self.names.contains(&folded)
+    }
 }
 
 /// The upstream connection a request goes out on.
@@ -78,6 +119,41 @@ pub enum Via<'c> {
 pub struct UpstreamError {
     pub kind: UpstreamErrorKind,
     pub detail: String,
+    /// The client's request body failed (malformed chunked framing, or the
+    /// client went away mid-body): the client's fault, not the upstream's.
+    pub client_body: bool,
+}
+
+impl UpstreamError {
+    pub fn new(kind: UpstreamErrorKind, detail: String) -> Self {
+        UpstreamError {
+            kind,
+            detail,
+            client_body: false,
+        }
+    }
+
+    /// A hyper error from sending a request: a failure of the request body
+    /// read from the client is hyper's "user body" error whose cause is the
+    /// inbound connection's own hyper error.
+    pub fn from_hyper(kind: UpstreamErrorKind, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut client_body = false;
+        let mut cause = Some(error);
+        while let Some(current) = cause {
+            if let Some(hyper_error) = current.downcast_ref::<hyper::Error>() {
+                client_body = hyper_error.is_user()
+                    && std::error::Error::source(hyper_error)
+                        .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+                break;
+            }
+            cause = current.source();
+        }
+        UpstreamError {
+            kind,
+            detail: describe(error),
+            client_body,
+        }
+    }
 }
 
 /// Sends requests to one upstream origin over pooled connections.
@@ -91,6 +167,9 @@ pub struct Forwarder {
     authority: Authority,
     response_timeout: Duration,
     trust_forwarded: bool,
+    protected: Protected,
+    tunnel_idle: Duration,
+    tunnels_open: IntGauge,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -122,7 +201,11 @@ impl Forwarder {
         }
     }
 
-    pub fn new(settings: &Settings, idle_gauge: IntGauge) -> Result<Forwarder, ConfigError> {
+    pub fn new(
+        settings: &Settings,
+        idle_gauge: IntGauge,
+        tunnels_open: IntGauge,
+    ) -> Result<Forwarder, ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -169,17 +252,24 @@ impl Forwarder {
             authority: upstream.url.authority.clone(),
             response_timeout: settings.timeouts.upstream_response,
             trust_forwarded: settings.forwarded.trust_incoming,
+            protected: Protected {
+                names: protected_names(settings),
+                underscores: settings.headers.underscores,
+            },
+            tunnel_idle: settings.timeouts.tunnel_idle,
+            tunnels_open,
         })
     }
 
     /// Per-connection forwarding state for a newly accepted connection.
-    pub fn connection(&self, peer: Peer) -> ConnContext {
+    pub fn connection(&self, peer: Peer, slot: ConnectionSlot) -> ConnContext {
         let ip_header = HeaderValue::from_str(&peer.addr.ip().to_string())
             .expect("an IP address is a valid header value");
         ConnContext {
             peer,
             ip_header,
             lease: self.direct.as_ref().map(DirectPool::lease),
+            slot,
         }
     }
 
@@ -188,18 +278,23 @@ impl Forwarder {
     /// as every async layer between it and the send would move the request
     /// and its future once more per request (measured with callgrind), then
     /// hands the response head to [`Forwarder::finish`].
+    ///
+    /// `websocket`: the handshake the request carries, when it was decided
+    /// to become a tunnel; every other upgrade is stripped here.
     pub fn prepare<'c>(
         &self,
         head: &mut request::Parts,
         conn: &'c ConnContext,
+        websocket: Option<WebSocketHandshake>,
     ) -> Result<Outbound<'c>, UpstreamError> {
         let scan = Scan::of(&head.headers);
-        // An upgrade needs a `Connection` token other than `close`/`keep-alive`.
-        let upgrade = if scan.connection_names_others {
-            prepare_upgrade(head)
-        } else {
-            None
-        };
+        if scan.suspect_names {
+            self.remove_impersonations(&mut head.headers);
+        }
+        let upgrade = websocket.and_then(|handshake| {
+            let inbound = head.extensions.remove::<OnUpgrade>()?;
+            Some(PendingUpgrade { handshake, inbound })
+        });
         let via = match (&conn.lease, &self.direct) {
             // HTTP/2 clients multiplex: each stream takes an upstream
             // connection of its own from the shared idle list.
@@ -211,7 +306,7 @@ impl Forwarder {
             head,
             &scan,
             conn,
-            upgrade.as_ref().map(|u| &u.protocol),
+            upgrade.is_some(),
             matches!(via, Via::Pooled),
         )?;
         Ok(Outbound {
@@ -229,42 +324,86 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError {
-                kind: if error.is_connect() {
+            Ok(Err(error)) => Err(UpstreamError::from_hyper(
+                if error.is_connect() {
                     UpstreamErrorKind::Connect
                 } else {
                     UpstreamErrorKind::Protocol
                 },
-                detail: describe(&error),
-            }),
-            Err(_elapsed) => Err(UpstreamError {
-                kind: UpstreamErrorKind::Timeout,
-                detail: format!(
+                &error,
+            )),
+            Err(_elapsed) => Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!(
                     "the upstream did not respond within {}",
                     humantime::format_duration(self.response_timeout)
                 ),
-            }),
+            )),
         }
     }
 
-    /// Fix up the upstream's response head, and tunnel an accepted upgrade.
+    /// Fix up the upstream's response head, and open the tunnel a genuine
+    /// WebSocket 101 answers. A 101 that answers anything else (no
+    /// handshake was forwarded, a wrong `Sec-WebSocket-Accept`, another
+    /// protocol) is refused: the client must never be switched to a
+    /// protocol no one decided. The tunnel takes the request's `permits`.
     pub fn finish(
         &self,
         mut response: Response<Incoming>,
         upgrade: Option<PendingUpgrade>,
-    ) -> Response<Incoming> {
-        match upgrade {
-            Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(upgrade.inbound, upstream_side));
-                strip_hop_by_hop(response.headers_mut());
-                let headers = response.headers_mut();
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                headers.insert(header::UPGRADE, upgrade.protocol);
-            }
-            _ => strip_hop_by_hop(response.headers_mut()),
+        conn: &Arc<ConnContext>,
+        permits: &mut Vec<Permit>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(response.headers_mut());
+            return Ok(response);
         }
-        response
+        let upgrade = upgrade.ok_or_else(|| {
+            UpstreamError::new(
+                UpstreamErrorKind::Protocol,
+                "the upstream switched protocols (101) for a request that asked for no upgrade"
+                    .into(),
+            )
+        })?;
+        upgrade
+            .handshake
+            .answered_by(response.headers())
+            .map_err(|why| UpstreamError::new(UpstreamErrorKind::Protocol, why.into()))?;
+        let upstream_side = hyper::upgrade::on(&mut response);
+        let tunnel = Tunnel {
+            conn: Arc::clone(conn),
+            permits: std::mem::take(permits),
+            idle_timeout: self.tunnel_idle,
+            open: self.tunnels_open.clone(),
+        };
+        tokio::spawn(tunnel.run(upgrade.inbound, upstream_side));
+        strip_hop_by_hop(response.headers_mut());
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        Ok(response)
+    }
+
+    /// Remove inbound headers whose names impersonate a protected one
+    /// (`x_license_features`, `X-Forwarded_For`, `x-licensegate-…`), and,
+    /// unless `headers.underscores: keep`, every name with `_`.
+    #[cold]
+    fn remove_impersonations(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let bytes = name.as_str().as_bytes();
+                bytes.starts_with(OWN_PREFIX)
+                    || (bytes.contains(&b'_')
+                        && (self.protected.underscores == Underscores::Drop
+                            || self.protected.covers(bytes)))
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            tracing::debug!(header = %name, "removed a client header that impersonates a protected one");
+            headers.remove(name);
+        }
     }
 
     /// Point the request at the upstream origin and fix up its headers.
@@ -273,7 +412,7 @@ impl Forwarder {
         head: &mut request::Parts,
         scan: &Scan,
         conn: &ConnContext,
-        upgrade: Option<&HeaderValue>,
+        websocket: bool,
         absolute_uri: bool,
     ) -> Result<(), UpstreamError> {
         // HTTP/2 requests carry the host in `:authority`; an HTTP/1.1 upstream needs `Host`.
@@ -286,10 +425,11 @@ impl Forwarder {
         };
 
         scan.strip(&mut head.headers);
-        if let Some(protocol) = upgrade {
+        if websocket {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            head.headers.insert(header::UPGRADE, protocol.clone());
+            head.headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         if let Some(host) = &original_host {
             // `Host` is gone only if it never was there or `Connection` named it.
@@ -317,9 +457,11 @@ impl Forwarder {
                 parts.authority = Some(self.authority.clone());
             }
             parts.path_and_query = Some(path_and_query);
-            head.uri = Uri::from_parts(parts).map_err(|e| UpstreamError {
-                kind: UpstreamErrorKind::Protocol,
-                detail: format!("the request target cannot be forwarded: {e}"),
+            head.uri = Uri::from_parts(parts).map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Protocol,
+                    format!("the request target cannot be forwarded: {e}"),
+                )
             })?;
         }
         // The upstream connection's own version is chosen by the pool; HTTP/1.1
@@ -390,43 +532,29 @@ impl Forwarder {
     }
 }
 
-/// An inbound HTTP/1.1 upgrade (e.g. WebSocket) waiting for the upstream's 101.
+/// An inbound WebSocket handshake waiting for the upstream's 101.
 pub struct PendingUpgrade {
-    protocol: HeaderValue,
+    handshake: WebSocketHandshake,
     inbound: OnUpgrade,
 }
 
-fn prepare_upgrade(head: &mut request::Parts) -> Option<PendingUpgrade> {
-    if head.version != Version::HTTP_11 || !connection_has_token(&head.headers, "upgrade") {
-        return None;
+/// The configured names a client may not send in any spelling: the
+/// entitlement headers and a header-borne license.
+fn protected_names(settings: &Settings) -> Vec<HeaderName> {
+    let headers = &settings.upstream_headers;
+    let mut names = vec![
+        headers.id.clone(),
+        headers.plan.clone(),
+        headers.features.clone(),
+    ];
+    if let Some(crate::config::LicenseSettings {
+        source: crate::config::LicenseSource::Header(name),
+        ..
+    }) = &settings.license
+    {
+        names.push(name.clone());
     }
-    let protocol = head.headers.get(header::UPGRADE)?.clone();
-    let inbound = head.extensions.remove::<OnUpgrade>()?;
-    Some(PendingUpgrade { protocol, inbound })
-}
-
-async fn tunnel(inbound: OnUpgrade, upstream: OnUpgrade) {
-    let (inbound, upstream) = match tokio::try_join!(inbound, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut inbound = TokioIo::new(inbound);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
-    }
-}
-
-fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    names
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are not named in `Connection`,
@@ -440,8 +568,11 @@ const HOP_TRAILER: u16 = 1 << 5;
 const HOP_TRANSFER_ENCODING: u16 = 1 << 6;
 const HOP_UPGRADE: u16 = 1 << 7;
 const HOP_TE: u16 = 1 << 8;
+const HOP_HTTP2_SETTINGS: u16 = 1 << 9;
 
-static HOP_BY_HOP: [(&HeaderName, u16); 9] = [
+/// RFC 9110 §7.6.1's list, plus `Proxy-Connection` (obsolete, still sent)
+/// and `HTTP2-Settings` (RFC 9113 §3.2.1's h2c upgrade, connection-specific).
+static HOP_BY_HOP: [(&HeaderName, u16); 10] = [
     (&header::CONNECTION, HOP_CONNECTION),
     (&KEEP_ALIVE, HOP_KEEP_ALIVE),
     (&PROXY_CONNECTION, HOP_PROXY_CONNECTION),
@@ -451,6 +582,7 @@ static HOP_BY_HOP: [(&HeaderName, u16); 9] = [
     (&header::TRANSFER_ENCODING, HOP_TRANSFER_ENCODING),
     (&header::UPGRADE, HOP_UPGRADE),
     (&header::TE, HOP_TE),
+    (&HTTP2_SETTINGS, HOP_HTTP2_SETTINGS),
 ];
 
 /// Forwarding headers a request may carry, one bit each.
@@ -478,6 +610,7 @@ fn classify(name: &HeaderName) -> Known {
     let (candidate, known): (&[u8], Known) = match (len, first) {
         (2, b't') => (b"te", Known::Hop(HOP_TE)),
         (4, b'h') => (b"host", Known::Host),
+        (14, b'h') => (b"http2-settings", Known::Hop(HOP_HTTP2_SETTINGS)),
         (7, b't') => (b"trailer", Known::Hop(HOP_TRAILER)),
         (7, b'u') => (b"upgrade", Known::Hop(HOP_UPGRADE)),
         (9, b'f') => (b"forwarded", Known::Forwarded(FWD_FORWARDED)),
@@ -529,6 +662,9 @@ struct Scan {
     forwarded: u8,
     /// The first `Host` value.
     host: Option<HeaderValue>,
+    /// Some name has `_` or licensegate's own prefix: screen the names
+    /// before forwarding (see [`Forwarder::remove_impersonations`]).
+    suspect_names: bool,
 }
 
 impl Scan {
@@ -538,10 +674,16 @@ impl Scan {
             connection_names_others: false,
             forwarded: 0,
             host: None,
+            suspect_names: false,
         };
         for (name, value) in headers {
             match classify(name) {
-                Known::Other => {}
+                Known::Other => {
+                    let bytes = name.as_str().as_bytes();
+                    if bytes.contains(&b'_') || bytes.starts_with(OWN_PREFIX) {
+                        scan.suspect_names = true;
+                    }
+                }
                 Known::Hop(bit) => {
                     scan.hop |= bit;
                     if bit == HOP_CONNECTION && !connection_names_nothing(value) {

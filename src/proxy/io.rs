@@ -16,6 +16,42 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// What an inbound connection holds for its whole life, including the
+/// tunnel it may become: its `limits.max_connections` slot, its place in
+/// the open-connections gauge, and the drain signal.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+}
+
+impl ConnectionSlot {
+    pub fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        open: prometheus::IntGauge,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    ) -> Self {
+        open.inc();
+        ConnectionSlot {
+            _permit: permit,
+            open,
+            lifecycle,
+        }
+    }
+
+    /// Resolves once the proxy starts draining.
+    pub async fn drained(&self) {
+        self.lifecycle.drained().await;
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// No request head is being received.
 const NO_HEAD: u64 = u64::MAX;
 

@@ -4,6 +4,7 @@ pub mod forward;
 mod io;
 pub mod server;
 pub mod tls;
+mod tunnel;
 mod upstream;
 
 use std::convert::Infallible;
@@ -48,9 +49,22 @@ pub async fn handle(
     let started = Instant::now();
     let (mut head, body) = request.into_parts();
     // Normalised once: the host and path decided on are what the upstream gets.
-    let decision = match check_head(&mut head) {
+    let mut websocket = None;
+    let decision = match check_head(&mut head, &mut websocket) {
         Ok(()) => shared.engine.decide(&head, &conn.peer).await,
         Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
+    };
+    let decision = match decision {
+        // The handshake was decided like any request; the route must also
+        // allow it to become a tunnel.
+        Decision::Allow(allowed) if websocket.is_some() && !allowed.websocket => {
+            Decision::Deny(Box::new(Denial::new(
+                StatusCode::FORBIDDEN,
+                Reason::UpgradeNotAllowed,
+                "this route does not allow WebSocket connections (route setting `websocket: true`)",
+            )))
+        }
+        decision => decision,
     };
     let mut permits = Vec::new();
     let mut stream_lease = None;
@@ -61,7 +75,7 @@ pub async fn handle(
         }
         Decision::Allow(allowed) => {
             let forwarder = &shared.forwarder;
-            let result = match forwarder.prepare(&mut head, &conn) {
+            let result = match forwarder.prepare(&mut head, &conn, websocket) {
                 Ok(outbound) => {
                     set_entitlement_headers(
                         &mut head.headers,
@@ -79,7 +93,9 @@ pub async fn handle(
                         }
                         Via::Pooled => forwarder.send_pooled(request).await,
                     };
-                    sent.map(|response| forwarder.finish(response, outbound.upgrade))
+                    sent.and_then(|response| {
+                        forwarder.finish(response, outbound.upgrade, &conn, &mut permits)
+                    })
                 }
                 Err(error) => Err(error),
             };
@@ -143,8 +159,13 @@ fn set_entitlement_headers(
 }
 
 /// Refuse heads that cannot be decided safely: CONNECT, several `Host`
-/// headers, paths with ambiguous encodings.
-fn check_head(head: &mut http::request::Parts) -> Result<(), Box<Denial>> {
+/// headers, hosts read differently by different parsers, paths with
+/// ambiguous encodings, malformed WebSocket handshakes. `websocket` is set
+/// to a well-formed handshake.
+fn check_head(
+    head: &mut http::request::Parts,
+    websocket: &mut Option<tunnel::WebSocketHandshake>,
+) -> Result<(), Box<Denial>> {
     if let Err(error) = check_request_head(head) {
         let status = match error {
             HeadError::Connect => StatusCode::METHOD_NOT_ALLOWED,
@@ -164,12 +185,34 @@ fn check_head(head: &mut http::request::Parts) -> Result<(), Box<Denial>> {
             Reason::BadRequestPath,
             error.to_string(),
         ))
-    })
+    })?;
+    *websocket = tunnel::requested(head).map_err(|error| {
+        let mut denial = Denial::new(error.status(), Reason::BadRequest, error.detail());
+        if error == tunnel::HandshakeError::UnsupportedVersion {
+            denial.headers.insert(
+                http::header::SEC_WEBSOCKET_VERSION,
+                http::HeaderValue::from_static("13"),
+            );
+        }
+        Box::new(denial)
+    })?;
+    Ok(())
 }
 
 /// The problem response for a request the upstream did not answer.
 #[cold]
 fn upstream_failed(shared: &Shared, error: UpstreamError) -> Response<ProxyBody> {
+    if error.client_body {
+        // Not an upstream failure: no upstream error counted, no alert.
+        tracing::debug!(detail = %error.detail, "the client's request body failed");
+        shared.metrics.request(Outcome::Error, Reason::BadRequest);
+        return problem::error(
+            StatusCode::BAD_REQUEST,
+            Reason::BadRequest,
+            format!("the request body could not be read: {}", error.detail),
+        )
+        .map(Either::Right);
+    }
     shared.metrics.upstream_error(error.kind);
     let (status, reason) = match error.kind {
         UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, Reason::UpstreamTimeout),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::forward::ConnContext;
-use super::io::{Activity, CountingIo};
+use super::io::{Activity, ConnectionSlot, CountingIo};
 use super::{handle, Shared};
 use crate::config::Settings;
 use crate::decision::Peer;
@@ -177,10 +177,12 @@ impl ProxyServer {
                 request_header_timeout: self.request_header_timeout,
                 idle_timeout: self.idle_timeout,
             };
-            tokio::spawn(async move {
-                connection.run(stream).await;
-                drop(permit);
-            });
+            let slot = ConnectionSlot::new(
+                permit,
+                self.shared.metrics.connections_open.clone(),
+                Arc::clone(&lifecycle),
+            );
+            tokio::spawn(connection.run(stream, slot));
         }
 
         // Refuse new connections from here on.
@@ -208,14 +210,14 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
-        let metrics = Arc::clone(&self.shared.metrics);
-        metrics.connections_total.inc();
-        metrics.connections_open.inc();
+    /// Serve one connection. `slot` is held until the connection and any
+    /// tunnel it became have ended.
+    async fn run(self, stream: TcpStream, slot: ConnectionSlot) {
+        self.shared.metrics.connections_total.inc();
         let activity = Arc::new(Activity::default());
         let io = CountingIo::new(stream, Arc::clone(&activity));
         let shared = Arc::clone(&self.shared);
-        let conn = Arc::new(self.shared.forwarder.connection(self.peer));
+        let conn = Arc::new(self.shared.forwarder.connection(self.peer, slot));
         let service_activity = Arc::clone(&activity);
         let service_conn = Arc::clone(&conn);
         let service = service_fn(move |request| {
@@ -304,7 +306,6 @@ impl Connection {
         if let Some(serving) = serving {
             serving.await;
         }
-        metrics.connections_open.dec();
     }
 
     /// Wait for the first bytes and peek at them (hyper still reads them).

@@ -156,10 +156,7 @@ impl DirectPool {
     }
 
     async fn connect(&self) -> Result<Sender, UpstreamError> {
-        let connect_error = |detail: String| UpstreamError {
-            kind: UpstreamErrorKind::Connect,
-            detail,
-        };
+        let connect_error = |detail: String| UpstreamError::new(UpstreamErrorKind::Connect, detail);
         let host = self
             .authority
             .host()
@@ -221,12 +218,14 @@ impl Lease {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let timeout = self.pool.response_timeout;
         let (mut checkout, held) = Checkout::start(self, Instant::now() + timeout);
-        let elapsed = |_: Elapsed| UpstreamError {
-            kind: UpstreamErrorKind::Timeout,
-            detail: format!(
-                "the upstream did not respond within {}",
-                humantime::format_duration(timeout)
-            ),
+        let elapsed = |_: Elapsed| {
+            UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!(
+                    "the upstream did not respond within {}",
+                    humantime::format_duration(timeout)
+                ),
+            )
         };
 
         let mut sender = match held.or_else(|| self.pool.take_idle()) {
@@ -269,7 +268,12 @@ impl Lease {
                 None => return Err(protocol_error(error.into_error())),
             },
         };
-        if keep_connection && !closes_connection(response.headers(), response.version()) {
+        // A 101 hands the connection to a tunnel (or, unasked for, to
+        // nothing): it serves no further requests.
+        if keep_connection
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            && !closes_connection(response.headers(), response.version())
+        {
             // The next request on this inbound connection waits in `poll_ready`
             // until this response's body has been read to the end. A response
             // that closes the connection leaves nothing worth holding: the
@@ -414,10 +418,11 @@ impl Drop for Lease {
 }
 
 fn protocol_error(error: hyper::Error) -> UpstreamError {
-    UpstreamError {
-        kind: UpstreamErrorKind::Protocol,
-        detail: format!("upstream connection failed: {error}"),
+    let mut failed = UpstreamError::from_hyper(UpstreamErrorKind::Protocol, &error);
+    if !failed.client_body {
+        failed.detail = format!("upstream connection failed: {}", failed.detail);
     }
+    failed
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
