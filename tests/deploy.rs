@@ -80,6 +80,16 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
         );
     }
     assert!(objects.len() >= 15, "found only {} objects", objects.len());
+    let policies: BTreeSet<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        policies,
+        BTreeSet::from(["licensegate-injector", "shop-api"]),
+        "the workload's and the injector's NetworkPolicies are validated"
+    );
 
     // What `kubectl apply -k` would send, patches and generators applied.
     match k8s::optional_tool(
@@ -102,6 +112,14 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
                 );
                 let built = k8s::yaml_documents(&String::from_utf8(output.stdout).unwrap());
                 assert!(!built.is_empty(), "{} builds nothing", dir.display());
+                // Whatever installs pods installs the policy that fences them.
+                if built.iter().any(|o| o["kind"] == "Deployment") {
+                    assert!(
+                        built.iter().any(|o| o["kind"] == "NetworkPolicy"),
+                        "{} installs pods without a NetworkPolicy",
+                        dir.display()
+                    );
+                }
                 objects.extend(built);
             }
         }
@@ -413,12 +431,38 @@ async fn the_sidecar_runs_as_the_manifests_configure_it() {
     let (parts, _) = common::get(&format!("http://{proxy}/orders")).await;
     assert_eq!(parts.status, 200, "{}", sidecar.logs());
     // The ConfigMap's policy is in force: seats need an identity.
-    let (parts, body) = common::get(&format!("http://{proxy}/echo?msg=hi")).await;
+    let (parts, body) = common::get(&format!("http://{proxy}/headers")).await;
     assert_eq!(parts.status, 403);
     assert!(String::from_utf8_lossy(&body).contains("seat_identity_missing"));
-    let (parts, body) = as_user(&format!("http://{proxy}/echo?msg=hi"), "alice").await;
+    // What the app receives: the license's facts, never a client's copy.
+    let (parts, body) = common::send(
+        http::Request::get(format!("http://{proxy}/headers"))
+            .header("x-user", "alice")
+            .header("x-license-id", "forged")
+            .body(common::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
-    let (parts, _) = common::get(&format!("http://{proxy}/exit")).await;
+    let received: licensegate::demo::EchoReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(received.headers["x-license-id"], ["lic-0042"]);
+    // The app's readiness probe, sent where the kubelet sends it (the proxy
+    // port), reaches the app on a public route.
+    let deployment = one("kubernetes/native/deployment.yaml", "Deployment");
+    let app = containers(&deployment["spec"]["template"]["spec"])
+        .find(|c| c["name"] == "app")
+        .unwrap();
+    let probe = app["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    let (parts, body) = common::get(&format!("http://{proxy}{probe}")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let received: licensegate::demo::EchoReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(received.path, probe);
+    assert!(
+        !received.headers.keys().any(|h| h.starts_with("x-license-")),
+        "a public route carries no entitlement headers: {:?}",
+        received.headers
+    );
+    let (parts, _) = common::get(&format!("http://{proxy}/env")).await;
     assert_eq!(parts.status, 403, "the deny route never reaches the app");
     // The Downward API values reached the license's environment binding.
     let (_, status) = common::get(&format!("http://{admin}/license")).await;
@@ -548,7 +592,7 @@ async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
     write_license_secret(root.path());
     let sidecar = start_manifest_sidecar(root.path(), upstream, "shop");
     let (proxy, admin) = addresses(&sidecar.announced);
-    for path in ["/echo", "/hostname", "/exit", "/healthz", "/orders"] {
+    for path in ["/headers", "/hostname", "/env", "/status/200", "/orders"] {
         as_user(&format!("http://{proxy}{path}"), "alice").await;
     }
     // Seat and quota gauges are refreshed every few seconds.
@@ -787,6 +831,256 @@ fn the_webhook_configuration_reaches_the_injector_and_spares_system_namespaces()
                 .contains(&json!(system)));
         }
     }
+}
+
+/// A container port as a NetworkPolicy may name it: by name or number.
+struct Port<'a> {
+    name: Option<&'a str>,
+    number: u64,
+}
+
+impl<'a> Port<'a> {
+    /// The port of `container` called `name`.
+    fn named(container: &'a Value, name: &'a str) -> Port<'a> {
+        let port = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{} has no port {name}", container["name"]));
+        Port {
+            name: Some(name),
+            number: port["containerPort"].as_u64().unwrap(),
+        }
+    }
+
+    /// A port the pod does not declare (what an app on the pod IP opens).
+    fn undeclared(number: u64) -> Port<'static> {
+        Port { name: None, number }
+    }
+}
+
+/// A label selector (`matchLabels`, `matchExpressions`) against `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| label(key) == value.as_str());
+    let by_expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap();
+            let among = |v: &str| {
+                e["values"]
+                    .as_array()
+                    .is_some_and(|values| values.iter().any(|x| x == v))
+            };
+            match e["operator"].as_str().unwrap() {
+                "In" => label(key).is_some_and(among),
+                "NotIn" => !label(key).is_some_and(among),
+                "Exists" => label(key).is_some(),
+                "DoesNotExist" => label(key).is_none(),
+                other => panic!("unknown selector operator {other}"),
+            }
+        });
+    by_labels && by_expressions
+}
+
+/// Whether `policy` lets a pod in `namespace` open a TCP connection to
+/// `port` of the pods it selects, read the way a network plugin enforces
+/// it. Where the answer depends on something unknown here (an `ipBlock`,
+/// the source pod's labels), it says yes: a fence is only as good as its
+/// widest gap.
+fn admits(policy: &Value, namespace: &str, port: &Port) -> bool {
+    let types = &policy["spec"]["policyTypes"];
+    let isolated = types.is_null() || types.as_array().unwrap().iter().any(|t| t == "Ingress");
+    if !isolated {
+        return true;
+    }
+    let namespace_labels = json!({"kubernetes.io/metadata.name": namespace});
+    let rules = policy["spec"]["ingress"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    rules.iter().any(|rule| {
+        let ports = rule["ports"].as_array().filter(|p| !p.is_empty());
+        let port_ok = ports.is_none_or(|ports| {
+            ports.iter().any(|p| {
+                let tcp = p["protocol"].as_str().unwrap_or("TCP") == "TCP";
+                let matches = match &p["port"] {
+                    Value::Null => true,
+                    Value::String(name) => port.name == Some(name.as_str()),
+                    number => {
+                        let low = number.as_u64().unwrap();
+                        let high = p["endPort"].as_u64().unwrap_or(low);
+                        (low..=high).contains(&port.number)
+                    }
+                };
+                tcp && matches
+            })
+        });
+        let peers = rule["from"].as_array().filter(|f| !f.is_empty());
+        let source_ok = peers.is_none_or(|peers| {
+            peers.iter().any(|peer| {
+                if peer.get("ipBlock").is_some() {
+                    return true;
+                }
+                match peer.get("namespaceSelector") {
+                    Some(selector) => selects(selector, &namespace_labels),
+                    None => policy["metadata"]["namespace"] == namespace,
+                }
+            })
+        });
+        port_ok && source_ok
+    })
+}
+
+fn containers(pod_spec: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(|list| pod_spec[list].as_array())
+        .flatten()
+}
+
+/// The value of `-name=V`, `--name=V` or `-name V` in `args`.
+fn flag<'a>(args: &'a [Value], name: &str) -> Option<&'a str> {
+    let args: Vec<&str> = args.iter().map(|a| a.as_str().unwrap()).collect();
+    args.iter().enumerate().find_map(|(i, arg)| {
+        let bare = arg.trim_start_matches('-');
+        if bare.len() == arg.len() {
+            return None;
+        }
+        match bare.split_once('=') {
+            Some((key, value)) if key == name => Some(value),
+            None if bare == name => args.get(i + 1).copied(),
+            _ => None,
+        }
+    })
+}
+
+#[test]
+fn the_workload_is_reachable_only_through_the_proxy() {
+    let policy = one("kubernetes/base/networkpolicy.yaml", "NetworkPolicy");
+    let monitoring = one("prometheus/podmonitor.yaml", "PodMonitor")["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for path in [
+        "kubernetes/native/deployment.yaml",
+        "kubernetes/classic/deployment.yaml",
+    ] {
+        let deployment = one(path, "Deployment");
+        let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"];
+        let spec = &pod["spec"];
+        let sidecar = containers(spec)
+            .find(|c| c["name"] == sidecar::CONTAINER_NAME)
+            .unwrap();
+        let proxy = Port::named(sidecar, sidecar::PROXY_PORT_NAME);
+        let admin = Port::named(sidecar, sidecar::ADMIN_PORT_NAME);
+
+        // No container but the sidecar declares a port, and none on the node.
+        assert_ne!(spec["hostNetwork"], true, "{path}");
+        for container in containers(spec) {
+            for port in container["ports"].as_array().into_iter().flatten() {
+                assert!(
+                    container["name"] == sidecar::CONTAINER_NAME
+                        && [proxy.name, admin.name].contains(&port["name"].as_str()),
+                    "{path}: container {} declares {port}",
+                    container["name"]
+                );
+                assert!(port.get("hostPort").is_none(), "{path}: {port}");
+            }
+        }
+
+        // The app listens on the pod's loopback, where the sidecar forwards.
+        let app = containers(spec).find(|c| c["name"] == "app").unwrap();
+        let args = app["args"].as_array().unwrap();
+        assert_eq!(flag(args, "host"), Some("127.0.0.1"), "{path}: {args:?}");
+        let app_port = flag(args, "port").unwrap();
+        let upstream = sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "LICENSEGATE_UPSTREAM")
+            .unwrap()["value"]
+            .clone();
+        assert_eq!(upstream, format!("http://127.0.0.1:{app_port}"), "{path}");
+        assert_eq!(
+            pod["metadata"]["annotations"][sidecar::UPSTREAM_PORT],
+            app_port,
+            "{path}: inject finds the port by its annotation"
+        );
+        // The kubelet cannot reach the loopback: the app is probed through the proxy.
+        assert_eq!(
+            app["readinessProbe"]["httpGet"]["port"], proxy.number,
+            "{path}"
+        );
+
+        // The policy fences these pods: anyone reaches the proxy, only
+        // Prometheus the admin port, nobody anything else.
+        assert_eq!(policy["metadata"]["namespace"], namespace);
+        assert!(
+            selects(&policy["spec"]["podSelector"], &pod["metadata"]["labels"]),
+            "{path}: the NetworkPolicy does not select the workload's pods"
+        );
+        let app_port = Port::undeclared(app_port.parse().unwrap());
+        for source in [namespace, "default", "kube-system", monitoring.as_str()] {
+            assert!(admits(&policy, source, &proxy), "{source} → proxy");
+            assert_eq!(
+                admits(&policy, source, &admin),
+                source == monitoring,
+                "{source} → admin"
+            );
+            for port in [&app_port, &Port::undeclared(8081), &Port::undeclared(1)] {
+                assert!(
+                    !admits(&policy, source, port),
+                    "{source} → port {} is admitted",
+                    port.number
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_injector_takes_only_the_api_servers_calls() {
+    let policy = one("kubernetes/injector/networkpolicy.yaml", "NetworkPolicy");
+    let deployment = one("kubernetes/injector/deployment.yaml", "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    assert!(selects(
+        &policy["spec"]["podSelector"],
+        &pod["metadata"]["labels"]
+    ));
+    let injector = &pod["spec"]["containers"][0];
+    assert_eq!(injector["ports"].as_array().unwrap().len(), 1);
+    let webhook = Port::named(injector, "https");
+    // The API server is no pod: it comes from wherever the control plane is.
+    for source in ["kube-system", "default", "licensegate-system", "shop"] {
+        assert!(admits(&policy, source, &webhook), "{source} → webhook");
+        for port in [9901, 8080, 443] {
+            assert!(
+                !admits(&policy, source, &Port::undeclared(port)),
+                "{source} → {port}"
+            );
+        }
+    }
+    // Nothing outbound: isolated for egress, with no rule allowing any.
+    assert!(policy["spec"]["policyTypes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("Egress")));
+    assert!(policy["spec"]["egress"]
+        .as_array()
+        .is_none_or(|rules| rules.is_empty()));
 }
 
 #[test]

@@ -276,6 +276,61 @@ async fn the_webhook_injects_an_opted_in_pod_into_a_valid_pod_with_a_native_side
     k8s::validate(&[injected], "the injected pod");
 }
 
+/// The API server may truncate admission warnings longer than this.
+const MAX_WARNING_CHARS: usize = 256;
+
+#[tokio::test]
+async fn the_webhook_warns_of_ports_that_reach_the_app_around_the_sidecar() {
+    let webhook = Webhook::start(&[]);
+    let around = "the workload is reachable there around the sidecar unless it binds 127.0.0.1 or a NetworkPolicy admits only port";
+
+    // The app declares its port on the pod IP: injected, with a warning.
+    let exposed = webhook
+        .review("/inject/opt-out", fixture_bytes("review-plain.json"))
+        .await;
+    assert!(exposed.allowed && exposed.patch.is_some());
+    assert_eq!(
+        exposed.warnings,
+        [format!(
+            "licensegate: container `app` exposes port 3000/TCP: {around} 8080"
+        )]
+    );
+
+    // Every container that declares a port is named, with the proxy port
+    // the pod actually gets.
+    let (_, mut pod) = review_object("review-plain.json");
+    pod["metadata"]["annotations"] = serde_json::json!({"licensegate.io/proxy-port": "8443"});
+    pod["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "metrics",
+            "image": "registry.example.com/exporter:1.0",
+            "ports": [{"containerPort": 9100, "protocol": "TCP"}, {"containerPort": 9125, "protocol": "UDP"}],
+        }));
+    let two = webhook.review("/inject/opt-out", review_of(&pod)).await;
+    assert!(two.allowed && two.patch.is_some());
+    assert_eq!(
+        two.warnings,
+        [
+            format!("licensegate: container `app` exposes port 3000/TCP: {around} 8443"),
+            format!(
+                "licensegate: container `metrics` exposes ports 9100/TCP, 9125/UDP: {around} 8443"
+            ),
+        ]
+    );
+    for warning in exposed.warnings.iter().chain(&two.warnings) {
+        assert!(warning.len() <= MAX_WARNING_CHARS, "{warning}");
+    }
+
+    // The app on 127.0.0.1 with its port in an annotation: nothing to say.
+    let loopback = webhook
+        .review("/inject/opt-in", fixture_bytes("review-opted-in.json"))
+        .await;
+    assert!(loopback.allowed && loopback.patch.is_some());
+    assert!(loopback.warnings.is_empty(), "{:?}", loopback.warnings);
+}
+
 #[tokio::test]
 async fn an_injected_pod_is_left_alone_on_both_paths() {
     let webhook = Webhook::start(&[]);
@@ -597,6 +652,34 @@ fn patch_injects_every_workload_kind_idempotently_into_valid_yaml() {
     assert_eq!(again, output, "injecting injected YAML changes nothing");
 
     k8s::validate(&after, "inject patch output");
+}
+
+#[test]
+fn patch_warns_of_ports_that_reach_the_app_around_the_sidecar() {
+    let input = std::fs::read_to_string(fixture("workloads.yaml")).unwrap();
+    let (status, output, notes) = k8s::licensegate(&["inject", "patch"], &input);
+    assert!(status.success(), "{notes}");
+    assert!(!output.is_empty(), "a warning does not stop the output");
+    let around = "the workload is reachable there around the sidecar unless it binds 127.0.0.1 or a NetworkPolicy admits only port";
+    let mut warned: Vec<&str> = notes.lines().filter(|l| l.contains(around)).collect();
+    warned.sort_unstable();
+    assert_eq!(
+        warned,
+        [
+            format!("daemonset/edge: warning: container `edge` exposes port 9000/TCP: {around} 8080"),
+            format!("deployment/shop-api: warning: container `app` exposes port 3000/TCP: {around} 8080"),
+            format!("pod/debug: warning: container `app` exposes port 3000/TCP: {around} 8080"),
+            format!("statefulset/ledger: warning: container `ledger` exposes port 5432/TCP: {around} 8081"),
+        ],
+        "{notes}"
+    );
+    // Workloads that declare no port (their upstream port is annotated) get none.
+    for quiet in ["job/report", "cronjob/nightly"] {
+        assert!(
+            !notes.contains(&format!("{quiet}: warning: container")),
+            "{notes}"
+        );
+    }
 }
 
 #[test]

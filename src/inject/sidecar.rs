@@ -209,7 +209,8 @@ pub enum Plan {
     /// Apply `patch` to the pod (or pod template).
     Inject {
         patch: Vec<PatchOperation>,
-        /// Things the user should know (typos, classic sidecars in Jobs).
+        /// Things the user should know (typos, classic sidecars in Jobs,
+        /// ports that reach the app around the sidecar).
         warnings: Vec<String>,
     },
 }
@@ -276,6 +277,7 @@ pub fn plan(pod: &Value, scope: Scope, defaults: &Defaults) -> Result<Plan, Inje
             settings.admin_port
         ));
     }
+    warnings.extend(bypass_warnings(spec, settings.proxy_port));
     check_volumes(spec)?;
 
     let mut patch = PatchBuilder::new(pod);
@@ -371,7 +373,8 @@ impl Settings {
                 },
             )));
         }
-        for (port, container) in declared_ports(spec) {
+        for declared in declared_ports(spec) {
+            let (port, container) = (declared.port, declared.container);
             if port == proxy_port || port == admin_port {
                 let (what, key) = if port == proxy_port {
                     ("proxy", PROXY_PORT)
@@ -644,9 +647,17 @@ fn has_container(spec: &Map<String, Value>, name: &str) -> bool {
     all_containers(spec).any(|c| c.get("name").and_then(Value::as_str) == Some(name))
 }
 
+/// A `containerPort` of one of the pod's containers.
+struct DeclaredPort<'a> {
+    container: &'a str,
+    port: u16,
+    /// `TCP` unless the port says otherwise, as Kubernetes defaults it.
+    protocol: &'a str,
+}
+
 /// Ports declared by containers that run beside the sidecar: regular ones
 /// and native sidecars (plain init containers finish before it serves).
-fn declared_ports(spec: &Map<String, Value>) -> Vec<(u16, String)> {
+fn declared_ports(spec: &Map<String, Value>) -> Vec<DeclaredPort<'_>> {
     let array = |key| {
         spec.get(key)
             .and_then(Value::as_array)
@@ -658,13 +669,48 @@ fn declared_ports(spec: &Map<String, Value>) -> Vec<(u16, String)> {
     array("containers")
         .chain(sidecars)
         .flat_map(|c| {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            let container = c.get("name").and_then(Value::as_str).unwrap_or("?");
             c.get("ports")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(|p| u16::try_from(p.get("containerPort")?.as_u64()?).ok())
-                .map(move |p| (p, name.to_owned()))
+                .filter_map(move |p| {
+                    Some(DeclaredPort {
+                        container,
+                        port: u16::try_from(p.get("containerPort")?.as_u64()?).ok()?,
+                        protocol: p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                    })
+                })
+        })
+        .collect()
+}
+
+/// One warning per container that declares a port: every such port is a
+/// way to the workload that skips the proxy, where a client may send its
+/// own `x-license-*` headers. The pod spec cannot say what the app binds,
+/// so a declared port is the signal; the cure is an app on 127.0.0.1 (with
+/// `licensegate.io/upstream-port`) or a NetworkPolicy admitting only the
+/// proxy port.
+fn bypass_warnings(spec: &Map<String, Value>, proxy_port: u16) -> Vec<String> {
+    let mut by_container: Vec<(&str, Vec<String>)> = Vec::new();
+    for declared in declared_ports(spec) {
+        let port = format!("{}/{}", declared.port, declared.protocol);
+        match by_container
+            .iter_mut()
+            .find(|(c, _)| *c == declared.container)
+        {
+            Some((_, ports)) => ports.push(port),
+            None => by_container.push((declared.container, vec![port])),
+        }
+    }
+    by_container
+        .into_iter()
+        .map(|(container, ports)| {
+            let noun = if ports.len() == 1 { "port" } else { "ports" };
+            format!(
+                "container `{container}` exposes {noun} {}: the workload is reachable there around the sidecar unless it binds 127.0.0.1 or a NetworkPolicy admits only port {proxy_port}",
+                ports.join(", ")
+            )
         })
         .collect()
 }

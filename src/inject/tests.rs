@@ -237,19 +237,63 @@ fn odd_shapes_are_errors_not_panics() {
     assert!(error(&json!({"spec": {"containers": []}})).contains("spec.containers"));
 }
 
+/// The warnings `plan` gives for `pod`, which it injects.
+fn warnings(pod: &Value) -> Vec<String> {
+    match plan(pod, Scope::OptOut, &Defaults::default()).unwrap() {
+        Plan::Inject { warnings, .. } => warnings,
+        Plan::Skip(reason) => panic!("skipped: {reason}"),
+    }
+}
+
+/// A pod whose app listens on loopback only: no containerPort, the
+/// upstream port from its annotation.
+fn loopback_pod(annotations: Value) -> Value {
+    let mut pod = pod(annotations);
+    pod["metadata"]["annotations"][UPSTREAM_PORT] = json!("3000");
+    pod["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ports");
+    pod
+}
+
 #[test]
 fn unknown_licensegate_annotations_are_warned_about() {
-    let Plan::Inject { warnings, .. } = plan(
-        &pod(json!({"licensegate.io/upstrem-port": "3000"})),
-        Scope::OptOut,
-        &Defaults::default(),
-    )
-    .unwrap() else {
-        panic!("not injected")
-    };
+    assert_eq!(
+        warnings(&loopback_pod(
+            json!({"licensegate.io/upstrem-port": "3000"})
+        )),
+        ["unknown annotation licensegate.io/upstrem-port ignored"]
+    );
+}
+
+#[test]
+fn every_container_that_declares_a_port_is_warned_about_once() {
+    assert!(warnings(&loopback_pod(json!({}))).is_empty());
+
+    let mut pod = pod(json!({}));
+    pod["spec"]["containers"][0]["ports"] = json!([
+        {"containerPort": 3000},
+        {"containerPort": 3001, "protocol": "UDP"},
+    ]);
+    pod["spec"]["containers"].as_array_mut().unwrap().push(
+        json!({"name": "exporter", "image": "exporter:1", "ports": [{"containerPort": 9100}]}),
+    );
+    // A native sidecar serves beside the app; a plain init container has
+    // finished before anything is served.
+    pod["spec"]["initContainers"] = json!([
+        {"name": "mesh", "image": "mesh:1", "restartPolicy": "Always", "ports": [{"containerPort": 15001}]},
+        {"name": "migrate", "image": "migrate:1", "ports": [{"containerPort": 5000}]},
+    ]);
+    let warnings = warnings(&pod);
+    let tail = "the workload is reachable there around the sidecar unless it binds 127.0.0.1 or a NetworkPolicy admits only port 8080";
     assert_eq!(
         warnings,
-        ["unknown annotation licensegate.io/upstrem-port ignored"]
+        [
+            format!("container `app` exposes ports 3000/TCP, 3001/UDP: {tail}"),
+            format!("container `exporter` exposes port 9100/TCP: {tail}"),
+            format!("container `mesh` exposes port 15001/TCP: {tail}"),
+        ]
     );
 }
 
