@@ -335,6 +335,33 @@ fn remove_dot_segments(path: &str) -> String {
     out
 }
 
+// The cargo-fuzz harness of `fuzz/fuzz_targets/request_head.rs`, compiled
+// into the tests too, so every committed seed runs on every `cargo test`.
+#[cfg(test)]
+#[path = "../../fuzz/request_head.rs"]
+mod request_head_harness;
+
+#[cfg(test)]
+#[test]
+fn request_head_fuzz_seeds_replay() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/request_head");
+    let mut paths: Vec<_> = std::fs::read_dir(&seeds)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "too few seeds: {paths:?}");
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let accepted = request_head_harness::request_head(&std::fs::read(&path).unwrap());
+        if name.starts_with("ok-") {
+            assert_eq!(accepted, Some(true), "{name}");
+        } else if name.starts_with("err-") {
+            assert_eq!(accepted, Some(false), "{name}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
