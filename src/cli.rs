@@ -250,6 +250,8 @@ fn demo(args: DemoArgs) -> i32 {
             environment: EnvironmentSettings::default(),
             cache_capacity: 10_000,
             state_file: None,
+            forward_token: false,
+            failed_verifications: Default::default(),
         });
         settings.policy = Some(PolicySettings {
             paths: vec![dev.policy.clone()],

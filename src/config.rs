@@ -252,6 +252,10 @@ pub struct LicenseSettings {
     pub cache_capacity: usize,
     /// Trusted time and the last fetched token, kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Keep the token header on forwarded requests (header source).
+    pub forward_token: bool,
+    /// Signature checks that may fail per client (header source).
+    pub failed_verifications: crate::license::BudgetSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -290,6 +294,19 @@ pub struct FileLicense {
     pub cache_capacity: Option<MaxConnections>,
     pub refresh: Option<FileRefresh>,
     pub state_file: Option<PathBuf>,
+    #[serde(default)]
+    pub forward_token: bool,
+    pub failed_verifications: Option<FileFailedVerifications>,
+}
+
+/// `license.failed_verifications`: a rate per client address, as a policy
+/// `rate` is written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFailedVerifications {
+    pub limit: Option<MaxConnections>,
+    pub per: Option<NonZeroDuration>,
+    pub burst: Option<MaxConnections>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -430,6 +447,18 @@ impl FileLicense {
                 })
             }
         };
+        if !matches!(source, LicenseSource::Header(_)) {
+            let only_for_header = |setting| ConfigError::Invalid {
+                setting,
+                message: "only used with `source: header` (tokens sent with each request)".into(),
+            };
+            if self.forward_token {
+                return Err(only_for_header("license.forward_token"));
+            }
+            if self.failed_verifications.is_some() {
+                return Err(only_for_header("license.failed_verifications"));
+            }
+        }
         Ok(LicenseSettings {
             keys: self.keys,
             source,
@@ -440,6 +469,11 @@ impl FileLicense {
             environment: self.environment.with_process_env(),
             cache_capacity: self.cache_capacity.map_or(10_000, |c| c.0),
             state_file: self.state_file,
+            forward_token: self.forward_token,
+            failed_verifications: self
+                .failed_verifications
+                .map(FileFailedVerifications::resolve)
+                .unwrap_or_default(),
         })
     }
 }
@@ -628,6 +662,34 @@ impl FromStr for HumanDuration {
             .map_err(|e| {
                 format!("`{text}` is not a duration ({e}); expected e.g. `250ms`, `10s`, `5m`")
             })
+    }
+}
+
+impl FileFailedVerifications {
+    fn resolve(self) -> crate::license::BudgetSettings {
+        let defaults = crate::license::BudgetSettings::default();
+        crate::license::BudgetSettings {
+            limit: self.limit.map_or(defaults.limit, |n| n.0 as u64),
+            per: self.per.map_or(defaults.per, |d| d.0),
+            burst: self.burst.map_or(defaults.burst, |n| n.0 as u64),
+            ..defaults
+        }
+    }
+}
+
+/// A duration above zero, checked when the file is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonZeroDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for NonZeroDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let HumanDuration(duration) = HumanDuration::deserialize(deserializer)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(
+                "must be greater than zero; expected e.g. `1s`",
+            ));
+        }
+        Ok(NonZeroDuration(duration))
     }
 }
 
@@ -1191,5 +1253,58 @@ mod tests {
         )
         .unwrap_err();
         assert!(file.to_string().contains("missing field `key`"), "{file}");
+    }
+
+    fn resolve_license(license: &str) -> Result<LicenseSettings, ConfigError> {
+        let text = format!(
+            "listen: 127.0.0.1:8080\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: k.pem\n{license}"
+        );
+        Settings::resolve(parse(&text)?, Overrides::default()).map(|s| s.license.unwrap())
+    }
+
+    #[test]
+    fn token_forwarding_and_the_verification_budget() {
+        let defaults = resolve_license("  source: header\n").unwrap();
+        assert!(!defaults.forward_token, "the token is removed by default");
+        assert_eq!(
+            defaults.failed_verifications,
+            crate::license::BudgetSettings::default()
+        );
+        let set = resolve_license(
+            "  source: header\n  forward_token: true\n  failed_verifications: {limit: 5, per: 1m, burst: 7}\n",
+        )
+        .unwrap();
+        assert!(set.forward_token);
+        let budget = set.failed_verifications;
+        assert_eq!(
+            (budget.limit, budget.per, budget.burst),
+            (5, Duration::from_secs(60), 7)
+        );
+
+        for (bad, expected) in [
+            (
+                "  source: header\n  failed_verifications:\n    burst: 0\n",
+                "lg.yaml:7:5: license.failed_verifications.burst: 0 is out of range; expected at least 1",
+            ),
+            (
+                "  source: header\n  failed_verifications:\n    per: 0s\n",
+                "lg.yaml:7:5: license.failed_verifications.per: must be greater than zero",
+            ),
+            (
+                "  source: header\n  failed_verifications: {rate: 3}\n",
+                "lg.yaml:6:26: license.failed_verifications.rate: unknown field `rate`",
+            ),
+            (
+                "  file: l.jwt\n  forward_token: true\n",
+                "license.forward_token: only used with `source: header`",
+            ),
+            (
+                "  file: l.jwt\n  failed_verifications: {limit: 1}\n",
+                "license.failed_verifications: only used with `source: header`",
+            ),
+        ] {
+            let err = resolve_license(bad).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{bad}: {err}");
+        }
     }
 }

@@ -112,6 +112,10 @@ pub struct LicenseMetrics {
     verifications: Vec<IntCounter>,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    /// Tokens refused from the negative cache, without a signature check.
+    pub negative_cache_hits: IntCounter,
+    /// Signature checks run (`ring`), whatever their result.
+    pub signature_checks: IntCounter,
     pub reloads_ok: IntCounter,
     pub reloads_failed: IntCounter,
     pub grace_requests: IntCounter,
@@ -147,7 +151,17 @@ impl LicenseMetrics {
         .expect("valid metric");
         let cache_misses = IntCounter::new(
             "licensegate_license_cache_misses_total",
-            "Token checks that needed signature verification.",
+            "Token checks answered by neither cache (parsed, then verified if well-formed).",
+        )
+        .expect("valid metric");
+        let negative_cache_hits = IntCounter::new(
+            "licensegate_license_negative_cache_hits_total",
+            "Token checks refused from the cache of tokens that failed before, without a signature check.",
+        )
+        .expect("valid metric");
+        let signature_checks = IntCounter::new(
+            "licensegate_license_signature_checks_total",
+            "Signature verifications run, whatever their result.",
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
@@ -169,6 +183,8 @@ impl LicenseMetrics {
             Box::new(verifications.clone()),
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
+            Box::new(negative_cache_hits.clone()),
+            Box::new(signature_checks.clone()),
             Box::new(reloads.clone()),
             Box::new(grace_requests.clone()),
         ] {
@@ -190,6 +206,8 @@ impl LicenseMetrics {
                 .collect(),
             cache_hits,
             cache_misses,
+            negative_cache_hits,
+            signature_checks,
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_failed: reloads.with_label_values(&["error"]),
             grace_requests,

@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use common::*;
-use http::Request;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::validate::unix_now;
 use licensegate::license::Algorithm;
@@ -178,6 +181,208 @@ async fn header_tokens_are_verified_per_request() {
         ),
         Some(1.0)
     );
+}
+
+/// An upstream that keeps the path and headers of every request it
+/// receives and answers 200.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<(String, HeaderMap)>>>) {
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&arrivals);
+    let addr = upstream(move |request: Request<Incoming>| {
+        let sink = Arc::clone(&sink);
+        async move {
+            sink.lock()
+                .unwrap()
+                .push((request.uri().path().to_owned(), request.headers().clone()));
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    (addr, arrivals)
+}
+
+/// A policy with a public route and a licensed one.
+fn public_and_licensed_policy(dir: &Path) -> PathBuf {
+    write_file(
+        dir,
+        "policy.yaml",
+        "routes:\n  - {name: health, path: /health, access: public}\n  - {name: api, path: /api/**}\n",
+    )
+}
+
+#[tokio::test]
+async fn the_license_header_is_removed_before_forwarding_unless_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let token = sign(&claims("lic-1", "pro", 3600), &key, "vendor");
+    let bearer = format!("Bearer {token}");
+    let policy = public_and_licensed_policy(dir.path());
+    let keys = dir.path().join("vendor.pem");
+    let (upstream_addr, arrivals) = recording_upstream().await;
+    let start = |license: String| {
+        let config = config(
+            dir.path(),
+            upstream_addr,
+            &format!(
+                "  keys: {}\n{license}policy:\n  paths: [{}]\n",
+                keys.display(),
+                policy.display()
+            ),
+        );
+        Proxy::with_config(&config)
+    };
+    let send_with = |proxy: &Proxy, path: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::get(proxy.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(request.body(empty()).unwrap())
+    };
+    let last_arrival = || arrivals.lock().unwrap().pop().expect("the upstream got it");
+
+    // Default: the token is the proxy's business, not the workload's, on
+    // licensed and public routes alike.
+    let proxy = start("  source: header\n".into());
+    let (parts, _) = send_with(&proxy, "/api/x", &[("authorization", &bearer)]).await;
+    assert_eq!(parts.status, 200);
+    let (path, headers) = last_arrival();
+    assert_eq!(path, "/api/x");
+    assert_eq!(headers["x-license-id"], "lic-1");
+    assert!(headers.get("authorization").is_none(), "{headers:?}");
+    let (parts, _) = send_with(&proxy, "/health", &[("authorization", &bearer)]).await;
+    assert_eq!(parts.status, 200);
+    let (path, headers) = last_arrival();
+    assert_eq!(path, "/health");
+    assert!(headers.get("authorization").is_none(), "{headers:?}");
+    drop(proxy);
+
+    // A token in its own header: that header goes, the client's own
+    // `Authorization` (credentials for the workload) stays.
+    let proxy = start("  source: header\n  header: x-license-token\n".into());
+    let (parts, _) = send_with(
+        &proxy,
+        "/api/x",
+        &[
+            ("x-license-token", &token),
+            ("authorization", "Basic dXNlcjpwdw=="),
+        ],
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let (_, headers) = last_arrival();
+    assert!(headers.get("x-license-token").is_none(), "{headers:?}");
+    assert_eq!(headers["authorization"], "Basic dXNlcjpwdw==");
+    drop(proxy);
+
+    // A deployment license: `Authorization` is the client's, untouched.
+    let file = write_file(dir.path(), "license.jwt", &token);
+    let proxy = start(format!("  file: {}\n", file.display()));
+    let (parts, _) = send_with(
+        &proxy,
+        "/api/x",
+        &[("authorization", "Bearer user-session")],
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let (_, headers) = last_arrival();
+    assert_eq!(headers["authorization"], "Bearer user-session");
+    drop(proxy);
+
+    // `forward_token: true` keeps it for workloads that read it.
+    let proxy = start("  source: header\n  forward_token: true\n".into());
+    let (parts, _) = send_with(&proxy, "/api/x", &[("authorization", &bearer)]).await;
+    assert_eq!(parts.status, 200);
+    let (_, headers) = last_arrival();
+    assert_eq!(headers["authorization"], bearer.as_str());
+    assert!(arrivals.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn forged_tokens_are_throttled_per_client_and_never_reach_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let (upstream_addr, arrivals) = recording_upstream().await;
+    // Five failures, then one per hour: nothing refills while the test runs.
+    let config = config(
+        dir.path(),
+        upstream_addr,
+        &format!(
+            "  keys: {}\n  source: header\n  failed_verifications: {{limit: 1, per: 1h, burst: 5}}\n",
+            dir.path().join("vendor.pem").display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    let signature_checks = |page: &str| {
+        metric(page, "licensegate_license_signature_checks_total").expect("the metric exists")
+    };
+
+    let valid = sign(&claims("lic-1", "pro", 3600), &key, "vendor");
+    assert_eq!(get_with_token(&proxy, &valid).await.0.status, 200);
+    assert_eq!(signature_checks(&metrics(&proxy).await), 1.0);
+
+    // Forgeries name the vendor's `kid`, so each new one needs `ring`.
+    let forged: Vec<String> = (0..16)
+        .map(|n| {
+            let rogue = SigningKey::generate(Algorithm::EdDSA).unwrap();
+            sign(
+                &claims(&format!("lic-forged-{n}"), "enterprise", 3600),
+                &rogue,
+                "vendor",
+            )
+        })
+        .collect();
+    for token in &forged[..5] {
+        let (parts, body) = get_with_token(&proxy, token).await;
+        assert_eq!(parts.status, 401);
+        assert_eq!(problem(&body)["reason"], "license_signature_invalid");
+    }
+    assert_eq!(signature_checks(&metrics(&proxy).await), 6.0);
+    for token in &forged[5..] {
+        let (parts, body) = get_with_token(&proxy, token).await;
+        assert_eq!(parts.status, 429);
+        assert_eq!(problem(&body)["reason"], "license_verification_throttled");
+        let retry_after: u64 = parts.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1, "{retry_after}");
+    }
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        signature_checks(&page),
+        6.0,
+        "no signature checked once throttled"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "licensegate_token_verifications_total{result=\"license_verification_throttled\"}"
+        ),
+        Some(11.0)
+    );
+
+    // A forgery seen before keeps its reason, from the negative cache.
+    let (parts, body) = get_with_token(&proxy, &forged[0]).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(problem(&body)["reason"], "license_signature_invalid");
+    // The valid license from the same address still passes.
+    let (parts, _) = get_with_token(&proxy, &valid).await;
+    assert_eq!(parts.status, 200);
+    let page = metrics(&proxy).await;
+    assert_eq!(signature_checks(&page), 6.0);
+    assert_eq!(
+        metric(&page, "licensegate_license_negative_cache_hits_total"),
+        Some(1.0)
+    );
+
+    // The upstream saw the two valid requests and nothing else.
+    let arrivals = arrivals.lock().unwrap();
+    let licenses: Vec<&str> = arrivals
+        .iter()
+        .map(|(_, headers)| headers["x-license-id"].to_str().unwrap())
+        .collect();
+    assert_eq!(licenses, ["lic-1", "lic-1"]);
 }
 
 fn base64_url(bytes: &[u8]) -> String {

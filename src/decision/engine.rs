@@ -141,6 +141,8 @@ pub struct DecisionEngine {
     store: Arc<MemoryStore>,
     entitlements: EntitlementCache,
     header_names: LicenseHeaderNames,
+    /// The license token header removed before forwarding, if any.
+    token_header: Option<HeaderName>,
     metrics: Arc<Metrics>,
     log: DecisionLog,
     trust_forwarded: bool,
@@ -166,8 +168,12 @@ impl DecisionEngine {
         settings: &EngineSettings,
         metrics: Arc<Metrics>,
     ) -> DecisionEngine {
+        let token_header = license
+            .as_ref()
+            .and_then(|gate| gate.token_header_to_remove().cloned());
         DecisionEngine {
             license,
+            token_header,
             policy: None,
             store,
             entitlements: EntitlementCache::new(settings.entitlement_capacity),
@@ -266,6 +272,13 @@ impl DecisionEngine {
         &self.header_names
     }
 
+    /// The header that carries per-request license tokens, to be removed
+    /// before forwarding; `None` for a deployment license or when
+    /// `license.forward_token` keeps it.
+    pub fn license_token_header(&self) -> Option<&HeaderName> {
+        self.token_header.as_ref()
+    }
+
     /// Run `f` on the policy in force.
     pub fn with_current_policy<T>(&self, f: impl FnOnce(&Policy) -> T) -> Option<T> {
         self.policy.as_ref().map(|p| f(&p.load().policy))
@@ -276,7 +289,7 @@ impl DecisionEngine {
     /// in-memory store it completes without suspending.
     pub async fn decide(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
         match &self.policy {
-            None => self.decide_without_policy(head),
+            None => self.decide_without_policy(head, peer),
             Some(policy) => {
                 let started = Instant::now();
                 let decision = match &self.shared {
@@ -297,7 +310,7 @@ impl DecisionEngine {
         }
     }
 
-    fn decide_without_policy(&self, head: &http::request::Parts) -> Decision {
+    fn decide_without_policy(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
         // Without a policy there are no routes to scope upgrades to: the
         // operator chose pass-through, so a WebSocket handshake that passed
         // the license check may become a tunnel.
@@ -307,7 +320,9 @@ impl DecisionEngine {
                 ..Allowed::default()
             });
         };
-        match gate.check(&head.headers) {
+        match gate.check(&head.headers, || {
+            client_ip(&head.headers, peer, self.trust_forwarded)
+        }) {
             Ok((license, _)) => Decision::Allow(Allowed {
                 license: Some(Arc::clone(&self.entitlements.get(&license, None).headers)),
                 websocket: true,
@@ -321,7 +336,7 @@ impl DecisionEngine {
         let route = find_route(&active.policy, head);
         let mut state = State::default();
         let result = self
-            .evaluate(active, route, head, &mut state)
+            .evaluate(active, route, head, peer, &mut state)
             .and_then(|count| match (count, route) {
                 (true, Some(route)) => {
                     self.count_limits(active, route, head, peer, &mut state, Local::All)
@@ -340,7 +355,7 @@ impl DecisionEngine {
     ) -> Decision {
         let route = find_route(&active.policy, head);
         let mut state = State::default();
-        let mut result = self.evaluate(active, route, head, &mut state);
+        let mut result = self.evaluate(active, route, head, peer, &mut state);
         if let (Ok(true), Some(route)) = (&result, route) {
             result = self
                 .count_shared(shared, active, route, head, peer, &mut state)
@@ -405,6 +420,7 @@ impl DecisionEngine {
         active: &Active,
         route: Option<&Route>,
         head: &http::request::Parts,
+        peer: &Peer,
         state: &mut State,
     ) -> Result<bool, Box<Denial>> {
         let policy = &active.policy;
@@ -426,8 +442,9 @@ impl DecisionEngine {
                     .license
                     .as_ref()
                     .expect("a policy with licensed routes is only bound with a license gate");
+                let client = || client_ip(&head.headers, peer, self.trust_forwarded);
                 let (license, _) = gate
-                    .check(&head.headers)
+                    .check(&head.headers, client)
                     .map_err(|error| Box::new(license_denial(&error, gate.is_per_request())))?;
                 let entitled = self.entitlements.get(&license, Some(policy));
                 state.allowed.license = Some(Arc::clone(&entitled.headers));
@@ -909,10 +926,18 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
 
 /// A failed license check as a response. A per-request token the client can
 /// fix is a 401 with a `WWW-Authenticate` challenge (RFC 6750); anything
-/// about the deployment or its environment is a 403.
+/// about the deployment or its environment is a 403; a client over its
+/// budget of failing checks gets 429 with `Retry-After`.
 pub(crate) fn license_denial(error: &LicenseError, per_request: bool) -> Denial {
     let reason = Reason::of_license_error(error);
     let mut denial = Denial::new(StatusCode::FORBIDDEN, reason, error.detail());
+    if let LicenseError::VerificationThrottled { retry_after } = error {
+        denial.status = StatusCode::TOO_MANY_REQUESTS;
+        denial
+            .headers
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        return denial;
+    }
     if per_request && reason != Reason::EnvironmentNotLicensed {
         denial.status = StatusCode::UNAUTHORIZED;
         let challenge = if reason == Reason::LicenseMissing {

@@ -171,6 +171,7 @@ impl Reason {
             E::Expired { .. } => Reason::LicenseExpired,
             E::NotYetValid { .. } => Reason::LicenseNotYetValid,
             E::EnvironmentNotLicensed(_) => Reason::EnvironmentNotLicensed,
+            E::VerificationThrottled { .. } => Reason::LicenseVerificationThrottled,
         }
     }
 

@@ -16,13 +16,16 @@
 //! handful of licenses).
 
 use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
+use super::budget::{BudgetSettings, VerificationBudget};
 use super::error::LicenseError;
 use super::keys::Keyring;
+use super::negative::{Failure, NegativeCache};
 use super::token::{self, VerifiedLicense};
 use super::validate::{Validator, Validity};
 
@@ -188,30 +191,61 @@ impl Hasher for TailHash {
     }
 }
 
-/// Verifies license tokens: the cache, then full verification, then the
-/// validator. Share it behind an `Arc`; the keyring can be swapped live.
+/// How a check was answered, for metrics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// From the verification cache: no parsing, no signature.
+    Cache,
+    /// From the negative cache: the token failed before.
+    NegativeCache,
+    /// Refused before the signature (text, shape, header, key, length).
+    Parse,
+    /// A signature check ran.
+    Signature,
+    /// The client's budget of failing signature checks is spent: refused
+    /// without a check.
+    Throttled,
+}
+
+/// Verifies license tokens: the cache, then the negative cache, then full
+/// verification (within the client's budget), then the validator. Share it
+/// behind an `Arc`; the keyring can be swapped live.
 pub struct LicenseVerifier {
     keyring: ArcSwap<Keyring>,
     cache: VerificationCache,
+    negative: NegativeCache,
+    budget: VerificationBudget,
     validator: Validator,
 }
 
 impl LicenseVerifier {
-    /// A verifier over `keyring` with a cache of `cache_capacity` entries.
+    /// A verifier over `keyring` with a cache of `cache_capacity` entries
+    /// and the default budget of failing checks per client.
     pub fn new(keyring: Arc<Keyring>, validator: Validator, cache_capacity: usize) -> Self {
         LicenseVerifier {
             keyring: ArcSwap::new(keyring),
             cache: VerificationCache::new(cache_capacity),
+            negative: NegativeCache::new(
+                NegativeCache::DEFAULT_ENTRIES,
+                NegativeCache::DEFAULT_BYTES,
+            ),
+            budget: VerificationBudget::new(&BudgetSettings::default()),
             validator,
         }
+    }
+
+    /// Budget failing signature checks per client with `settings`.
+    pub fn with_budget(mut self, settings: &BudgetSettings) -> Self {
+        self.budget = VerificationBudget::new(settings);
+        self
     }
 
     /// Verify and validate `token` at `now` (unix seconds).
     ///
     /// A cache hit does no signature or parsing work; the time window, issuer
-    /// and audience are still checked on every call. Only tokens that pass
-    /// are cached, so failures are recomputed (they cannot be forged
-    /// cheaply into hits).
+    /// and audience are still checked on every call. A token that failed
+    /// after its signature was checked is remembered in the negative cache,
+    /// so it never costs a signature check twice.
     pub fn check(
         &self,
         token: &str,
@@ -220,22 +254,57 @@ impl LicenseVerifier {
         self.check_traced(token, now).0
     }
 
-    /// [`check`](Self::check), also telling whether the cache answered.
+    /// [`check`](Self::check), also telling how it was answered.
     pub fn check_traced(
         &self,
         token: &str,
         now: u64,
-    ) -> (Result<(Arc<VerifiedLicense>, Validity), LicenseError>, bool) {
+    ) -> (
+        Result<(Arc<VerifiedLicense>, Validity), LicenseError>,
+        Answered,
+    ) {
         self.check_bytes_traced(token.as_bytes(), now)
     }
 
     /// [`check_traced`](Self::check_traced) for a token as a header carries
-    /// it: a hit compares bytes only; the text is checked on a miss.
+    /// it: a hit compares bytes only; the text is checked on a miss. No
+    /// budget applies (a deployment token).
     pub fn check_bytes_traced(
         &self,
         token: &[u8],
         now: u64,
-    ) -> (Result<(Arc<VerifiedLicense>, Validity), LicenseError>, bool) {
+    ) -> (
+        Result<(Arc<VerifiedLicense>, Validity), LicenseError>,
+        Answered,
+    ) {
+        self.check_with(token, now, || None)
+    }
+
+    /// [`check_bytes_traced`](Self::check_bytes_traced) for a token sent by
+    /// `client` (asked only if a signature check is due): a check that
+    /// fails spends the client's budget; with none left, the answer is
+    /// [`LicenseError::VerificationThrottled`] and `ring` is not consulted.
+    pub fn check_from_client(
+        &self,
+        token: &[u8],
+        now: u64,
+        client: impl FnOnce() -> IpAddr,
+    ) -> (
+        Result<(Arc<VerifiedLicense>, Validity), LicenseError>,
+        Answered,
+    ) {
+        self.check_with(token, now, || Some(client()))
+    }
+
+    fn check_with(
+        &self,
+        token: &[u8],
+        now: u64,
+        client: impl FnOnce() -> Option<IpAddr>,
+    ) -> (
+        Result<(Arc<VerifiedLicense>, Validity), LicenseError>,
+        Answered,
+    ) {
         let keyring = self.keyring.load();
         let generation = keyring.generation();
         if let Some(license) = self.cache.get(token, generation, now) {
@@ -243,24 +312,99 @@ impl LicenseVerifier {
                 .validator
                 .validate(&license.claims, now)
                 .map(|validity| (license, validity));
-            return (result, true);
+            return (result, Answered::Cache);
         }
-        let text = match std::str::from_utf8(token) {
-            Ok(text) => text,
-            Err(_) => {
-                let error = LicenseError::Malformed("the license header is not valid text".into());
-                return (Err(error), false);
+        self.check_uncached(token, now, &keyring, client)
+    }
+
+    /// Everything after a verification-cache miss; kept out of line so the
+    /// hit path stays as it was.
+    #[inline(never)]
+    fn check_uncached(
+        &self,
+        token: &[u8],
+        now: u64,
+        keyring: &Keyring,
+        client: impl FnOnce() -> Option<IpAddr>,
+    ) -> (
+        Result<(Arc<VerifiedLicense>, Validity), LicenseError>,
+        Answered,
+    ) {
+        let generation = keyring.generation();
+        if let Some(failure) = self.negative.get(token, generation) {
+            let result = match failure {
+                Failure::Unverified(error) => Err(error),
+                Failure::Invalid(license) => self.revalidate(token, license, generation, now),
+            };
+            return (result, Answered::NegativeCache);
+        }
+        let Ok(text) = std::str::from_utf8(token) else {
+            let error = LicenseError::Malformed("the license header is not valid text".into());
+            return (Err(error), Answered::Parse);
+        };
+        let unverified = match token::Unverified::parse(text, keyring) {
+            Ok(unverified) => unverified,
+            Err(error) => return (Err(error), Answered::Parse),
+        };
+        let client = client();
+        if let Some(client) = client {
+            if let Err(exhausted) = self.budget.take(client) {
+                let error = LicenseError::VerificationThrottled {
+                    retry_after: exhausted.retry_after_secs(),
+                };
+                return (Err(error), Answered::Throttled);
+            }
+        }
+        let result = match unverified.verify() {
+            Err(error) => {
+                self.negative
+                    .insert(token, Failure::Unverified(error.clone()), generation);
+                Err(error)
+            }
+            Ok(license) => {
+                let license = Arc::new(license);
+                match self.validator.validate(&license.claims, now) {
+                    Ok(validity) => {
+                        let serve_until = self.validator.serve_until(&license.claims);
+                        self.cache.insert(
+                            token,
+                            Arc::clone(&license),
+                            generation,
+                            serve_until,
+                            now,
+                        );
+                        Ok((license, validity))
+                    }
+                    Err(error) => {
+                        self.negative
+                            .insert(token, Failure::Invalid(license), generation);
+                        Err(error)
+                    }
+                }
             }
         };
-        let result = token::verify(text, &keyring).and_then(|license| {
-            let license = Arc::new(license);
-            let validity = self.validator.validate(&license.claims, now)?;
-            let serve_until = self.validator.serve_until(&license.claims);
-            self.cache
-                .insert(token, Arc::clone(&license), generation, serve_until, now);
-            Ok((license, validity))
-        });
-        (result, false)
+        if let (Some(client), Ok(_)) = (client, &result) {
+            // Only failures spend the budget.
+            self.budget.refund(client);
+        }
+        (result, Answered::Signature)
+    }
+
+    /// A remembered, signed but invalid token, validated at `now`: time may
+    /// have made it valid (`nbf`), then it moves to the verification cache.
+    fn revalidate(
+        &self,
+        token: &[u8],
+        license: Arc<VerifiedLicense>,
+        generation: u64,
+        now: u64,
+    ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
+        let validity = self.validator.validate(&license.claims, now)?;
+        self.negative.remove(token);
+        let serve_until = self.validator.serve_until(&license.claims);
+        self.cache
+            .insert(token, Arc::clone(&license), generation, serve_until, now);
+        Ok((license, validity))
     }
 
     /// The current keyring.
@@ -268,8 +412,8 @@ impl LicenseVerifier {
         self.keyring.load_full()
     }
 
-    /// Swap in `keyring`. Returns false (and keeps the cache) when its
-    /// contents equal the current one's; otherwise the cache is cleared.
+    /// Swap in `keyring`. Returns false (and keeps the caches) when its
+    /// contents equal the current one's; otherwise both caches are cleared.
     /// Entries are also tagged with the keyring generation, so a check that
     /// raced the swap cannot leave an entry the new keyring would not accept.
     pub fn replace_keyring(&self, keyring: Arc<Keyring>) -> bool {
@@ -279,6 +423,7 @@ impl LicenseVerifier {
             return false;
         }
         self.cache.clear();
+        self.negative.clear();
         true
     }
 
@@ -291,6 +436,11 @@ impl LicenseVerifier {
     pub fn cache(&self) -> &VerificationCache {
         &self.cache
     }
+
+    /// The tokens remembered as refused.
+    pub fn negative_cache(&self) -> &NegativeCache {
+        &self.negative
+    }
 }
 
 impl std::fmt::Debug for LicenseVerifier {
@@ -298,6 +448,8 @@ impl std::fmt::Debug for LicenseVerifier {
         f.debug_struct("LicenseVerifier")
             .field("keyring", &self.keyring.load().fingerprint())
             .field("cache", &self.cache)
+            .field("negative", &self.negative)
+            .field("budget", &self.budget)
             .field("validator", &self.validator)
             .finish()
     }

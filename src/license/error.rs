@@ -63,11 +63,20 @@ pub enum LicenseError {
     /// `lic.env` does not include this deployment.
     #[error("environment not licensed: {0}")]
     EnvironmentNotLicensed(String),
+    /// Not checked: this client's license tokens failed verification more
+    /// often than its budget of signature checks allows.
+    #[error(
+        "too many license tokens from this client failed verification; retry in {retry_after} s"
+    )]
+    VerificationThrottled {
+        /// Seconds until the budget allows another signature check.
+        retry_after: u64,
+    },
 }
 
 impl LicenseError {
     /// Every reason code, in a fixed order, for pre-registering metrics.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 11] = [
         "license_missing",
         "license_malformed",
         "license_signature_invalid",
@@ -78,6 +87,7 @@ impl LicenseError {
         "license_expired",
         "license_not_yet_valid",
         "environment_not_licensed",
+        "license_verification_throttled",
     ];
 
     /// The stable snake_case code of this error.
@@ -93,6 +103,7 @@ impl LicenseError {
             LicenseError::Expired { .. } => "license_expired",
             LicenseError::NotYetValid { .. } => "license_not_yet_valid",
             LicenseError::EnvironmentNotLicensed(_) => "environment_not_licensed",
+            LicenseError::VerificationThrottled { .. } => "license_verification_throttled",
         }
     }
 
@@ -166,6 +177,7 @@ mod tests {
                 now: 0,
             },
             LicenseError::EnvironmentNotLicensed("x".into()),
+            LicenseError::VerificationThrottled { retry_after: 1 },
         ];
         let codes: Vec<_> = all.iter().map(LicenseError::reason).collect();
         assert_eq!(codes, LicenseError::REASONS);

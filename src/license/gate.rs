@@ -6,8 +6,11 @@
 //!   immutable snapshot atomically; a token that fails never replaces a good
 //!   one.
 //! - **header**: each request brings its own token, verified through the
-//!   [`LicenseVerifier`] cache, so a repeat costs a map lookup.
+//!   [`LicenseVerifier`] cache, so a repeat costs a map lookup. Failing
+//!   signature checks are budgeted per client address. The header is
+//!   removed before forwarding unless `forward_token` keeps it.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use http::{HeaderMap, HeaderName};
 use super::refresh::{run_refresh_loop, Fetcher, Lifetime};
 use super::state::{PersistedState, StateFile};
 use super::{
-    admits, Environment, Keyring, LicenseError, LicenseVerifier, Validator, Validity,
+    admits, Answered, Environment, Keyring, LicenseError, LicenseVerifier, Validator, Validity,
     VerifiedLicense,
 };
 use crate::config::{LicenseSettings, LicenseSource};
@@ -46,7 +49,11 @@ enum Source {
         current: ArcSwap<Loaded>,
     },
     /// A token in this header of every request.
-    Header(HeaderName),
+    Header {
+        name: HeaderName,
+        /// Forward the header to the upstream (default: removed).
+        forward: bool,
+    },
 }
 
 enum Origin {
@@ -118,10 +125,14 @@ impl LicenseGate {
             LicenseSource::Refresh(refresh) => {
                 deployment(Origin::Refresh(Arc::new(Fetcher::new(refresh)?)))
             }
-            LicenseSource::Header(name) => Source::Header(name.clone()),
+            LicenseSource::Header(name) => Source::Header {
+                name: name.clone(),
+                forward: settings.forward_token,
+            },
         };
         let gate = LicenseGate {
-            verifier: LicenseVerifier::new(Arc::new(keyring), validator, settings.cache_capacity),
+            verifier: LicenseVerifier::new(Arc::new(keyring), validator, settings.cache_capacity)
+                .with_budget(&settings.failed_verifications),
             keys_path: settings.keys.clone(),
             environment,
             source,
@@ -138,10 +149,12 @@ impl LicenseGate {
         Ok(gate)
     }
 
-    /// Check one request. `Ok` carries whether the license is in grace.
+    /// Check one request from `client` (asked only when a token needs a
+    /// signature check). `Ok` carries whether the license is in grace.
     pub fn check(
         &self,
         headers: &HeaderMap,
+        client: impl FnOnce() -> IpAddr,
     ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
         let now = self.clock.now();
         match &self.source {
@@ -157,8 +170,8 @@ impl LicenseGate {
                 self.count_grace(validity);
                 Ok((Arc::clone(license), validity))
             }
-            Source::Header(name) => {
-                let result = self.check_header(headers, name, now);
+            Source::Header { name, .. } => {
+                let result = self.check_header(headers, name, now, client);
                 self.metrics
                     .license
                     .verification(result.as_ref().map(|(_, v)| v.is_in_grace()));
@@ -175,18 +188,30 @@ impl LicenseGate {
         headers: &HeaderMap,
         name: &HeaderName,
         now: u64,
+        client: impl FnOnce() -> IpAddr,
     ) -> Result<(Arc<VerifiedLicense>, Validity), LicenseError> {
         let value = headers.get(name).ok_or(LicenseError::Missing)?;
         let token = bearer_token(value.as_bytes())?;
-        let (result, cache_hit) = self.verifier.check_bytes_traced(token, now);
-        if cache_hit {
-            self.metrics.license.cache_hits.inc();
-        } else {
-            self.metrics.license.cache_misses.inc();
-        }
+        let (result, answered) = self.verifier.check_from_client(token, now, client);
+        self.count_answer(answered);
         let (license, validity) = result?;
         admits(&license.claims.lic.env, &self.environment)?;
         Ok((license, validity))
+    }
+
+    fn count_answer(&self, answered: Answered) {
+        let metrics = &self.metrics.license;
+        match answered {
+            Answered::Cache => metrics.cache_hits.inc(),
+            Answered::NegativeCache => metrics.negative_cache_hits.inc(),
+            Answered::Parse => metrics.cache_misses.inc(),
+            Answered::Signature => {
+                metrics.cache_misses.inc();
+                metrics.signature_checks.inc();
+            }
+            // Counted with the result (`license_verification_throttled`).
+            Answered::Throttled => {}
+        }
     }
 
     fn count_grace(&self, validity: Validity) {
@@ -198,7 +223,21 @@ impl LicenseGate {
     /// Whether tokens come with each request (clients can fix a denial by
     /// sending a valid token) rather than from the deployment.
     pub fn is_per_request(&self) -> bool {
-        matches!(self.source, Source::Header(_))
+        matches!(self.source, Source::Header { .. })
+    }
+
+    /// The header that carries per-request tokens, when it is to be removed
+    /// before forwarding: `None` for a deployment license (the header, e.g.
+    /// `Authorization`, is then the client's own business) and with
+    /// `forward_token`.
+    pub fn token_header_to_remove(&self) -> Option<&HeaderName> {
+        match &self.source {
+            Source::Header {
+                name,
+                forward: false,
+            } => Some(name),
+            _ => None,
+        }
     }
 
     /// The license file, for the file source.
@@ -221,7 +260,7 @@ impl LicenseGate {
     pub fn loaded(&self) -> Option<Arc<Loaded>> {
         match &self.source {
             Source::Deployment { current, .. } => Some(current.load_full()),
-            Source::Header(_) => None,
+            Source::Header { .. } => None,
         }
     }
 
@@ -268,7 +307,8 @@ impl LicenseGate {
             }
         }
         let result = token.and_then(|token| {
-            let (result, _) = self.verifier.check_traced(&token, now);
+            let (result, answered) = self.verifier.check_traced(&token, now);
+            self.count_answer(answered);
             result.map(|(license, _)| (license, Arc::<str>::from(token)))
         });
         self.metrics
@@ -475,7 +515,8 @@ impl LicenseGate {
             let _ = self.reload_license();
             return;
         };
-        let (result, _) = self.verifier.check_traced(token, self.clock.now());
+        let (result, answered) = self.verifier.check_traced(token, self.clock.now());
+        self.count_answer(answered);
         if let Err(error) = result {
             tracing::error!(%error, "the license in force no longer verifies under the new keyring");
             current.store(Arc::new(Loaded {
@@ -556,10 +597,12 @@ impl LicenseGate {
             "trusted_time": self.clock.now(),
         });
         match &self.source {
-            Source::Header(name) => {
+            Source::Header { name, forward } => {
                 status["source"] = json!("header");
                 status["header"] = json!(name.as_str());
+                status["forward_token"] = json!(forward);
                 status["cached_tokens"] = json!(self.verifier.cache().len());
+                status["refused_tokens"] = json!(self.verifier.negative_cache().len());
             }
             Source::Deployment { origin, current } => {
                 let loaded = current.load();

@@ -12,11 +12,14 @@
 //! 3. [`admits`]: the deployment environment against `lic.env`.
 //!
 //! [`LicenseVerifier`] combines 1 and 2 behind a [`VerificationCache`] so a
-//! token seen before costs a map lookup, not a signature check.
+//! token seen before costs a map lookup, not a signature check; a token
+//! that failed is remembered in a [`NegativeCache`], and a
+//! [`VerificationBudget`] bounds the failing signature checks per client.
 //! [`issue`] mints keys and tokens for the CLI and for tests.
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cache;
 pub mod claims;
 pub mod environment;
@@ -25,6 +28,7 @@ mod gate;
 pub mod issue;
 mod json;
 pub mod keys;
+pub mod negative;
 pub mod refresh;
 pub mod state;
 pub mod token;
@@ -34,11 +38,13 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{LicenseVerifier, VerificationCache};
+pub use budget::{BudgetSettings, VerificationBudget};
+pub use cache::{Answered, LicenseVerifier, VerificationCache};
 pub use claims::{Audience, Claims, LicenseClaims, LicenseEnv, NumericDate};
 pub use environment::{admits, Environment};
 pub use error::LicenseError;
 pub use gate::{GateError, LicenseGate, Loaded, TrustedClock};
 pub use keys::{KeyError, Keyring, VerifyingKey};
+pub use negative::NegativeCache;
 pub use token::{Algorithm, VerifiedLicense, MAX_TOKEN_BYTES};
 pub use validate::{Validator, Validity};

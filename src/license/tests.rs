@@ -445,7 +445,7 @@ fn verifier_caches_hits_and_revalidates_time() {
     assert_eq!(err.reason(), "license_expired");
     assert!(verifier.cache().is_empty());
 
-    // Failures are not cached.
+    // Failures are not in the verification cache (but in the negative one).
     let bad = format!("{}x", &token[..token.len() - 1]);
     assert!(verifier.check(&bad, NOW).is_err());
     assert!(verifier.cache().is_empty());
@@ -456,18 +456,21 @@ fn header_tokens_hit_the_cache_as_bytes_and_non_text_is_malformed() {
     let f = fixture();
     let verifier = LicenseVerifier::new(Arc::new(f.keyring), validator(), 100);
     let token = sign(&claims(), &f.ed, "ed-1");
-    let (first, hit) = verifier.check_bytes_traced(token.as_bytes(), NOW);
-    assert!(!hit);
-    let (second, hit) = verifier.check_bytes_traced(token.as_bytes(), NOW);
-    assert!(hit, "the same bytes are a hit");
+    let (first, answered) = verifier.check_bytes_traced(token.as_bytes(), NOW);
+    assert_eq!(answered, Answered::Signature);
+    let (second, answered) = verifier.check_bytes_traced(token.as_bytes(), NOW);
+    assert_eq!(answered, Answered::Cache, "the same bytes are a hit");
     assert!(Arc::ptr_eq(&first.unwrap().0, &second.unwrap().0));
-    let (third, hit) = verifier.check_traced(&token, NOW);
-    assert!(hit && third.is_ok(), "text and bytes share entries");
+    let (third, answered) = verifier.check_traced(&token, NOW);
+    assert!(
+        answered == Answered::Cache && third.is_ok(),
+        "text and bytes share entries"
+    );
 
     let mut not_text = token.clone().into_bytes();
     not_text[3] = 0xff;
-    let (result, hit) = verifier.check_bytes_traced(&not_text, NOW);
-    assert!(!hit);
+    let (result, answered) = verifier.check_bytes_traced(&not_text, NOW);
+    assert_eq!(answered, Answered::Parse);
     assert!(
         matches!(result, Err(LicenseError::Malformed(_))),
         "{result:?}"
@@ -518,6 +521,197 @@ fn stale_generation_entries_are_never_served() {
         verifier.check(&token, NOW).unwrap_err().reason(),
         "license_key_unknown"
     );
+}
+
+/// A token that names `kid` of the keyring and is signed by a key it
+/// does not hold: what a forger who read a `kid` sends. `n` makes it unique.
+fn forged(n: u64) -> String {
+    let rogue = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let mut claims = claims();
+    claims["jti"] = json!(format!("forged-{n}"));
+    sign(&claims, &rogue, "ed-1")
+}
+
+fn budgeted(f: Fixture, limit: u64, burst: u64) -> LicenseVerifier {
+    // Per hour: nothing refills while a test runs.
+    LicenseVerifier::new(Arc::new(f.keyring), validator(), 100).with_budget(&BudgetSettings {
+        limit,
+        per: Duration::from_secs(3600),
+        burst,
+        max_clients: 100,
+    })
+}
+
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+const OTHER_CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+#[test]
+fn a_forged_token_costs_one_signature_check_then_comes_from_the_negative_cache() {
+    let verifier = LicenseVerifier::new(Arc::new(fixture().keyring), validator(), 100);
+    let token = forged(1);
+    let (first, answered) = verifier.check_traced(&token, NOW);
+    assert_eq!(answered, Answered::Signature);
+    assert_eq!(first.unwrap_err().reason(), "license_signature_invalid");
+    for _ in 0..3 {
+        let (again, answered) = verifier.check_traced(&token, NOW);
+        assert_eq!(answered, Answered::NegativeCache);
+        assert_eq!(
+            again.unwrap_err().reason(),
+            "license_signature_invalid",
+            "the precise reason is kept"
+        );
+    }
+    assert_eq!(verifier.negative_cache().len(), 1);
+
+    // Failures before the signature are cheaper to redo than to remember.
+    let unknown_kid = sign(&claims(), &fixture().ed, "nobody");
+    for _ in 0..2 {
+        let (result, answered) = verifier.check_traced(&unknown_kid, NOW);
+        assert_eq!(answered, Answered::Parse);
+        assert_eq!(result.unwrap_err().reason(), "license_key_unknown");
+    }
+    assert_eq!(verifier.negative_cache().len(), 1);
+}
+
+#[test]
+fn signed_but_invalid_tokens_are_validated_again_on_each_negative_hit() {
+    let f = fixture();
+    let early = {
+        let mut claims = claims();
+        claims["nbf"] = json!(NOW + 1000);
+        sign(&claims, &f.ed, "ed-1")
+    };
+    let late = {
+        let mut claims = claims();
+        claims["exp"] = json!(NOW - 10_000);
+        sign(&claims, &f.ed, "ed-1")
+    };
+    let verifier = LicenseVerifier::new(Arc::new(f.keyring), validator(), 100);
+    let (result, answered) = verifier.check_traced(&early, NOW);
+    assert_eq!(answered, Answered::Signature);
+    assert_eq!(result.unwrap_err().reason(), "license_not_yet_valid");
+    let (result, answered) = verifier.check_traced(&early, NOW + 10);
+    assert_eq!(answered, Answered::NegativeCache);
+    assert_eq!(
+        result.unwrap_err(),
+        LicenseError::NotYetValid {
+            not_before: NOW + 1000,
+            now: NOW + 10
+        },
+        "reported as of now"
+    );
+    // Its `nbf` (less the leeway) arrives: accepted, and cached as valid.
+    let (result, answered) = verifier.check_traced(&early, NOW + 1000 - 60);
+    assert_eq!(answered, Answered::NegativeCache);
+    assert!(result.is_ok(), "{result:?}");
+    let (_, answered) = verifier.check_traced(&early, NOW + 1000);
+    assert_eq!(answered, Answered::Cache);
+    assert!(verifier.negative_cache().is_empty());
+
+    let (result, _) = verifier.check_traced(&late, NOW);
+    assert_eq!(result.unwrap_err().reason(), "license_expired");
+    let (result, answered) = verifier.check_traced(&late, NOW + 5);
+    assert_eq!(answered, Answered::NegativeCache);
+    assert!(matches!(
+        result,
+        Err(LicenseError::Expired { now, .. }) if now == NOW + 5
+    ));
+}
+
+#[test]
+fn the_budget_throttles_failing_checks_per_client_without_a_signature_check() {
+    let f = fixture();
+    let valid = sign(&claims(), &f.ed, "ed-1");
+    let fresh_valid = {
+        let mut claims = claims();
+        claims["jti"] = json!("fresh");
+        sign(&claims, &f.ed, "ed-1")
+    };
+    let verifier = budgeted(f, 1, 3);
+    let check =
+        |token: &str, client| verifier.check_from_client(token.as_bytes(), NOW, move || client);
+
+    let (result, answered) = check(&valid, CLIENT);
+    assert_eq!(answered, Answered::Signature);
+    assert!(result.is_ok());
+
+    // A burst of 3 failures, then refused unchecked.
+    let forgeries: Vec<String> = (0..3).map(forged).collect();
+    for token in &forgeries {
+        let (result, answered) = check(token, CLIENT);
+        assert_eq!(answered, Answered::Signature);
+        assert_eq!(result.unwrap_err().reason(), "license_signature_invalid");
+    }
+    let remembered = verifier.negative_cache().len();
+    let (result, answered) = check(&forged(99), CLIENT);
+    assert_eq!(answered, Answered::Throttled);
+    let Err(LicenseError::VerificationThrottled { retry_after }) = result else {
+        panic!("{result:?}");
+    };
+    assert!(retry_after >= 1);
+    assert_eq!(
+        verifier.negative_cache().len(),
+        remembered,
+        "nothing was verified"
+    );
+
+    // A token that failed before still gets its precise reason, free.
+    let (result, answered) = check(&forgeries[0], CLIENT);
+    assert_eq!(answered, Answered::NegativeCache);
+    assert_eq!(result.unwrap_err().reason(), "license_signature_invalid");
+    // A valid token seen before passes; the client is not even asked.
+    let (result, answered) = verifier.check_from_client(valid.as_bytes(), NOW, || {
+        unreachable!("a hit needs no client")
+    });
+    assert_eq!(answered, Answered::Cache);
+    assert!(result.is_ok());
+    // A token never seen waits for the budget like any other.
+    assert_eq!(check(&fresh_valid, CLIENT).1, Answered::Throttled);
+    // Other clients are not affected.
+    let (result, answered) = check(&fresh_valid, OTHER_CLIENT);
+    assert_eq!(answered, Answered::Signature);
+    assert!(result.is_ok());
+}
+
+#[test]
+fn valid_tokens_never_spend_the_budget() {
+    let f = fixture();
+    let tokens: Vec<String> = (0..10)
+        .map(|n| {
+            let mut claims = claims();
+            claims["jti"] = json!(format!("valid-{n}"));
+            sign(&claims, &f.ed, "ed-1")
+        })
+        .collect();
+    let verifier = budgeted(f, 1, 1);
+    for token in &tokens {
+        let (result, answered) = verifier.check_from_client(token.as_bytes(), NOW, || CLIENT);
+        assert_eq!(answered, Answered::Signature);
+        assert!(result.is_ok());
+    }
+    // The one unit of the burst is still there for a failure.
+    let (_, answered) = verifier.check_from_client(forged(1).as_bytes(), NOW, || CLIENT);
+    assert_eq!(answered, Answered::Signature);
+    let (_, answered) = verifier.check_from_client(forged(2).as_bytes(), NOW, || CLIENT);
+    assert_eq!(answered, Answered::Throttled);
+}
+
+#[test]
+fn a_new_keyring_forgets_refused_tokens() {
+    let f = fixture();
+    let new_key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    // Signed with the key that will be `ed-1` after the rotation.
+    let token = sign(&claims(), &new_key, "ed-1");
+    let verifier = LicenseVerifier::new(Arc::new(f.keyring), validator(), 100);
+    assert_eq!(
+        verifier.check(&token, NOW).unwrap_err().reason(),
+        "license_signature_invalid"
+    );
+    assert_eq!(verifier.negative_cache().len(), 1);
+    let rotated = Keyring::from_keys(vec![new_key.verifying_key("ed-1").unwrap()]).unwrap();
+    assert!(verifier.replace_keyring(Arc::new(rotated)));
+    assert!(verifier.negative_cache().is_empty());
+    assert!(verifier.check(&token, NOW).is_ok());
 }
 
 #[test]

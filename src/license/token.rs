@@ -26,7 +26,7 @@ use serde::Deserialize;
 use super::claims::Claims;
 use super::error::{quote, LicenseError};
 use super::json::{from_slice_strict, Present};
-use super::keys::Keyring;
+use super::keys::{Keyring, VerifyingKey};
 
 /// Longest token accepted, checked before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -93,41 +93,70 @@ impl VerifiedLicense {
 /// Pure and allocation-light; no I/O. Every rejection maps to one
 /// [`LicenseError`] reason (see the module docs for the order of checks).
 pub fn verify(token: &str, keyring: &Keyring) -> Result<VerifiedLicense, LicenseError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(LicenseError::malformed(format!(
-            "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
-            token.len()
-        )));
+    Unverified::parse(token, keyring)?.verify()
+}
+
+/// A token that passed every check before its signature (rules 1–4 of the
+/// module docs): the part a forger gets for free. What is left,
+/// [`Unverified::verify`], is the `ring` work that callers budget.
+pub(crate) struct Unverified<'a> {
+    header: Header,
+    key: &'a VerifyingKey,
+    payload: &'a str,
+    signature: Vec<u8>,
+    /// `header.payload`, the bytes the signature covers.
+    signing_input: &'a [u8],
+}
+
+impl<'a> Unverified<'a> {
+    /// Size, shape, header, key lookup and signature length; no `ring`.
+    pub(crate) fn parse(token: &'a str, keyring: &'a Keyring) -> Result<Self, LicenseError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(LicenseError::malformed(format!(
+                "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
+                token.len()
+            )));
+        }
+        let segments = split(token)?;
+
+        let header = parse_header(&decode_segment(segments.header, "header")?)?;
+        let key = keyring
+            .get(&header.kid)
+            .ok_or_else(|| LicenseError::KeyUnknown {
+                kid: header.kid.clone(),
+            })?;
+        if key.alg() != header.alg {
+            return Err(LicenseError::AlgorithmRejected(format!(
+                "the token says {} but key `{}` is pinned to {}",
+                header.alg,
+                key.kid(),
+                key.alg()
+            )));
+        }
+        let signature = decode_segment(segments.signature, "signature")?;
+        key.check_signature_length(&signature)?;
+        Ok(Unverified {
+            header,
+            key,
+            payload: segments.payload,
+            signature,
+            signing_input: segments.signing_input,
+        })
     }
-    let segments = split(token)?;
 
-    let header = parse_header(&decode_segment(segments.header, "header")?)?;
-    let key = keyring
-        .get(&header.kid)
-        .ok_or_else(|| LicenseError::KeyUnknown {
-            kid: header.kid.clone(),
-        })?;
-    if key.alg() != header.alg {
-        return Err(LicenseError::AlgorithmRejected(format!(
-            "the token says {} but key `{}` is pinned to {}",
-            header.alg,
-            key.kid(),
-            key.alg()
-        )));
+    /// The signature, then the claims.
+    pub(crate) fn verify(self) -> Result<VerifiedLicense, LicenseError> {
+        self.key.verify(self.signing_input, &self.signature)?;
+        let payload = decode_segment(self.payload, "payload")?;
+        // `Claims` rejects repeated members itself, in the same pass.
+        let claims: Claims = serde_json::from_slice(&payload)
+            .map_err(|e| LicenseError::malformed(format!("claims: {e}")))?;
+        Ok(VerifiedLicense {
+            kid: self.header.kid,
+            alg: self.header.alg,
+            claims,
+        })
     }
-
-    let signature = decode_segment(segments.signature, "signature")?;
-    key.verify(segments.signing_input, &signature)?;
-
-    let payload = decode_segment(segments.payload, "payload")?;
-    // `Claims` rejects repeated members itself, in the same pass.
-    let claims: Claims = serde_json::from_slice(&payload)
-        .map_err(|e| LicenseError::malformed(format!("claims: {e}")))?;
-    Ok(VerifiedLicense {
-        kid: header.kid,
-        alg: header.alg,
-        claims,
-    })
 }
 
 /// The three segments of a compact JWS, still base64url.

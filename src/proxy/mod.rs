@@ -80,6 +80,7 @@ pub async fn handle(
                     set_entitlement_headers(
                         &mut head.headers,
                         shared.engine.license_header_names(),
+                        shared.engine.license_token_header(),
                         &allowed,
                     );
                     permits = allowed.permits;
@@ -119,12 +120,18 @@ pub async fn handle(
 pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
 
 /// Replace whatever the client sent under the entitlement header names with
-/// the verified values, so the upstream can trust them.
+/// the verified values, so the upstream can trust them, and remove the
+/// license token header (`token_header`), so the workload never holds a
+/// token it could log or replay.
 fn set_entitlement_headers(
     headers: &mut http::HeaderMap,
     names: &crate::decision::LicenseHeaderNames,
+    token_header: Option<&http::HeaderName>,
     allowed: &crate::decision::Allowed,
 ) {
+    if let Some(name) = token_header {
+        headers.remove(name);
+    }
     // Clients rarely send these: one pass over the names instead of four
     // hashed removals (callgrind).
     let sent_by_client = headers.keys().any(|name| {
