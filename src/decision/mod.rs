@@ -216,3 +216,6 @@ pub struct Peer {
 }
 
 pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames};
+
+#[cfg(test)]
+mod tests;
