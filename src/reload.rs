@@ -1,8 +1,8 @@
 //! Background upkeep of the policy in force: hot reload on file change or
 //! SIGHUP, counter sweeps and usage gauges, and the counters file.
 //!
-//! A reload compiles off the request path and swaps the new policy in
-//! atomically; requests in flight finish under the policy they started
+//! A reload reads and compiles on a blocking thread, off the runtime that
+//! serves requests, and swaps the new policy in atomically; requests in flight finish under the policy they started
 //! with. A policy that fails to compile changes nothing: the last good one
 //! keeps serving, the error is logged with file:line:column, counted, and
 //! shown in `/readyz` notes.
@@ -31,14 +31,22 @@ const MAINTAIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Watches on the policy paths plus SIGHUP, created before the proxy
 /// announces itself so no change made after start is missed.
 pub struct PolicyWatch {
+    reloader: Reloader,
+    events: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// What a reload needs, moved to a blocking thread and back for each one:
+/// reading, parsing and compiling cost time in proportion to the files (a
+/// deeply nested 120 KB document took seconds), and on the proxy runtime
+/// that time is taken from requests (all of them, with `workers: 1`).
+struct Reloader {
     shared: Arc<Shared>,
-    paths: Vec<PathBuf>,
+    paths: Arc<[PathBuf]>,
     /// The texts the policy in force was compiled from.
     current: Vec<(PathBuf, String)>,
     /// Whether the last reload failed (and `/readyz` says so).
     failed: bool,
-    events: mpsc::UnboundedReceiver<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl PolicyWatch {
@@ -55,24 +63,57 @@ impl PolicyWatch {
         // Anything that changed between the first load and the watch.
         let _ = tx.send(());
         PolicyWatch {
-            shared,
-            paths,
-            current,
-            failed: false,
+            reloader: Reloader {
+                shared,
+                paths: paths.into(),
+                current,
+                failed: false,
+            },
             events,
             _watcher: watcher,
         }
     }
 
-    /// Reload on change until the task is dropped.
-    pub async fn run(mut self, lifecycle: Arc<Lifecycle>) {
-        while self.events.recv().await.is_some() {
+    /// Reload on change (file events and SIGHUP alike) until the task is
+    /// dropped; one reload at a time, each on a blocking thread.
+    pub async fn run(self, lifecycle: Arc<Lifecycle>) {
+        let PolicyWatch {
+            mut reloader,
+            mut events,
+            _watcher,
+        } = self;
+        while events.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
-            while self.events.try_recv().is_ok() {}
-            self.reload(&lifecycle);
+            while events.try_recv().is_ok() {}
+            let shared = Arc::clone(&reloader.shared);
+            let paths = Arc::clone(&reloader.paths);
+            let on_thread = Arc::clone(&lifecycle);
+            reloader = match tokio::task::spawn_blocking(move || {
+                reloader.reload(&on_thread);
+                reloader
+            })
+            .await
+            {
+                Ok(reloader) => reloader,
+                Err(error) => {
+                    // A bug, not a bad file; the policy in force stays, and
+                    // the next change is compiled from scratch.
+                    let mut fresh = Reloader {
+                        shared,
+                        paths,
+                        current: Vec::new(),
+                        failed: false,
+                    };
+                    fresh.failed(&lifecycle, &format!("the reload stopped: {error}"));
+                    fresh
+                }
+            };
         }
     }
+}
 
+impl Reloader {
+    /// Read, compare, compile and install; blocking.
     fn reload(&mut self, lifecycle: &Lifecycle) {
         let metrics = &self.shared.metrics.policy;
         let files = match Policy::read(&self.paths) {
@@ -90,6 +131,7 @@ impl PolicyWatch {
             }
             return;
         }
+        tracing::info!("policy files changed; compiling off the proxy threads");
         let result = Policy::compile(files.clone()).and_then(|policy| {
             for warning in &policy.warnings {
                 tracing::warn!("policy: {warning}");

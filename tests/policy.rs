@@ -570,10 +570,19 @@ routes:
         ),
         ("GET", "/hp", None, &[], "hp-no-beta"),
         ("GET", "/hp", None, &[("x-beta", "")], "hp-any"),
-        // The path decides first: a literal without conditions beats a
-        // parameter with a host and methods.
+        // The host decides first: a parameter route for the host beats a
+        // host-less literal, which serves other hosts.
         (
             "GET",
+            "/c/literal",
+            Some("api.example.com"),
+            &[],
+            "c-param-host",
+        ),
+        ("GET", "/c/literal", Some("other.test"), &[], "c-literal"),
+        // A host route that refuses the method: the host-less one serves.
+        (
+            "POST",
             "/c/literal",
             Some("api.example.com"),
             &[],
@@ -1698,6 +1707,65 @@ async fn the_host_decided_on_is_the_host_the_upstream_gets() {
 }
 
 #[tokio::test]
+async fn a_host_scoped_deny_covers_the_whole_host() {
+    let (upstream_addr, arrivals) = recording_upstream().await;
+    let setup = Setup::new();
+    let proxy = setup.start(
+        upstream_addr,
+        Source::Header,
+        r#"
+routes:
+  - {name: internal, host: internal.example.com, path: "/**", access: deny}
+  - {name: reports, path: "/v1/reports/**", features: [reports]}
+"#,
+    );
+    let token = setup.token("lic-r", json!({"plan": "pro", "features": ["reports"]}));
+    let auth = bearer(&token);
+    // A license with `reports` does not open a longer path on the denied host.
+    for host in [
+        "internal.example.com",
+        "Internal.Example.COM:8443",
+        "internal.example.com.",
+    ] {
+        let reply = call(
+            &proxy,
+            "GET",
+            "/v1/reports/q3",
+            &[("host", host), ("authorization", &auth)],
+        )
+        .await;
+        reply.assert_denied(403, "route_denied");
+        assert_eq!(denied_route(&reply), "internal", "host {host}");
+    }
+    assert!(
+        arrivals.lock().unwrap().is_empty(),
+        "the upstream received {:?}",
+        arrivals.lock().unwrap()
+    );
+    // Any other host: the host-less route serves, licensed as before.
+    let reply = call(
+        &proxy,
+        "GET",
+        "/v1/reports/q3",
+        &[("host", "app.example.com"), ("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    call(
+        &proxy,
+        "GET",
+        "/v1/reports/q3",
+        &[("host", "app.example.com")],
+    )
+    .await
+    .assert_denied(401, "license_missing");
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 1, "{arrivals:?}");
+    assert_eq!(arrivals[0].target, "/v1/reports/q3");
+    assert_eq!(arrivals[0].hosts, ["app.example.com"]);
+}
+
+#[tokio::test]
 async fn a_trailing_dot_host_matches_its_host_route() {
     let (upstream_addr, arrivals) = recording_upstream().await;
     let setup = Setup::new();
@@ -1985,6 +2053,102 @@ async fn sighup_reloads_the_policy() {
         metric(&page, r#"licensegate_policy_reloads_total{result="ok"}"#),
         Some(1.0)
     );
+}
+
+/// A valid policy that takes a while to compile by its size alone (about
+/// 90 bytes a route), under which `/ping` is denied.
+fn large_policy(routes: usize) -> String {
+    let mut text =
+        String::from("unmatched: public\nroutes:\n  - {name: ping, path: /ping, access: deny}\n");
+    for i in 0..routes {
+        text.push_str(&format!(
+            "  - {{name: r{i}, path: \"/svc{}/v1/items{i}/{{id}}\", methods: [GET], access: public}}\n",
+            i % 100
+        ));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_reload_compiles_off_the_proxy_runtime() {
+    // One worker: a compile on the runtime would stall every request.
+    let (upstream_addr, arrivals) = recording_upstream().await;
+    let setup = Setup::new();
+    // Behind a symlink the directory watch cannot see: SIGHUP triggers.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = write_file(
+        elsewhere.path(),
+        "real.yaml",
+        "unmatched: public\nroutes:\n  - {name: ping, path: /ping, access: public}\n",
+    );
+    std::os::unix::fs::symlink(&target, setup.policy_path()).unwrap();
+    let config = setup.config(upstream_addr, Source::None, "", "");
+    let proxy = Proxy::spawn(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .expect("licensegate starts");
+    assert_eq!(call(&proxy, "GET", "/ping", &[]).await.status, 200);
+
+    std::fs::write(&target, large_policy(10_000)).unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_log("policy files changed; compiling");
+    // Until the reload is logged, the old policy answers, and at once.
+    let mut served_meanwhile = 0;
+    let deadline = Instant::now() + WAIT;
+    while !proxy.logs().contains("policy reloaded:") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload; logs:\n{}",
+            proxy.logs()
+        );
+        let reply = call(&proxy, "GET", "/ping", &[]).await;
+        if reply.status == 200 {
+            served_meanwhile += 1;
+        }
+    }
+    assert!(
+        served_meanwhile >= 3,
+        "only {served_meanwhile} requests answered while the policy compiled"
+    );
+    let reached = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.target == "/ping")
+        .count();
+    assert_eq!(
+        reached,
+        served_meanwhile + 1,
+        "the upstream saw each answered request"
+    );
+    // The large policy is in force.
+    call(&proxy, "GET", "/ping", &[])
+        .await
+        .assert_denied(403, "route_denied");
+    assert_eq!(arrivals.lock().unwrap().len(), reached);
+
+    // 120 KB of nested brackets: a located error, the large policy stays.
+    std::fs::write(
+        &target,
+        format!("{}{}\n", "[".repeat(60_000), "]".repeat(60_000)),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let line = proxy.wait_for_log("policy reload failed");
+    let expected = format!("{}:1:65: ", setup.policy_path().display());
+    assert!(line.contains(&expected), "{line}");
+    call(&proxy, "GET", "/ping", &[])
+        .await
+        .assert_denied(403, "route_denied");
+    assert_eq!(arrivals.lock().unwrap().len(), reached);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,3 +205,66 @@ fn the_benchmark_policy_checks_clean() {
     let out = licensegate(&["policy", "check", "--strict", path]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+const HOSTS: &str = "\
+routes:
+  - name: internal
+    host: internal.example.com
+    path: /**
+    access: deny
+  - name: reports
+    path: /v1/reports/**
+    websocket: true
+";
+
+#[test]
+fn check_warns_where_a_host_route_overrides_a_host_less_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hosts.yaml");
+    std::fs::write(&path, HOSTS).unwrap();
+    let file = path.to_str().unwrap();
+    let out = licensegate(&["policy", "check", file]);
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:6:5: warning: routes[1]: route `reports` overlaps host-scoped routes, which decide there instead: for host `internal.example.com` route `internal` (routes[0])"
+        )),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).contains("1 warning(s)"));
+}
+
+#[test]
+fn explain_shows_the_host_group_that_decided_and_the_websocket_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hosts.yaml");
+    std::fs::write(&path, HOSTS).unwrap();
+    let explain_for = |host: &str| {
+        let out = licensegate(&[
+            "policy",
+            "explain",
+            "--policy",
+            path.to_str().unwrap(),
+            "--path",
+            "/v1/reports/q3",
+            "--host",
+            host,
+        ]);
+        text(&out.stdout)
+    };
+    let out = explain_for("internal.example.com");
+    assert!(out.contains("route      `internal`"), "{out}");
+    assert!(
+        out.contains("host       exact host `internal.example.com`"),
+        "{out}"
+    );
+    assert!(out.contains("decision   deny 403 route_denied"), "{out}");
+    let out = explain_for("app.example.com");
+    assert!(out.contains("route      `reports`"), "{out}");
+    assert!(out.contains("host       any host"), "{out}");
+    assert!(
+        out.contains("websocket  a WebSocket upgrade may become a tunnel"),
+        "{out}"
+    );
+}

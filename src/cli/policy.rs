@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::license::read_token_arg;
 use crate::license::{token, Keyring, Validator, VerifiedLicense};
+use crate::policy::compile::HostMatch;
 use crate::policy::normalize::normalize;
 use crate::policy::{Access, Amount, KeyPart, LicenseAmount, LimitKind, Mode, Period, Policy};
 
@@ -132,7 +133,11 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
     let line = |out: &mut String, label: &str, text: &str| {
         let _ = writeln!(out, "{label:<10} {text}");
     };
-    line(&mut out, "request", &format!("{method} {raw_path}"));
+    let request = match &args.host {
+        Some(host) => format!("{method} {raw_path} (host {host})"),
+        None => format!("{method} {raw_path}"),
+    };
+    line(&mut out, "request", &request);
     let path = match normalize(raw_path) {
         Ok(path) => path.into_owned(),
         Err(error) => {
@@ -159,10 +164,31 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
                     route.name, route.origin.1, route.path
                 ),
             );
+            // Host groups are tried first, so say which one decided.
+            let group = match &route.host {
+                Some(HostMatch::Exact(host)) => format!("exact host `{host}`"),
+                Some(wildcard @ HostMatch::Suffix(_)) => format!("wildcard host `{wildcard}`"),
+                None => "any host (the route has no `host`)".to_owned(),
+            };
+            line(&mut out, "host", &group);
+            line(
+                &mut out,
+                "websocket",
+                if route.websocket {
+                    "a WebSocket upgrade may become a tunnel (`websocket: true`)"
+                } else {
+                    "no upgrade: the route does not set `websocket: true`"
+                },
+            );
             (route.access, route.mode)
         }
         None => {
             line(&mut out, "route", "no route matches; `unmatched` applies");
+            line(
+                &mut out,
+                "websocket",
+                "no upgrade: only a route can allow one",
+            );
             (policy.unmatched, policy.mode)
         }
     };

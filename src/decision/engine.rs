@@ -376,6 +376,9 @@ impl DecisionEngine {
     ) -> Decision {
         let mode = route.map_or(active.policy.mode, |r| r.mode);
         let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
+        // Only a route can allow a tunnel: `unmatched: public|licensed` is a
+        // catch-all for requests, not a choice to open byte streams.
+        state.allowed.websocket = route.is_some_and(|r| r.websocket);
         match result {
             Ok(()) => {
                 match route {

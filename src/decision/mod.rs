@@ -217,3 +217,6 @@ pub struct Peer {
 }
 
 pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames};
+
+#[cfg(test)]
+mod tests;

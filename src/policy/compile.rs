@@ -13,10 +13,12 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, Method};
 
 use super::locate::{dotted, locate, scalar_texts, Step};
-use super::matcher::{parse_pattern, pattern_key, Matcher, Segment};
+pub use super::matcher::HostMatch;
+use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
 use super::schema::{
-    AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec, KeySpec, LimitSpec,
-    ModeSetting, PeriodSetting, PolicyFile, RouteSpec, StoreErrorSetting,
+    check_flow_depth, AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec,
+    KeySpec, LimitSpec, ModeSetting, PeriodSetting, PolicyFile, RouteSpec, StoreErrorSetting,
+    MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
 
@@ -41,7 +43,7 @@ pub struct Policy {
     /// The files this policy was compiled from.
     pub sources: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
-    matcher: Matcher,
+    table: RouteTable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,28 +86,10 @@ pub struct Route {
     pub feature_names: Vec<String>,
     pub limits: Vec<LimitUse>,
     pub mode: Mode,
+    /// Whether a WebSocket handshake the route allows may become a tunnel.
+    pub websocket: bool,
     /// Which file defined it and where in `routes`.
     pub origin: (usize, usize),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostMatch {
-    Exact(String),
-    /// `*.example.com`: stored as `.example.com`.
-    Suffix(String),
-}
-
-impl HostMatch {
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            HostMatch::Exact(exact) => host.eq_ignore_ascii_case(exact),
-            HostMatch::Suffix(suffix) => {
-                host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
-            }
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,6 +367,16 @@ impl Policy {
                 parsed.push(PolicyFile::default());
                 continue;
             }
+            if let Err(position) = check_flow_depth(text) {
+                errors.push(Diagnostic {
+                    file: path.clone(),
+                    position: Some(position),
+                    message: format!(
+                        "`[`/`{{` collections nested more than {MAX_FLOW_DEPTH} deep; a policy needs a few levels"
+                    ),
+                });
+                continue;
+            }
             match crate::config::parse_yaml::<PolicyFile>(path, text) {
                 Ok(mut file) => {
                     header_texts_as_written(&mut file, text);
@@ -446,9 +440,8 @@ impl Policy {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&Route> {
-        let id = self.matcher.find(path, |id| {
-            let route = &self.routes[id as usize];
-            route.accepts(method, host, headers)
+        let id = self.table.find(host, path, |id| {
+            self.routes[id as usize].accepts(method, headers)
         })?;
         Some(&self.routes[id as usize])
     }
@@ -490,21 +483,17 @@ impl Policy {
 
     /// Nodes in the route trie.
     pub fn trie_nodes(&self) -> usize {
-        self.matcher.node_count()
+        self.table.node_count()
     }
 }
 
 impl Route {
-    fn accepts(&self, method: &Method, host: Option<&str>, headers: &HeaderMap) -> bool {
+    /// Methods and headers; the host was matched by its group in the
+    /// route table.
+    fn accepts(&self, method: &Method, headers: &HeaderMap) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == method) {
                 return false;
-            }
-        }
-        if let Some(wanted) = &self.host {
-            match host {
-                Some(host) if wanted.matches(host) => {}
-                _ => return false,
             }
         }
         self.headers
@@ -512,14 +501,10 @@ impl Route {
             .all(|(name, condition)| condition.holds(name, headers))
     }
 
-    /// Higher is more specific; see [`super::matcher`] for precedence.
-    fn specificity(&self) -> (u8, u8, usize) {
-        let host = match self.host {
-            Some(HostMatch::Exact(_)) => 2,
-            Some(HostMatch::Suffix(_)) => 1,
-            None => 0,
-        };
-        (host, u8::from(self.methods.is_some()), self.headers.len())
+    /// Rank among routes of one host group with the same path pattern:
+    /// higher is more specific; see [`super::matcher`] for precedence.
+    fn specificity(&self) -> (u8, usize) {
+        (u8::from(self.methods.is_some()), self.headers.len())
     }
 }
 
@@ -675,6 +660,7 @@ impl Compiler {
         }
         self.check_references();
         self.check_shadowing();
+        self.check_host_overlap();
     }
 
     fn top_level(&mut self, f: usize, file: &PolicyFile) {
@@ -1031,6 +1017,14 @@ impl Compiler {
             );
             failed = true;
         }
+        if access == Access::Deny && spec.websocket {
+            self.error(
+                f,
+                with(&at, "websocket"),
+                "a `deny` route has no WebSocket to allow",
+            );
+            failed = true;
+        }
         if access == Access::Deny && !spec.limits.is_empty() {
             self.error(
                 f,
@@ -1190,6 +1184,7 @@ impl Compiler {
             limits,
             // Resolved against the policy-wide mode in finish.
             mode: mode.unwrap_or(Mode::Enforce),
+            websocket: spec.websocket,
             origin: (f, i),
         });
         self.route_bits.push(feature_bits);
@@ -1334,6 +1329,81 @@ impl Compiler {
         }
     }
 
+    fn check_host_overlap(&mut self) {
+        // A host's own routes are tried before wildcard-host routes, and
+        // those before host-less ones, whatever their paths: a request both
+        // match goes to the more host-specific route. Say so at the less
+        // specific route, which no longer decides for that host.
+        let fold = self.case.is_some_and(|(insensitive, _)| insensitive);
+        let scoped: Vec<&Route> = self.routes.iter().filter(|r| r.host.is_some()).collect();
+        if scoped.is_empty() {
+            return;
+        }
+        let mut notes = Vec::new();
+        for route in &self.routes {
+            // The first overlapping route of each more specific host group.
+            let mut deciders: Vec<&Route> = Vec::new();
+            for &other in &scoped {
+                let Some(other_host) = &other.host else {
+                    continue;
+                };
+                let more_specific = match &route.host {
+                    None => true,
+                    Some(host) => host != other_host && host.contains(other_host),
+                };
+                if more_specific
+                    && methods_overlap(&route.methods, &other.methods)
+                    && patterns_overlap(&route.pattern, &other.pattern, fold)
+                    && !deciders.iter().any(|d| d.host == other.host)
+                {
+                    deciders.push(other);
+                }
+            }
+            if deciders.is_empty() {
+                continue;
+            }
+            const NAMED: usize = 3;
+            let mut named: Vec<String> = deciders
+                .iter()
+                .take(NAMED)
+                .map(|d| {
+                    let (file, index) = d.origin;
+                    let elsewhere = if file == route.origin.0 {
+                        String::new()
+                    } else {
+                        format!(" of file #{}", file + 1)
+                    };
+                    format!(
+                        "for host `{}` route `{}` (routes[{index}]{elsewhere})",
+                        d.host.as_ref().expect("host-scoped"),
+                        d.name
+                    )
+                })
+                .collect();
+            if deciders.len() > NAMED {
+                named.push(format!("{} more host(s)", deciders.len() - NAMED));
+            }
+            let (f, i) = route.origin;
+            let tier = if route.host.is_some() {
+                "wildcard-host routes"
+            } else {
+                "host-less routes"
+            };
+            notes.push((
+                f,
+                vec![Step::key("routes"), Step::Index(i)],
+                format!(
+                    "route `{}` overlaps host-scoped routes, which decide there instead: {}; a host's routes are tried before {tier}, whatever the path",
+                    route.name,
+                    named.join(", ")
+                ),
+            ));
+        }
+        for (f, at, message) in notes {
+            self.warn(f, at, message);
+        }
+    }
+
     fn finish(self) -> Policy {
         let mode = self.mode.map_or(Mode::Enforce, |(m, _)| m);
         let unmatched = self.unmatched.map_or(Access::Deny, |(a, _)| a);
@@ -1366,14 +1436,11 @@ impl Compiler {
             }
             route.features = set;
         }
-        let mut matcher = Matcher::new(case_insensitive);
+        let mut table = RouteTable::new(case_insensitive);
         for (id, route) in routes.iter().enumerate() {
-            matcher.insert(&route.pattern, id as u32);
+            table.insert(route.host.as_ref(), &route.pattern, id as u32);
         }
-        matcher.rank(|id| {
-            let (host, methods, headers) = routes[id as usize].specificity();
-            (std::cmp::Reverse((host, methods, headers)), id)
-        });
+        table.rank(|id| (std::cmp::Reverse(routes[id as usize].specificity()), id));
         let needs_license =
             unmatched == Access::Licensed || routes.iter().any(|r| r.access == Access::Licensed);
         Policy {
@@ -1392,7 +1459,7 @@ impl Compiler {
             needs_license,
             sources: Vec::new(),
             warnings: Vec::new(),
-            matcher,
+            table,
         }
     }
 }
@@ -1430,6 +1497,14 @@ fn unpayable(limit: &LimitDef, name: &str, cost: u64) -> Option<String> {
     }
 }
 
+/// Whether some method is accepted by both lists (`None` is any method).
+fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}
+
 /// Whether every request `later` accepts is accepted by `earlier`.
 fn covers(earlier: &Route, later: &Route) -> bool {
     let methods = match (&earlier.methods, &later.methods) {
@@ -1437,12 +1512,10 @@ fn covers(earlier: &Route, later: &Route) -> bool {
         (Some(_), None) => false,
         (Some(e), Some(l)) => l.iter().all(|m| e.contains(m)),
     };
-    let host = match (&earlier.host, &later.host) {
-        (None, _) => true,
-        (Some(e), Some(l)) => e == l,
-        (Some(_), None) => false,
-    };
-    methods && host && earlier.headers.iter().all(|h| later.headers.contains(h))
+    // Routes of different host groups never compete: see the matcher.
+    methods
+        && earlier.host == later.host
+        && earlier.headers.iter().all(|h| later.headers.contains(h))
 }
 
 fn with(at: &[Step], key: &str) -> Vec<Step> {

@@ -1,16 +1,23 @@
-//! The compiled route table: a segment trie, so a lookup walks the path's
-//! segments once (plus bounded backtracking) whatever the number of routes.
+//! The compiled route table: routes grouped by host, one segment trie per
+//! group, so a lookup walks the path's segments once (plus bounded
+//! backtracking) whatever the number of routes.
 //!
-//! Precedence, most specific first:
-//! 1. path: at each segment a literal beats `*`/`{name}`, which beats `**`;
-//!    a deeper match beats a shallower `**`;
-//! 2. among routes with the same path pattern: an exact host beats a
-//!    wildcard host beats none; then routes with methods beat routes
-//!    without; then more header conditions beat fewer;
-//! 3. then the order in the files.
+//! Precedence, as nginx `server` blocks and Envoy virtual hosts decide:
+//! 1. host group: routes whose exact host is the request's, then routes
+//!    whose wildcard host matches it (a longer suffix before a shorter one),
+//!    then routes without a host. A group is left for the next only when
+//!    none of its routes takes the request, so a host-scoped `/**` covers
+//!    the whole host;
+//! 2. within a group, path: at each segment a literal beats `*`/`{name}`,
+//!    which beats `**`; a deeper match beats a shallower `**`;
+//! 3. among routes with the same path pattern: routes with methods beat
+//!    routes without; then more header conditions beat fewer;
+//! 4. then the order in the files.
 //!
-//! If no candidate at a node accepts the request (method, host or headers
-//! differ) the walk backtracks to the next less specific path.
+//! If no candidate at a node accepts the request (method or headers differ)
+//! the walk backtracks to the next less specific path. A policy without host
+//! routes has only the host-less group: the lookup costs what it did before
+//! groups existed.
 
 use hashbrown::HashMap;
 
@@ -39,6 +46,163 @@ struct Node {
 pub struct Matcher {
     nodes: Vec<Node>,
     case_insensitive: bool,
+}
+
+/// A route's host condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lower case.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`, lower case.
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether every host `other` matches, `self` matches too.
+    pub fn contains(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+            (HostMatch::Suffix(suffix), HostMatch::Exact(host)) => {
+                ends_with_ignore_case(host, suffix)
+            }
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b.ends_with(a.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Exact(host) => f.write_str(host),
+            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// `host` is a subdomain of `suffix` (`.example.com`).
+fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len()
+        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// Every route, in host groups: see the module comment for the order.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// By host name (lower case), sorted, for a binary search that neither
+    /// hashes nor allocates.
+    exact: Vec<(Box<str>, Matcher)>,
+    /// By suffix (`.example.com`), longest first.
+    wildcard: Vec<(Box<str>, Matcher)>,
+    any: Matcher,
+    case_insensitive: bool,
+}
+
+impl RouteTable {
+    pub fn new(case_insensitive: bool) -> RouteTable {
+        RouteTable {
+            exact: Vec::new(),
+            wildcard: Vec::new(),
+            any: Matcher::new(case_insensitive),
+            case_insensitive,
+        }
+    }
+
+    /// Add `route` to the group of `host` under `pattern`.
+    pub fn insert(&mut self, host: Option<&HostMatch>, pattern: &[Segment], route: u32) {
+        let case_insensitive = self.case_insensitive;
+        let matcher = match host {
+            None => &mut self.any,
+            Some(HostMatch::Exact(name)) => {
+                let at = match self
+                    .exact
+                    .binary_search_by(|(h, _)| (**h).cmp(name.as_str()))
+                {
+                    Ok(at) => at,
+                    Err(at) => {
+                        let group = (name.as_str().into(), Matcher::new(case_insensitive));
+                        self.exact.insert(at, group);
+                        at
+                    }
+                };
+                &mut self.exact[at].1
+            }
+            Some(HostMatch::Suffix(suffix)) => {
+                let at = match self.wildcard.iter().position(|(s, _)| **s == **suffix) {
+                    Some(at) => at,
+                    None => {
+                        // Longest first; equal lengths never both match one host.
+                        let at = self
+                            .wildcard
+                            .iter()
+                            .position(|(s, _)| s.len() < suffix.len())
+                            .unwrap_or(self.wildcard.len());
+                        let group = (suffix.as_str().into(), Matcher::new(case_insensitive));
+                        self.wildcard.insert(at, group);
+                        at
+                    }
+                };
+                &mut self.wildcard[at].1
+            }
+        };
+        matcher.insert(pattern, route);
+    }
+
+    /// Order the candidates of every group by `key` (smaller is better).
+    pub fn rank<K: Ord>(&mut self, key: impl Fn(u32) -> K) {
+        for matcher in self.groups_mut() {
+            matcher.rank(&key);
+        }
+    }
+
+    fn groups_mut(&mut self) -> impl Iterator<Item = &mut Matcher> {
+        self.exact
+            .iter_mut()
+            .chain(self.wildcard.iter_mut())
+            .map(|(_, m)| m)
+            .chain(std::iter::once(&mut self.any))
+    }
+
+    /// The best route for a request to `host` (lower or mixed case, no
+    /// port) and normalised `path` that `accept` (methods, headers) takes.
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        accept: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        if let Some(host) = host {
+            if !self.exact.is_empty() {
+                let group = self.exact.binary_search_by(|(name, _)| {
+                    name.bytes()
+                        .cmp(host.bytes().map(|b| b.to_ascii_lowercase()))
+                });
+                if let Ok(at) = group {
+                    if let Some(found) = self.exact[at].1.find(path, &accept) {
+                        return Some(found);
+                    }
+                }
+            }
+            for (suffix, matcher) in &self.wildcard {
+                if ends_with_ignore_case(host, suffix) {
+                    if let Some(found) = matcher.find(path, &accept) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        self.any.find(path, accept)
+    }
+
+    /// Nodes in every trie (for sizing reports).
+    pub fn node_count(&self) -> usize {
+        self.exact
+            .iter()
+            .chain(&self.wildcard)
+            .map(|(_, m)| m.node_count())
+            .sum::<usize>()
+            + self.any.node_count()
+    }
 }
 
 /// Longest segment lowercased on the stack; longer ones are looked up in a
@@ -260,6 +424,33 @@ pub fn pattern_key(segments: &[Segment]) -> String {
         out.push('/');
     }
     out
+}
+
+/// Whether some path matches both patterns (literals compared ignoring
+/// ASCII case in a case-insensitive policy, as the trie does).
+pub fn patterns_overlap(a: &[Segment], b: &[Segment], case_insensitive: bool) -> bool {
+    let mut a = a.iter();
+    let mut b = b.iter();
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            // `**` matches any suffix, and every pattern matches some path.
+            (Some(Segment::Rest), _) | (_, Some(Segment::Rest)) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(Segment::Literal(x)), Some(Segment::Literal(y))) => {
+                let same = if case_insensitive {
+                    x.eq_ignore_ascii_case(y)
+                } else {
+                    x == y
+                };
+                if !same {
+                    return false;
+                }
+            }
+            // A parameter matches any one segment, a literal's too.
+            (Some(_), Some(_)) => {}
+        }
+    }
 }
 
 /// The value of parameter `name` of `pattern` in a normalised `path` that

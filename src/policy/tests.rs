@@ -1078,8 +1078,6 @@ routes:
   - path: /items/{id}
     methods: [POST]
   - path: /items/{id}
-    host: a.example.com
-  - path: /items/{id}
     headers: {x-tier: gold}
   - path: /items/{id}
     headers: {x-tier: silver}
@@ -1288,9 +1286,31 @@ routes:
     access: public
 ";
 
+/// [`API`], compiled: its only warnings say that the host-scoped tenant
+/// routes decide for their hosts.
+#[track_caller]
+fn api() -> Policy {
+    let p = compiled(compile(API));
+    let warned: Vec<&str> = p
+        .warnings
+        .iter()
+        .map(|w| {
+            assert!(w.message.contains("overlaps host-scoped routes"), "{w}");
+            w.message.split('`').nth(1).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        ["tenant-any", "tenant-wildcard"],
+        "{:?}",
+        p.warnings
+    );
+    p
+}
+
 #[test]
 fn literal_beats_parameter_beats_rest() {
-    let p = clean(API);
+    let p = api();
     assert_eq!(get(&p, "/api/items/latest").as_deref(), Some("item-latest"));
     assert_eq!(get(&p, "/api/items/7").as_deref(), Some("item"));
     assert_eq!(
@@ -1321,7 +1341,7 @@ fn literal_beats_parameter_beats_rest() {
 
 #[test]
 fn methods_beat_no_methods_on_the_same_path_only() {
-    let p = clean(API);
+    let p = api();
     let find = |method: Method, path: &str| route_name(&p, method, None, path, &no_headers());
     // Written `put`: methods are upper-cased.
     assert_eq!(
@@ -1347,7 +1367,7 @@ fn methods_beat_no_methods_on_the_same_path_only() {
 
 #[test]
 fn exact_host_beats_wildcard_beats_none() {
-    let p = clean(API);
+    let p = api();
     let at =
         |host: Option<&str>| route_name(&p, Method::GET, host, "/t/acme/files/1", &no_headers());
     assert_eq!(at(Some("acme.example.com")).as_deref(), Some("tenant-acme"));
@@ -1371,9 +1391,190 @@ fn exact_host_beats_wildcard_beats_none() {
     );
 }
 
+/// The issue's example: a deny written for a host must cover the host.
+const HOSTS: &str = "\
+routes:
+  - name: internal
+    host: internal.example.com
+    path: /**
+    access: deny
+  - name: reports
+    path: /v1/reports/**
+  - name: tenants
+    host: \"*.example.com\"
+    path: /v1/**
+  - name: eu-tenants
+    host: \"*.eu.example.com\"
+    path: /v1/{x}/**
+  - name: acme-admin
+    host: acme.example.com
+    path: /admin/**
+  - name: acme-posts
+    host: acme.example.com
+    path: /v1/reports/**
+    methods: [POST]
+";
+
+#[test]
+fn the_host_group_decides_before_the_path() {
+    let p = compiled(compile(HOSTS));
+    let at = |method: Method, host: Option<&str>, path: &str| {
+        route_name(&p, method, host, path, &no_headers())
+    };
+    let get = |host: Option<&str>, path: &str| at(Method::GET, host, path);
+    // A longer host-less path does not beat the host's own `/**`.
+    assert_eq!(
+        get(Some("internal.example.com"), "/v1/reports/q3").as_deref(),
+        Some("internal")
+    );
+    assert_eq!(
+        get(Some("Internal.Example.COM"), "/v1/reports/q3").as_deref(),
+        Some("internal")
+    );
+    // Other hosts, or none: the host-less route still serves.
+    assert_eq!(
+        get(Some("app.test"), "/v1/reports/q3").as_deref(),
+        Some("reports")
+    );
+    assert_eq!(get(None, "/v1/reports/q3").as_deref(), Some("reports"));
+    // Wildcard hosts before host-less routes, a longer suffix first.
+    assert_eq!(
+        get(Some("globex.example.com"), "/v1/reports/q3").as_deref(),
+        Some("tenants")
+    );
+    assert_eq!(
+        get(Some("globex.eu.example.com"), "/v1/reports/q3").as_deref(),
+        Some("eu-tenants")
+    );
+    // The longer wildcard's route does not take `/v1`: the shorter one does.
+    assert_eq!(
+        get(Some("globex.eu.example.com"), "/v1").as_deref(),
+        Some("tenants")
+    );
+    // A host group no route of which takes the request falls through: to
+    // the wildcard group, then to host-less routes.
+    assert_eq!(
+        get(Some("acme.example.com"), "/admin/users").as_deref(),
+        Some("acme-admin")
+    );
+    assert_eq!(
+        get(Some("acme.example.com"), "/v1/reports/q3").as_deref(),
+        Some("tenants")
+    );
+    assert_eq!(
+        at(Method::POST, Some("acme.example.com"), "/v1/reports/q3").as_deref(),
+        Some("acme-posts")
+    );
+    assert_eq!(get(Some("acme.example.com"), "/other"), None);
+    assert_eq!(get(Some("example.com"), "/v1/x").as_deref(), None);
+}
+
+#[test]
+fn overlaps_with_host_scoped_routes_are_warned_at_the_less_specific_route() {
+    let warnings = compiled(compile(HOSTS)).warnings;
+    // `eu-tenants` covers none of the other scoped routes' hosts: no warning.
+    assert_eq!(warnings.len(), 2, "{}", render(&warnings));
+    // `reports` (line 6) loses internal's host, the wildcards' hosts and
+    // acme's POSTs.
+    assert_at(
+        &warnings[0],
+        FILE,
+        (6, 5),
+        &[
+            "route `reports` overlaps host-scoped routes",
+            "for host `internal.example.com` route `internal` (routes[0])",
+            "for host `*.example.com` route `tenants` (routes[2])",
+            "for host `*.eu.example.com` route `eu-tenants` (routes[3])",
+            "1 more host(s)",
+            "tried before host-less routes",
+        ],
+    );
+    // `tenants` (line 8) loses the hosts with their own routes there.
+    assert_at(
+        &warnings[1],
+        FILE,
+        (8, 5),
+        &[
+            "route `tenants` overlaps",
+            "for host `internal.example.com` route `internal`",
+            "for host `*.eu.example.com` route `eu-tenants`",
+            "for host `acme.example.com` route `acme-posts`",
+            "tried before wildcard-host routes",
+        ],
+    );
+
+    // No overlap, no warning: other paths, other methods, hosts the
+    // wildcard does not cover.
+    clean(
+        "\
+routes:
+  - {path: /public/**}
+  - {path: \"/api/items/{id}\", methods: [GET]}
+  - {path: /api/items/latest, methods: [POST], host: api.example.com}
+  - {path: /admin/**, host: api.example.com}
+  - {path: /v1/**, host: \"*.example.com\"}
+  - {path: /v1/**, host: other.test}
+",
+    );
+    // A literal overlaps a parameter, `**` anything from where it stands.
+    assert_eq!(
+        warnings_of("{path: '/a/{id}/b'}", "{path: /a/x/b, host: h.test}"),
+        1
+    );
+    assert_eq!(
+        warnings_of("{path: '/a/{id}'}", "{path: /a/x/b, host: h.test}"),
+        0
+    );
+    assert_eq!(warnings_of("{path: /a}", "{path: /a/**, host: h.test}"), 1);
+    assert_eq!(
+        warnings_of("{path: /a/b/c/**}", "{path: /a/*, host: h.test}"),
+        0
+    );
+    assert_eq!(
+        warnings_of("{path: /a/b/c/**}", "{path: /a/**, host: h.test}"),
+        1
+    );
+    assert_eq!(
+        warnings_of(
+            "{path: /a, methods: [GET, PUT]}",
+            "{path: /a, methods: [put], host: h.test}"
+        ),
+        1
+    );
+}
+
+/// How many warnings a host-less route and a host-scoped one draw.
+fn warnings_of(host_less: &str, scoped: &str) -> usize {
+    warnings(&format!("routes:\n  - {host_less}\n  - {scoped}\n")).len()
+}
+
+#[test]
+fn a_route_is_shadowed_only_by_a_route_of_its_own_host_group() {
+    let w = warnings(
+        "\
+routes:
+  - {name: any, path: /a}
+  - {name: first, path: /a, host: h.test}
+  - {name: second, path: /a, host: h.test}
+  - {name: other-host, path: /a, host: i.test}
+",
+    );
+    let shadowed: Vec<&Diagnostic> = w
+        .iter()
+        .filter(|d| d.message.contains("can never match"))
+        .collect();
+    assert_eq!(shadowed.len(), 1, "{}", render(&w));
+    assert_at(
+        shadowed[0],
+        FILE,
+        (4, 5),
+        &["route `second` can never match: route `first` (routes[1])"],
+    );
+}
+
 #[test]
 fn more_header_conditions_beat_fewer() {
-    let p = clean(API);
+    let p = api();
     let with = |pairs: &[(&str, &str)]| route_name(&p, Method::GET, None, "/v", &headers(pairs));
     assert_eq!(with(&[]).as_deref(), Some("v-none"));
     assert_eq!(with(&[("x-version", "2")]).as_deref(), Some("v-one"));
@@ -1406,7 +1607,7 @@ fn more_header_conditions_beat_fewer() {
 
 #[test]
 fn file_order_breaks_ties() {
-    let p = clean(API);
+    let p = api();
     let with =
         |pairs: &[(&str, &str)]| route_name(&p, Method::GET, None, "/order", &headers(pairs));
     assert_eq!(
@@ -1446,7 +1647,7 @@ fn file_order_breaks_ties() {
 
 #[test]
 fn trailing_slash_does_not_change_the_route() {
-    let p = clean(API);
+    let p = api();
     assert_eq!(
         get(&p, "/api/items/latest/").as_deref(),
         Some("item-latest")
@@ -1458,7 +1659,7 @@ fn trailing_slash_does_not_change_the_route() {
 
 #[test]
 fn paths_are_case_sensitive_unless_the_policy_says_otherwise() {
-    let p = clean(API);
+    let p = api();
     assert_eq!(get(&p, "/API/items/7"), None);
     assert_eq!(get(&p, "/api/Items/latest").as_deref(), Some("api"));
     assert!(!p.case_insensitive);
@@ -1489,7 +1690,7 @@ routes:
 
 #[test]
 fn literal_segments_match_their_normalised_form() {
-    let p = clean(API);
+    let p = api();
     // Requests are matched after normalisation: `é` arrives as `%C3%A9`.
     assert_eq!(get(&p, "/caf%C3%A9").as_deref(), Some("cafe"));
     assert_eq!(
@@ -2242,4 +2443,107 @@ routes:
     for _ in 0..10 {
         assert_eq!(warnings(text), first);
     }
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket routes and hostile documents
+// ---------------------------------------------------------------------------
+
+#[test]
+fn websocket_is_a_route_setting_off_by_default() {
+    let p = clean(
+        "routes:\n  - {name: live, path: /live/**, access: public, websocket: true}\n  - {name: plain, path: /plain, access: public}\n",
+    );
+    assert!(route(&p, "live").websocket);
+    assert!(!route(&p, "plain").websocket);
+    assert_only(
+        &errors("routes:\n  - path: /a\n    access: deny\n    websocket: true\n"),
+        FILE,
+        (4, 16),
+        &["routes[0].websocket: a `deny` route has no WebSocket to allow"],
+    );
+    assert_only(
+        &errors("routes:\n  - path: /a\n    websocket: sometimes\n"),
+        FILE,
+        (3, 16),
+        &["routes[0].websocket", "expected a boolean"],
+    );
+}
+
+/// Nested `depth` levels deep in several YAML shapes, each ~`2 × depth`
+/// bytes.
+fn nested_documents(depth: usize) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "top-level flow sequence",
+            format!("{}{}\n", "[".repeat(depth), "]".repeat(depth)),
+        ),
+        (
+            "flow mapping as the routes",
+            format!("routes: {}1{}\n", "{a: ".repeat(depth), "}".repeat(depth)),
+        ),
+        (
+            "compact block sequences",
+            format!("routes:\n  {}x\n", "- ".repeat(depth)),
+        ),
+    ]
+}
+
+#[test]
+fn deeply_nested_yaml_is_a_located_error_not_a_crash() {
+    // On a thread with the stack of tokio's blocking pool, where a reload
+    // compiles: nesting must not recurse without bound.
+    let checked = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            for (shape, text) in nested_documents(60_000) {
+                assert!(text.len() >= 120_000, "{shape}: {} bytes", text.len());
+                let errors = errors(&text);
+                assert!(
+                    errors.iter().all(|e| e.position.is_some()),
+                    "{shape}: {}",
+                    render(&errors)
+                );
+            }
+            // Flow nesting is refused before parsing, at the bracket one
+            // level too deep: the parser's time grows with depth squared.
+            assert_only(
+                &errors(&nested_documents(60_000)[0].1),
+                FILE,
+                (1, schema::MAX_FLOW_DEPTH + 1),
+                &["nested more than 64 deep"],
+            );
+            let text = format!(
+                "routes:\n  - path: /a\n    headers:\n      x: {}{}\n",
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            );
+            assert_only(&errors(&text), FILE, (4, 9 + 65), &["nested more than"]);
+        })
+        .unwrap()
+        .join();
+    assert!(checked.is_ok(), "compiling a deeply nested policy panicked");
+}
+
+#[test]
+fn flow_depth_counts_only_brackets_that_open_collections() {
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert_eq!(schema::check_flow_depth(&deep(64)), Ok(()));
+    assert_eq!(schema::check_flow_depth(&deep(65)), Err((1, 65)));
+    // Quoted scalars and comments hold no collections; columns count
+    // characters, not bytes.
+    let quoted = format!(
+        "a: \"{0}\"\nb: '{0}'\nc: \"\\\"{0}\"\n# {0}\nd: x # {0}\ne: 'it''s {0}'\n",
+        "[".repeat(100)
+    );
+    assert_eq!(schema::check_flow_depth(&quoted), Ok(()));
+    assert_eq!(
+        schema::check_flow_depth(&format!("é: [{}", "[".repeat(64))),
+        Err((1, 68))
+    );
+    // An apostrophe inside a plain scalar opens nothing.
+    assert_eq!(
+        schema::check_flow_depth(&format!("name: it's\nx: {}", deep(65))),
+        Err((2, 68))
+    );
 }

@@ -1,0 +1,82 @@
+//! Unit tests of the decision engine with a real compiled policy and the
+//! in-memory counter store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Decision, DecisionEngine, EngineSettings, Peer, Reason};
+use crate::limits::{Clock, MemoryStore};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+
+/// An engine enforcing `policy` (public routes only: no license gate).
+fn engine(policy: &str) -> DecisionEngine {
+    let policy = Policy::compile(vec![(PathBuf::from("p.yaml"), policy.to_owned())])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let store = Arc::new(MemoryStore::new(
+        Clock::system(),
+        MemoryStore::DEFAULT_MAX_KEYS,
+    ));
+    DecisionEngine::new(
+        None,
+        store,
+        &EngineSettings::default(),
+        Arc::new(Metrics::new()),
+    )
+    .with_policy(policy)
+    .unwrap()
+}
+
+async fn decide(engine: &DecisionEngine, path: &str) -> Decision {
+    let head = http::Request::get(path)
+        .header("host", "app.test")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    engine.decide(&head, &peer).await
+}
+
+/// Whether an allowed request may become a WebSocket tunnel, and any
+/// shadow-mode reason; panics on a denial.
+async fn websocket(engine: &DecisionEngine, path: &str) -> (bool, Option<Reason>) {
+    match decide(engine, path).await {
+        Decision::Allow(allowed) => (allowed.websocket, allowed.shadow),
+        Decision::Deny(denial) => panic!("{path} denied: {}", denial.reason.as_str()),
+    }
+}
+
+#[tokio::test]
+async fn only_a_route_with_websocket_true_allows_a_tunnel() {
+    let engine = engine(
+        "\
+unmatched: public
+limits:
+  nothing:
+    rate: {limit: 0, per: 1m, key: client_ip}
+routes:
+  - {name: live, path: /live/**, access: public, websocket: true}
+  - {name: plain, path: /plain, access: public}
+  - name: trial
+    path: /trial
+    access: public
+    websocket: true
+    mode: shadow
+    limits: [nothing]
+",
+    );
+    assert_eq!(websocket(&engine, "/live/feed").await, (true, None));
+    assert_eq!(websocket(&engine, "/plain").await, (false, None));
+    // `unmatched: public` admits requests, not tunnels.
+    assert_eq!(websocket(&engine, "/elsewhere").await, (false, None));
+    // A shadow-mode denial forwards the request as its route says.
+    assert_eq!(
+        websocket(&engine, "/trial").await,
+        (true, Some(Reason::RateLimited))
+    );
+}
