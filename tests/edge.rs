@@ -49,6 +49,10 @@ routes:
   - name: reports
     path: /api/reports/**
     features: [reports]
+  - name: live
+    path: /live/**
+    features: [reports]
+    websocket: true
 "#;
 
 struct Edge {
@@ -219,6 +223,47 @@ async fn h2c_and_other_upgrades_are_stripped_and_never_become_tunnels() {
     let received = upstream.received();
     assert!(!received.contains("PRI *"), "{received}");
     assert!(!received.contains("/api/export"), "{received}");
+}
+
+#[tokio::test]
+async fn websocket_tunnels_open_only_where_a_route_allows_them_after_the_decision() {
+    let upstream = RecordingUpstream::start(Answer101::Genuine).await;
+    let edge = Edge::new();
+    let proxy = edge.proxy(&upstream, "");
+    let auth = format!("Authorization: Bearer {}\r\n", edge.token());
+    // The handshake is decided like any request: no license, no tunnel.
+    let reply = exchange(
+        proxy.addr,
+        websocket_handshake("/live/feed", "")
+            .replace("Connection: Upgrade", "Connection: Upgrade, close")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&reply), [401], "{reply}");
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(websocket_handshake("/live/feed", &auth).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target(), "/live/feed");
+    assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "the token stays at the edge"
+    );
+    assert_eq!(upstream.tunnel_bytes(), b"ping");
 }
 
 #[tokio::test]

@@ -439,6 +439,23 @@ impl DecisionEngine {
                 Reason::RouteNotFound,
                 format!("no route matches {} {}", head.method, head.uri.path()),
             ))),
+            // Before the license and the limits: a refused upgrade costs
+            // the client nothing and the workload never sees it.
+            (_, route)
+                if route.is_none_or(|r| !r.websocket) && super::asks_for_websocket(head) =>
+            {
+                Err(Box::new(Denial::new(
+                    StatusCode::FORBIDDEN,
+                    Reason::UpgradeNotAllowed,
+                    match route {
+                        Some(route) => format!(
+                            "route `{}` does not allow WebSocket connections (route setting `websocket: true`)",
+                            route.name
+                        ),
+                        None => "no route allows WebSocket connections here".to_owned(),
+                    },
+                )))
+            }
             (Access::Public, route) => Ok(route.is_some_and(|r| !r.limits.is_empty())),
             (Access::Licensed, route) => {
                 let gate = self

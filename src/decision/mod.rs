@@ -209,6 +209,26 @@ impl Denial {
     }
 }
 
+/// Whether `head` asks to become a WebSocket tunnel: HTTP/1.1 with an
+/// `Upgrade: websocket` token and a `Connection: upgrade` token. The
+/// policy decides whether its route allows one; the proxy checks the rest
+/// of the handshake and strips every other upgrade.
+pub fn asks_for_websocket(head: &http::request::Parts) -> bool {
+    head.version == http::Version::HTTP_11
+        && has_token(&head.headers, &http::header::UPGRADE, b"websocket")
+        && has_token(&head.headers, &http::header::CONNECTION, b"upgrade")
+}
+
+/// Whether a comma-separated header has `token` (ASCII case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
 /// Facts about the connection a request arrived on.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer {

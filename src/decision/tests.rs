@@ -80,3 +80,57 @@ routes:
         (true, Some(Reason::RateLimited))
     );
 }
+
+#[tokio::test]
+async fn a_refused_upgrade_is_decided_before_the_limits_and_spends_nothing() {
+    let engine = engine(
+        "\
+unmatched: public
+limits:
+  once:
+    rate: {limit: 1, per: 1h, key: client_ip}
+  live_once:
+    rate: {limit: 1, per: 1h, key: client_ip}
+routes:
+  - {name: plain, path: /plain/**, access: public, limits: [once]}
+  - {name: live, path: /live/**, access: public, websocket: true, limits: [live_once]}
+",
+    );
+    let handshake = |path: &str| {
+        http::Request::get(path)
+            .header("host", "app.test")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    for _ in 0..3 {
+        match engine.decide(&handshake("/plain/x"), &peer).await {
+            Decision::Deny(denial) => {
+                assert_eq!(denial.reason, Reason::UpgradeNotAllowed);
+                assert_eq!(denial.status, 403);
+            }
+            Decision::Allow(_) => panic!("an upgrade on a route without websocket was allowed"),
+        }
+    }
+    // The refusals spent none of the route's one request.
+    assert!(matches!(
+        decide(&engine, "/plain/x").await,
+        Decision::Allow(_)
+    ));
+    match engine.decide(&handshake("/live/x"), &peer).await {
+        Decision::Allow(allowed) => assert!(allowed.websocket),
+        Decision::Deny(denial) => panic!("denied: {}", denial.reason.as_str()),
+    }
+    // No route: `unmatched: public` admits requests, not tunnels.
+    assert!(matches!(
+        engine.decide(&handshake("/elsewhere"), &peer).await,
+        Decision::Deny(denial) if denial.reason == Reason::UpgradeNotAllowed
+    ));
+}

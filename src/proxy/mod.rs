@@ -54,18 +54,6 @@ pub async fn handle(
         Ok(()) => shared.engine.decide(&head, &conn.peer).await,
         Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
     };
-    let decision = match decision {
-        // The handshake was decided like any request; the route must also
-        // allow it to become a tunnel.
-        Decision::Allow(allowed) if websocket.is_some() && !allowed.websocket => {
-            Decision::Deny(Box::new(Denial::new(
-                StatusCode::FORBIDDEN,
-                Reason::UpgradeNotAllowed,
-                "this route does not allow WebSocket connections (route setting `websocket: true`)",
-            )))
-        }
-        decision => decision,
-    };
     let mut permits = Vec::new();
     let mut stream_lease = None;
     let response = match decision {
@@ -75,6 +63,9 @@ pub async fn handle(
         }
         Decision::Allow(allowed) => {
             let forwarder = &shared.forwarder;
+            // Only a route that allows it opens a tunnel (a shadow-mode
+            // refusal is forwarded as a plain request, upgrade stripped).
+            let websocket = websocket.filter(|_| allowed.websocket);
             let result = match forwarder.prepare(&mut head, &conn, websocket) {
                 Ok(outbound) => {
                     set_entitlement_headers(

@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::forward::ConnContext;
+use crate::decision::{asks_for_websocket, has_token};
 use crate::limits::Permit;
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
@@ -80,12 +81,7 @@ impl HandshakeError {
 pub fn requested(
     head: &http::request::Parts,
 ) -> Result<Option<WebSocketHandshake>, HandshakeError> {
-    if head.version != Version::HTTP_11 || !head.headers.contains_key(header::UPGRADE) {
-        return Ok(None);
-    }
-    if !has_token(&head.headers, &header::UPGRADE, b"websocket")
-        || !has_token(&head.headers, &header::CONNECTION, b"upgrade")
-    {
+    if !head.headers.contains_key(header::UPGRADE) || !asks_for_websocket(head) {
         return Ok(None);
     }
     if head.method != Method::GET {
@@ -143,16 +139,6 @@ impl WebSocketHandshake {
             _ => Err("the 101's Sec-WebSocket-Accept does not answer the client's key"),
         }
     }
-}
-
-/// Whether a comma-separated header has `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: &header::HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
 }
 
 /// What an open tunnel holds until it ends.
@@ -281,6 +267,7 @@ impl<T: AsyncWrite> AsyncWrite for Ticking<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Version;
 
     fn head(headers: &[(&str, &str)]) -> http::request::Parts {
         let mut builder = http::Request::get("/ws").header("host", "a");
