@@ -121,6 +121,8 @@ struct Seen {
     settings: Vec<(u16, u32)>,
     /// Error codes of GOAWAY frames, in order.
     goaway: Vec<u32>,
+    /// RST_STREAM frames: stream id and error code.
+    resets: Vec<(u32, u32)>,
     /// When the first GOAWAY arrived.
     first_goaway: Option<Instant>,
     /// The proxy closed the connection.
@@ -129,11 +131,15 @@ struct Seen {
     partial: Vec<u8>,
 }
 
-const GOAWAY: u8 = 0x7;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 const NO_ERROR: u32 = 0x0;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
 
 impl Seen {
     fn feed(&mut self, bytes: &[u8]) {
@@ -148,6 +154,7 @@ impl Seen {
                 return;
             }
             let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
             let payload = buf[9..9 + len].to_vec();
             self.partial.drain(..9 + len);
             match kind {
@@ -157,6 +164,10 @@ impl Seen {
                         let value = u32::from_be_bytes([pair[2], pair[3], pair[4], pair[5]]);
                         self.settings.push((id, value));
                     }
+                }
+                RST_STREAM => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    self.resets.push((stream, code));
                 }
                 GOAWAY => {
                     let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
@@ -265,6 +276,76 @@ async fn h2c(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, Tap) {
         let _ = connection.await;
     });
     (sender, tap)
+}
+
+/// A hand-driven HTTP/2 client that sends only the frames it is told to:
+/// it never answers the server's PINGs, so a graceful GOAWAY never ends.
+struct RawH2 {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    next_stream: u32,
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+impl RawH2 {
+    async fn connect(addr: SocketAddr) -> (RawH2, Tap) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        write.write_all(&hello).await.unwrap();
+        let tap = Tap::default();
+        let reader = tap.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = read.read(&mut buf).await.unwrap_or(0);
+                let mut seen = reader.seen.lock().unwrap();
+                if n == 0 {
+                    seen.eof = true;
+                } else {
+                    seen.feed(&buf[..n]);
+                }
+                drop(seen);
+                reader.changed.notify_waiters();
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        let client = RawH2 {
+            write,
+            next_stream: 1,
+        };
+        (client, tap)
+    }
+
+    /// Open a stream with `GET http://app.test/`; returns its id.
+    async fn get(&mut self) -> u32 {
+        use tokio::io::AsyncWriteExt;
+        // HPACK: :method GET, :scheme http, :path / (static table), and
+        // :authority app.test as a literal without indexing.
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 8];
+        block.extend_from_slice(b"app.test");
+        let id = self.next_stream;
+        self.next_stream += 2;
+        let end_stream_and_headers = 0x1 | 0x4;
+        let headers = frame(HEADERS, end_stream_and_headers, id, &block);
+        self.write.write_all(&headers).await.unwrap();
+        id
+    }
+
+    async fn reset(&mut self, id: u32) {
+        use tokio::io::AsyncWriteExt;
+        let rst = frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+        self.write.write_all(&rst).await.unwrap();
+    }
 }
 
 fn get(path: &str) -> Request<()> {
@@ -601,4 +682,42 @@ async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+#[tokio::test]
+async fn a_client_ignoring_the_reset_goaway_is_cut_off_and_refused_meanwhile() {
+    let upstream = held_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_with(
+        dir.path(),
+        &format!(
+            "upstream: {{url: 'http://{}'}}\nlimits: {{max_stream_resets: 5}}\n",
+            upstream.addr
+        ),
+    );
+    let (mut client, tap) = RawH2::connect(proxy.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        streams.push(client.get().await);
+    }
+    upstream
+        .counts
+        .until("6 requests", |c| c.requests() == 6)
+        .await;
+    for id in streams {
+        client.reset(id).await;
+    }
+    tap.until("a GOAWAY", |seen| !seen.goaway.is_empty()).await;
+
+    // The client does not answer the GOAWAY's PING and opens another stream:
+    // it is refused unprocessed, then the connection is closed regardless.
+    let late = client.get().await;
+    tap.until("the late stream refused", |seen| {
+        seen.resets.iter().any(|(id, _)| *id == late)
+    })
+    .await;
+    let refused = tap.seen.lock().unwrap().resets.clone();
+    assert!(refused.contains(&(late, REFUSED_STREAM)), "{refused:?}");
+    tap.until("the connection closed", |seen| seen.eof).await;
+    assert_eq!(upstream.counts.requests(), 6);
 }
