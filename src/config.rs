@@ -484,7 +484,14 @@ pub struct UpstreamSettings {
     pub protocol: UpstreamProtocol,
     /// PEM bundle of CAs trusted for an https upstream; system roots when absent.
     pub ca: Option<PathBuf>,
+    /// Upstream connections open at once (and requests in flight over a
+    /// multiplexed upstream); more wait up to `timeouts.upstream_queue`.
+    pub max_connections: usize,
 }
+
+/// Default `upstream.max_connections`: as many as the shared idle list
+/// keeps, far above what one local workload usually serves in parallel.
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
 
 /// Which HTTP version to speak to the upstream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -542,6 +549,9 @@ pub struct Timeouts {
     /// An upstream connection unused this long is closed. Keep it below the
     /// upstream's own keep-alive timeout, so the proxy closes first.
     pub upstream_idle: Duration,
+    /// How long a request waits for an upstream connection once
+    /// `upstream.max_connections` are open; then 503 `upstream_overloaded`.
+    pub upstream_queue: Duration,
     /// A connection with no traffic and no request in flight is closed.
     pub idle: Duration,
     /// How long in-flight requests may run after a shutdown signal.
@@ -557,6 +567,7 @@ impl Default for Timeouts {
             upstream_connect: Duration::from_secs(2),
             upstream_response: Duration::from_secs(30),
             upstream_idle: Duration::from_secs(90),
+            upstream_queue: Duration::from_secs(1),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(25),
             tunnel_idle: Duration::from_secs(300),
@@ -570,6 +581,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Inbound connections held open at once; further ones wait in the backlog.
     pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset after they were accepted, per
+    /// connection per [`STREAM_RESET_WINDOW`], before the connection is closed.
+    pub max_stream_resets: u32,
 }
 
 impl Default for Limits {
@@ -577,9 +593,14 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            max_concurrent_streams: 100,
+            max_stream_resets: 200,
         }
     }
 }
+
+/// The window over which `limits.max_stream_resets` is counted.
+pub const STREAM_RESET_WINDOW: Duration = Duration::from_secs(10);
 
 /// Smallest header budget hyper's HTTP/1.1 reader accepts.
 const MIN_HEADER_BYTES: usize = 8 * 1024;
@@ -755,6 +776,7 @@ pub struct FileUpstream {
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     pub ca: Option<PathBuf>,
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -785,6 +807,7 @@ pub struct FileTimeouts {
     pub upstream_connect: Option<HumanDuration>,
     pub upstream_response: Option<HumanDuration>,
     pub upstream_idle: Option<HumanDuration>,
+    pub upstream_queue: Option<HumanDuration>,
     pub idle: Option<HumanDuration>,
     pub drain: Option<HumanDuration>,
     pub tunnel_idle: Option<HumanDuration>,
@@ -795,6 +818,25 @@ pub struct FileTimeouts {
 pub struct FileLimits {
     pub max_header_bytes: Option<HeaderBytes>,
     pub max_connections: Option<MaxConnections>,
+    pub max_concurrent_streams: Option<MaxStreams>,
+    pub max_stream_resets: Option<MaxStreams>,
+}
+
+/// A per-connection HTTP/2 stream count from 1 to 10,000.
+#[derive(Clone, Copy, Debug)]
+pub struct MaxStreams(pub u32);
+
+impl<'de> Deserialize<'de> for MaxStreams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        if (1..=10_000).contains(&n) {
+            Ok(MaxStreams(n as u32))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{n} is out of range; expected 1 to 10000 streams"
+            )))
+        }
+    }
 }
 
 /// A header budget of at least 8 KiB and at most 1 MiB.
@@ -998,6 +1040,7 @@ impl Settings {
             upstream_connect: pick(file.timeouts.upstream_connect, defaults.upstream_connect),
             upstream_response: pick(file.timeouts.upstream_response, defaults.upstream_response),
             upstream_idle: pick(file.timeouts.upstream_idle, defaults.upstream_idle),
+            upstream_queue: pick(file.timeouts.upstream_queue, defaults.upstream_queue),
             idle: pick(file.timeouts.idle, defaults.idle),
             drain: pick(file.timeouts.drain, defaults.drain),
             tunnel_idle: pick(file.timeouts.tunnel_idle, defaults.tunnel_idle),
@@ -1028,6 +1071,14 @@ impl Settings {
                 .limits
                 .max_connections
                 .map_or(limit_defaults.max_connections, |c| c.0),
+            max_concurrent_streams: file
+                .limits
+                .max_concurrent_streams
+                .map_or(limit_defaults.max_concurrent_streams, |s| s.0),
+            max_stream_resets: file
+                .limits
+                .max_stream_resets
+                .map_or(limit_defaults.max_stream_resets, |s| s.0),
         };
 
         let listen = overrides
@@ -1102,7 +1153,14 @@ impl Settings {
             listen,
             admin,
             workers,
-            upstream: UpstreamSettings { url, protocol, ca },
+            upstream: UpstreamSettings {
+                url,
+                protocol,
+                ca,
+                max_connections: file_upstream
+                    .max_connections
+                    .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |m| m.0),
+            },
             tls,
             forwarded: ForwardedSettings {
                 trust_incoming: overrides
@@ -1244,6 +1302,41 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("upstream.url: required"), "{err}");
+    }
+
+    #[test]
+    fn http2_and_upstream_bounds_have_defaults_and_ranges() {
+        let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
+        let settings = Settings::resolve(parse(base).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(settings.limits.max_concurrent_streams, 100);
+        assert_eq!(settings.limits.max_stream_resets, 200);
+        assert_eq!(settings.upstream.max_connections, 1024);
+        assert_eq!(settings.timeouts.upstream_queue, Duration::from_secs(1));
+
+        let text = "listen: 127.0.0.1:1\n\
+                    upstream: {url: 'http://127.0.0.1:2', max_connections: 8}\n\
+                    timeouts: {upstream_queue: 0s}\n\
+                    limits: {max_concurrent_streams: 10, max_stream_resets: 5}\n";
+        let settings = Settings::resolve(parse(text).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(settings.upstream.max_connections, 8);
+        assert_eq!(settings.timeouts.upstream_queue, Duration::ZERO);
+        assert_eq!(settings.limits.max_concurrent_streams, 10);
+        assert_eq!(settings.limits.max_stream_resets, 5);
+
+        let error = parse("limits:\n  max_concurrent_streams: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("lg.yaml:2:3: limits.max_concurrent_streams: 0 is out of range"),
+            "{error}"
+        );
+        let error = parse("upstream:\n  max_connections: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("lg.yaml:2:3: upstream.max_connections: 0 is out of range"),
+            "{error}"
+        );
     }
 
     #[test]

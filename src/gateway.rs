@@ -153,11 +153,7 @@ impl Gateway {
 
         let shared = Arc::new(Shared {
             engine,
-            forwarder: Forwarder::new(
-                settings,
-                metrics.upstream_idle.clone(),
-                metrics.tunnels_open.clone(),
-            )?,
+            forwarder: Forwarder::new(settings, &metrics)?,
             metrics: Arc::clone(&metrics),
         });
         let proxy = ProxyServer::bind(settings, Arc::clone(&shared))?;

@@ -37,13 +37,16 @@ pub enum UpstreamErrorKind {
     Connect,
     Timeout,
     Protocol,
+    /// `upstream.max_connections` stayed in use for `timeouts.upstream_queue`.
+    Overloaded,
 }
 
 impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 3] = [
+    const ALL: [UpstreamErrorKind; 4] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Overloaded,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Overloaded => "overloaded",
         }
     }
 }
@@ -69,6 +73,10 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     /// Plain HTTP/1.1 upstream connections in the shared idle list.
     pub upstream_idle: IntGauge,
+    /// Upstream connections open (`upstream.max_connections` at most).
+    pub upstream_open: IntGauge,
+    /// Requests waiting for an upstream connection (or request slot).
+    pub upstream_queued: IntGauge,
     pub license: LicenseMetrics,
     pub policy: PolicyMetrics,
     pub store: std::sync::Arc<StoreMetrics>,
@@ -516,6 +524,16 @@ impl Metrics {
             "Plain HTTP/1.1 upstream connections waiting, unused, in the shared idle list.",
         )
         .expect("valid metric");
+        let upstream_open = IntGauge::new(
+            "licensegate_upstream_connections_open",
+            "Upstream connections open, at most upstream.max_connections.",
+        )
+        .expect("valid metric");
+        let upstream_queued = IntGauge::new(
+            "licensegate_upstream_requests_queued",
+            "Requests waiting for an upstream connection because upstream.max_connections are in use.",
+        )
+        .expect("valid metric");
         let connections_total = IntCounter::new(
             "licensegate_connections_total",
             "Inbound connections accepted.",
@@ -536,6 +554,8 @@ impl Metrics {
             Box::new(tunnels_open.clone()),
             Box::new(connections_total.clone()),
             Box::new(upstream_idle.clone()),
+            Box::new(upstream_open.clone()),
+            Box::new(upstream_queued.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -579,6 +599,8 @@ impl Metrics {
             tunnels_open,
             connections_total,
             upstream_idle,
+            upstream_open,
+            upstream_queued,
         }
     }
 

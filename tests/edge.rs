@@ -379,6 +379,66 @@ async fn a_websocket_tunnel_relays_and_holds_its_connection_slot() {
 }
 
 #[tokio::test]
+async fn a_tunnel_keeps_its_upstream_connection_slot() {
+    let upstream = RecordingUpstream::start(Answer101::Genuine).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "licensegate.yaml",
+        &format!(
+            "upstream:\n  url: {}\n  max_connections: 1\ntimeouts:\n  upstream_queue: 0s\n",
+            upstream.url()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
+    tunnel
+        .write_all(websocket_handshake("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 101"));
+    // The tunnel's upstream connection is the one the cap allows.
+    let reply = exchange(
+        proxy.addr,
+        b"GET /while-tunnelled HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), [503], "{reply}");
+    assert!(reply.contains("upstream_overloaded"), "{reply}");
+    assert_eq!(
+        metric(
+            &metrics(&proxy).await,
+            "licensegate_upstream_connections_open"
+        ),
+        Some(1.0)
+    );
+    drop(tunnel);
+    upstream
+        .wait_until("the tunnel closed", |u| u.closed_connections() >= 1)
+        .await;
+    let mut freed = false;
+    for _ in 0..200 {
+        let page = metrics(&proxy).await;
+        if metric(&page, "licensegate_upstream_connections_open") == Some(0.0) {
+            freed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(freed, "the tunnel's upstream slot was given back");
+    let reply = exchange(
+        proxy.addr,
+        b"GET /after-tunnel HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), [200], "{reply}");
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.target() != "/while-tunnelled"));
+}
+
+#[tokio::test]
 async fn a_101_that_does_not_answer_the_handshake_is_refused() {
     let upstream = RecordingUpstream::start(Answer101::WrongAccept).await;
     let (_dir, proxy) = plain_proxy(&upstream, "");

@@ -15,18 +15,18 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use prometheus::IntGauge;
 
 use crate::config::{ConfigError, Settings, Underscores, UpstreamProtocol};
 use crate::decision::Peer;
 use crate::limits::Permit;
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{Metrics, UpstreamErrorKind};
 
+use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::io::ConnectionSlot;
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+type UpstreamClient = Client<Budgeted<HttpsConnector<HttpConnector>>, Incoming>;
 
 /// Idle direct upstream connections kept for new inbound connections.
 const DIRECT_MAX_IDLE: usize = 1024;
@@ -163,13 +163,15 @@ pub struct Forwarder {
     direct: Option<Arc<DirectPool>>,
     /// TLS or HTTP/2 upstreams.
     client: UpstreamClient,
+    /// `upstream.max_connections`, shared by both.
+    budget: Arc<UpstreamBudget>,
     scheme: Scheme,
     authority: Authority,
     response_timeout: Duration,
     trust_forwarded: bool,
     protected: Protected,
     tunnel_idle: Duration,
-    tunnels_open: IntGauge,
+    tunnels_open: prometheus::IntGauge,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -201,11 +203,7 @@ impl Forwarder {
         }
     }
 
-    pub fn new(
-        settings: &Settings,
-        idle_gauge: IntGauge,
-        tunnels_open: IntGauge,
-    ) -> Result<Forwarder, ConfigError> {
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Forwarder, ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -227,6 +225,13 @@ impl Forwarder {
             UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
             UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
         };
+        let budget = Arc::new(UpstreamBudget::new(
+            upstream.max_connections,
+            settings.timeouts.upstream_queue,
+            metrics.upstream_open.clone(),
+            metrics.upstream_queued.clone(),
+        ));
+        let connector = Budgeted::new(connector, Arc::clone(&budget));
 
         let mut client = Client::builder(TokioExecutor::new());
         client
@@ -242,12 +247,14 @@ impl Forwarder {
                     settings.timeouts.upstream_response,
                     DIRECT_MAX_IDLE,
                     settings.timeouts.upstream_idle,
-                    idle_gauge,
+                    metrics.upstream_idle.clone(),
+                    Arc::clone(&budget),
                 ))
             });
         Ok(Forwarder {
             direct,
             client: client.build(connector),
+            budget,
             scheme: upstream.url.scheme.clone(),
             authority: upstream.url.authority.clone(),
             response_timeout: settings.timeouts.upstream_response,
@@ -257,7 +264,7 @@ impl Forwarder {
                 underscores: settings.headers.underscores,
             },
             tunnel_idle: settings.timeouts.tunnel_idle,
-            tunnels_open,
+            tunnels_open: metrics.tunnels_open.clone(),
         })
     }
 
@@ -317,21 +324,34 @@ impl Forwarder {
         })
     }
 
-    /// Send over hyper-util's pool (TLS or HTTP/2 upstreams, HTTP/2 clients).
+    /// Send over hyper-util's pool (TLS or HTTP/2 upstreams). The slot
+    /// returned counts the request against `upstream.max_connections` until
+    /// its response body has been sent.
     pub async fn send_pooled(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::from_hyper(
-                if error.is_connect() {
-                    UpstreamErrorKind::Connect
-                } else {
-                    UpstreamErrorKind::Protocol
-                },
-                &error,
-            )),
+    ) -> Result<(Response<Incoming>, Slot), UpstreamError> {
+        let sending = async {
+            let slot = self.budget.request().await?;
+            let response = self.client.request(request).await;
+            Ok::<_, UpstreamError>((response, slot))
+        };
+        match tokio::time::timeout(self.response_timeout, sending).await {
+            Ok(Ok((Ok(response), slot))) => Ok((response, slot)),
+            Ok(Err(overloaded)) => Err(overloaded),
+            Ok(Ok((Err(error), _))) => Err(match find_overloaded(&error) {
+                Some(overloaded) => {
+                    UpstreamError::new(UpstreamErrorKind::Overloaded, overloaded.to_string())
+                }
+                None => UpstreamError::from_hyper(
+                    if error.is_connect() {
+                        UpstreamErrorKind::Connect
+                    } else {
+                        UpstreamErrorKind::Protocol
+                    },
+                    &error,
+                ),
+            }),
             Err(_elapsed) => Err(UpstreamError::new(
                 UpstreamErrorKind::Timeout,
                 format!(

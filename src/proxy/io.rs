@@ -5,16 +5,25 @@
 //! timer can enforce both the idle timeout and the request-head (slowloris)
 //! timeout. That replaces a timer armed and torn down on every request, which
 //! profiling showed costing about a tenth of the proxy's user-space work.
+//!
+//! It also counts HTTP/2 streams the client reset after they were accepted
+//! (CVE-2023-44487's second form: hyper's own guard counts only resets
+//! before acceptance), and flags the connection once they exceed
+//! `limits.max_stream_resets` per [`STREAM_RESET_WINDOW`].
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::config::STREAM_RESET_WINDOW;
 
 /// What an inbound connection holds for its whole life, including the
 /// tunnel it may become: its `limits.max_connections` slot, its place in
@@ -55,6 +64,12 @@ impl Drop for ConnectionSlot {
 /// No request head is being received.
 const NO_HEAD: u64 = u64::MAX;
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first reads matched the preface, or did not: nothing more to follow.
+const PREFACE_DECIDED: u8 = u8::MAX;
+
 /// Per-connection counters shared by the transport, the service and the watchdog.
 #[derive(Debug)]
 pub struct Activity {
@@ -69,21 +84,45 @@ pub struct Activity {
     epoch: AtomicU64,
     /// HTTP/2: requests are framed, so there is no head to time.
     multiplexed: AtomicBool,
+    /// Bytes of the HTTP/2 preface the first reads matched, however the
+    /// client split it; `PREFACE_DECIDED` once known.
+    preface: AtomicU8,
+    /// Streams reset by the client after acceptance, in the current window.
+    resets: Mutex<ResetWindow>,
+    max_resets: u32,
+    /// Set once `max_resets` was exceeded: new streams are refused and the
+    /// connection is being closed.
+    reset_flood: AtomicBool,
+    /// The connection's supervising task, woken when `reset_flood` is set.
+    supervisor: AtomicWaker,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
+#[derive(Debug)]
+struct ResetWindow {
+    started: Instant,
+    count: u32,
+}
+
+impl Activity {
+    /// `max_resets`: accepted streams the client may reset per window.
+    pub fn new(max_resets: u32) -> Self {
         Activity {
             ticks: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             head_since: AtomicU64::new(NO_HEAD),
             epoch: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
+            preface: AtomicU8::new(0),
+            resets: Mutex::new(ResetWindow {
+                started: Instant::now(),
+                count: 0,
+            }),
+            max_resets,
+            reset_flood: AtomicBool::new(false),
+            supervisor: AtomicWaker::new(),
         }
     }
-}
 
-impl Activity {
     pub fn ticks(&self) -> u64 {
         self.ticks.load(Ordering::Relaxed)
     }
@@ -92,9 +131,44 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Mark the connection as HTTP/2 (ALPN `h2`).
+    /// Mark the connection as HTTP/2 (ALPN `h2`, or the preface seen). Its
+    /// frames are no request head: the head timer does not apply.
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Ordering::Relaxed);
+        self.head_since.store(NO_HEAD, Ordering::Relaxed);
+    }
+
+    /// Whether the client reset more accepted streams than allowed.
+    pub fn reset_flood(&self) -> bool {
+        self.reset_flood.load(Ordering::Relaxed)
+    }
+
+    /// Wake the task polling this when a reset flood is detected.
+    pub fn register_supervisor(&self, waker: &std::task::Waker) {
+        self.supervisor.register(waker);
+    }
+
+    /// An accepted HTTP/2 stream ended before its response was sent: the
+    /// client reset it (or the connection is going away anyway).
+    #[cold]
+    fn stream_cancelled(&self) {
+        // On HTTP/1.1 that only happens when the connection closes.
+        if !self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
+        let exceeded = {
+            let mut window = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now.duration_since(window.started) >= STREAM_RESET_WINDOW {
+                window.started = now;
+                window.count = 0;
+            }
+            window.count = window.count.saturating_add(1);
+            window.count > self.max_resets
+        };
+        if exceeded && !self.reset_flood.swap(true, Ordering::Relaxed) {
+            self.supervisor.wake();
+        }
     }
 
     /// Advance the watchdog's clock; returns the new epoch.
@@ -114,15 +188,17 @@ impl Activity {
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NO_HEAD, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            complete: false,
+        }
     }
 
-    fn on_read(&self, first_bytes: &[u8]) {
-        let previous = self.ticks.fetch_add(1, Ordering::Relaxed);
-        // The HTTP/2 connection preface starts with "PRI "; no HTTP/1.1
-        // request can, as PRI is not a method hyper accepts over HTTP/1.1.
-        if previous == 0 && first_bytes.starts_with(b"PRI ") {
-            self.multiplexed.store(true, Ordering::Relaxed);
+    fn on_read(&self, bytes: &[u8]) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        let matched = self.preface.load(Ordering::Relaxed);
+        if matched != PREFACE_DECIDED {
+            self.follow_preface(matched, bytes);
         }
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.multiplexed.load(Ordering::Relaxed)
@@ -133,17 +209,43 @@ impl Activity {
         }
     }
 
+    /// Match the first reads against the HTTP/2 preface, which the client
+    /// may split anywhere. The server's SETTINGS may go out before the first
+    /// read, so "first" means the first bytes read, not the first I/O.
+    #[cold]
+    fn follow_preface(&self, matched: u8, bytes: &[u8]) {
+        let expected = &H2_PREFACE[usize::from(matched)..];
+        let n = bytes.len().min(expected.len());
+        let next = if bytes[..n] != expected[..n] {
+            PREFACE_DECIDED
+        } else if n == expected.len() {
+            self.set_multiplexed();
+            PREFACE_DECIDED
+        } else {
+            matched + n as u8
+        };
+        self.preface.store(next, Ordering::Relaxed);
+    }
+
     fn on_write(&self) {
         self.ticks.fetch_add(1, Ordering::Relaxed);
     }
 }
 
+/// A request in flight, from the service call to the end of its response
+/// body. Dropped before that end, it was cancelled.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    complete: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.complete {
+            self.activity.stream_cancelled();
+        }
     }
 }
 
@@ -156,19 +258,22 @@ pin_project_lite::pin_project! {
         guard: InFlight,
         // Concurrency-limit slots, freed with the body.
         permits: Vec<crate::limits::Permit>,
-        // An HTTP/2 stream's upstream connection: back to the idle list once
+        // An HTTP/2 stream's upstream connection (back to the idle list), or
+        // a pooled request's slot of the upstream budget: given back once
         // the body (declared first, so dropped first) is done with it.
-        upstream: Option<super::upstream::Lease>,
+        upstream: Option<super::upstream::UpstreamHold>,
     }
 }
 
-impl<B> InFlightBody<B> {
+impl<B: Body> InFlightBody<B> {
     pub fn new(
         body: B,
-        guard: InFlight,
+        mut guard: InFlight,
         permits: Vec<crate::limits::Permit>,
-        upstream: Option<super::upstream::Lease>,
+        upstream: Option<super::upstream::UpstreamHold>,
     ) -> Self {
+        // An empty body is never polled: its response is complete as sent.
+        guard.complete = body.is_end_stream();
         InFlightBody {
             body,
             guard,
@@ -186,7 +291,19 @@ impl<B: Body<Data = Bytes>> Body for InFlightBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        // The server stops polling once the body says it has ended; an
+        // upstream body error ends the response too, not the client's doing.
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Pending => false,
+        };
+        if ended {
+            this.guard.complete = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -270,5 +387,59 @@ impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn multiplexed(activity: &Activity) -> bool {
+        activity.multiplexed.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_preface_split_anywhere_marks_the_connection_multiplexed() {
+        for split in 1..H2_PREFACE.len() {
+            let activity = Activity::new(1);
+            // The server's SETTINGS may go out before the first read.
+            activity.on_write();
+            activity.on_read(&H2_PREFACE[..split]);
+            activity.on_read(&H2_PREFACE[split..]);
+            assert!(multiplexed(&activity), "split at {split}");
+            assert_eq!(activity.head_started(), None, "split at {split}");
+        }
+        // An HTTP/1.1 head that starts like the preface is still timed.
+        let activity = Activity::new(1);
+        activity.on_read(b"PR");
+        activity.on_read(b"OPFIND / HTTP/1.1\r\n");
+        activity.on_read(H2_PREFACE);
+        assert!(!multiplexed(&activity));
+        assert_eq!(activity.head_started(), Some(0));
+    }
+
+    #[test]
+    fn accepted_streams_reset_beyond_the_budget_flag_the_connection() {
+        let activity = Arc::new(Activity::new(2));
+        activity.set_multiplexed();
+        // Finished responses are no resets.
+        for _ in 0..3 {
+            let mut in_flight = activity.begin_request();
+            in_flight.complete = true;
+        }
+        for _ in 0..2 {
+            drop(activity.begin_request());
+        }
+        assert!(!activity.reset_flood());
+        drop(activity.begin_request());
+        assert!(activity.reset_flood());
+        assert_eq!(activity.in_flight(), 0);
+
+        // On HTTP/1.1 a request ends early only with its connection.
+        let http1 = Arc::new(Activity::new(1));
+        for _ in 0..3 {
+            drop(http1.begin_request());
+        }
+        assert!(!http1.reset_flood());
     }
 }

@@ -1,5 +1,6 @@
 //! The inbound side: accept connections, decide each request, forward or reject.
 
+mod budget;
 pub mod forward;
 mod io;
 pub mod server;
@@ -80,10 +81,18 @@ pub async fn handle(
                         Via::Held(lease) => lease.send(request, outbound.keep_connection).await,
                         Via::Stream(lease) => {
                             let sent = lease.send(request, outbound.keep_connection).await;
-                            stream_lease = Some(lease);
+                            stream_lease = Some(lease.into());
                             sent
                         }
-                        Via::Pooled => forwarder.send_pooled(request).await,
+                        Via::Pooled => {
+                            forwarder
+                                .send_pooled(request)
+                                .await
+                                .map(|(response, slot)| {
+                                    stream_lease = Some(slot.into());
+                                    response
+                                })
+                        }
                     };
                     sent.and_then(|response| {
                         forwarder.finish(response, outbound.upgrade, &conn, &mut permits)
@@ -217,8 +226,26 @@ fn upstream_failed(shared: &Shared, error: UpstreamError) -> Response<ProxyBody>
         UpstreamErrorKind::Connect | UpstreamErrorKind::Protocol => {
             (StatusCode::BAD_GATEWAY, Reason::UpstreamUnavailable)
         }
+        UpstreamErrorKind::Overloaded => {
+            (StatusCode::SERVICE_UNAVAILABLE, Reason::UpstreamOverloaded)
+        }
     };
-    tracing::warn!(kind = error.kind.as_str(), detail = %error.detail, "upstream request failed");
+    if error.kind == UpstreamErrorKind::Overloaded {
+        // Counted in the metrics; a warning per refused request would add
+        // work when there is least room for it.
+        tracing::debug!(detail = %error.detail, "upstream overloaded");
+    } else {
+        tracing::warn!(kind = error.kind.as_str(), detail = %error.detail, "upstream request failed");
+    }
     shared.metrics.request(Outcome::Error, reason);
-    problem::error(status, reason, error.detail).map(Either::Right)
+    let mut response = problem::error(status, reason, error.detail);
+    if reason == Reason::UpstreamOverloaded {
+        // A connection usually comes back within the queue's wait; a second
+        // is a polite pause that still keeps clients from piling up.
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    response.map(Either::Right)
 }

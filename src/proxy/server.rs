@@ -1,5 +1,5 @@
 //! The proxy listener: accept, TLS, HTTP/1.1 + HTTP/2 on one port, idle and
-//! connection limits, and draining on shutdown.
+//! connection limits, HTTP/2 stream bounds, and draining on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::future::{Either, TryFutureExt};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::forward::ConnContext;
-use super::io::{Activity, ConnectionSlot, CountingIo};
+use super::io::{Activity, ConnectionSlot, CountingIo, H2_PREFACE};
 use super::{handle, Shared};
 use crate::config::Settings;
 use crate::decision::Peer;
@@ -36,18 +37,34 @@ pub struct ProxyServer {
     request_header_timeout: Duration,
     idle_timeout: Duration,
     drain_timeout: Duration,
+    max_stream_resets: u32,
 }
 
 /// HTTP server builders, shared by all connections.
 struct Builders {
-    /// Plain TCP whose first bytes are not the HTTP/2 preface.
+    /// Plain TCP whose first bytes are not the HTTP/2 preface; TLS without
+    /// ALPN `h2` (RFC 9113 §3.3: HTTP/2 over TLS is negotiated).
     http1: http1::Builder,
-    /// Plain TCP starting with the HTTP/2 preface (prior knowledge).
+    /// Plain TCP starting with the HTTP/2 preface (prior knowledge); TLS
+    /// with ALPN `h2`.
     http2: http2::Builder<TokioExecutor>,
-    /// TLS, and plain TCP whose first bytes are only part of the HTTP/2
-    /// preface: hyper-util reads the first bytes and picks the protocol.
+    /// Plain TCP whose first bytes are only part of the HTTP/2 preface:
+    /// hyper-util reads the first bytes and picks the protocol.
     auto: auto::Builder<TokioExecutor>,
 }
+
+/// Streams a client may reset before the server accepted them (h2's own
+/// default): the first form of CVE-2023-44487. Resets after acceptance are
+/// bounded by `limits.max_stream_resets` (see `io.rs`).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams h2 may reset over the client's protocol errors in a connection's
+/// lifetime before answering GOAWAY ENHANCE_YOUR_CALM (hyper's default).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// How long a connection that exceeded `limits.max_stream_resets` has after
+/// its GOAWAY to finish, before it is closed regardless.
+const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 
 impl Builders {
     fn new(settings: &Settings) -> Self {
@@ -65,32 +82,34 @@ impl Builders {
             // Small responses go out as one flattened write; writev's queue
             // bookkeeping cost more than the copy (callgrind, benches/load.sh).
             .writev(false);
+        let limits = &settings.limits;
+        let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX),
-            )
-            .max_concurrent_streams(256);
+            .max_header_list_size(max_header_list)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         let mut auto = auto::Builder::new(TokioExecutor::new());
+        // hyper-util offers no `max_header_size` here: its HTTP/1 heads are
+        // bounded by the read buffer alone. Only plain-TCP clients whose first
+        // read is a fragment of the HTTP/2 preface come this way.
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(settings.limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes)
             .keep_alive(true)
             .writev(false);
         auto.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX),
-            )
-            .max_concurrent_streams(256);
+            .max_header_list_size(max_header_list)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         Builders { http1, http2, auto }
     }
 }
-
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How a plain-TCP connection starts.
 enum Sniffed {
@@ -131,6 +150,7 @@ impl ProxyServer {
             request_header_timeout: settings.timeouts.request_header,
             idle_timeout: settings.timeouts.idle,
             drain_timeout: settings.timeouts.drain,
+            max_stream_resets: settings.limits.max_stream_resets,
         })
     }
 
@@ -176,6 +196,7 @@ impl ProxyServer {
                 },
                 request_header_timeout: self.request_header_timeout,
                 idle_timeout: self.idle_timeout,
+                max_stream_resets: self.max_stream_resets,
             };
             let slot = ConnectionSlot::new(
                 permit,
@@ -207,6 +228,7 @@ struct Connection {
     peer: Peer,
     request_header_timeout: Duration,
     idle_timeout: Duration,
+    max_stream_resets: u32,
 }
 
 impl Connection {
@@ -214,19 +236,28 @@ impl Connection {
     /// tunnel it became have ended.
     async fn run(self, stream: TcpStream, slot: ConnectionSlot) {
         self.shared.metrics.connections_total.inc();
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new(self.max_stream_resets));
         let io = CountingIo::new(stream, Arc::clone(&activity));
         let shared = Arc::clone(&self.shared);
         let conn = Arc::new(self.shared.forwarder.connection(self.peer, slot));
         let service_activity = Arc::clone(&activity);
         let service_conn = Arc::clone(&conn);
         let service = service_fn(move |request| {
+            if service_activity.reset_flood() {
+                // Refused unprocessed (RFC 9113 §8.7): the connection is
+                // closing, and nothing of this stream reaches the upstream.
+                let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+                return Either::Right(std::future::ready(Err(refused)));
+            }
             let in_flight = service_activity.begin_request();
-            handle(
-                Arc::clone(&shared),
-                Arc::clone(&service_conn),
-                request,
-                in_flight,
+            Either::Left(
+                handle(
+                    Arc::clone(&shared),
+                    Arc::clone(&service_conn),
+                    request,
+                    in_flight,
+                )
+                .map_err(|never| match never {}),
             )
         });
         // Each protocol's connection future is boxed as it is built, so the
@@ -251,7 +282,9 @@ impl Connection {
                         &conn,
                     ),
                 )),
-                Some(Sniffed::Http2) => Some(Box::pin(
+                Some(Sniffed::Http2) => Some(Box::pin({
+                    // The server's SETTINGS go out before its first read.
+                    activity.set_multiplexed();
                     self.supervise(
                         self.builders
                             .http2
@@ -259,8 +292,8 @@ impl Connection {
                         |c| c.graceful_shutdown(),
                         &activity,
                         &conn,
-                    ),
-                )),
+                    )
+                })),
                 Some(Sniffed::Unsure) => Some(Box::pin(
                     self.supervise(
                         self.builders
@@ -277,21 +310,30 @@ impl Connection {
                 let handshake =
                     tokio::time::timeout(self.request_header_timeout, acceptor.accept(io));
                 match Box::pin(handshake).await {
-                    Ok(Ok(tls)) => {
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            activity.set_multiplexed();
-                        }
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        activity.set_multiplexed();
                         Some(Box::pin(
                             self.supervise(
                                 self.builders
-                                    .auto
-                                    .serve_connection_with_upgrades(TokioIo::new(tls), service),
+                                    .http2
+                                    .serve_connection(TokioIo::new(tls), service),
                                 |c| c.graceful_shutdown(),
                                 &activity,
                                 &conn,
                             ),
                         ))
                     }
+                    Ok(Ok(tls)) => Some(Box::pin(
+                        self.supervise(
+                            self.builders
+                                .http1
+                                .serve_connection(TokioIo::new(tls), service)
+                                .with_upgrades(),
+                            |c| c.graceful_shutdown(),
+                            &activity,
+                            &conn,
+                        ),
+                    )),
                     Ok(Err(error)) => {
                         tracing::debug!(peer = %self.peer.addr, %error, "TLS handshake failed");
                         None
@@ -353,16 +395,31 @@ impl Connection {
         let check = tokio::time::sleep(watchdog.period);
         tokio::pin!(check);
         let mut closing = false;
+        // After a reset flood's GOAWAY: the time left before closing.
+        let mut flood_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // The drain signal and the watchdog timer keep the waker of their
         // first poll (this task's), so after that they are polled only once
         // they may be ready. Polling them on every wake-up of the connection,
         // as `select!` does, cost ~700 instructions per request (callgrind).
+        // The reset-flood flag is a load; its waker is registered once too.
         let mut drain_polled = false;
         let mut check_polled = false;
+        let mut supervisor_registered = false;
         loop {
             let event = std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Event::Ended(result));
+                }
+                if !supervisor_registered {
+                    supervisor_registered = true;
+                    activity.register_supervisor(cx.waker());
+                }
+                if let Some(grace) = &mut flood_grace {
+                    if grace.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::FloodGraceOver);
+                    }
+                } else if activity.reset_flood() {
+                    return Poll::Ready(Event::ResetFlood);
                 }
                 if !closing && (!drain_polled || lifecycle.is_draining()) {
                     drain_polled = true;
@@ -390,6 +447,18 @@ impl Connection {
                     closing = true;
                     graceful_shutdown(connection.as_mut());
                 }
+                Event::ResetFlood => {
+                    tracing::warn!(
+                        peer = %peer.addr,
+                        "HTTP/2 client reset more accepted streams than limits.max_stream_resets allows; closing the connection"
+                    );
+                    if !closing {
+                        closing = true;
+                        graceful_shutdown(connection.as_mut());
+                    }
+                    flood_grace = Some(Box::pin(tokio::time::sleep(RESET_FLOOD_GRACE)));
+                }
+                Event::FloodGraceOver => return,
                 Event::Check => {
                     // Like `Interval` with `MissedTickBehavior::Delay`.
                     let now = Instant::now();
@@ -413,7 +482,10 @@ impl Connection {
                             closing = true;
                             graceful_shutdown(connection.as_mut());
                         }
-                        Verdict::Idle => {}
+                        // A graceful close (GOAWAY) that stayed quiet for
+                        // another idle period without finishing: the client
+                        // does not answer it.
+                        Verdict::Idle => return,
                     }
                 }
             }
@@ -426,6 +498,9 @@ enum Event<T> {
     Ended(T),
     Drain,
     Check,
+    /// `limits.max_stream_resets` exceeded.
+    ResetFlood,
+    FloodGraceOver,
 }
 
 /// One coarse timer per connection enforcing the request-head and idle

@@ -11,6 +11,10 @@
 //! goes quiet gives its connection back there. Each HTTP/2 client stream
 //! takes one from that list for the time of its response. TLS and HTTP/2
 //! upstreams use hyper-util's pool instead (see `forward.rs`).
+//!
+//! New connections need a slot of the upstream budget (`budget.rs`); a
+//! request that finds none free waits for a connection to come back to the
+//! idle list, which hands it over directly, or for one to close.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,8 +30,10 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use super::budget::{BudgetedIo, Slot, UpstreamBudget};
 use super::forward::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
 
@@ -39,14 +45,31 @@ pub struct DirectPool {
     authority: Authority,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// Most recently idled last, so the warmest connection is reused and
-    /// the coldest expire from the front.
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<IdleList>,
     max_idle: usize,
     /// Connections unused this long are closed.
     idle_timeout: Duration,
     /// `idle.len()`, exported.
     idle_gauge: IntGauge,
+    budget: Arc<UpstreamBudget>,
+}
+
+/// Connections given back, and requests waiting for one: under one lock, so
+/// a connection put back never misses a request that just began to wait.
+#[derive(Debug, Default)]
+struct IdleList {
+    /// Most recently idled last, so the warmest connection is reused and
+    /// the coldest expire from the front.
+    entries: VecDeque<Idle>,
+    /// Requests that found every budgeted connection in use, first come
+    /// first served; closed ones (their wait ended) are skipped.
+    waiters: VecDeque<oneshot::Sender<Sender>>,
+}
+
+/// What a queued request got: a connection given back, or a freed slot.
+enum Freed {
+    Idle(Sender),
+    Slot(Slot),
 }
 
 #[derive(Debug)]
@@ -81,15 +104,17 @@ impl DirectPool {
         max_idle: usize,
         idle_timeout: Duration,
         idle_gauge: IntGauge,
+        budget: Arc<UpstreamBudget>,
     ) -> Self {
         DirectPool {
             authority,
             connect_timeout,
             response_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::default(),
             max_idle,
             idle_timeout,
             idle_gauge,
+            budget,
         }
     }
 
@@ -102,15 +127,61 @@ impl DirectPool {
 
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
-        let mut found = None;
-        while let Some(entry) = idle.pop_back() {
+        let found = Self::pop_open(&mut idle.entries);
+        self.idle_gauge.set(idle.entries.len() as i64);
+        found
+    }
+
+    fn pop_open(entries: &mut VecDeque<Idle>) -> Option<Sender> {
+        while let Some(entry) = entries.pop_back() {
             if !entry.sender.is_closed() {
-                found = Some(entry.sender);
-                break;
+                return Some(entry.sender);
             }
         }
-        self.idle_gauge.set(idle.len() as i64);
-        found
+        None
+    }
+
+    /// A connection for a request that found none idle: a new one while the
+    /// budget allows, else the first given back (or a slot freed by one
+    /// closing) within the queue's wait.
+    async fn open(&self) -> Result<Sender, UpstreamError> {
+        let slot = match self.budget.try_connection() {
+            Some(slot) => slot,
+            None => match self.wait_for_connection().await? {
+                Freed::Idle(sender) => return Ok(sender),
+                Freed::Slot(slot) => slot,
+            },
+        };
+        self.connect(slot).await
+    }
+
+    async fn wait_for_connection(&self) -> Result<Freed, UpstreamError> {
+        let _queued = self.budget.enqueue()?;
+        let (waiter, mut handed) = oneshot::channel();
+        {
+            let mut idle = lock(&self.idle);
+            // Given back since the caller looked?
+            if let Some(sender) = Self::pop_open(&mut idle.entries) {
+                self.idle_gauge.set(idle.entries.len() as i64);
+                return Ok(Freed::Idle(sender));
+            }
+            idle.waiters.retain(|w| !w.is_closed());
+            idle.waiters.push_back(waiter);
+        }
+        let waited = tokio::time::timeout(self.budget.queue_wait(), async {
+            tokio::select! {
+                biased;
+                Ok(sender) = &mut handed => Freed::Idle(sender),
+                slot = self.budget.acquire_connection() => Freed::Slot(slot),
+            }
+        })
+        .await;
+        // A connection handed over just as the wait ended is used, not lost.
+        handed.close();
+        if let Ok(sender) = handed.try_recv() {
+            return Ok(Freed::Idle(sender));
+        }
+        waited.map_err(|_| self.budget.overloaded().into())
     }
 
     /// Close the connections idle longer than the idle timeout, and forget
@@ -133,29 +204,38 @@ impl DirectPool {
     /// Close connections unused for the idle timeout.
     pub fn expire_idle(&self) {
         let mut idle = lock(&self.idle);
-        self.expire(&mut idle, Instant::now());
-        self.idle_gauge.set(idle.len() as i64);
+        self.expire(&mut idle.entries, Instant::now());
+        self.idle_gauge.set(idle.entries.len() as i64);
     }
 
     /// A sender whose connection is still finishing its last response (its
     /// task has not yet seen the body's end) is kept too: the next user
     /// waits for it in `poll_ready`, and one that closes instead is replaced.
-    fn put_idle(&self, sender: Sender) {
+    /// A request waiting for a connection gets it first.
+    fn put_idle(&self, mut sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        if idle.len() >= self.max_idle {
-            self.expire(&mut idle, now);
+        while let Some(waiter) = idle.waiters.pop_front() {
+            match waiter.send(sender) {
+                Ok(()) => return,
+                Err(back) => sender = back,
+            }
         }
-        if idle.len() < self.max_idle {
-            idle.push_back(Idle { sender, since: now });
+        let entries = &mut idle.entries;
+        if entries.len() >= self.max_idle {
+            self.expire(entries, now);
         }
-        self.idle_gauge.set(idle.len() as i64);
+        if entries.len() < self.max_idle {
+            entries.push_back(Idle { sender, since: now });
+        }
+        self.idle_gauge.set(entries.len() as i64);
     }
 
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// Open a connection that keeps `slot` for as long as it is open.
+    async fn connect(&self, slot: Slot) -> Result<Sender, UpstreamError> {
         let connect_error = |detail: String| UpstreamError::new(UpstreamErrorKind::Connect, detail);
         let host = self
             .authority
@@ -190,7 +270,7 @@ impl DirectPool {
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .writev(false)
-            .handshake(TokioIo::new(stream))
+            .handshake(BudgetedIo::new(TokioIo::new(stream), slot))
             .await
             .map_err(|e| connect_error(format!("HTTP/1.1 handshake failed: {e}")))?;
         tokio::spawn(async move {
@@ -233,7 +313,7 @@ impl Lease {
             // Boxed: connecting is rare, and its large future would otherwise
             // be part of (and copied with) every request's future.
             None => checkout
-                .within(Box::pin(self.pool.connect()))
+                .within(Box::pin(self.pool.open()))
                 .await
                 .map_err(elapsed)??,
         };
@@ -243,7 +323,7 @@ impl Lease {
             .map_err(elapsed)?;
         if ready.is_err() {
             sender = checkout
-                .within(Box::pin(self.pool.connect()))
+                .within(Box::pin(self.pool.open()))
                 .await
                 .map_err(elapsed)??;
         }
@@ -256,7 +336,7 @@ impl Lease {
             Err(mut error) => match error.take_message() {
                 Some(request) => {
                     sender = checkout
-                        .within(Box::pin(self.pool.connect()))
+                        .within(Box::pin(self.pool.open()))
                         .await
                         .map_err(elapsed)??;
                     checkout
@@ -407,6 +487,27 @@ fn closes_connection(headers: &http::HeaderMap, version: http::Version) -> bool 
         }
     }
     close || (version == http::Version::HTTP_10 && !keep_alive)
+}
+
+/// What a response body keeps of the upstream until it has been sent.
+#[derive(Debug)]
+pub enum UpstreamHold {
+    /// An HTTP/2 stream's direct connection, back to the idle list after.
+    Stream(Lease),
+    /// A request's slot of the budget over hyper-util's pool.
+    Request(Slot),
+}
+
+impl From<Lease> for UpstreamHold {
+    fn from(lease: Lease) -> Self {
+        UpstreamHold::Stream(lease)
+    }
+}
+
+impl From<Slot> for UpstreamHold {
+    fn from(slot: Slot) -> Self {
+        UpstreamHold::Request(slot)
+    }
 }
 
 impl Drop for Lease {
