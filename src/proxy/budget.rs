@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::forward::UpstreamError;
+use super::error::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
 
 /// Upstream connections and pooled requests in flight, each at most `max`.

@@ -22,6 +22,8 @@ use crate::limits::Permit;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
+use super::conn::ConnContext;
+use super::error::UpstreamError;
 use super::io::ConnectionSlot;
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
@@ -42,31 +44,6 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// Every header licensegate sets for the upstream starts with this; no
 /// client may send one.
 const OWN_PREFIX: &[u8] = b"x-licensegate-";
-
-/// What forwarding keeps per inbound connection: the peer, its address
-/// pre-rendered for `X-Forwarded-For`, and the upstream connection it holds.
-#[derive(Debug)]
-pub struct ConnContext {
-    pub peer: Peer,
-    ip_header: HeaderValue,
-    lease: Option<Lease>,
-    /// Held as long as anything of the connection lives, a tunnel included.
-    slot: ConnectionSlot,
-}
-
-impl ConnContext {
-    /// Resolves once the proxy starts draining.
-    pub async fn drained(&self) {
-        self.slot.drained().await;
-    }
-
-    /// The inbound connection went quiet: let go of its upstream connection.
-    pub fn release_upstream(&self) {
-        if let Some(lease) = &self.lease {
-            lease.release();
-        }
-    }
-}
 
 /// How to send a request rewritten for the upstream.
 pub struct Outbound<'c> {
@@ -112,48 +89,6 @@ pub enum Via<'c> {
     Stream(Lease),
     /// hyper-util's pool: TLS or HTTP/2 upstreams.
     Pooled,
-}
-
-/// Why the upstream gave no response.
-#[derive(Debug)]
-pub struct UpstreamError {
-    pub kind: UpstreamErrorKind,
-    pub detail: String,
-    /// The client's request body failed (malformed chunked framing, or the
-    /// client went away mid-body): the client's fault, not the upstream's.
-    pub client_body: bool,
-}
-
-impl UpstreamError {
-    pub fn new(kind: UpstreamErrorKind, detail: String) -> Self {
-        UpstreamError {
-            kind,
-            detail,
-            client_body: false,
-        }
-    }
-
-    /// A hyper error from sending a request: a failure of the request body
-    /// read from the client is hyper's "user body" error whose cause is the
-    /// inbound connection's own hyper error.
-    pub fn from_hyper(kind: UpstreamErrorKind, error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut client_body = false;
-        let mut cause = Some(error);
-        while let Some(current) = cause {
-            if let Some(hyper_error) = current.downcast_ref::<hyper::Error>() {
-                client_body = hyper_error.is_user()
-                    && std::error::Error::source(hyper_error)
-                        .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
-                break;
-            }
-            cause = current.source();
-        }
-        UpstreamError {
-            kind,
-            detail: describe(error),
-            client_body,
-        }
-    }
 }
 
 /// Sends requests to one upstream origin over pooled connections.
@@ -270,14 +205,7 @@ impl Forwarder {
 
     /// Per-connection forwarding state for a newly accepted connection.
     pub fn connection(&self, peer: Peer, slot: ConnectionSlot) -> ConnContext {
-        let ip_header = HeaderValue::from_str(&peer.addr.ip().to_string())
-            .expect("an IP address is a valid header value");
-        ConnContext {
-            peer,
-            ip_header,
-            lease: self.direct.as_ref().map(DirectPool::lease),
-            slot,
-        }
+        ConnContext::new(peer, self.direct.as_ref().map(DirectPool::lease), slot)
     }
 
     /// Rewrite an allowed request head for the upstream. No I/O: the caller
@@ -779,18 +707,6 @@ fn empty_client_config() -> rustls::ClientConfig {
     .expect("ring supports the default protocol versions")
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth()
-}
-
-/// The error and its causes, for the problem `detail`.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The inbound side: accept connections, decide each request, forward or reject.
 
 mod budget;
+mod conn;
+mod error;
 pub mod forward;
 mod io;
 pub mod server;
@@ -21,7 +23,9 @@ use crate::decision::{Decision, DecisionEngine, Denial, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::policy::normalize::{check_request_head, normalize_target, HeadError};
 use crate::problem;
-use forward::{ConnContext, Forwarder, UpstreamError, Via};
+use conn::ConnContext;
+use error::UpstreamError;
+use forward::{Forwarder, Via};
 use io::{InFlight, InFlightBody};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::forward::ConnContext;
+use super::conn::ConnContext;
 use super::io::{Activity, ConnectionSlot, CountingIo, H2_PREFACE};
 use super::{handle, Shared};
 use crate::config::Settings;

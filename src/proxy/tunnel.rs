@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::forward::ConnContext;
+use super::conn::ConnContext;
 use crate::decision::{asks_for_websocket, has_token};
 use crate::limits::Permit;
 

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
-use super::forward::UpstreamError;
+use super::error::UpstreamError;
 use crate::metrics::UpstreamErrorKind;
 
 type Sender = http1::SendRequest<Incoming>;
