@@ -162,6 +162,18 @@ fn websocket_handshake(target: &str, extra: &str) -> String {
     )
 }
 
+/// Send a WebSocket handshake for `target` on a fresh connection; returns
+/// the connection and the response head.
+async fn handshake(addr: SocketAddr, target: &str, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(websocket_handshake(target, extra).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
 /// The next request through the proxy, on its own connection, reaches the
 /// upstream: everything sent before it has been decided.
 async fn barrier(proxy: &Proxy, upstream: &RecordingUpstream, n: usize) {
@@ -240,12 +252,7 @@ async fn websocket_tunnels_open_only_where_a_route_allows_them_after_the_decisio
     )
     .await;
     assert_eq!(statuses(&reply), [401], "{reply}");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(websocket_handshake("/live/feed", &auth).as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
+    let (mut stream, head) = handshake(proxy.addr, "/live/feed", &auth).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
@@ -325,12 +332,7 @@ async fn malformed_websocket_handshakes_are_refused() {
 async fn a_websocket_tunnel_relays_and_holds_its_connection_slot() {
     let upstream = RecordingUpstream::start(Answer101::Genuine).await;
     let (_dir, proxy) = plain_proxy(&upstream, "limits:\n  max_connections: 2\n");
-    let mut first = TcpStream::connect(proxy.addr).await.unwrap();
-    first
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut first).await;
+    let (mut first, head) = handshake(proxy.addr, "/ws", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
@@ -356,12 +358,8 @@ async fn a_websocket_tunnel_relays_and_holds_its_connection_slot() {
 
     // A second tunnel takes the second slot; a third connection waits
     // until a tunnel ends.
-    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
-    second
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut second).await.starts_with("HTTP/1.1 101"));
+    let (second, head) = handshake(proxy.addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let page = metrics(&proxy).await;
     assert_eq!(
         metric(&page, "licensegate_connections_open"),
@@ -391,12 +389,8 @@ async fn a_tunnel_keeps_its_upstream_connection_slot() {
         ),
     );
     let proxy = Proxy::with_config(&config);
-    let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
-    tunnel
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 101"));
+    let (tunnel, head) = handshake(proxy.addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // The tunnel's upstream connection is the one the cap allows.
     let reply = exchange(
         proxy.addr,
@@ -416,15 +410,13 @@ async fn a_tunnel_keeps_its_upstream_connection_slot() {
     upstream
         .wait_until("the tunnel closed", |u| u.closed_connections() >= 1)
         .await;
-    let mut freed = false;
-    for _ in 0..200 {
-        let page = metrics(&proxy).await;
-        if metric(&page, "licensegate_upstream_connections_open") == Some(0.0) {
-            freed = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let freed = eventually(async || {
+        metric(
+            &metrics(&proxy).await,
+            "licensegate_upstream_connections_open",
+        ) == Some(0.0)
+    })
+    .await;
     assert!(freed, "the tunnel's upstream slot was given back");
     let reply = exchange(
         proxy.addr,
@@ -442,12 +434,7 @@ async fn a_tunnel_keeps_its_upstream_connection_slot() {
 async fn a_101_that_does_not_answer_the_handshake_is_refused() {
     let upstream = RecordingUpstream::start(Answer101::WrongAccept).await;
     let (_dir, proxy) = plain_proxy(&upstream, "");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
+    let (mut stream, head) = handshake(proxy.addr, "/ws", "").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     stream
         .write_all(b"GET /smuggled HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -492,12 +479,8 @@ async fn an_unasked_101_is_refused() {
 async fn idle_tunnels_close_after_the_tunnel_idle_timeout() {
     let upstream = RecordingUpstream::start(Answer101::Genuine).await;
     let (_dir, proxy) = plain_proxy(&upstream, "timeouts:\n  tunnel_idle: 300ms\n");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 101"));
+    let (mut stream, head) = handshake(proxy.addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Nothing more is sent: the proxy closes both sides.
     let rest = read_to_end(&mut stream).await;
     assert!(rest.is_empty(), "{rest}");
@@ -513,12 +496,8 @@ async fn idle_tunnels_close_after_the_tunnel_idle_timeout() {
 async fn tunnels_end_when_the_proxy_drains() {
     let upstream = RecordingUpstream::start(Answer101::Genuine).await;
     let (_dir, mut proxy) = plain_proxy(&upstream, "");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(websocket_handshake("/ws", "").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 101"));
+    let (mut stream, head) = handshake(proxy.addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     proxy.signal("TERM");
     read_to_end(&mut stream).await;
     assert!(proxy.wait_exit().success());

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -559,17 +558,6 @@ async fn counting_upstream() -> CountingUpstream {
         accepted,
         closed,
     }
-}
-
-/// Poll (every 25 ms, up to 5 s) until `done` holds.
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
 }
 
 async fn idle_upstream_connections(proxy: &Proxy) -> Option<f64> {

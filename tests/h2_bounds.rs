@@ -673,17 +673,6 @@ async fn idle_h2c_connections_get_a_goaway_after_the_idle_timeout() {
     );
 }
 
-/// Poll (every 25 ms, up to 5 s) until `done` holds.
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn a_client_ignoring_the_reset_goaway_is_cut_off_and_refused_meanwhile() {
     let upstream = held_upstream().await;

@@ -315,17 +315,55 @@ impl<B: Body<Data = Bytes>> Body for InFlightBody<B> {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An I/O stream that reports its activity.
-    pub struct CountingIo<T> {
-        #[pin]
-        inner: T,
-        activity: Arc<Activity>,
+/// What a [`CountingIo`] reports its traffic to.
+pub trait Observe {
+    /// `bytes` were read.
+    fn read(&self, bytes: &[u8]);
+    /// Bytes were written.
+    fn wrote(&self);
+}
+
+impl Observe for Activity {
+    fn read(&self, bytes: &[u8]) {
+        self.on_read(bytes);
+    }
+
+    fn wrote(&self) {
+        self.on_write();
     }
 }
 
-impl<T> CountingIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+/// Reads and writes that moved bytes, counted: a tunnel's idle clock.
+#[derive(Debug, Default)]
+pub struct Ticks(AtomicU64);
+
+impl Ticks {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Observe for Ticks {
+    fn read(&self, _: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream that reports its activity.
+    pub struct CountingIo<T, O> {
+        #[pin]
+        inner: T,
+        activity: Arc<O>,
+    }
+}
+
+impl<T, O> CountingIo<T, O> {
+    pub fn new(inner: T, activity: Arc<O>) -> Self {
         CountingIo { inner, activity }
     }
 
@@ -334,7 +372,7 @@ impl<T> CountingIo<T> {
     }
 }
 
-impl<T: AsyncRead> AsyncRead for CountingIo<T> {
+impl<T: AsyncRead, O: Observe> AsyncRead for CountingIo<T, O> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -344,13 +382,13 @@ impl<T: AsyncRead> AsyncRead for CountingIo<T> {
         let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
         if buf.filled().len() != before {
-            this.activity.on_read(&buf.filled()[before..]);
+            this.activity.read(&buf.filled()[before..]);
         }
         result
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
+impl<T: AsyncWrite, O: Observe> AsyncWrite for CountingIo<T, O> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -359,7 +397,7 @@ impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.on_write();
+            this.activity.wrote();
         }
         result
     }
@@ -372,7 +410,7 @@ impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.on_write();
+            this.activity.wrote();
         }
         result
     }

@@ -11,11 +11,7 @@
 //! permits, and the drain signal; it closes after `timeouts.tunnel_idle`
 //! without bytes either way.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,9 +20,9 @@ use http::{Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn::ConnContext;
+use super::io::{CountingIo, Ticks};
 use crate::decision::{asks_for_websocket, has_token};
 use crate::limits::Permit;
 
@@ -163,9 +159,9 @@ impl Tunnel {
             }
         };
         self.open.inc();
-        let ticks = Arc::new(AtomicU64::new(0));
-        let mut inbound = Ticking::new(TokioIo::new(inbound), Arc::clone(&ticks));
-        let mut upstream = Ticking::new(TokioIo::new(upstream), Arc::clone(&ticks));
+        let ticks = Arc::new(Ticks::default());
+        let mut inbound = CountingIo::new(TokioIo::new(inbound), Arc::clone(&ticks));
+        let mut upstream = CountingIo::new(TokioIo::new(upstream), Arc::clone(&ticks));
         let relay = tokio::io::copy_bidirectional(&mut inbound, &mut upstream);
         tokio::pin!(relay);
         let drained = self.conn.drained();
@@ -189,7 +185,7 @@ impl Tunnel {
                     break;
                 }
                 _ = checks.tick() => {
-                    let now = ticks.load(Ordering::Relaxed);
+                    let now = ticks.get();
                     if now == last {
                         quiet += period;
                         if quiet >= self.idle_timeout {
@@ -207,60 +203,6 @@ impl Tunnel {
         // Held until here: the route's concurrency permits (and, with
         // `self`, the connection's slot). Dropping the streams closes both sides.
         drop(self.permits);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream that counts the reads and writes that moved bytes.
-    struct Ticking<T> {
-        #[pin]
-        inner: T,
-        ticks: Arc<AtomicU64>,
-    }
-}
-
-impl<T> Ticking<T> {
-    fn new(inner: T, ticks: Arc<AtomicU64>) -> Self {
-        Ticking { inner, ticks }
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Ticking<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.inner.poll_read(cx, buf);
-        if buf.filled().len() != before {
-            this.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Ticking<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }
 

@@ -496,6 +496,18 @@ pub async fn metrics(proxy: &Proxy) -> String {
     String::from_utf8(body.to_vec()).unwrap()
 }
 
+/// Poll (every 25 ms, up to 5 s) until `done` holds: for state that no
+/// event announces, such as a gauge going down after a close.
+pub async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 pub fn write_file(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
