@@ -848,3 +848,107 @@ async fn admin_shutdown_accepts_ipv4_loopback_on_a_dual_stack_listener() {
     assert_eq!(statuses(&reply), [202], "{reply}");
     assert!(proxy.wait_exit().success());
 }
+
+// ---------------------------------------------------------------------------
+// The same classes over HTTP/2
+// ---------------------------------------------------------------------------
+
+/// Send one HTTP/2 (h2c prior knowledge) request with `headers`; returns
+/// the status, or `None` when the stream was reset.
+async fn h2_request(
+    addr: SocketAddr,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Option<http::StatusCode> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = http::Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, _) = sender.send_request(request.body(()).unwrap(), true).ok()?;
+    let response = tokio::time::timeout(WAIT, response).await.unwrap().ok()?;
+    Some(response.status())
+}
+
+#[tokio::test]
+async fn http2_requests_meet_the_same_edge() {
+    let upstream = RecordingUpstream::start(Answer101::Genuine).await;
+    let edge = Edge::new();
+    let token = edge.token();
+    let auth = format!("Bearer {token}");
+    let proxy = edge.proxy(&upstream, "");
+    let base = format!("http://app.test:{}", proxy.addr.port());
+    // :authority forms that name another host, or none at all.
+    for uri in [
+        format!(
+            "http://x@admin.internal:{}/api/reports/a",
+            proxy.addr.port()
+        ),
+        format!(
+            "http://admin.internal..:{}/api/reports/b",
+            proxy.addr.port()
+        ),
+    ] {
+        let status = h2_request(proxy.addr, &uri, &[("authorization", &auth)]).await;
+        assert!(
+            status.is_none() || status == Some(http::StatusCode::BAD_REQUEST),
+            "{uri}: {status:?}"
+        );
+    }
+    // A Host header that contradicts :authority is replaced by it.
+    let status = h2_request(
+        proxy.addr,
+        &format!("http://admin.internal:{}/other", proxy.addr.port()),
+        &[("authorization", &auth), ("host", "app.test")],
+    )
+    .await;
+    assert_eq!(status, Some(http::StatusCode::FORBIDDEN));
+    // Impersonated headers and raw UTF-8 paths, as over HTTP/1.1.
+    let status = h2_request(
+        proxy.addr,
+        &format!("{base}/api/reports/caf\u{e9}?h2=1"),
+        &[
+            ("authorization", &auth),
+            ("x_license_features", "export"),
+            ("x-forwarded_for", "10.1.2.3"),
+            ("x-licensegate-shadow-deny", "none"),
+        ],
+    )
+    .await;
+    assert_eq!(status, Some(http::StatusCode::OK));
+    upstream
+        .wait_for_target("/api/reports/caf%C3%A9?h2=1")
+        .await;
+    let status = h2_request(
+        proxy.addr,
+        &format!("{base}/caf\u{e9}/x"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, Some(http::StatusCode::FORBIDDEN));
+    barrier(&proxy, &upstream, 0).await;
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let request = &seen[0];
+    let authority = format!("app.test:{}", proxy.addr.port());
+    assert_eq!(request.header("host"), Some(authority.as_str()));
+    for name in [
+        "x-license-features",
+        "x-forwarded-for",
+        "x-licensegate-shadow-deny",
+    ] {
+        assert!(
+            request
+                .headers
+                .iter()
+                .filter(|(h, _)| h.to_ascii_lowercase().replace('_', "-") == name)
+                .all(|(h, v)| !h.contains('_') && v != "export" && v != "10.1.2.3" && v != "none"),
+            "{name}: {request:?}"
+        );
+    }
+    assert_eq!(request.header("authorization"), None);
+}

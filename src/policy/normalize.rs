@@ -95,63 +95,90 @@ pub fn check_request_head(head: &mut http::request::Parts) -> Result<(), HeadErr
 /// then an optional port of 1–5 digits up to 65535. No userinfo, no commas,
 /// no percent-encoding, no IPvFuture.
 pub fn check_host(host: &[u8]) -> Result<(), &'static str> {
-    // Named first, wherever they stand: the forms URL parsers read as
-    // another host than the one before them.
-    if host.contains(&b'@') {
-        return Err("userinfo (`user@host`) is not accepted");
-    }
-    if host.contains(&b',') {
-        return Err("a list of hosts (`,`) is not accepted");
-    }
-    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
-        let close = rest
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or("an IPv6 address without its closing `]`")?;
-        let literal = std::str::from_utf8(&rest[..close]).map_err(|_| "not ASCII")?;
-        literal
-            .parse::<std::net::Ipv6Addr>()
-            .map_err(|_| "the bracketed part is not an IPv6 address")?;
-        match &rest[close + 1..] {
-            [] => (&[][..], None),
-            [b':', port @ ..] => (&[][..], Some(port)),
-            _ => return Err("only `:port` may follow a bracketed IPv6 address"),
-        }
-    } else {
-        match host.iter().position(|&b| b == b':') {
-            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
-            None => (host, None),
-        }
-    };
-    if let Some(port) = port {
-        let digits = port.iter().all(u8::is_ascii_digit);
-        let value = std::str::from_utf8(port)
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok());
-        if !digits || port.is_empty() || port.len() > 5 || value.is_none_or(|p| p > 65_535) {
-            return Err("the port is not a number from 0 to 65535 (and only one `:` may appear outside brackets)");
-        }
-    }
     if host.first() == Some(&b'[') {
-        return Ok(());
+        return check_bracketed_host(host);
     }
-    if name.is_empty() {
+    // One pass over the name (this runs on every request): labels of
+    // letters, digits, `-` and `_`, separated by single dots.
+    let mut label = 0usize;
+    let mut end = host.len();
+    for (at, &b) in host.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'.' if label > 0 => label = 0,
+            b'.' => {
+                return Err(
+                    "a host name label is empty (`..`, or a leading or second trailing dot)",
+                )
+            }
+            b':' => {
+                end = at;
+                break;
+            }
+            _ => return Err(host_char_error(host)),
+        }
+    }
+    if end == 0 {
         return Err("the host name is empty");
     }
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    for label in name.split(|&b| b == b'.') {
-        if label.is_empty() {
-            return Err("a host name label is empty (`..`, or a leading or second trailing dot)");
+    match host.get(end + 1..) {
+        Some(port) => check_port(host, port),
+        None => Ok(()),
+    }
+}
+
+/// `[IPv6]` with an optional `:port`.
+#[cold]
+fn check_bracketed_host(host: &[u8]) -> Result<(), &'static str> {
+    let rest = &host[1..];
+    let close = rest
+        .iter()
+        .position(|&b| b == b']')
+        .ok_or("an IPv6 address without its closing `]`")?;
+    let literal = std::str::from_utf8(&rest[..close]).map_err(|_| "not ASCII")?;
+    literal
+        .parse::<std::net::Ipv6Addr>()
+        .map_err(|_| "the bracketed part is not an IPv6 address")?;
+    match &rest[close + 1..] {
+        [] => Ok(()),
+        [b':', port @ ..] => check_port(host, port),
+        _ => Err("only `:port` may follow a bracketed IPv6 address"),
+    }
+}
+
+/// 1 to 5 digits, at most 65535.
+fn check_port(host: &[u8], port: &[u8]) -> Result<(), &'static str> {
+    let mut value = 0u32;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return Err(host_char_error(host));
         }
-        for &b in label {
-            match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
-                b'%' => return Err("percent-encoding is not accepted in a host"),
-                _ => return Err("only letters, digits, `-`, `_` and `.` may form a host name"),
-            }
+        value = value * 10 + u32::from(b - b'0');
+        if value > 65_535 {
+            break;
         }
     }
+    if port.is_empty() || port.len() > 5 || value > 65_535 {
+        return Err("the port is not a number from 0 to 65535");
+    }
     Ok(())
+}
+
+/// What is wrong with a host that holds a character no host may: the
+/// forms URL parsers read as another host are named first.
+#[cold]
+fn host_char_error(host: &[u8]) -> &'static str {
+    if host.contains(&b'@') {
+        "userinfo (`user@host`) is not accepted"
+    } else if host.contains(&b',') {
+        "a list of hosts (`,`) is not accepted"
+    } else if host.contains(&b'%') {
+        "percent-encoding is not accepted in a host"
+    } else if host.iter().filter(|&&b| b == b':').count() > 1 {
+        "only one `:` (before the port) may appear outside brackets"
+    } else {
+        "only letters, digits, `-`, `_` and `.` may form a host name, and digits a port"
+    }
 }
 
 /// Normalise `path` (without the query). Borrows when nothing changes, which
