@@ -2,6 +2,11 @@
 //! environment variables. Everything is parsed into typed values before any
 //! port is bound; a bad value names the setting, the file, line and column.
 
+pub mod error;
+
+pub use crate::proxy::tls::TlsFiles;
+pub use error::ConfigError;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -505,12 +510,6 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardedSettings {
     /// Keep and extend incoming `X-Forwarded-*`/`Forwarded` headers instead
@@ -887,31 +886,6 @@ pub struct Overrides {
     pub trust_forwarded: Option<bool>,
     /// Policy files or directories; replace `policy.paths` when given.
     pub policy: Vec<PathBuf>,
-}
-
-/// A configuration error, formatted `file:line:column: setting: what was expected`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read config file: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    ParseNoLocation { path: PathBuf, message: String },
-    #[error("{setting}: {message}")]
-    Invalid {
-        setting: &'static str,
-        message: String,
-    },
 }
 
 impl FileConfig {

@@ -165,7 +165,7 @@ fn from_pkcs8(der: &[u8], origin: &str) -> Result<SigningKey, KeyError> {
 /// random source fails during ES256 signing.
 pub fn sign(claims: &serde_json::Value, key: &SigningKey, kid: &str) -> String {
     assert!(
-        super::token::is_valid_kid(kid),
+        super::jose::is_valid_kid(kid),
         "kid {kid:?} is not a valid key id"
     );
     let header = serde_json::json!({"alg": key.alg().as_str(), "kid": kid, "typ": "JWT"});

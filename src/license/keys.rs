@@ -23,8 +23,8 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use serde::Deserialize;
 
 use super::error::LicenseError;
+use super::jose::{is_valid_kid, Algorithm, MAX_KID_CHARS};
 use super::json::{from_slice_strict, Present};
-use super::token::{is_valid_kid, Algorithm, MAX_KID_CHARS};
 
 /// DER of an Ed25519 SubjectPublicKeyInfo (RFC 8410) up to the key:
 /// SEQUENCE(42) { SEQUENCE(5) { OID 1.3.101.112 }, BIT STRING(33) { 0 unused bits, ...

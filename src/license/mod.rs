@@ -26,6 +26,7 @@ pub mod environment;
 mod error;
 mod gate;
 pub mod issue;
+mod jose;
 mod json;
 pub mod keys;
 pub mod negative;

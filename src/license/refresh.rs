@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Claims, MAX_TOKEN_BYTES};
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The largest response body read: a token of at most [`MAX_TOKEN_BYTES`]
 /// plus room for a JSON wrapper and whitespace.

@@ -17,56 +17,19 @@
 //!    is the payload decoded and parsed, so unauthenticated input never
 //!    reaches the claims parser.
 
-use std::fmt;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 
 use super::claims::Claims;
 use super::error::{quote, LicenseError};
+pub use super::jose::Algorithm;
+use super::jose::{is_valid_kid, MAX_KID_CHARS};
 use super::json::{from_slice_strict, Present};
 use super::keys::{Keyring, VerifyingKey};
 
 /// Longest token accepted, checked before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// Longest `kid` accepted.
-pub(crate) const MAX_KID_CHARS: usize = 128;
-
-/// A JWS signature algorithm this crate accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Ed25519 (RFC 8037).
-    EdDSA,
-    /// ECDSA over P-256 with SHA-256, signature as the 64-byte `r || s`.
-    ES256,
-}
-
-impl Algorithm {
-    /// The JOSE `alg` name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::EdDSA => "EdDSA",
-            Algorithm::ES256 => "ES256",
-        }
-    }
-
-    /// Parse a JOSE `alg` name; exact and case-sensitive, as JOSE requires.
-    pub fn from_jose(name: &str) -> Option<Algorithm> {
-        match name {
-            "EdDSA" => Some(Algorithm::EdDSA),
-            "ES256" => Some(Algorithm::ES256),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A token whose signature verified under the keyring, with its claims.
 /// Time, issuer and audience are not checked yet: see
@@ -290,17 +253,6 @@ fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
         )));
     }
     Ok(Header { alg, kid })
-}
-
-/// A key id is a plain name: it may end up in file names, logs and metrics,
-/// so nothing that could walk a path (`/`, `\`, `..`) or break a line.
-pub(crate) fn is_valid_kid(kid: &str) -> bool {
-    (1..=MAX_KID_CHARS).contains(&kid.len())
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && kid != "."
-        && !kid.contains("..")
 }
 
 #[cfg(test)]

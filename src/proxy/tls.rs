@@ -1,6 +1,6 @@
 //! TLS for both sides, through rustls with the ring provider only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::ring;
@@ -8,7 +8,14 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ConfigError, TlsFiles};
+use crate::config::error::ConfigError;
+
+/// The inbound TLS certificate chain and private key (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Install ring as the process-wide rustls provider. Idempotent; call it
 /// before building any TLS configuration.

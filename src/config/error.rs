@@ -1,0 +1,30 @@
+//! The configuration error: a leaf, so every subsystem that reads its own
+//! settings (TLS files, the refresh source) reports in the same form
+//! without importing the whole configuration.
+
+use std::path::PathBuf;
+
+/// A configuration error, formatted `file:line:column: setting: what was expected`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    ParseNoLocation { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
