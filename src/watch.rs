@@ -25,7 +25,7 @@ pub fn watch_dirs(
 ) -> Option<notify::RecommendedWatcher> {
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|event| changes_content(&event.kind)) {
                 let _ = tx.send(());
             }
         }) {
@@ -43,6 +43,22 @@ pub fn watch_dirs(
     Some(watcher)
 }
 
+/// Whether a filesystem event can change what a reload reads: creation,
+/// modification, removal, renames (the `..data` symlink swap), and a file
+/// closed after writing. Opens, reads and closes after reading cannot; the
+/// reload's own reads cause them, and reacting to those made every watcher
+/// reload itself in a loop.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // Unknown to the backend: reloading once too often is harmless.
+        EventKind::Any | EventKind::Other => true,
+    }
+}
+
 pub fn spawn_sighup(tx: mpsc::UnboundedSender<()>, what: &'static str) {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
@@ -57,5 +73,36 @@ pub fn spawn_sighup(tx: mpsc::UnboundedSender<()>, what: &'static str) {
             });
         }
         Err(error) => tracing::warn!(%error, "cannot install the SIGHUP handler"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    use super::changes_content;
+
+    #[test]
+    fn only_events_that_can_change_content_trigger_a_reload() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!changes_content(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(changes_content(&kind), "{kind:?}");
+        }
     }
 }

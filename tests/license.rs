@@ -883,3 +883,75 @@ async fn refreshed_licenses_survive_a_restart_while_the_vendor_is_down() {
     third.wait_for_log("license=lic-back");
     assert_eq!(get(&third.url("/")).await.0.status, 200);
 }
+
+/// `licensegate_license_reloads_total{result="ok"}` now.
+async fn reloads_ok(proxy: &Proxy) -> f64 {
+    metric(
+        &metrics(proxy).await,
+        "licensegate_license_reloads_total{result=\"ok\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Poll the reload counter for `window` (bounded) and return every value
+/// seen: the way to show that nothing happens while nothing changes.
+async fn reloads_over(proxy: &Proxy, window: std::time::Duration) -> Vec<f64> {
+    let until = std::time::Instant::now() + window;
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < until {
+        seen.push(reloads_ok(proxy).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn an_idle_proxy_does_not_reload_itself_and_real_changes_still_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let mut secret = SecretMount::new(
+        dir.path().join("secret"),
+        &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
+    );
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            secret.file().display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    // The reload's own reads of the license, the keys and the symlinks
+    // must not trigger further reloads: idle means no reload at all.
+    let idle = reloads_over(&proxy, std::time::Duration::from_secs(2)).await;
+    assert!(
+        idle.windows(2).all(|pair| pair[0] == pair[1]),
+        "an idle proxy reloaded: {idle:?}"
+    );
+    let before = idle[idle.len() - 1];
+
+    // A Secret-style symlink swap is still one reload.
+    secret.publish(&sign(
+        &claims("lic-ent", "enterprise", 7200),
+        &key,
+        "vendor",
+    ));
+    proxy.wait_for_log("license=lic-ent");
+    let after = reloads_over(&proxy, std::time::Duration::from_secs(1)).await;
+    assert!(
+        after.iter().all(|&n| n == after[0]) && after[0] > before && after[0] <= before + 2.0,
+        "reloads before {before}, after the swap {after:?}"
+    );
+
+    // So is an edit in place of a plain file (the keys directory).
+    let settled = after[0];
+    let other = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(dir.path().join("other.pem"), other.public_key_pem()).unwrap();
+    let grew = reloads_over(&proxy, std::time::Duration::from_secs(1)).await;
+    assert!(
+        grew.iter().any(|&n| n > settled) && grew[grew.len() - 1] <= settled + 2.0,
+        "reloads {settled} then {grew:?}"
+    );
+}
