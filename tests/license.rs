@@ -432,24 +432,31 @@ impl SecretMount {
     }
 }
 
-#[tokio::test]
-async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
-    let mut secret = SecretMount::new(
-        dir.path().join("secret"),
+/// A proxy whose deployment license (`lic-pro`, plan `pro`) sits in a
+/// Secret-style mount under `dir`, signed by the vendor key `vendor`.
+async fn secret_license_proxy(dir: &Path) -> (SigningKey, SecretMount, Proxy) {
+    let key = vendor_key(dir, "vendor", Algorithm::EdDSA);
+    let secret = SecretMount::new(
+        dir.join("secret"),
         &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
     );
     let config = config(
-        dir.path(),
+        dir,
         echo_upstream().await,
         &format!(
             "  keys: {}\n  file: {}\n",
-            dir.path().join("vendor.pem").display(),
+            dir.join("vendor.pem").display(),
             secret.file().display()
         ),
     );
     let proxy = Proxy::with_config(&config);
+    (key, secret, proxy)
+}
+
+#[tokio::test]
+async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, mut secret, proxy) = secret_license_proxy(dir.path()).await;
 
     let (parts, _) = get(&proxy.url("/")).await;
     assert_eq!(
@@ -760,17 +767,9 @@ fn an_unreadable_keyring_stops_start_up() {
         "lg.yaml",
         &format!("upstream:\n  url: http://127.0.0.1:1\nlicense:\n  keys: {}/missing.pem\n  source: header\n", dir.path().display()),
     );
-    let (status, stderr) = Proxy::spawn(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .err()
-    .expect("must not start");
+    let (status, stderr) = Proxy::try_with_config(&config, &[])
+        .err()
+        .expect("must not start");
     assert_eq!(status.code(), Some(64));
     assert!(stderr.contains("license.keys"), "{stderr}");
     assert!(stderr.contains("missing.pem"), "{stderr}");
@@ -908,21 +907,7 @@ async fn reloads_over(proxy: &Proxy, window: std::time::Duration) -> Vec<f64> {
 #[tokio::test]
 async fn an_idle_proxy_does_not_reload_itself_and_real_changes_still_count() {
     let dir = tempfile::tempdir().unwrap();
-    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
-    let mut secret = SecretMount::new(
-        dir.path().join("secret"),
-        &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
-    );
-    let config = config(
-        dir.path(),
-        echo_upstream().await,
-        &format!(
-            "  keys: {}\n  file: {}\n",
-            dir.path().join("vendor.pem").display(),
-            secret.file().display()
-        ),
-    );
-    let proxy = Proxy::with_config(&config);
+    let (key, mut secret, proxy) = secret_license_proxy(dir.path()).await;
     // The reload's own reads of the license, the keys and the symlinks
     // must not trigger further reloads: idle means no reload at all.
     let idle = reloads_over(&proxy, std::time::Duration::from_secs(2)).await;

@@ -2083,18 +2083,7 @@ async fn a_reload_compiles_off_the_proxy_runtime() {
     );
     std::os::unix::fs::symlink(&target, setup.policy_path()).unwrap();
     let config = setup.config(upstream_addr, Source::None, "", "");
-    let proxy = Proxy::spawn(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ])
-    .expect("licensegate starts");
+    let proxy = Proxy::try_with_config(&config, &["--workers", "1"]).expect("licensegate starts");
     assert_eq!(call(&proxy, "GET", "/ping", &[]).await.status, 200);
 
     std::fs::write(&target, large_policy(10_000)).unwrap();

@@ -72,7 +72,13 @@ impl Proxy {
 
     /// `licensegate run --config FILE` (the file supplies the upstream).
     pub fn with_config(config: &Path) -> Proxy {
-        Proxy::spawn(&[
+        Proxy::try_with_config(config, &[]).expect("licensegate starts")
+    }
+
+    /// `licensegate run --config FILE` on ephemeral ports, plus `extra`
+    /// flags; the exit status and stderr when it does not start.
+    pub fn try_with_config(config: &Path, extra: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
+        let mut args = vec![
             "run",
             "--config",
             config.to_str().unwrap(),
@@ -80,8 +86,9 @@ impl Proxy {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
-        ])
-        .expect("licensegate starts")
+        ];
+        args.extend_from_slice(extra);
+        Proxy::spawn(&args)
     }
 
     /// Start the binary and wait for its "listening" line. On early exit,
