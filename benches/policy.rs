@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use licensegate::config::{FileConfig, Settings};
-use licensegate::decision::{Decision, DecisionEngine, EngineSettings, Peer};
+use licensegate::decision::{BodyState, Decision, DecisionEngine, EngineSettings, Peer};
 use licensegate::gateway::Gateway;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::{Algorithm, LicenseGate};
@@ -150,7 +150,7 @@ fn request(token: &str, path: &str) -> http::request::Parts {
 
 /// `decide` never suspends with the memory store: poll it once.
 fn decide_now(engine: &DecisionEngine, head: &http::request::Parts, peer: &Peer) -> Decision {
-    let future = pin!(engine.decide(head, peer));
+    let future = pin!(engine.decide(head, peer, BodyState::Empty));
     match future.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(decision) => decision,
         Poll::Pending => panic!("the memory store never suspends"),

@@ -644,7 +644,7 @@ impl Default for Metrics {
 
 fn plausible(outcome: Outcome, reason: Reason) -> bool {
     match outcome {
-        Outcome::Allow => reason == Reason::Allowed,
+        Outcome::Allow => matches!(reason, Reason::Allowed | Reason::CorsPreflight),
         Outcome::Error => matches!(
             reason,
             Reason::UpstreamUnavailable
@@ -655,6 +655,7 @@ fn plausible(outcome: Outcome, reason: Reason) -> bool {
         Outcome::Deny => !matches!(
             reason,
             Reason::Allowed
+                | Reason::CorsPreflight
                 | Reason::UpstreamUnavailable
                 | Reason::UpstreamTimeout
                 | Reason::UpstreamOverloaded

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use licensegate::config::{FileConfig, Settings};
-use licensegate::decision::{Decision, DecisionEngine, EngineSettings, Peer};
+use licensegate::decision::{BodyState, Decision, DecisionEngine, EngineSettings, Peer};
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::{Algorithm, LicenseGate};
 use licensegate::limits::{Clock, MemoryStore};
@@ -62,7 +62,7 @@ routes:
 ";
 
 fn decide_now(engine: &DecisionEngine, head: &http::request::Parts, peer: &Peer) -> Decision {
-    let future = pin!(engine.decide(head, peer));
+    let future = pin!(engine.decide(head, peer, BodyState::Empty));
     match future.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(decision) => decision,
         Poll::Pending => panic!("the memory store never suspends"),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::license::read_token_arg;
+use crate::decision::{is_cors_preflight, BodyState};
 use crate::license::{token, Keyring, Validator, VerifiedLicense};
 use crate::policy::compile::HostMatch;
 use crate::policy::normalize::normalize;
@@ -217,9 +218,19 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
         }
         Ok((std::mem::take(out), shadow))
     };
+    // Explain has no body to send: the request is a preflight when its
+    // method and headers say so (`-H 'Content-Length: 5'` says otherwise).
+    let preflight = is_cors_preflight(&method, &headers, BodyState::Empty);
     match access {
         Access::Deny => {
             line(&mut out, "access", "deny");
+            if preflight {
+                line(
+                    &mut out,
+                    "preflight",
+                    "a CORS preflight, refused like any request: nothing reaches a `deny` route",
+                );
+            }
             let (status, reason) = if route.is_some() {
                 (403, "route_denied")
             } else {
@@ -229,6 +240,24 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
         }
         Access::Public => line(&mut out, "access", "public: no license needed"),
         Access::Licensed => line(&mut out, "access", "licensed"),
+    }
+    if preflight {
+        if policy.forwards_preflight(route) {
+            line(
+                &mut out,
+                "preflight",
+                "a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method, no body): \
+                 forwarded to the upstream, which answers it, without a license check and not \
+                 counted by any limit",
+            );
+            line(&mut out, "decision", "allow cors_preflight");
+            return Ok((out, true));
+        }
+        line(
+            &mut out,
+            "preflight",
+            "a CORS preflight, decided like any request (the route says `preflight: decide`)",
+        );
     }
     let license = if access == Access::Licensed {
         match verify_license(&args)? {

@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 
 use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
 use super::log::{DecisionLog, DenialLine};
-use super::{Decision, Denial, Peer, Reason};
+use super::{BodyState, Decision, Denial, Hint, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
 use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
@@ -73,6 +73,8 @@ pub struct Allowed {
     pub shadow: Option<Reason>,
     /// The matched route lets this request become a WebSocket tunnel.
     pub websocket: bool,
+    /// A CORS preflight, forwarded without a license check or limits.
+    pub preflight: bool,
 }
 
 /// What a decision has found so far.
@@ -284,12 +286,18 @@ impl DecisionEngine {
         self.policy.as_ref().map(|p| f(&p.load().policy))
     }
 
-    /// Decide one request from its head (path already normalised). Async
-    /// because a shared counter store may need a round trip; with the
+    /// Decide one request from its head (path already normalised) and
+    /// whether a body follows (which tells a CORS preflight from a request).
+    /// Async because a shared counter store may need a round trip; with the
     /// in-memory store it completes without suspending.
-    pub async fn decide(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
+    pub async fn decide(
+        &self,
+        head: &http::request::Parts,
+        peer: &Peer,
+        body: BodyState,
+    ) -> Decision {
         match &self.policy {
-            None => self.decide_without_policy(head, peer),
+            None => self.decide_without_policy(head, peer, body),
             Some(policy) => {
                 let started = Instant::now();
                 let decision = match &self.shared {
@@ -297,9 +305,9 @@ impl DecisionEngine {
                         // Held across the round trip: a reload meanwhile
                         // does not change the policy this request uses.
                         let active = policy.load_full();
-                        Box::pin(self.decide_shared(shared, &active, head, peer)).await
+                        Box::pin(self.decide_shared(shared, &active, head, peer, body)).await
                     }
-                    None => self.decide_local(&policy.load(), head, peer),
+                    None => self.decide_local(&policy.load(), head, peer, body),
                 };
                 self.metrics
                     .policy
@@ -310,7 +318,12 @@ impl DecisionEngine {
         }
     }
 
-    fn decide_without_policy(&self, head: &http::request::Parts, peer: &Peer) -> Decision {
+    fn decide_without_policy(
+        &self,
+        head: &http::request::Parts,
+        peer: &Peer,
+        body: BodyState,
+    ) -> Decision {
         // Without a policy there are no routes to scope upgrades to: the
         // operator chose pass-through, so a WebSocket handshake that passed
         // the license check may become a tunnel.
@@ -320,6 +333,14 @@ impl DecisionEngine {
                 ..Allowed::default()
             });
         };
+        // Every request needs the license, as under `unmatched: licensed`,
+        // and so preflights go to the upstream as they do there.
+        if super::is_cors_preflight(&head.method, &head.headers, body) {
+            return Decision::Allow(Allowed {
+                preflight: true,
+                ..Allowed::default()
+            });
+        }
         match gate.check(&head.headers, || {
             client_ip(&head.headers, peer, self.trust_forwarded)
         }) {
@@ -328,15 +349,21 @@ impl DecisionEngine {
                 websocket: true,
                 ..Allowed::default()
             }),
-            Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.is_per_request()))),
+            Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.token_header()))),
         }
     }
 
-    fn decide_local(&self, active: &Active, head: &http::request::Parts, peer: &Peer) -> Decision {
+    fn decide_local(
+        &self,
+        active: &Active,
+        head: &http::request::Parts,
+        peer: &Peer,
+        body: BodyState,
+    ) -> Decision {
         let route = find_route(&active.policy, head);
         let mut state = State::default();
         let result = self
-            .evaluate(active, route, head, peer, &mut state)
+            .evaluate(active, route, head, peer, body, &mut state)
             .and_then(|count| match (count, route) {
                 (true, Some(route)) => {
                     self.count_limits(active, route, head, peer, &mut state, Local::All)
@@ -352,10 +379,11 @@ impl DecisionEngine {
         active: &Active,
         head: &http::request::Parts,
         peer: &Peer,
+        body: BodyState,
     ) -> Decision {
         let route = find_route(&active.policy, head);
         let mut state = State::default();
-        let mut result = self.evaluate(active, route, head, peer, &mut state);
+        let mut result = self.evaluate(active, route, head, peer, body, &mut state);
         if let (Ok(true), Some(route)) = (&result, route) {
             result = self
                 .count_shared(shared, active, route, head, peer, &mut state)
@@ -380,6 +408,16 @@ impl DecisionEngine {
         // catch-all for requests, not a choice to open byte streams.
         state.allowed.websocket = route.is_some_and(|r| r.websocket);
         match result {
+            Ok(()) if state.allowed.preflight => {
+                // Rare enough to resolve the label here rather than keep a
+                // second pre-resolved counter per route.
+                self.metrics
+                    .policy
+                    .decisions
+                    .with_label_values(&["allow", Reason::CorsPreflight.as_str(), route_name])
+                    .inc();
+                Decision::Allow(state.allowed)
+            }
             Ok(()) => {
                 match route {
                     Some(route) => active.allowed[route.id].inc(),
@@ -387,7 +425,8 @@ impl DecisionEngine {
                 }
                 Decision::Allow(state.allowed)
             }
-            Err(denial) => {
+            Err(mut denial) => {
+                denial.route = route.map(|r| Arc::clone(&r.name));
                 let shadow = mode == Mode::Shadow;
                 let license = state.license.as_ref().map(|(l, _)| &**l);
                 self.log_denial(&denial, shadow, route_name, head, peer, license);
@@ -424,6 +463,7 @@ impl DecisionEngine {
         route: Option<&Route>,
         head: &http::request::Parts,
         peer: &Peer,
+        body: BodyState,
         state: &mut State,
     ) -> Result<bool, Box<Denial>> {
         let policy = &active.policy;
@@ -456,6 +496,17 @@ impl DecisionEngine {
                     },
                 )))
             }
+            // After `deny` (a preflight is no way into a closed route) and
+            // the upgrade check; before the license and the limits, which a
+            // browser's preflight, sent without credentials, cannot pass
+            // and must not spend. The upstream owns its CORS answer.
+            (_, route)
+                if super::is_cors_preflight(&head.method, &head.headers, body)
+                    && policy.forwards_preflight(route) =>
+            {
+                state.allowed.preflight = true;
+                Ok(false)
+            }
             (Access::Public, route) => Ok(route.is_some_and(|r| !r.limits.is_empty())),
             (Access::Licensed, route) => {
                 let gate = self
@@ -465,7 +516,7 @@ impl DecisionEngine {
                 let client = || client_ip(&head.headers, peer, self.trust_forwarded);
                 let (license, _) = gate
                     .check(&head.headers, client)
-                    .map_err(|error| Box::new(license_denial(&error, gate.is_per_request())))?;
+                    .map_err(|error| Box::new(license_denial(&error, gate.token_header())))?;
                 let entitled = self.entitlements.get(&license, Some(policy));
                 state.allowed.license = Some(Arc::clone(&entitled.headers));
                 let verdict = match route {
@@ -865,14 +916,21 @@ fn check_features(
             } else {
                 format!(", plan `{}`", lic.plan)
             };
-            Err(Box::new(Denial::new(
+            let feature = &policy.features[bit];
+            let mut denial = Denial::new(
                 StatusCode::FORBIDDEN,
                 Reason::FeatureNotLicensed,
                 format!(
-                    "route `{}` needs feature `{}`, which license `{}`{plan} does not include",
-                    route.name, policy.features[bit], license.claims.sub
+                    "route `{}` needs feature `{feature}`, which license `{}`{plan} does not include",
+                    route.name, license.claims.sub
                 ),
-            )))
+            );
+            denial.hint = Hint::MissingFeature {
+                feature: feature.clone(),
+                license: license.claims.sub.clone(),
+                plan: lic.plan.clone(),
+            };
+            Err(Box::new(denial))
         }
     }
 }
@@ -945,12 +1003,18 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
 }
 
 /// A failed license check as a response. A per-request token the client can
-/// fix is a 401 with a `WWW-Authenticate` challenge (RFC 6750); anything
-/// about the deployment or its environment is a 403; a client over its
-/// budget of failing checks gets 429 with `Retry-After`.
-pub(crate) fn license_denial(error: &LicenseError, per_request: bool) -> Denial {
+/// fix (`token_header`: the header it comes in) is a 401 with a
+/// `WWW-Authenticate` challenge (RFC 6750); anything about the deployment or
+/// its environment is a 403; a client over its budget of failing checks gets
+/// 429 with `Retry-After`.
+pub(crate) fn license_denial(error: &LicenseError, token_header: Option<&HeaderName>) -> Denial {
     let reason = Reason::of_license_error(error);
+    let per_request = token_header.is_some();
     let mut denial = Denial::new(StatusCode::FORBIDDEN, reason, error.detail());
+    denial.hint = match token_header {
+        Some(name) => Hint::LicenseHeader(name.clone()),
+        None => Hint::DeploymentLicense,
+    };
     if let LicenseError::VerificationThrottled { retry_after } = error {
         denial.status = StatusCode::TOO_MANY_REQUESTS;
         denial

@@ -7,8 +7,9 @@ mod log;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 /// A stable, machine-readable reason. Its `as_str` form is the `reason`
 /// field of problem+json bodies and the `reason` label of metrics, so the
@@ -17,6 +18,9 @@ use http::{HeaderMap, StatusCode};
 pub enum Reason {
     /// The request was allowed; used for metrics only.
     Allowed,
+    /// A CORS preflight forwarded without a license check or limits; used
+    /// for metrics only.
+    CorsPreflight,
     /// The upstream refused or reset the connection.
     UpstreamUnavailable,
     /// The upstream did not answer within `timeouts.upstream_response`.
@@ -62,8 +66,9 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Allowed,
+        Reason::CorsPreflight,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
         Reason::BadRequest,
@@ -95,6 +100,7 @@ impl Reason {
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
+            Reason::CorsPreflight => "cors_preflight",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
@@ -128,6 +134,7 @@ impl Reason {
     pub const fn title(self) -> &'static str {
         match self {
             Reason::Allowed => "Allowed",
+            Reason::CorsPreflight => "CORS preflight forwarded",
             Reason::UpstreamUnavailable => "Upstream unavailable",
             Reason::UpstreamTimeout => "Upstream timed out",
             Reason::BadRequest => "Bad request",
@@ -188,7 +195,8 @@ pub enum Decision {
     Deny(Box<Denial>),
 }
 
-/// A rejection, rendered by [`crate::problem`] as RFC 9457 problem+json.
+/// A rejection, rendered by [`crate::problem`] as RFC 9457 problem+json
+/// or, for a browser, as an HTML page.
 #[derive(Debug)]
 pub struct Denial {
     pub status: StatusCode,
@@ -196,6 +204,10 @@ pub struct Denial {
     pub detail: Cow<'static, str>,
     /// Extra response headers, e.g. `Retry-After` on 429.
     pub headers: HeaderMap,
+    /// The route that matched, when one did (shown on the page).
+    pub route: Option<Arc<str>>,
+    /// Facts behind the page's "what to do".
+    pub hint: Hint,
 }
 
 impl Denial {
@@ -205,8 +217,62 @@ impl Denial {
             reason,
             detail: detail.into(),
             headers: HeaderMap::new(),
+            route: None,
+            hint: Hint::None,
         }
     }
+}
+
+/// What a denial knows that tells a person how to get past it, beyond its
+/// reason, status and headers (a 429's `Retry-After` is read from those).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Hint {
+    #[default]
+    None,
+    /// Licenses come with each request, in this header.
+    LicenseHeader(HeaderName),
+    /// The deployment's own license (a file or the refresh endpoint) is at
+    /// fault: an operator's matter, not the caller's.
+    DeploymentLicense,
+    /// The license's plan lacks a feature the route needs.
+    MissingFeature {
+        feature: String,
+        license: String,
+        plan: String,
+    },
+    /// The upstream failed; `local` when it runs on this machine (a
+    /// sidecar's workload, a dev server), named in the detail.
+    Upstream { local: bool },
+}
+
+/// Whether a request has a body, as far as is known when it is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyState {
+    /// None: HTTP/1 without `Content-Length` (or with 0) and without
+    /// `Transfer-Encoding`; an HTTP/2 stream that ended with its headers.
+    Empty,
+    /// One follows, or may.
+    Follows,
+}
+
+static ACCESS_CONTROL_REQUEST_METHOD: HeaderName =
+    HeaderName::from_static("access-control-request-method");
+
+/// Whether a request is a CORS preflight (Fetch standard, "CORS-preflight
+/// request"): `OPTIONS` with `Origin` and `Access-Control-Request-Method`,
+/// and no body. Browsers send it without credentials before a cross-origin
+/// request; anything with a body is a request in its own right. The method
+/// is compared first: other requests pay one comparison.
+pub fn is_cors_preflight(method: &http::Method, headers: &HeaderMap, body: BodyState) -> bool {
+    method == http::Method::OPTIONS
+        && body == BodyState::Empty
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(&ACCESS_CONTROL_REQUEST_METHOD)
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .all(|length| length.as_bytes().trim_ascii() == b"0")
 }
 
 /// Whether `head` asks to become a WebSocket tunnel: HTTP/1.1 with an

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Decision, DecisionEngine, EngineSettings, Peer, Reason};
+use super::{BodyState, Decision, DecisionEngine, EngineSettings, Peer, Reason};
 use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -39,7 +39,7 @@ async fn decide(engine: &DecisionEngine, path: &str) -> Decision {
         addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
         tls: false,
     };
-    engine.decide(&head, &peer).await
+    engine.decide(&head, &peer, BodyState::Empty).await
 }
 
 /// Whether an allowed request may become a WebSocket tunnel, and any
@@ -111,7 +111,7 @@ routes:
         tls: false,
     };
     for _ in 0..3 {
-        match engine.decide(&handshake("/plain/x"), &peer).await {
+        match engine.decide(&handshake("/plain/x"), &peer, BodyState::Empty).await {
             Decision::Deny(denial) => {
                 assert_eq!(denial.reason, Reason::UpgradeNotAllowed);
                 assert_eq!(denial.status, 403);
@@ -124,13 +124,13 @@ routes:
         decide(&engine, "/plain/x").await,
         Decision::Allow(_)
     ));
-    match engine.decide(&handshake("/live/x"), &peer).await {
+    match engine.decide(&handshake("/live/x"), &peer, BodyState::Empty).await {
         Decision::Allow(allowed) => assert!(allowed.websocket),
         Decision::Deny(denial) => panic!("denied: {}", denial.reason.as_str()),
     }
     // No route: `unmatched: public` admits requests, not tunnels.
     assert!(matches!(
-        engine.decide(&handshake("/elsewhere"), &peer).await,
+        engine.decide(&handshake("/elsewhere"), &peer, BodyState::Empty).await,
         Decision::Deny(denial) if denial.reason == Reason::UpgradeNotAllowed
     ));
 }

@@ -226,6 +226,15 @@ impl LicenseGate {
         matches!(self.source, Source::Header { .. })
     }
 
+    /// The header that carries per-request tokens; `None` for a deployment
+    /// license.
+    pub fn token_header(&self) -> Option<&HeaderName> {
+        match &self.source {
+            Source::Header { name, .. } => Some(name),
+            Source::Deployment { .. } => None,
+        }
+    }
+
     /// The header that carries per-request tokens, when it is to be removed
     /// before forwarding: `None` for a deployment license (the header, e.g.
     /// `Authorization`, is then the client's own business) and with

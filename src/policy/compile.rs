@@ -17,8 +17,8 @@ pub use super::matcher::HostMatch;
 use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
 use super::schema::{
     check_flow_depth, AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec,
-    KeySpec, LimitSpec, ModeSetting, PeriodSetting, PolicyFile, RouteSpec, StoreErrorSetting,
-    MAX_FLOW_DEPTH,
+    KeySpec, LimitSpec, ModeSetting, PeriodSetting, PolicyFile, PreflightSetting, RouteSpec,
+    StoreErrorSetting, MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
 
@@ -88,8 +88,43 @@ pub struct Route {
     pub mode: Mode,
     /// Whether a WebSocket handshake the route allows may become a tunnel.
     pub websocket: bool,
+    /// What a CORS preflight to this route gets.
+    pub preflight: Preflight,
     /// Which file defined it and where in `routes`.
     pub origin: (usize, usize),
+}
+
+impl Route {
+    /// Whether a CORS preflight to this route goes to the upstream without
+    /// a license check or limits. Never for a `deny` route: a preflight is
+    /// no way into a route nobody may reach.
+    pub fn forwards_preflights(&self) -> bool {
+        self.access != Access::Deny && self.preflight == Preflight::Forward
+    }
+}
+
+/// What a CORS preflight gets (route setting `preflight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preflight {
+    /// Forwarded to the upstream, which owns its CORS policy: a browser
+    /// sends preflights without credentials, so a license check would
+    /// refuse every cross-origin call before it is made.
+    #[default]
+    Forward,
+    /// Decided like any request.
+    Decide,
+}
+
+impl Policy {
+    /// Whether a CORS preflight to `route` (`None`: no route matched) goes
+    /// to the upstream undecided: the route says `preflight: forward` (the
+    /// default), or no route matched and `unmatched` is not `deny`.
+    pub fn forwards_preflight(&self, route: Option<&Route>) -> bool {
+        match route {
+            Some(route) => route.forwards_preflights(),
+            None => self.unmatched != Access::Deny,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1025,6 +1060,14 @@ impl Compiler {
             );
             failed = true;
         }
+        if access == Access::Deny && spec.preflight == Some(PreflightSetting::Forward) {
+            self.error(
+                f,
+                with(&at, "preflight"),
+                "a `deny` route forwards nothing, preflights included",
+            );
+            failed = true;
+        }
         if access == Access::Deny && !spec.limits.is_empty() {
             self.error(
                 f,
@@ -1185,6 +1228,10 @@ impl Compiler {
             // Resolved against the policy-wide mode in finish.
             mode: mode.unwrap_or(Mode::Enforce),
             websocket: spec.websocket,
+            preflight: match spec.preflight {
+                Some(PreflightSetting::Decide) => Preflight::Decide,
+                Some(PreflightSetting::Forward) | None => Preflight::Forward,
+            },
             origin: (f, i),
         });
         self.route_bits.push(feature_bits);

@@ -15,7 +15,7 @@ pub mod schema;
 
 pub use compile::{
     Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
-    LimitKind, LimitUse, Mode, OnStoreError, Period, Policy, PolicyError, Route,
+    LimitKind, LimitUse, Mode, OnStoreError, Period, Policy, PolicyError, Preflight, Route,
 };
 
 #[cfg(test)]

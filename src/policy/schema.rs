@@ -614,6 +614,17 @@ pub struct RouteSpec {
     /// allowed on this route; off by default.
     #[serde(default)]
     pub websocket: bool,
+    /// What a CORS preflight to this route gets: `forward` (default: to
+    /// the upstream, without a license check or limits) or `decide` (like
+    /// any request).
+    pub preflight: Option<PreflightSetting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreflightSetting {
+    Forward,
+    Decide,
 }
 
 /// `x-tier: gold` (equals), `{present: true}`, `{prefix: "v2"}`.

@@ -66,7 +66,7 @@ pub struct Overloaded(String);
 
 impl From<Overloaded> for UpstreamError {
     fn from(overloaded: Overloaded) -> Self {
-        UpstreamError::new(UpstreamErrorKind::Overloaded, overloaded.0)
+        UpstreamError::said(UpstreamErrorKind::Overloaded, overloaded.0)
     }
 }
 

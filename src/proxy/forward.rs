@@ -20,10 +20,11 @@ use crate::config::{ConfigError, Settings, Underscores, UpstreamProtocol};
 use crate::decision::Peer;
 use crate::limits::Permit;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::problem::{is_grpc, Asked};
 
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
-use super::error::UpstreamError;
+use super::error::{Failure, UpstreamError};
 use super::io::ConnectionSlot;
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
@@ -52,6 +53,8 @@ pub struct Outbound<'c> {
     /// Whether the direct connection may serve further requests.
     pub keep_connection: bool,
     pub upgrade: Option<PendingUpgrade>,
+    /// How a failure of this request is to be written for its client.
+    pub asked: Asked,
 }
 
 /// Header names no client may set, whatever their spelling: the
@@ -102,6 +105,10 @@ pub struct Forwarder {
     budget: Arc<UpstreamBudget>,
     scheme: Scheme,
     authority: Authority,
+    /// How the upstream is named in what clients read, and whether that
+    /// name gives its address (see [`upstream_name`]).
+    name: (String, bool),
+    connect_timeout: Duration,
     response_timeout: Duration,
     trust_forwarded: bool,
     protected: Protected,
@@ -192,6 +199,8 @@ impl Forwarder {
             budget,
             scheme: upstream.url.scheme.clone(),
             authority: upstream.url.authority.clone(),
+            name: upstream_name(&upstream.url.authority, &upstream.url.scheme),
+            connect_timeout: settings.timeouts.upstream_connect,
             response_timeout: settings.timeouts.upstream_response,
             trust_forwarded: settings.forwarded.trust_incoming,
             protected: Protected {
@@ -201,6 +210,16 @@ impl Forwarder {
             tunnel_idle: settings.timeouts.tunnel_idle,
             tunnels_open: metrics.tunnels_open.clone(),
         })
+    }
+
+    /// How the upstream is named in what clients read.
+    pub fn name(&self) -> &str {
+        &self.name.0
+    }
+
+    /// Whether the upstream runs on this machine (its name gives its address).
+    pub fn is_local(&self) -> bool {
+        self.name.1
     }
 
     /// Per-connection forwarding state for a newly accepted connection.
@@ -249,6 +268,11 @@ impl Forwarder {
             keep_connection: upgrade.is_none(),
             upgrade,
             via,
+            asked: Asked {
+                accept: scan.accept,
+                grpc: scan.grpc,
+                head: head.method == http::Method::HEAD,
+            },
         })
     }
 
@@ -269,19 +293,26 @@ impl Forwarder {
             Ok(Err(overloaded)) => Err(overloaded),
             Ok(Ok((Err(error), _))) => Err(match find_overloaded(&error) {
                 Some(overloaded) => {
-                    UpstreamError::new(UpstreamErrorKind::Overloaded, overloaded.to_string())
+                    UpstreamError::said(UpstreamErrorKind::Overloaded, overloaded.to_string())
                 }
-                None => UpstreamError::from_hyper(
-                    if error.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else {
-                        UpstreamErrorKind::Protocol
-                    },
-                    &error,
-                ),
+                None => {
+                    let mut failed = UpstreamError::from_hyper(
+                        if error.is_connect() {
+                            UpstreamErrorKind::Connect
+                        } else {
+                            UpstreamErrorKind::Protocol
+                        },
+                        &error,
+                    );
+                    if let Failure::ConnectTimeout(within @ None) = &mut failed.failure {
+                        *within = Some(self.connect_timeout);
+                    }
+                    failed
+                }
             }),
             Err(_elapsed) => Err(UpstreamError::new(
                 UpstreamErrorKind::Timeout,
+                Failure::ResponseTimeout(self.response_timeout),
                 format!(
                     "the upstream did not respond within {}",
                     humantime::format_duration(self.response_timeout)
@@ -307,16 +338,15 @@ impl Forwarder {
             return Ok(response);
         }
         let upgrade = upgrade.ok_or_else(|| {
-            UpstreamError::new(
+            UpstreamError::said(
                 UpstreamErrorKind::Protocol,
-                "the upstream switched protocols (101) for a request that asked for no upgrade"
-                    .into(),
+                "the upstream switched protocols (101) for a request that asked for no upgrade",
             )
         })?;
         upgrade
             .handshake
             .answered_by(response.headers())
-            .map_err(|why| UpstreamError::new(UpstreamErrorKind::Protocol, why.into()))?;
+            .map_err(|why| UpstreamError::said(UpstreamErrorKind::Protocol, why))?;
         let upstream_side = hyper::upgrade::on(&mut response);
         let tunnel = Tunnel {
             conn: Arc::clone(conn),
@@ -406,7 +436,7 @@ impl Forwarder {
             }
             parts.path_and_query = Some(path_and_query);
             head.uri = Uri::from_parts(parts).map_err(|e| {
-                UpstreamError::new(
+                UpstreamError::said(
                     UpstreamErrorKind::Protocol,
                     format!("the request target cannot be forwarded: {e}"),
                 )
@@ -480,6 +510,27 @@ impl Forwarder {
     }
 }
 
+/// The upstream as clients read it in a 502 or 504: "the upstream at
+/// 127.0.0.1:5173" when it is a loopback address or `localhost` (a
+/// sidecar's workload, a dev server: the address is what the developer
+/// needs to see), else "the upstream", so an answer never discloses an
+/// internal address.
+fn upstream_name(authority: &Authority, scheme: &Scheme) -> (String, bool) {
+    let host = authority.host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let local = bare
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || bare.trim_end_matches('.').eq_ignore_ascii_case("localhost");
+    if !local {
+        return ("the upstream".to_owned(), false);
+    }
+    let port = authority
+        .port_u16()
+        .unwrap_or(if *scheme == Scheme::HTTPS { 443 } else { 80 });
+    (format!("the upstream at {host}:{port}"), true)
+}
+
 /// An inbound WebSocket handshake waiting for the upstream's 101.
 pub struct PendingUpgrade {
     handshake: WebSocketHandshake,
@@ -544,6 +595,11 @@ enum Known {
     Hop(u16),
     Forwarded(u8),
     Host,
+    /// `accept` and `content-type`: kept in case the upstream fails and
+    /// the proxy writes the answer (a page for a browser, problem+json for
+    /// gRPC and APIs), when the head has gone with the request.
+    Accept,
+    ContentType,
     Other,
 }
 
@@ -558,6 +614,8 @@ fn classify(s: &[u8]) -> Known {
     let (candidate, known): (&[u8], Known) = match (len, first) {
         (2, b't') => (b"te", Known::Hop(HOP_TE)),
         (4, b'h') => (b"host", Known::Host),
+        (6, b'a') => (b"accept", Known::Accept),
+        (12, b'c') => (b"content-type", Known::ContentType),
         (14, b'h') => (b"http2-settings", Known::Hop(HOP_HTTP2_SETTINGS)),
         (7, b't') => (b"trailer", Known::Hop(HOP_TRAILER)),
         (7, b'u') => (b"upgrade", Known::Hop(HOP_UPGRADE)),
@@ -630,6 +688,10 @@ struct Scan {
     /// Some name has `_` or licensegate's own prefix: screen the names
     /// before forwarding (see [`Forwarder::remove_impersonations`]).
     suspect_names: bool,
+    /// The first `Accept` value (requests only).
+    accept: Option<HeaderValue>,
+    /// A gRPC request (requests only).
+    grpc: bool,
 }
 
 impl Scan {
@@ -643,6 +705,8 @@ impl Scan {
             forwarded: 0,
             host: None,
             suspect_names: false,
+            accept: None,
+            grpc: false,
         };
         for (name, value) in headers {
             let bytes = name.as_str().as_bytes();
@@ -667,6 +731,12 @@ impl Scan {
                         scan.host = Some(value.clone());
                     }
                 }
+                Known::Accept => {
+                    if screen_names && scan.accept.is_none() {
+                        scan.accept = Some(value.clone());
+                    }
+                }
+                Known::ContentType => scan.grpc |= screen_names && is_grpc(value),
             }
         }
         scan
@@ -811,9 +881,14 @@ mod tests {
             );
         }
         assert!(matches!(classify(b"host"), Known::Host));
+        assert!(matches!(classify(b"accept"), Known::Accept));
+        assert!(matches!(classify(b"content-type"), Known::ContentType));
         for other in [
             "user-agent",
-            "accept",
+            "accepts",
+            "accept-encoding",
+            "content-typf",
+            "content-length",
             "te2",
             "hosts",
             "tea",

@@ -17,12 +17,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
-use crate::decision::{Decision, DecisionEngine, Denial, Reason};
+use crate::decision::{BodyState, Decision, DecisionEngine, Denial, Hint, Reason};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::policy::normalize::{check_request_head, normalize_target, HeadError};
-use crate::problem;
+use crate::problem::{self, Format};
 use conn::ConnContext;
 use error::UpstreamError;
 use forward::{Forwarder, Via};
@@ -55,8 +55,15 @@ pub async fn handle(
     let (mut head, body) = request.into_parts();
     // Normalised once: the host and path decided on are what the upstream gets.
     let mut websocket = None;
+    // HTTP/1: no body framing in the head; HTTP/2: the stream ended with
+    // the headers. Tells a CORS preflight from an OPTIONS with a body.
+    let body_state = if body.is_end_stream() {
+        BodyState::Empty
+    } else {
+        BodyState::Follows
+    };
     let decision = match check_head(&mut head, &mut websocket) {
-        Ok(()) => shared.engine.decide(&head, &conn.peer).await,
+        Ok(()) => shared.engine.decide(&head, &conn.peer, body_state).await,
         Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
     };
     let mut permits = Vec::new();
@@ -64,9 +71,15 @@ pub async fn handle(
     let response = match decision {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
-            problem::render(*denial).map(Either::Right)
+            let format = problem::format_for(&head.method, &head.headers);
+            problem::render(*denial, format).map(Either::Right)
         }
         Decision::Allow(allowed) => {
+            let reason = if allowed.preflight {
+                Reason::CorsPreflight
+            } else {
+                Reason::Allowed
+            };
             let forwarder = &shared.forwarder;
             // Only a route that allows it opens a tunnel (a shadow-mode
             // refusal is forwarded as a plain request, upgrade stripped).
@@ -80,6 +93,7 @@ pub async fn handle(
                         &allowed,
                     );
                     permits = allowed.permits;
+                    let asked = outbound.asked;
                     let request = Request::from_parts(head, body);
                     let sent = match outbound.via {
                         Via::Held(lease) => lease.send(request, outbound.keep_connection).await,
@@ -101,15 +115,16 @@ pub async fn handle(
                     sent.and_then(|response| {
                         forwarder.finish(response, outbound.upgrade, &conn, &mut permits)
                     })
+                    .map_err(|error| (error, asked.format()))
                 }
-                Err(error) => Err(error),
+                Err(error) => Err((error, problem::format_for(&head.method, &head.headers))),
             };
             match result {
                 Ok(response) => {
-                    shared.metrics.request(Outcome::Allow, Reason::Allowed);
+                    shared.metrics.request(Outcome::Allow, reason);
                     response.map(Either::Left)
                 }
-                Err(error) => upstream_failed(&shared, error),
+                Err((error, format)) => upstream_failed(&shared, error, format),
             }
         }
     };
@@ -210,9 +225,9 @@ fn check_head(
     Ok(())
 }
 
-/// The problem response for a request the upstream did not answer.
+/// The answer to a request the upstream did not answer, in `format`.
 #[cold]
-fn upstream_failed(shared: &Shared, error: UpstreamError) -> Response<ProxyBody> {
+fn upstream_failed(shared: &Shared, error: UpstreamError, format: Format) -> Response<ProxyBody> {
     if error.client_body {
         // Not an upstream failure: no upstream error counted, no alert.
         tracing::debug!(detail = %error.detail, "the client's request body failed");
@@ -221,6 +236,7 @@ fn upstream_failed(shared: &Shared, error: UpstreamError) -> Response<ProxyBody>
             StatusCode::BAD_REQUEST,
             Reason::BadRequest,
             format!("the request body could not be read: {}", error.detail),
+            format,
         )
         .map(Either::Right);
     }
@@ -242,14 +258,18 @@ fn upstream_failed(shared: &Shared, error: UpstreamError) -> Response<ProxyBody>
         tracing::warn!(kind = error.kind.as_str(), detail = %error.detail, "upstream request failed");
     }
     shared.metrics.request(Outcome::Error, reason);
-    let mut response = problem::error(status, reason, error.detail);
+    let forwarder = &shared.forwarder;
+    let mut denial = Denial::new(status, reason, error.failure.describe(forwarder.name()));
+    denial.hint = Hint::Upstream {
+        local: forwarder.is_local(),
+    };
     if reason == Reason::UpstreamOverloaded {
         // A connection usually comes back within the queue's wait; a second
         // is a polite pause that still keeps clients from piling up.
-        response.headers_mut().insert(
+        denial.headers.insert(
             http::header::RETRY_AFTER,
             http::HeaderValue::from_static("1"),
         );
     }
-    response.map(Either::Right)
+    problem::render(denial, format).map(Either::Right)
 }

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
-use super::error::UpstreamError;
+use super::error::{of_io, Failure, UpstreamError};
 use crate::metrics::UpstreamErrorKind;
 
 type Sender = http1::SendRequest<Incoming>;
@@ -236,7 +236,9 @@ impl DirectPool {
 
     /// Open a connection that keeps `slot` for as long as it is open.
     async fn connect(&self, slot: Slot) -> Result<Sender, UpstreamError> {
-        let connect_error = |detail: String| UpstreamError::new(UpstreamErrorKind::Connect, detail);
+        let connect_error = |failure: Failure, detail: String| {
+            UpstreamError::new(UpstreamErrorKind::Connect, failure, detail)
+        };
         let host = self
             .authority
             .host()
@@ -245,34 +247,52 @@ impl DirectPool {
         let port = self.authority.port_u16().unwrap_or(80);
         let connect = async {
             let mut last_error = None;
-            let addrs = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| connect_error(format!("cannot resolve {}: {e}", self.authority)))?;
+            let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+                connect_error(
+                    Failure::Unresolved,
+                    format!("cannot resolve {}: {e}", self.authority),
+                )
+            })?;
             for addr in addrs {
                 match TcpStream::connect(addr).await {
                     Ok(stream) => return Ok(stream),
-                    Err(e) => last_error = Some(format!("tcp connect error: {addr}: {e}")),
+                    Err(e) => {
+                        last_error = Some(connect_error(
+                            of_io(&e),
+                            format!("tcp connect error: {addr}: {e}"),
+                        ))
+                    }
                 }
             }
-            Err(connect_error(last_error.unwrap_or_else(|| {
-                format!("{} resolved to no addresses", self.authority)
-            })))
+            Err(last_error.unwrap_or_else(|| {
+                connect_error(
+                    Failure::Unresolved,
+                    format!("{} resolved to no addresses", self.authority),
+                )
+            }))
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| {
-                connect_error(format!(
-                    "tcp connect to {} timed out after {}",
-                    self.authority,
-                    humantime::format_duration(self.connect_timeout)
-                ))
+                connect_error(
+                    Failure::ConnectTimeout(Some(self.connect_timeout)),
+                    format!(
+                        "tcp connect to {} timed out after {}",
+                        self.authority,
+                        humantime::format_duration(self.connect_timeout)
+                    ),
+                )
             })??;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(BudgetedIo::new(TokioIo::new(stream), slot))
             .await
-            .map_err(|e| connect_error(format!("HTTP/1.1 handshake failed: {e}")))?;
+            .map_err(|e| {
+                let mut failed = UpstreamError::from_hyper(UpstreamErrorKind::Connect, &e);
+                failed.detail = format!("HTTP/1.1 handshake failed: {}", failed.detail);
+                failed
+            })?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended with an error");
@@ -301,6 +321,7 @@ impl Lease {
         let elapsed = |_: Elapsed| {
             UpstreamError::new(
                 UpstreamErrorKind::Timeout,
+                Failure::ResponseTimeout(timeout),
                 format!(
                     "the upstream did not respond within {}",
                     humantime::format_duration(timeout)
