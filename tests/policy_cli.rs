@@ -268,3 +268,103 @@ fn explain_shows_the_host_group_that_decided_and_the_websocket_setting() {
         "{out}"
     );
 }
+
+const PREFLIGHTS: &str = "\
+routes:
+  - name: api
+    path: /api/**
+  - name: strict
+    path: /strict/**
+    preflight: decide
+  - name: internal
+    path: /internal/**
+    access: deny
+";
+
+#[test]
+fn check_locates_a_bad_preflight_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    // A value that is not a setting stops the file at parsing; a setting
+    // that contradicts the route is found when it is compiled.
+    for (text, expected) in [
+        (
+            "routes:\n  - name: api\n    path: /api/**\n    preflight: allow\n",
+            "4:16: error: routes[0].preflight: unknown variant `allow`, expected `forward` or `decide`",
+        ),
+        (
+            "routes:\n  - name: closed\n    path: /closed\n    access: deny\n    preflight: forward\n",
+            "5:16: error: routes[0].preflight: a `deny` route forwards nothing, preflights included",
+        ),
+    ] {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = licensegate(&["policy", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}:{expected}", path.display())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn explain_shows_what_a_cors_preflight_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, PREFLIGHTS).unwrap();
+    let explain_for = |method: &str, target: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--policy",
+            path.to_str().unwrap(),
+            "--method",
+            method,
+            "--path",
+            target,
+            "-H",
+            "Origin: http://localhost:5173",
+            "-H",
+            "Access-Control-Request-Method: POST",
+        ];
+        args.extend_from_slice(extra);
+        let out = licensegate(&args);
+        (out.status.code(), text(&out.stdout))
+    };
+    // No license given: a preflight passes all the same.
+    let (code, out) = explain_for("OPTIONS", "/api/orders", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("preflight  a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method, no body): forwarded to the upstream"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("decision   allow cors_preflight"),
+        "{out}"
+    );
+    // The real request, a body, `preflight: decide`, a deny route.
+    for (method, target, extra, reason) in [
+        ("POST", "/api/orders", &[][..], "deny 403 license_missing"),
+        (
+            "OPTIONS",
+            "/api/orders",
+            &["-H", "Content-Length: 5"][..],
+            "deny 403 license_missing",
+        ),
+        ("OPTIONS", "/strict/x", &[][..], "deny 403 license_missing"),
+        ("OPTIONS", "/internal/x", &[][..], "deny 403 route_denied"),
+    ] {
+        let (code, out) = explain_for(method, target, extra);
+        assert_eq!(code, Some(1), "{method} {target} {extra:?}: {out}");
+        assert!(out.contains(reason), "{method} {target} {extra:?}: {out}");
+        assert!(!out.contains("cors_preflight"), "{out}");
+    }
+    let (_, out) = explain_for("OPTIONS", "/strict/x", &[]);
+    assert!(
+        out.contains("preflight  a CORS preflight, decided like any request (the route says `preflight: decide`)"),
+        "{out}"
+    );
+    let (_, out) = explain_for("OPTIONS", "/internal/x", &[]);
+    assert!(out.contains("nothing reaches a `deny` route"), "{out}");
+}

@@ -111,7 +111,10 @@ routes:
         tls: false,
     };
     for _ in 0..3 {
-        match engine.decide(&handshake("/plain/x"), &peer, BodyState::Empty).await {
+        match engine
+            .decide(&handshake("/plain/x"), &peer, BodyState::Empty)
+            .await
+        {
             Decision::Deny(denial) => {
                 assert_eq!(denial.reason, Reason::UpgradeNotAllowed);
                 assert_eq!(denial.status, 403);
@@ -124,7 +127,10 @@ routes:
         decide(&engine, "/plain/x").await,
         Decision::Allow(_)
     ));
-    match engine.decide(&handshake("/live/x"), &peer, BodyState::Empty).await {
+    match engine
+        .decide(&handshake("/live/x"), &peer, BodyState::Empty)
+        .await
+    {
         Decision::Allow(allowed) => assert!(allowed.websocket),
         Decision::Deny(denial) => panic!("denied: {}", denial.reason.as_str()),
     }
@@ -133,4 +139,126 @@ routes:
         engine.decide(&handshake("/elsewhere"), &peer, BodyState::Empty).await,
         Decision::Deny(denial) if denial.reason == Reason::UpgradeNotAllowed
     ));
+}
+
+fn preflight_head(path: &str) -> http::request::Parts {
+    http::Request::builder()
+        .method("OPTIONS")
+        .uri(path)
+        .header("host", "app.test")
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[test]
+fn a_preflight_is_options_with_origin_and_a_requested_method_and_no_body() {
+    use super::is_cors_preflight;
+    let head = preflight_head("/x");
+    let (method, headers) = (&head.method, &head.headers);
+    assert!(is_cors_preflight(method, headers, BodyState::Empty));
+    assert!(!is_cors_preflight(method, headers, BodyState::Follows));
+    assert!(!is_cors_preflight(
+        &http::Method::POST,
+        headers,
+        BodyState::Empty
+    ));
+    for (name, value) in [
+        ("content-length", "0"),
+        ("content-length", " 0 "),
+        ("x-other", "1"),
+    ] {
+        let mut with = headers.clone();
+        with.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+        assert!(is_cors_preflight(method, &with, BodyState::Empty), "{name}");
+    }
+    for (name, value) in [
+        ("content-length", "5"),
+        ("content-length", "00x"),
+        ("transfer-encoding", "chunked"),
+    ] {
+        let mut with = headers.clone();
+        with.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+        assert!(
+            !is_cors_preflight(method, &with, BodyState::Empty),
+            "{name}"
+        );
+    }
+    for missing in ["origin", "access-control-request-method"] {
+        let mut without = headers.clone();
+        without.remove(missing);
+        assert!(
+            !is_cors_preflight(method, &without, BodyState::Empty),
+            "{missing}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn preflights_are_forwarded_uncounted_unless_the_route_decides_or_denies() {
+    let engine = engine(
+        "\
+unmatched: public
+limits:
+  once:
+    rate: {limit: 1, per: 1h, key: client_ip}
+  strict_once:
+    rate: {limit: 1, per: 1h, key: client_ip}
+routes:
+  - {name: api, path: /api/**, access: public, limits: [once]}
+  - {name: strict, path: /strict/**, access: public, limits: [strict_once], preflight: decide}
+  - {name: closed, path: /closed/**, access: deny}
+",
+    );
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    let decide_preflight = |path: &'static str, body| {
+        let engine = &engine;
+        async move { engine.decide(&preflight_head(path), &peer, body).await }
+    };
+    for _ in 0..3 {
+        match decide_preflight("/api/x", BodyState::Empty).await {
+            Decision::Allow(allowed) => assert!(allowed.preflight),
+            Decision::Deny(denial) => panic!("preflight denied: {}", denial.reason.as_str()),
+        }
+    }
+    // The preflights spent none of the route's one request.
+    assert!(matches!(decide(&engine, "/api/x").await, Decision::Allow(a) if !a.preflight));
+    assert!(matches!(
+        decide(&engine, "/api/x").await,
+        Decision::Deny(d) if d.reason == Reason::RateLimited
+    ));
+    // `preflight: decide`: counted like any request.
+    assert!(matches!(
+        decide_preflight("/strict/x", BodyState::Empty).await,
+        Decision::Allow(a) if !a.preflight
+    ));
+    assert!(matches!(
+        decide_preflight("/strict/x", BodyState::Empty).await,
+        Decision::Deny(d) if d.reason == Reason::RateLimited
+    ));
+    // With a body it is a request, not a preflight.
+    assert!(matches!(
+        decide_preflight("/elsewhere", BodyState::Follows).await,
+        Decision::Allow(a) if !a.preflight
+    ));
+    // A `deny` route denies preflights, naming the route.
+    match decide_preflight("/closed/x", BodyState::Empty).await {
+        Decision::Deny(denial) => {
+            assert_eq!(denial.reason, Reason::RouteDenied);
+            assert_eq!(denial.route.as_deref(), Some("closed"));
+        }
+        Decision::Allow(_) => panic!("a preflight reached a deny route"),
+    }
 }

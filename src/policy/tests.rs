@@ -2470,6 +2470,47 @@ fn websocket_is_a_route_setting_off_by_default() {
     );
 }
 
+#[test]
+fn preflight_is_a_route_setting_forward_by_default() {
+    let p = clean(
+        "unmatched: licensed\nroutes:\n  - {name: api, path: /api/**}\n  - {name: strict, path: /strict/**, preflight: decide}\n  - {name: open, path: /open/**, access: public, preflight: forward}\n  - {name: closed, path: /closed/**, access: deny}\n  - {name: shut, path: /shut/**, access: deny, preflight: decide}\n",
+    );
+    assert_eq!(route(&p, "api").preflight, Preflight::Forward);
+    assert!(route(&p, "api").forwards_preflights());
+    assert_eq!(route(&p, "strict").preflight, Preflight::Decide);
+    assert!(!route(&p, "strict").forwards_preflights());
+    assert!(route(&p, "open").forwards_preflights());
+    // Nothing reaches a `deny` route, preflights included.
+    assert!(!route(&p, "closed").forwards_preflights());
+    assert!(!route(&p, "shut").forwards_preflights());
+    assert!(p.forwards_preflight(None));
+    let closed = clean("routes:\n  - {path: /a}\n");
+    assert!(!closed.forwards_preflight(None), "unmatched: deny");
+
+    assert_only(
+        &errors("routes:\n  - path: /a\n    preflight: allow\n"),
+        FILE,
+        (3, 16),
+        &[
+            "routes[0].preflight: unknown variant `allow`",
+            "`forward`",
+            "`decide`",
+        ],
+    );
+    assert_only(
+        &errors("routes:\n  - path: /a\n    access: deny\n    preflight: forward\n"),
+        FILE,
+        (4, 16),
+        &["routes[0].preflight: a `deny` route forwards nothing, preflights included"],
+    );
+    assert_only(
+        &errors("routes:\n  - path: /a\n    preflight: [forward]\n"),
+        FILE,
+        (3, 16),
+        &["routes[0].preflight"],
+    );
+}
+
 /// Nested `depth` levels deep in several YAML shapes, each ~`2 × depth`
 /// bytes.
 fn nested_documents(depth: usize) -> Vec<(&'static str, String)> {

@@ -39,7 +39,7 @@ pub fn render(denial: &Denial) -> String {
     let _ = writeln!(out, "<style>{STYLE}</style>\n</head>\n<body>\n<main>");
     let _ = writeln!(out, "<p class=\"status\">Error {status}</p>");
     let _ = writeln!(out, "<h1>{}</h1>", Escaped(title));
-    let _ = writeln!(out, "<p>{}</p>", Escaped(&denial.detail));
+    let _ = writeln!(out, "<p>{}</p>", Escaped(&sentence(&denial.detail)));
     let _ = writeln!(
         out,
         "<section class=\"hint\">\n<h2>What to do</h2>\n<p>{}</p>\n</section>",
@@ -52,15 +52,19 @@ pub fn render(denial: &Denial) -> String {
         Escaped(denial.reason.as_str())
     );
     if let Some(route) = &denial.route {
-        let _ = writeln!(out, "<dt>Route</dt><dd><code>{}</code></dd>", Escaped(route));
+        let _ = writeln!(
+            out,
+            "<dt>Route</dt><dd><code>{}</code></dd>",
+            Escaped(route)
+        );
     }
     let _ = writeln!(out, "<dt>Status</dt><dd>{status}</dd>");
     out.push_str("</dl>\n");
     let _ = writeln!(
         out,
-        "<footer>Answered by licensegate, in front of the application. \
-         API clients get this as <code>application/problem+json</code>; \
-         the reasons are listed at <code>{}</code>.</footer>",
+        "<footer>Answered by licensegate, which stands in front of the application. \
+         API clients get this answer as <code>application/problem+json</code> \
+         (type <code>{}</code>).</footer>",
         Escaped(&super::type_uri(denial.reason))
     );
     out.push_str("</main>\n</body>\n</html>\n");
@@ -173,9 +177,7 @@ fn hint(denial: &Denial) -> String {
             "This route is closed by the policy; no license opens it.".to_owned()
         }
         Reason::RouteNotFound => "Nothing is served at this address. Check the URL.".to_owned(),
-        Reason::UpgradeNotAllowed => {
-            "This route does not accept WebSocket connections.".to_owned()
-        }
+        Reason::UpgradeNotAllowed => "This route does not accept WebSocket connections.".to_owned(),
         Reason::BadRequest | Reason::BadRequestPath => "The request was refused as sent (the \
              detail says why). Check the URL: encoded slashes, backslashes, <code>;</code> and \
              malformed escapes are not accepted."
@@ -197,6 +199,22 @@ fn hint(denial: &Denial) -> String {
         Reason::UpstreamOverloaded => again("The service is busy."),
         // Never denials; a page for them would be a bug, not a crash.
         Reason::Allowed | Reason::CorsPreflight => String::new(),
+    }
+}
+
+/// A detail (lower-case, as problem details are) as a sentence on a page.
+fn sentence(detail: &str) -> std::borrow::Cow<'_, str> {
+    match detail.chars().next() {
+        Some(first) if first.is_ascii_lowercase() => {
+            let mut text = String::with_capacity(detail.len() + 1);
+            text.push(first.to_ascii_uppercase());
+            text.push_str(&detail[1..]);
+            if !text.ends_with(['.', '!', '?']) {
+                text.push('.');
+            }
+            std::borrow::Cow::Owned(text)
+        }
+        _ => std::borrow::Cow::Borrowed(detail),
     }
 }
 

@@ -9,10 +9,7 @@ use super::*;
 use crate::decision::Hint;
 
 fn accept(values: &[&'static str]) -> Format {
-    let values: Vec<HeaderValue> = values
-        .iter()
-        .map(|v| HeaderValue::from_static(v))
-        .collect();
+    let values: Vec<HeaderValue> = values.iter().map(|v| HeaderValue::from_static(v)).collect();
     negotiate(&values)
 }
 
@@ -52,10 +49,7 @@ fn equal_weights_keep_problem_json() {
 
 #[test]
 fn weights_decide_and_zero_excludes() {
-    assert_eq!(
-        accept(&["application/json;q=0.5, text/html"]),
-        Format::Html
-    );
+    assert_eq!(accept(&["application/json;q=0.5, text/html"]), Format::Html);
     assert_eq!(
         accept(&["text/html;q=0.9, application/json;q=0.8"]),
         Format::Html
@@ -276,7 +270,10 @@ async fn hints_use_what_the_denial_knows() {
     feature.route = Some("export".into());
     let text = page(feature).await;
     assert!(text.contains("the feature <code>export</code>"), "{text}");
-    assert!(text.contains("its plan, <code>&lt;pro&gt;</code>, lacks it"), "{text}");
+    assert!(
+        text.contains("its plan, <code>&lt;pro&gt;</code>, lacks it"),
+        "{text}"
+    );
     assert!(
         text.contains("<dt>Route</dt><dd><code>export</code></dd>"),
         "{text}"
@@ -290,7 +287,10 @@ async fn hints_use_what_the_denial_knows() {
     down.hint = Hint::Upstream { local: true };
     let text = page(down).await;
     assert!(text.contains("is down or not listening"), "{text}");
-    assert!(text.contains("127.0.0.1:5173 refused the connection"), "{text}");
+    assert!(
+        text.contains("127.0.0.1:5173 refused the connection"),
+        "{text}"
+    );
 
     let mut remote = Denial::new(StatusCode::GATEWAY_TIMEOUT, Reason::UpstreamTimeout, "x");
     remote.hint = Hint::Upstream { local: false };

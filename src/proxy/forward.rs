@@ -937,7 +937,17 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         let scan = Scan::of(&headers, true);
+        assert_eq!(scan.accept.as_ref().unwrap(), "text/html");
+        assert!(scan.grpc);
+        // Responses: what the upstream accepts or sends is not asked.
+        let response = Scan::of(&headers, false);
+        assert!(response.accept.is_none() && !response.grpc);
         assert_eq!(scan.host.as_ref().unwrap(), "a.example");
         assert_eq!(scan.hop, HOP_CONNECTION | HOP_KEEP_ALIVE);
         assert_eq!(scan.forwarded, FWD_PROTO);
@@ -945,7 +955,54 @@ mod tests {
         scan.strip(&mut headers);
         let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["host", "x-forwarded-proto", "x-kept"]);
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "content-type",
+                "host",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_local_upstream_is_named_by_its_address() {
+        let name = |authority: &'static str, scheme: Scheme| {
+            upstream_name(&Authority::from_static(authority), &scheme)
+        };
+        for (authority, named) in [
+            ("127.0.0.1:5173", "the upstream at 127.0.0.1:5173"),
+            ("127.9.9.9:8080", "the upstream at 127.9.9.9:8080"),
+            ("[::1]:3000", "the upstream at [::1]:3000"),
+            ("localhost:3000", "the upstream at localhost:3000"),
+            ("LOCALHOST.:3000", "the upstream at LOCALHOST.:3000"),
+            ("localhost", "the upstream at localhost:80"),
+        ] {
+            assert_eq!(
+                name(authority, Scheme::HTTP),
+                (named.to_owned(), true),
+                "{authority}"
+            );
+        }
+        assert_eq!(
+            name("localhost", Scheme::HTTPS).0,
+            "the upstream at localhost:443"
+        );
+        for authority in [
+            "10.0.0.5:8080",
+            "[fd00::1]:80",
+            "orders.internal:8080",
+            "localhost.example.com:80",
+            "0.0.0.0:80",
+        ] {
+            assert_eq!(
+                name(authority, Scheme::HTTP),
+                ("the upstream".to_owned(), false),
+                "{authority}"
+            );
+        }
     }
 
     #[test]
