@@ -393,6 +393,15 @@ async fn a_refused_connection_names_the_local_upstream_in_both_forms() {
     );
     assert!(page.contains("is down or not listening"), "{page}");
 
+    // The same words over the pooled client (an HTTP/2 upstream).
+    let proxy = Proxy::run(
+        &format!("http://{closed}"),
+        &["--upstream-protocol", "http2"],
+    );
+    let (parts, body) = get_with(&proxy.url("/x"), None, &[]).await;
+    assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(problem_of(&parts, &body)["detail"], expected.as_str());
+
     // `localhost` is local too; the name is kept as configured.
     let proxy = Proxy::run(&format!("http://localhost:{}", closed.port()), &[]);
     let (parts, body) = get_with(&proxy.url("/x"), None, &[]).await;
