@@ -2,6 +2,7 @@
 //! entitlements, count the limits, and say allow or deny — once per request.
 //!
 //! Order of checks (and so which reason a request gets): route `deny` →
+//! upgrade → a CORS preflight the route forwards stops here, allowed →
 //! license (valid, environment) → features → limits (concurrency, rates,
 //! quotas, then seats; see [`crate::policy`]). A limit that refuses gives
 //! back what earlier limits counted for the same request, so a denied
