@@ -1,6 +1,7 @@
 //! The admin port: `/metrics`, `/healthz`, `/readyz` and a loopback-only
-//! `POST /shutdown`. Kept apart from the proxy port so probes and scrapes
-//! never compete with, or leak into, workload traffic.
+//! `POST /shutdown`; under `licensegate dev` also `/dev/license` (the plan
+//! switch, loopback-only for changes). Kept apart from the proxy port so
+//! probes and scrapes never compete with, or leak into, workload traffic.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,12 +10,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::dev::{DevControl, PlanChange, SwitchError};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -26,7 +28,13 @@ pub struct Admin {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
     pub license: Option<Arc<LicenseGate>>,
+    /// The dev license (`licensegate dev` only): `/dev/license` is 404
+    /// without it.
+    pub dev: Option<Arc<DevControl>>,
 }
+
+/// The largest `POST /dev/license` body read: a plan and a feature list.
+const MAX_DEV_BODY: usize = 64 * 1024;
 
 pub struct AdminServer {
     listener: TcpListener,
@@ -75,7 +83,7 @@ impl AdminServer {
                 TokioIo::new(stream),
                 service_fn(move |request| {
                     let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.route(peer, &request)) }
+                    async move { Ok::<_, Infallible>(admin.handle(peer, request).await) }
                 }),
             );
             tokio::spawn(async move {
@@ -88,6 +96,78 @@ impl AdminServer {
 }
 
 impl Admin {
+    async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (&self.dev, request.method(), request.uri().path()) {
+            (Some(dev), &Method::POST, "/dev/license") => {
+                self.switch_dev_license(dev, peer, request).await
+            }
+            (Some(dev), &Method::GET | &Method::HEAD, "/dev/license") => {
+                json(StatusCode::OK, &dev.status())
+            }
+            (Some(_), _, "/dev/license") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => self.route(peer, &request),
+        }
+    }
+
+    /// `POST /dev/license`: re-sign the dev license with another plan or
+    /// features and put it in force before answering.
+    async fn switch_dev_license(
+        &self,
+        dev: &DevControl,
+        peer: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        // On a dual-stack listener an IPv4 client is `::ffff:127.0.0.1`.
+        if !peer.ip().to_canonical().is_loopback() {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "the dev license is only switched from loopback".to_owned(),
+            );
+        }
+        let body = match Limited::new(request.into_body(), MAX_DEV_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(error) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body (at most {MAX_DEV_BODY} bytes): {error}"),
+                )
+            }
+        };
+        // An empty body changes nothing and renews the license.
+        let change = if body.trim_ascii().is_empty() {
+            PlanChange::default()
+        } else {
+            match serde_json::from_slice::<PlanChange>(&body) {
+                Ok(change) => change,
+                Err(error) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "the body must be JSON like {{\"plan\": \"free\", \"features\": [\"a\", \"b\"]}} \
+                             (both optional): {error}"
+                        ),
+                    )
+                }
+            }
+        };
+        match dev.switch(change) {
+            Ok(status) => json(StatusCode::OK, &status),
+            Err(error) => {
+                let status = match &error {
+                    SwitchError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    SwitchError::NotSwitchable(_) => StatusCode::CONFLICT,
+                    SwitchError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                problem(status, error.to_string())
+            }
+        }
+    }
+
     fn route(&self, peer: SocketAddr, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/metrics") => {
@@ -145,6 +225,23 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An RFC 9457 problem without a licensing reason: admin requests are not
+/// policy decisions.
+fn problem(status: StatusCode, detail: String) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = json(status, &body);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::problem::CONTENT_TYPE_PROBLEM),
     );
     response
 }

@@ -1,4 +1,4 @@
-//! The command line: `licensegate run` and `licensegate demo`.
+//! The command line: `licensegate run`, `demo`, `dev` and the tools.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod dev;
 mod license;
 mod policy;
 
 use crate::config::{
-    ConfigError, EnvironmentSettings, FileConfig, LicenseSettings, LicenseSource, Overrides,
-    PolicySettings, Settings, UpstreamProtocol, UpstreamUrl, Workers,
+    ConfigError, FileConfig, LicenseSource, Overrides, Settings, UpstreamProtocol, UpstreamUrl,
+    Workers,
 };
 use crate::demo::EchoUpstream;
+use crate::dev::{DevKey, Grant};
 use crate::gateway::Gateway;
 use crate::lifecycle::Lifecycle;
 
@@ -38,6 +40,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run the proxy in front of an embedded echo server, with zero setup.
     Demo(DemoArgs),
+    /// Run the proxy in front of a local dev server with a development
+    /// license; `dev switch` changes its plan while it runs.
+    Dev(dev::DevArgs),
     /// Make keys, issue and inspect license tokens.
     #[command(subcommand)]
     License(license::LicenseCommand),
@@ -121,6 +126,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
+        Command::Dev(args) => dev::run(args),
         Command::License(command) => license::run(command),
         Command::Policy(command) => policy::run(command),
         Command::Inject(command) => crate::inject::run(command),
@@ -223,42 +229,34 @@ fn demo(args: DemoArgs) -> i32 {
             .parse()
             .expect("a loopback address is a valid origin");
         tokio::spawn(echo.serve());
-        let dev = match DevLicense::create() {
-            Ok(dev) => dev,
+        let (key, policy) = match DevKey::create("demo").and_then(|key| {
+            let policy = key.dir().join("demo-policy.yaml");
+            std::fs::write(&policy, DEMO_POLICY)
+                .map_err(|e| format!("{}: {e}", policy.display()))?;
+            Ok((key, policy))
+        }) {
+            Ok(created) => created,
             Err(message) => {
                 eprintln!("licensegate: cannot set up the demo license: {message}");
                 return 71;
             }
         };
+        let grant = Grant::demo();
+        let token = key.sign(&grant);
         let mut settings = Settings::resolve(
             FileConfig::default(),
             Overrides {
                 listen: Some(args.listen),
                 admin: Some(args.admin),
                 upstream: Some(upstream),
+                policy: vec![policy.clone()],
                 ..Overrides::default()
             },
         )
         .expect("demo settings are complete");
-        settings.license = Some(LicenseSettings {
-            keys: dev.public_key.clone(),
-            source: LicenseSource::Header(http::header::AUTHORIZATION),
-            issuer: Some(DevLicense::ISSUER.to_owned()),
-            audience: None,
-            leeway: Duration::from_secs(60),
-            grace: Duration::ZERO,
-            environment: EnvironmentSettings::default(),
-            cache_capacity: 10_000,
-            state_file: None,
-            forward_token: false,
-            failed_verifications: Default::default(),
-        });
-        settings.policy = Some(PolicySettings {
-            paths: vec![dev.policy.clone()],
-            counters_file: None,
-            persist_interval: Duration::from_secs(10),
-            max_keys_per_limit: 100_000,
-        });
+        settings.license = Some(key.license_settings(LicenseSource::Header(
+            http::header::AUTHORIZATION,
+        )));
         let gateway = match Gateway::bind(&settings) {
             Ok(gateway) => gateway,
             Err(error) => {
@@ -270,13 +268,12 @@ fn demo(args: DemoArgs) -> i32 {
         announce(&gateway);
         let proxy = gateway.proxy_addr();
         let admin = gateway.admin_addr();
-        let token = &dev.token;
         // Write errors are ignored: a closed stdout must not stop the proxy.
         let _ = writeln!(
             std::io::stdout(),
             "\nlicensegate demo: proxying to an embedded echo server at {upstream}\n\
              Policy: {policy} (edit it: changes apply at once)\n\
-             A development key was generated and signed this license (plan `pro`, feature `reports`, 3 seats, 1 hour):\n\n\
+             A development key was generated and signed this license ({grant}):\n\n\
              TOKEN={token}\n\n\
              Try:\n  \
              curl -i http://{proxy}/healthz                                   # public route: no license needed\n  \
@@ -293,7 +290,8 @@ fn demo(args: DemoArgs) -> i32 {
              curl -s http://{admin}/license                                   # license status\n\n\
              Press Ctrl-C to stop.",
             upstream = settings.upstream.url,
-            policy = dev.policy.display(),
+            policy = policy.display(),
+            grant = grant.describe(),
         );
         let _ = std::io::stdout().flush();
         tokio::spawn(drain_on_signal(gateway.lifecycle()));
@@ -304,63 +302,8 @@ fn demo(args: DemoArgs) -> i32 {
     code
 }
 
-/// The demo's throw-away signing key and license, in a private temp dir
-/// that is removed when the demo ends.
-struct DevLicense {
-    dir: std::path::PathBuf,
-    public_key: std::path::PathBuf,
-    policy: std::path::PathBuf,
-    token: String,
-}
-
 /// The demo's policy, `policies/demo.yaml`, built into the binary.
 pub const DEMO_POLICY: &str = include_str!("../policies/demo.yaml");
-
-impl DevLicense {
-    const ISSUER: &'static str = "licensegate-demo";
-
-    fn create() -> Result<DevLicense, String> {
-        use crate::license::issue::{sign, SigningKey};
-        use crate::license::Algorithm;
-        let dir = std::env::temp_dir().join(format!("licensegate-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let key = SigningKey::generate(Algorithm::EdDSA).map_err(|e| e.to_string())?;
-        let public_key = dir.join("demo-key.pem");
-        std::fs::write(&public_key, key.public_key_pem())
-            .map_err(|e| format!("{}: {e}", public_key.display()))?;
-        let now = crate::license::validate::unix_now();
-        let claims = serde_json::json!({
-            "iss": Self::ISSUER,
-            "sub": "demo-license",
-            "aud": "demo",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 3600,
-            "lic": {
-                "plan": "pro",
-                "customer": "Demo Customer",
-                "features": ["reports"],
-                "seats": 3,
-            }
-        });
-        // The PEM file's stem is the key id.
-        let token = sign(&claims, &key, "demo-key");
-        let policy = dir.join("demo-policy.yaml");
-        std::fs::write(&policy, DEMO_POLICY).map_err(|e| format!("{}: {e}", policy.display()))?;
-        Ok(DevLicense {
-            dir,
-            public_key,
-            policy,
-            token,
-        })
-    }
-}
-
-impl Drop for DevLicense {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The one stdout line tools and tests read to find the bound ports. Write
 /// errors are ignored: a closed stdout must not stop the proxy.

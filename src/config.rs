@@ -202,6 +202,24 @@ pub struct PolicySettings {
     pub persist_interval: Duration,
     /// Keys tracked per limit before new keys share one overflow counter.
     pub max_keys_per_limit: usize,
+    /// Which requests may become WebSocket tunnels. No config file key:
+    /// only `licensegate dev` widens it.
+    pub websocket: WebSocketScope,
+}
+
+/// Which allowed requests may become WebSocket tunnels under a policy.
+/// Either way the handshake is checked in full, the 101 must answer it and
+/// the tunnel holds its connection slot; only the choice of requests differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WebSocketScope {
+    /// Requests matched by a route with `websocket: true`.
+    #[default]
+    Routes,
+    /// Any request the policy and the license allow, matched by a route or
+    /// by `unmatched`: `licensegate dev`, whose dev server opens its
+    /// hot-reload socket on a path of its own choosing (Vite `/`, Next
+    /// `/_next/webpack-hmr`) that policies do not name.
+    AnyRoute,
 }
 
 /// Names of the headers that carry the verified license id, plan and
@@ -1108,6 +1126,7 @@ impl Settings {
                 counters_file: file_policy.counters_file,
                 persist_interval,
                 max_keys_per_limit: file_policy.max_keys_per_limit.map_or(100_000, |m| m.0),
+                websocket: WebSocketScope::Routes,
             })
         };
         let header_defaults = UpstreamHeaders::default();

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
+use crate::dev::{plan_names, DevControl, DevLicense};
 use std::time::Duration;
 
-use crate::decision::{DecisionEngine, EngineSettings};
+use crate::decision::{DecisionEngine, EngineSettings, WebSocketScope};
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
@@ -65,12 +66,23 @@ pub struct Gateway {
     shared: Arc<Shared>,
     policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
     shared_store: Option<Arc<SharedStore>>,
+    dev: Option<Arc<DevControl>>,
 }
 
 impl Gateway {
     /// Build everything the settings describe and bind both ports. Must run
     /// inside a Tokio runtime. Nothing is served until [`Gateway::run`].
     pub fn bind(settings: &Settings) -> Result<Gateway, StartError> {
+        Gateway::bind_with(settings, None)
+    }
+
+    /// [`Gateway::bind`] for `licensegate dev`: `settings.license` reads
+    /// `dev`'s file, and the admin port gets `/dev/license` to switch it.
+    pub fn bind_dev(settings: &Settings, dev: DevLicense) -> Result<Gateway, StartError> {
+        Gateway::bind_with(settings, Some(dev))
+    }
+
+    fn bind_with(settings: &Settings, dev: Option<DevLicense>) -> Result<Gateway, StartError> {
         crate::proxy::tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::new());
@@ -93,6 +105,10 @@ impl Gateway {
                 .map_or(MemoryStore::DEFAULT_MAX_KEYS, |p| p.max_keys_per_limit),
             entitlement_capacity: settings.license.as_ref().map_or(1, |l| l.cache_capacity),
             trust_forwarded: settings.forwarded.trust_incoming,
+            websocket: settings
+                .policy
+                .as_ref()
+                .map_or(WebSocketScope::Routes, |p| p.websocket),
         };
         let store = Arc::new(MemoryStore::new(Clock::system(), engine_settings.max_keys));
         let mut engine = DecisionEngine::new(
@@ -156,6 +172,23 @@ impl Gateway {
             forwarder: Forwarder::new(settings, &metrics)?,
             metrics: Arc::clone(&metrics),
         });
+        let dev = match (dev, &license) {
+            (Some(dev), Some(gate)) => {
+                let policy = Arc::clone(&shared);
+                Some(Arc::new(DevControl::new(
+                    dev,
+                    Arc::clone(gate),
+                    Box::new(move || policy.engine.with_current_policy(plan_names)),
+                )))
+            }
+            (Some(_), None) => {
+                return Err(StartError::Config(ConfigError::Invalid {
+                    setting: "license",
+                    message: "a dev license needs the license settings that read it".into(),
+                }))
+            }
+            (None, _) => None,
+        };
         let proxy = ProxyServer::bind(settings, Arc::clone(&shared))?;
         let admin = AdminServer::bind(
             settings.admin,
@@ -163,6 +196,7 @@ impl Gateway {
                 lifecycle: Arc::clone(&lifecycle),
                 metrics: Arc::clone(&metrics),
                 license: license.clone(),
+                dev: dev.clone(),
             }),
         )?;
         let license = license.map(|gate| {
@@ -185,7 +219,13 @@ impl Gateway {
             shared,
             policy,
             shared_store,
+            dev,
         })
+    }
+
+    /// The dev license, under `licensegate dev`.
+    pub fn dev(&self) -> Option<Arc<DevControl>> {
+        self.dev.clone()
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod dev;
 pub mod gateway;
 pub mod inject;
 pub mod license;

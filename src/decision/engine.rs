@@ -33,6 +33,8 @@ use crate::policy::{
 /// Names of the entitlement headers sent to the upstream.
 pub type LicenseHeaderNames = crate::config::UpstreamHeaders;
 
+pub use crate::config::WebSocketScope;
+
 /// How the engine is built.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -44,6 +46,8 @@ pub struct EngineSettings {
     /// Take the client address for `client_ip` keys from the last
     /// `X-Forwarded-For` entry (added by the trusted proxy in front).
     pub trust_forwarded: bool,
+    /// Which allowed requests may become WebSocket tunnels.
+    pub websocket: WebSocketScope,
 }
 
 impl Default for EngineSettings {
@@ -53,6 +57,7 @@ impl Default for EngineSettings {
             max_keys: MemoryStore::DEFAULT_MAX_KEYS,
             entitlement_capacity: 10_000,
             trust_forwarded: false,
+            websocket: WebSocketScope::Routes,
         }
     }
 }
@@ -149,6 +154,7 @@ pub struct DecisionEngine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     trust_forwarded: bool,
+    websocket: WebSocketScope,
     /// Shared counters (Redis); `None` counts in memory.
     shared: Option<Arc<SharedStore>>,
 }
@@ -184,6 +190,7 @@ impl DecisionEngine {
             metrics,
             log: DecisionLog::default(),
             trust_forwarded: settings.trust_forwarded,
+            websocket: settings.websocket,
             shared: None,
         }
     }
@@ -405,9 +412,7 @@ impl DecisionEngine {
     ) -> Decision {
         let mode = route.map_or(active.policy.mode, |r| r.mode);
         let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
-        // Only a route can allow a tunnel: `unmatched: public|licensed` is a
-        // catch-all for requests, not a choice to open byte streams.
-        state.allowed.websocket = route.is_some_and(|r| r.websocket);
+        state.allowed.websocket = self.allows_tunnel(route);
         match result {
             Ok(()) if state.allowed.preflight => {
                 // Rare enough to resolve the label here rather than keep a
@@ -482,8 +487,7 @@ impl DecisionEngine {
             ))),
             // Before the license and the limits: a refused upgrade costs
             // the client nothing and the workload never sees it.
-            (_, route)
-                if route.is_none_or(|r| !r.websocket) && super::asks_for_websocket(head) =>
+            (_, route) if !self.allows_tunnel(route) && super::asks_for_websocket(head) =>
             {
                 Err(Box::new(Denial::new(
                     StatusCode::FORBIDDEN,
@@ -528,6 +532,17 @@ impl DecisionEngine {
                 state.license = Some((license, entitled));
                 verdict
             }
+        }
+    }
+
+    /// Whether an allowed request under `route` (`None`: unmatched) may
+    /// become a WebSocket tunnel. By default only a route can allow one:
+    /// `unmatched: public|licensed` is a catch-all for requests, not a
+    /// choice to open byte streams.
+    fn allows_tunnel(&self, route: Option<&Route>) -> bool {
+        match self.websocket {
+            WebSocketScope::Routes => route.is_some_and(|r| r.websocket),
+            WebSocketScope::AnyRoute => true,
         }
     }
 

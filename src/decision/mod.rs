@@ -302,7 +302,7 @@ pub struct Peer {
     pub tls: bool,
 }
 
-pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames};
+pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames, WebSocketScope};
 
 #[cfg(test)]
 mod tests;

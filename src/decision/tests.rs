@@ -5,27 +5,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{BodyState, Decision, DecisionEngine, EngineSettings, Peer, Reason};
+use super::{BodyState, Decision, DecisionEngine, EngineSettings, Peer, Reason, WebSocketScope};
 use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 
 /// An engine enforcing `policy` (public routes only: no license gate).
 fn engine(policy: &str) -> DecisionEngine {
+    engine_with(policy, &EngineSettings::default())
+}
+
+fn engine_with(policy: &str, settings: &EngineSettings) -> DecisionEngine {
     let policy = Policy::compile(vec![(PathBuf::from("p.yaml"), policy.to_owned())])
         .unwrap_or_else(|error| panic!("{error}"));
     let store = Arc::new(MemoryStore::new(
         Clock::system(),
         MemoryStore::DEFAULT_MAX_KEYS,
     ));
-    DecisionEngine::new(
-        None,
-        store,
-        &EngineSettings::default(),
-        Arc::new(Metrics::new()),
-    )
-    .with_policy(policy)
-    .unwrap()
+    DecisionEngine::new(None, store, settings, Arc::new(Metrics::new()))
+        .with_policy(policy)
+        .unwrap()
 }
 
 async fn decide(engine: &DecisionEngine, path: &str) -> Decision {
@@ -79,6 +78,28 @@ routes:
         websocket(&engine, "/trial").await,
         (true, Some(Reason::RateLimited))
     );
+}
+
+#[tokio::test]
+async fn the_any_route_scope_lets_every_allowed_request_become_a_tunnel() {
+    let policy = "\
+unmatched: public
+routes:
+  - {name: plain, path: /plain, access: public}
+  - {name: closed, path: /closed, access: deny}
+";
+    let settings = EngineSettings {
+        websocket: WebSocketScope::AnyRoute,
+        ..EngineSettings::default()
+    };
+    let engine = engine_with(policy, &settings);
+    assert_eq!(websocket(&engine, "/plain").await, (true, None));
+    assert_eq!(websocket(&engine, "/elsewhere").await, (true, None));
+    // Allowing tunnels allows no request a route refuses.
+    assert!(matches!(
+        decide(&engine, "/closed").await,
+        Decision::Deny(denial) if denial.reason == Reason::RouteDenied
+    ));
 }
 
 #[tokio::test]
