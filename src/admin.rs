@@ -119,11 +119,10 @@ impl Admin {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
-        // On a dual-stack listener an IPv4 client is `::ffff:127.0.0.1`.
-        if !peer.ip().to_canonical().is_loopback() {
+        if let Err(refusal) = from_local_tool(peer, request.headers()) {
             return problem(
                 StatusCode::FORBIDDEN,
-                "the dev license is only switched from loopback".to_owned(),
+                format!("the dev license is only switched {refusal}"),
             );
         }
         let body = match Limited::new(request.into_body(), MAX_DEV_BODY)
@@ -196,11 +195,11 @@ impl Admin {
                 ),
             },
             (&Method::POST, "/shutdown") => {
-                // On a dual-stack listener an IPv4 client is `::ffff:127.0.0.1`.
-                if !peer.ip().to_canonical().is_loopback() {
+                if let Err(refusal) = from_local_tool(peer, request.headers()) {
+                    tracing::warn!(%peer, "shutdown refused: {refusal}");
                     return text(
                         StatusCode::FORBIDDEN,
-                        "shutdown is only accepted from loopback\n",
+                        "shutdown is only accepted from loopback, and not from a browser\n",
                     );
                 }
                 tracing::info!(%peer, "shutdown requested on the admin port");
@@ -217,6 +216,22 @@ impl Admin {
             ),
         }
     }
+}
+
+/// Whether a state-changing admin request comes from a tool on this host.
+/// Loopback alone is not enough: a web page open in a browser on the same
+/// machine can POST to 127.0.0.1 (or reach it by DNS rebinding). Browsers
+/// mark every such request with `Origin` (and `Sec-Fetch-Site`); `curl`, the
+/// CLI and probes send neither.
+fn from_local_tool(peer: SocketAddr, headers: &http::HeaderMap) -> Result<(), &'static str> {
+    // On a dual-stack listener an IPv4 client is `::ffff:127.0.0.1`.
+    if !peer.ip().to_canonical().is_loopback() {
+        return Err("from loopback");
+    }
+    if headers.contains_key(http::header::ORIGIN) || headers.contains_key("sec-fetch-site") {
+        return Err("from a local tool, not from a web page");
+    }
+    Ok(())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

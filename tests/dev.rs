@@ -257,6 +257,31 @@ async fn the_switch_endpoint_refuses_unknown_fields_and_exists_only_in_dev_mode(
     let (parts, problem) = post_dev_license(&proxy, r#"{"features": ["a,b"]}"#).await;
     assert_eq!(parts.status, 400, "{problem}");
 
+    // A web page open in the developer's browser can reach the loopback
+    // admin port; its requests carry `Origin` and are refused.
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let (parts, _) = send(
+            Request::post(proxy.admin_url("/dev/license"))
+                .header(name, value)
+                .body(full(r#"{"plan": "free"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, 403, "{name}");
+        let (parts, _) = send(
+            Request::post(proxy.admin_url("/shutdown"))
+                .header(name, value)
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, 403, "{name}");
+    }
+    assert_eq!(plain_get(&proxy, "/reports/q3").await.0, 200);
+
     let (parts, answer) = post_dev_license(&proxy, r#"{"plan": "free"}"#).await;
     assert_eq!(parts.status, 200, "{answer}");
     assert_eq!(answer["plan"], "free");
