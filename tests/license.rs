@@ -645,6 +645,8 @@ fn cli_keygen_issue_and_inspect_round_trip() {
             &path("k1.pem"),
             "--jwks",
             &path("jwks.json"),
+            // The second algorithm replaces the first one's files.
+            "--force",
         ]);
         assert_eq!(code, 0, "{stderr}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -730,6 +732,175 @@ fn cli_keygen_issue_and_inspect_round_trip() {
     assert_eq!(code, 1);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("lic"), "{stderr}");
+}
+
+/// `license keygen --private <dir>/<private> --public <dir>/<public>`, plus `extra`.
+fn keygen(dir: &Path, private: &str, public: &str, extra: &[&str]) -> (i32, String) {
+    let private = dir.join(private);
+    let public = dir.join(public);
+    let mut args = vec![
+        "license",
+        "keygen",
+        "--kid",
+        "k1",
+        "--private",
+        private.to_str().unwrap(),
+        "--public",
+        public.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = cli(&args);
+    (code, stderr)
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_key_files_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (private, public) = (read("k.key").unwrap(), read("k.pem").unwrap());
+
+    // Again over the same pair: refused, the file and the flag named,
+    // nothing touched.
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("{}: exists", dir.path().join("k.key").display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(
+        (read("k.key").unwrap(), read("k.pem").unwrap()),
+        (private.clone(), public.clone())
+    );
+
+    // Any one existing file stops the whole pair: no half is written.
+    let (code, stderr) = keygen(dir.path(), "new.key", "k.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.pem: exists"), "{stderr}");
+    assert_eq!(read("new.key"), None, "the private half was written");
+    let (code, stderr) = keygen(dir.path(), "k.key", "new.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.key: exists"), "{stderr}");
+    assert_eq!(read("new.pem"), None, "the public half was written");
+    let jwks = dir.path().join("k.json");
+    write_file(dir.path(), "k.json", "{}");
+    let (code, stderr) = keygen(
+        dir.path(),
+        "new.key",
+        "new.pem",
+        &["--jwks", jwks.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.json: exists"), "{stderr}");
+    assert_eq!((read("new.key"), read("new.pem")), (None, None));
+    assert_eq!(read("k.json").unwrap(), "{}");
+
+    // A write that fails takes back what this run created.
+    let (code, stderr) = keygen(dir.path(), "new.key", "missing/new.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("missing/new.pem"), "{stderr}");
+    assert_eq!(read("new.key"), None, "half a pair was left behind");
+
+    // --force replaces the pair, and the private key is private again even
+    // if the file it overwrote was not.
+    std::fs::set_permissions(
+        dir.path().join("k.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &["--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_ne!(read("k.key").unwrap(), private);
+    assert_ne!(read("k.pem").unwrap(), public);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("k.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn issue_refuses_tokens_valid_at_no_time_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = keygen(dir.path(), "k1.key", "k1.pem", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let now = unix_now();
+    let issue = |claims: &str, extra: &[&str]| {
+        let claims = write_file(dir.path(), "claims.yaml", claims);
+        let key = dir.path().join("k1.key");
+        let mut args = vec![
+            "license",
+            "issue",
+            "--key",
+            key.to_str().unwrap(),
+            "--kid",
+            "k1",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let plain = "sub: lic-1\nlic: {plan: pro}\n";
+    let expired = format!("sub: lic-1\nexp: {}\nlic: {{plan: pro}}\n", now - 3600);
+    let backwards = format!(
+        "sub: lic-1\nnbf: {}\nexp: {}\nlic: {{plan: pro}}\n",
+        now + 7200,
+        now + 3600
+    );
+    for (claims, extra, expected) in [
+        (plain, &["--ttl", "0s"][..], "expired when issued"),
+        (&expired, &[][..], "expired when issued"),
+        (&backwards, &[][..], "never be valid"),
+    ] {
+        let (code, token, stderr) = issue(claims, extra);
+        assert_ne!(code, 0, "signed: {claims} {extra:?}");
+        assert!(token.is_empty(), "{token}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("--allow-expired"), "{stderr}");
+
+        // The escape hatch for tests of expiry handling signs it, and says so.
+        let mut allowed = extra.to_vec();
+        allowed.push("--allow-expired");
+        let (code, token, stderr) = issue(claims, &allowed);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains("signed because of --allow-expired"),
+            "{stderr}"
+        );
+        // What was signed is what was asked for (`inspect` allows a
+        // minute of leeway, so a token expiring now still passes it).
+        let keys = dir.path().join("k1.pem");
+        let (_, report, _) = cli(&[
+            "license",
+            "inspect",
+            "--keys",
+            keys.to_str().unwrap(),
+            token.trim(),
+        ]);
+        let report: Value = serde_json::from_str(&report).unwrap();
+        let time = |name: &str| report["claims"][name].as_u64().unwrap();
+        assert!(
+            time("exp") <= unix_now() || time("nbf") >= time("exp"),
+            "{report}"
+        );
+        // And it verifies: only its times can be wrong.
+        assert!(
+            [
+                Value::Null,
+                json!("license_expired"),
+                json!("license_not_yet_valid")
+            ]
+            .contains(&report["reason"]),
+            "{report}"
+        );
+    }
+    // A lifetime of a second is a lifetime.
+    let (code, _, stderr) = issue(plain, &["--ttl", "1s"]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]
