@@ -1,11 +1,16 @@
 //! Settings: a YAML file (`--config`) overridden by flags and `LICENSEGATE_*`
 //! environment variables. Everything is parsed into typed values before any
 //! port is bound; a bad value names the setting, the file, line and column.
+//! Relative paths in the file are resolved against its directory (see
+//! [`path`]); those given as flags or variables stay relative to the working
+//! directory.
 
 pub mod error;
+pub mod path;
 
 pub use crate::proxy::tls::TlsFiles;
 pub use error::ConfigError;
+pub use path::{ExistingFile, ExistingPath, FileInDir};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -245,8 +250,8 @@ impl Default for UpstreamHeaders {
 #[serde(deny_unknown_fields)]
 pub struct FilePolicy {
     #[serde(default)]
-    pub paths: Vec<PathBuf>,
-    pub counters_file: Option<PathBuf>,
+    pub paths: Vec<ExistingPath>,
+    pub counters_file: Option<FileInDir>,
     pub persist_interval: Option<HumanDuration>,
     pub max_keys_per_limit: Option<MaxConnections>,
 }
@@ -303,10 +308,10 @@ pub struct EnvironmentSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLicense {
-    pub keys: PathBuf,
+    pub keys: ExistingPath,
     #[serde(default)]
     pub source: FileLicenseSource,
-    pub file: Option<PathBuf>,
+    pub file: Option<FileInDir>,
     pub header: Option<HeaderNameSetting>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
@@ -316,7 +321,7 @@ pub struct FileLicense {
     pub environment: EnvironmentSettings,
     pub cache_capacity: Option<MaxConnections>,
     pub refresh: Option<FileRefresh>,
-    pub state_file: Option<PathBuf>,
+    pub state_file: Option<FileInDir>,
     #[serde(default)]
     pub forward_token: bool,
     pub failed_verifications: Option<FileFailedVerifications>,
@@ -346,7 +351,7 @@ pub enum FileLicenseSource {
 #[serde(deny_unknown_fields)]
 pub struct FileRefresh {
     pub url: String,
-    pub ca: Option<PathBuf>,
+    pub ca: Option<ExistingFile>,
     pub timeout: Option<HumanDuration>,
     pub min_backoff: Option<HumanDuration>,
     pub max_backoff: Option<HumanDuration>,
@@ -370,7 +375,7 @@ impl FileRefresh {
             )
         })?;
         let mut settings = crate::license::refresh::RefreshSettings::new(url);
-        settings.ca = self.ca;
+        settings.ca = self.ca.map(|ca| ca.0);
         settings.allow_http = self.allow_http;
         if let Some(timeout) = self.timeout {
             settings.timeout = timeout.0;
@@ -447,7 +452,7 @@ impl FileLicense {
                     message: "`refresh` takes `license.refresh`, not `file` or `header`".into(),
                 })
             }
-            (FileLicenseSource::File, Some(file), None) => LicenseSource::File(file),
+            (FileLicenseSource::File, Some(file), None) => LicenseSource::File(file.0),
             (FileLicenseSource::File, None, _) => {
                 return Err(ConfigError::Invalid {
                     setting: "license.file",
@@ -483,7 +488,7 @@ impl FileLicense {
             }
         }
         Ok(LicenseSettings {
-            keys: self.keys,
+            keys: self.keys.0,
             source,
             issuer: self.issuer,
             audience: self.audience,
@@ -491,7 +496,7 @@ impl FileLicense {
             grace: self.grace.map_or(Duration::ZERO, |d| d.0),
             environment: self.environment.with_process_env(),
             cache_capacity: self.cache_capacity.map_or(10_000, |c| c.0),
-            state_file: self.state_file,
+            state_file: self.state_file.map(|f| f.0),
             forward_token: self.forward_token,
             failed_verifications: self
                 .failed_verifications
@@ -792,15 +797,15 @@ pub struct FileUpstream {
     pub url: Option<UpstreamUrl>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    pub ca: Option<PathBuf>,
+    pub ca: Option<ExistingFile>,
     pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: ExistingFile,
+    pub key: ExistingFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -916,11 +921,13 @@ impl FileConfig {
         FileConfig::parse(path, &text)
     }
 
+    /// Parse the text of the config file `path`; its relative paths are
+    /// resolved against the file's directory and checked.
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        parse_yaml(path, text)
+        path::with_base_dir(path::base_dir(path), || parse_yaml(path, text))
     }
 }
 
@@ -996,7 +1003,7 @@ impl Settings {
         let protocol = overrides
             .upstream_protocol
             .unwrap_or(file_upstream.protocol);
-        let ca = overrides.upstream_ca.or(file_upstream.ca);
+        let ca = overrides.upstream_ca.or(file_upstream.ca.map(|ca| ca.0));
         if ca.is_some() && !url.is_https() {
             return Err(ConfigError::Invalid {
                 setting: "upstream.ca",
@@ -1005,7 +1012,7 @@ impl Settings {
         }
 
         let (cert, key) = match file.tls {
-            Some(tls) => (Some(tls.cert), Some(tls.key)),
+            Some(tls) => (Some(tls.cert.0), Some(tls.key.0)),
             None => (None, None),
         };
         let tls = match (overrides.tls_cert.or(cert), overrides.tls_key.or(key)) {
@@ -1099,7 +1106,7 @@ impl Settings {
         let license = file.license.map(FileLicense::resolve).transpose()?;
         let file_policy = file.policy.unwrap_or_default();
         let paths = if overrides.policy.is_empty() {
-            file_policy.paths
+            file_policy.paths.into_iter().map(|p| p.0).collect()
         } else {
             overrides.policy
         };
@@ -1123,7 +1130,7 @@ impl Settings {
             }
             Some(PolicySettings {
                 paths,
-                counters_file: file_policy.counters_file,
+                counters_file: file_policy.counters_file.map(|f| f.0),
                 persist_interval,
                 max_keys_per_limit: file_policy.max_keys_per_limit.map_or(100_000, |m| m.0),
                 websocket: WebSocketScope::Routes,
@@ -1334,16 +1341,97 @@ mod tests {
 
     #[test]
     fn half_configured_tls_is_rejected() {
-        let file = parse(
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.pem"), "").unwrap();
+        let file = FileConfig::parse(
+            &dir.path().join("lg.yaml"),
             "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\ntls:\n  cert: a.pem\n",
         )
         .unwrap_err();
         assert!(file.to_string().contains("missing field `key`"), "{file}");
     }
 
+    #[test]
+    fn relative_paths_follow_the_config_file_and_missing_ones_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lg.yaml");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), "").unwrap();
+        std::fs::write(dir.path().join("tls.key"), "").unwrap();
+        let text = "listen: 127.0.0.1:1\n\
+                    upstream: {url: 'http://127.0.0.1:2'}\n\
+                    tls: {cert: tls.crt, key: ./tls.key}\n\
+                    license:\n  keys: keys\n  file: license.jwt\n  state_file: state.json\n\
+                    policy:\n  paths: [policies]\n  counters_file: counters.json\n";
+        let settings = Settings::resolve(
+            FileConfig::parse(&config, text).unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let tls = settings.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), (at("tls.crt"), at("./tls.key")));
+        let license = settings.license.unwrap();
+        assert_eq!(license.keys, at("keys"));
+        assert!(matches!(license.source, LicenseSource::File(f) if f == at("license.jwt")));
+        assert_eq!(license.state_file, Some(at("state.json")));
+        let policy = settings.policy.unwrap();
+        assert_eq!(policy.paths, [at("policies")]);
+        assert_eq!(policy.counters_file, Some(at("counters.json")));
+
+        // Flags stay relative to the working directory.
+        let settings = Settings::resolve(
+            FileConfig::parse(&config, text).unwrap(),
+            Overrides {
+                policy: vec![PathBuf::from("p.yaml")],
+                tls_cert: Some(PathBuf::from("c.pem")),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.policy.unwrap().paths, [PathBuf::from("p.yaml")]);
+        assert_eq!(settings.tls.unwrap().cert, PathBuf::from("c.pem"));
+
+        // A missing path: positioned, named, resolved.
+        let error = FileConfig::parse(&config, "license:\n  keys: missing\n")
+            .unwrap_err()
+            .to_string();
+        let expected = format!(
+            "{}:2:3: license.keys: {}: no such file or directory",
+            config.display(),
+            at("missing").display()
+        );
+        assert_eq!(error, expected);
+        let error = FileConfig::parse(&config, "policy:\n  paths: [policies, nope]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "{}:2:10: policy.paths[1]: {}: no such file or directory",
+                config.display(),
+                at("nope").display()
+            )),
+            "{error}"
+        );
+        let error = FileConfig::parse(&config, "tls:\n  cert: keys\n  key: tls.key\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with(&format!(
+                "tls.cert: {}: is a directory; expected a file",
+                at("keys").display()
+            )),
+            "{error}"
+        );
+    }
+
     fn resolve_license(license: &str) -> Result<LicenseSettings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.pem"), "").unwrap();
         let text = format!(
-            "listen: 127.0.0.1:8080\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: k.pem\n{license}"
+            "listen: 127.0.0.1:8080\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n{license}",
+            dir.path().join("k.pem").display()
         );
         Settings::resolve(parse(&text)?, Overrides::default()).map(|s| s.license.unwrap())
     }

@@ -17,13 +17,10 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::persist::CounterFile;
 use crate::policy::Policy;
 use crate::proxy::Shared;
-use crate::watch::{dir_of, spawn_sighup, watch_dirs};
+use crate::watch::{dir_of, settle, spawn_sighup, watch_dirs, Trigger};
 
 /// The `/readyz` note about the policy.
 pub const POLICY_NOTE: &str = "policy";
-
-/// Events within this window are one reload (a symlink swap is several).
-const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// How often counters are swept and usage gauges refreshed.
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(5);
@@ -32,7 +29,7 @@ const MAINTAIN_INTERVAL: Duration = Duration::from_secs(5);
 /// announces itself so no change made after start is missed.
 pub struct PolicyWatch {
     reloader: Reloader,
-    events: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedReceiver<Trigger>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -45,6 +42,10 @@ struct Reloader {
     paths: Arc<[PathBuf]>,
     /// The texts the policy in force was compiled from.
     current: Vec<(PathBuf, String)>,
+    /// What the last pass read (or why it could not): a pass that reads the
+    /// same again does nothing, so files that stay broken are reported once,
+    /// not on every event in their directories.
+    last_read: Option<Result<Vec<(PathBuf, String)>, String>>,
     /// Whether the last reload failed (and `/readyz` says so).
     failed: bool,
 }
@@ -59,14 +60,16 @@ impl PolicyWatch {
         spawn_sighup(tx.clone(), "policy");
         // Compare against what is in force, so a reload of unchanged files
         // (a neighbour in the directory changed) is a no-op.
-        let current = Policy::read(&paths).unwrap_or_default();
+        let read = Policy::read(&paths).map_err(|e| e.to_string());
+        let current = read.clone().unwrap_or_default();
         // Anything that changed between the first load and the watch.
-        let _ = tx.send(());
+        let _ = tx.send(Trigger::Files);
         PolicyWatch {
             reloader: Reloader {
                 shared,
                 paths: paths.into(),
                 current,
+                last_read: Some(read),
                 failed: false,
             },
             events,
@@ -82,14 +85,13 @@ impl PolicyWatch {
             mut events,
             _watcher,
         } = self;
-        while events.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while events.try_recv().is_ok() {}
+        while let Some(first) = events.recv().await {
+            let trigger = settle(&mut events, first).await;
             let shared = Arc::clone(&reloader.shared);
             let paths = Arc::clone(&reloader.paths);
             let on_thread = Arc::clone(&lifecycle);
             reloader = match tokio::task::spawn_blocking(move || {
-                reloader.reload(&on_thread);
+                reloader.reload(&on_thread, trigger);
                 reloader
             })
             .await
@@ -102,6 +104,7 @@ impl PolicyWatch {
                         shared,
                         paths,
                         current: Vec::new(),
+                        last_read: None,
                         failed: false,
                     };
                     fresh.failed(&lifecycle, &format!("the reload stopped: {error}"));
@@ -113,21 +116,34 @@ impl PolicyWatch {
 }
 
 impl Reloader {
-    /// Read, compare, compile and install; blocking.
-    fn reload(&mut self, lifecycle: &Lifecycle) {
+    /// Read, compare, compile and install; blocking. For
+    /// [`Trigger::Files`], files that read as at the last pass are skipped;
+    /// SIGHUP reads and checks them again.
+    fn reload(&mut self, lifecycle: &Lifecycle, trigger: Trigger) {
         let metrics = &self.shared.metrics.policy;
-        let files = match Policy::read(&self.paths) {
+        let read = Policy::read(&self.paths).map_err(|e| e.to_string());
+        if trigger == Trigger::Files && self.last_read.as_ref() == Some(&read) {
+            tracing::debug!("policy files unchanged since the last reload pass");
+            return;
+        }
+        self.last_read = Some(read.clone());
+        let files = match read {
             Ok(files) => files,
-            Err(error) => return self.failed(lifecycle, &error.to_string()),
+            Err(error) => return self.failed(lifecycle, &error),
         };
         if files == self.current {
+            let summary = self.shared.engine.with_current_policy(summary);
             if self.failed {
-                // The broken edit was undone: what is in force is on disk again.
+                // The broken edit was undone: what is in force is on disk
+                // again, a successful reload without a compile.
                 self.failed = false;
-                if let Some(summary) = self.shared.engine.with_current_policy(summary) {
+                metrics.reloads_ok.inc();
+                if let Some(summary) = summary {
                     tracing::info!("policy files match the policy in force again: {summary}");
                     lifecycle.note(POLICY_NOTE, summary);
                 }
+            } else if let Some(summary) = summary {
+                tracing::info!("policy files unchanged; in force: {summary}");
             }
             return;
         }

@@ -1,6 +1,6 @@
 //! License enforcement through the real binary: header and file sources,
 //! reloads (including Kubernetes-style symlink swaps), key rotation, grace,
-//! and the `license` CLI.
+//! and the `license` CLI. What watchers do and do not reload: tests/watch.rs.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use common::mount::{How, Mount};
 use common::*;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
@@ -401,44 +402,17 @@ impl Tap for Value {
     }
 }
 
-/// A directory laid out the way the kubelet mounts a Secret: the visible
-/// file is a symlink through `..data`, which is swapped atomically.
-struct SecretMount {
-    dir: PathBuf,
-    generation: u32,
-}
-
-impl SecretMount {
-    fn new(dir: PathBuf, token: &str) -> SecretMount {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut mount = SecretMount { dir, generation: 0 };
-        mount.publish(token);
-        std::os::unix::fs::symlink("..data/license.jwt", mount.dir.join("license.jwt")).unwrap();
-        mount
-    }
-
-    fn publish(&mut self, token: &str) {
-        self.generation += 1;
-        let version = format!("..2026_{}", self.generation);
-        std::fs::create_dir(self.dir.join(&version)).unwrap();
-        std::fs::write(self.dir.join(&version).join("license.jwt"), token).unwrap();
-        let staging = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&version, &staging).unwrap();
-        std::fs::rename(&staging, self.dir.join("..data")).unwrap();
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.join("license.jwt")
-    }
-}
-
 /// A proxy whose deployment license (`lic-pro`, plan `pro`) sits in a
 /// Secret-style mount under `dir`, signed by the vendor key `vendor`.
-async fn secret_license_proxy(dir: &Path) -> (SigningKey, SecretMount, Proxy) {
+async fn secret_license_proxy(dir: &Path) -> (SigningKey, Mount, Proxy) {
     let key = vendor_key(dir, "vendor", Algorithm::EdDSA);
-    let secret = SecretMount::new(
+    let secret = Mount::new(
         dir.join("secret"),
-        &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
+        How::SecretSwap,
+        &[(
+            "license.jwt",
+            &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
+        )],
     );
     let config = config(
         dir,
@@ -446,7 +420,7 @@ async fn secret_license_proxy(dir: &Path) -> (SigningKey, SecretMount, Proxy) {
         &format!(
             "  keys: {}\n  file: {}\n",
             dir.join("vendor.pem").display(),
-            secret.file().display()
+            secret.path("license.jwt").display()
         ),
     );
     let proxy = Proxy::with_config(&config);
@@ -475,11 +449,10 @@ async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
     );
 
     // The vendor ships an upgrade: Kubernetes swaps the ..data symlink.
-    secret.publish(&sign(
-        &claims("lic-ent", "enterprise", 7200),
-        &key,
-        "vendor",
-    ));
+    secret.publish(
+        "license.jwt",
+        &sign(&claims("lic-ent", "enterprise", 7200), &key, "vendor"),
+    );
     proxy.wait_for_log("license=lic-ent");
     assert_eq!(
         license_status(&proxy).await["license"]["plan"],
@@ -487,7 +460,7 @@ async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
     );
 
     // A broken replacement is rejected and the enterprise license stays.
-    secret.publish("garbage");
+    secret.publish("license.jwt", "garbage");
     proxy.wait_for_log("new license rejected");
     let (parts, _) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 200);
@@ -506,8 +479,8 @@ async fn a_secret_swap_reloads_the_license_and_a_bad_one_keeps_the_old() {
     assert!(metric(&page, "licensegate_license_reloads_total{result=\"error\"}").unwrap() >= 1.0);
 }
 
-fn secret_token_prefix(secret: &SecretMount) -> String {
-    std::fs::read_to_string(secret.file()).unwrap()[..40].to_owned()
+fn secret_token_prefix(secret: &Mount) -> String {
+    std::fs::read_to_string(secret.path("license.jwt")).unwrap()[..40].to_owned()
 }
 
 async fn license_status(proxy: &Proxy) -> Value {
@@ -672,6 +645,8 @@ fn cli_keygen_issue_and_inspect_round_trip() {
             &path("k1.pem"),
             "--jwks",
             &path("jwks.json"),
+            // The second algorithm replaces the first one's files.
+            "--force",
         ]);
         assert_eq!(code, 0, "{stderr}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -757,6 +732,175 @@ fn cli_keygen_issue_and_inspect_round_trip() {
     assert_eq!(code, 1);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("lic"), "{stderr}");
+}
+
+/// `license keygen --private <dir>/<private> --public <dir>/<public>`, plus `extra`.
+fn keygen(dir: &Path, private: &str, public: &str, extra: &[&str]) -> (i32, String) {
+    let private = dir.join(private);
+    let public = dir.join(public);
+    let mut args = vec![
+        "license",
+        "keygen",
+        "--kid",
+        "k1",
+        "--private",
+        private.to_str().unwrap(),
+        "--public",
+        public.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = cli(&args);
+    (code, stderr)
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_key_files_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (private, public) = (read("k.key").unwrap(), read("k.pem").unwrap());
+
+    // Again over the same pair: refused, the file and the flag named,
+    // nothing touched.
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("{}: exists", dir.path().join("k.key").display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(
+        (read("k.key").unwrap(), read("k.pem").unwrap()),
+        (private.clone(), public.clone())
+    );
+
+    // Any one existing file stops the whole pair: no half is written.
+    let (code, stderr) = keygen(dir.path(), "new.key", "k.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.pem: exists"), "{stderr}");
+    assert_eq!(read("new.key"), None, "the private half was written");
+    let (code, stderr) = keygen(dir.path(), "k.key", "new.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.key: exists"), "{stderr}");
+    assert_eq!(read("new.pem"), None, "the public half was written");
+    let jwks = dir.path().join("k.json");
+    write_file(dir.path(), "k.json", "{}");
+    let (code, stderr) = keygen(
+        dir.path(),
+        "new.key",
+        "new.pem",
+        &["--jwks", jwks.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("k.json: exists"), "{stderr}");
+    assert_eq!((read("new.key"), read("new.pem")), (None, None));
+    assert_eq!(read("k.json").unwrap(), "{}");
+
+    // A write that fails takes back what this run created.
+    let (code, stderr) = keygen(dir.path(), "new.key", "missing/new.pem", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("missing/new.pem"), "{stderr}");
+    assert_eq!(read("new.key"), None, "half a pair was left behind");
+
+    // --force replaces the pair, and the private key is private again even
+    // if the file it overwrote was not.
+    std::fs::set_permissions(
+        dir.path().join("k.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, stderr) = keygen(dir.path(), "k.key", "k.pem", &["--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_ne!(read("k.key").unwrap(), private);
+    assert_ne!(read("k.pem").unwrap(), public);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("k.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn issue_refuses_tokens_valid_at_no_time_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = keygen(dir.path(), "k1.key", "k1.pem", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let now = unix_now();
+    let issue = |claims: &str, extra: &[&str]| {
+        let claims = write_file(dir.path(), "claims.yaml", claims);
+        let key = dir.path().join("k1.key");
+        let mut args = vec![
+            "license",
+            "issue",
+            "--key",
+            key.to_str().unwrap(),
+            "--kid",
+            "k1",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let plain = "sub: lic-1\nlic: {plan: pro}\n";
+    let expired = format!("sub: lic-1\nexp: {}\nlic: {{plan: pro}}\n", now - 3600);
+    let backwards = format!(
+        "sub: lic-1\nnbf: {}\nexp: {}\nlic: {{plan: pro}}\n",
+        now + 7200,
+        now + 3600
+    );
+    for (claims, extra, expected) in [
+        (plain, &["--ttl", "0s"][..], "expired when issued"),
+        (&expired, &[][..], "expired when issued"),
+        (&backwards, &[][..], "never be valid"),
+    ] {
+        let (code, token, stderr) = issue(claims, extra);
+        assert_ne!(code, 0, "signed: {claims} {extra:?}");
+        assert!(token.is_empty(), "{token}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("--allow-expired"), "{stderr}");
+
+        // The escape hatch for tests of expiry handling signs it, and says so.
+        let mut allowed = extra.to_vec();
+        allowed.push("--allow-expired");
+        let (code, token, stderr) = issue(claims, &allowed);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains("signed because of --allow-expired"),
+            "{stderr}"
+        );
+        // What was signed is what was asked for (`inspect` allows a
+        // minute of leeway, so a token expiring now still passes it).
+        let keys = dir.path().join("k1.pem");
+        let (_, report, _) = cli(&[
+            "license",
+            "inspect",
+            "--keys",
+            keys.to_str().unwrap(),
+            token.trim(),
+        ]);
+        let report: Value = serde_json::from_str(&report).unwrap();
+        let time = |name: &str| report["claims"][name].as_u64().unwrap();
+        assert!(
+            time("exp") <= unix_now() || time("nbf") >= time("exp"),
+            "{report}"
+        );
+        // And it verifies: only its times can be wrong.
+        assert!(
+            [
+                Value::Null,
+                json!("license_expired"),
+                json!("license_not_yet_valid")
+            ]
+            .contains(&report["reason"]),
+            "{report}"
+        );
+    }
+    // A lifetime of a second is a lifetime.
+    let (code, _, stderr) = issue(plain, &["--ttl", "1s"]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]
@@ -881,62 +1025,4 @@ async fn refreshed_licenses_survive_a_restart_while_the_vendor_is_down() {
     vendor.serve(Some(sign(&claims("lic-back", "pro", 3600), &key, "vendor")));
     third.wait_for_log("license=lic-back");
     assert_eq!(get(&third.url("/")).await.0.status, 200);
-}
-
-/// `licensegate_license_reloads_total{result="ok"}` now.
-async fn reloads_ok(proxy: &Proxy) -> f64 {
-    metric(
-        &metrics(proxy).await,
-        "licensegate_license_reloads_total{result=\"ok\"}",
-    )
-    .unwrap_or(0.0)
-}
-
-/// Poll the reload counter for `window` (bounded) and return every value
-/// seen: the way to show that nothing happens while nothing changes.
-async fn reloads_over(proxy: &Proxy, window: std::time::Duration) -> Vec<f64> {
-    let until = std::time::Instant::now() + window;
-    let mut seen = Vec::new();
-    while std::time::Instant::now() < until {
-        seen.push(reloads_ok(proxy).await);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    seen
-}
-
-#[tokio::test]
-async fn an_idle_proxy_does_not_reload_itself_and_real_changes_still_count() {
-    let dir = tempfile::tempdir().unwrap();
-    let (key, mut secret, proxy) = secret_license_proxy(dir.path()).await;
-    // The reload's own reads of the license, the keys and the symlinks
-    // must not trigger further reloads: idle means no reload at all.
-    let idle = reloads_over(&proxy, std::time::Duration::from_secs(2)).await;
-    assert!(
-        idle.windows(2).all(|pair| pair[0] == pair[1]),
-        "an idle proxy reloaded: {idle:?}"
-    );
-    let before = idle[idle.len() - 1];
-
-    // A Secret-style symlink swap is still one reload.
-    secret.publish(&sign(
-        &claims("lic-ent", "enterprise", 7200),
-        &key,
-        "vendor",
-    ));
-    proxy.wait_for_log("license=lic-ent");
-    let after = reloads_over(&proxy, std::time::Duration::from_secs(1)).await;
-    assert!(
-        after.iter().all(|&n| n == after[0]) && after[0] > before && after[0] <= before + 2.0,
-        "reloads before {before}, after the swap {after:?}"
-    );
-
-    // So is an edit in place of a plain file (the keys directory).
-    let settled = after[0];
-    let other = SigningKey::generate(Algorithm::ES256).unwrap();
-    std::fs::write(dir.path().join("other.pem"), other.public_key_pem()).unwrap();
-    let grew = reloads_over(&proxy, std::time::Duration::from_secs(1)).await;
-    assert!(
-        grew.iter().any(|&n| n > settled) && grew[grew.len() - 1] <= settled + 2.0,
-        "reloads {settled} then {grew:?}"
-    );
 }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::HumanDuration;
-use crate::license::issue::{jwks, sign, SigningKey};
+use crate::license::issue::{jwks, never_valid, sign, SigningKey};
 use crate::license::validate::unix_now;
 use crate::license::{token, Algorithm, Keyring, Validator};
 
@@ -45,6 +45,10 @@ pub struct KeygenArgs {
     /// Also write the public key as a JWKS file.
     #[arg(long)]
     pub jwks: Option<PathBuf>,
+    /// Overwrite key files that exist (by default keygen refuses, so a
+    /// signing key in use is never replaced by mistake).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +70,11 @@ pub struct IssueArgs {
     pub aud: Option<String>,
     #[arg(long)]
     pub sub: Option<String>,
+    /// Sign even a token valid at no time from now on: already expired
+    /// (`exp` not after now, e.g. `--ttl 0s`) or with `nbf` not before
+    /// `exp`. For tests of expiry handling.
+    #[arg(long)]
+    pub allow_expired: bool,
 }
 
 #[derive(Debug, Args)]
@@ -105,12 +114,27 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
     };
     let key = SigningKey::generate(alg).map_err(|e| e.to_string())?;
     let public = key.verifying_key(&args.kid).map_err(|e| e.to_string())?;
-    write_private(&args.private, key.private_key_pem().as_bytes())?;
-    write(&args.public, key.public_key_pem().as_bytes())?;
+    let mut files = vec![
+        KeyFile {
+            path: &args.private,
+            contents: key.private_key_pem(),
+            private: true,
+        },
+        KeyFile {
+            path: &args.public,
+            contents: key.public_key_pem(),
+            private: false,
+        },
+    ];
     if let Some(path) = &args.jwks {
         let text = serde_json::to_string_pretty(&jwks(&[public])).expect("JWKS serialises");
-        write(path, format!("{text}\n").as_bytes())?;
+        files.push(KeyFile {
+            path,
+            contents: format!("{text}\n"),
+            private: false,
+        });
     }
+    write_key_files(&files, args.force)?;
     eprintln!(
         "wrote {} key `{}`: private {}, public {}",
         alg.as_str(),
@@ -150,6 +174,15 @@ fn issue(args: IssueArgs) -> Result<(), String> {
         if let Some(value) = value {
             object.insert(name.into(), json!(value));
         }
+    }
+    if let Some(problem) = never_valid(&claims, now) {
+        if !args.allow_expired {
+            return Err(format!(
+                "{}: {problem}; not signed (pass --allow-expired to sign it anyway)",
+                args.claims.display()
+            ));
+        }
+        eprintln!("licensegate: warning: {problem}; signed because of --allow-expired");
     }
     let token = sign(&claims, &key, &args.kid);
     // Verify what we made, so a claims mistake surfaces here, not at the customer.
@@ -256,20 +289,72 @@ fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write(path: &Path, contents: &[u8]) -> Result<(), String> {
-    std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()))
+/// One file `keygen` writes.
+struct KeyFile<'a> {
+    path: &'a Path,
+    contents: String,
+    /// Mode 0600, also when an existing file is overwritten.
+    private: bool,
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+/// Write all of `files` or none: without `force`, any that exists stops
+/// everything before a byte is written (and files are created exclusively,
+/// so one appearing meanwhile is not clobbered either); if a write fails,
+/// the files this call created are removed again, so no half of a pair is
+/// left behind.
+fn write_key_files(files: &[KeyFile<'_>], force: bool) -> Result<(), String> {
+    for (i, file) in files.iter().enumerate() {
+        if files[..i].iter().any(|other| other.path == file.path) {
+            return Err(format!(
+                "{}: named twice; the private key, the public key and the JWKS need a file each",
+                file.path.display()
+            ));
+        }
+        if !force && std::fs::symlink_metadata(file.path).is_ok() {
+            return Err(format!(
+                "{}: exists; not overwriting a key file (pass --force to replace it)",
+                file.path.display()
+            ));
+        }
+    }
+    let mut created = Vec::new();
+    for file in files {
+        let existed = std::fs::symlink_metadata(file.path).is_ok();
+        match write_key_file(file, force) {
+            Ok(()) if !existed => created.push(file.path),
+            Ok(()) => {}
+            Err(error) => {
+                for path in created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_key_file(file: &KeyFile<'_>, force: bool) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(contents)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let error = |e: std::io::Error| format!("{}: {e}", file.path.display());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    if file.private {
+        options.mode(0o600);
+    }
+    let mut handle = options.open(file.path).map_err(error)?;
+    if file.private {
+        // The mode above applies only to a new file: an overwritten one
+        // keeps its own, which may let others read the key.
+        handle
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(error)?;
+    }
+    handle.write_all(file.contents.as_bytes()).map_err(error)
 }

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -22,11 +22,12 @@ use http::{HeaderMap, HeaderName};
 use super::refresh::{run_refresh_loop, Fetcher, Lifetime};
 use super::state::{PersistedState, StateFile};
 use super::{
-    admits, Answered, Environment, Keyring, LicenseError, LicenseVerifier, Validator, Validity,
-    VerifiedLicense,
+    admits, Answered, Environment, KeyFiles, Keyring, LicenseError, LicenseVerifier, Validator,
+    Validity, VerifiedLicense,
 };
 use crate::config::{LicenseSettings, LicenseSource};
 use crate::metrics::{LicenseState, Metrics};
+use crate::watch::Trigger;
 
 /// The license check shared by all connections.
 pub struct LicenseGate {
@@ -39,7 +40,27 @@ pub struct LicenseGate {
     state_file: Option<StateFile>,
     /// The trusted time last written to the state file.
     persisted_floor: AtomicU64,
+    /// What the last reload pass read (only the watcher's task reloads, so
+    /// the lock is never contended).
+    last_read: Mutex<LastRead>,
     metrics: Arc<Metrics>,
+}
+
+/// What the last reload pass read, so that a pass reading the same again
+/// does nothing: no check, no metric, no log line above debug. Watch events
+/// arrive for any change in a watched directory, and a file that stays
+/// broken must not be reported again on each of them.
+#[derive(Debug, Default)]
+struct LastRead {
+    /// The keyring's files, or why they could not be read or used.
+    keys: Option<Result<KeyFiles, String>>,
+    /// Whether the keyring's files last failed to load (so that a return to
+    /// the keyring in force counts as a successful reload).
+    keys_failed: bool,
+    /// The license file's token, or why there is none, with the generation
+    /// of the keyring it was checked under: a new keyring may verify a token
+    /// the old one refused.
+    license: Option<(Result<String, LicenseError>, u64)>,
 }
 
 enum Source {
@@ -103,7 +124,8 @@ impl LicenseGate {
         settings: &LicenseSettings,
         metrics: Arc<Metrics>,
     ) -> Result<LicenseGate, GateError> {
-        let keyring = Keyring::load(&settings.keys)?;
+        let key_files = KeyFiles::read(&settings.keys)?;
+        let keyring = Keyring::from_files(&key_files)?;
         let validator = Validator {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
@@ -139,11 +161,15 @@ impl LicenseGate {
             clock: TrustedClock::default(),
             state_file: settings.state_file.clone().map(StateFile::new),
             persisted_floor: AtomicU64::new(0),
+            last_read: Mutex::new(LastRead {
+                keys: Some(Ok(key_files)),
+                ..LastRead::default()
+            }),
             metrics,
         };
         gate.restore_state();
         if gate.file_path().is_some() {
-            let _ = gate.reload_license();
+            gate.reload_license(Trigger::Files);
         }
         gate.refresh_state();
         Ok(gate)
@@ -288,13 +314,40 @@ impl LicenseGate {
         self.clock.now()
     }
 
+    /// One reload pass over the keyring and (file source) the license
+    /// file. For [`Trigger::Files`], what reads the same as at the last pass
+    /// is skipped.
+    pub fn reload_files(&self, trigger: Trigger) {
+        self.reload_keys(trigger);
+        if self.file_path().is_some() {
+            self.reload_license(trigger);
+        }
+    }
+
+    fn last_read(&self) -> MutexGuard<'_, LastRead> {
+        // A panic elsewhere while holding it leaves nothing half-written.
+        self.last_read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Re-read the license file. A token that fails verification or
     /// validation keeps the previous license in force and is reported.
-    pub fn reload_license(&self) -> Result<(), LicenseError> {
+    fn reload_license(&self, trigger: Trigger) {
         let Some(path) = self.file_path() else {
-            return Ok(());
+            return;
         };
-        self.install_token(read_token(path)).map(|_| ())
+        let token = read_token(path);
+        let read = (token.clone(), self.verifier.keyring().generation());
+        {
+            let mut last = self.last_read();
+            if trigger == Trigger::Files && last.license.as_ref() == Some(&read) {
+                tracing::debug!(path = %path.display(), "license file unchanged since the last reload pass");
+                return;
+            }
+            last.license = Some(read);
+        }
+        let _ = self.install_token(token);
     }
 
     /// Put a deployment token in force if it verifies and validates; else
@@ -310,8 +363,9 @@ impl LicenseGate {
         let now = self.clock.now();
         let previous = current.load_full();
         if let (Ok(token), Some((license, in_force))) = (&token, &previous.license) {
-            if **token == **in_force {
-                // Unchanged: e.g. a watch event for another file in the directory.
+            let last_failed = matches!(previous.last_reload, Some((_, Err(_))));
+            if **token == **in_force && !last_failed {
+                // The license in force again, with nothing to recover from.
                 return Ok(Lifetime::of(&license.claims, now));
             }
         }
@@ -494,23 +548,41 @@ impl LicenseGate {
 
     /// Re-read the keyring. A broken key file keeps the previous keyring. A
     /// changed keyring drops cached verifications and re-checks the loaded
-    /// license, so removing a key revokes what it signed.
-    pub fn reload_keys(&self) -> Result<bool, super::KeyError> {
-        let keyring = match Keyring::load(&self.keys_path) {
+    /// license, so removing a key revokes what it signed. Counted when the
+    /// keys in force change, when they fail to load, and when they load
+    /// again after a failure.
+    fn reload_keys(&self, trigger: Trigger) {
+        let read = KeyFiles::read(&self.keys_path).map_err(|e| e.to_string());
+        let was_failing = {
+            let mut last = self.last_read();
+            if trigger == Trigger::Files && last.keys.as_ref() == Some(&read) {
+                tracing::debug!(keys = %self.keys_path.display(), "keyring files unchanged since the last reload pass");
+                return;
+            }
+            last.keys = Some(read.clone());
+            last.keys_failed
+        };
+        let loaded = read.and_then(|files| Keyring::from_files(&files).map_err(|e| e.to_string()));
+        self.last_read().keys_failed = loaded.is_err();
+        let keyring = match loaded {
             Ok(keyring) => keyring,
             Err(error) => {
                 tracing::error!(%error, "keyring reload failed; the previous keys stay in force");
                 self.metrics.license.reloads_failed.inc();
-                return Err(error);
+                return;
             }
         };
-        let changed = self.verifier.replace_keyring(Arc::new(keyring));
-        self.metrics.license.reloads_ok.inc();
-        if changed {
-            tracing::info!(keys = %self.keys_path.display(), fingerprint = %self.verifier.keyring().fingerprint(), "keyring reloaded");
+        let fingerprint = keyring.fingerprint();
+        if self.verifier.replace_keyring(Arc::new(keyring)) {
+            self.metrics.license.reloads_ok.inc();
+            tracing::info!(keys = %self.keys_path.display(), %fingerprint, "keyring reloaded");
             self.recheck_loaded();
+        } else if was_failing {
+            self.metrics.license.reloads_ok.inc();
+            tracing::info!(keys = %self.keys_path.display(), %fingerprint, "keyring files load again; the keys in force are unchanged");
+        } else {
+            tracing::debug!(keys = %self.keys_path.display(), "the keyring read is the keyring in force");
         }
-        Ok(changed)
     }
 
     /// After a keyring change the license in force must still verify.
@@ -521,7 +593,7 @@ impl LicenseGate {
         let loaded = current.load_full();
         let Some((_, token)) = &loaded.license else {
             // Nothing in force: the file may now verify under the new keys.
-            let _ = self.reload_license();
+            self.reload_license(Trigger::Files);
             return;
         };
         let (result, answered) = self.verifier.check_traced(token, self.clock.now());
@@ -535,7 +607,7 @@ impl LicenseGate {
                 last_reload: loaded.last_reload.clone(),
             }));
             // The file may hold a newer token signed with the new key.
-            let _ = self.reload_license();
+            self.reload_license(Trigger::Files);
         }
         self.refresh_state();
     }

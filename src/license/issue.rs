@@ -188,6 +188,28 @@ pub fn sign_parts(header: &[u8], payload: &[u8], key: &SigningKey) -> String {
     token
 }
 
+/// Why claims about to be signed make a token that is valid at no time
+/// from `now` on: `exp` not after `now` (already expired, or expiring at
+/// once as with a zero lifetime), or `nbf` not before `exp`. `None` when
+/// some time remains, or when the times are not numbers (the claims check
+/// that follows signing reports those).
+pub fn never_valid(claims: &serde_json::Value, now: u64) -> Option<String> {
+    let time = |name| claims.get(name).and_then(serde_json::Value::as_u64);
+    let exp = time("exp")?;
+    if exp <= now {
+        return Some(format!(
+            "`exp` is unix {exp}, {} s before now (unix {now}): the token would be expired when issued",
+            now - exp
+        ));
+    }
+    match time("nbf") {
+        Some(nbf) if nbf >= exp => Some(format!(
+            "`nbf` (unix {nbf}) is not before `exp` (unix {exp}): the token would never be valid"
+        )),
+        _ => None,
+    }
+}
+
 /// A JWKS document (`{"keys": [...]}`) of `keys`.
 pub fn jwks(keys: &[VerifyingKey]) -> serde_json::Value {
     let keys: Vec<_> = keys.iter().map(VerifyingKey::to_jwk).collect();
@@ -254,6 +276,24 @@ mod tests {
         assert!(err.to_string().contains("openssl pkcs8"), "{err}");
         let err = SigningKey::from_pkcs8_der(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err();
         assert!(err.to_string().contains("Ed25519 or P-256"), "{err}");
+    }
+
+    #[test]
+    fn tokens_valid_at_no_time_are_named() {
+        use serde_json::json;
+        let now = 1_000_000;
+        assert_eq!(never_valid(&json!({"exp": now + 1}), now), None);
+        assert_eq!(
+            never_valid(&json!({"nbf": now + 10, "exp": now + 11}), now),
+            None
+        );
+        assert_eq!(never_valid(&json!({"exp": "soon"}), now), None);
+        let expired = never_valid(&json!({"exp": now - 5}), now).unwrap();
+        assert!(expired.contains("5 s before now"), "{expired}");
+        let at_once = never_valid(&json!({"exp": now}), now).unwrap();
+        assert!(at_once.contains("expired when issued"), "{at_once}");
+        let backwards = never_valid(&json!({"nbf": now + 20, "exp": now + 20}), now).unwrap();
+        assert!(backwards.contains("never be valid"), "{backwards}");
     }
 
     #[test]

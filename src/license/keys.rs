@@ -298,6 +298,80 @@ fn describe_spki(der: &[u8]) -> &'static str {
     "not an Ed25519 or P-256 SubjectPublicKeyInfo"
 }
 
+/// The bytes a keyring is made from, read but not parsed, so that a reload
+/// can tell whether anything changed before it parses, counts or logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFiles {
+    form: KeyForm,
+    /// Each file read, with its contents; sorted by path in a directory.
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyForm {
+    PemFile,
+    PemDir,
+    Jwks,
+}
+
+impl KeyFiles {
+    /// Read what [`Keyring::load`] would parse from `path`.
+    pub fn read(path: &Path) -> Result<KeyFiles, KeyError> {
+        let meta = std::fs::metadata(path).map_err(|source| read_error(path, source))?;
+        if meta.is_dir() {
+            return KeyFiles::read_pem_dir(path);
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json" | "jwks") => KeyFiles::read_jwks_file(path),
+            _ => KeyFiles::read_pem_file(path),
+        }
+    }
+
+    fn read_pem_file(path: &Path) -> Result<KeyFiles, KeyError> {
+        Ok(KeyFiles {
+            form: KeyForm::PemFile,
+            files: vec![read_file(path)?],
+        })
+    }
+
+    fn read_jwks_file(path: &Path) -> Result<KeyFiles, KeyError> {
+        Ok(KeyFiles {
+            form: KeyForm::Jwks,
+            files: vec![read_file(path)?],
+        })
+    }
+
+    fn read_pem_dir(dir: &Path) -> Result<KeyFiles, KeyError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| read_error(dir, source))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|source| read_error(dir, source))?.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("pem") && path.is_file() {
+                paths.push(path);
+            }
+        }
+        if paths.is_empty() {
+            return Err(KeyError::invalid(
+                dir.display(),
+                "no *.pem files: expected one PUBLIC KEY PEM file per key, named <kid>.pem",
+            ));
+        }
+        paths.sort();
+        Ok(KeyFiles {
+            form: KeyForm::PemDir,
+            files: paths
+                .iter()
+                .map(|p| read_file(p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<(PathBuf, Vec<u8>), KeyError> {
+    let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
+    Ok((path.to_owned(), bytes))
+}
+
 /// Public keys by kid. Immutable; share it behind an `Arc`.
 pub struct Keyring {
     keys: HashMap<String, VerifyingKey>,
@@ -326,52 +400,43 @@ impl Keyring {
     /// Load from `path`: a directory of `*.pem` files, a JWKS file (`.json`
     /// or `.jwks`), or else a single PEM file.
     pub fn load(path: &Path) -> Result<Keyring, KeyError> {
-        let meta = std::fs::metadata(path).map_err(|source| read_error(path, source))?;
-        if meta.is_dir() {
-            return Keyring::from_pem_dir(path);
-        }
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("json" | "jwks") => Keyring::from_jwks_file(path),
-            _ => Keyring::from_pem_file(path),
+        Keyring::from_files(&KeyFiles::read(path)?)
+    }
+
+    /// The keyring the files of [`KeyFiles::read`] make.
+    pub fn from_files(files: &KeyFiles) -> Result<Keyring, KeyError> {
+        match &files.form {
+            KeyForm::Jwks => {
+                let (path, bytes) = &files.files[0];
+                parse_jwks(bytes, &path.display().to_string())
+            }
+            KeyForm::PemFile | KeyForm::PemDir => {
+                let keys = files
+                    .files
+                    .iter()
+                    .map(|(path, bytes)| parse_pem_key(path, bytes))
+                    .collect::<Result<_, _>>()?;
+                Keyring::from_keys(keys)
+            }
         }
     }
 
     /// One key from a PEM file holding a single `PUBLIC KEY` block; its kid
     /// is the file stem.
     pub fn from_pem_file(path: &Path) -> Result<Keyring, KeyError> {
-        Keyring::from_keys(vec![read_pem_key(path)?])
+        Keyring::from_files(&KeyFiles::read_pem_file(path)?)
     }
 
     /// One key per `*.pem` file in `dir` (not recursive), each as
     /// [`Keyring::from_pem_file`]. Other entries are skipped, which also
     /// skips the `..data` links of a Kubernetes Secret or ConfigMap mount.
     pub fn from_pem_dir(dir: &Path) -> Result<Keyring, KeyError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| read_error(dir, source))?;
-        let mut paths = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|source| read_error(dir, source))?.path();
-            if path.extension().and_then(|e| e.to_str()) == Some("pem") && path.is_file() {
-                paths.push(path);
-            }
-        }
-        if paths.is_empty() {
-            return Err(KeyError::invalid(
-                dir.display(),
-                "no *.pem files: expected one PUBLIC KEY PEM file per key, named <kid>.pem",
-            ));
-        }
-        paths.sort();
-        let keys = paths
-            .iter()
-            .map(|p| read_pem_key(p))
-            .collect::<Result<_, _>>()?;
-        Keyring::from_keys(keys)
+        Keyring::from_files(&KeyFiles::read_pem_dir(dir)?)
     }
 
     /// Keys from a JWKS file.
     pub fn from_jwks_file(path: &Path) -> Result<Keyring, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
-        parse_jwks(&bytes, &path.display().to_string())
+        Keyring::from_files(&KeyFiles::read_jwks_file(path)?)
     }
 
     /// Keys from JWKS JSON (`{"keys": [...]}`). Each key needs a `kid`; its
@@ -461,11 +526,11 @@ fn read_error(path: &Path, source: io::Error) -> KeyError {
     }
 }
 
-fn read_pem_key(path: &Path) -> Result<VerifyingKey, KeyError> {
+/// The key in the PEM file `path`, whose contents are `bytes`.
+fn parse_pem_key(path: &Path, bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
     let origin = &path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
     let mut public = Vec::new();
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes) {
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
         match section.map_err(|e| KeyError::invalid(origin, format!("not valid PEM: {e}")))? {
             (SectionKind::PublicKey, der) => public.push(der),
             (SectionKind::PrivateKey | SectionKind::EcPrivateKey | SectionKind::RsaPrivateKey, _) => {

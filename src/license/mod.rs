@@ -45,7 +45,7 @@ pub use claims::{Audience, Claims, LicenseClaims, LicenseEnv, NumericDate};
 pub use environment::{admits, Environment};
 pub use error::LicenseError;
 pub use gate::{GateError, LicenseGate, Loaded, TrustedClock};
-pub use keys::{KeyError, Keyring, VerifyingKey};
+pub use keys::{KeyError, KeyFiles, Keyring, VerifyingKey};
 pub use negative::NegativeCache;
 pub use token::{Algorithm, VerifiedLicense, MAX_TOKEN_BYTES};
 pub use validate::{Validator, Validity};

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::LicenseGate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::LicenseState;
-use crate::watch::{dir_of, spawn_sighup, watch_dirs};
+use crate::watch::{dir_of, settle, spawn_sighup, watch_dirs, Trigger};
 
 /// Readiness condition name for the deployment license.
 pub const LICENSE_READY: &str = "license";
@@ -20,27 +20,23 @@ pub const LICENSE_READY: &str = "license";
 /// How often state gauges and readiness are recomputed from the clock.
 const STATE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Events arriving within this window are handled as one reload: a symlink
-/// swap is several filesystem events.
-const DEBOUNCE: Duration = Duration::from_millis(50);
-
 /// Watches on the license file's and the keyring's directories, plus SIGHUP.
 /// Created before the proxy announces itself, so no change made after start
 /// can be missed.
 pub struct LicenseWatch {
     gate: Arc<LicenseGate>,
-    events: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedReceiver<Trigger>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl LicenseWatch {
     /// Start watching (inside a Tokio runtime, for the signal handler).
     pub fn start(gate: Arc<LicenseGate>) -> LicenseWatch {
-        let (tx, events) = mpsc::unbounded_channel::<()>();
+        let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch_dirs(&watched_dirs(&gate), tx.clone());
         spawn_sighup(tx, "license and keys");
         // Anything that changed between the first load and the watch.
-        reload(&gate);
+        gate.reload_files(Trigger::Files);
         LicenseWatch {
             gate,
             events,
@@ -58,12 +54,11 @@ impl LicenseWatch {
         loop {
             tokio::select! {
                 event = self.events.recv() => {
-                    if event.is_none() {
+                    let Some(first) = event else {
                         return;
-                    }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while self.events.try_recv().is_ok() {}
-                    reload(&gate);
+                    };
+                    let trigger = settle(&mut self.events, first).await;
+                    gate.reload_files(trigger);
                     update_readiness(&gate, &lifecycle, gate.refresh_state());
                 }
                 _ = state_tick.tick() => {
@@ -72,13 +67,6 @@ impl LicenseWatch {
                 }
             }
         }
-    }
-}
-
-fn reload(gate: &LicenseGate) {
-    let _ = gate.reload_keys();
-    if gate.file_path().is_some() {
-        let _ = gate.reload_license();
     }
 }
 

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+pub mod mount;
 pub mod recording;
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -94,8 +95,14 @@ impl Proxy {
     /// Start the binary and wait for its "listening" line. On early exit,
     /// returns the exit status and everything it wrote to stderr.
     pub fn spawn(args: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
+        Proxy::spawn_in(Path::new("."), args)
+    }
+
+    /// [`Proxy::spawn`] with `dir` as the working directory.
+    pub fn spawn_in(dir: &Path, args: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
             .args(args)
+            .current_dir(dir)
             .env("LICENSEGATE_LOG", "licensegate=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
