@@ -29,6 +29,9 @@ const STEP_MS = 8_000;
 // A hot update waits for the file watcher, a rebuild and the round trip.
 const HOT_UPDATE_MS = 10_000;
 const HAND_OVER_MS = 15_000;
+// Page conditions are checked on a timer rather than on animation frames
+// (Playwright's default), so no check depends on the page rendering frames.
+const POLL_MS = 50;
 
 const [proxyArg, appDir] = process.argv.slice(2);
 if (!proxyArg || !appDir) {
@@ -122,7 +125,11 @@ context.setDefaultTimeout(STEP_MS);
 context.setDefaultNavigationTimeout(STEP_MS);
 
 const requests = [];
+// How each request ended, for failure messages: finished, failed, or pending.
+const ended = new Map();
 context.on('request', (request) => requests.push(request));
+context.on('requestfinished', (request) => ended.set(request, 'finished'));
+context.on('requestfailed', (request) => ended.set(request, `failed: ${request.failure()?.errorText}`));
 
 // Every WebSocket the page opens, and the messages it received.
 const sockets = [];
@@ -141,6 +148,10 @@ page.on('websocket', (ws) => {
 });
 let reloads = 0;
 page.on('load', () => (reloads += 1));
+// What the page said (Vite's client logs each hot update), for failures.
+const consoleLines = [];
+page.on('console', (message) => consoleLines.push(`${message.type()}: ${message.text()}`));
+page.on('pageerror', (error) => consoleLines.push(`pageerror: ${error.message}`));
 
 const viaProxy = (url) => new URL(url).host === proxy.host;
 const reportUrl = new URL('/api/reports/q3.json', proxy).href;
@@ -150,8 +161,10 @@ const reportUrl = new URL('/api/reports/q3.json', proxy).href;
 await step('page_loads', async () => {
   const response = await page.goto(proxy.href);
   check(response.status() === 200, `GET / answered ${response.status()}`);
-  await page.waitForFunction(() => document.getElementById('message').textContent === 'version 1');
-  await page.waitForFunction(() => document.getElementById('report').textContent !== 'pending');
+  await page.waitForFunction(() => document.getElementById('message').textContent === 'version 1',
+    null, { polling: POLL_MS });
+  await page.waitForFunction(() => document.getElementById('report').textContent !== 'pending',
+    null, { polling: POLL_MS });
   const headers = await within(STEP_MS, Promise.all(requests.map((r) => r.allHeaders())), 'request headers');
   const authorized = requests.filter((_, i) => 'authorization' in headers[i]).map((r) => r.url());
   check(authorized.length === 0, `requests with Authorization: ${authorized.join(', ')}`);
@@ -176,11 +189,21 @@ await step('hot_update', async () => {
   await page.evaluate(() => (window.notReloaded = true));
   const loadsBefore = reloads;
   await writeFile(join(appDir, 'src/message.js'), "export const message = 'version 2';\n");
-  await page.waitForFunction(
-    () => document.getElementById('message').textContent === 'version 2',
-    null,
-    { timeout: HOT_UPDATE_MS },
-  );
+  try {
+    await page.waitForFunction(
+      () => document.getElementById('message').textContent === 'version 2',
+      null,
+      { timeout: HOT_UPDATE_MS, polling: POLL_MS },
+    );
+  } catch (error) {
+    const shown = await page.textContent('#message').catch((e) => `unreadable: ${e.message}`);
+    const frames = sockets.flatMap((s) => s.received.map((m) => m.slice(0, 200)));
+    const fetched = requests.filter((r) => r.url().includes('message.js'))
+      .map((r) => `${r.url()} ${ended.get(r) ?? 'pending'}`);
+    throw new Error(`${error.message.split('\n')[0]} The page shows ${JSON.stringify(shown)}; ` +
+      `frames received: ${JSON.stringify(frames)}; message.js requests: ${JSON.stringify(fetched)}; ` +
+      `console: ${JSON.stringify(consoleLines.slice(-8))}`);
+  }
   check(await page.evaluate(() => window.notReloaded === true), 'the page reloaded instead of updating');
   check(reloads === loadsBefore, 'the page loaded again');
   const carried = sockets.filter((s) => s.received.some((m) => m.includes('"type":"update"')));
