@@ -22,63 +22,9 @@ pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 /// content themselves.
 pub const CUSTOM_KINDS: [&str; 4] = ["PodMonitor", "PrometheusRule", "Certificate", "Issuer"];
 
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// An external tool: `$env_var`, then `candidates` under the repository
-/// (where `.ci/run` installs it), then `PATH`. Missing, it skips the test
-/// (or the part that needs it) with a loud message, or fails it when
-/// `LICENSEGATE_REQUIRE_TOOLS=1` (as `.ci/run` sets) and `.ci/run` can
-/// install it.
-pub fn tool(name: &str, env_var: &str, candidates: &[&str], install: &str) -> Option<PathBuf> {
-    find_tool(name, env_var, candidates, install, true)
-}
-
-/// A tool that `.ci/run` cannot install (none of the package registries
-/// carries it): used when present, skipped loudly when not.
-pub fn optional_tool(name: &str, env_var: &str, why: &str) -> Option<PathBuf> {
-    find_tool(name, env_var, &[], why, false)
-}
-
-fn find_tool(
-    name: &str,
-    env_var: &str,
-    candidates: &[&str],
-    install: &str,
-    installable: bool,
-) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env_var) {
-        return Some(PathBuf::from(path));
-    }
-    let found = candidates
-        .iter()
-        .map(|c| repo().join(c))
-        .find(|p| p.is_file())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        });
-    if found.is_none() {
-        let message = if installable {
-            format!("`{name}` is not installed ({install}; or set {env_var}); .ci/run installs it")
-        } else {
-            format!("`{name}` is not installed ({install}; or set {env_var})")
-        };
-        if installable && std::env::var("LICENSEGATE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{message}, and LICENSEGATE_REQUIRE_TOOLS=1 requires it");
-        }
-        // Straight to the process's stderr: the test harness captures eprintln!.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n==================== SKIPPED ====================\n{message}\n=================================================\n"
-        );
-    }
-    found
-}
+// Each test crate that includes this module uses some of them.
+#[allow(unused_imports)]
+pub use crate::common::tools::{optional_tool, repo, tool};
 
 pub fn kubernetes_validate_tool() -> Option<PathBuf> {
     tool(
