@@ -188,28 +188,42 @@ await step('hmr_through_proxy', async () => {
 await step('hot_update', async () => {
   await page.evaluate(() => (window.notReloaded = true));
   const loadsBefore = reloads;
-  await writeFile(join(appDir, 'src/message.js'), "export const message = 'version 2';\n");
-  try {
-    await page.waitForFunction(
-      () => document.getElementById('message').textContent === 'version 2',
-      null,
-      { timeout: HOT_UPDATE_MS, polling: POLL_MS },
-    );
-  } catch (error) {
+  const diagnose = async () => {
     const shown = await page.textContent('#message').catch((e) => `unreadable: ${e.message}`);
     const frames = sockets.flatMap((s) => s.received.map((m) => m.slice(0, 200)));
     const fetched = requests.filter((r) => r.url().includes('message.js'))
       .map((r) => `${r.url()} ${ended.get(r) ?? 'pending'}`);
-    throw new Error(`${error.message.split('\n')[0]} The page shows ${JSON.stringify(shown)}; ` +
+    return `The page shows ${JSON.stringify(shown)}; ` +
       `frames received: ${JSON.stringify(frames)}; message.js requests: ${JSON.stringify(fetched)}; ` +
-      `console: ${JSON.stringify(consoleLines.slice(-8))}`);
+      `console: ${JSON.stringify(consoleLines.slice(-8))}`;
+  };
+  // One edit, then (only if its update never shows) a second one: the dev
+  // server's file watcher can miss an edit on a loaded machine, which says
+  // nothing about the proxy. The second update must arrive, through the
+  // proxy, or the step fails with everything the page saw.
+  let missed = null;
+  for (const version of ['version 2', 'version 3']) {
+    await writeFile(join(appDir, 'src/message.js'), `export const message = '${version}';\n`);
+    try {
+      await page.waitForFunction(
+        (expected) => document.getElementById('message').textContent === expected,
+        version,
+        { timeout: HOT_UPDATE_MS, polling: POLL_MS },
+      );
+      break;
+    } catch (error) {
+      const report = `${error.message.split('\n')[0]} ${await diagnose()}`;
+      if (missed !== null) throw new Error(`two edits, no hot update. First: ${missed} Second: ${report}`);
+      missed = report;
+      console.error(`hot_update: the first edit did not show; editing again. ${report}`);
+    }
   }
   check(await page.evaluate(() => window.notReloaded === true), 'the page reloaded instead of updating');
   check(reloads === loadsBefore, 'the page loaded again');
   const carried = sockets.filter((s) => s.received.some((m) => m.includes('"type":"update"')));
   check(carried.length > 0 && carried.every((s) => viaProxy(s.url)),
     `the update came over ${carried.map((s) => s.url).join(', ') || 'no socket'}`);
-  return { text: 'version 2', update_over: carried[0].url };
+  return { text: await page.textContent('#message'), update_over: carried[0].url, first_edit_missed: missed !== null };
 });
 
 /** The page's own fetch of the report route, and the Accept it sent. */
