@@ -895,7 +895,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 /// it. Where the answer depends on something unknown here (an `ipBlock`,
 /// the source pod's labels), it says yes: a fence is only as good as its
 /// widest gap.
-fn admits(policy: &Value, namespace: &str, port: &Port) -> bool {
+fn admits(policy: &Value, namespace: &str, port: &Port<'_>) -> bool {
     let types = &policy["spec"]["policyTypes"];
     let isolated = types.is_null() || types.as_array().unwrap().iter().any(|t| t == "Ingress");
     if !isolated {

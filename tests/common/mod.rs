@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 pub mod mount;
@@ -116,7 +117,7 @@ impl Proxy {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line.clone());
+                sink.lock().push(line.clone());
                 let _ = log_tx.send(line);
             }
         });
@@ -128,7 +129,7 @@ impl Proxy {
         // Keep reading after the announcement so the child never writes to a closed pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                stdout_sink.lock().unwrap().push(line.clone());
+                stdout_sink.lock().push(line.clone());
                 let _ = line_tx.send(line);
             }
         });
@@ -199,13 +200,7 @@ impl Proxy {
 
     /// Block until a stderr line contains `needle`.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        if let Some(line) = self
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-        {
+        if let Some(line) = self.logs.lock().iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
         let deadline = Instant::now() + WAIT;
@@ -227,7 +222,6 @@ impl Proxy {
         if let Some(line) = self
             .stdout
             .lock()
-            .unwrap()
             .iter()
             .find_map(|l| l.strip_prefix(prefix))
         {
@@ -254,7 +248,6 @@ impl Proxy {
         let seen = || {
             self.logs
                 .lock()
-                .unwrap()
                 .iter()
                 .filter(|l| l.contains(needle))
                 .count()
@@ -275,7 +268,7 @@ impl Proxy {
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.logs.lock().join("\n")
     }
 
     /// Wait for the process to exit by itself.

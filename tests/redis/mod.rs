@@ -14,9 +14,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 /// Upper bound for a server to start or a cluster to form.
 const START: Duration = Duration::from_secs(20);
 
@@ -174,7 +175,7 @@ impl Redis {
             // Keep reading for the process's lifetime so it never blocks on a full pipe.
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    sink.lock().unwrap().push(line.clone());
+                    sink.lock().push(line.clone());
                     let _ = tx.send(line);
                 }
             });
@@ -215,7 +216,7 @@ impl Redis {
 
     /// Everything the server wrote so far.
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        self.output.lock().join("\n")
     }
 
     /// SIGKILL the server and reap it (connections drop at once).
