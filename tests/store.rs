@@ -379,14 +379,22 @@ fn assert_store_note(ready: &(u16, Value), fallback: bool) {
     );
 }
 
+/// A request of a [`Load`] and the test phases it started and ended in.
+#[derive(Clone, Debug)]
+struct Timed {
+    started_in: usize,
+    ended_in: usize,
+    outcome: Outcome,
+}
+
 /// Requests from concurrent keep-alive clients until stopped; counts
 /// finished requests so a test can wait for progress.
 struct Load {
     stop: Arc<AtomicBool>,
-    /// The phase the test is in when a request starts.
+    /// The phase the test is in, recorded when a request starts and ends.
     phase: Arc<AtomicUsize>,
     done: tokio::sync::watch::Receiver<usize>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(usize, Outcome)>>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Timed>>>,
 }
 
 impl Load {
@@ -407,8 +415,13 @@ impl Load {
                     let mut outcomes = Vec::new();
                     // Bounded: a test that never stops the load still ends.
                     while !stop.load(Ordering::Relaxed) && outcomes.len() < 100_000 {
-                        let at = phase.load(Ordering::Relaxed);
-                        outcomes.push((at, request(&client, &url, &headers).await));
+                        let started_in = phase.load(Ordering::Relaxed);
+                        let outcome = request(&client, &url, &headers).await;
+                        outcomes.push(Timed {
+                            started_in,
+                            ended_in: phase.load(Ordering::Relaxed),
+                            outcome,
+                        });
                         done_tx.send_modify(|n| *n += 1);
                     }
                     outcomes
@@ -440,7 +453,7 @@ impl Load {
         self.phase.store(phase, Ordering::Relaxed);
     }
 
-    async fn finish(self) -> Vec<(usize, Outcome)> {
+    async fn finish(self) -> Vec<Timed> {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         for task in self.tasks {
@@ -746,7 +759,10 @@ routes:
     load.progress(60).await;
     let outcomes = load.finish().await;
 
-    let failures: Vec<_> = outcomes.iter().filter(|(_, o)| o.status != 200).collect();
+    let failures: Vec<_> = outcomes
+        .iter()
+        .filter(|t| t.outcome.status != 200)
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {} requests not 200 (phase 0 before, 1 during, 2 after the outage): {:?}",
@@ -754,14 +770,18 @@ routes:
         outcomes.len(),
         &failures[..failures.len().min(5)]
     );
-    let by_phase = |phase: usize| -> Vec<Outcome> {
+    let within = |keep: &dyn Fn(&Timed) -> bool| -> Vec<Outcome> {
         outcomes
             .iter()
-            .filter(|(p, _)| *p == phase)
-            .map(|(_, o)| o.clone())
+            .filter(|t| keep(t))
+            .map(|t| t.outcome.clone())
             .collect()
     };
-    let (before, during, after) = (by_phase(0), by_phase(1), by_phase(2));
+    // A request in flight when Redis died belongs to the outage, not to
+    // the healthy baseline.
+    let before = within(&|t| t.ended_in == 0);
+    let during = within(&|t| t.started_in <= 1 && t.ended_in >= 1);
+    let after = within(&|t| t.started_in == 2);
     eprintln!(
         "requests before/during/after the outage: {}/{}/{}; max latency {:?}/{:?}/{:?}",
         before.len(),
