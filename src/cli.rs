@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::demo::EchoUpstream;
 use crate::dev::{DevKey, Grant};
+use crate::exit;
 use crate::gateway::Gateway;
 use crate::lifecycle::Lifecycle;
 
@@ -116,9 +117,6 @@ impl std::str::FromStr for UpstreamProtocol {
     }
 }
 
-/// Exit status for configuration errors (EX_USAGE), checked before any port is bound.
-pub const EXIT_CONFIG: i32 = 64;
-
 /// Parse arguments, run the command, return the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -175,14 +173,14 @@ fn run(args: RunArgs) -> i32 {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("licensegate: configuration error: {error}");
-            return EXIT_CONFIG;
+            return exit::CONFIG;
         }
     };
     let runtime = match build_runtime(settings.workers) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
-            return 71;
+            return exit::OS_ERROR;
         }
     };
     let code = runtime.block_on(async {
@@ -202,7 +200,7 @@ fn run(args: RunArgs) -> i32 {
         );
         tokio::spawn(drain_on_signal(gateway.lifecycle()));
         gateway.run().await;
-        0
+        exit::SUCCESS
     });
     // Tunnels and pooled upstream connections end with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -214,7 +212,7 @@ fn demo(args: DemoArgs) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
-            return 71;
+            return exit::OS_ERROR;
         }
     };
     let code = runtime.block_on(async {
@@ -222,7 +220,7 @@ fn demo(args: DemoArgs) -> i32 {
             Ok(echo) => echo,
             Err(error) => {
                 eprintln!("licensegate: cannot start the demo upstream: {error}");
-                return 71;
+                return exit::OS_ERROR;
             }
         };
         let upstream: UpstreamUrl = format!("http://{}", echo.local_addr())
@@ -238,7 +236,7 @@ fn demo(args: DemoArgs) -> i32 {
             Ok(created) => created,
             Err(message) => {
                 eprintln!("licensegate: cannot set up the demo license: {message}");
-                return 71;
+                return exit::OS_ERROR;
             }
         };
         let grant = Grant::demo();
@@ -296,7 +294,7 @@ fn demo(args: DemoArgs) -> i32 {
         let _ = std::io::stdout().flush();
         tokio::spawn(drain_on_signal(gateway.lifecycle()));
         gateway.run().await;
-        0
+        exit::SUCCESS
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -334,6 +332,10 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// SIGTERM or SIGINT starts draining; a second one exits at once.
+#[expect(
+    clippy::exit,
+    reason = "the one exit outside `main`: a second signal must not wait for the drain"
+)]
 async fn drain_on_signal(lifecycle: std::sync::Arc<Lifecycle>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -353,5 +355,5 @@ async fn drain_on_signal(lifecycle: std::sync::Arc<Lifecycle>) {
         _ = int.recv() => {},
     }
     tracing::warn!("second signal received; exiting without waiting for the drain");
-    std::process::exit(130);
+    std::process::exit(exit::SECOND_SIGNAL);
 }

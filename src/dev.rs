@@ -9,9 +9,10 @@
 //! expiry), through the same gate and the same file source as production.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EnvironmentSettings, LicenseSettings, LicenseSource};
@@ -397,9 +398,7 @@ impl DevControl {
         if let Some(features) = &change.features {
             check_features(features).map_err(SwitchError::Invalid)?;
         }
-        let mut grant = grant
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut grant = grant.lock();
         let mut next = grant.clone();
         if let Some(plan) = change.plan {
             next.plan = plan;

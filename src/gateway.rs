@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
 use crate::dev::{plan_names, DevControl, DevLicense};
+use crate::exit;
 use std::time::Duration;
 
 use crate::decision::{DecisionEngine, EngineSettings, WebSocketScope};
@@ -44,14 +45,15 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Exit status: 64 (EX_USAGE) for configuration, 71 (EX_OSERR) for binding.
+    /// Exit status: [`exit::CONFIG`] for configuration (TLS files, license
+    /// keys and policy included), [`exit::OS_ERROR`] for binding.
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Config(_)
             | StartError::Bind(BindError::Tls(_))
             | StartError::License(_)
-            | StartError::Policy(_) => 64,
-            StartError::Bind(BindError::Io { .. }) => 71,
+            | StartError::Policy(_) => exit::CONFIG,
+            StartError::Bind(BindError::Io { .. }) => exit::OS_ERROR,
         }
     }
 }

@@ -4,6 +4,9 @@
 //! `proxy` (accept, normalise) → `decision` (allow or deny) → `proxy::forward`
 //! (upstream) or `problem` (rejection). `admin` exposes `metrics` and the
 //! `lifecycle` state; `gateway` wires them together for `cli`.
+//!
+//! Lints are set for every target in `Cargo.toml`'s `[lints]`; unsafe code
+//! is denied there and forbidden here.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +15,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod dev;
+pub mod exit;
 pub mod gateway;
 pub mod inject;
 pub mod license;

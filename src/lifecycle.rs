@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 /// Readiness is the conjunction of named conditions (listener bound,
@@ -42,28 +42,25 @@ impl Lifecycle {
 
     /// Declare a condition that must hold before the process is ready.
     pub fn require(&self, name: &'static str, why_not: impl Into<String>) {
-        self.lock().insert(name, Err(why_not.into()));
+        self.conditions.lock().insert(name, Err(why_not.into()));
     }
 
     /// Record that a condition holds, or why it stopped holding.
     pub fn set(&self, name: &'static str, state: Result<(), String>) {
-        self.lock().insert(name, state);
+        self.conditions.lock().insert(name, state);
     }
 
     /// Show `text` under `notes` in the readiness report.
     pub fn note(&self, name: &'static str, text: impl Into<String>) {
-        self.notes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, text.into());
+        self.notes.lock().insert(name, text.into());
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.lock().values().all(Result::is_ok)
+        !self.is_draining() && self.conditions.lock().values().all(Result::is_ok)
     }
 
     pub fn report(&self) -> ReadinessReport {
-        let conditions = self.lock();
+        let conditions = self.conditions.lock();
         let draining = self.is_draining();
         ReadinessReport {
             ready: !draining && conditions.values().all(Result::is_ok),
@@ -78,7 +75,7 @@ impl Lifecycle {
                     (*name, text)
                 })
                 .collect(),
-            notes: self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            notes: self.notes.lock().clone(),
         }
     }
 
@@ -99,13 +96,6 @@ impl Lifecycle {
         let mut rx = self.drain_tx.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
         let _ = rx.wait_for(|draining| *draining).await;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Result<(), String>>> {
-        // A panic while holding this lock cannot leave the map inconsistent.
-        self.conditions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 // mimalloc (built without transparent huge pages, which doubled idle RSS):
 // hyper allocates a fresh read buffer per HTTP/1.1 message, and
 // with glibc's allocator that showed up as a measurable share of each

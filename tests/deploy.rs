@@ -92,11 +92,7 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
     );
 
     // What `kubectl apply -k` would send, patches and generators applied.
-    match k8s::optional_tool(
-        "kubectl",
-        "LICENSEGATE_KUBECTL",
-        "the kustomize builds are checked with `kubectl kustomize`",
-    ) {
+    match k8s::kubectl() {
         Some(kubectl) => {
             for dir in kustomizations() {
                 let output = Command::new(&kubectl)
@@ -895,7 +891,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 /// it. Where the answer depends on something unknown here (an `ipBlock`,
 /// the source pod's labels), it says yes: a fence is only as good as its
 /// widest gap.
-fn admits(policy: &Value, namespace: &str, port: &Port) -> bool {
+fn admits(policy: &Value, namespace: &str, port: &Port<'_>) -> bool {
     let types = &policy["spec"]["policyTypes"];
     let isolated = types.is_null() || types.as_array().unwrap().iter().any(|t| t == "Ingress");
     if !isolated {

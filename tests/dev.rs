@@ -389,7 +389,7 @@ async fn switch_says_when_no_dev_proxy_is_running() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_ne!(output.status.code(), Some(0));
+    assert_eq!(output.status.code(), Some(69), "EX_UNAVAILABLE: {stderr}");
     assert!(
         stderr.contains(&format!("no licensegate dev running on {admin}")),
         "{stderr}"

@@ -17,7 +17,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use common::tools::{installed_dir, repo, tool};
@@ -164,7 +166,7 @@ impl Spawned {
         let sink = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line.clone());
+                sink.lock().push(line.clone());
                 let _ = tx.send(line);
             }
         });
@@ -172,7 +174,7 @@ impl Spawned {
         let sink = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(format!("stderr: {line}"));
+                sink.lock().push(format!("stderr: {line}"));
             }
         });
         Spawned {
@@ -185,11 +187,7 @@ impl Spawned {
     }
 
     fn output(&self) -> String {
-        format!(
-            "--- {} ---\n{}",
-            self.name,
-            self.output.lock().unwrap().join("\n")
-        )
+        format!("--- {} ---\n{}", self.name, self.output.lock().join("\n"))
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {

@@ -312,6 +312,114 @@ async fn refused_upstream_is_a_502_problem() {
     );
 }
 
+/// A loopback listener that never accepts, with its backlog full: the
+/// kernel drops further SYNs, so a connect to it hangs, as to a host that
+/// is down, instead of being refused.
+struct Blackhole {
+    addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _queued: Vec<tokio::net::TcpStream>,
+}
+
+async fn blackhole() -> Blackhole {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue until a connect no longer completes (Linux
+    // queues one connection for a backlog of 0).
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(std::time::Duration::from_millis(200), connect).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("connect to {addr}: {error}"),
+            Err(_) => {
+                return Blackhole {
+                    addr,
+                    _listener: listener,
+                    _queued: queued,
+                }
+            }
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_given_up_after_the_connect_timeout() {
+    let hole = blackhole().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The HTTP/1 pool and the HTTP/2 client each connect on their own.
+    for protocol in ["http1", "http2"] {
+        let config = write_file(
+            dir.path(),
+            &format!("{protocol}.yaml"),
+            &format!(
+                "upstream:\n  url: http://{}\n  protocol: {protocol}\n\
+                 timeouts:\n  upstream_connect: 300ms\n",
+                hole.addr
+            ),
+        );
+        let proxy = Proxy::with_config(&config);
+        let started = std::time::Instant::now();
+        let (parts, body) = get(&proxy.url("/x")).await;
+        let took = started.elapsed();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            parts.status,
+            StatusCode::BAD_GATEWAY,
+            "{protocol}: {problem}"
+        );
+        assert_eq!(
+            problem["detail"],
+            format!(
+                "the upstream at {} did not accept a connection within 300ms",
+                hole.addr
+            ),
+            "{protocol}"
+        );
+        // Given up at the configured 300 ms, not at the 2 s default.
+        assert!(
+            took >= std::time::Duration::from_millis(300)
+                && took < std::time::Duration::from_millis(1500),
+            "{protocol}: answered after {took:?} with upstream_connect: 300ms"
+        );
+        let page = metrics(&proxy).await;
+        assert_eq!(
+            metric(&page, "licensegate_upstream_errors_total{kind=\"connect\"}"),
+            Some(1.0),
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_protocol_decides_what_the_upstream_hears() {
+    // The echo upstream serves HTTP/1.1 and h2c, and reports what it got.
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (protocol, heard) in [
+        ("http2", "HTTP/2.0"),
+        ("http1", "HTTP/1.1"),
+        ("auto", "HTTP/1.1"),
+    ] {
+        let config = write_file(
+            dir.path(),
+            &format!("{protocol}.yaml"),
+            &format!("upstream:\n  url: http://{echo}\n  protocol: {protocol}\n"),
+        );
+        let proxy = Proxy::with_config(&config);
+        let (parts, body) = get(&proxy.url("/which")).await;
+        assert_eq!(parts.status, 200, "{protocol}");
+        assert_eq!(
+            report(&body).version,
+            heard,
+            "upstream.protocol: {protocol} (the client spoke HTTP/1.1)"
+        );
+    }
+}
+
 #[tokio::test]
 async fn slow_upstream_is_a_504_problem() {
     // The upstream takes the request and never answers.

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -202,19 +203,19 @@ impl Tap {
                 let changed = self.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if done(&self.seen.lock().unwrap()) {
+                if done(&self.seen.lock()) {
                     return;
                 }
                 changed.await;
             }
         };
         if tokio::time::timeout(WAIT, waiting).await.is_err() {
-            panic!("never saw {what}: {:?}", self.seen.lock().unwrap());
+            panic!("never saw {what}: {:?}", self.seen.lock());
         }
     }
 
     fn saw_goaway(&self) -> bool {
-        !self.seen.lock().unwrap().goaway.is_empty()
+        !self.seen.lock().goaway.is_empty()
     }
 }
 
@@ -232,7 +233,7 @@ impl AsyncRead for Tapped {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if let Poll::Ready(result) = &polled {
-            let mut seen = self.tap.seen.lock().unwrap();
+            let mut seen = self.tap.seen.lock();
             match result {
                 Ok(()) if buf.filled().len() > before => seen.feed(&buf.filled()[before..]),
                 _ => seen.eof = true,
@@ -306,7 +307,7 @@ impl RawH2 {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = read.read(&mut buf).await.unwrap_or(0);
-                let mut seen = reader.seen.lock().unwrap();
+                let mut seen = reader.seen.lock();
                 if n == 0 {
                     seen.eof = true;
                 } else {
@@ -390,7 +391,7 @@ impl Outcomes {
             let (outcomes, sender, path) = (Arc::clone(&outcomes), sender.clone(), path.to_owned());
             tokio::spawn(async move {
                 let result = exchange(sender, &path).await;
-                outcomes.results.lock().unwrap().push(result);
+                outcomes.results.lock().push(result);
                 outcomes.changed.notify_waiters();
             });
         }
@@ -404,7 +405,7 @@ impl Outcomes {
                 let changed = self.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if self.results.lock().unwrap().len() >= count {
+                if self.results.lock().len() >= count {
                     return;
                 }
                 changed.await;
@@ -413,7 +414,7 @@ impl Outcomes {
         if tokio::time::timeout(WAIT, waiting).await.is_err() {
             panic!(
                 "only {} of {count} streams finished",
-                self.results.lock().unwrap().len()
+                self.results.lock().len()
             );
         }
     }
@@ -422,7 +423,6 @@ impl Outcomes {
     fn with_status(&self, status: u16) -> usize {
         self.results
             .lock()
-            .unwrap()
             .iter()
             .filter(|r| matches!(r, Ok((parts, _)) if parts.status == status))
             .count()
@@ -457,7 +457,7 @@ async fn one_h2_connection_cannot_fan_out_past_the_upstream_cap() {
     })
     .await;
     {
-        let seen = tap.seen.lock().unwrap();
+        let seen = tap.seen.lock();
         assert_eq!(seen.setting(SETTINGS_MAX_CONCURRENT_STREAMS), Some(100));
         assert_eq!(seen.setting(SETTINGS_MAX_HEADER_LIST_SIZE), Some(65536));
     }
@@ -478,7 +478,7 @@ async fn one_h2_connection_cannot_fan_out_past_the_upstream_cap() {
     // While those 8 are held, every other stream is refused: at once when
     // 8 already wait, else after the queue's 200 ms.
     outcomes.until(242).await;
-    for result in outcomes.results.lock().unwrap().iter() {
+    for result in outcomes.results.lock().iter() {
         let (parts, body) = result.as_ref().expect("a response, not a reset");
         assert_overloaded(parts, body);
     }
@@ -563,7 +563,7 @@ async fn requests_over_an_http2_upstream_are_capped_too() {
     // 2 in flight, 2 waiting (the queue holds as many as the cap), 2 refused.
     let outcomes = Outcomes::spawn(6, &sender, "/multiplexed");
     outcomes.until(2).await;
-    for result in outcomes.results.lock().unwrap().iter() {
+    for result in outcomes.results.lock().iter() {
         let (parts, body) = result.as_ref().expect("a response, not a reset");
         assert_overloaded(parts, body);
     }
@@ -631,7 +631,7 @@ async fn resetting_accepted_streams_draws_a_goaway_and_bounds_upstream_requests(
     }
 
     tap.until("a GOAWAY", |seen| !seen.goaway.is_empty()).await;
-    assert_eq!(tap.seen.lock().unwrap().goaway[0], NO_ERROR);
+    assert_eq!(tap.seen.lock().goaway[0], NO_ERROR);
     // The connection is flagged as the stream tasks see the resets, which
     // may be after the next batch was accepted: the 21st reset comes in the
     // third batch, the fourth may still be forwarded, the fifth never is.
@@ -660,7 +660,7 @@ async fn idle_h2c_connections_get_a_goaway_after_the_idle_timeout() {
         !seen.goaway.is_empty() || seen.eof
     })
     .await;
-    let seen = tap.seen.lock().unwrap();
+    let seen = tap.seen.lock();
     assert_eq!(
         seen.goaway.first(),
         Some(&NO_ERROR),
@@ -705,7 +705,7 @@ async fn a_client_ignoring_the_reset_goaway_is_cut_off_and_refused_meanwhile() {
         seen.resets.iter().any(|(id, _)| *id == late)
     })
     .await;
-    let refused = tap.seen.lock().unwrap().resets.clone();
+    let refused = tap.seen.lock().resets.clone();
     assert!(refused.contains(&(late, REFUSED_STREAM)), "{refused:?}");
     tap.until("the connection closed", |seen| seen.eof).await;
     assert_eq!(upstream.counts.requests(), 6);

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::mount::{How, Mount};
 use common::*;
@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::validate::unix_now;
 use licensegate::license::Algorithm;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://vendor.test";
@@ -193,7 +194,6 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<(String, HeaderMap)>
         let sink = Arc::clone(&sink);
         async move {
             sink.lock()
-                .unwrap()
                 .push((request.uri().path().to_owned(), request.headers().clone()));
             Response::new(full("ok"))
         }
@@ -239,7 +239,7 @@ async fn the_license_header_is_removed_before_forwarding_unless_kept() {
         }
         send(request.body(empty()).unwrap())
     };
-    let last_arrival = || arrivals.lock().unwrap().pop().expect("the upstream got it");
+    let last_arrival = || arrivals.lock().pop().expect("the upstream got it");
 
     // Default: the token is the proxy's business, not the workload's, on
     // licensed and public routes alike.
@@ -295,7 +295,7 @@ async fn the_license_header_is_removed_before_forwarding_unless_kept() {
     assert_eq!(parts.status, 200);
     let (_, headers) = last_arrival();
     assert_eq!(headers["authorization"], bearer.as_str());
-    assert!(arrivals.lock().unwrap().is_empty());
+    assert!(arrivals.lock().is_empty());
 }
 
 #[tokio::test]
@@ -378,7 +378,7 @@ async fn forged_tokens_are_throttled_per_client_and_never_reach_the_upstream() {
     );
 
     // The upstream saw the two valid requests and nothing else.
-    let arrivals = arrivals.lock().unwrap();
+    let arrivals = arrivals.lock();
     let licenses: Vec<&str> = arrivals
         .iter()
         .map(|(_, headers)| headers["x-license-id"].to_str().unwrap())
@@ -923,7 +923,7 @@ fn an_unreadable_keyring_stops_start_up() {
 /// set, or 503 when none is.
 struct Vendor {
     addr: std::net::SocketAddr,
-    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    token: std::sync::Arc<parking_lot::Mutex<Option<String>>>,
     ca: PathBuf,
     _cert: TestCert,
 }
@@ -931,10 +931,10 @@ struct Vendor {
 impl Vendor {
     async fn start() -> Vendor {
         let cert = TestCert::new();
-        let token: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let token: std::sync::Arc<parking_lot::Mutex<Option<String>>> = Default::default();
         let served = std::sync::Arc::clone(&token);
         let addr = tls_upstream(&cert, move |_request| {
-            let current = served.lock().unwrap().clone();
+            let current = served.lock().clone();
             async move {
                 let mut response =
                     http::Response::new(full(current.clone().unwrap_or_else(|| "down".into())));
@@ -954,7 +954,7 @@ impl Vendor {
     }
 
     fn serve(&self, token: Option<String>) {
-        *self.token.lock().unwrap() = token;
+        *self.token.lock() = token;
     }
 }
 

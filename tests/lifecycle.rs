@@ -2,25 +2,38 @@
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
 use common::*;
 use http::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
-    // The upstream holds each request until the test releases it.
-    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
+/// An upstream that holds every request until the test releases it, and
+/// says when one arrives.
+async fn held_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (arrived_tx, arrived_rx) = tokio::sync::mpsc::unbounded_channel();
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let upstream = upstream(move |_request| {
+    let addr = upstream(move |_request| {
         let arrived = arrived_tx.clone();
         let mut release = release_rx.clone();
         async move {
-            arrived.send(()).unwrap();
+            let _ = arrived.send(());
             let _ = release.wait_for(|go| *go).await;
             Response::new(full("finished"))
         }
     })
     .await;
+    (addr, arrived_rx, release_tx)
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let (upstream, mut arrived_rx, release_tx) = held_upstream().await;
     let mut proxy = Proxy::run(&format!("http://{upstream}"), &[]);
     let url = proxy.url("/long");
     let in_flight = tokio::spawn(async move { get(&url).await });
@@ -49,6 +62,127 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     assert_eq!(body, "finished");
     let status = proxy.wait_exit();
     assert_eq!(status.code(), Some(0), "logs:\n{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_with_130() {
+    let (upstream, mut arrived_rx, _release) = held_upstream().await;
+    let mut proxy = Proxy::run(&format!("http://{upstream}"), &[]);
+    let url = proxy.url("/held");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .request(Request::get(url).body(empty()).unwrap())
+            .await
+    });
+    tokio::time::timeout(WAIT, arrived_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The first signal drains: with the request held, it would wait out
+    // `timeouts.drain` (25 s, longer than WAIT).
+    proxy.signal("TERM");
+    proxy.wait_for_log("listener closed");
+    proxy.signal("TERM");
+    let status = proxy.wait_exit();
+    assert_eq!(status.code(), Some(130), "logs:\n{}", proxy.logs());
+    proxy.wait_for_log("second signal received; exiting without waiting for the drain");
+    let cut = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cut.is_err(), "the held request was cut off: {cut:?}");
+}
+
+/// A global address of this machine (`ip addr`), if it has one.
+fn non_loopback_address() -> Option<IpAddr> {
+    let output = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse::<IpAddr>().ok()
+        })
+        .find(|ip| !ip.is_loopback())
+}
+
+/// `POST /shutdown` to the admin port on loopback, sent from `source`;
+/// the status line.
+async fn post_shutdown_from(source: IpAddr, admin_port: u16) -> String {
+    let (socket, loopback) = match source {
+        IpAddr::V4(_) => (
+            tokio::net::TcpSocket::new_v4().unwrap(),
+            IpAddr::from([127, 0, 0, 1]),
+        ),
+        IpAddr::V6(_) => (
+            tokio::net::TcpSocket::new_v6().unwrap(),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ),
+    };
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket
+        .connect(SocketAddr::new(loopback, admin_port))
+        .await
+        .unwrap_or_else(|e| panic!("connect from {source}: {e}"));
+    stream
+        .write_all(
+            b"POST /shutdown HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn shutdown_is_refused_to_a_peer_that_is_not_loopback() {
+    // The peer's address decides, not the listener's: the admin port
+    // listens on every address, as in a pod, and the request is sent to
+    // 127.0.0.1 from one of this machine's own global addresses, so nothing
+    // leaves the machine.
+    let Some(source) = non_loopback_address() else {
+        skip("this machine has no global address to send from (`ip -o addr show scope global`)");
+        return;
+    };
+    let wildcard = if source.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let mut proxy = Proxy::spawn(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        wildcard,
+        "--upstream",
+        &format!("http://{}", echo_upstream().await),
+    ])
+    .expect("licensegate starts");
+    let port = proxy.admin.port();
+
+    let status = post_shutdown_from(source, port).await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "from {source}");
+    proxy.wait_for_log("shutdown refused: from loopback");
+    let (parts, _) = get(&proxy.url("/still-up")).await;
+    assert_eq!(parts.status, 200, "a refused shutdown must not drain");
+
+    let loopback = match source {
+        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    };
+    let status = post_shutdown_from(loopback, port).await;
+    assert_eq!(status, "HTTP/1.1 202 Accepted");
+    assert_eq!(proxy.wait_exit().code(), Some(0));
 }
 
 #[tokio::test]
@@ -166,6 +300,7 @@ async fn a_client_sending_headers_too_slowly_is_cut_off() {
         &format!("upstream:\n  url: http://{upstream}\ntimeouts:\n  request_header: 300ms\n"),
     );
     let proxy = Proxy::with_config(&config);
+    let started = Instant::now();
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     // Half a request head, then silence.
     client
@@ -174,13 +309,81 @@ async fn a_client_sending_headers_too_slowly_is_cut_off() {
         .unwrap();
     let mut rest = Vec::new();
     let read = tokio::time::timeout(WAIT, client.read_to_end(&mut rest)).await;
+    let took = started.elapsed();
     let text = String::from_utf8_lossy(&rest);
     assert!(read.is_ok(), "the connection was not closed");
     assert!(!text.contains("200 OK"), "{text}");
+    // Cut off after the configured 300 ms (checks make it up to 1.5×), never
+    // before it, and well before the 10 s default.
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "closed after {took:?} with request_header: 300ms"
+    );
 
     // A prompt client on a fresh connection is unaffected.
     let (parts, _) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo_upstream().await;
+    let config = write_file(
+        dir.path(),
+        "lg.yaml",
+        &format!("upstream:\n  url: http://{upstream}\nlimits:\n  max_connections: 2\n"),
+    );
+    let proxy = Proxy::with_config(&config);
+    type Sender = hyper::client::conn::http1::SendRequest<Body>;
+    async fn connect(addr: SocketAddr) -> Sender {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender
+    }
+    async fn ask(mut sender: Sender, path: &str) -> (Sender, u16) {
+        let response = sender
+            .send_request(
+                Request::get(path)
+                    .header("host", "app.test")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        (sender, status)
+    }
+    // Two keep-alive connections, each answered, hold both slots.
+    let (first, status) = ask(connect(proxy.addr).await, "/first").await;
+    assert_eq!(status, 200);
+    let (second, status) = ask(connect(proxy.addr).await, "/second").await;
+    assert_eq!(status, 200);
+    let page = metrics(&proxy).await;
+    assert_eq!(metric(&page, "licensegate_connections_open"), Some(2.0));
+
+    // The kernel completes a third connection, but the proxy does not
+    // serve it while both slots are taken: no answer within a second is
+    // the assertion.
+    let third = connect(proxy.addr).await;
+    let mut waiting = tokio::spawn(async move { ask(third, "/third").await.1 });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut waiting)
+            .await
+            .is_err(),
+        "a third connection was served with limits.max_connections: 2"
+    );
+    drop(first);
+    let status = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(status, 200, "served once a slot was free");
+    drop(second);
 }
 
 #[tokio::test]

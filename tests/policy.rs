@@ -11,7 +11,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use licensegate::demo::EchoReport;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::validate::unix_now;
 use licensegate::license::Algorithm;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -311,7 +312,7 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Arrival>>>) {
                     .collect(),
             };
             let connect = request.method() == http::Method::CONNECT;
-            sink.lock().unwrap().push(arrival);
+            sink.lock().push(arrival);
             let mut response = Response::new(full("ok"));
             if connect {
                 *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
@@ -521,7 +522,7 @@ routes:
         &'a [(&'a str, &'a str)],
         &'a str,
     );
-    let cases: &[Case] = &[
+    let cases: &[Case<'_>] = &[
         // Path: literal beats {param}/* beats **; a deeper match beats `**`.
         ("GET", "/p/literal", None, &[], "p-literal"),
         ("GET", "/p/literal/", None, &[], "p-literal"),
@@ -1507,7 +1508,7 @@ async fn run_corpus(
         assert_eq!(response.version(), http::Version::HTTP_2);
         assert_eq!(response.status(), 403, "h2 {target}");
     }
-    let arrivals = arrivals.lock().unwrap();
+    let arrivals = arrivals.lock();
     for arrival in arrivals.iter() {
         assert!(
             !reads_as_export(&arrival.target, fold_case),
@@ -1546,10 +1547,10 @@ async fn no_spelling_of_a_path_reaches_a_route_it_normalises_to() {
         // One decoding, as the upstream should do: `%2565` stays `%2565`.
         ("/api/%2565xport/x", "/api/%2565xport/x"),
     ] {
-        arrivals.lock().unwrap().clear();
+        arrivals.lock().clear();
         let reply = raw(proxy.addr, &head("GET", target, &authorization)).await;
         assert_eq!(reply.status, 200, "{target}: {}", reply.text());
-        let arrivals = arrivals.lock().unwrap();
+        let arrivals = arrivals.lock();
         assert_eq!(arrivals.len(), 1);
         assert_eq!(arrivals[0].target, forwarded, "{target}");
     }
@@ -1594,10 +1595,7 @@ async fn case_insensitive_policies_fold_ascii_case_before_matching() {
     .await;
     assert_eq!(reply.status, 200);
     // Case is folded for matching only: the upstream gets the path as sent.
-    assert_eq!(
-        arrivals.lock().unwrap().last().unwrap().target,
-        "/API/Reports/x"
-    );
+    assert_eq!(arrivals.lock().last().unwrap().target, "/API/Reports/x");
 }
 
 #[tokio::test]
@@ -1619,7 +1617,7 @@ async fn connect_requests_cannot_skip_path_normalisation() {
             reply.text()
         );
     }
-    let arrivals = arrivals.lock().unwrap();
+    let arrivals = arrivals.lock();
     assert!(
         arrivals.iter().all(|a| !reads_as_export(&a.target, false)),
         "the upstream received {arrivals:?}"
@@ -1691,7 +1689,7 @@ async fn the_host_decided_on_is_the_host_the_upstream_gets() {
     // Whatever the spelling, the host decided on is the host forwarded: a
     // target authority replaces a contradicting Host header (so those are
     // served as www.example.com), and two Host headers are refused.
-    let arrivals = arrivals.lock().unwrap();
+    let arrivals = arrivals.lock();
     assert!(
         arrivals
             .iter()
@@ -1738,9 +1736,9 @@ routes:
         assert_eq!(denied_route(&reply), "internal", "host {host}");
     }
     assert!(
-        arrivals.lock().unwrap().is_empty(),
+        arrivals.lock().is_empty(),
         "the upstream received {:?}",
-        arrivals.lock().unwrap()
+        arrivals.lock()
     );
     // Any other host: the host-less route serves, licensed as before.
     let reply = call(
@@ -1759,7 +1757,7 @@ routes:
     )
     .await
     .assert_denied(401, "license_missing");
-    let arrivals = arrivals.lock().unwrap();
+    let arrivals = arrivals.lock();
     assert_eq!(arrivals.len(), 1, "{arrivals:?}");
     assert_eq!(arrivals[0].target, "/v1/reports/q3");
     assert_eq!(arrivals[0].hosts, ["app.example.com"]);
@@ -1778,7 +1776,7 @@ async fn a_trailing_dot_host_matches_its_host_route() {
         .await;
         reply.assert_denied(403, "route_denied");
     }
-    assert!(arrivals.lock().unwrap().is_empty());
+    assert!(arrivals.lock().is_empty());
 }
 
 #[tokio::test]
@@ -2109,7 +2107,6 @@ async fn a_reload_compiles_off_the_proxy_runtime() {
     );
     let reached = arrivals
         .lock()
-        .unwrap()
         .iter()
         .filter(|a| a.target == "/ping")
         .count();
@@ -2122,7 +2119,7 @@ async fn a_reload_compiles_off_the_proxy_runtime() {
     call(&proxy, "GET", "/ping", &[])
         .await
         .assert_denied(403, "route_denied");
-    assert_eq!(arrivals.lock().unwrap().len(), reached);
+    assert_eq!(arrivals.lock().len(), reached);
 
     // 120 KB of nested brackets: a located error, the large policy stays.
     std::fs::write(
@@ -2137,7 +2134,7 @@ async fn a_reload_compiles_off_the_proxy_runtime() {
     call(&proxy, "GET", "/ping", &[])
         .await
         .assert_denied(403, "route_denied");
-    assert_eq!(arrivals.lock().unwrap().len(), reached);
+    assert_eq!(arrivals.lock().len(), reached);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

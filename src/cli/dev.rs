@@ -14,12 +14,13 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::{announce, build_runtime, drain_on_signal, EXIT_CONFIG};
+use super::{announce, build_runtime, drain_on_signal};
 use crate::config::{FileConfig, Overrides, Settings, UpstreamUrl, WebSocketScope, DEFAULT_ADMIN};
 use crate::dev::{
     check_features, check_plan, default_plan, describe_features, plan_names, DevLicense, DevStatus,
     Grant, PlanChange,
 };
+use crate::exit;
 use crate::gateway::Gateway;
 use crate::policy::Policy;
 
@@ -105,7 +106,7 @@ fn serve(args: DevRunArgs) -> i32 {
                      development tool: it signs its own license, so whoever reaches it gets that \
                      license's access. Pass --allow-non-loopback to listen there anyway."
                 );
-                return EXIT_CONFIG;
+                return exit::CONFIG;
             }
         }
     }
@@ -122,7 +123,7 @@ fn serve(args: DevRunArgs) -> i32 {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("licensegate: configuration error: {error}");
-            return EXIT_CONFIG;
+            return exit::CONFIG;
         }
     };
     if let Some(policy) = settings.policy.as_mut() {
@@ -146,7 +147,7 @@ fn serve(args: DevRunArgs) -> i32 {
                 .and_then(|()| check_features(&features));
             if let Err(message) = checked {
                 eprintln!("licensegate: {message}");
-                return EXIT_CONFIG;
+                return exit::CONFIG;
             }
             if let Some(other) = policy
                 .as_ref()
@@ -158,7 +159,7 @@ fn serve(args: DevRunArgs) -> i32 {
                 Ok(dev) => dev,
                 Err(message) => {
                     eprintln!("licensegate: cannot set up the dev license: {message}");
-                    return 71;
+                    return exit::OS_ERROR;
                 }
             }
         }
@@ -168,7 +169,7 @@ fn serve(args: DevRunArgs) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
-            return 71;
+            return exit::OS_ERROR;
         }
     };
     let code = runtime.block_on(async {
@@ -176,7 +177,7 @@ fn serve(args: DevRunArgs) -> i32 {
             Ok(gateway) => gateway,
             Err(error) => {
                 eprintln!("licensegate: {error}");
-                if error.exit_code() == 71 {
+                if error.exit_code() == exit::OS_ERROR {
                     eprintln!("hint: pick other ports with --listen and --admin");
                 }
                 return error.exit_code();
@@ -187,7 +188,7 @@ fn serve(args: DevRunArgs) -> i32 {
         print_banner(&settings, &gateway, &status, &example_plan);
         tokio::spawn(drain_on_signal(gateway.lifecycle()));
         gateway.run().await;
-        0
+        exit::SUCCESS
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -257,9 +258,6 @@ fn describe_status(status: &DevStatus) -> String {
     }
 }
 
-/// Exit status when no `licensegate dev` answers (EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: i32 = 69;
-
 fn switch(args: SwitchArgs) -> i32 {
     let change = PlanChange {
         plan: args.plan,
@@ -273,7 +271,7 @@ fn switch(args: SwitchArgs) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
-            return 71;
+            return exit::OS_ERROR;
         }
     };
     let admin = args.admin;
@@ -288,27 +286,27 @@ fn switch(args: SwitchArgs) -> i32 {
     match answer {
         Err(Failure::Connect(error)) => {
             eprintln!("licensegate: no licensegate dev running on {admin} ({error})");
-            EXIT_UNAVAILABLE
+            exit::UNAVAILABLE
         }
         Err(Failure::Exchange(error)) => {
             eprintln!("licensegate: talking to {admin}: {error}");
-            EXIT_UNAVAILABLE
+            exit::UNAVAILABLE
         }
         Ok((StatusCode::OK, body)) => match serde_json::from_slice::<DevStatus>(&body) {
             Ok(status) => {
                 println!("licensegate dev: now {}", describe_status(&status));
-                0
+                exit::SUCCESS
             }
             Err(error) => {
                 eprintln!("licensegate: {admin} answered an unexpected body: {error}");
-                1
+                exit::FAILURE
             }
         },
         Ok((StatusCode::NOT_FOUND, _)) => {
             eprintln!(
                 "licensegate: the licensegate on {admin} is not a `licensegate dev` (no /dev/license)"
             );
-            1
+            exit::FAILURE
         }
         Ok((status, body)) => {
             // A problem+json `detail`, else the body as text.
@@ -317,7 +315,7 @@ fn switch(args: SwitchArgs) -> i32 {
                 .and_then(|v| v["detail"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
             eprintln!("licensegate: switch refused ({status}): {detail}");
-            1
+            exit::FAILURE
         }
     }
 }

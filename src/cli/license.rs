@@ -9,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::HumanDuration;
+use crate::exit;
 use crate::license::issue::{jwks, never_valid, sign, SigningKey};
 use crate::license::validate::unix_now;
 use crate::license::{token, Algorithm, Keyring, Validator};
@@ -99,10 +100,10 @@ pub fn run(command: LicenseCommand) -> i32 {
         LicenseCommand::Inspect(args) => return inspect(args),
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) => exit::SUCCESS,
         Err(message) => {
             eprintln!("licensegate: {message}");
-            1
+            exit::FAILURE
         }
     }
 }
@@ -203,7 +204,7 @@ fn inspect(args: InspectArgs) -> i32 {
         Ok(token) => token,
         Err(message) => {
             eprintln!("licensegate: {message}");
-            return 2;
+            return exit::UNANSWERABLE;
         }
     };
     let (header, claims) = decode_unverified(&token);
@@ -248,7 +249,11 @@ fn inspect(args: InspectArgs) -> i32 {
         "{}",
         serde_json::to_string_pretty(&report).expect("report serialises")
     );
-    i32::from(!valid)
+    if valid {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    }
 }
 
 pub(super) fn read_token_arg(arg: &str) -> Result<String, String> {

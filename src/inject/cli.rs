@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use super::review::{FailurePolicy, Injector};
 use super::server::{ServeSettings, Webhook};
 use super::sidecar::{Defaults, Resources, SidecarMode, DEFAULT_IMAGE};
-use crate::cli::EXIT_CONFIG;
 use crate::config::HumanDuration;
+use crate::exit;
 
 #[derive(Debug, Subcommand)]
 pub enum InjectCommand {
@@ -163,24 +163,21 @@ pub fn run(command: InjectCommand) -> i32 {
         InjectCommand::Serve(args) => serve(args),
         InjectCommand::Certs(args) => certs(args),
         InjectCommand::Wait(args) => match super::wait::wait_ready(args.admin, args.timeout.0) {
-            Ok(()) => 0,
+            Ok(()) => exit::SUCCESS,
             Err(message) => {
                 eprintln!("licensegate: {message}");
-                1
+                exit::FAILURE
             }
         },
     }
 }
-
-/// Exit status for input that is not Kubernetes YAML (EX_DATAERR).
-const EXIT_INPUT: i32 = 65;
 
 fn patch(args: PatchArgs) -> i32 {
     let defaults = match args.defaults.defaults() {
         Ok(defaults) => defaults,
         Err(message) => {
             eprintln!("licensegate: {message}");
-            return EXIT_CONFIG;
+            return exit::CONFIG;
         }
     };
     let input = match args.file.as_deref().filter(|f| *f != Path::new("-")) {
@@ -197,7 +194,7 @@ fn patch(args: PatchArgs) -> i32 {
         Ok(input) => input,
         Err(message) => {
             eprintln!("licensegate: cannot read the input: {message}");
-            return EXIT_INPUT;
+            return exit::DATA;
         }
     };
     match super::workload::inject_yaml(&input, &defaults) {
@@ -211,17 +208,17 @@ fn patch(args: PatchArgs) -> i32 {
                 .and_then(|()| stdout.flush())
             {
                 eprintln!("licensegate: cannot write the output: {error}");
-                return 74;
+                return exit::IO_ERROR;
             }
-            0
+            exit::SUCCESS
         }
         Err(super::workload::PatchError::Input(message)) => {
             eprintln!("licensegate: {message}");
-            EXIT_INPUT
+            exit::DATA
         }
         Err(error) => {
             eprintln!("licensegate: nothing written; cannot inject:\n{error}");
-            1
+            exit::FAILURE
         }
     }
 }
@@ -231,12 +228,12 @@ fn serve(args: ServeArgs) -> i32 {
         Ok(defaults) => defaults,
         Err(message) => {
             eprintln!("licensegate: configuration error: {message}");
-            return EXIT_CONFIG;
+            return exit::CONFIG;
         }
     };
     if args.reload_interval.0.is_zero() {
         eprintln!("licensegate: configuration error: --reload-interval must be greater than zero");
-        return EXIT_CONFIG;
+        return exit::CONFIG;
     }
     let settings = ServeSettings {
         listen: args.listen,
@@ -256,7 +253,7 @@ fn serve(args: ServeArgs) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
-            return 71;
+            return exit::OS_ERROR;
         }
     };
     let code = runtime.block_on(async {
@@ -277,7 +274,7 @@ fn serve(args: ServeArgs) -> i32 {
         let _ = stdout.flush();
         tracing::info!(addr = %webhook.local_addr(), "sidecar injection webhook started");
         webhook.serve(shutdown).await;
-        0
+        exit::SUCCESS
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -317,7 +314,7 @@ fn certs(args: CertsArgs) -> i32 {
         Ok(generated) => generated,
         Err(message) => {
             eprintln!("licensegate: {message}");
-            return 1;
+            return exit::FAILURE;
         }
     };
     let files = [
@@ -327,7 +324,7 @@ fn certs(args: CertsArgs) -> i32 {
     ];
     if let Err(message) = write_files(&args.out_dir, &files, args.force) {
         eprintln!("licensegate: {message}");
-        return 1;
+        return exit::FAILURE;
     }
     eprintln!(
         "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}; the caBundle follows on stdout",
@@ -337,7 +334,7 @@ fn certs(args: CertsArgs) -> i32 {
     use base64::Engine;
     let bundle = base64::engine::general_purpose::STANDARD.encode(generated.ca_pem.as_bytes());
     println!("{bundle}");
-    0
+    exit::SUCCESS
 }
 
 fn write_files(dir: &Path, files: &[(&str, &String, u32)], force: bool) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -86,7 +87,7 @@ impl ReloadingCert {
     /// half-written pair keeps the current certificate.
     pub fn reload(&self) -> Result<bool, String> {
         let (cert_pem, key_pem) = read_pair(&self.cert_path, &self.key_path)?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = self.loaded.lock();
         if loaded.0 == cert_pem && loaded.1 == key_pem {
             return Ok(false);
         }
@@ -155,8 +156,8 @@ impl ServeError {
     /// Process exit status, as for `licensegate run`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ServeError::Certificate(_) => crate::cli::EXIT_CONFIG,
-            ServeError::Bind { .. } => 71,
+            ServeError::Certificate(_) => crate::exit::CONFIG,
+            ServeError::Bind { .. } => crate::exit::OS_ERROR,
         }
     }
 }

@@ -235,6 +235,18 @@ pub fn plan(pod: &Value, scope: Scope, defaults: &Defaults) -> Result<Plan, Inje
         .and_then(Value::as_array)
         .filter(|containers| !containers.is_empty())
         .ok_or_else(|| InjectError("spec.containers is missing or empty".into()))?;
+    // The API server admits none of these, but `inject patch` reads any
+    // YAML, and a JSON Patch `add` would quietly replace a non-list.
+    if let Some(index) = containers.iter().position(|c| !c.is_object()) {
+        return Err(InjectError(format!(
+            "spec.containers[{index}] is not an object"
+        )));
+    }
+    for key in ["initContainers", "volumes"] {
+        if !matches!(spec.get(key), None | Some(Value::Null | Value::Array(_))) {
+            return Err(InjectError(format!("spec.{key} is not a list")));
+        }
+    }
 
     match annotations.get(INJECT).copied() {
         Some("enabled") => {}
@@ -347,7 +359,7 @@ impl Settings {
         let admin_port = port(ADMIN_PORT, defaults.admin_port)?;
         let upstream_port = match get(UPSTREAM_PORT) {
             Some(value) => parse_port(UPSTREAM_PORT, value)?,
-            None => first_container_port(&containers[0]).ok_or_else(|| {
+            None => first_container_port(&containers[0])?.ok_or_else(|| {
                 InjectError(format!(
                     "no upstream port: the first container declares no containerPort; set {UPSTREAM_PORT}"
                 ))
@@ -715,11 +727,24 @@ fn bypass_warnings(spec: &Map<String, Value>, proxy_port: u16) -> Vec<String> {
         .collect()
 }
 
-fn first_container_port(container: &Value) -> Option<u16> {
-    let port = container.get("ports")?.as_array()?.first()?;
-    u16::try_from(port.get("containerPort")?.as_u64()?)
-        .ok()
-        .filter(|p| *p != 0)
+/// The first container's first `containerPort`: `None` when it declares
+/// none, an error when the one it declares is not a port.
+fn first_container_port(container: &Value) -> Result<Option<u16>, InjectError> {
+    let Some(declared) = container
+        .get("ports")
+        .and_then(Value::as_array)
+        .and_then(|ports| ports.first())
+        .and_then(|port| port.get("containerPort"))
+    else {
+        return Ok(None);
+    };
+    match declared.as_u64().and_then(|p| u16::try_from(p).ok()) {
+        Some(port) if port != 0 => Ok(Some(port)),
+        _ => Err(InjectError(format!(
+            "spec.containers[0].ports[0].containerPort: {declared} is not a port (1 to 65535); \
+             fix it or set {UPSTREAM_PORT}"
+        ))),
+    }
 }
 
 fn check_volumes(spec: &Map<String, Value>) -> Result<(), InjectError> {

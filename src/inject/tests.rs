@@ -219,22 +219,57 @@ fn bad_annotations_and_clashes_are_named() {
 
 #[test]
 fn odd_shapes_are_errors_not_panics() {
-    for odd in [
-        json!(null),
-        json!([]),
-        json!("pod"),
-        json!({"metadata": 7, "spec": {"containers": [{}]}}),
-        json!({"metadata": {"annotations": []}, "spec": {"containers": [{}]}}),
-        json!({"spec": null}),
-        json!({"spec": {"containers": {}}}),
-        json!({"spec": {"containers": []}}),
-        json!({"spec": {"containers": [7], "initContainers": "x", "volumes": 3}}),
-        json!({"spec": {"containers": [{"ports": [{"containerPort": -1}]}]}}),
-        json!({"spec": {"containers": [{"ports": [{"containerPort": 99999}]}]}}),
+    // With a port, so that each case fails on its own oddity.
+    let port = json!({"annotations": {UPSTREAM_PORT: "3000"}});
+    for (odd, expected) in [
+        (json!(null), "the pod is not a JSON object"),
+        (json!([]), "the pod is not a JSON object"),
+        (json!("pod"), "the pod is not a JSON object"),
+        (
+            json!({"metadata": 7, "spec": {"containers": [{}]}}),
+            "metadata is not an object",
+        ),
+        (
+            json!({"metadata": {"annotations": []}, "spec": {"containers": [{}]}}),
+            "metadata.annotations is not an object",
+        ),
+        (json!({"spec": null}), "spec is missing or not an object"),
+        (
+            json!({"spec": {"containers": {}}}),
+            "spec.containers is missing or empty",
+        ),
+        (
+            json!({"spec": {"containers": []}}),
+            "spec.containers is missing or empty",
+        ),
+        (
+            json!({"metadata": port, "spec": {"containers": [{}, 7]}}),
+            "spec.containers[1] is not an object",
+        ),
+        (
+            json!({"metadata": port, "spec": {"containers": [{}], "initContainers": "x"}}),
+            "spec.initContainers is not a list",
+        ),
+        (
+            json!({"metadata": port, "spec": {"containers": [{}], "volumes": 3}}),
+            "spec.volumes is not a list",
+        ),
+        (
+            json!({"spec": {"containers": [{"ports": [{"containerPort": -1}]}]}}),
+            "spec.containers[0].ports[0].containerPort: -1 is not a port (1 to 65535)",
+        ),
+        (
+            json!({"spec": {"containers": [{"ports": [{"containerPort": 99999}]}]}}),
+            "spec.containers[0].ports[0].containerPort: 99999 is not a port (1 to 65535)",
+        ),
+        (
+            json!({"spec": {"containers": [{"ports": [{"containerPort": "http"}]}]}}),
+            "spec.containers[0].ports[0].containerPort: \"http\" is not a port (1 to 65535)",
+        ),
     ] {
-        let _ = plan(&odd, Scope::OptOut, &Defaults::default());
+        let error = error(&odd);
+        assert!(error.starts_with(expected), "{odd}: {error}");
     }
-    assert!(error(&json!({"spec": {"containers": []}})).contains("spec.containers"));
 }
 
 /// The warnings `plan` gives for `pod`, which it injects.

@@ -13,11 +13,12 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
+use parking_lot::Mutex;
 
 use super::refresh::{run_refresh_loop, Fetcher, Lifetime};
 use super::state::{PersistedState, StateFile};
@@ -324,13 +325,6 @@ impl LicenseGate {
         }
     }
 
-    fn last_read(&self) -> MutexGuard<'_, LastRead> {
-        // A panic elsewhere while holding it leaves nothing half-written.
-        self.last_read
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Re-read the license file. A token that fails verification or
     /// validation keeps the previous license in force and is reported.
     fn reload_license(&self, trigger: Trigger) {
@@ -340,7 +334,7 @@ impl LicenseGate {
         let token = read_token(path);
         let read = (token.clone(), self.verifier.keyring().generation());
         {
-            let mut last = self.last_read();
+            let mut last = self.last_read.lock();
             if trigger == Trigger::Files && last.license.as_ref() == Some(&read) {
                 tracing::debug!(path = %path.display(), "license file unchanged since the last reload pass");
                 return;
@@ -554,7 +548,7 @@ impl LicenseGate {
     fn reload_keys(&self, trigger: Trigger) {
         let read = KeyFiles::read(&self.keys_path).map_err(|e| e.to_string());
         let was_failing = {
-            let mut last = self.last_read();
+            let mut last = self.last_read.lock();
             if trigger == Trigger::Files && last.keys.as_ref() == Some(&read) {
                 tracing::debug!(keys = %self.keys_path.display(), "keyring files unchanged since the last reload pass");
                 return;
@@ -563,7 +557,7 @@ impl LicenseGate {
             last.keys_failed
         };
         let loaded = read.and_then(|files| Keyring::from_files(&files).map_err(|e| e.to_string()));
-        self.last_read().keys_failed = loaded.is_err();
+        self.last_read.lock().keys_failed = loaded.is_err();
         let keyring = match loaded {
             Ok(keyring) => keyring,
             Err(error) => {

@@ -299,7 +299,7 @@ fn issuer_audience_and_time_failures() {
         sign(&c, &f.ed, "ed-1")
     };
     type Edit<'a> = &'a dyn Fn(&mut Value);
-    let cases: [(Edit, &str); 8] = [
+    let cases: [(Edit<'_>, &str); 8] = [
         (
             &|c| c["iss"] = json!("https://evil.example"),
             "license_issuer_mismatch",

@@ -16,7 +16,7 @@ mod seats;
 pub mod shared;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use clock::Clock;
@@ -24,6 +24,7 @@ pub use concurrency::Permit;
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;
+use parking_lot::Mutex;
 use quota::QuotaCounters;
 use rate::RateCounters;
 use seats::SeatCounters;
@@ -216,7 +217,7 @@ impl MemoryStore {
     /// The counters for `def`, created on first use. Same name and kind as a
     /// previous policy: the same counters.
     pub fn counters(&self, def: &LimitDef) -> Arc<Counters> {
-        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self.registry.lock();
         Arc::clone(
             registry
                 .entry((Arc::clone(&def.name), def.kind.as_str()))
@@ -226,7 +227,7 @@ impl MemoryStore {
 
     /// Every quota's counters by limit name (for the state file).
     pub fn quotas(&self) -> Vec<(Arc<str>, Arc<Counters>)> {
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry.lock();
         registry
             .iter()
             .filter(|((_, kind), _)| *kind == "quota")
@@ -237,7 +238,7 @@ impl MemoryStore {
     /// The quota counters named `name`, created if absent (restoring state
     /// before the policy that uses them is known).
     pub fn quota_named(&self, name: &str) -> Arc<Counters> {
-        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self.registry.lock();
         Arc::clone(
             registry
                 .entry((Arc::from(name), "quota"))

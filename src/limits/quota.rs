@@ -4,10 +4,10 @@
 //! window estimate): constant memory per key, exact at window edges and
 //! never below the true count by more than the previous window's share.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use super::{entry_or_overflow, Hasher, Limited, OVERFLOW_KEY};
@@ -142,7 +142,7 @@ impl QuotaCounters {
         let now = now_nanos / NANOS;
         let (start, length) = window(period, now);
         let entry = entry_or_overflow(&self.map, key, self.max_keys);
-        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = entry.lock();
         state.roll(period, start, length);
         let used = state.estimate(period, length, now_nanos);
         if used.saturating_add(cost) > amount {
@@ -166,7 +166,7 @@ impl QuotaCounters {
         let (start, _) = window(period, now_nanos / NANOS);
         // A key that was never stored was counted on the overflow key.
         if let Some(entry) = self.map.get(key).or_else(|| self.map.get(OVERFLOW_KEY)) {
-            let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = entry.lock();
             if state.window_start == start {
                 state.used = state.used.saturating_sub(cost);
             }
@@ -177,7 +177,7 @@ impl QuotaCounters {
     pub fn sweep(&self, period: Period, now_nanos: u64) -> usize {
         let (start, length) = window(period, now_nanos / NANOS);
         self.map.retain(|_, state| {
-            let state = state.get_mut().unwrap_or_else(|e| e.into_inner());
+            let state = state.get_mut();
             state.window_start == start || state.window_start + length == start && state.used > 0
         });
         self.map.len()
@@ -188,7 +188,7 @@ impl QuotaCounters {
         self.map
             .iter()
             .map(|entry| {
-                let mut state = *entry.value().lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = *entry.value().lock();
                 state.roll(period, start, length);
                 (
                     entry.key().to_string(),
@@ -203,7 +203,7 @@ impl QuotaCounters {
         self.map
             .iter()
             .map(|entry| {
-                let state = *entry.value().lock().unwrap_or_else(|e| e.into_inner());
+                let state = *entry.value().lock();
                 (entry.key().to_string(), state)
             })
             .filter(|(_, state)| state.used > 0 || state.previous > 0)
@@ -214,7 +214,7 @@ impl QuotaCounters {
     /// has been counted since start (never forget units already used).
     pub fn restore(&self, key: &str, restored: QuotaState) {
         let entry = self.map.entry(key.into()).or_default();
-        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = entry.lock();
         if state.window_start < restored.window_start
             || state.window_start == restored.window_start && state.used < restored.used
         {

@@ -4,10 +4,10 @@
 //! seat count (idle holders are pruned before a new one is refused), so an
 //! attacker inventing identities cannot grow them.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use super::{entry_or_overflow, Hasher, Limited};
 
@@ -41,7 +41,7 @@ impl SeatCounters {
     ) -> Result<(), Limited> {
         let idle_nanos = idle.as_nanos().min(u128::from(u64::MAX)) as u64;
         let entry = entry_or_overflow(&self.map, key, self.max_keys);
-        let mut table = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = entry.lock();
         let active = |last: u64| now.saturating_sub(last) < idle_nanos;
         if let Some(last) = table.holders.get_mut(identity) {
             if active(*last) {
@@ -66,7 +66,7 @@ impl SeatCounters {
     pub fn sweep(&self, idle: Duration, now: u64) -> usize {
         let idle_nanos = idle.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.map.retain(|_, table| {
-            let table = table.get_mut().unwrap_or_else(|e| e.into_inner());
+            let table = table.get_mut();
             table
                 .holders
                 .retain(|_, last| now.saturating_sub(*last) < idle_nanos);
@@ -81,7 +81,7 @@ impl SeatCounters {
         self.map
             .iter()
             .map(|entry| {
-                let table = entry.value().lock().unwrap_or_else(|e| e.into_inner());
+                let table = entry.value().lock();
                 let active = table
                     .holders
                     .values()

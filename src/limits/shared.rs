@@ -17,11 +17,12 @@
 //! counted per replica.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use super::quota::window;
 use super::{Clock, Hasher, Limited};
@@ -658,7 +659,7 @@ impl SharedStore {
         let now = self.clock.mono_nanos();
         let mut returns: Vec<(String, u64, Option<f64>)> = Vec::new();
         for entry in self.leases.iter() {
-            let mut lease = entry.value().lock().unwrap_or_else(|e| e.into_inner());
+            let mut lease = entry.value().lock();
             if lease.remaining > 0 && (all || now >= lease.expires_at) {
                 let units = std::mem::take(&mut lease.remaining);
                 returns.push((lease.key.clone(), units, lease.emission));
@@ -691,7 +692,7 @@ impl SharedStore {
     fn forget_expired(&self) {
         let now = self.clock.mono_nanos();
         self.leases.retain(|_, lease| {
-            let lease = lease.get_mut().unwrap_or_else(|e| e.into_inner());
+            let lease = lease.get_mut();
             lease.remaining > 0 || now < lease.expires_at
         });
         self.seats_seen.retain(|_, until| *until > now);
@@ -705,7 +706,7 @@ impl SharedStore {
                 give_back: None,
             };
         };
-        let mut lease = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = entry.lock();
         if now < lease.expires_at && lease.remaining >= cost {
             lease.remaining -= cost;
             lease.spent += cost;
@@ -744,7 +745,7 @@ impl SharedStore {
         self.metrics.lease_grants.inc();
         let period = self.settings.lease_period.as_nanos() as u64;
         let entry = self.leases.entry(key.into()).or_default();
-        let mut lease = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = entry.lock();
         if lease.slice == 0 {
             lease.slice = self.initial_slice();
         }
@@ -763,7 +764,7 @@ impl SharedStore {
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
         for (key, units) in spent {
             if let Some(entry) = self.leases.get(key) {
-                let mut lease = entry.lock().unwrap_or_else(|e| e.into_inner());
+                let mut lease = entry.lock();
                 lease.remaining += units;
                 lease.spent = lease.spent.saturating_sub(*units);
             }

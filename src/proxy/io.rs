@@ -14,12 +14,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -157,7 +158,7 @@ impl Activity {
             return;
         }
         let exceeded = {
-            let mut window = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut window = self.resets.lock();
             let now = Instant::now();
             if now.duration_since(window.started) >= STREAM_RESET_WINDOW {
                 window.started = now;

