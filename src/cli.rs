@@ -1,9 +1,10 @@
 //! The command line: `licensegate run`, `demo`, `dev` and the tools.
+//! The three that serve share `run_gateway`: one runtime, signals, exit status.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -19,7 +20,7 @@ use crate::demo::EchoUpstream;
 use crate::dev::{DevKey, Grant};
 use crate::exit;
 use crate::gateway::Gateway;
-use crate::lifecycle::Lifecycle;
+use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,21 +177,11 @@ fn run(args: RunArgs) -> i32 {
             return exit::CONFIG;
         }
     };
-    let runtime = match build_runtime(settings.workers) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("licensegate: cannot start the runtime: {error}");
-            return exit::OS_ERROR;
-        }
-    };
-    let code = runtime.block_on(async {
-        let gateway = match Gateway::bind(&settings) {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                eprintln!("licensegate: {error}");
-                return error.exit_code();
-            }
-        };
+    run_gateway(settings.workers, || async {
+        let gateway = Gateway::bind(&settings).map_err(|error| {
+            eprintln!("licensegate: {error}");
+            error.exit_code()
+        })?;
         announce(&gateway);
         tracing::info!(
             upstream = %settings.upstream.url,
@@ -198,47 +189,34 @@ fn run(args: RunArgs) -> i32 {
             tls = settings.tls.is_some(),
             "licensegate started"
         );
-        tokio::spawn(drain_on_signal(gateway.lifecycle()));
-        gateway.run().await;
-        exit::SUCCESS
-    });
-    // Tunnels and pooled upstream connections end with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    code
+        Ok(gateway)
+    })
 }
 
 fn demo(args: DemoArgs) -> i32 {
-    let runtime = match build_runtime(crate::config::default_workers()) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("licensegate: cannot start the runtime: {error}");
-            return exit::OS_ERROR;
-        }
-    };
-    let code = runtime.block_on(async {
-        let echo = match EchoUpstream::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
-            Ok(echo) => echo,
-            Err(error) => {
+    run_gateway(crate::config::default_workers(), || async {
+        let echo = EchoUpstream::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(|error| {
                 eprintln!("licensegate: cannot start the demo upstream: {error}");
-                return exit::OS_ERROR;
-            }
-        };
+                exit::OS_ERROR
+            })?;
         let upstream: UpstreamUrl = format!("http://{}", echo.local_addr())
             .parse()
             .expect("a loopback address is a valid origin");
+        // The proxy's upstream: it ends with the runtime, after the drain.
         tokio::spawn(echo.serve());
-        let (key, policy) = match DevKey::create("demo").and_then(|key| {
-            let policy = key.dir().join("demo-policy.yaml");
-            std::fs::write(&policy, DEMO_POLICY)
-                .map_err(|e| format!("{}: {e}", policy.display()))?;
-            Ok((key, policy))
-        }) {
-            Ok(created) => created,
-            Err(message) => {
+        let (key, policy) = DevKey::create("demo")
+            .and_then(|key| {
+                let policy = key.dir().join("demo-policy.yaml");
+                std::fs::write(&policy, DEMO_POLICY)
+                    .map_err(|e| format!("{}: {e}", policy.display()))?;
+                Ok((key, policy))
+            })
+            .map_err(|message| {
                 eprintln!("licensegate: cannot set up the demo license: {message}");
-                return exit::OS_ERROR;
-            }
-        };
+                exit::OS_ERROR
+            })?;
         let grant = Grant::demo();
         let token = key.sign(&grant);
         let mut settings = Settings::resolve(
@@ -252,17 +230,13 @@ fn demo(args: DemoArgs) -> i32 {
             },
         )
         .expect("demo settings are complete");
-        settings.license = Some(key.license_settings(LicenseSource::Header(
-            http::header::AUTHORIZATION,
-        )));
-        let gateway = match Gateway::bind(&settings) {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                eprintln!("licensegate: {error}");
-                eprintln!("hint: pick other ports with --listen and --admin");
-                return error.exit_code();
-            }
-        };
+        settings.license =
+            Some(key.license_settings(LicenseSource::Header(http::header::AUTHORIZATION)));
+        let gateway = Gateway::bind(&settings).map_err(|error| {
+            eprintln!("licensegate: {error}");
+            eprintln!("hint: pick other ports with --listen and --admin");
+            error.exit_code()
+        })?;
         announce(&gateway);
         let proxy = gateway.proxy_addr();
         let admin = gateway.admin_addr();
@@ -292,16 +266,50 @@ fn demo(args: DemoArgs) -> i32 {
             grant = grant.describe(),
         );
         let _ = std::io::stdout().flush();
-        tokio::spawn(drain_on_signal(gateway.lifecycle()));
-        gateway.run().await;
-        exit::SUCCESS
-    });
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    code
+        Ok(gateway)
+    })
 }
 
 /// The demo's policy, `policies/demo.yaml`, built into the binary.
 pub const DEMO_POLICY: &str = include_str!("../policies/demo.yaml");
+
+/// Run the gateway that `start` binds (and announces) on a runtime of
+/// `workers` threads until it drains; `start`'s error is the exit status.
+/// The one place `run`, `demo` and `dev` build their runtime and catch
+/// signals.
+fn run_gateway<F, Start>(workers: usize, start: Start) -> i32
+where
+    Start: FnOnce() -> F,
+    F: Future<Output = Result<Gateway, i32>>,
+{
+    let runtime = match build_runtime(workers) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("licensegate: cannot start the runtime: {error}");
+            return exit::OS_ERROR;
+        }
+    };
+    let code = runtime.block_on(async {
+        // Before the ports are announced: a signal sent as soon as they are
+        // known must drain, not kill.
+        let signals = Signals::install();
+        let mut gateway = match start().await {
+            Ok(gateway) => gateway,
+            Err(code) => return code,
+        };
+        match signals {
+            Ok(signals) => gateway = gateway.with_signals(signals),
+            Err(error) => tracing::error!(
+                %error,
+                "cannot install signal handlers; use POST /shutdown on the admin port"
+            ),
+        }
+        gateway.run().await.exit_code()
+    });
+    // Tunnels and pooled upstream connections end with the runtime.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
+}
 
 /// The one stdout line tools and tests read to find the bound ports. Write
 /// errors are ignored: a closed stdout must not stop the proxy.
@@ -314,46 +322,4 @@ fn announce(gateway: &Gateway) {
         gateway.admin_addr()
     );
     let _ = stdout.flush();
-}
-
-fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    // One worker runs on a current-thread runtime: no work stealing, no
-    // cross-thread wake-ups, the cheapest way to spend one core.
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
-}
-
-/// SIGTERM or SIGINT starts draining; a second one exits at once.
-#[expect(
-    clippy::exit,
-    reason = "the one exit outside `main`: a second signal must not wait for the drain"
-)]
-async fn drain_on_signal(lifecycle: std::sync::Arc<Lifecycle>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; use POST /shutdown on the admin port");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = int.recv() => tracing::info!("SIGINT received; draining"),
-    }
-    lifecycle.drain();
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    tracing::warn!("second signal received; exiting without waiting for the drain");
-    std::process::exit(exit::SECOND_SIGNAL);
 }

@@ -27,6 +27,11 @@ pub const DATA: i32 = 65;
 /// switch` with no `licensegate dev` on the admin address).
 pub const UNAVAILABLE: i32 = 69;
 
+/// EX_SOFTWARE: a part of the running proxy that must not stop (the proxy
+/// listener, the admin server, the signal handler) panicked or ended; the
+/// process drained and exited rather than run half-alive.
+pub const SOFTWARE: i32 = 70;
+
 /// EX_OSERR: the operating system refused: a port cannot be bound, the
 /// runtime or a working directory cannot be created.
 pub const OS_ERROR: i32 = 71;

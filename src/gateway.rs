@@ -1,28 +1,45 @@
 //! The composition root: bind the proxy and admin listeners from settings,
-//! then run them until the lifecycle drains.
+//! then run them with their background tasks until the process drains, and
+//! stop everything in order (`Gateway::run`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
+use crate::decision::{DecisionEngine, EngineSettings, WebSocketScope};
 use crate::dev::{plan_names, DevControl, DevLicense};
 use crate::exit;
-use std::time::Duration;
-
-use crate::decision::{DecisionEngine, EngineSettings, WebSocketScope};
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::LicenseGate;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::persist::CounterFile;
 use crate::limits::shared::SharedStore;
 use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::process::Signals;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::Shared;
 use crate::reload::{PolicyWatch, POLICY_NOTE};
+
+mod tasks;
+
+pub use tasks::TASKS_NOTE;
+use tasks::{Task, Tasks};
+
+/// How long the proxy may take beyond `timeouts.drain`, which bounds its own
+/// wait for open connections, before shutdown goes on without it.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long upkeep tasks get to stop: each is dropped at its next `.await`,
+/// so only a task stuck between two of them takes any time.
+const UPKEEP_BOUND: Duration = Duration::from_secs(5);
+
+/// How long the admin server and the signal handler get to stop.
+const CLOSING_BOUND: Duration = Duration::from_secs(1);
 
 /// Readiness condition: the first connection attempt to the shared store
 /// has been made (ready afterwards whatever its result).
@@ -69,6 +86,28 @@ pub struct Gateway {
     policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
     shared_store: Option<Arc<SharedStore>>,
     dev: Option<Arc<DevControl>>,
+    drain_timeout: Duration,
+    signals: Option<Signals>,
+}
+
+/// How a gateway's run ended.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The essential tasks that panicked or ended before they were told to
+    /// stop, which drained the process.
+    pub failed: Vec<&'static str>,
+}
+
+impl Stopped {
+    /// [`exit::SUCCESS`] after a drain that was asked for, [`exit::SOFTWARE`]
+    /// after one that a failed essential task started.
+    pub fn exit_code(&self) -> i32 {
+        if self.failed.is_empty() {
+            exit::SUCCESS
+        } else {
+            exit::SOFTWARE
+        }
+    }
 }
 
 impl Gateway {
@@ -222,7 +261,16 @@ impl Gateway {
             policy,
             shared_store,
             dev,
+            drain_timeout: settings.timeouts.drain,
+            signals: None,
         })
+    }
+
+    /// Drain on SIGTERM or SIGINT, and exit at once on a second one, for as
+    /// long as the gateway runs.
+    pub fn with_signals(mut self, signals: Signals) -> Gateway {
+        self.signals = Some(signals);
+        self
     }
 
     /// The dev license, under `licensegate dev`.
@@ -246,68 +294,97 @@ impl Gateway {
         Arc::clone(&self.metrics)
     }
 
-    /// Serve until draining completes. The admin port keeps answering until
-    /// the proxy has drained, so `/readyz` shows 503 throughout.
-    pub async fn run(self) {
+    /// Serve until the process drains, then stop in phases, each within a
+    /// bound: the proxy finishes its connections while everything else still
+    /// runs (the admin port shows `/readyz` 503 throughout); then upkeep
+    /// stops, the counters file is written and leases go back; the admin
+    /// port and the signal handler close last. Tunnels and pooled
+    /// connections end with the runtime.
+    pub async fn run(self) -> Stopped {
+        let Gateway {
+            proxy,
+            admin,
+            lifecycle,
+            license,
+            shared,
+            policy,
+            shared_store,
+            drain_timeout,
+            signals,
+            ..
+        } = self;
         // The listener is bound, so connections queue from here on: ready
         // before the admin port can be asked.
-        self.lifecycle.set(LISTENER_READY, Ok(()));
-        let license = self.license.map(|(gate, watch)| {
-            update_readiness(&gate, &self.lifecycle, gate.refresh_state());
-            let refresh = gate.spawn_refresh();
-            (
-                tokio::spawn(watch.run(Arc::clone(&self.lifecycle))),
-                refresh,
-            )
-        });
-        let policy = self.policy.map(|(watch, file, interval)| {
-            let watch = tokio::spawn(watch.run(Arc::clone(&self.lifecycle)));
-            let upkeep = tokio::spawn(crate::reload::maintain(
-                Arc::clone(&self.shared),
-                file.clone(),
-                interval,
-            ));
-            (watch, upkeep, file)
-        });
-        let shared_store = self.shared_store.clone();
-        let store = self.shared_store.map(|store| {
-            let lifecycle = Arc::clone(&self.lifecycle);
-            tokio::spawn(store.maintain(move |store| {
+        lifecycle.set(LISTENER_READY, Ok(()));
+        let mut tasks = Tasks::new(Arc::clone(&lifecycle));
+
+        // Until draining begins all of these run. They stop in this order:
+        // 1. the proxy stops accepting and lets open connections finish;
+        tasks.spawn(
+            Task::essential("proxy", Phase::Draining).awaited(),
+            proxy.serve(Arc::clone(&lifecycle)),
+        );
+        // 2. upkeep, once the proxy has drained;
+        if let Some((gate, watch)) = license {
+            update_readiness(&gate, &lifecycle, gate.refresh_state());
+            tasks.spawn(
+                Task::upkeep("license watch"),
+                watch.run(Arc::clone(&lifecycle)),
+            );
+            if let Some(refresh) = gate.refresh_task() {
+                tasks.spawn(Task::upkeep("license refresh"), refresh);
+            }
+        }
+        let mut counters_file = None;
+        if let Some((watch, file, interval)) = policy {
+            tasks.spawn(
+                Task::upkeep("policy watch"),
+                watch.run(Arc::clone(&lifecycle)),
+            );
+            let upkeep = crate::reload::maintain(Arc::clone(&shared), file.clone(), interval);
+            tasks.spawn(Task::upkeep("counters upkeep"), upkeep);
+            counters_file = file;
+        }
+        if let Some(store) = &shared_store {
+            let lifecycle = Arc::clone(&lifecycle);
+            let upkeep = Arc::clone(store).maintain(move |store| {
                 // Fallback never blocks traffic: ready either way.
                 lifecycle.set(STORE_READY, Ok(()));
                 lifecycle.note(STORE_READY, store.describe());
-            }))
-        });
-        let admin = tokio::spawn(self.admin.serve());
-        let shared = Arc::clone(&self.shared);
-        let upstream_upkeep = tokio::spawn(async move {
-            shared.forwarder.expire_idle_upstreams().await;
-        });
-        self.proxy.serve(Arc::clone(&self.lifecycle)).await;
-        upstream_upkeep.abort();
-        if let Some((watch, upkeep, file)) = policy {
-            watch.abort();
-            upkeep.abort();
-            // Drained: every counted request is in; nothing is lost on SIGTERM.
-            if let Some(file) = file {
-                crate::reload::save_counters(&self.shared, &file);
-                tracing::info!(path = %file.path().display(), "quota counters saved");
-            }
+            });
+            tasks.spawn(Task::upkeep("store upkeep"), upkeep);
         }
-        admin.abort();
-        if let Some(store) = store {
-            store.abort();
+        if let Some(upkeep) = shared.forwarder.idle_upkeep() {
+            tasks.spawn(Task::upkeep("upstream pool upkeep"), upkeep);
         }
-        if let Some(shared) = shared_store {
+        // 3. what lets the process be watched and stopped, last.
+        tasks.spawn(
+            Task::essential("admin server", Phase::Closing),
+            admin.serve(),
+        );
+        if let Some(signals) = signals {
+            let handler = signals.drain_on_signal(Arc::clone(&lifecycle));
+            tasks.spawn(Task::essential("signal handler", Phase::Closing), handler);
+        }
+
+        tasks.until_drained().await;
+        tasks
+            .stop(Phase::Draining, drain_timeout + DRAIN_MARGIN)
+            .await;
+        tasks.stop(Phase::Stopping, UPKEEP_BOUND).await;
+        // Drained: every counted request is in; nothing is lost on SIGTERM.
+        if let Some(file) = counters_file {
+            crate::reload::save_counters(&shared, &file);
+            tracing::info!(path = %file.path().display(), "quota counters saved");
+        }
+        if let Some(store) = shared_store {
             // Drained: unspent leased units go back, so a rolling deploy
             // does not use up quotas it never served.
-            shared.return_leases(true).await;
+            store.return_leases(true).await;
         }
-        if let Some((watch, refresh)) = license {
-            watch.abort();
-            if let Some(refresh) = refresh {
-                refresh.abort();
-            }
+        tasks.stop(Phase::Closing, CLOSING_BOUND).await;
+        Stopped {
+            failed: tasks.finish(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! A request flows one way through the modules:
 //! `proxy` (accept, normalise) → `decision` (allow or deny) → `proxy::forward`
 //! (upstream) or `problem` (rejection). `admin` exposes `metrics` and the
-//! `lifecycle` state; `gateway` wires them together for `cli`.
+//! `lifecycle` state; `gateway` wires them together and owns every
+//! background task; `cli` runs it in the runtime `process` builds.
 //!
 //! Lints are set for every target in `Cargo.toml`'s `[lints]`; unsafe code
 //! is denied there and forbidden here.
@@ -24,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod problem;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod watch;

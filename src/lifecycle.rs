@@ -1,5 +1,7 @@
-//! Process lifecycle: readiness conditions and the drain signal shared by the
-//! proxy listener, the admin port and signal handlers.
+//! Process lifecycle: readiness conditions, and the one shutdown signal: the
+//! phase the process is in. Signals, `POST /shutdown` and a failed essential
+//! task start the drain; the composition root moves the phase on from there,
+//! and every task stops when the phase reaches its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +16,25 @@ pub struct Lifecycle {
     conditions: Mutex<BTreeMap<&'static str, Result<(), String>>>,
     /// Facts shown with readiness that do not gate it.
     notes: Mutex<BTreeMap<&'static str, String>>,
+    /// `phase >= Draining`, read on the request path without the channel's lock.
     draining: AtomicBool,
-    drain_tx: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
+}
+
+/// Where the process is on its way out; it only moves forward. One watch
+/// channel carries it, so a task cannot be told to stop out of order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Serving traffic.
+    Serving,
+    /// Readiness is false; the proxy stops accepting and finishes open
+    /// connections. Everything else still runs.
+    Draining,
+    /// The proxy has drained: background upkeep stops, then the last writes
+    /// happen (counters file, leases returned to the shared store).
+    Stopping,
+    /// The admin port, kept up so probes could watch, closes last.
+    Closing,
 }
 
 /// What `/readyz` reports.
@@ -36,7 +55,7 @@ impl Lifecycle {
             conditions: Mutex::new(BTreeMap::new()),
             notes: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
-            drain_tx: watch::Sender::new(false),
+            phase: watch::Sender::new(Phase::Serving),
         }
     }
 
@@ -79,12 +98,28 @@ impl Lifecycle {
         }
     }
 
-    /// Start draining: readiness turns false and every listener stops
-    /// accepting. Idempotent.
+    /// Start draining: readiness turns false and the proxy stops accepting.
+    /// Idempotent; the way to ask the process to stop.
     pub fn drain(&self) {
-        if !self.draining.swap(true, Ordering::SeqCst) {
-            self.drain_tx.send_replace(true);
+        self.advance(Phase::Draining);
+    }
+
+    /// Move on to `phase` if the process is not there yet; never back.
+    pub fn advance(&self, phase: Phase) {
+        if phase >= Phase::Draining {
+            self.draining.store(true, Ordering::SeqCst);
         }
+        self.phase.send_if_modified(|current| {
+            let forward = phase > *current;
+            if forward {
+                *current = phase;
+            }
+            forward
+        });
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -93,9 +128,14 @@ impl Lifecycle {
 
     /// Resolves once draining has begun.
     pub async fn drained(&self) {
-        let mut rx = self.drain_tx.subscribe();
+        self.reached(Phase::Draining).await;
+    }
+
+    /// Resolves once the process is at `phase` or past it.
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
-        let _ = rx.wait_for(|draining| *draining).await;
+        let _ = rx.wait_for(|current| *current >= phase).await;
     }
 }
 

@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::{announce, build_runtime, drain_on_signal};
+use super::{announce, run_gateway};
 use crate::config::{FileConfig, Overrides, Settings, UpstreamUrl, WebSocketScope, DEFAULT_ADMIN};
 use crate::dev::{
     check_features, check_plan, default_plan, describe_features, plan_names, DevLicense, DevStatus,
@@ -23,6 +23,7 @@ use crate::dev::{
 use crate::exit;
 use crate::gateway::Gateway;
 use crate::policy::Policy;
+use crate::process::build_runtime;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -165,33 +166,19 @@ fn serve(args: DevRunArgs) -> i32 {
         }
     };
     settings.license = Some(dev.license_settings());
-    let runtime = match build_runtime(crate::config::default_workers()) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("licensegate: cannot start the runtime: {error}");
-            return exit::OS_ERROR;
-        }
-    };
-    let code = runtime.block_on(async {
-        let gateway = match Gateway::bind_dev(&settings, dev) {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                eprintln!("licensegate: {error}");
-                if error.exit_code() == exit::OS_ERROR {
-                    eprintln!("hint: pick other ports with --listen and --admin");
-                }
-                return error.exit_code();
+    run_gateway(crate::config::default_workers(), || async {
+        let gateway = Gateway::bind_dev(&settings, dev).map_err(|error| {
+            eprintln!("licensegate: {error}");
+            if error.exit_code() == exit::OS_ERROR {
+                eprintln!("hint: pick other ports with --listen and --admin");
             }
-        };
+            error.exit_code()
+        })?;
         announce(&gateway);
         let status = gateway.dev().expect("bound with a dev license").status();
         print_banner(&settings, &gateway, &status, &example_plan);
-        tokio::spawn(drain_on_signal(gateway.lifecycle()));
-        gateway.run().await;
-        exit::SUCCESS
-    });
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    code
+        Ok(gateway)
+    })
 }
 
 /// What runs, with which license, and how to switch. Write errors are
@@ -264,10 +251,7 @@ fn switch(args: SwitchArgs) -> i32 {
         features: feature_list(args.features),
     };
     let body = serde_json::to_vec(&change).expect("a plan change serialises");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(1) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");

@@ -3,7 +3,6 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
@@ -12,6 +11,7 @@ use super::server::{ServeSettings, Webhook};
 use super::sidecar::{Defaults, Resources, SidecarMode, DEFAULT_IMAGE};
 use crate::config::HumanDuration;
 use crate::exit;
+use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
 
 #[derive(Debug, Subcommand)]
 pub enum InjectCommand {
@@ -245,11 +245,7 @@ fn serve(args: ServeArgs) -> i32 {
             failure_policy: args.failure_policy,
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(2) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("licensegate: cannot start the runtime: {error}");
@@ -264,7 +260,18 @@ fn serve(args: ServeArgs) -> i32 {
                 return error.exit_code();
             }
         };
-        let shutdown = shutdown_signal();
+        // Before the address is announced, so a signal sent as soon as it
+        // is known is not lost. After the first, later ones are ignored.
+        let signals = Signals::install();
+        let shutdown = async move {
+            match signals {
+                Ok(signals) => signals.first("stopping").await,
+                Err(error) => {
+                    tracing::error!(%error, "cannot install signal handlers");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         let mut stdout = std::io::stdout();
         let _ = writeln!(
             stdout,
@@ -276,32 +283,8 @@ fn serve(args: ServeArgs) -> i32 {
         webhook.serve(shutdown).await;
         exit::SUCCESS
     });
-    runtime.shutdown_timeout(Duration::from_millis(100));
+    runtime.shutdown_timeout(RUNTIME_GRACE);
     code
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, so a signal sent right after the announcement is not lost.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        match signals {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-                    _ = int.recv() => tracing::info!("SIGINT received; stopping"),
-                }
-            }
-            _ => {
-                tracing::error!("cannot install signal handlers");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }
 
 fn certs(args: CertsArgs) -> i32 {

@@ -439,9 +439,11 @@ impl LicenseGate {
         }
     }
 
-    /// Fetch tokens from the vendor on schedule, for the refresh source;
-    /// `None` for the other sources.
-    pub fn spawn_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    /// The task that fetches tokens from the vendor on schedule, for the
+    /// refresh source; `None` for the other sources. Runs until dropped.
+    pub fn refresh_task(
+        self: &Arc<Self>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let Source::Deployment {
             origin: Origin::Refresh(fetcher),
             ..
@@ -456,7 +458,7 @@ impl LicenseGate {
                 .as_ref()
                 .map(|(license, _)| Lifetime::of(&license.claims, gate.now()))
         });
-        Some(tokio::spawn(async move {
+        Some(async move {
             let clock_gate = Arc::clone(&gate);
             run_refresh_loop(
                 &fetcher,
@@ -466,7 +468,7 @@ impl LicenseGate {
                 |error| gate.record_fetch_failure(&error.to_string()),
             )
             .await;
-        }))
+        })
     }
 
     /// Load the state file: raise the trusted clock to what was trusted

@@ -128,21 +128,22 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// Close plain upstream connections left unused for
-    /// `timeouts.upstream_idle`, checking every quarter of it (at least every
-    /// 10 s); runs until aborted. hyper-util's pool expires its own.
-    pub async fn expire_idle_upstreams(&self) {
-        let Some(pool) = &self.direct else {
-            return;
-        };
+    /// The upkeep of the plain upstream connections' idle list: close those
+    /// left unused for `timeouts.upstream_idle`, checking every quarter of it
+    /// (at least every 10 s); runs until dropped. `None` without such a list:
+    /// hyper-util's pool (TLS, HTTP/2 upstreams) expires its own.
+    pub fn idle_upkeep(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let pool = Arc::clone(self.direct.as_ref()?);
         let period =
             (pool.idle_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
-        let mut checks = tokio::time::interval(period);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            checks.tick().await;
-            pool.expire_idle();
-        }
+        Some(async move {
+            let mut checks = tokio::time::interval(period);
+            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                checks.tick().await;
+                pool.expire_idle();
+            }
+        })
     }
 
     pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Forwarder, ConfigError> {
