@@ -19,7 +19,7 @@ use crate::limits::shared::SharedStore;
 use crate::limits::{Clock, MemoryStore};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::process::Signals;
+use crate::process::{drain_on_signal, Signals};
 use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::Shared;
@@ -363,7 +363,7 @@ impl Gateway {
             admin.serve(),
         );
         if let Some(signals) = signals {
-            let handler = signals.drain_on_signal(Arc::clone(&lifecycle));
+            let handler = drain_on_signal(signals, Arc::clone(&lifecycle));
             tasks.spawn(Task::essential("signal handler", Phase::Closing), handler);
         }
 
