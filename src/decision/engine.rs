@@ -21,11 +21,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus::IntCounter;
 
 use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
-use super::log::{DecisionLog, DenialLine};
 use super::evaluate::{
-    license_denial, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView, LimitCheck,
-    LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
+    license_denial, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
+    LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
+use super::log::{DecisionLog, DenialLine};
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
@@ -867,42 +867,31 @@ const MAX_KEY_SERIES: usize = 100;
 fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock) -> Denial {
     let retry = retry_after_secs(limited.retry_after, clock);
     let window = limited.window.unwrap_or(Duration::ZERO);
-    let (reason, detail) = match &def.kind {
-        LimitKind::Rate { .. } => (
-            Reason::RateLimited,
-            format!(
-                "rate limit `{}` ({} per {}) reached; retry in {retry} s",
-                def.name,
-                limited.limit,
-                humantime::format_duration(window)
-            ),
+    let detail = match &def.kind {
+        LimitKind::Rate { .. } => format!(
+            "rate limit `{}` ({} per {}) reached; retry in {retry} s",
+            def.name,
+            limited.limit,
+            humantime::format_duration(window)
         ),
-        LimitKind::Quota { .. } => (
-            Reason::QuotaExceeded,
-            format!(
-                "quota `{}` ({} per period) is used up; it resets in {}",
-                def.name,
-                limited.limit,
-                humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs()))
-            ),
+        LimitKind::Quota { .. } => format!(
+            "quota `{}` ({} per period) is used up; it resets in {}",
+            def.name,
+            limited.limit,
+            humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs()))
         ),
-        LimitKind::Seats { idle, .. } => (
-            Reason::SeatLimitReached,
-            format!(
-                "all {} seats of `{}` are in use; a seat frees after {} without requests",
-                limited.limit,
-                def.name,
-                humantime::format_duration(*idle)
-            ),
+        LimitKind::Seats { idle, .. } => format!(
+            "all {} seats of `{}` are in use; a seat frees after {} without requests",
+            limited.limit,
+            def.name,
+            humantime::format_duration(*idle)
         ),
-        LimitKind::Concurrency => (
-            Reason::ConcurrencyLimited,
-            format!(
-                "{} requests are already in flight (limit `{}`)",
-                limited.limit, def.name
-            ),
+        LimitKind::Concurrency => format!(
+            "{} requests are already in flight (limit `{}`)",
+            limited.limit, def.name
         ),
     };
+    let reason = Reason::of_limit(&def.kind);
     let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
     denial
         .headers

@@ -185,6 +185,17 @@ impl Reason {
         }
     }
 
+    /// The reason a limit of `kind` refuses with.
+    pub const fn of_limit(kind: &crate::policy::LimitKind) -> Reason {
+        use crate::policy::LimitKind as K;
+        match kind {
+            K::Rate { .. } => Reason::RateLimited,
+            K::Quota { .. } => Reason::QuotaExceeded,
+            K::Seats { .. } => Reason::SeatLimitReached,
+            K::Concurrency => Reason::ConcurrencyLimited,
+        }
+    }
+
     pub const fn index(self) -> usize {
         self as usize
     }
