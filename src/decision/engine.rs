@@ -393,16 +393,16 @@ impl DecisionEngine {
         body: BodyState,
     ) -> Decision {
         let slot = LicenseSlot::new();
-        let verdict = self.evaluate(active, head, peer, body, &slot);
+        let mut verdict = self.evaluate(active, head, peer, body, &slot);
         let mut allowed = Allowed::default();
-        let result = match &verdict.outcome {
-            Outcome::Count(plan) => {
-                let license = slot.get().map(|(l, _)| &**l);
-                self.count_limits(active, plan, head, peer, license, &mut allowed, Local::All)
+        if let Outcome::Count(plan) = &verdict.outcome {
+            if let Err(denial) =
+                self.count_limits(active, plan, head, peer, &mut allowed, Local::All)
+            {
+                verdict.outcome = Outcome::Deny(denial);
             }
-            _ => Ok(()),
-        };
-        self.conclude(active, verdict, result, allowed, &slot, head, peer)
+        }
+        self.conclude(active, verdict, allowed, &slot, head, peer)
     }
 
     async fn decide_shared(
@@ -414,17 +414,17 @@ impl DecisionEngine {
         body: BodyState,
     ) -> Decision {
         let slot = LicenseSlot::new();
-        let verdict = self.evaluate(active, head, peer, body, &slot);
+        let mut verdict = self.evaluate(active, head, peer, body, &slot);
         let mut allowed = Allowed::default();
-        let result = match &verdict.outcome {
-            Outcome::Count(plan) => {
-                let license = slot.get().map(|(l, _)| &**l);
-                self.count_shared(shared, active, plan, head, peer, license, &mut allowed)
-                    .await
+        if let Outcome::Count(plan) = &verdict.outcome {
+            if let Err(denial) = self
+                .count_shared(shared, active, plan, head, peer, &mut allowed)
+                .await
+            {
+                verdict.outcome = Outcome::Deny(denial);
             }
-            _ => Ok(()),
-        };
-        self.conclude(active, verdict, result, allowed, &slot, head, peer)
+        }
+        self.conclude(active, verdict, allowed, &slot, head, peer)
     }
 
     /// The decision order up to the limits (see [`super::evaluate`]).
@@ -452,13 +452,12 @@ impl DecisionEngine {
         )
     }
 
-    /// Metrics, log and shadow mode for a decided request.
-    #[allow(clippy::too_many_arguments)]
+    /// Metrics, log and shadow mode for a decided request (`verdict`'s
+    /// outcome with the counting's refusal, if any).
     fn conclude(
         &self,
         active: &Active,
         verdict: Verdict<'_, NoTrace>,
-        result: Result<(), Box<Denial>>,
         mut allowed: Allowed,
         slot: &LicenseSlot,
         head: &http::request::Parts,
@@ -472,11 +471,11 @@ impl DecisionEngine {
         allowed.license = slot.get().map(|(_, e)| Arc::clone(&e.headers));
         let result = match verdict.outcome {
             Outcome::Deny(denial) => Err(denial),
-            Outcome::Allow(Admission::Preflight) => {
-                allowed.preflight = true;
-                result
+            Outcome::Allow(admission) => {
+                allowed.preflight = admission == Admission::Preflight;
+                Ok(())
             }
-            Outcome::Allow(_) | Outcome::Count(_) => result,
+            Outcome::Count(_) => Ok(()),
         };
         match result {
             Ok(()) if allowed.preflight => {
@@ -530,19 +529,17 @@ impl DecisionEngine {
     /// only concurrency (shared store answering), or the fallback for a
     /// shared store that is not. A refusal gives back what this request
     /// counted and the permits it holds.
-    #[allow(clippy::too_many_arguments)]
     fn count_limits(
         &self,
         active: &Active,
         plan: &LimitPlan<'_>,
         head: &http::request::Parts,
         peer: &Peer,
-        license: Option<&VerifiedLicense>,
         allowed: &mut Allowed,
         which: Local,
     ) -> Result<(), Box<Denial>> {
         let clock = self.store.clock();
-        let context = self.key_context(license, head, peer, plan.route);
+        let context = self.key_context(plan.license, head, peer, plan.route);
         // Positions counted so far, as bits: no allocation per request
         // (a route with more than 64 limits gives back only the first 64).
         let mut counted: u64 = 0;
@@ -648,7 +645,6 @@ impl DecisionEngine {
     /// Count the route's limits in the shared store (one round trip), with
     /// concurrency on this replica and the local fallback when the store
     /// cannot answer.
-    #[allow(clippy::too_many_arguments)]
     async fn count_shared(
         &self,
         shared: &SharedStore,
@@ -656,11 +652,11 @@ impl DecisionEngine {
         plan: &LimitPlan<'_>,
         head: &http::request::Parts,
         peer: &Peer,
-        license: Option<&VerifiedLicense>,
         allowed: &mut Allowed,
     ) -> Result<(), Box<Denial>> {
+        let license = plan.license;
         let local = |which, allowed: &mut Allowed| {
-            self.count_limits(active, plan, head, peer, license, allowed, which)
+            self.count_limits(active, plan, head, peer, allowed, which)
         };
         local(Local::Concurrency, allowed)?;
         let fallback = Local::Fallback {

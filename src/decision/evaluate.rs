@@ -171,6 +171,8 @@ pub struct LimitPlan<'a> {
     pub route: &'a Route,
     /// `None` on a public route: limits read no license there.
     pub entitlement: Option<&'a Entitlement>,
+    /// The license counter keys and seat identities may read.
+    pub license: Option<&'a VerifiedLicense>,
 }
 
 /// One limit of a [`LimitPlan`].
@@ -294,25 +296,19 @@ where
         None => (policy.unmatched, policy.mode),
     };
     trace.step(Step::Access { access, mode });
-    let websocket = settings.allows_tunnel(route);
-    let outcome = decide(
-        policy, route, access, websocket, facts, licenses, settings, &mut trace,
-    );
+    let outcome = decide(policy, route, facts, licenses, settings, &mut trace);
     Verdict {
         route,
         mode,
-        websocket,
+        websocket: settings.allows_tunnel(route),
         outcome,
         steps: trace,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn decide<'a, L, T>(
     policy: &'a Policy,
     route: Option<&'a Route>,
-    access: Access,
-    websocket: bool,
     facts: &RequestFacts<'_>,
     licenses: &mut L,
     settings: &EvaluatorSettings,
@@ -322,6 +318,8 @@ where
     L: LicenseSource<'a>,
     T: Trace<'a>,
 {
+    let access = route.map_or(policy.unmatched, |r| r.access);
+    let websocket = settings.allows_tunnel(route);
     if access == Access::Deny {
         if T::ENABLED && facts.is_cors_preflight() {
             trace.step(Step::Preflight(PreflightStep::Refused));
@@ -418,15 +416,15 @@ where
         policy,
         route,
         entitlement: license.map(|view| view.entitlement),
+        license: license.map(|view| view.license),
     };
-    let holder = license.map(|view| view.license);
     for check in plan.checks() {
         trace.step(Step::Limit(check));
         // A seat is held by an identity: a request that does not say who
         // it is cannot take one. Checked before anything is counted, so a
         // refusal here never needs giving back.
         if let (LimitKind::Seats { identity, .. }, Some(_)) = (&check.def.kind, check.amount) {
-            if !has_key_part(identity, facts.headers, holder) {
+            if !has_key_part(identity, facts.headers, plan.license) {
                 return Outcome::Deny(Box::new(Denial::new(
                     StatusCode::FORBIDDEN,
                     Reason::SeatIdentityMissing,
