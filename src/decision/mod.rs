@@ -1,5 +1,5 @@
 //! The decision seam: every inbound request is decided exactly once, before
-//! it is forwarded. [`evaluate`] is the decision order, pure; the engine
+//! it is forwarded. [`evaluate()`] is the decision order, pure; the engine
 //! runs it, counts the limits and applies the result; `policy explain` runs
 //! it and prints its steps.
 
