@@ -418,12 +418,22 @@ where
         entitlement: license.map(|view| view.entitlement),
         license: license.map(|view| view.license),
     };
-    for check in plan.checks() {
+    for (position, usage) in route.limits.iter().enumerate() {
+        let seats = match &policy.limits[usage.limit].kind {
+            LimitKind::Seats { identity, .. } => Some(identity),
+            _ => None,
+        };
+        // Only seat limits decide anything here; the others are looked at
+        // for the trace alone.
+        if !T::ENABLED && seats.is_none() {
+            continue;
+        }
+        let check = plan.check(position);
         trace.step(Step::Limit(check));
         // A seat is held by an identity: a request that does not say who
         // it is cannot take one. Checked before anything is counted, so a
         // refusal here never needs giving back.
-        if let (LimitKind::Seats { identity, .. }, Some(_)) = (&check.def.kind, check.amount) {
+        if let (Some(identity), Some(_)) = (seats, check.amount) {
             if !has_key_part(identity, facts.headers, plan.license) {
                 return Outcome::Deny(Box::new(Denial::new(
                     StatusCode::FORBIDDEN,
