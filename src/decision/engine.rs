@@ -103,11 +103,19 @@ enum Local {
     },
 }
 
-/// Who holds the seat `def` counts (`""` for other limits). The evaluator
-/// has refused requests without one.
-fn seat_identity<'a>(context: &KeyContext<'a>, def: &LimitDef) -> Cow<'a, str> {
-    match &def.kind {
-        LimitKind::Seats { identity, .. } => context.part(identity).unwrap_or_default(),
+/// Who holds the seat `check` counts (`""` for other limits): as the
+/// evaluator read it, or read here. The evaluator has refused requests
+/// without one.
+fn seat_identity<'a>(
+    context: &KeyContext<'a>,
+    plan: &LimitPlan<'a>,
+    check: &LimitCheck<'_>,
+) -> Cow<'a, str> {
+    match (&check.def.kind, plan.seat) {
+        (LimitKind::Seats { .. }, Some((position, text))) if position == check.position => {
+            Cow::Borrowed(text)
+        }
+        (LimitKind::Seats { identity, .. }, _) => context.part(identity).unwrap_or_default(),
         _ => Cow::Borrowed(""),
     }
 }
@@ -578,7 +586,7 @@ impl DecisionEngine {
                 amount
             };
             let key = context.key(&def.key);
-            let identity = seat_identity(&context, def);
+            let identity = seat_identity(&context, plan, &check);
             match active.counters[check.usage.limit].check(
                 def,
                 &key,
@@ -675,7 +683,7 @@ impl DecisionEngine {
             let Some(amount) = check.amount else {
                 continue;
             };
-            let identity = seat_identity(&context, check.def);
+            let identity = seat_identity(&context, plan, &check);
             parts.push((check, amount, context.key(&check.def.key), identity));
         }
         if parts.is_empty() {

@@ -173,6 +173,11 @@ pub struct LimitPlan<'a> {
     pub entitlement: Option<&'a Entitlement>,
     /// The license counter keys and seat identities may read.
     pub license: Option<&'a VerifiedLicense>,
+    /// Who holds the seat the first seat limit (at this position) counts,
+    /// as the evaluator read it: the engine counts with it rather than
+    /// reading the header again (a second `HeaderMap` lookup was ~170 of
+    /// ~4,350 instructions per decision, callgrind on `decide/10_routes`).
+    pub seat: Option<(usize, &'a str)>,
 }
 
 /// One limit of a [`LimitPlan`].
@@ -280,7 +285,7 @@ impl<'a> Trace<'a> for Vec<Step<'a>> {
 /// the order.
 pub fn evaluate<'a, L, T>(
     policy: &'a Policy,
-    facts: &RequestFacts<'_>,
+    facts: &RequestFacts<'a>,
     licenses: &mut L,
     settings: &EvaluatorSettings,
     mut trace: T,
@@ -309,7 +314,7 @@ where
 fn decide<'a, L, T>(
     policy: &'a Policy,
     route: Option<&'a Route>,
-    facts: &RequestFacts<'_>,
+    facts: &RequestFacts<'a>,
     licenses: &mut L,
     settings: &EvaluatorSettings,
     trace: &mut T,
@@ -412,11 +417,12 @@ where
             None => Admission::Public,
         });
     }
-    let plan = LimitPlan {
+    let mut plan = LimitPlan {
         policy,
         route,
         entitlement: license.map(|view| view.entitlement),
         license: license.map(|view| view.license),
+        seat: None,
     };
     for (position, usage) in route.limits.iter().enumerate() {
         let seats = match &policy.limits[usage.limit].kind {
@@ -434,39 +440,65 @@ where
         // it is cannot take one. Checked before anything is counted, so a
         // refusal here never needs giving back.
         if let (Some(identity), Some(_)) = (seats, check.amount) {
-            if !has_key_part(identity, facts.headers, plan.license) {
-                return Outcome::Deny(Box::new(Denial::new(
-                    StatusCode::FORBIDDEN,
-                    Reason::SeatIdentityMissing,
-                    format!(
-                        "seats of `{}` are counted by {}; the request does not carry it",
-                        check.def.name,
-                        describe_part(identity)
-                    ),
-                )));
+            match seat_holder(identity, facts.headers, plan.license, route) {
+                Holder::Missing => {
+                    return Outcome::Deny(Box::new(Denial::new(
+                        StatusCode::FORBIDDEN,
+                        Reason::SeatIdentityMissing,
+                        format!(
+                            "seats of `{}` are counted by {}; the request does not carry it",
+                            check.def.name,
+                            describe_part(identity)
+                        ),
+                    )));
+                }
+                Holder::Text(text) if plan.seat.is_none() => plan.seat = Some((position, text)),
+                Holder::Text(_) | Holder::Present => {}
             }
         }
     }
     Outcome::Count(plan)
 }
 
-/// Whether the request has a non-empty value for `part` (an absent header,
-/// or an optional claim the license lacks, has none).
-fn has_key_part(part: &KeyPart, headers: &HeaderMap, license: Option<&VerifiedLicense>) -> bool {
+/// Who holds a seat counted by `part`, as far as the evaluator can read it.
+enum Holder<'a> {
+    Text(&'a str),
+    /// Present, but read by the engine: the client address, or a header
+    /// value that is not text.
+    Present,
+    /// Absent or empty (an absent header, an optional claim the license
+    /// lacks): no one to give a seat to.
+    Missing,
+}
+
+fn seat_holder<'a>(
+    part: &KeyPart,
+    headers: &'a HeaderMap,
+    license: Option<&'a VerifiedLicense>,
+    route: &'a Route,
+) -> Holder<'a> {
+    let text = |text: &'a str| match text {
+        "" => Holder::Missing,
+        text => Holder::Text(text),
+    };
     match part {
-        KeyPart::License => license.is_some_and(|l| !l.claims.sub.is_empty()),
-        KeyPart::Claim(claim) => license.is_some_and(|l| {
+        KeyPart::License => license.map_or(Holder::Missing, |l| text(&l.claims.sub)),
+        KeyPart::Claim(claim) => license.map_or(Holder::Missing, |l| {
             let claims = &l.claims;
-            !match claim {
+            text(match claim {
                 Claim::Sub => claims.sub.as_str(),
                 Claim::Plan => claims.lic.plan.as_str(),
                 Claim::Customer => claims.lic.customer.as_deref().unwrap_or(""),
                 Claim::Issuer => claims.iss.as_deref().unwrap_or(""),
-            }
-            .is_empty()
+            })
         }),
-        KeyPart::Header(name) => headers.get(name).is_some_and(|v| !v.is_empty()),
-        KeyPart::ClientIp | KeyPart::Route => true,
+        KeyPart::Header(name) => match headers.get(name) {
+            None => Holder::Missing,
+            Some(value) if value.is_empty() => Holder::Missing,
+            Some(value) => value.to_str().map_or(Holder::Present, Holder::Text),
+        },
+        KeyPart::ClientIp => Holder::Present,
+        KeyPart::Route => text(&route.name),
     }
 }
 

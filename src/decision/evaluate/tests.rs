@@ -3,7 +3,7 @@
 //! Every row runs twice, with the proxy's `NoTrace` and with a collecting
 //! trace, which must reach the same outcome.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::*;
 use crate::license::{Algorithm, Claims, LicenseError, VerifiedLicense};
@@ -69,11 +69,9 @@ impl<'a> LicenseSource<'a> for Given<'a> {
     }
 }
 
-/// A request: method, path, extra headers, whether a body follows.
+/// A request head as the proxy holds it, and whether a body follows.
 struct Request {
-    method: Method,
-    path: &'static str,
-    headers: HeaderMap,
+    head: http::request::Parts,
     body: BodyState,
 }
 
@@ -86,10 +84,13 @@ fn request(method: &str, path: &'static str, headers: &[(&'static str, &'static 
             HeaderValue::from_static(value),
         );
     }
+    let mut head = http::Request::new(()).into_parts().0;
+    head.method = method.parse().unwrap();
+    head.version = Version::HTTP_11;
+    head.uri = path.parse().unwrap();
+    head.headers = map;
     Request {
-        method: method.parse().unwrap(),
-        path,
-        headers: map,
+        head,
         body: BodyState::Empty,
     }
 }
@@ -464,20 +465,12 @@ fn rows() -> Vec<Row> {
 /// for, and the trace.
 fn run<'a, T: Trace<'a>>(
     policy: &'a Policy,
-    row: &Row,
+    row: &'a Row,
     view: Result<LicenseView<'a>, LicenseError>,
     settings: &EvaluatorSettings,
     trace: T,
 ) -> (Expect, bool, Verdict<'a, T>) {
-    let head = {
-        let mut head = http::Request::new(()).into_parts().0;
-        head.method = row.request.method.clone();
-        head.version = Version::HTTP_11;
-        head.uri = row.request.path.parse().unwrap();
-        head.headers = row.request.headers.clone();
-        head
-    };
-    let facts = RequestFacts::of(&head, row.request.body);
+    let facts = RequestFacts::of(&row.request.head, row.request.body);
     let mut source = Given {
         answer: view,
         asked: 0,
@@ -538,14 +531,15 @@ fn the_verdict_carries_the_route_its_mode_and_the_tunnel() {
         })
     };
     let settings = EvaluatorSettings::default();
-    let (_, _, verdict) = run(&policy, &row("/trial/x"), view(), &settings, NoTrace);
+    let (trial, live, nowhere) = (row("/trial/x"), row("/live/x"), row("/nowhere"));
+    let (_, _, verdict) = run(&policy, &trial, view(), &settings, NoTrace);
     assert_eq!(verdict.route.map(|r| &*r.name), Some("trial"));
     assert_eq!(verdict.mode, Mode::Shadow);
     assert!(!verdict.websocket);
-    let (_, _, verdict) = run(&policy, &row("/live/x"), view(), &settings, NoTrace);
+    let (_, _, verdict) = run(&policy, &live, view(), &settings, NoTrace);
     assert!(verdict.websocket);
     assert_eq!(verdict.mode, Mode::Enforce);
-    let (_, _, verdict) = run(&policy, &row("/nowhere"), view(), &settings, NoTrace);
+    let (_, _, verdict) = run(&policy, &nowhere, view(), &settings, NoTrace);
     assert!(verdict.route.is_none());
     assert!(!verdict.websocket);
     // `licensegate dev`: any allowed request may become a tunnel.
@@ -618,4 +612,32 @@ fn a_per_request_license_failure_is_the_clients_to_fix() {
     assert_eq!(deployment.status, StatusCode::FORBIDDEN);
     assert_eq!(deployment.hint, Hint::DeploymentLicense);
     assert!(deployment.headers.is_empty());
+}
+
+#[test]
+fn the_plan_hands_the_seat_holder_it_read_to_the_counting() {
+    let policy = policy("deny");
+    let pro = license("pro");
+    let entitlement = policy.entitle(&pro.claims.lic);
+    let row = Row {
+        name: "",
+        unmatched: "deny",
+        request: request("GET", "/team/board", &[("x-user", "alice")]),
+        license: Lic::Plan("pro"),
+        expect: Expect::Allow(Admission::Public),
+        asked: false,
+        steps: &[],
+    };
+    let view = LicenseView {
+        license: &pro,
+        entitlement: &entitlement,
+        environment: EnvironmentCheck::Admitted,
+    };
+    let settings = EvaluatorSettings::default();
+    let (_, _, verdict) = run(&policy, &row, Ok(view), &settings, NoTrace);
+    match verdict.outcome {
+        // `users` is the route's second limit.
+        Outcome::Count(plan) => assert_eq!(plan.seat, Some((1, "alice"))),
+        other => panic!("not counted: {other:?}"),
+    }
 }
