@@ -368,3 +368,64 @@ fn explain_shows_what_a_cors_preflight_gets() {
     let (_, out) = explain_for("OPTIONS", "/internal/x", &[]);
     assert!(out.contains("nothing reaches a `deny` route"), "{out}");
 }
+
+#[test]
+fn explain_with_the_proxys_config_checks_its_deployment_license() {
+    let f = fixture(&["reports"]);
+    let dir = Path::new(&f.policy).parent().unwrap();
+    let token = f.token.trim_start_matches('@');
+    let config = dir.join("licensegate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n  file: {token}\n  environment: {{namespace: prod}}\npolicy:\n  paths: [{}]\n",
+            f.keys, f.policy
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = licensegate(&[
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--path",
+        "/api/reports/q3",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("license    `lic-7` plan `pro`"), "{stdout}");
+    assert!(
+        stdout.contains("env        admitted: `lic.env` includes this deployment"),
+        "{stdout}"
+    );
+    // The file is the license: another token, or other keys, would not be
+    // what the proxy checks.
+    for (extra, expected) in [
+        (
+            ["--license", f.token.as_str()],
+            "--license is for `source: header`",
+        ),
+        (
+            ["--keys", f.keys.as_str()],
+            "--keys, --iss and --aud come from the `license` section of --config",
+        ),
+    ] {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--config",
+            config,
+            "--path",
+            "/api/reports/q3",
+        ];
+        args.extend_from_slice(&extra);
+        let out = licensegate(&args);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -1,15 +1,16 @@
-//! The decision engine: match the route, check the license and its
-//! entitlements, count the limits, and say allow or deny — once per request.
+//! The decision engine: run the evaluator (route, access, upgrade,
+//! preflight, license, features, seat identities: see [`super::evaluate`]),
+//! count the limits it names, and say allow or deny — once per request,
+//! with the metrics, the decision log and shadow mode.
 //!
-//! Order of checks (and so which reason a request gets): route `deny` →
-//! upgrade → a CORS preflight the route forwards stops here, allowed →
-//! license (valid, environment) → features → limits (concurrency, rates,
-//! quotas, then seats; see [`crate::policy`]). A limit that refuses gives
-//! back what earlier limits counted for the same request, so a denied
-//! request is never billed against a quota, and seats come last so a refused
-//! request never takes one.
+//! Limits are counted in the route's order (concurrency, rates, quotas,
+//! then seats; see [`crate::policy`]). A limit that refuses gives back what
+//! earlier limits counted for the same request, so a denied request is
+//! never billed against a quota, and seats come last so a refused request
+//! never takes one.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,14 +21,18 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus::IntCounter;
 
 use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
+use super::evaluate::{
+    license_denial, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
+    LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
+};
 use super::log::{DecisionLog, DenialLine};
-use super::{BodyState, Decision, Denial, Hint, Peer, Reason};
+use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
 use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
 use crate::metrics::Metrics;
 use crate::policy::{
-    Access, Claim, KeyPart, LimitDef, LimitKind, Mode, OnStoreError, Policy, PolicyError, Route,
+    Claim, KeyPart, LimitDef, LimitKind, Mode, OnStoreError, Policy, PolicyError, Route,
 };
 
 /// Names of the entitlement headers sent to the upstream.
@@ -83,13 +88,9 @@ pub struct Allowed {
     pub preflight: bool,
 }
 
-/// What a decision has found so far.
-#[derive(Default)]
-struct State {
-    allowed: Allowed,
-    /// The verified license and its entitlement, once checked.
-    license: Option<(Arc<VerifiedLicense>, Arc<Entitled>)>,
-}
+/// The verified license and its entitlement, once checked: filled by
+/// [`GateSource`] when the evaluator reaches the license.
+type LicenseSlot = OnceCell<(Arc<VerifiedLicense>, Arc<Entitled>)>;
 
 /// Which limits [`DecisionEngine::count_limits`] counts on this replica.
 #[derive(Clone, Copy)]
@@ -102,32 +103,56 @@ enum Local {
     },
 }
 
-fn find_route<'p>(policy: &'p Policy, head: &http::request::Parts) -> Option<&'p Route> {
-    policy.find(
-        &head.method,
-        request_host(head),
-        head.uri.path(),
-        &head.headers,
-    )
-}
-
-/// Who holds the seat, or the denial for a request that does not say.
+/// Who holds the seat `check` counts (`""` for other limits): as the
+/// evaluator read it, or read here. The evaluator has refused requests
+/// without one.
 fn seat_identity<'a>(
     context: &KeyContext<'a>,
-    def: &LimitDef,
-    identity: &KeyPart,
-) -> Result<Cow<'a, str>, Box<Denial>> {
-    match context.part(identity) {
-        Some(identity) if !identity.is_empty() => Ok(identity),
-        _ => Err(Box::new(Denial::new(
-            StatusCode::FORBIDDEN,
-            Reason::SeatIdentityMissing,
-            format!(
-                "seats of `{}` are counted by {}; the request does not carry it",
-                def.name,
-                describe_part(identity)
-            ),
-        ))),
+    plan: &LimitPlan<'a>,
+    check: &LimitCheck<'_>,
+) -> Cow<'a, str> {
+    match (&check.def.kind, plan.seat) {
+        (LimitKind::Seats { .. }, Some((position, text))) if position == check.position => {
+            Cow::Borrowed(text)
+        }
+        (LimitKind::Seats { identity, .. }, _) => context.part(identity).unwrap_or_default(),
+        _ => Cow::Borrowed(""),
+    }
+}
+
+/// The license gate as the evaluator's license source: checks the
+/// request's license when the decision order reaches it, and keeps it (with
+/// its entitlement) in `slot` for counting and forwarding.
+struct GateSource<'a> {
+    engine: &'a DecisionEngine,
+    policy: &'a Policy,
+    head: &'a http::request::Parts,
+    peer: &'a Peer,
+    slot: &'a LicenseSlot,
+}
+
+impl<'a> LicenseSource<'a> for GateSource<'a> {
+    fn check(&mut self) -> Result<LicenseView<'a>, LicenseError> {
+        let engine = self.engine;
+        let gate = engine
+            .license
+            .as_ref()
+            .expect("a policy with licensed routes is only bound with a license gate");
+        let (head, peer) = (self.head, self.peer);
+        let client = || client_ip(&head.headers, peer, engine.trust_forwarded);
+        let (license, _) = gate.check(&head.headers, client)?;
+        let entitled = engine.entitlements.get(&license, Some(self.policy));
+        let (license, entitled) = self.slot.get_or_init(|| (license, entitled));
+        Ok(LicenseView {
+            license,
+            entitlement: entitled
+                .entitlement
+                .as_ref()
+                .expect("an entitlement under a policy"),
+            // The gate refuses a license whose `lic.env` does not admit
+            // this deployment.
+            environment: EnvironmentCheck::Admitted,
+        })
     }
 }
 
@@ -154,7 +179,8 @@ pub struct DecisionEngine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     trust_forwarded: bool,
-    websocket: WebSocketScope,
+    /// What the evaluator is told about the deployment.
+    evaluator: EvaluatorSettings,
     /// Shared counters (Redis); `None` counts in memory.
     shared: Option<Arc<SharedStore>>,
 }
@@ -180,6 +206,12 @@ impl DecisionEngine {
         let token_header = license
             .as_ref()
             .and_then(|gate| gate.token_header_to_remove().cloned());
+        let evaluator = EvaluatorSettings {
+            websocket: settings.websocket,
+            license_header: license
+                .as_ref()
+                .and_then(|gate| gate.token_header().cloned()),
+        };
         DecisionEngine {
             license,
             token_header,
@@ -190,7 +222,7 @@ impl DecisionEngine {
             metrics,
             log: DecisionLog::default(),
             trust_forwarded: settings.trust_forwarded,
-            websocket: settings.websocket,
+            evaluator,
             shared: None,
         }
     }
@@ -368,17 +400,17 @@ impl DecisionEngine {
         peer: &Peer,
         body: BodyState,
     ) -> Decision {
-        let route = find_route(&active.policy, head);
-        let mut state = State::default();
-        let result = self
-            .evaluate(active, route, head, peer, body, &mut state)
-            .and_then(|count| match (count, route) {
-                (true, Some(route)) => {
-                    self.count_limits(active, route, head, peer, &mut state, Local::All)
-                }
-                _ => Ok(()),
-            });
-        self.conclude(active, route, result, state, head, peer)
+        let slot = LicenseSlot::new();
+        let mut verdict = self.evaluate(active, head, peer, body, &slot);
+        let mut allowed = Allowed::default();
+        if let Outcome::Count(plan) = &verdict.outcome {
+            if let Err(denial) =
+                self.count_limits(active, plan, head, peer, &mut allowed, Local::All)
+            {
+                verdict.outcome = Outcome::Deny(denial);
+            }
+        }
+        self.conclude(active, verdict, allowed, &slot, head, peer)
     }
 
     async fn decide_shared(
@@ -389,32 +421,72 @@ impl DecisionEngine {
         peer: &Peer,
         body: BodyState,
     ) -> Decision {
-        let route = find_route(&active.policy, head);
-        let mut state = State::default();
-        let mut result = self.evaluate(active, route, head, peer, body, &mut state);
-        if let (Ok(true), Some(route)) = (&result, route) {
-            result = self
-                .count_shared(shared, active, route, head, peer, &mut state)
-                .await;
+        let slot = LicenseSlot::new();
+        let mut verdict = self.evaluate(active, head, peer, body, &slot);
+        let mut allowed = Allowed::default();
+        if let Outcome::Count(plan) = &verdict.outcome {
+            if let Err(denial) = self
+                .count_shared(shared, active, plan, head, peer, &mut allowed)
+                .await
+            {
+                verdict.outcome = Outcome::Deny(denial);
+            }
         }
-        self.conclude(active, route, result.map(|_| ()), state, head, peer)
+        self.conclude(active, verdict, allowed, &slot, head, peer)
     }
 
-    /// Metrics, log and shadow mode for a decided request.
+    /// The decision order up to the limits (see [`super::evaluate`]).
+    fn evaluate<'a>(
+        &'a self,
+        active: &'a Active,
+        head: &'a http::request::Parts,
+        peer: &'a Peer,
+        body: BodyState,
+        slot: &'a LicenseSlot,
+    ) -> Verdict<'a, NoTrace> {
+        let mut source = GateSource {
+            engine: self,
+            policy: &active.policy,
+            head,
+            peer,
+            slot,
+        };
+        super::evaluate(
+            &active.policy,
+            &RequestFacts::of(head, body),
+            &mut source,
+            &self.evaluator,
+            NoTrace,
+        )
+    }
+
+    /// Metrics, log and shadow mode for a decided request (`verdict`'s
+    /// outcome with the counting's refusal, if any).
     fn conclude(
         &self,
         active: &Active,
-        route: Option<&Route>,
-        result: Result<(), Box<Denial>>,
-        mut state: State,
+        verdict: Verdict<'_, NoTrace>,
+        mut allowed: Allowed,
+        slot: &LicenseSlot,
         head: &http::request::Parts,
         peer: &Peer,
     ) -> Decision {
-        let mode = route.map_or(active.policy.mode, |r| r.mode);
+        let route = verdict.route;
         let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
-        state.allowed.websocket = self.allows_tunnel(route);
+        allowed.websocket = verdict.websocket;
+        // Forwarded with the entitlement headers even when a shadow-mode
+        // rule after the license would have denied.
+        allowed.license = slot.get().map(|(_, e)| Arc::clone(&e.headers));
+        let result = match verdict.outcome {
+            Outcome::Deny(denial) => Err(denial),
+            Outcome::Allow(admission) => {
+                allowed.preflight = admission == Admission::Preflight;
+                Ok(())
+            }
+            Outcome::Count(_) => Ok(()),
+        };
         match result {
-            Ok(()) if state.allowed.preflight => {
+            Ok(()) if allowed.preflight => {
                 // Rare enough to resolve the label here rather than keep a
                 // second pre-resolved counter per route.
                 self.metrics
@@ -422,19 +494,19 @@ impl DecisionEngine {
                     .decisions
                     .with_label_values(&["allow", Reason::CorsPreflight.as_str(), route_name])
                     .inc();
-                Decision::Allow(state.allowed)
+                Decision::Allow(allowed)
             }
             Ok(()) => {
                 match route {
                     Some(route) => active.allowed[route.id].inc(),
                     None => active.unmatched_allowed.inc(),
                 }
-                Decision::Allow(state.allowed)
+                Decision::Allow(allowed)
             }
             Err(mut denial) => {
                 denial.route = route.map(|r| Arc::clone(&r.name));
-                let shadow = mode == Mode::Shadow;
-                let license = state.license.as_ref().map(|(l, _)| &**l);
+                let shadow = verdict.mode == Mode::Shadow;
+                let license = slot.get().map(|(l, _)| &**l);
                 self.log_denial(&denial, shadow, route_name, head, peer, license);
                 if shadow {
                     self.metrics
@@ -447,8 +519,8 @@ impl DecisionEngine {
                         .decisions
                         .with_label_values(&["shadow_deny", denial.reason.as_str(), route_name])
                         .inc();
-                    state.allowed.shadow = Some(denial.reason);
-                    Decision::Allow(state.allowed)
+                    allowed.shadow = Some(denial.reason);
+                    Decision::Allow(allowed)
                 } else {
                     self.metrics
                         .policy
@@ -461,128 +533,26 @@ impl DecisionEngine {
         }
     }
 
-    /// Access, license and features. `Ok(true)`: the route's limits are to
-    /// be counted next.
-    fn evaluate(
-        &self,
-        active: &Active,
-        route: Option<&Route>,
-        head: &http::request::Parts,
-        peer: &Peer,
-        body: BodyState,
-        state: &mut State,
-    ) -> Result<bool, Box<Denial>> {
-        let policy = &active.policy;
-        let access = route.map_or(policy.unmatched, |r| r.access);
-        match (access, route) {
-            (Access::Deny, Some(route)) => Err(Box::new(Denial::new(
-                StatusCode::FORBIDDEN,
-                Reason::RouteDenied,
-                format!("route `{}` is not available", route.name),
-            ))),
-            (Access::Deny, None) => Err(Box::new(Denial::new(
-                StatusCode::NOT_FOUND,
-                Reason::RouteNotFound,
-                format!("no route matches {} {}", head.method, head.uri.path()),
-            ))),
-            // Before the license and the limits: a refused upgrade costs
-            // the client nothing and the workload never sees it.
-            (_, route) if !self.allows_tunnel(route) && super::asks_for_websocket(head) =>
-            {
-                Err(Box::new(Denial::new(
-                    StatusCode::FORBIDDEN,
-                    Reason::UpgradeNotAllowed,
-                    match route {
-                        Some(route) => format!(
-                            "route `{}` does not allow WebSocket connections (route setting `websocket: true`)",
-                            route.name
-                        ),
-                        None => "no route allows WebSocket connections here".to_owned(),
-                    },
-                )))
-            }
-            // After `deny` (a preflight is no way into a closed route) and
-            // the upgrade check; before the license and the limits, which a
-            // browser's preflight, sent without credentials, cannot pass
-            // and must not spend. The upstream owns its CORS answer.
-            (_, route)
-                if super::is_cors_preflight(&head.method, &head.headers, body)
-                    && policy.forwards_preflight(route) =>
-            {
-                state.allowed.preflight = true;
-                Ok(false)
-            }
-            (Access::Public, route) => Ok(route.is_some_and(|r| !r.limits.is_empty())),
-            (Access::Licensed, route) => {
-                let gate = self
-                    .license
-                    .as_ref()
-                    .expect("a policy with licensed routes is only bound with a license gate");
-                let client = || client_ip(&head.headers, peer, self.trust_forwarded);
-                let (license, _) = gate
-                    .check(&head.headers, client)
-                    .map_err(|error| Box::new(license_denial(&error, gate.token_header())))?;
-                let entitled = self.entitlements.get(&license, Some(policy));
-                state.allowed.license = Some(Arc::clone(&entitled.headers));
-                let verdict = match route {
-                    Some(route) => check_features(policy, route, &license, &entitled)
-                        .map(|()| !route.limits.is_empty()),
-                    None => Ok(false),
-                };
-                state.license = Some((license, entitled));
-                verdict
-            }
-        }
-    }
-
-    /// Whether an allowed request under `route` (`None`: unmatched) may
-    /// become a WebSocket tunnel. By default only a route can allow one:
-    /// `unmatched: public|licensed` is a catch-all for requests, not a
-    /// choice to open byte streams.
-    fn allows_tunnel(&self, route: Option<&Route>) -> bool {
-        match self.websocket {
-            WebSocketScope::Routes => route.is_some_and(|r| r.websocket),
-            WebSocketScope::AnyRoute => true,
-        }
-    }
-
-    /// The number a limit has for this request; `None` is unlimited.
-    fn amount(&self, state: &State, def: &LimitDef, index: usize) -> Option<u64> {
-        match state
-            .license
-            .as_ref()
-            .and_then(|(_, e)| e.entitlement.as_ref())
-        {
-            Some(entitlement) => entitlement.amounts[index],
-            None => match def.amount {
-                crate::policy::Amount::Fixed(n) => Some(n),
-                // Compile refuses license-dependent limits on public routes.
-                crate::policy::Amount::License { default, .. } => default,
-            },
-        }
-    }
-
     /// Count the route's limits on this replica: all of them (memory store),
     /// only concurrency (shared store answering), or the fallback for a
-    /// shared store that is not.
+    /// shared store that is not. A refusal gives back what this request
+    /// counted and the permits it holds.
     fn count_limits(
         &self,
         active: &Active,
-        route: &Route,
+        plan: &LimitPlan<'_>,
         head: &http::request::Parts,
         peer: &Peer,
-        state: &mut State,
+        allowed: &mut Allowed,
         which: Local,
     ) -> Result<(), Box<Denial>> {
-        let policy = &active.policy;
         let clock = self.store.clock();
-        let license = state.license.as_ref().map(|(l, _)| &**l);
-        let context = self.key_context(license, head, peer, route);
+        let context = self.key_context(plan.license, head, peer, plan.route);
         // Positions counted so far, as bits: no allocation per request
         // (a route with more than 64 limits gives back only the first 64).
         let mut counted: u64 = 0;
-        for (position, usage) in route.limits.iter().enumerate() {
-            let def = &policy.limits[usage.limit];
+        for check in plan.checks() {
+            let (position, def) = (check.position, check.def);
             let concurrency = matches!(def.kind, LimitKind::Concurrency);
             let divide = match which {
                 Local::All => 1,
@@ -592,8 +562,8 @@ impl DecisionEngine {
                 Local::Fallback { replicas } => match def.on_store_error {
                     OnStoreError::Allow => continue,
                     OnStoreError::Deny => {
-                        self.give_back(active, route, counted, state, &context);
-                        state.allowed.permits.clear();
+                        self.give_back(active, plan, counted, &context);
+                        allowed.permits.clear();
                         return Err(Box::new(Denial::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             Reason::LimitStoreUnavailable,
@@ -606,7 +576,7 @@ impl DecisionEngine {
                     OnStoreError::Fallback => u64::from(replicas),
                 },
             };
-            let Some(amount) = self.amount(state, def, usage.limit) else {
+            let Some(amount) = check.amount else {
                 continue; // unlimited for this license
             };
             // This replica's share while the store is away (at least 1).
@@ -616,29 +586,24 @@ impl DecisionEngine {
                 amount
             };
             let key = context.key(&def.key);
-            let identity = match &def.kind {
-                LimitKind::Seats { identity, .. } => match seat_identity(&context, def, identity) {
-                    Ok(identity) => identity,
-                    Err(denial) => {
-                        self.give_back(active, route, counted, state, &context);
-                        state.allowed.permits.clear();
-                        return Err(denial);
-                    }
-                },
-                _ => Cow::Borrowed(""),
-            };
-            match active.counters[usage.limit]
-                .check(def, &key, &identity, amount, usage.cost, clock)
-            {
+            let identity = seat_identity(&context, plan, &check);
+            match active.counters[check.usage.limit].check(
+                def,
+                &key,
+                &identity,
+                amount,
+                check.usage.cost,
+                clock,
+            ) {
                 Checked::Allowed => {
                     if position < 64 {
                         counted |= 1 << position;
                     }
                 }
-                Checked::Held(permit) => state.allowed.permits.push(permit),
+                Checked::Held(permit) => allowed.permits.push(permit),
                 Checked::Limited(limited) => {
-                    self.give_back(active, route, counted, state, &context);
-                    state.allowed.permits.clear();
+                    self.give_back(active, plan, counted, &context);
+                    allowed.permits.clear();
                     return Err(Box::new(limit_denial(def, &limited, clock)));
                 }
             }
@@ -666,22 +631,19 @@ impl DecisionEngine {
     fn give_back(
         &self,
         active: &Active,
-        route: &Route,
+        plan: &LimitPlan<'_>,
         counted: u64,
-        state: &State,
         context: &KeyContext<'_>,
     ) {
-        let policy = &active.policy;
         for position in (0..64).filter(|p| counted & (1 << p) != 0) {
-            let usage = &route.limits[position];
-            let def = &policy.limits[usage.limit];
-            if let Some(amount) = self.amount(state, def, usage.limit) {
-                let key = context.key(&def.key);
-                active.counters[usage.limit].refund(
-                    def,
+            let check = plan.check(position);
+            if let Some(amount) = check.amount {
+                let key = context.key(&check.def.key);
+                active.counters[check.usage.limit].refund(
+                    check.def,
                     &key,
                     amount,
-                    usage.cost,
+                    check.usage.cost,
                     self.store.clock(),
                 );
             }
@@ -695,74 +657,64 @@ impl DecisionEngine {
         &self,
         shared: &SharedStore,
         active: &Active,
-        route: &Route,
+        plan: &LimitPlan<'_>,
         head: &http::request::Parts,
         peer: &Peer,
-        state: &mut State,
-    ) -> Result<bool, Box<Denial>> {
-        self.count_limits(active, route, head, peer, state, Local::Concurrency)?;
+        allowed: &mut Allowed,
+    ) -> Result<(), Box<Denial>> {
+        let license = plan.license;
+        let local = |which, allowed: &mut Allowed| {
+            self.count_limits(active, plan, head, peer, allowed, which)
+        };
+        local(Local::Concurrency, allowed)?;
         let fallback = Local::Fallback {
             replicas: shared.replicas(),
         };
         if !shared.is_available() {
-            return self
-                .count_limits(active, route, head, peer, state, fallback)
-                .map(|()| true);
+            return local(fallback, allowed);
         }
-        let policy = &active.policy;
-        let license = state.license.as_ref().map(|(l, _)| &**l);
-        let context = self.key_context(license, head, peer, route);
-        // Owned per request: the round trip outlives no borrow of `state`.
-        let mut parts: Vec<(usize, u64, Cow<'_, str>, Cow<'_, str>)> = Vec::new();
-        for (position, usage) in route.limits.iter().enumerate() {
-            let def = &policy.limits[usage.limit];
-            if matches!(def.kind, LimitKind::Concurrency) {
+        let context = self.key_context(license, head, peer, plan.route);
+        // Owned per request: the round trip outlives no borrow of `allowed`.
+        let mut parts: Vec<(LimitCheck<'_>, u64, Cow<'_, str>, Cow<'_, str>)> = Vec::new();
+        for check in plan.checks() {
+            if matches!(check.def.kind, LimitKind::Concurrency) {
                 continue;
             }
-            let Some(amount) = self.amount(state, def, usage.limit) else {
+            let Some(amount) = check.amount else {
                 continue;
             };
-            let identity = match &def.kind {
-                LimitKind::Seats { identity, .. } => seat_identity(&context, def, identity)
-                    .inspect_err(|_| state.allowed.permits.clear())?,
-                _ => Cow::Borrowed(""),
-            };
-            parts.push((position, amount, context.key(&def.key), identity));
+            let identity = seat_identity(&context, plan, &check);
+            parts.push((check, amount, context.key(&check.def.key), identity));
         }
         if parts.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
         let checks: Vec<SharedCheck<'_>> = parts
             .iter()
-            .map(|(position, amount, key, identity)| {
-                let usage = &route.limits[*position];
-                SharedCheck {
-                    def: &policy.limits[usage.limit],
-                    amount: *amount,
-                    cost: usage.cost,
-                    key,
-                    identity,
-                }
+            .map(|(check, amount, key, identity)| SharedCheck {
+                def: check.def,
+                amount: *amount,
+                cost: check.usage.cost,
+                key,
+                identity,
             })
             .collect();
         // One shard per license: every key of the request carries its id.
-        let tag = match &state.license {
-            Some((license, _)) => license.claims.sub.clone(),
+        let tag = match license {
+            Some(license) => license.claims.sub.clone(),
             None => parts[0].2.to_string(),
         };
         match shared.check(&tag, &checks).await {
-            SharedOutcome::Allowed => Ok(true),
+            SharedOutcome::Allowed => Ok(()),
             SharedOutcome::Limited { position, limited } => {
-                state.allowed.permits.clear();
+                allowed.permits.clear();
                 Err(Box::new(limit_denial(
                     checks[position].def,
                     &limited,
                     self.store.clock(),
                 )))
             }
-            SharedOutcome::Unavailable => self
-                .count_limits(active, route, head, peer, state, fallback)
-                .map(|()| true),
+            SharedOutcome::Unavailable => local(fallback, allowed),
         }
     }
 
@@ -914,84 +866,36 @@ fn client_ip(headers: &HeaderMap, peer: &Peer, trust_forwarded: bool) -> IpAddr 
 /// Gauges get per-key series up to this many keys per limit.
 const MAX_KEY_SERIES: usize = 100;
 
-fn check_features(
-    policy: &Policy,
-    route: &Route,
-    license: &VerifiedLicense,
-    entitled: &Entitled,
-) -> Result<(), Box<Denial>> {
-    let Some(entitlement) = &entitled.entitlement else {
-        return Ok(());
-    };
-    match entitlement.features.first_missing(&route.features) {
-        None => Ok(()),
-        Some(bit) => {
-            let lic = &license.claims.lic;
-            let plan = if lic.plan.is_empty() {
-                String::new()
-            } else {
-                format!(", plan `{}`", lic.plan)
-            };
-            let feature = &policy.features[bit];
-            let mut denial = Denial::new(
-                StatusCode::FORBIDDEN,
-                Reason::FeatureNotLicensed,
-                format!(
-                    "route `{}` needs feature `{feature}`, which license `{}`{plan} does not include",
-                    route.name, license.claims.sub
-                ),
-            );
-            denial.hint = Hint::MissingFeature {
-                feature: feature.clone(),
-                license: license.claims.sub.clone(),
-                plan: lic.plan.clone(),
-            };
-            Err(Box::new(denial))
-        }
-    }
-}
-
 /// A limit's refusal: 429 with `Retry-After` and, for rates and quotas,
 /// the IETF `RateLimit-Policy` and `RateLimit` fields.
 fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock) -> Denial {
     let retry = retry_after_secs(limited.retry_after, clock);
     let window = limited.window.unwrap_or(Duration::ZERO);
-    let (reason, detail) = match &def.kind {
-        LimitKind::Rate { .. } => (
-            Reason::RateLimited,
-            format!(
-                "rate limit `{}` ({} per {}) reached; retry in {retry} s",
-                def.name,
-                limited.limit,
-                humantime::format_duration(window)
-            ),
+    let detail = match &def.kind {
+        LimitKind::Rate { .. } => format!(
+            "rate limit `{}` ({} per {}) reached; retry in {retry} s",
+            def.name,
+            limited.limit,
+            humantime::format_duration(window)
         ),
-        LimitKind::Quota { .. } => (
-            Reason::QuotaExceeded,
-            format!(
-                "quota `{}` ({} per period) is used up; it resets in {}",
-                def.name,
-                limited.limit,
-                humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs()))
-            ),
+        LimitKind::Quota { .. } => format!(
+            "quota `{}` ({} per period) is used up; it resets in {}",
+            def.name,
+            limited.limit,
+            humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs()))
         ),
-        LimitKind::Seats { idle, .. } => (
-            Reason::SeatLimitReached,
-            format!(
-                "all {} seats of `{}` are in use; a seat frees after {} without requests",
-                limited.limit,
-                def.name,
-                humantime::format_duration(*idle)
-            ),
+        LimitKind::Seats { idle, .. } => format!(
+            "all {} seats of `{}` are in use; a seat frees after {} without requests",
+            limited.limit,
+            def.name,
+            humantime::format_duration(*idle)
         ),
-        LimitKind::Concurrency => (
-            Reason::ConcurrencyLimited,
-            format!(
-                "{} requests are already in flight (limit `{}`)",
-                limited.limit, def.name
-            ),
+        LimitKind::Concurrency => format!(
+            "{} requests are already in flight (limit `{}`)",
+            limited.limit, def.name
         ),
     };
+    let reason = Reason::of_limit(&def.kind);
     let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
     denial
         .headers
@@ -1016,62 +920,6 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
         }
     }
     denial
-}
-
-/// A failed license check as a response. A per-request token the client can
-/// fix (`token_header`: the header it comes in) is a 401 with a
-/// `WWW-Authenticate` challenge (RFC 6750); anything about the deployment or
-/// its environment is a 403; a client over its budget of failing checks gets
-/// 429 with `Retry-After`.
-pub(crate) fn license_denial(error: &LicenseError, token_header: Option<&HeaderName>) -> Denial {
-    let reason = Reason::of_license_error(error);
-    let per_request = token_header.is_some();
-    let mut denial = Denial::new(StatusCode::FORBIDDEN, reason, error.detail());
-    denial.hint = match token_header {
-        Some(name) => Hint::LicenseHeader(name.clone()),
-        None => Hint::DeploymentLicense,
-    };
-    if let LicenseError::VerificationThrottled { retry_after } = error {
-        denial.status = StatusCode::TOO_MANY_REQUESTS;
-        denial
-            .headers
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
-        return denial;
-    }
-    if per_request && reason != Reason::EnvironmentNotLicensed {
-        denial.status = StatusCode::UNAUTHORIZED;
-        let challenge = if reason == Reason::LicenseMissing {
-            "Bearer realm=\"licensegate\""
-        } else {
-            "Bearer realm=\"licensegate\", error=\"invalid_token\""
-        };
-        denial.headers.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        );
-    }
-    denial
-}
-
-/// The request's host without port: the URI authority (HTTP/2, absolute
-/// form) or the `Host` header.
-pub fn request_host(head: &http::request::Parts) -> Option<&str> {
-    // `check_request_head` made `Host` agree with any target authority.
-    let raw = match head.headers.get(http::header::HOST) {
-        Some(host) => host.to_str().ok()?,
-        None => head.uri.authority()?.as_str(),
-    };
-    if let Some(rest) = raw.strip_prefix('[') {
-        return rest.split(']').next();
-    }
-    // A byte search: `rsplit_once(':')`'s generic char searcher cost ~230
-    // instructions per request (callgrind).
-    let host = match raw.bytes().rposition(|b| b == b':') {
-        Some(colon) => &raw[..colon],
-        None => raw,
-    };
-    // `example.com.` is the same name, fully qualified.
-    Some(host.strip_suffix('.').unwrap_or(host))
 }
 
 /// What counter keys are made of, for one request.
@@ -1123,15 +971,5 @@ impl<'a> KeyContext<'a> {
             }
         }
         Cow::Owned(key)
-    }
-}
-
-fn describe_part(part: &KeyPart) -> String {
-    match part {
-        KeyPart::License => "the license".into(),
-        KeyPart::Claim(_) => "a license claim".into(),
-        KeyPart::Header(name) => format!("the `{name}` header"),
-        KeyPart::ClientIp => "the client address".into(),
-        KeyPart::Route => "the route".into(),
     }
 }

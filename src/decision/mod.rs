@@ -1,8 +1,11 @@
 //! The decision seam: every inbound request is decided exactly once, before
-//! it is forwarded. The license and policy engines plug in here.
+//! it is forwarded. [`evaluate()`] is the decision order, pure; the engine
+//! runs it, counts the limits and applies the result; `policy explain` runs
+//! it and prints its steps.
 
 mod engine;
 mod entitlements;
+pub mod evaluate;
 mod log;
 
 use std::borrow::Cow;
@@ -182,6 +185,17 @@ impl Reason {
         }
     }
 
+    /// The reason a limit of `kind` refuses with.
+    pub const fn of_limit(kind: &crate::policy::LimitKind) -> Reason {
+        use crate::policy::LimitKind as K;
+        match kind {
+            K::Rate { .. } => Reason::RateLimited,
+            K::Quota { .. } => Reason::QuotaExceeded,
+            K::Seats { .. } => Reason::SeatLimitReached,
+            K::Concurrency => Reason::ConcurrencyLimited,
+        }
+    }
+
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -280,9 +294,13 @@ pub fn is_cors_preflight(method: &http::Method, headers: &HeaderMap, body: BodyS
 /// policy decides whether its route allows one; the proxy checks the rest
 /// of the handshake and strips every other upgrade.
 pub fn asks_for_websocket(head: &http::request::Parts) -> bool {
-    head.version == http::Version::HTTP_11
-        && has_token(&head.headers, &http::header::UPGRADE, b"websocket")
-        && has_token(&head.headers, &http::header::CONNECTION, b"upgrade")
+    asks_for_websocket_in(head.version, &head.headers)
+}
+
+fn asks_for_websocket_in(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && has_token(headers, &http::header::UPGRADE, b"websocket")
+        && has_token(headers, &http::header::CONNECTION, b"upgrade")
 }
 
 /// Whether a comma-separated header has `token` (ASCII case-insensitive).
@@ -302,7 +320,14 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// The header that tells the upstream a shadow-mode rule would have denied.
+pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
+
 pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames, WebSocketScope};
+pub use evaluate::{
+    evaluate, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
+    LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace, Verdict,
+};
 
 #[cfg(test)]
 mod tests;

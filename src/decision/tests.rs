@@ -283,3 +283,63 @@ routes:
         Decision::Allow(_) => panic!("a preflight reached a deny route"),
     }
 }
+
+#[tokio::test]
+async fn a_request_without_its_seat_identity_is_refused_for_that_whatever_the_counters_say() {
+    // Seats are checked before anything is counted, as the shared store
+    // path does: the reason does not depend on the counter backend or on
+    // how far earlier limits are spent.
+    let engine = engine(
+        "\
+limits:
+  once:
+    rate: {limit: 1, per: 1h, key: client_ip}
+  users:
+    seats: {identity: 'header:x-user', limit: 5, key: route}
+routes:
+  - {name: team, path: /team/**, access: public, limits: [once, users]}
+",
+    );
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    let head = |user: Option<&str>| {
+        let mut request = http::Request::get("/team/board").header("host", "app.test");
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        request.body(()).unwrap().into_parts().0
+    };
+    let reason = |decision: Decision| match decision {
+        Decision::Allow(_) => None,
+        Decision::Deny(denial) => Some(denial.reason),
+    };
+    // Refused without counting: the route's one request is still there.
+    assert_eq!(
+        reason(engine.decide(&head(None), &peer, BodyState::Empty).await),
+        Some(Reason::SeatIdentityMissing)
+    );
+    assert_eq!(
+        reason(
+            engine
+                .decide(&head(Some("alice")), &peer, BodyState::Empty)
+                .await
+        ),
+        None
+    );
+    // The rate is spent now; a request without identity is still told why
+    // it could never pass.
+    assert_eq!(
+        reason(engine.decide(&head(None), &peer, BodyState::Empty).await),
+        Some(Reason::SeatIdentityMissing)
+    );
+    assert_eq!(
+        reason(
+            engine
+                .decide(&head(Some("alice")), &peer, BodyState::Empty)
+                .await
+        ),
+        Some(Reason::RateLimited)
+    );
+}

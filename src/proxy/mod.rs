@@ -135,8 +135,7 @@ pub async fn handle(
     Ok(response.map(|body| InFlightBody::new(body, in_flight, permits, stream_lease)))
 }
 
-/// The header that tells the upstream a shadow-mode rule would have denied.
-pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
+pub use crate::decision::SHADOW_DENY_HEADER;
 
 /// Replace whatever the client sent under the entitlement header names with
 /// the verified values, so the upstream can trust them, and remove the
