@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -321,16 +321,15 @@ async fn handle(injector: &Injector, request: Request<Incoming>) -> Response<Ful
             )
         }
     };
-    let body = Limited::new(request.into_body(), MAX_REVIEW_BYTES);
-    let body = match tokio::time::timeout(IO_TIMEOUT, body.collect()).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(error)) => {
-            if error.is::<http_body_util::LengthLimitError>() {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the review is larger than {MAX_REVIEW_BYTES} bytes\n"),
-                );
-            }
+    let body = match tokio::time::timeout(IO_TIMEOUT, read_review(request.into_body())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(ReadError::TooLarge)) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the review is larger than {MAX_REVIEW_BYTES} bytes\n"),
+            );
+        }
+        Ok(Err(ReadError::Body(error))) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the review: {error}\n"),
@@ -372,4 +371,38 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// How much of an oversized review is read and discarded before the 413:
+/// answering while the client still sends makes the closing socket reset the
+/// connection, and the client may lose the answer with the rest of its write.
+const DRAIN_OVERSIZED_BYTES: usize = 4 * MAX_REVIEW_BYTES;
+
+enum ReadError {
+    TooLarge,
+    Body(hyper::Error),
+}
+
+/// The review body, at most `MAX_REVIEW_BYTES`; an oversized one is drained
+/// up to `DRAIN_OVERSIZED_BYTES` so its sender reads the 413.
+async fn read_review(mut body: Incoming) -> Result<Bytes, ReadError> {
+    let mut review = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Body)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > DRAIN_OVERSIZED_BYTES {
+            break;
+        }
+        if seen <= MAX_REVIEW_BYTES {
+            review.extend_from_slice(&data);
+        }
+    }
+    if seen > MAX_REVIEW_BYTES {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(Bytes::from(review))
 }
