@@ -10,11 +10,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use common::recording::{Answer101, RecordingUpstream};
+use common::vendor::Vendor;
 use common::*;
 use http::{Request, StatusCode};
-use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::validate::unix_now;
-use licensegate::license::Algorithm;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,50 +56,36 @@ routes:
 "#;
 
 struct Fixture {
-    dir: tempfile::TempDir,
-    key: SigningKey,
+    vendor: Vendor,
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("keys")).unwrap();
-        let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
-        std::fs::write(dir.path().join("keys/k1.pem"), key.public_key_pem()).unwrap();
-        write_file(dir.path(), "policy.yaml", POLICY);
-        Fixture { dir, key }
+        Fixture {
+            vendor: Vendor::new(POLICY),
+        }
     }
 
     /// A `pro` license: feature `reports`, not `export`.
     fn token(&self) -> String {
-        let now = unix_now() as i64;
-        sign(
-            &json!({
-                "sub": "cust-1", "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-                "lic": {"plan": "pro"},
-            }),
-            &self.key,
-            "k1",
-        )
+        self.vendor
+            .license(json!({"sub": "cust-1", "lic": {"plan": "pro"}}))
     }
 
     /// Header licenses (`Authorization`), and the policy unless `policy`
     /// is false.
     fn config(&self, upstream: &str, policy: bool, extra: &str) -> PathBuf {
         let policy = if policy {
-            format!(
-                "policy:\n  paths: [{}]\n",
-                self.dir.path().join("policy.yaml").display()
-            )
+            format!("policy:\n  paths: [{}]\n", self.vendor.policy().display())
         } else {
             String::new()
         };
         write_file(
-            self.dir.path(),
+            self.vendor.dir(),
             "licensegate.yaml",
             &format!(
                 "upstream:\n  url: {upstream}\nworkers: 2\nlicense:\n  keys: {}\n  source: header\n{policy}{extra}",
-                self.dir.path().join("keys").display(),
+                self.vendor.keys().display(),
             ),
         )
     }

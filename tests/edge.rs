@@ -13,10 +13,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use common::recording::{Answer101, RecordingUpstream};
+use common::vendor::Vendor;
 use common::*;
-use licensegate::license::issue::{sign, SigningKey};
-use licensegate::license::validate::unix_now;
-use licensegate::license::Algorithm;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,45 +54,34 @@ routes:
 "#;
 
 struct Edge {
-    dir: tempfile::TempDir,
-    key: SigningKey,
+    vendor: Vendor,
 }
 
 impl Edge {
     fn new() -> Edge {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("keys")).unwrap();
-        let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
-        std::fs::write(dir.path().join("keys/k1.pem"), key.public_key_pem()).unwrap();
-        write_file(dir.path(), "policy.yaml", POLICY);
-        Edge { dir, key }
+        Edge {
+            vendor: Vendor::new(POLICY),
+        }
     }
 
     /// A `pro` license (feature `reports`, not `export`).
     fn token(&self) -> String {
-        let now = unix_now() as i64;
-        sign(
-            &json!({
-                "iss": ISSUER, "sub": "cust-1", "aud": "api",
-                "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-                "lic": {"plan": "pro"},
-            }),
-            &self.key,
-            "k1",
-        )
+        self.vendor.license(json!({
+            "iss": ISSUER, "sub": "cust-1", "aud": "api", "lic": {"plan": "pro"},
+        }))
     }
 
     /// A config with the header license and the policy, plus `extra` YAML.
     fn config(&self, upstream: &RecordingUpstream, extra: &str) -> PathBuf {
         write_file(
-            self.dir.path(),
+            self.vendor.dir(),
             "licensegate.yaml",
             &format!(
                 "upstream:\n  url: {}\nworkers: 2\nlicense:\n  keys: {}\n  issuer: {ISSUER}\n  \
                  audience: api\n  source: header\npolicy:\n  paths: [{}]\n{extra}",
                 upstream.url(),
-                self.dir.path().join("keys").display(),
-                self.dir.path().join("policy.yaml").display(),
+                self.vendor.keys().display(),
+                self.vendor.policy().display(),
             ),
         )
     }

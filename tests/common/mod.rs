@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 pub mod mount;
 pub mod recording;
 pub mod tools;
+pub mod vendor;
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
