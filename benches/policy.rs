@@ -27,10 +27,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use licensegate::config::{FileConfig, Settings};
 use licensegate::decision::{BodyState, Decision, DecisionEngine, EngineSettings, Peer};
 use licensegate::gateway::Gateway;
+use licensegate::gateway::Metrics;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::{Algorithm, LicenseGate};
 use licensegate::limits::{Clock, MemoryStore};
-use licensegate::metrics::Metrics;
 use licensegate::policy::Policy;
 
 struct Counting;
@@ -102,7 +102,7 @@ fn licensed() -> Licensed {
     });
     let token = sign(&claims, &key, "k1");
     let settings = license_settings(dir.path());
-    let gate = Arc::new(LicenseGate::new(&settings, Arc::new(Metrics::new())).unwrap());
+    let gate = Arc::new(LicenseGate::new(&settings, Arc::clone(&Metrics::new().license)).unwrap());
     Licensed {
         config_dir: dir.path().to_owned(),
         _dir: dir,
@@ -132,7 +132,7 @@ fn engine(licensed: &Licensed, routes: usize) -> DecisionEngine {
         Some(Arc::clone(&licensed.gate)),
         store,
         &EngineSettings::default(),
-        Arc::new(Metrics::new()),
+        Arc::clone(&Metrics::new().decision),
     )
     .with_policy(compile(routes))
     .unwrap()

@@ -19,14 +19,14 @@ use tokio::net::TcpListener;
 use crate::dev::{DevControl, PlanChange, SwitchError};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 use crate::proxy::server::{bind_listener, BindError};
 
 /// The admin endpoints' shared state.
 #[derive(Debug)]
 pub struct Admin {
     pub lifecycle: Arc<Lifecycle>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Registry,
     pub license: Option<Arc<LicenseGate>>,
     /// The dev license (`licensegate dev` only): `/dev/license` is 404
     /// without it.

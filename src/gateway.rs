@@ -8,21 +8,21 @@ use std::time::Duration;
 
 use crate::admin::{Admin, AdminServer};
 use crate::config::{ConfigError, Settings};
-use crate::decision::{DecisionEngine, EngineSettings, WebSocketScope};
+use crate::decision::{DecisionEngine, DecisionMetrics, EngineSettings, WebSocketScope};
 use crate::dev::{plan_names, DevControl, DevLicense};
 use crate::exit;
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
-use crate::license::LicenseGate;
+use crate::license::{LicenseGate, LicenseMetrics};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::persist::CounterFile;
 use crate::limits::shared::SharedStore;
-use crate::limits::{Clock, MemoryStore};
-use crate::metrics::Metrics;
+use crate::limits::{Clock, MemoryStore, StoreMetrics};
+use crate::metrics::Registry;
 use crate::policy::Policy;
 use crate::process::{drain_on_signal, Signals};
 use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
-use crate::proxy::Shared;
+use crate::proxy::{ProxyMetrics, Shared};
 use crate::reload::{PolicyWatch, POLICY_NOTE};
 
 mod tasks;
@@ -72,6 +72,47 @@ impl StartError {
             | StartError::Policy(_) => exit::CONFIG,
             StartError::Bind(BindError::Io { .. }) => exit::OS_ERROR,
         }
+    }
+}
+
+/// Every metric of one process: the shared registry and each subsystem's
+/// own families, registered on it when built here.
+pub struct Metrics {
+    pub registry: Registry,
+    pub license: Arc<LicenseMetrics>,
+    /// Decisions, and the policy and limit-usage families the engine drives.
+    pub decision: Arc<DecisionMetrics>,
+    pub store: Arc<StoreMetrics>,
+    pub proxy: Arc<ProxyMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        Metrics {
+            license: Arc::new(LicenseMetrics::new(&registry)),
+            decision: Arc::new(DecisionMetrics::new(&registry)),
+            store: Arc::new(StoreMetrics::new(&registry)),
+            proxy: Arc::new(ProxyMetrics::new(&registry)),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        self.registry.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -130,7 +171,10 @@ impl Gateway {
         lifecycle.require(LISTENER_READY, "proxy listener not started");
 
         let license = match &settings.license {
-            Some(license) => Some(Arc::new(LicenseGate::new(license, Arc::clone(&metrics))?)),
+            Some(license) => Some(Arc::new(LicenseGate::new(
+                license,
+                Arc::clone(&metrics.license),
+            )?)),
             None => None,
         };
         if let Some(gate) = &license {
@@ -156,7 +200,7 @@ impl Gateway {
             license.clone(),
             Arc::clone(&store),
             &engine_settings,
-            Arc::clone(&metrics),
+            Arc::clone(&metrics.decision),
         );
         let shared_store = settings.store.as_ref().map(|store| {
             lifecycle.require(STORE_READY, "connecting to the shared counter store");
@@ -204,14 +248,14 @@ impl Gateway {
                 };
                 tracing::warn!("{what}");
                 lifecycle.note(POLICY_NOTE, what);
-                metrics.policy.loaded.set(0);
+                metrics.decision.policy.loaded.set(0);
             }
         }
 
         let shared = Arc::new(Shared {
             engine,
-            forwarder: Forwarder::new(settings, &metrics)?,
-            metrics: Arc::clone(&metrics),
+            forwarder: Forwarder::new(settings, &metrics.proxy)?,
+            metrics: Arc::clone(&metrics.proxy),
         });
         let dev = match (dev, &license) {
             (Some(dev), Some(gate)) => {
@@ -235,7 +279,7 @@ impl Gateway {
             settings.admin,
             Arc::new(Admin {
                 lifecycle: Arc::clone(&lifecycle),
-                metrics: Arc::clone(&metrics),
+                metrics: metrics.registry.clone(),
                 license: license.clone(),
                 dev: dev.clone(),
             }),

@@ -120,7 +120,7 @@ impl Reloader {
     /// [`Trigger::Files`], files that read as at the last pass are skipped;
     /// SIGHUP reads and checks them again.
     fn reload(&mut self, lifecycle: &Lifecycle, trigger: Trigger) {
-        let metrics = &self.shared.metrics.policy;
+        let metrics = &self.shared.engine.metrics().policy;
         let read = Policy::read(&self.paths).map_err(|e| e.to_string());
         if trigger == Trigger::Files && self.last_read.as_ref() == Some(&read) {
             tracing::debug!("policy files unchanged since the last reload pass");
@@ -169,7 +169,7 @@ impl Reloader {
 
     fn failed(&mut self, lifecycle: &Lifecycle, error: &str) {
         self.failed = true;
-        self.shared.metrics.policy.reloads_failed.inc();
+        self.shared.engine.metrics().policy.reloads_failed.inc();
         for line in error.lines() {
             tracing::error!("policy reload failed, keeping the policy in force: {line}");
         }

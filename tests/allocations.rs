@@ -14,10 +14,10 @@ use std::task::{Context, Poll, Waker};
 
 use licensegate::config::{FileConfig, Settings};
 use licensegate::decision::{BodyState, Decision, DecisionEngine, EngineSettings, Peer};
+use licensegate::gateway::Metrics;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::{Algorithm, LicenseGate};
 use licensegate::limits::{Clock, MemoryStore};
-use licensegate::metrics::Metrics;
 use licensegate::policy::Policy;
 
 struct Counting;
@@ -95,16 +95,25 @@ fn a_warm_enforcing_decision_allocates_nothing() {
     .unwrap();
     let metrics = Arc::new(Metrics::new());
     let gate = Arc::new(
-        LicenseGate::new(settings.license.as_ref().unwrap(), Arc::clone(&metrics)).unwrap(),
+        LicenseGate::new(
+            settings.license.as_ref().unwrap(),
+            Arc::clone(&metrics.license),
+        )
+        .unwrap(),
     );
     let store = Arc::new(MemoryStore::new(
         Clock::system(),
         MemoryStore::DEFAULT_MAX_KEYS,
     ));
     let policy = Policy::compile(vec![("p.yaml".into(), POLICY.into())]).unwrap();
-    let engine = DecisionEngine::new(Some(gate), store, &EngineSettings::default(), metrics)
-        .with_policy(policy)
-        .unwrap();
+    let engine = DecisionEngine::new(
+        Some(gate),
+        store,
+        &EngineSettings::default(),
+        Arc::clone(&metrics.decision),
+    )
+    .with_policy(policy)
+    .unwrap();
     let head = http::Request::get("/api/reports/q3")
         .header("host", "app.local")
         .header("authorization", format!("Bearer {token}"))

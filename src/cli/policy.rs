@@ -17,9 +17,8 @@ use crate::decision::{
     Reason, RequestFacts, Step, Verdict, WebSocketScope, SHADOW_DENY_HEADER,
 };
 use crate::license::{
-    Keyring, LicenseError, LicenseGate, LicenseVerifier, Validator, VerifiedLicense,
+    Keyring, LicenseError, LicenseGate, LicenseMetrics, LicenseVerifier, Validator, VerifiedLicense,
 };
-use crate::metrics::Metrics;
 use crate::policy::compile::HostMatch;
 use crate::policy::normalize::normalize;
 use crate::policy::{
@@ -326,8 +325,10 @@ impl Setup {
             Some(mut license) => {
                 // Explain reads the deployment's files and writes none.
                 license.state_file = None;
-                let gate = LicenseGate::new(&license, Arc::new(Metrics::new()))
-                    .map_err(|e| e.to_string())?;
+                // A registry of its own: nothing renders it.
+                let metrics = LicenseMetrics::new(&crate::metrics::Registry::new());
+                let gate =
+                    LicenseGate::new(&license, Arc::new(metrics)).map_err(|e| e.to_string())?;
                 let header = gate.token_header().cloned();
                 if token.is_some() && header.is_none() {
                     return Err(format!(

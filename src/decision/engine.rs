@@ -26,11 +26,11 @@ use super::evaluate::{
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
 use super::log::{DecisionLog, DenialLine};
+use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
 use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
-use crate::metrics::Metrics;
 use crate::policy::{
     Claim, KeyPart, LimitDef, LimitKind, Mode, OnStoreError, Policy, PolicyError, Route,
 };
@@ -176,7 +176,7 @@ pub struct DecisionEngine {
     header_names: LicenseHeaderNames,
     /// The license token header removed before forwarding, if any.
     token_header: Option<HeaderName>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DecisionMetrics>,
     log: DecisionLog,
     trust_forwarded: bool,
     /// What the evaluator is told about the deployment.
@@ -201,7 +201,7 @@ impl DecisionEngine {
         license: Option<Arc<LicenseGate>>,
         store: Arc<MemoryStore>,
         settings: &EngineSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<DecisionMetrics>,
     ) -> DecisionEngine {
         let token_header = license
             .as_ref()
@@ -242,7 +242,7 @@ impl DecisionEngine {
                 MemoryStore::DEFAULT_MAX_KEYS,
             )),
             &EngineSettings::default(),
-            Arc::new(Metrics::new()),
+            Arc::new(DecisionMetrics::new(&crate::metrics::Registry::new())),
         )
     }
 
@@ -282,13 +282,12 @@ impl DecisionEngine {
             .iter()
             .map(|def| self.store.counters(def))
             .collect();
-        let decisions = &self.metrics.policy.decisions;
         let allowed = policy
             .routes
             .iter()
-            .map(|route| decisions.with_label_values(&["allow", "allowed", &route.name]))
+            .map(|route| self.metrics.allowed(&route.name))
             .collect();
-        let unmatched_allowed = decisions.with_label_values(&["allow", "allowed", UNMATCHED_ROUTE]);
+        let unmatched_allowed = self.metrics.allowed(UNMATCHED_ROUTE);
         let metrics = &self.metrics.policy;
         metrics.loaded.set(1);
         metrics.routes.set(policy.routes.len() as i64);
@@ -299,6 +298,11 @@ impl DecisionEngine {
             allowed,
             unmatched_allowed,
         })
+    }
+
+    /// The decision, policy and limit-usage metrics this engine counts into.
+    pub fn metrics(&self) -> &Arc<DecisionMetrics> {
+        &self.metrics
     }
 
     pub fn has_policy(&self) -> bool {
@@ -350,7 +354,6 @@ impl DecisionEngine {
                     None => self.decide_local(&policy.load(), head, peer, body),
                 };
                 self.metrics
-                    .policy
                     .decision_duration
                     .observe(started.elapsed().as_secs_f64());
                 decision
@@ -487,13 +490,7 @@ impl DecisionEngine {
         };
         match result {
             Ok(()) if allowed.preflight => {
-                // Rare enough to resolve the label here rather than keep a
-                // second pre-resolved counter per route.
-                self.metrics
-                    .policy
-                    .decisions
-                    .with_label_values(&["allow", Reason::CorsPreflight.as_str(), route_name])
-                    .inc();
+                self.metrics.preflight(route_name);
                 Decision::Allow(allowed)
             }
             Ok(()) => {
@@ -508,25 +505,11 @@ impl DecisionEngine {
                 let shadow = verdict.mode == Mode::Shadow;
                 let license = slot.get().map(|(l, _)| &**l);
                 self.log_denial(&denial, shadow, route_name, head, peer, license);
+                self.metrics.denied(denial.reason, route_name, shadow);
                 if shadow {
-                    self.metrics
-                        .policy
-                        .shadow_denials
-                        .with_label_values(&[denial.reason.as_str(), route_name])
-                        .inc();
-                    self.metrics
-                        .policy
-                        .decisions
-                        .with_label_values(&["shadow_deny", denial.reason.as_str(), route_name])
-                        .inc();
                     allowed.shadow = Some(denial.reason);
                     Decision::Allow(allowed)
                 } else {
-                    self.metrics
-                        .policy
-                        .decisions
-                        .with_label_values(&["deny", denial.reason.as_str(), route_name])
-                        .inc();
                     Decision::Deny(denial)
                 }
             }
@@ -739,7 +722,7 @@ impl DecisionEngine {
                 client: client_ip(&head.headers, peer, self.trust_forwarded),
                 detail: &denial.detail,
             },
-            &self.metrics.policy.decision_logs_suppressed,
+            &self.metrics.decision_logs_suppressed,
         );
     }
 
@@ -751,11 +734,7 @@ impl DecisionEngine {
         head: &http::request::Parts,
         peer: &Peer,
     ) -> Decision {
-        self.metrics
-            .policy
-            .decisions
-            .with_label_values(&["deny", denial.reason.as_str(), REJECTED_ROUTE])
-            .inc();
+        self.metrics.denied(denial.reason, REJECTED_ROUTE, false);
         self.log_denial(&denial, false, REJECTED_ROUTE, head, peer, None);
         Decision::Deny(denial)
     }
@@ -767,7 +746,7 @@ impl DecisionEngine {
         };
         let active = policy.load();
         let clock = self.store.clock();
-        let metrics = &self.metrics.policy;
+        let metrics = &self.metrics.limits;
         metrics.seats_in_use.reset();
         metrics.seats_limit.reset();
         metrics.quota_used.reset();

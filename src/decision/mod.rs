@@ -7,6 +7,7 @@ mod engine;
 mod entitlements;
 pub mod evaluate;
 mod log;
+mod metrics;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -328,6 +329,7 @@ pub use evaluate::{
     evaluate, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace, Verdict,
 };
+pub use metrics::DecisionMetrics;
 
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{BodyState, Decision, DecisionEngine, EngineSettings, Peer, Reason, WebSocketScope};
+use crate::decision::DecisionMetrics;
 use crate::limits::{Clock, MemoryStore};
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 use crate::policy::Policy;
 
 /// An engine enforcing `policy` (public routes only: no license gate).
@@ -22,9 +23,14 @@ fn engine_with(policy: &str, settings: &EngineSettings) -> DecisionEngine {
         Clock::system(),
         MemoryStore::DEFAULT_MAX_KEYS,
     ));
-    DecisionEngine::new(None, store, settings, Arc::new(Metrics::new()))
-        .with_policy(policy)
-        .unwrap()
+    DecisionEngine::new(
+        None,
+        store,
+        settings,
+        Arc::new(DecisionMetrics::new(&Registry::new())),
+    )
+    .with_policy(policy)
+    .unwrap()
 }
 
 async fn decide(engine: &DecisionEngine, path: &str) -> Decision {

@@ -27,7 +27,7 @@ use super::{
     Validity, VerifiedLicense,
 };
 use crate::config::{LicenseSettings, LicenseSource};
-use crate::metrics::{LicenseState, Metrics};
+use crate::license::{LicenseMetrics, LicenseState};
 use crate::watch::Trigger;
 
 /// The license check shared by all connections.
@@ -44,7 +44,7 @@ pub struct LicenseGate {
     /// What the last reload pass read (only the watcher's task reloads, so
     /// the lock is never contended).
     last_read: Mutex<LastRead>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LicenseMetrics>,
 }
 
 /// What the last reload pass read, so that a pass reading the same again
@@ -123,7 +123,7 @@ impl LicenseGate {
     /// with the reason, and readiness reports it, until a good one arrives.
     pub fn new(
         settings: &LicenseSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<LicenseMetrics>,
     ) -> Result<LicenseGate, GateError> {
         let key_files = KeyFiles::read(&settings.keys)?;
         let keyring = Keyring::from_files(&key_files)?;
@@ -200,7 +200,6 @@ impl LicenseGate {
             Source::Header { name, .. } => {
                 let result = self.check_header(headers, name, now, client);
                 self.metrics
-                    .license
                     .verification(result.as_ref().map(|(_, v)| v.is_in_grace()));
                 if let Ok((_, validity)) = &result {
                     self.count_grace(*validity);
@@ -227,7 +226,7 @@ impl LicenseGate {
     }
 
     fn count_answer(&self, answered: Answered) {
-        let metrics = &self.metrics.license;
+        let metrics = &self.metrics;
         match answered {
             Answered::Cache => metrics.cache_hits.inc(),
             Answered::NegativeCache => metrics.negative_cache_hits.inc(),
@@ -243,7 +242,7 @@ impl LicenseGate {
 
     fn count_grace(&self, validity: Validity) {
         if validity.is_in_grace() {
-            self.metrics.license.grace_requests.inc();
+            self.metrics.grace_requests.inc();
         }
     }
 
@@ -368,9 +367,7 @@ impl LicenseGate {
             self.count_answer(answered);
             result.map(|(license, _)| (license, Arc::<str>::from(token)))
         });
-        self.metrics
-            .license
-            .verification(result.as_ref().map(|_| false));
+        self.metrics.verification(result.as_ref().map(|_| false));
         let from = origin.describe();
         let outcome = match result {
             Ok((license, token)) => {
@@ -395,7 +392,7 @@ impl LicenseGate {
                 }));
                 // Logged once in force: readers of this line may rely on it.
                 tracing::info!(license = %sub, plan = %plan, expires, from = %from, "license loaded");
-                self.metrics.license.reloads_ok.inc();
+                self.metrics.reloads_ok.inc();
                 if matches!(origin, Origin::Refresh(_)) {
                     self.persist(Some(&token));
                 }
@@ -417,7 +414,7 @@ impl LicenseGate {
                     },
                     last_reload: Some((now, Err(error.to_string()))),
                 }));
-                self.metrics.license.reloads_failed.inc();
+                self.metrics.reloads_failed.inc();
                 Err(error)
             }
         };
@@ -435,7 +432,7 @@ impl LicenseGate {
                 error: previous.error.clone(),
                 last_reload: Some((self.clock.now(), Err(error.to_owned()))),
             }));
-            self.metrics.license.reloads_failed.inc();
+            self.metrics.reloads_failed.inc();
         }
     }
 
@@ -564,17 +561,17 @@ impl LicenseGate {
             Ok(keyring) => keyring,
             Err(error) => {
                 tracing::error!(%error, "keyring reload failed; the previous keys stay in force");
-                self.metrics.license.reloads_failed.inc();
+                self.metrics.reloads_failed.inc();
                 return;
             }
         };
         let fingerprint = keyring.fingerprint();
         if self.verifier.replace_keyring(Arc::new(keyring)) {
-            self.metrics.license.reloads_ok.inc();
+            self.metrics.reloads_ok.inc();
             tracing::info!(keys = %self.keys_path.display(), %fingerprint, "keyring reloaded");
             self.recheck_loaded();
         } else if was_failing {
-            self.metrics.license.reloads_ok.inc();
+            self.metrics.reloads_ok.inc();
             tracing::info!(keys = %self.keys_path.display(), %fingerprint, "keyring files load again; the keys in force are unchanged");
         } else {
             tracing::debug!(keys = %self.keys_path.display(), "the keyring read is the keyring in force");
@@ -644,13 +641,12 @@ impl LicenseGate {
         if self.is_per_request() {
             return state;
         }
-        self.metrics.license.set_state(state);
+        self.metrics.set_state(state);
         let expiry = self
             .loaded()
             .and_then(|l| l.license.as_ref().map(|(license, _)| license.claims.exp.0))
             .unwrap_or(0);
         self.metrics
-            .license
             .expiry_timestamp
             .set(i64::try_from(expiry).unwrap_or(i64::MAX));
         state

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::LicenseGate;
+use crate::license::LicenseState;
 use crate::lifecycle::Lifecycle;
-use crate::metrics::LicenseState;
 use crate::watch::{dir_of, settle, spawn_sighup, watch_dirs, Trigger};
 
 /// Readiness condition name for the deployment license.

@@ -9,6 +9,7 @@
 
 mod clock;
 mod concurrency;
+mod metrics;
 pub mod persist;
 mod quota;
 mod rate;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use clock::Clock;
 pub use concurrency::Permit;
+pub use metrics::{LimitMetrics, StoreMetrics};
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;

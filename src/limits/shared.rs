@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use super::quota::window;
 use super::{Clock, Hasher, Limited};
 use crate::config::{StoreMode, StoreNodes, StoreSettings};
-use crate::metrics::StoreMetrics;
+use crate::limits::StoreMetrics;
 use crate::policy::{LimitDef, LimitKind, Period};
 
 const SCRIPT: &str = include_str!("shared.lua");

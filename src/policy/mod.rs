@@ -10,6 +10,7 @@
 pub mod compile;
 mod locate;
 pub mod matcher;
+mod metrics;
 pub mod normalize;
 pub mod schema;
 
@@ -17,6 +18,7 @@ pub use compile::{
     Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
     LimitKind, LimitUse, Mode, OnStoreError, Period, Policy, PolicyError, Preflight, Route,
 };
+pub use metrics::PolicyMetrics;
 
 #[cfg(test)]
 mod tests;

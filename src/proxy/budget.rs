@@ -25,7 +25,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::UpstreamError;
-use crate::metrics::UpstreamErrorKind;
+use super::UpstreamErrorKind;
 
 /// Upstream connections and pooled requests in flight, each at most `max`.
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::metrics::UpstreamErrorKind;
+use super::UpstreamErrorKind;
 
 /// Why the upstream gave no response.
 #[derive(Debug)]

@@ -16,10 +16,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::{ProxyMetrics, UpstreamErrorKind};
 use crate::config::{ConfigError, Settings, Underscores, UpstreamProtocol};
 use crate::decision::Peer;
 use crate::limits::Permit;
-use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::problem::{is_grpc, Asked};
 
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
@@ -146,7 +146,7 @@ impl Forwarder {
         })
     }
 
-    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Forwarder, ConfigError> {
+    pub fn new(settings: &Settings, metrics: &ProxyMetrics) -> Result<Forwarder, ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

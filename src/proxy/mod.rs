@@ -5,6 +5,7 @@ mod conn;
 mod error;
 pub mod forward;
 mod io;
+mod metrics;
 pub mod server;
 pub mod tls;
 mod tunnel;
@@ -20,13 +21,13 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::decision::{BodyState, Decision, DecisionEngine, Denial, Hint, Reason};
-use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::policy::normalize::{check_request_head, normalize_target, HeadError};
 use crate::problem::{self, Format};
 use conn::ConnContext;
 use error::UpstreamError;
 use forward::{Forwarder, Via};
 use io::{InFlight, InFlightBody};
+pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -36,7 +37,7 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 pub struct Shared {
     pub engine: DecisionEngine,
     pub forwarder: Forwarder,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ProxyMetrics>,
 }
 
 /// One request, from head to response head: decide, then forward or reject.

@@ -36,7 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
 use super::error::{of_io, Failure, UpstreamError};
-use crate::metrics::UpstreamErrorKind;
+use super::UpstreamErrorKind;
 
 type Sender = http1::SendRequest<Incoming>;
 

@@ -1,0 +1,152 @@
+//! Metrics of license checking and loading, registered by the license
+//! subsystem itself.
+
+use prometheus::{IntCounter, IntGauge};
+
+use crate::license::LicenseError;
+use crate::metrics::{resolve_counters, resolve_gauges, Registry};
+
+/// License states, the `state` label of `licensegate_license_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LicenseState {
+    /// Loaded and within its validity.
+    Valid,
+    /// Past `exp`, inside the grace period.
+    Grace,
+    /// Past `exp` and its grace period.
+    Expired,
+    /// Loaded but refused (signature, claims, environment).
+    Invalid,
+    /// None loaded.
+    Missing,
+}
+
+impl LicenseState {
+    const ALL: [LicenseState; 5] = [
+        LicenseState::Valid,
+        LicenseState::Grace,
+        LicenseState::Expired,
+        LicenseState::Invalid,
+        LicenseState::Missing,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LicenseState::Valid => "valid",
+            LicenseState::Grace => "grace",
+            LicenseState::Expired => "expired",
+            LicenseState::Invalid => "invalid",
+            LicenseState::Missing => "missing",
+        }
+    }
+}
+
+/// Metrics of license checking and loading.
+pub struct LicenseMetrics {
+    /// `exp` of the deployment license, unix seconds.
+    pub expiry_timestamp: IntGauge,
+    state: Vec<IntGauge>,
+    /// `[valid, grace, <each LicenseError reason>]`.
+    verifications: Vec<IntCounter>,
+    /// Checks answered from the verification cache.
+    pub cache_hits: IntCounter,
+    /// Checks answered by neither cache.
+    pub cache_misses: IntCounter,
+    /// Tokens refused from the negative cache, without a signature check.
+    pub negative_cache_hits: IntCounter,
+    /// Signature checks run (`ring`), whatever their result.
+    pub signature_checks: IntCounter,
+    /// Successful license or keyring reloads.
+    pub reloads_ok: IntCounter,
+    /// Failed license or keyring reloads.
+    pub reloads_failed: IntCounter,
+    /// Requests allowed on a license in grace.
+    pub grace_requests: IntCounter,
+}
+
+impl std::fmt::Debug for LicenseMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LicenseMetrics").finish_non_exhaustive()
+    }
+}
+
+impl LicenseMetrics {
+    /// Register the license families on `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let expiry_timestamp = registry.gauge(
+            "licensegate_license_expiry_timestamp_seconds",
+            "Expiry (exp) of the deployment license, unix seconds; 0 when none is loaded.",
+        );
+        let state = registry.gauge_vec(
+            "licensegate_license_state",
+            "1 for the deployment license's current state, 0 for the others.",
+            &["state"],
+        );
+        let verifications = registry.counter_vec(
+            "licensegate_token_verifications_total",
+            "License token checks, by result (valid, grace, or the failure reason).",
+            &["result"],
+        );
+        let cache_hits = registry.counter(
+            "licensegate_license_cache_hits_total",
+            "Token checks answered from the verification cache.",
+        );
+        let cache_misses = registry.counter(
+            "licensegate_license_cache_misses_total",
+            "Token checks answered by neither cache (parsed, then verified if well-formed).",
+        );
+        let negative_cache_hits = registry.counter(
+            "licensegate_license_negative_cache_hits_total",
+            "Token checks refused from the cache of tokens that failed before, without a signature check.",
+        );
+        let signature_checks = registry.counter(
+            "licensegate_license_signature_checks_total",
+            "Signature verifications run, whatever their result.",
+        );
+        let reloads = registry.counter_vec(
+            "licensegate_license_reloads_total",
+            "Reloads of the license or keyring, by result.",
+            &["result"],
+        );
+        let grace_requests = registry.counter(
+            "licensegate_license_grace_requests_total",
+            "Requests allowed on a license inside its grace period.",
+        );
+        let results = ["valid", "grace"].into_iter().chain(LicenseError::REASONS);
+        LicenseMetrics {
+            expiry_timestamp,
+            state: resolve_gauges(&state, LicenseState::ALL.iter().map(|s| s.as_str())),
+            verifications: resolve_counters(&verifications, results),
+            cache_hits,
+            cache_misses,
+            negative_cache_hits,
+            signature_checks,
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_failed: reloads.with_label_values(&["error"]),
+            grace_requests,
+        }
+    }
+
+    /// Make `current` the one state reported as 1.
+    pub fn set_state(&self, current: LicenseState) {
+        for (state, gauge) in LicenseState::ALL.iter().zip(&self.state) {
+            gauge.set(i64::from(*state == current));
+        }
+    }
+
+    /// Count one token check.
+    pub fn verification(&self, result: Result<bool, &LicenseError>) {
+        let index = match result {
+            Ok(false) => 0,
+            Ok(true) => 1,
+            Err(error) => {
+                2 + LicenseError::REASONS
+                    .iter()
+                    .position(|r| *r == error.reason())
+                    .expect("every reason is listed")
+            }
+        };
+        self.verifications[index].inc();
+    }
+}
