@@ -8,7 +8,7 @@
 pub mod error;
 pub mod path;
 
-pub use crate::proxy::tls::TlsFiles;
+pub use crate::tls::TlsFiles;
 pub use error::ConfigError;
 pub use path::{ExistingFile, ExistingPath, FileInDir};
 

@@ -165,7 +165,7 @@ impl Gateway {
     }
 
     fn bind_with(settings: &Settings, dev: Option<DevLicense>) -> Result<Gateway, StartError> {
-        crate::proxy::tls::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::new());
         lifecycle.require(LISTENER_READY, "proxy listener not started");

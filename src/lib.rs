@@ -28,6 +28,7 @@ pub mod problem;
 pub mod process;
 pub mod proxy;
 pub mod reload;
+pub mod tls;
 pub mod watch;
 
 /// The crate version, as reported by `licensegate_build_info` and `--version`.

@@ -28,3 +28,12 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+impl From<crate::tls::TlsError> for ConfigError {
+    fn from(error: crate::tls::TlsError) -> ConfigError {
+        ConfigError::Invalid {
+            setting: error.setting,
+            message: error.message,
+        }
+    }
+}

@@ -196,14 +196,10 @@ impl Fetcher {
             ));
         }
 
-        crate::proxy::tls::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let tls = if https {
-            crate::proxy::tls::client_config(settings.ca.as_deref()).map_err(
-                |error| match error {
-                    ConfigError::Invalid { message, .. } => invalid(CA_SETTING, message),
-                    other => other,
-                },
-            )?
+            crate::tls::client_config(settings.ca.as_deref())
+                .map_err(|error| invalid(CA_SETTING, error.message))?
         } else {
             // Plain http never starts TLS, so no roots need loading (there
             // may be none on a test machine).

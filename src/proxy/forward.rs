@@ -155,7 +155,7 @@ impl Forwarder {
 
         let upstream = &settings.upstream;
         let tls = if upstream.url.is_https() {
-            super::tls::client_config(upstream.ca.as_deref())?
+            crate::tls::client_config(upstream.ca.as_deref())?
         } else {
             // A plain upstream never starts TLS, so its root store is never consulted.
             empty_client_config()

@@ -7,7 +7,6 @@ pub mod forward;
 mod io;
 mod metrics;
 pub mod server;
-pub mod tls;
 mod tunnel;
 mod upstream;
 

@@ -124,7 +124,7 @@ impl ProxyServer {
     pub fn bind(settings: &Settings, shared: Arc<Shared>) -> Result<ProxyServer, BindError> {
         let tls = match &settings.tls {
             Some(files) => Some(TlsAcceptor::from(
-                super::tls::server_config(files).map_err(BindError::Tls)?,
+                crate::tls::server_config(files).map_err(BindError::Tls)?,
             )),
             None => None,
         };
@@ -572,7 +572,7 @@ pub enum BindError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Tls(crate::config::ConfigError),
+    Tls(crate::tls::TlsError),
 }
 
 /// Bind with address reuse and a deep backlog, as a sidecar sees bursts.

@@ -8,8 +8,6 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::error::ConfigError;
-
 /// The inbound TLS certificate chain and private key (PEM files).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -28,14 +26,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn invalid(setting: &'static str, message: String) -> ConfigError {
-    ConfigError::Invalid { setting, message }
+/// A TLS file that cannot be used, named by the setting that points at it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct TlsError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn invalid(setting: &'static str, message: String) -> TlsError {
+    TlsError { setting, message }
 }
 
 fn load_certs(
     setting: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| invalid(setting, format!("{}: {e}", path.display())))?
         .collect::<Result<Vec<_>, _>>()
@@ -50,7 +56,7 @@ fn load_certs(
 }
 
 /// Inbound TLS: the certificate chain and key, ALPN h2 then http/1.1.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ConfigError> {
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs("tls.cert", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         invalid(
@@ -73,7 +79,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ConfigError>
 
 /// Upstream TLS: trust the given CA bundle, or the system roots. ALPN is
 /// left to the connector, which offers what the upstream protocol allows.
-pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
