@@ -29,11 +29,11 @@ use super::log::{DecisionLog, DenialLine};
 use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
-use crate::limits::shared::{SharedCheck, SharedOutcome, SharedStore};
-use crate::limits::{retry_after_secs, Checked, Counters, Limited, MemoryStore, Permit};
-use crate::policy::{
-    Claim, KeyPart, LimitDef, LimitKind, Mode, OnStoreError, Policy, PolicyError, Route,
+use crate::limits::shared::SharedStore;
+use crate::limits::{
+    retry_after_secs, Charge, Counters, Limited, Limiter, MemoryStore, Permit, Refusal,
 };
+use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
 
 /// Names of the entitlement headers sent to the upstream.
 pub type LicenseHeaderNames = crate::config::UpstreamHeaders;
@@ -92,17 +92,6 @@ pub struct Allowed {
 /// [`GateSource`] when the evaluator reaches the license.
 type LicenseSlot = OnceCell<(Arc<VerifiedLicense>, Arc<Entitled>)>;
 
-/// Which limits [`DecisionEngine::count_limits`] counts on this replica.
-#[derive(Clone, Copy)]
-enum Local {
-    All,
-    Concurrency,
-    /// The shared store is unavailable: each limit's `on_store_error`.
-    Fallback {
-        replicas: u32,
-    },
-}
-
 /// Who holds the seat `check` counts (`""` for other limits): as the
 /// evaluator read it, or read here. The evaluator has refused requests
 /// without one.
@@ -118,6 +107,26 @@ fn seat_identity<'a>(
         (LimitKind::Seats { identity, .. }, _) => context.part(identity).unwrap_or_default(),
         _ => Cow::Borrowed(""),
     }
+}
+
+/// What the request is charged under each limit of `plan` it is limited
+/// by, in the route's order. Keys are built as the limiter reaches them
+/// (and again for the give-backs of a refusal, which are rare).
+fn charges<'a>(
+    active: &'a Active,
+    plan: LimitPlan<'a>,
+    context: &'a KeyContext<'a>,
+) -> impl Iterator<Item = Charge<'a>> + Clone + 'a {
+    plan.checks().filter_map(move |check| {
+        Some(Charge {
+            def: check.def,
+            counters: &active.counters[check.usage.limit],
+            amount: check.amount?,
+            cost: check.usage.cost,
+            key: context.key(&check.def.key),
+            identity: seat_identity(context, &plan, &check),
+        })
+    })
 }
 
 /// The license gate as the evaluator's license source: checks the
@@ -171,7 +180,8 @@ struct Active {
 pub struct DecisionEngine {
     license: Option<Arc<LicenseGate>>,
     policy: Option<ArcSwap<Active>>,
-    store: Arc<MemoryStore>,
+    /// Counts the limits: in memory, or in a shared store.
+    limiter: Limiter,
     entitlements: EntitlementCache,
     header_names: LicenseHeaderNames,
     /// The license token header removed before forwarding, if any.
@@ -181,8 +191,6 @@ pub struct DecisionEngine {
     trust_forwarded: bool,
     /// What the evaluator is told about the deployment.
     evaluator: EvaluatorSettings,
-    /// Shared counters (Redis); `None` counts in memory.
-    shared: Option<Arc<SharedStore>>,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -216,20 +224,19 @@ impl DecisionEngine {
             license,
             token_header,
             policy: None,
-            store,
+            limiter: Limiter::new(store, None),
             entitlements: EntitlementCache::new(settings.entitlement_capacity),
             header_names: settings.license_headers.clone(),
             metrics,
             log: DecisionLog::default(),
             trust_forwarded: settings.trust_forwarded,
             evaluator,
-            shared: None,
         }
     }
 
     /// Count rate, quota and seat limits in a shared store.
     pub fn with_shared_store(mut self, shared: Arc<SharedStore>) -> DecisionEngine {
-        self.shared = Some(shared);
+        self.limiter = Limiter::new(Arc::clone(self.limiter.memory()), Some(shared));
         self
     }
 
@@ -280,7 +287,7 @@ impl DecisionEngine {
         let counters = policy
             .limits
             .iter()
-            .map(|def| self.store.counters(def))
+            .map(|def| self.limiter.memory().counters(def))
             .collect();
         let allowed = policy
             .routes
@@ -311,7 +318,7 @@ impl DecisionEngine {
 
     /// The counter store (for the state file and maintenance).
     pub fn store(&self) -> &Arc<MemoryStore> {
-        &self.store
+        self.limiter.memory()
     }
 
     pub fn license_header_names(&self) -> &LicenseHeaderNames {
@@ -344,12 +351,12 @@ impl DecisionEngine {
             None => self.decide_without_policy(head, peer, body),
             Some(policy) => {
                 let started = Instant::now();
-                let decision = match &self.shared {
-                    Some(shared) => {
+                let decision = match self.limiter.shared() {
+                    Some(_) => {
                         // Held across the round trip: a reload meanwhile
                         // does not change the policy this request uses.
                         let active = policy.load_full();
-                        Box::pin(self.decide_shared(shared, &active, head, peer, body)).await
+                        Box::pin(self.decide_shared(&active, head, peer, body)).await
                     }
                     None => self.decide_local(&policy.load(), head, peer, body),
                 };
@@ -396,6 +403,7 @@ impl DecisionEngine {
         }
     }
 
+    /// Decide with the in-memory store: never suspends.
     fn decide_local(
         &self,
         active: &Active,
@@ -406,19 +414,19 @@ impl DecisionEngine {
         let slot = LicenseSlot::new();
         let mut verdict = self.evaluate(active, head, peer, body, &slot);
         let mut allowed = Allowed::default();
-        if let Outcome::Count(plan) = &verdict.outcome {
-            if let Err(denial) =
-                self.count_limits(active, plan, head, peer, &mut allowed, Local::All)
-            {
-                verdict.outcome = Outcome::Deny(denial);
+        if let Outcome::Count(plan) = verdict.outcome {
+            let context = self.key_context(&plan, head, peer);
+            let charges = charges(active, plan, &context);
+            if let Err(refusal) = self.limiter.count_in_memory(charges, &mut allowed.permits) {
+                verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
         self.conclude(active, verdict, allowed, &slot, head, peer)
     }
 
+    /// Decide with the shared store: one round trip when it answers.
     async fn decide_shared(
         &self,
-        shared: &SharedStore,
         active: &Active,
         head: &http::request::Parts,
         peer: &Peer,
@@ -427,12 +435,13 @@ impl DecisionEngine {
         let slot = LicenseSlot::new();
         let mut verdict = self.evaluate(active, head, peer, body, &slot);
         let mut allowed = Allowed::default();
-        if let Outcome::Count(plan) = &verdict.outcome {
-            if let Err(denial) = self
-                .count_shared(shared, active, plan, head, peer, &mut allowed)
-                .await
-            {
-                verdict.outcome = Outcome::Deny(denial);
+        if let Outcome::Count(plan) = verdict.outcome {
+            let context = self.key_context(&plan, head, peer);
+            let charges = charges(active, plan, &context);
+            let tag = plan.license.map(|license| license.claims.sub.as_str());
+            let counted = self.limiter.count(tag, charges, &mut allowed.permits).await;
+            if let Err(refusal) = counted {
+                verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
         self.conclude(active, verdict, allowed, &slot, head, peer)
@@ -516,188 +525,35 @@ impl DecisionEngine {
         }
     }
 
-    /// Count the route's limits on this replica: all of them (memory store),
-    /// only concurrency (shared store answering), or the fallback for a
-    /// shared store that is not. A refusal gives back what this request
-    /// counted and the permits it holds.
-    fn count_limits(
-        &self,
-        active: &Active,
-        plan: &LimitPlan<'_>,
-        head: &http::request::Parts,
-        peer: &Peer,
-        allowed: &mut Allowed,
-        which: Local,
-    ) -> Result<(), Box<Denial>> {
-        let clock = self.store.clock();
-        let context = self.key_context(plan.license, head, peer, plan.route);
-        // Positions counted so far, as bits: no allocation per request
-        // (a route with more than 64 limits gives back only the first 64).
-        let mut counted: u64 = 0;
-        for check in plan.checks() {
-            let (position, def) = (check.position, check.def);
-            let concurrency = matches!(def.kind, LimitKind::Concurrency);
-            let divide = match which {
-                Local::All => 1,
-                Local::Concurrency if concurrency => 1,
-                Local::Concurrency => continue,
-                Local::Fallback { .. } if concurrency => continue,
-                Local::Fallback { replicas } => match def.on_store_error {
-                    OnStoreError::Allow => continue,
-                    OnStoreError::Deny => {
-                        self.give_back(active, plan, counted, &context);
-                        allowed.permits.clear();
-                        return Err(Box::new(Denial::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Reason::LimitStoreUnavailable,
-                            format!(
-                                "limit `{}` is counted in a shared store that is unavailable, and set to deny meanwhile",
-                                def.name
-                            ),
-                        )));
-                    }
-                    OnStoreError::Fallback => u64::from(replicas),
-                },
-            };
-            let Some(amount) = check.amount else {
-                continue; // unlimited for this license
-            };
-            // This replica's share while the store is away (at least 1).
-            let amount = if divide > 1 {
-                (amount / divide).max(u64::from(amount > 0))
-            } else {
-                amount
-            };
-            let key = context.key(&def.key);
-            let identity = seat_identity(&context, plan, &check);
-            match active.counters[check.usage.limit].check(
-                def,
-                &key,
-                &identity,
-                amount,
-                check.usage.cost,
-                clock,
-            ) {
-                Checked::Allowed => {
-                    if position < 64 {
-                        counted |= 1 << position;
-                    }
-                }
-                Checked::Held(permit) => allowed.permits.push(permit),
-                Checked::Limited(limited) => {
-                    self.give_back(active, plan, counted, &context);
-                    allowed.permits.clear();
-                    return Err(Box::new(limit_denial(def, &limited, clock)));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// What this request's counter keys are made of.
     fn key_context<'a>(
         &self,
-        license: Option<&'a VerifiedLicense>,
+        plan: &LimitPlan<'a>,
         head: &'a http::request::Parts,
         peer: &Peer,
-        route: &'a Route,
     ) -> KeyContext<'a> {
         KeyContext {
-            license,
+            license: plan.license,
             headers: &head.headers,
             client: client_ip(&head.headers, peer, self.trust_forwarded),
-            route: &route.name,
+            route: &plan.route.name,
         }
     }
 
-    /// Give back what this request counted so far (a later limit refused).
-    fn give_back(
-        &self,
-        active: &Active,
-        plan: &LimitPlan<'_>,
-        counted: u64,
-        context: &KeyContext<'_>,
-    ) {
-        for position in (0..64).filter(|p| counted & (1 << p) != 0) {
-            let check = plan.check(position);
-            if let Some(amount) = check.amount {
-                let key = context.key(&check.def.key);
-                active.counters[check.usage.limit].refund(
-                    check.def,
-                    &key,
-                    amount,
-                    check.usage.cost,
-                    self.store.clock(),
-                );
+    /// The denial for a refusal of the limits.
+    fn refused(&self, refusal: Refusal<'_>) -> Box<Denial> {
+        match refusal {
+            Refusal::Limited { def, limited } => {
+                Box::new(limit_denial(def, &limited, self.limiter.clock()))
             }
-        }
-    }
-
-    /// Count the route's limits in the shared store (one round trip), with
-    /// concurrency on this replica and the local fallback when the store
-    /// cannot answer.
-    async fn count_shared(
-        &self,
-        shared: &SharedStore,
-        active: &Active,
-        plan: &LimitPlan<'_>,
-        head: &http::request::Parts,
-        peer: &Peer,
-        allowed: &mut Allowed,
-    ) -> Result<(), Box<Denial>> {
-        let license = plan.license;
-        let local = |which, allowed: &mut Allowed| {
-            self.count_limits(active, plan, head, peer, allowed, which)
-        };
-        local(Local::Concurrency, allowed)?;
-        let fallback = Local::Fallback {
-            replicas: shared.replicas(),
-        };
-        if !shared.is_available() {
-            return local(fallback, allowed);
-        }
-        let context = self.key_context(license, head, peer, plan.route);
-        // Owned per request: the round trip outlives no borrow of `allowed`.
-        let mut parts: Vec<(LimitCheck<'_>, u64, Cow<'_, str>, Cow<'_, str>)> = Vec::new();
-        for check in plan.checks() {
-            if matches!(check.def.kind, LimitKind::Concurrency) {
-                continue;
-            }
-            let Some(amount) = check.amount else {
-                continue;
-            };
-            let identity = seat_identity(&context, plan, &check);
-            parts.push((check, amount, context.key(&check.def.key), identity));
-        }
-        if parts.is_empty() {
-            return Ok(());
-        }
-        let checks: Vec<SharedCheck<'_>> = parts
-            .iter()
-            .map(|(check, amount, key, identity)| SharedCheck {
-                def: check.def,
-                amount: *amount,
-                cost: check.usage.cost,
-                key,
-                identity,
-            })
-            .collect();
-        // One shard per license: every key of the request carries its id.
-        let tag = match license {
-            Some(license) => license.claims.sub.clone(),
-            None => parts[0].2.to_string(),
-        };
-        match shared.check(&tag, &checks).await {
-            SharedOutcome::Allowed => Ok(()),
-            SharedOutcome::Limited { position, limited } => {
-                allowed.permits.clear();
-                Err(Box::new(limit_denial(
-                    checks[position].def,
-                    &limited,
-                    self.store.clock(),
-                )))
-            }
-            SharedOutcome::Unavailable => local(fallback, allowed),
+            Refusal::StoreUnavailable { def } => Box::new(Denial::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::LimitStoreUnavailable,
+                format!(
+                    "limit `{}` is counted in a shared store that is unavailable, and set to deny meanwhile",
+                    def.name
+                ),
+            )),
         }
     }
 
@@ -745,7 +601,7 @@ impl DecisionEngine {
             return;
         };
         let active = policy.load();
-        let clock = self.store.clock();
+        let clock = self.limiter.clock();
         let metrics = &self.metrics.limits;
         metrics.seats_in_use.reset();
         metrics.seats_limit.reset();

@@ -212,7 +212,7 @@ impl<'a> LimitPlan<'a> {
         }
     }
 
-    pub fn checks(&self) -> impl Iterator<Item = LimitCheck<'a>> + 'a {
+    pub fn checks(&self) -> impl Iterator<Item = LimitCheck<'a>> + Clone + 'a {
         let plan = *self;
         (0..self.route.limits.len()).map(move |position| plan.check(position))
     }

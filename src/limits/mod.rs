@@ -9,6 +9,7 @@
 
 mod clock;
 mod concurrency;
+mod limiter;
 mod metrics;
 pub mod persist;
 mod quota;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use clock::Clock;
 pub use concurrency::Permit;
+pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
 
 use crate::policy::{LimitDef, LimitKind};

@@ -25,10 +25,10 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::quota::window;
-use super::{Clock, Hasher, Limited};
+use super::{Charge, Clock, Hasher, Limited};
 use crate::config::{StoreMode, StoreNodes, StoreSettings};
 use crate::limits::StoreMetrics;
-use crate::policy::{LimitDef, LimitKind, Period};
+use crate::policy::{LimitKind, Period};
 
 const SCRIPT: &str = include_str!("shared.lua");
 
@@ -41,17 +41,6 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// One limit of one request, for the store.
-#[derive(Debug)]
-pub struct SharedCheck<'a> {
-    pub def: &'a LimitDef,
-    pub amount: u64,
-    pub cost: u64,
-    pub key: &'a str,
-    /// Seats: who holds the seat.
-    pub identity: &'a str,
-}
 
 /// What the store said about a request's limits.
 #[derive(Debug)]
@@ -165,27 +154,39 @@ impl SharedStore {
 
     /// Check and count one request's limits. All keys share `tag` (the
     /// license id), so they live on one shard.
-    pub async fn check(&self, tag: &str, checks: &[SharedCheck<'_>]) -> SharedOutcome {
-        let leased = self.settings.mode == StoreMode::Leased;
+    pub async fn check(&self, tag: &str, charges: &[Charge<'_>]) -> SharedOutcome {
         let now = self.clock.mono_nanos();
         let unix_nanos = self.clock.unix_nanos();
+        let call = match self.plan(tag, charges, now, unix_nanos) {
+            Ok(call) => call,
+            Err(refused) => return refused,
+        };
+        if call.ops.is_empty() {
+            return SharedOutcome::Allowed;
+        }
+        let reply = self.invoke(&call.encode()).await;
+        let reply = reply.and_then(|reply| Reply::parse(&reply, call.ops.len()));
+        self.settle(call, reply, charges, now, unix_nanos)
+    }
+
+    /// The operations that count `charges`; leased units are spent here and
+    /// need none. `Err` when a limit refuses without asking (a rate of 0).
+    fn plan<'c>(
+        &self,
+        tag: &str,
+        charges: &'c [Charge<'_>],
+        now: u64,
+        unix_nanos: u64,
+    ) -> Result<Call<'c>, SharedOutcome> {
+        let leased = self.settings.mode == StoreMode::Leased;
         let mut call = Call::default();
-        // Leased units spent locally by this request, to give back if a
-        // later limit refuses.
-        let mut spent_locally: Vec<(Box<str>, u64)> = Vec::new();
-        // Per operation sent: the check position (usize::MAX for give-backs)
-        // and, for leases, (lease key, store key).
-        let mut lease_ops: Vec<(usize, Option<LeaseKeys>)> = Vec::new();
-        for (position, check) in checks.iter().enumerate() {
-            let base = format!("{}:{{{tag}}}:{}", self.settings.key_prefix, check.def.name);
-            match &check.def.kind {
+        for (position, charge) in charges.iter().enumerate() {
+            let base = format!("{}:{{{tag}}}:{}", self.settings.key_prefix, charge.def.name);
+            match &charge.def.kind {
                 LimitKind::Rate { window: w, burst } => {
-                    let window_us = w.as_micros().max(1) as f64;
-                    let emission = window_us / check.amount.max(1) as f64;
-                    let tolerance = emission * burst.unwrap_or(check.amount) as f64;
-                    let key = format!("{base}:r:{}", check.key);
-                    if check.amount == 0 {
-                        return SharedOutcome::Limited {
+                    if charge.amount == 0 {
+                        self.give_back_local(&call.spent_locally);
+                        return Err(SharedOutcome::Limited {
                             position,
                             limited: Limited {
                                 retry_after: *w,
@@ -193,28 +194,26 @@ impl SharedStore {
                                 remaining: 0,
                                 window: Some(*w),
                             },
-                        };
+                        });
                     }
+                    let window_us = w.as_micros().max(1) as f64;
+                    let emission_us = window_us / charge.amount as f64;
+                    let tolerance_us = emission_us * burst.unwrap_or(charge.amount) as f64;
+                    let key = format!("{base}:r:{}", charge.key);
                     let slice = if leased {
-                        match self.spend_lease(&key, check.cost, now) {
+                        match self.spend_lease(&key, charge.cost, now) {
                             Spend::Done => {
-                                spent_locally.push((key.into(), check.cost));
+                                call.spent_locally.push((key.into(), charge.cost));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
                                 if let Some((units, _)) = give_back {
-                                    call.op(
-                                        &[&key],
-                                        [
-                                            "R",
-                                            &emission.to_string(),
-                                            &units.to_string(),
-                                            "-",
-                                            "-",
-                                            "-",
-                                        ],
-                                    );
-                                    lease_ops.push((usize::MAX, None));
+                                    let op = Op::ReturnRate {
+                                        key: key.clone(),
+                                        emission_us,
+                                        units,
+                                    };
+                                    call.ops.push((op, Purpose::Return));
                                 }
                                 slice
                             }
@@ -222,29 +221,34 @@ impl SharedStore {
                     } else {
                         0
                     };
-                    call.op(
-                        &[&key],
-                        [
-                            "r",
-                            &format!("{emission:.6}"),
-                            &format!("{tolerance:.6}"),
-                            &check.cost.to_string(),
-                            &slice.to_string(),
-                            "-",
-                        ],
-                    );
-                    lease_ops.push((
-                        position,
-                        leased.then(|| (key.as_str().into(), key.clone(), Some(emission))),
+                    let lease = leased.then(|| LeaseTarget {
+                        lease_key: key.as_str().into(),
+                        store_key: key.clone(),
+                        emission_us: Some(emission_us),
+                    });
+                    let op = Op::Rate {
+                        key,
+                        emission_us,
+                        tolerance_us,
+                        cost: charge.cost,
+                        slice,
+                    };
+                    call.ops.push((
+                        op,
+                        Purpose::Count {
+                            position,
+                            lease,
+                            quota_window: None,
+                        },
                     ));
                 }
                 LimitKind::Quota { period } => {
                     let now_secs = unix_nanos / 1_000_000_000;
                     let (start, length) = window(*period, now_secs);
-                    let key = format!("{base}:q:{}:{start}", check.key);
+                    let key = format!("{base}:q:{}:{start}", charge.key);
                     let previous =
-                        format!("{base}:q:{}:{}", check.key, start.saturating_sub(length));
-                    let (weight, keep) = match period {
+                        format!("{base}:q:{}:{}", charge.key, start.saturating_sub(length));
+                    let (weight_ppm, keep) = match period {
                         Period::Rolling(_) => {
                             let elapsed = unix_nanos.saturating_sub(start * 1_000_000_000);
                             let window = length * 1_000_000_000;
@@ -256,21 +260,22 @@ impl SharedStore {
                         }
                         _ => (0, 86_400),
                     };
-                    let ttl_ms = (start + length + keep).saturating_sub(now_secs) * 1000;
-                    let lease_key = format!("{base}:q:{}", check.key);
+                    let ttl_ms =
+                        ((start + length + keep).saturating_sub(now_secs) * 1000).max(1000);
+                    let lease_key = format!("{base}:q:{}", charge.key);
                     let slice = if leased {
-                        match self.spend_lease(&lease_key, check.cost, now) {
+                        match self.spend_lease(&lease_key, charge.cost, now) {
                             Spend::Done => {
-                                spent_locally.push((lease_key.into(), check.cost));
+                                call.spent_locally.push((lease_key.into(), charge.cost));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
                                 if let Some((units, old_key)) = give_back {
-                                    call.op(
-                                        &[&old_key],
-                                        ["Q", &units.to_string(), "-", "-", "-", "-"],
-                                    );
-                                    lease_ops.push((usize::MAX, None));
+                                    let op = Op::ReturnQuota {
+                                        key: old_key,
+                                        units,
+                                    };
+                                    call.ops.push((op, Purpose::Return));
                                 }
                                 slice
                             }
@@ -278,27 +283,33 @@ impl SharedStore {
                     } else {
                         0
                     };
-                    call.op(
-                        &[&key, &previous],
-                        [
-                            "q",
-                            &check.amount.to_string(),
-                            &check.cost.to_string(),
-                            &ttl_ms.max(1000).to_string(),
-                            &weight.to_string(),
-                            &slice.to_string(),
-                        ],
-                    );
-                    lease_ops.push((
-                        position,
-                        leased.then(|| (lease_key.into(), key.clone(), None)),
+                    let lease = leased.then(|| LeaseTarget {
+                        lease_key: lease_key.into(),
+                        store_key: key.clone(),
+                        emission_us: None,
+                    });
+                    let op = Op::Quota {
+                        key,
+                        previous,
+                        amount: charge.amount,
+                        cost: charge.cost,
+                        ttl_ms,
+                        weight_ppm,
+                        slice,
+                    };
+                    call.ops.push((
+                        op,
+                        Purpose::Count {
+                            position,
+                            lease,
+                            quota_window: Some((start, length)),
+                        },
                     ));
-                    call.quota_windows.push((position, start, length));
                 }
                 LimitKind::Seats { idle, .. } => {
-                    let key = format!("{base}:s:{}", check.key);
+                    let key = format!("{base}:s:{}", charge.key);
                     if leased {
-                        let seen_key = format!("{key}\u{1f}{}", check.identity);
+                        let seen_key = format!("{key}\u{1f}{}", charge.identity);
                         let fresh = self
                             .seats_seen
                             .get(seen_key.as_str())
@@ -311,114 +322,105 @@ impl SharedStore {
                         let ttl = (*idle / 10).min(self.settings.lease_period);
                         call.seen.push((seen_key, now + ttl.as_nanos() as u64));
                     }
-                    call.op(
-                        &[&key],
-                        [
-                            "s",
-                            check.identity,
-                            &check.amount.to_string(),
-                            &idle.as_micros().to_string(),
-                            "-",
-                            "-",
-                        ],
-                    );
-                    lease_ops.push((position, None));
+                    let op = Op::Seat {
+                        key,
+                        identity: &charge.identity,
+                        seats: charge.amount,
+                        idle_us: idle.as_micros(),
+                    };
+                    call.ops.push((
+                        op,
+                        Purpose::Count {
+                            position,
+                            lease: None,
+                            quota_window: None,
+                        },
+                    ));
                 }
                 LimitKind::Concurrency => {}
             }
         }
-        if call.ops == 0 {
-            return SharedOutcome::Allowed;
-        }
-        let reply = match self.invoke(&call).await {
-            Some(reply) => reply,
-            None => {
-                self.give_back_local(&spent_locally);
-                return SharedOutcome::Unavailable;
-            }
-        };
-        match reply.first().copied() {
-            Some(0) => {
-                for ((position, lease), granted) in lease_ops.iter().zip(reply.iter().skip(1)) {
-                    if let (Some((lease_key, store_key, emission)), true) =
-                        (lease, *position != usize::MAX)
+        Ok(call)
+    }
+
+    /// What the store's answer means for the request, and the leases and
+    /// seat confirmations it brings. `None`: no (usable) answer.
+    fn settle(
+        &self,
+        call: Call<'_>,
+        reply: Option<Reply>,
+        charges: &[Charge<'_>],
+        now: u64,
+        unix_nanos: u64,
+    ) -> SharedOutcome {
+        let (op, retry_us, remaining) = match reply {
+            Some(Reply::Passed(granted)) => {
+                for ((_, purpose), granted) in call.ops.iter().zip(granted) {
+                    if let Purpose::Count {
+                        position,
+                        lease: Some(lease),
+                        ..
+                    } = purpose
                     {
-                        let cost = checks[*position].cost;
-                        let granted = (*granted).max(0) as u64;
-                        self.install_lease(
-                            lease_key,
-                            store_key.clone(),
-                            *emission,
-                            granted,
-                            cost,
-                            now,
-                        );
+                        self.install_lease(lease, granted, charges[*position].cost, now);
                     }
                 }
                 for (seen_key, until) in call.seen {
                     self.seats_seen.insert(seen_key.into(), until);
                 }
-                SharedOutcome::Allowed
+                return SharedOutcome::Allowed;
             }
-            Some(op) if op > 0 => {
-                self.give_back_local(&spent_locally);
-                let Some(&(position, _)) = lease_ops.get(op as usize - 1) else {
-                    return SharedOutcome::Unavailable;
-                };
-                if position == usize::MAX {
-                    return SharedOutcome::Unavailable;
-                }
-                let check = &checks[position];
-                let retry_us = reply.get(1).copied().unwrap_or(0);
-                let remaining = reply.get(2).copied().unwrap_or(0).max(0) as u64;
-                let retry_after = match &check.def.kind {
-                    LimitKind::Quota { period } => {
-                        let (start, length) = call
-                            .quota_windows
-                            .iter()
-                            .find(|(p, _, _)| *p == position)
-                            .map(|(_, s, l)| (*s, *l))
-                            .unwrap_or((0, 0));
-                        let end = (start + length) * 1_000_000_000;
-                        let to_end = Duration::from_nanos(end.saturating_sub(unix_nanos));
-                        match period {
-                            // Never early: one window after this one ends,
-                            // nothing of today's count is carried any more.
-                            Period::Rolling(w) => to_end + *w,
-                            _ => to_end,
-                        }
-                    }
-                    _ => Duration::from_micros(retry_us.max(0) as u64),
-                };
-                let window = match &check.def.kind {
-                    LimitKind::Rate { window, .. } => Some(*window),
-                    LimitKind::Quota { .. } => call
-                        .quota_windows
-                        .iter()
-                        .find(|(p, _, _)| *p == position)
-                        .map(|(_, _, l)| Duration::from_secs(*l)),
-                    LimitKind::Seats { idle, .. } => Some(*idle),
-                    LimitKind::Concurrency => None,
-                };
-                SharedOutcome::Limited {
-                    position,
-                    limited: Limited {
-                        retry_after,
-                        limit: check.amount,
-                        remaining,
-                        window,
-                    },
-                }
+            Some(Reply::Refused {
+                op,
+                retry_us,
+                remaining,
+            }) => (op, retry_us, remaining),
+            None => {
+                self.give_back_local(&call.spent_locally);
+                return SharedOutcome::Unavailable;
             }
-            _ => {
-                self.give_back_local(&spent_locally);
-                SharedOutcome::Unavailable
+        };
+        self.give_back_local(&call.spent_locally);
+        let Purpose::Count {
+            position,
+            quota_window,
+            ..
+        } = &call.ops[op].1
+        else {
+            // Returning units cannot refuse: the store is not answering
+            // the script's protocol.
+            return SharedOutcome::Unavailable;
+        };
+        let charge = &charges[*position];
+        let (retry_after, window) = match (&charge.def.kind, quota_window) {
+            (LimitKind::Quota { period }, Some((start, length))) => {
+                let end = (start + length) * 1_000_000_000;
+                let to_end = Duration::from_nanos(end.saturating_sub(unix_nanos));
+                let retry_after = match period {
+                    // Never early: one window after this one ends,
+                    // nothing of today's count is carried any more.
+                    Period::Rolling(w) => to_end + *w,
+                    _ => to_end,
+                };
+                (retry_after, Some(Duration::from_secs(*length)))
             }
+            (LimitKind::Rate { window, .. }, _) => (Duration::from_micros(retry_us), Some(*window)),
+            (LimitKind::Seats { idle, .. }, _) => (Duration::from_micros(retry_us), Some(*idle)),
+            _ => (Duration::from_micros(retry_us), None),
+        };
+        SharedOutcome::Limited {
+            position: *position,
+            limited: Limited {
+                retry_after,
+                limit: charge.amount,
+                remaining,
+                window,
+            },
         }
     }
 
     /// One round trip, bounded by the timeout. `None` on any failure.
-    async fn invoke(&self, call: &Call) -> Option<Vec<i64>> {
+    async fn invoke(&self, call: &Encoded) -> Option<Vec<i64>> {
         let connection = self.connection.load_full()?;
         let mut invocation = self.script.prepare_invoke();
         for key in &call.keys {
@@ -665,23 +667,20 @@ impl SharedStore {
                 returns.push((lease.key.clone(), units, lease.emission));
             }
         }
-        for (key, units, emission) in returns {
-            let mut call = Call::default();
-            match emission {
-                Some(emission) => call.op(
-                    &[&key],
-                    [
-                        "R",
-                        &format!("{emission:.6}"),
-                        &units.to_string(),
-                        "-",
-                        "-",
-                        "-",
-                    ],
-                ),
-                None => call.op(&[&key], ["Q", &units.to_string(), "-", "-", "-", "-"]),
-            }
-            if self.invoke(&call).await.is_some() {
+        for (key, units, emission_us) in returns {
+            let op = match emission_us {
+                Some(emission_us) => Op::ReturnRate {
+                    key,
+                    emission_us,
+                    units,
+                },
+                None => Op::ReturnQuota { key, units },
+            };
+            let call = Call {
+                ops: vec![(op, Purpose::Return)],
+                ..Call::default()
+            };
+            if self.invoke(&call.encode()).await.is_some() {
                 self.metrics.lease_returns.inc();
             }
         }
@@ -733,18 +732,11 @@ impl SharedStore {
         (self.settings.lease_max_slice / 10).max(1)
     }
 
-    fn install_lease(
-        &self,
-        key: &str,
-        store_key: String,
-        emission: Option<f64>,
-        granted: u64,
-        cost: u64,
-        now: u64,
-    ) {
+    /// Keep the units a renewal granted (less what this request spent).
+    fn install_lease(&self, target: &LeaseTarget, granted: u64, cost: u64, now: u64) {
         self.metrics.lease_grants.inc();
         let period = self.settings.lease_period.as_nanos() as u64;
-        let entry = self.leases.entry(key.into()).or_default();
+        let entry = self.leases.entry(target.lease_key.clone()).or_default();
         let mut lease = entry.lock();
         if lease.slice == 0 {
             lease.slice = self.initial_slice();
@@ -752,13 +744,13 @@ impl SharedStore {
         // Add, never overwrite: concurrent requests may each have taken a
         // slice; none of it may be lost.
         lease.remaining += granted.saturating_sub(cost);
-        if lease.key != store_key {
+        if lease.key != target.store_key {
             lease.spent = 0;
         }
         lease.spent += cost;
         lease.expires_at = now + period;
-        lease.key = store_key;
-        lease.emission = emission;
+        lease.key.clone_from(&target.store_key);
+        lease.emission = target.emission_us;
     }
 
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
@@ -780,9 +772,6 @@ fn instance_id() -> String {
     format!("{}-{:016x}", std::process::id(), u64::from_be_bytes(bytes))
 }
 
-/// A lease's own key and the store key its units come from.
-type LeaseKeys = (Box<str>, String, Option<f64>);
-
 enum Spend {
     Done,
     Renew {
@@ -792,20 +781,231 @@ enum Spend {
     },
 }
 
-/// One script call being assembled.
-#[derive(Default)]
-struct Call {
-    keys: Vec<String>,
-    args: Vec<String>,
-    ops: usize,
-    quota_windows: Vec<(usize, u64, u64)>,
-    seen: Vec<(String, u64)>,
+/// One operation of [`shared.lua`](shared.lua), typed. [`Op::encode`] is
+/// the only place that knows its wire form.
+#[derive(Debug, PartialEq)]
+enum Op<'a> {
+    /// GCRA: take `cost` units, or with `slice > 0` a lease of up to
+    /// `slice` (at least `cost`).
+    Rate {
+        key: String,
+        emission_us: f64,
+        tolerance_us: f64,
+        cost: u64,
+        slice: u64,
+    },
+    /// A quota window, with the `previous` window's count carried at
+    /// `weight_ppm` (rolling periods; 0 for calendar ones).
+    Quota {
+        key: String,
+        previous: String,
+        amount: u64,
+        cost: u64,
+        ttl_ms: u64,
+        weight_ppm: u64,
+        slice: u64,
+    },
+    /// Hold (or refresh) `identity`'s seat among `seats`.
+    Seat {
+        key: String,
+        identity: &'a str,
+        seats: u64,
+        idle_us: u128,
+    },
+    /// Give back `units` of an expired rate lease.
+    ReturnRate {
+        key: String,
+        emission_us: f64,
+        units: u64,
+    },
+    /// Give back `units` of an expired quota lease.
+    ReturnQuota { key: String, units: u64 },
 }
 
-impl Call {
-    fn op(&mut self, keys: &[&str], args: [&str; 6]) {
-        self.keys.extend(keys.iter().map(|k| (*k).to_owned()));
-        self.args.extend(args.iter().map(|a| (*a).to_owned()));
-        self.ops += 1;
+/// Operations take this many arguments (kind and five parameters).
+const OP_ARGS: usize = 6;
+
+/// An unused parameter.
+const NONE: &str = "-";
+
+impl Op<'_> {
+    fn encode(&self, keys: &mut Vec<String>, args: &mut Vec<String>) {
+        let fields: [String; OP_ARGS] = match self {
+            Op::Rate {
+                key,
+                emission_us,
+                tolerance_us,
+                cost,
+                slice,
+            } => {
+                keys.push(key.clone());
+                [
+                    "r".into(),
+                    format!("{emission_us:.6}"),
+                    format!("{tolerance_us:.6}"),
+                    cost.to_string(),
+                    slice.to_string(),
+                    NONE.into(),
+                ]
+            }
+            Op::Quota {
+                key,
+                previous,
+                amount,
+                cost,
+                ttl_ms,
+                weight_ppm,
+                slice,
+            } => {
+                keys.extend([key.clone(), previous.clone()]);
+                [
+                    "q".into(),
+                    amount.to_string(),
+                    cost.to_string(),
+                    ttl_ms.to_string(),
+                    weight_ppm.to_string(),
+                    slice.to_string(),
+                ]
+            }
+            Op::Seat {
+                key,
+                identity,
+                seats,
+                idle_us,
+            } => {
+                keys.push(key.clone());
+                [
+                    "s".into(),
+                    (*identity).into(),
+                    seats.to_string(),
+                    idle_us.to_string(),
+                    NONE.into(),
+                    NONE.into(),
+                ]
+            }
+            Op::ReturnRate {
+                key,
+                emission_us,
+                units,
+            } => {
+                keys.push(key.clone());
+                [
+                    "R".into(),
+                    format!("{emission_us:.6}"),
+                    units.to_string(),
+                    NONE.into(),
+                    NONE.into(),
+                    NONE.into(),
+                ]
+            }
+            Op::ReturnQuota { key, units } => {
+                keys.push(key.clone());
+                [
+                    "Q".into(),
+                    units.to_string(),
+                    NONE.into(),
+                    NONE.into(),
+                    NONE.into(),
+                    NONE.into(),
+                ]
+            }
+        };
+        args.extend(fields);
     }
 }
+
+/// Why an operation is in a call.
+#[derive(Debug, PartialEq)]
+enum Purpose {
+    /// Counts `charges[position]`.
+    Count {
+        position: usize,
+        /// Leased mode: where the units granted go.
+        lease: Option<LeaseTarget>,
+        /// Quotas: the window counted (start, length; seconds).
+        quota_window: Option<(u64, u64)>,
+    },
+    /// Gives back an expired lease's units; the request does not wait on it.
+    Return,
+}
+
+/// A lease a renewal fills: its own key, and the store key (a quota
+/// window's) its units come from.
+#[derive(Debug, PartialEq)]
+struct LeaseTarget {
+    lease_key: Box<str>,
+    store_key: String,
+    /// Rate leases: microseconds of arrival time per unit.
+    emission_us: Option<f64>,
+}
+
+/// One script call being assembled.
+#[derive(Debug, Default)]
+struct Call<'a> {
+    ops: Vec<(Op<'a>, Purpose)>,
+    /// Leased mode: seat holders to remember once the call passes.
+    seen: Vec<(String, u64)>,
+    /// Leased mode: units this request spent locally, given back unless
+    /// the call passes.
+    spent_locally: Vec<(Box<str>, u64)>,
+}
+
+/// A call as the script takes it.
+#[derive(Debug, PartialEq)]
+struct Encoded {
+    keys: Vec<String>,
+    ops: usize,
+    args: Vec<String>,
+}
+
+impl Call<'_> {
+    fn encode(&self) -> Encoded {
+        let mut keys = Vec::with_capacity(self.ops.len() + 1);
+        let mut args = Vec::with_capacity(self.ops.len() * OP_ARGS);
+        for (op, _) in &self.ops {
+            op.encode(&mut keys, &mut args);
+        }
+        Encoded {
+            keys,
+            ops: self.ops.len(),
+            args,
+        }
+    }
+}
+
+/// The script's answer.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    /// Every operation passed: units granted, per operation.
+    Passed(Vec<u64>),
+    /// Operation `op` (from 0) refused; nothing the call did was kept.
+    Refused {
+        op: usize,
+        retry_us: u64,
+        remaining: u64,
+    },
+}
+
+impl Reply {
+    /// `{0, granted…}` or `{i, retry_us, remaining}` (`i` from 1) for a call
+    /// of `ops` operations; `None` for anything else.
+    fn parse(reply: &[i64], ops: usize) -> Option<Reply> {
+        let (&first, rest) = reply.split_first()?;
+        let non_negative = |n: i64| u64::try_from(n).unwrap_or(0);
+        match usize::try_from(first).ok()? {
+            0 if rest.len() == ops => Some(Reply::Passed(
+                rest.iter().copied().map(non_negative).collect(),
+            )),
+            op @ 1.. if op <= ops && rest.len() == 2 => Some(Reply::Refused {
+                op: op - 1,
+                retry_us: non_negative(rest[0]),
+                remaining: non_negative(rest[1]),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "shared/tests.rs"]
+mod tests;

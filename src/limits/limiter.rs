@@ -1,0 +1,238 @@
+//! The one seam every limit is counted through: a request's limits in the
+//! route's order, on this replica's memory store or on the shared store,
+//! with the shared store's fallback and the give-backs of a refusal.
+//!
+//! The caller (the decision engine) says *what* to count — each limit's
+//! key, seat holder and number for this request, as [`Charge`]s; this module
+//! decides *where* and *how*: which store counts which kind, what a replica
+//! counts while the shared store is away (each limit's `on_store_error`, its
+//! number divided by the replicas), and what a refusal gives back.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::shared::{SharedOutcome, SharedStore};
+use super::{Checked, Clock, Counters, Limited, MemoryStore, Permit};
+use crate::policy::{LimitDef, LimitKind, OnStoreError};
+
+/// One limit as one request counts it.
+#[derive(Clone, Debug)]
+pub struct Charge<'a> {
+    pub def: &'a LimitDef,
+    /// This replica's counters for `def`.
+    pub counters: &'a Counters,
+    /// The limit's number for this request (unlimited ones are not charged).
+    pub amount: u64,
+    /// Units this request costs.
+    pub cost: u64,
+    pub key: Cow<'a, str>,
+    /// Seats: who holds the seat (`""` for other kinds).
+    pub identity: Cow<'a, str>,
+}
+
+/// Why a request's limits refused it. Whatever it counted before the
+/// refusal has been given back, and its permits released.
+#[derive(Debug)]
+pub enum Refusal<'a> {
+    /// `def` is reached.
+    Limited { def: &'a LimitDef, limited: Limited },
+    /// `def` is counted in the shared store, which is away, and its
+    /// `on_store_error` is `deny`.
+    StoreUnavailable { def: &'a LimitDef },
+}
+
+/// Counts requests' limits: in memory, or in a shared store with the memory
+/// store as its fallback (concurrency is always counted here).
+#[derive(Debug)]
+pub struct Limiter {
+    memory: Arc<MemoryStore>,
+    shared: Option<Arc<SharedStore>>,
+}
+
+/// What this replica counts of a request's limits.
+#[derive(Clone, Copy, Debug)]
+enum Share {
+    /// Every limit (no shared store).
+    All,
+    /// Concurrency only: the shared store counts the rest.
+    Concurrency,
+    /// The shared store is away: each limit's `on_store_error`, numbers
+    /// divided among the replicas. Concurrency was counted already.
+    Fallback { replicas: u32 },
+}
+
+/// What [`Share`] says about one limit.
+enum Portion {
+    Skip,
+    Deny,
+    /// Count with the number divided by this.
+    Divided(u64),
+}
+
+impl Share {
+    fn portion(self, def: &LimitDef) -> Portion {
+        let concurrency = matches!(def.kind, LimitKind::Concurrency);
+        match self {
+            Share::All => Portion::Divided(1),
+            Share::Concurrency if concurrency => Portion::Divided(1),
+            Share::Concurrency => Portion::Skip,
+            Share::Fallback { .. } if concurrency => Portion::Skip,
+            Share::Fallback { replicas } => match def.on_store_error {
+                OnStoreError::Allow => Portion::Skip,
+                OnStoreError::Deny => Portion::Deny,
+                OnStoreError::Fallback => Portion::Divided(u64::from(replicas.max(1))),
+            },
+        }
+    }
+}
+
+/// This replica's part of `amount` (at least 1 of a non-zero limit).
+fn divided(amount: u64, by: u64) -> u64 {
+    if by > 1 {
+        (amount / by).max(u64::from(amount > 0))
+    } else {
+        amount
+    }
+}
+
+impl Limiter {
+    pub fn new(memory: Arc<MemoryStore>, shared: Option<Arc<SharedStore>>) -> Limiter {
+        Limiter { memory, shared }
+    }
+
+    /// The in-memory store: this replica's counters, and the state file's.
+    pub fn memory(&self) -> &Arc<MemoryStore> {
+        &self.memory
+    }
+
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        self.memory.clock()
+    }
+
+    /// Count `charges` in memory, in order; never suspends. Concurrency
+    /// slots go to `permits`. Without a shared store this is the whole
+    /// count; with one, use [`Limiter::count`].
+    pub fn count_in_memory<'a, I>(
+        &self,
+        charges: I,
+        permits: &mut Vec<Permit>,
+    ) -> Result<(), Refusal<'a>>
+    where
+        I: Iterator<Item = Charge<'a>> + Clone,
+    {
+        self.count_here(charges, Share::All, permits)
+    }
+
+    /// Count `charges`: in the shared store when there is one (one round
+    /// trip; concurrency here), else in memory. `tag` keeps a request's
+    /// shared keys on one shard (the license id; the first key without one).
+    pub async fn count<'a, I>(
+        &self,
+        tag: Option<&str>,
+        charges: I,
+        permits: &mut Vec<Permit>,
+    ) -> Result<(), Refusal<'a>>
+    where
+        I: Iterator<Item = Charge<'a>> + Clone,
+    {
+        let Some(shared) = &self.shared else {
+            return self.count_here(charges, Share::All, permits);
+        };
+        self.count_here(charges.clone(), Share::Concurrency, permits)?;
+        let fallback = Share::Fallback {
+            replicas: shared.replicas(),
+        };
+        if !shared.is_available() {
+            return self.count_here(charges, fallback, permits);
+        }
+        let remote: Vec<Charge<'a>> = charges
+            .clone()
+            .filter(|charge| !matches!(charge.def.kind, LimitKind::Concurrency))
+            .collect();
+        let Some(first) = remote.first() else {
+            return Ok(());
+        };
+        let tag = tag.unwrap_or(&first.key);
+        match shared.check(tag, &remote).await {
+            SharedOutcome::Allowed => Ok(()),
+            SharedOutcome::Limited { position, limited } => {
+                permits.clear();
+                Err(Refusal::Limited {
+                    def: remote[position].def,
+                    limited,
+                })
+            }
+            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits),
+        }
+    }
+
+    /// Count this replica's `share` of `charges` in memory. A refusal gives
+    /// back what the charges before it counted and releases the permits.
+    fn count_here<'a, I>(
+        &self,
+        charges: I,
+        share: Share,
+        permits: &mut Vec<Permit>,
+    ) -> Result<(), Refusal<'a>>
+    where
+        I: Iterator<Item = Charge<'a>> + Clone,
+    {
+        let clock = self.memory.clock();
+        for (counted, charge) in charges.clone().enumerate() {
+            let by = match share.portion(charge.def) {
+                Portion::Skip => continue,
+                Portion::Divided(by) => by,
+                Portion::Deny => {
+                    self.give_back(charges.take(counted), share);
+                    permits.clear();
+                    return Err(Refusal::StoreUnavailable { def: charge.def });
+                }
+            };
+            let checked = charge.counters.check(
+                charge.def,
+                &charge.key,
+                &charge.identity,
+                divided(charge.amount, by),
+                charge.cost,
+                clock,
+            );
+            match checked {
+                Checked::Allowed => {}
+                Checked::Held(permit) => permits.push(permit),
+                Checked::Limited(limited) => {
+                    self.give_back(charges.take(counted), share);
+                    permits.clear();
+                    return Err(Refusal::Limited {
+                        def: charge.def,
+                        limited,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Give back what `charges` counted under `share` (every one of them
+    /// passed: counting stops at the first refusal).
+    fn give_back<'a>(&self, charges: impl Iterator<Item = Charge<'a>>, share: Share) {
+        let clock = self.memory.clock();
+        for charge in charges {
+            if let Portion::Divided(by) = share.portion(charge.def) {
+                charge.counters.refund(
+                    charge.def,
+                    &charge.key,
+                    divided(charge.amount, by),
+                    charge.cost,
+                    clock,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Counting a request's limits in memory, and the fallback while a shared
+//! store is away (a store that was never reached: no Redis needed).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{StoreMode, StoreNodes, StoreSettings};
+use crate::limits::StoreMetrics;
+use crate::metrics::Registry;
+use crate::policy::{Amount, KeyPart, Period};
+
+fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
+    LimitDef {
+        name: name.into(),
+        kind,
+        amount: Amount::Fixed(0),
+        key: vec![KeyPart::License],
+        needs_license: true,
+        on_store_error,
+    }
+}
+
+fn monthly(name: &str, on_store_error: OnStoreError) -> LimitDef {
+    def(
+        name,
+        LimitKind::Quota {
+            period: Period::Month,
+        },
+        on_store_error,
+    )
+}
+
+fn memory() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new(
+        Clock::manual(Duration::from_secs(1_768_478_400)),
+        100,
+    ))
+}
+
+/// A store that has not connected (and, on a closed port, never will).
+fn unreachable_store(clock: &Clock) -> Arc<SharedStore> {
+    let settings = StoreSettings {
+        nodes: StoreNodes::Standalone("redis://127.0.0.1:1".into()),
+        mode: StoreMode::Accurate,
+        timeout: Duration::from_millis(50),
+        replicas: 3,
+        key_prefix: "lg".into(),
+        lease_max_slice: 100,
+        lease_period: Duration::from_secs(10),
+    };
+    let metrics = Arc::new(StoreMetrics::new(&Registry::new()));
+    Arc::new(SharedStore::new(settings, metrics, clock.clone()))
+}
+
+/// Charges of `amount` each, under key "lic-1".
+fn charges<'a>(
+    defs: &'a [LimitDef],
+    counters: &'a [Arc<Counters>],
+    amount: impl Fn(usize) -> u64 + Clone + 'a,
+) -> impl Iterator<Item = Charge<'a>> + Clone + 'a {
+    defs.iter()
+        .zip(counters)
+        .enumerate()
+        .map(move |(i, (def, counters))| Charge {
+            def,
+            counters,
+            amount: amount(i),
+            cost: 1,
+            key: Cow::Borrowed("lic-1"),
+            identity: Cow::Borrowed(""),
+        })
+}
+
+#[test]
+fn a_refusal_gives_back_every_limit_counted_before_it_however_many() {
+    let limiter = Limiter::new(memory(), None);
+    // 100 quotas of one unit a month, then one of none.
+    let defs: Vec<LimitDef> = (0..=100)
+        .map(|i| monthly(&format!("q{i}"), OnStoreError::Fallback))
+        .collect();
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let mut permits = Vec::new();
+    let refusal = limiter
+        .count_in_memory(
+            charges(&defs, &counters, |i| u64::from(i < 100)),
+            &mut permits,
+        )
+        .unwrap_err();
+    let Refusal::Limited { def, .. } = refusal else {
+        panic!("limited: {refusal:?}");
+    };
+    assert_eq!(&*def.name, "q100");
+    // Every unit came back: the first 100 pass again, each at its only unit.
+    limiter
+        .count_in_memory(charges(&defs[..100], &counters, |_| 1), &mut permits)
+        .unwrap();
+    let refusal = limiter
+        .count_in_memory(charges(&defs[..100], &counters, |_| 1), &mut permits)
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "q0"));
+}
+
+#[test]
+fn a_refusal_releases_the_concurrency_slots_it_took() {
+    let limiter = Limiter::new(memory(), None);
+    let defs = [
+        def("inflight", LimitKind::Concurrency, OnStoreError::Fallback),
+        monthly("calls", OnStoreError::Fallback),
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    // Two in flight, one unit a month.
+    let amounts = |i: usize| if i == 0 { 2 } else { 1 };
+    let mut held = Vec::new();
+    limiter
+        .count_in_memory(charges(&defs, &counters, amounts), &mut held)
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    // The quota is used up: the second request's slot is released at once.
+    let mut permits = Vec::new();
+    let refusal = limiter
+        .count_in_memory(charges(&defs, &counters, amounts), &mut permits)
+        .unwrap_err();
+    assert!(permits.is_empty());
+    assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "calls"));
+    // So the second slot is free.
+    limiter
+        .count_in_memory(charges(&defs[..1], &counters, amounts), &mut permits)
+        .unwrap();
+    assert_eq!((held.len(), permits.len()), (1, 1));
+}
+
+#[tokio::test]
+async fn while_the_store_is_away_each_limit_follows_its_on_store_error() {
+    let memory = memory();
+    let shared = unreachable_store(memory.clock());
+    assert!(!shared.is_available());
+    let limiter = Limiter::new(memory, Some(shared));
+    let defs = [
+        def("inflight", LimitKind::Concurrency, OnStoreError::Deny),
+        monthly("shared", OnStoreError::Fallback),
+        monthly("free", OnStoreError::Allow),
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let mut permits = Vec::new();
+    // 9 a month among 3 replicas: this one counts 3 (concurrency still
+    // counts here; `free` is not counted while the store is away).
+    for _ in 0..3 {
+        limiter
+            .count(
+                Some("lic-1"),
+                charges(&defs, &counters, |_| 9),
+                &mut permits,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(permits.len(), 3);
+    let refusal = limiter
+        .count(
+            Some("lic-1"),
+            charges(&defs, &counters, |_| 9),
+            &mut permits,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "shared"));
+    assert!(permits.is_empty(), "a refusal releases every permit");
+    let free = counters[2].usage(&defs[2], limiter.clock());
+    assert!(free.iter().all(|(_, used)| *used == 0), "{free:?}");
+
+    // `deny`: refused, and what came before it is given back.
+    let defs = [
+        monthly("before", OnStoreError::Fallback),
+        monthly("strict", OnStoreError::Deny),
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let refusal = limiter
+        .count(None, charges(&defs, &counters, |_| 9), &mut permits)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::StoreUnavailable { def } if &*def.name == "strict"));
+    let before = counters[0].usage(&defs[0], limiter.clock());
+    assert!(before.iter().all(|(_, used)| *used == 0), "{before:?}");
+}

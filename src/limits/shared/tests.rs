@@ -1,0 +1,367 @@
+//! The shared store's requests and answers, without a Redis: what each
+//! request sends (the script's wire form), what each answer means, and the
+//! leases in between. `tests/store.rs` runs the same against a real Redis.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{StoreMode, StoreNodes, StoreSettings};
+use crate::limits::Counters;
+use crate::metrics::Registry;
+use crate::policy::{Amount, KeyPart, LimitDef};
+
+/// 2026-01-15T12:00:00Z: half-way through a day, mid-month.
+const NOW: u64 = 1_768_478_400;
+
+fn store(mode: StoreMode) -> SharedStore {
+    let settings = StoreSettings {
+        nodes: StoreNodes::Standalone("redis://127.0.0.1:1".into()),
+        mode,
+        timeout: Duration::from_millis(50),
+        replicas: 3,
+        key_prefix: "lg".into(),
+        lease_max_slice: 100,
+        lease_period: Duration::from_secs(10),
+    };
+    let metrics = Arc::new(StoreMetrics::new(&Registry::new()));
+    SharedStore::new(settings, metrics, Clock::manual(Duration::from_secs(NOW)))
+}
+
+fn def(name: &str, kind: LimitKind) -> LimitDef {
+    LimitDef {
+        name: name.into(),
+        kind,
+        amount: Amount::Fixed(0),
+        key: vec![KeyPart::License],
+        needs_license: true,
+        on_store_error: Default::default(),
+    }
+}
+
+fn rate() -> LimitDef {
+    def(
+        "api",
+        LimitKind::Rate {
+            window: Duration::from_secs(60),
+            burst: Some(10),
+        },
+    )
+}
+
+fn quota(period: Period) -> LimitDef {
+    def("calls", LimitKind::Quota { period })
+}
+
+fn seats() -> LimitDef {
+    def(
+        "users",
+        LimitKind::Seats {
+            identity: KeyPart::Header(http::HeaderName::from_static("x-user")),
+            idle: Duration::from_secs(1800),
+        },
+    )
+}
+
+fn charge<'a>(def: &'a LimitDef, counters: &'a Counters, amount: u64) -> Charge<'a> {
+    Charge {
+        def,
+        counters,
+        amount,
+        cost: 1,
+        key: Cow::Borrowed("lic-1"),
+        identity: Cow::Borrowed(if matches!(def.kind, LimitKind::Seats { .. }) {
+            "alice"
+        } else {
+            ""
+        }),
+    }
+}
+
+fn counters(def: &LimitDef) -> Counters {
+    Counters::new(def, 10)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn one_call_carries_every_limit_under_the_license_hash_tag() {
+    let store = store(StoreMode::Accurate);
+    let (r, q, s) = (rate(), quota(Period::Month), seats());
+    let (rc, qc, sc) = (counters(&r), counters(&q), counters(&s));
+    let charges = [
+        charge(&r, &rc, 60),
+        charge(&q, &qc, 1000),
+        charge(&s, &sc, 5),
+    ];
+    let call = store
+        .plan("lic-1", &charges, 0, NOW * 1_000_000_000)
+        .unwrap();
+    let month = 1_767_225_600; // 2026-01-01
+    let next_month = 1_769_904_000; // 2026-02-01
+    assert_eq!(
+        call.encode(),
+        Encoded {
+            keys: strings(&[
+                "lg:{lic-1}:api:r:lic-1",
+                &format!("lg:{{lic-1}}:calls:q:lic-1:{month}"),
+                // The month before, as a rolling period would carry it.
+                &format!(
+                    "lg:{{lic-1}}:calls:q:lic-1:{}",
+                    month - (next_month - month)
+                ),
+                "lg:{lic-1}:users:s:lic-1",
+            ]),
+            ops: 3,
+            args: strings(&[
+                // 60 per minute: a unit per 1 s, a burst of 10.
+                "r",
+                "1000000.000000",
+                "10000000.000000",
+                "1",
+                "0",
+                "-",
+                // Kept a day past the window's end; no previous window weight.
+                "q",
+                "1000",
+                "1",
+                &((next_month + 86_400 - NOW) * 1000).to_string(),
+                "0",
+                "0",
+                "s",
+                "alice",
+                "5",
+                "1800000000",
+                "-",
+                "-",
+            ]),
+        }
+    );
+}
+
+#[test]
+fn a_rolling_quota_carries_the_previous_window_by_what_is_left_of_this_one() {
+    let store = store(StoreMode::Accurate);
+    let q = quota(Period::Rolling(Duration::from_secs(86_400)));
+    let qc = counters(&q);
+    // Noon: half of today's window is left.
+    let charges = [charge(&q, &qc, 10)];
+    let call = store
+        .plan("lic-1", &charges, 0, NOW * 1_000_000_000)
+        .unwrap();
+    let Op::Quota {
+        weight_ppm, ttl_ms, ..
+    } = &call.ops[0].0
+    else {
+        panic!("a quota operation: {:?}", call.ops);
+    };
+    assert_eq!(*weight_ppm, 500_000);
+    // Kept one window past this window's end (12 h + 24 h).
+    assert_eq!(*ttl_ms, 36 * 3600 * 1000);
+}
+
+#[test]
+fn a_rate_of_zero_refuses_without_asking_the_store() {
+    let store = store(StoreMode::Accurate);
+    let r = rate();
+    let rc = counters(&r);
+    let refused = store
+        .plan("lic-1", &[charge(&r, &rc, 0)], 0, NOW * 1_000_000_000)
+        .unwrap_err();
+    let SharedOutcome::Limited { position, limited } = refused else {
+        panic!("limited: {refused:?}");
+    };
+    assert_eq!((position, limited.limit), (0, 0));
+    assert_eq!(limited.retry_after, Duration::from_secs(60));
+}
+
+#[test]
+fn answers_are_parsed_by_their_shape() {
+    assert_eq!(Reply::parse(&[0, 1, 5], 2), Some(Reply::Passed(vec![1, 5])));
+    assert_eq!(
+        Reply::parse(&[2, 1500, 3], 2),
+        Some(Reply::Refused {
+            op: 1,
+            retry_us: 1500,
+            remaining: 3
+        })
+    );
+    // A quota refusal has no retry time of its own (-1).
+    assert_eq!(
+        Reply::parse(&[1, -1, 0], 1),
+        Some(Reply::Refused {
+            op: 0,
+            retry_us: 0,
+            remaining: 0
+        })
+    );
+    for malformed in [
+        &[][..],
+        &[0, 1][..],       // a grant missing
+        &[0, 1, 1, 1][..], // one too many
+        &[3, 10, 0][..],   // no third operation
+        &[-1, 10, 0][..],  // negative operation
+        &[1, 10][..],      // a refusal without `remaining`
+    ] {
+        assert_eq!(Reply::parse(malformed, 2), None, "{malformed:?}");
+    }
+}
+
+#[test]
+fn a_refusal_names_the_charge_with_its_window_and_retry_time() {
+    let store = store(StoreMode::Accurate);
+    let (r, q) = (rate(), quota(Period::Day));
+    let (rc, qc) = (counters(&r), counters(&q));
+    let charges = [charge(&r, &rc, 60), charge(&q, &qc, 1000)];
+    let unix = NOW * 1_000_000_000;
+    let plan = |store: &SharedStore| store.plan("lic-1", &charges, 0, unix).unwrap();
+
+    let refused = Reply::Refused {
+        op: 1,
+        retry_us: 0,
+        remaining: 0,
+    };
+    let SharedOutcome::Limited { position, limited } =
+        store.settle(plan(&store), Some(refused), &charges, 0, unix)
+    else {
+        panic!("the quota refused");
+    };
+    assert_eq!(position, 1);
+    // Noon: the day's window ends in 12 h.
+    assert_eq!(limited.retry_after, Duration::from_secs(12 * 3600));
+    assert_eq!(limited.window, Some(Duration::from_secs(86_400)));
+    assert_eq!(limited.limit, 1000);
+
+    let refused = Reply::Refused {
+        op: 0,
+        retry_us: 2_500_000,
+        remaining: 0,
+    };
+    let SharedOutcome::Limited { position, limited } =
+        store.settle(plan(&store), Some(refused), &charges, 0, unix)
+    else {
+        panic!("the rate refused");
+    };
+    assert_eq!(position, 0);
+    assert_eq!(limited.retry_after, Duration::from_micros(2_500_000));
+    assert_eq!(limited.window, Some(Duration::from_secs(60)));
+
+    assert!(matches!(
+        store.settle(plan(&store), None, &charges, 0, unix),
+        SharedOutcome::Unavailable
+    ));
+}
+
+#[test]
+fn leases_are_spent_locally_until_they_run_out() {
+    let store = store(StoreMode::Leased);
+    let q = quota(Period::Month);
+    let qc = counters(&q);
+    let charges = [charge(&q, &qc, 1000)];
+    let unix = NOW * 1_000_000_000;
+
+    // No lease yet: ask for the first slice (a tenth of the largest).
+    let call = store.plan("lic-1", &charges, 0, unix).unwrap();
+    let [(Op::Quota { slice, .. }, Purpose::Count { lease: Some(_), .. })] = &call.ops[..] else {
+        panic!("one leasing quota operation: {:?}", call.ops);
+    };
+    assert_eq!(*slice, 10);
+    // The store grants 10 units; this request spent one of them.
+    let passed = Reply::Passed(vec![10]);
+    assert!(matches!(
+        store.settle(call, Some(passed), &charges, 0, unix),
+        SharedOutcome::Allowed
+    ));
+
+    // Nine more requests are counted without a call.
+    for n in 0..9 {
+        let call = store.plan("lic-1", &charges, n, unix).unwrap();
+        assert!(call.ops.is_empty(), "request {n}: {:?}", call.ops);
+        assert_eq!(call.spent_locally.len(), 1);
+    }
+    // The lease is spent: ask again, for twice as much (it ran out early).
+    let call = store.plan("lic-1", &charges, 10, unix).unwrap();
+    let [(Op::Quota { slice, .. }, _)] = &call.ops[..] else {
+        panic!("one quota operation: {:?}", call.ops);
+    };
+    assert_eq!(*slice, 20);
+}
+
+#[test]
+fn units_spent_locally_come_back_when_a_later_limit_refuses() {
+    let store = store(StoreMode::Leased);
+    let (q, s) = (quota(Period::Month), seats());
+    let (qc, sc) = (counters(&q), counters(&s));
+    let unix = NOW * 1_000_000_000;
+    let quota_only = [charge(&q, &qc, 1000)];
+    let call = store.plan("lic-1", &quota_only, 0, unix).unwrap();
+    store.settle(call, Some(Reply::Passed(vec![10])), &quota_only, 0, unix);
+    let remaining = |store: &SharedStore| store.leases.iter().next().unwrap().lock().remaining;
+    assert_eq!(remaining(&store), 9);
+
+    // The quota is spent from the lease; the seat is asked for and refused.
+    let both = [charge(&q, &qc, 1000), charge(&s, &sc, 1)];
+    let call = store.plan("lic-1", &both, 1, unix).unwrap();
+    assert_eq!(remaining(&store), 8);
+    let [(Op::Seat { .. }, Purpose::Count { position: 1, .. })] = &call.ops[..] else {
+        panic!("one seat operation: {:?}", call.ops);
+    };
+    let refused = Reply::Refused {
+        op: 0,
+        retry_us: 1,
+        remaining: 0,
+    };
+    let outcome = store.settle(call, Some(refused), &both, 1, unix);
+    assert!(matches!(
+        outcome,
+        SharedOutcome::Limited { position: 1, .. }
+    ));
+    assert_eq!(remaining(&store), 9, "the quota unit came back");
+
+    // No answer at all gives it back too.
+    let call = store.plan("lic-1", &both, 2, unix).unwrap();
+    assert_eq!(remaining(&store), 8);
+    assert!(matches!(
+        store.settle(call, None, &both, 2, unix),
+        SharedOutcome::Unavailable
+    ));
+    assert_eq!(remaining(&store), 9);
+}
+
+#[test]
+fn an_expired_lease_is_returned_in_the_call_that_renews_it() {
+    let store = store(StoreMode::Leased);
+    let r = rate();
+    let rc = counters(&r);
+    let charges = [charge(&r, &rc, 60)];
+    let unix = NOW * 1_000_000_000;
+    let call = store.plan("lic-1", &charges, 0, unix).unwrap();
+    store.settle(call, Some(Reply::Passed(vec![10])), &charges, 0, unix);
+
+    // After the lease period, the 9 unused units go back before a new
+    // slice is taken.
+    let later = Duration::from_secs(11).as_nanos() as u64;
+    let call = store.plan("lic-1", &charges, later, unix).unwrap();
+    let encoded = call.encode();
+    assert_eq!(encoded.ops, 2);
+    assert_eq!(
+        &encoded.args[..3],
+        &strings(&["R", "1000000.000000", "9"])[..]
+    );
+    assert_eq!(encoded.args[6], "r");
+    assert!(matches!(call.ops[0].1, Purpose::Return));
+
+    // A store that "refuses" a return is not speaking the protocol.
+    let refused = Reply::Refused {
+        op: 0,
+        retry_us: 0,
+        remaining: 0,
+    };
+    assert!(matches!(
+        store.settle(call, Some(refused), &charges, later, unix),
+        SharedOutcome::Unavailable
+    ));
+}
