@@ -21,6 +21,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
+use crate::duration::{HumanDuration, NonZeroDuration};
+
 /// Fully resolved, validated settings of `licensegate run`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -692,22 +694,6 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
     }
 }
 
-/// A duration written the human way: `250ms`, `10s`, `5m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        humantime::parse_duration(text)
-            .map(HumanDuration)
-            .map_err(|e| {
-                format!("`{text}` is not a duration ({e}); expected e.g. `250ms`, `10s`, `5m`")
-            })
-    }
-}
-
 impl FileFailedVerifications {
     fn resolve(self) -> crate::license::BudgetSettings {
         let defaults = crate::license::BudgetSettings::default();
@@ -717,29 +703,6 @@ impl FileFailedVerifications {
             burst: self.burst.map_or(defaults.burst, |n| n.0 as u64),
             ..defaults
         }
-    }
-}
-
-/// A duration above zero, checked when the file is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NonZeroDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for NonZeroDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let HumanDuration(duration) = HumanDuration::deserialize(deserializer)?;
-        if duration.is_zero() {
-            return Err(serde::de::Error::custom(
-                "must be greater than zero; expected e.g. `1s`",
-            ));
-        }
-        Ok(NonZeroDuration(duration))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -927,62 +890,8 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        path::with_base_dir(path::base_dir(path), || parse_yaml(path, text))
-    }
-}
-
-/// Deserialize YAML into `T`, reporting errors as `file:line:column:
-/// dotted.setting: message` — the full path of the offending setting, not
-/// just its parent.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-) -> Result<T, ConfigError> {
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let setting = error.path().to_string();
-        yaml_error(path, &setting, error.into_inner())
-    })
-}
-
-/// Turn a YAML error into a positioned config error. The library decorates
-/// its message with " at line L column C" and a partial path; both are
-/// reported up front instead, in the `file:line:column` form editors jump to.
-pub fn yaml_error(path: &Path, setting: &str, error: serde_yaml::Error) -> ConfigError {
-    let mut message = error.to_string();
-    if let Some(location) = error.location() {
-        let suffix = format!(" at line {} column {}", location.line(), location.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_owned();
-        }
-    }
-    // Drop the library's own (partial) path prefix: some ancestor of `setting`.
-    let mut prefix = setting;
-    loop {
-        if let Some(rest) = message.strip_prefix(&format!("{prefix}: ")) {
-            message = rest.to_owned();
-            break;
-        }
-        // Ancestors end at a `.field` or an `[index]`.
-        match prefix.rfind(['.', '[']) {
-            Some(at) => prefix = &prefix[..at],
-            None => break,
-        }
-    }
-    if !setting.is_empty() && setting != "." {
-        message = format!("{setting}: {message}");
-    }
-    match error.location() {
-        Some(location) => ConfigError::Parse {
-            path: path.to_owned(),
-            line: location.line(),
-            column: location.column(),
-            message,
-        },
-        None => ConfigError::ParseNoLocation {
-            path: path.to_owned(),
-            message,
-        },
+        path::with_base_dir(path::base_dir(path), || crate::yaml::parse(path, text))
+            .map_err(ConfigError::from)
     }
 }
 

@@ -13,15 +13,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    ParseNoLocation { path: PathBuf, message: String },
+    /// The file does not parse into the settings it may hold.
+    #[error(transparent)]
+    Yaml(#[from] crate::yaml::YamlError),
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,
