@@ -13,13 +13,13 @@ mod license;
 mod policy;
 
 use crate::config::{
-    ConfigError, FileConfig, LicenseSource, Overrides, Settings, UpstreamProtocol, UpstreamUrl,
-    Workers,
+    ConfigError, FileConfig, Overrides, Settings, UpstreamProtocol, UpstreamUrl, Workers,
 };
 use crate::demo::EchoUpstream;
 use crate::dev::{DevKey, Grant};
 use crate::exit;
 use crate::gateway::Gateway;
+use crate::license::LicenseSource;
 use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
 
 #[derive(Debug, Parser)]

@@ -22,6 +22,8 @@ use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
 use crate::duration::{HumanDuration, NonZeroDuration};
+use crate::license::refresh::RefreshSettings;
+use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
 
 /// Fully resolved, validated settings of `licensegate run`.
 #[derive(Clone, Debug)]
@@ -266,41 +268,11 @@ pub struct FileUpstreamHeaders {
     pub features: Option<HeaderNameSetting>,
 }
 
-/// Where licenses come from and how they are checked.
-#[derive(Clone, Debug)]
-pub struct LicenseSettings {
-    /// Public keys: a PEM file, a directory of PEM files, or a JWKS file.
-    pub keys: PathBuf,
-    pub source: LicenseSource,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
-    pub grace: Duration,
-    /// The workload identity licenses are bound to.
-    pub environment: EnvironmentSettings,
-    /// Verified tokens remembered (header source).
-    pub cache_capacity: usize,
-    /// Trusted time and the last fetched token, kept across restarts.
-    pub state_file: Option<PathBuf>,
-    /// Keep the token header on forwarded requests (header source).
-    pub forward_token: bool,
-    /// Signature checks that may fail per client (header source).
-    pub failed_verifications: crate::license::BudgetSettings,
-}
-
-#[derive(Clone, Debug)]
-pub enum LicenseSource {
-    /// One deployment license in a file, reloaded when it changes.
-    File(PathBuf),
-    /// A token per request in this header (`Bearer ` prefix optional).
-    Header(http::HeaderName),
-    /// A short-lived deployment token fetched from the vendor on schedule.
-    Refresh(crate::license::refresh::RefreshSettings),
-}
-
+/// `license.environment`: the workload identity licenses are bound to;
+/// what is left out is read from the process environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EnvironmentSettings {
+pub struct FileEnvironment {
     pub cluster: Option<String>,
     pub region: Option<String>,
     pub namespace: Option<String>,
@@ -320,7 +292,7 @@ pub struct FileLicense {
     pub leeway: Option<HumanDuration>,
     pub grace: Option<HumanDuration>,
     #[serde(default)]
-    pub environment: EnvironmentSettings,
+    pub environment: FileEnvironment,
     pub cache_capacity: Option<MaxConnections>,
     pub refresh: Option<FileRefresh>,
     pub state_file: Option<FileInDir>,
@@ -368,7 +340,7 @@ pub struct FileRefresh {
 }
 
 impl FileRefresh {
-    fn resolve(self) -> Result<crate::license::refresh::RefreshSettings, ConfigError> {
+    fn resolve(self) -> Result<RefreshSettings, ConfigError> {
         let invalid = |setting, message: String| ConfigError::Invalid { setting, message };
         let url: http::Uri = self.url.parse().map_err(|e| {
             invalid(
@@ -376,7 +348,7 @@ impl FileRefresh {
                 format!("`{}` is not a URL: {e}", self.url),
             )
         })?;
-        let mut settings = crate::license::refresh::RefreshSettings::new(url);
+        let mut settings = RefreshSettings::new(url);
         settings.ca = self.ca.map(|ca| ca.0);
         settings.allow_http = self.allow_http;
         if let Some(timeout) = self.timeout {
@@ -423,16 +395,17 @@ impl<'de> Deserialize<'de> for HeaderNameSetting {
     }
 }
 
-impl EnvironmentSettings {
+impl FileEnvironment {
     /// Fill gaps from the Kubernetes Downward API variables (`POD_NAMESPACE`,
     /// `POD_SERVICE_ACCOUNT`) and `LICENSEGATE_CLUSTER` / `LICENSEGATE_REGION`.
-    pub fn with_process_env(mut self) -> Self {
+    pub fn with_process_env(self) -> Environment {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        self.cluster = self.cluster.or_else(|| var("LICENSEGATE_CLUSTER"));
-        self.region = self.region.or_else(|| var("LICENSEGATE_REGION"));
-        self.namespace = self.namespace.or_else(|| var("POD_NAMESPACE"));
-        self.service_account = self.service_account.or_else(|| var("POD_SERVICE_ACCOUNT"));
-        self
+        Environment {
+            cluster: self.cluster.or_else(|| var("LICENSEGATE_CLUSTER")),
+            region: self.region.or_else(|| var("LICENSEGATE_REGION")),
+            namespace: self.namespace.or_else(|| var("POD_NAMESPACE")),
+            service_account: self.service_account.or_else(|| var("POD_SERVICE_ACCOUNT")),
+        }
     }
 }
 
@@ -695,9 +668,9 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
 }
 
 impl FileFailedVerifications {
-    fn resolve(self) -> crate::license::BudgetSettings {
-        let defaults = crate::license::BudgetSettings::default();
-        crate::license::BudgetSettings {
+    fn resolve(self) -> BudgetSettings {
+        let defaults = BudgetSettings::default();
+        BudgetSettings {
             limit: self.limit.map_or(defaults.limit, |n| n.0 as u64),
             per: self.per.map_or(defaults.per, |d| d.0),
             burst: self.burst.map_or(defaults.burst, |n| n.0 as u64),
@@ -1349,10 +1322,7 @@ mod tests {
     fn token_forwarding_and_the_verification_budget() {
         let defaults = resolve_license("  source: header\n").unwrap();
         assert!(!defaults.forward_token, "the token is removed by default");
-        assert_eq!(
-            defaults.failed_verifications,
-            crate::license::BudgetSettings::default()
-        );
+        assert_eq!(defaults.failed_verifications, BudgetSettings::default());
         let set = resolve_license(
             "  source: header\n  forward_token: true\n  failed_verifications: {limit: 5, per: 1m, burst: 7}\n",
         )

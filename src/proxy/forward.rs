@@ -547,8 +547,8 @@ fn protected_names(settings: &Settings) -> Vec<HeaderName> {
         headers.plan.clone(),
         headers.features.clone(),
     ];
-    if let Some(crate::config::LicenseSettings {
-        source: crate::config::LicenseSource::Header(name),
+    if let Some(crate::license::LicenseSettings {
+        source: crate::license::LicenseSource::Header(name),
         ..
     }) = &settings.license
     {
