@@ -8,37 +8,35 @@
 pub mod error;
 pub mod path;
 
-pub use crate::tls::TlsFiles;
 pub use error::ConfigError;
 pub use path::{ExistingFile, ExistingPath, FileInDir};
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
 use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
+use crate::proxy::settings::{
+    ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
+    UpstreamProtocol, UpstreamSettings, UpstreamUrl, DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+    MIN_HEADER_BYTES,
+};
+use crate::tls::TlsFiles;
 
-/// Fully resolved, validated settings of `licensegate run`.
+/// Fully resolved, validated settings of `licensegate run`: each part is
+/// the settings type of the subsystem it configures.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub listen: SocketAddr,
+    /// The listener, the upstream, and their timeouts and limits.
+    pub proxy: ProxySettings,
     pub admin: SocketAddr,
     /// Runtime worker threads; 1 selects a single-threaded runtime.
     pub workers: usize,
-    pub upstream: UpstreamSettings,
-    /// Inbound TLS; plain TCP (with h2c prior knowledge) when absent.
-    pub tls: Option<TlsFiles>,
-    pub forwarded: ForwardedSettings,
-    pub headers: HeaderSettings,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
     /// License enforcement; `None` runs a plain proxy.
     pub license: Option<LicenseSettings>,
     /// Routes, features and limits; `None` checks only the license (if any).
@@ -481,191 +479,7 @@ impl FileLicense {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct UpstreamSettings {
-    pub url: UpstreamUrl,
-    pub protocol: UpstreamProtocol,
-    /// PEM bundle of CAs trusted for an https upstream; system roots when absent.
-    pub ca: Option<PathBuf>,
-    /// Upstream connections open at once (and requests in flight over a
-    /// multiplexed upstream); more wait up to `timeouts.upstream_queue`.
-    pub max_connections: usize,
-}
-
-/// Default `upstream.max_connections`: as many as the shared idle list
-/// keeps, far above what one local workload usually serves in parallel.
-pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
-
-/// Which HTTP version to speak to the upstream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 on plain TCP; ALPN (h2 or http/1.1) on TLS.
-    #[default]
-    Auto,
-    Http1,
-    /// HTTP/2 only: prior knowledge (h2c) on plain TCP, ALPN h2 on TLS.
-    Http2,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ForwardedSettings {
-    /// Keep and extend incoming `X-Forwarded-*`/`Forwarded` headers instead
-    /// of replacing them. Only safe behind another trusted proxy.
-    pub trust_incoming: bool,
-}
-
-/// How inbound header names are screened before forwarding.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderSettings {
-    pub underscores: Underscores,
-}
-
-/// What happens to inbound headers with `_` in their name. CGI, WSGI and
-/// Rack servers read `_` and `-` alike (`HTTP_X_LICENSE_ID`), so such a
-/// name can impersonate one licensegate sets. Names that do impersonate a
-/// protected header are removed whatever this says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Underscores {
-    /// Remove every such header, as nginx does by default.
-    #[default]
-    Drop,
-    /// Forward them, except those that read as a protected name.
-    Keep,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    /// Time a client has to send a complete request head. On HTTP/1.1 this
-    /// also bounds how long a keep-alive connection waits for its next request.
-    pub request_header: Duration,
-    pub upstream_connect: Duration,
-    /// Time from sending the request to the upstream's response head.
-    pub upstream_response: Duration,
-    /// An upstream connection unused this long is closed. Keep it below the
-    /// upstream's own keep-alive timeout, so the proxy closes first.
-    pub upstream_idle: Duration,
-    /// How long a request waits for an upstream connection once
-    /// `upstream.max_connections` are open; then 503 `upstream_overloaded`.
-    pub upstream_queue: Duration,
-    /// A connection with no traffic and no request in flight is closed.
-    pub idle: Duration,
-    /// How long in-flight requests may run after a shutdown signal.
-    pub drain: Duration,
-    /// A WebSocket tunnel with no bytes either way for this long is closed.
-    pub tunnel_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request_header: Duration::from_secs(10),
-            upstream_connect: Duration::from_secs(2),
-            upstream_response: Duration::from_secs(30),
-            upstream_idle: Duration::from_secs(90),
-            upstream_queue: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
-            drain: Duration::from_secs(25),
-            tunnel_idle: Duration::from_secs(300),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Largest request head accepted (HTTP/1.1 read buffer, HTTP/2 header list).
-    pub max_header_bytes: usize,
-    /// Inbound connections held open at once; further ones wait in the backlog.
-    pub max_connections: usize,
-    /// HTTP/2 streams a client may have open at once on one connection.
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 streams a client may reset after they were accepted, per
-    /// connection per [`STREAM_RESET_WINDOW`], before the connection is closed.
-    pub max_stream_resets: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 64 * 1024,
-            max_connections: 10_000,
-            max_concurrent_streams: 100,
-            max_stream_resets: 200,
-        }
-    }
-}
-
-/// The window over which `limits.max_stream_resets` is counted.
-pub const STREAM_RESET_WINDOW: Duration = Duration::from_secs(10);
-
-/// Smallest header budget hyper's HTTP/1.1 reader accepts.
-const MIN_HEADER_BYTES: usize = 8 * 1024;
-
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
-
-/// An upstream origin: `http://host:port` or `https://host:port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    pub scheme: Scheme,
-    pub authority: Authority,
-}
-
-impl UpstreamUrl {
-    pub fn is_https(&self) -> bool {
-        self.scheme == Scheme::HTTPS
-    }
-}
-
-impl fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl FromStr for UpstreamUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            Some(other) => {
-                return Err(format!(
-                    "scheme `{other}` is not supported; expected http or https"
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "`{text}` has no scheme; expected http://host:port or https://host:port"
-                ))
-            }
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{text}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err("user info in the upstream URL is not supported".into());
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "`{text}` has a path or query; the upstream is an origin (scheme://host:port) and requests keep their own path"
-            ));
-        }
-        Ok(UpstreamUrl { scheme, authority })
-    }
-}
-
-impl<'de> Deserialize<'de> for UpstreamUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 impl FileFailedVerifications {
     fn resolve(self) -> BudgetSettings {
@@ -1032,28 +846,30 @@ impl Settings {
         };
 
         Ok(Settings {
-            listen,
+            proxy: ProxySettings {
+                listen,
+                tls,
+                upstream: UpstreamSettings {
+                    url,
+                    protocol,
+                    ca,
+                    max_connections: file_upstream
+                        .max_connections
+                        .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |m| m.0),
+                },
+                forwarded: ForwardedSettings {
+                    trust_incoming: overrides
+                        .trust_forwarded
+                        .unwrap_or(file.forwarded.trust_incoming),
+                },
+                headers: HeaderSettings {
+                    underscores: file.headers.underscores,
+                },
+                timeouts,
+                limits,
+            },
             admin,
             workers,
-            upstream: UpstreamSettings {
-                url,
-                protocol,
-                ca,
-                max_connections: file_upstream
-                    .max_connections
-                    .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |m| m.0),
-            },
-            tls,
-            forwarded: ForwardedSettings {
-                trust_incoming: overrides
-                    .trust_forwarded
-                    .unwrap_or(file.forwarded.trust_incoming),
-            },
-            headers: HeaderSettings {
-                underscores: file.headers.underscores,
-            },
-            timeouts,
-            limits,
             license,
             policy,
             upstream_headers,
@@ -1170,8 +986,8 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(settings.listen.port(), 3);
-        assert_eq!(settings.upstream.url.authority.port_u16(), Some(2));
+        assert_eq!(settings.proxy.listen.port(), 3);
+        assert_eq!(settings.proxy.upstream.url.authority.port_u16(), Some(2));
         assert_eq!(settings.admin, DEFAULT_ADMIN.parse().unwrap());
     }
 
@@ -1190,20 +1006,23 @@ mod tests {
     fn http2_and_upstream_bounds_have_defaults_and_ranges() {
         let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
         let settings = Settings::resolve(parse(base).unwrap(), Overrides::default()).unwrap();
-        assert_eq!(settings.limits.max_concurrent_streams, 100);
-        assert_eq!(settings.limits.max_stream_resets, 200);
-        assert_eq!(settings.upstream.max_connections, 1024);
-        assert_eq!(settings.timeouts.upstream_queue, Duration::from_secs(1));
+        assert_eq!(settings.proxy.limits.max_concurrent_streams, 100);
+        assert_eq!(settings.proxy.limits.max_stream_resets, 200);
+        assert_eq!(settings.proxy.upstream.max_connections, 1024);
+        assert_eq!(
+            settings.proxy.timeouts.upstream_queue,
+            Duration::from_secs(1)
+        );
 
         let text = "listen: 127.0.0.1:1\n\
                     upstream: {url: 'http://127.0.0.1:2', max_connections: 8}\n\
                     timeouts: {upstream_queue: 0s}\n\
                     limits: {max_concurrent_streams: 10, max_stream_resets: 5}\n";
         let settings = Settings::resolve(parse(text).unwrap(), Overrides::default()).unwrap();
-        assert_eq!(settings.upstream.max_connections, 8);
-        assert_eq!(settings.timeouts.upstream_queue, Duration::ZERO);
-        assert_eq!(settings.limits.max_concurrent_streams, 10);
-        assert_eq!(settings.limits.max_stream_resets, 5);
+        assert_eq!(settings.proxy.upstream.max_connections, 8);
+        assert_eq!(settings.proxy.timeouts.upstream_queue, Duration::ZERO);
+        assert_eq!(settings.proxy.limits.max_concurrent_streams, 10);
+        assert_eq!(settings.proxy.limits.max_stream_resets, 5);
 
         let error = parse("limits:\n  max_concurrent_streams: 0\n")
             .unwrap_err()
@@ -1252,7 +1071,7 @@ mod tests {
         )
         .unwrap();
         let at = |name: &str| dir.path().join(name);
-        let tls = settings.tls.unwrap();
+        let tls = settings.proxy.tls.unwrap();
         assert_eq!((tls.cert, tls.key), (at("tls.crt"), at("./tls.key")));
         let license = settings.license.unwrap();
         assert_eq!(license.keys, at("keys"));
@@ -1273,7 +1092,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.policy.unwrap().paths, [PathBuf::from("p.yaml")]);
-        assert_eq!(settings.tls.unwrap().cert, PathBuf::from("c.pem"));
+        assert_eq!(settings.proxy.tls.unwrap().cert, PathBuf::from("c.pem"));
 
         // A missing path: positioned, named, resolved.
         let error = FileConfig::parse(&config, "license:\n  keys: missing\n")

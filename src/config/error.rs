@@ -1,8 +1,9 @@
-//! The configuration error: a leaf, so every subsystem that reads its own
-//! settings (TLS files, the refresh source) reports in the same form
-//! without importing the whole configuration.
+//! The configuration error: what reading the config file and mapping it
+//! (and the flags) onto the subsystems' settings can go wrong with.
 
 use std::path::PathBuf;
+
+use crate::yaml::YamlError;
 
 /// A configuration error, formatted `file:line:column: setting: what was expected`.
 #[derive(Debug, thiserror::Error)]
@@ -15,19 +16,10 @@ pub enum ConfigError {
     },
     /// The file does not parse into the settings it may hold.
     #[error(transparent)]
-    Yaml(#[from] crate::yaml::YamlError),
+    Yaml(#[from] YamlError),
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,
         message: String,
     },
-}
-
-impl From<crate::tls::TlsError> for ConfigError {
-    fn from(error: crate::tls::TlsError) -> ConfigError {
-        ConfigError::Invalid {
-            setting: error.setting,
-            message: error.message,
-        }
-    }
 }
