@@ -4,6 +4,13 @@
 //! Relative paths in the file are resolved against its directory (see
 //! [`path`]); those given as flags or variables stay relative to the working
 //! directory.
+//!
+//! Each subsystem owns the type of its settings ([`ProxySettings`],
+//! [`LicenseSettings`], [`PolicySettings`], [`StoreSettings`],
+//! [`LicenseHeaderNames`]); this module holds only the file's shape (the
+//! `File*` structs), the flags ([`Overrides`]), and the mapping of both onto
+//! those types. It sits above every subsystem it configures, none of which
+//! imports it.
 
 pub mod error;
 pub mod path;
@@ -18,9 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::decision::LicenseHeaderNames;
 use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
+use crate::limits::{StoreMode, StoreNodes, StoreSettings};
+use crate::policy::{PolicySettings, WebSocketScope};
 use crate::proxy::settings::{
     ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
     UpstreamProtocol, UpstreamSettings, UpstreamUrl, DEFAULT_UPSTREAM_MAX_CONNECTIONS,
@@ -42,60 +52,9 @@ pub struct Settings {
     /// Routes, features and limits; `None` checks only the license (if any).
     pub policy: Option<PolicySettings>,
     /// Headers carrying the verified license to the upstream.
-    pub upstream_headers: UpstreamHeaders,
+    pub upstream_headers: LicenseHeaderNames,
     /// A shared counter store (Redis); `None` counts in memory per replica.
     pub store: Option<StoreSettings>,
-}
-
-/// Where shared counters live and how they are used.
-#[derive(Clone, Debug)]
-pub struct StoreSettings {
-    pub nodes: StoreNodes,
-    pub mode: StoreMode,
-    /// Longest wait for one round trip; slower answers count as errors.
-    pub timeout: Duration,
-    /// Replicas sharing the limits: fallback counting divides by this.
-    pub replicas: u32,
-    pub key_prefix: String,
-    /// Leased mode: the most units one lease takes.
-    pub lease_max_slice: u64,
-    /// Leased mode: how long a lease may be spent before it is returned.
-    pub lease_period: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreNodes {
-    Standalone(String),
-    Cluster(Vec<String>),
-}
-
-impl StoreNodes {
-    /// For logs: the URLs without passwords.
-    pub fn describe(&self) -> String {
-        let strip = |url: &str| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-            }
-            _ => url.to_owned(),
-        };
-        match self {
-            StoreNodes::Standalone(url) => strip(url),
-            StoreNodes::Cluster(urls) => {
-                let urls: Vec<String> = urls.iter().map(|u| strip(u)).collect();
-                format!("cluster {}", urls.join(","))
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreMode {
-    /// Every decision asks the store (one round trip).
-    #[default]
-    Accurate,
-    /// Replicas lease slices of rate and quota budgets and spend them locally.
-    Leased,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,56 +154,6 @@ impl FileStore {
             lease_max_slice,
             lease_period,
         })
-    }
-}
-
-/// Where policies come from and how their counters are kept.
-#[derive(Clone, Debug)]
-pub struct PolicySettings {
-    /// Policy files or directories of them (`*.yaml`, `*.yml`).
-    pub paths: Vec<PathBuf>,
-    /// Quota counts kept across restarts.
-    pub counters_file: Option<PathBuf>,
-    /// How often the counters file is written (also on shutdown).
-    pub persist_interval: Duration,
-    /// Keys tracked per limit before new keys share one overflow counter.
-    pub max_keys_per_limit: usize,
-    /// Which requests may become WebSocket tunnels. No config file key:
-    /// only `licensegate dev` widens it.
-    pub websocket: WebSocketScope,
-}
-
-/// Which allowed requests may become WebSocket tunnels under a policy.
-/// Either way the handshake is checked in full, the 101 must answer it and
-/// the tunnel holds its connection slot; only the choice of requests differs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WebSocketScope {
-    /// Requests matched by a route with `websocket: true`.
-    #[default]
-    Routes,
-    /// Any request the policy and the license allow, matched by a route or
-    /// by `unmatched`: `licensegate dev`, whose dev server opens its
-    /// hot-reload socket on a path of its own choosing (Vite `/`, Next
-    /// `/_next/webpack-hmr`) that policies do not name.
-    AnyRoute,
-}
-
-/// Names of the headers that carry the verified license id, plan and
-/// features to the upstream. Client-sent copies are always removed.
-#[derive(Clone, Debug)]
-pub struct UpstreamHeaders {
-    pub id: http::HeaderName,
-    pub plan: http::HeaderName,
-    pub features: http::HeaderName,
-}
-
-impl Default for UpstreamHeaders {
-    fn default() -> Self {
-        UpstreamHeaders {
-            id: http::HeaderName::from_static("x-license-id"),
-            plan: http::HeaderName::from_static("x-license-plan"),
-            features: http::HeaderName::from_static("x-license-features"),
-        }
     }
 }
 
@@ -832,8 +741,8 @@ impl Settings {
                 websocket: WebSocketScope::Routes,
             })
         };
-        let header_defaults = UpstreamHeaders::default();
-        let upstream_headers = UpstreamHeaders {
+        let header_defaults = LicenseHeaderNames::default();
+        let upstream_headers = LicenseHeaderNames {
             id: file.upstream_headers.id.map_or(header_defaults.id, |h| h.0),
             plan: file
                 .upstream_headers

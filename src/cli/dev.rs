@@ -15,14 +15,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use super::{announce, run_gateway};
-use crate::config::{FileConfig, Overrides, Settings, WebSocketScope, DEFAULT_ADMIN};
+use crate::config::{FileConfig, Overrides, Settings, DEFAULT_ADMIN};
 use crate::dev::{
     check_features, check_plan, default_plan, describe_features, plan_names, DevLicense, DevStatus,
     Grant, PlanChange,
 };
 use crate::exit;
 use crate::gateway::Gateway;
-use crate::policy::Policy;
+use crate::policy::{Policy, WebSocketScope};
 use crate::process::build_runtime;
 use crate::proxy::settings::UpstreamUrl;
 

@@ -14,6 +14,7 @@ pub mod persist;
 mod quota;
 mod rate;
 mod seats;
+mod settings;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use clock::Clock;
 pub use concurrency::Permit;
 pub use metrics::{LimitMetrics, StoreMetrics};
+pub use settings::{StoreMode, StoreNodes, StoreSettings};
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;
