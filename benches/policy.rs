@@ -111,7 +111,7 @@ fn licensed() -> Licensed {
     }
 }
 
-fn license_settings(dir: &Path) -> licensegate::config::LicenseSettings {
+fn license_settings(dir: &Path) -> licensegate::license::LicenseSettings {
     let yaml = format!(
         "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n  source: header\n",
         dir.join("k1.pem").display()

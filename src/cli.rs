@@ -12,15 +12,14 @@ mod dev;
 mod license;
 mod policy;
 
-use crate::config::{
-    ConfigError, FileConfig, LicenseSource, Overrides, Settings, UpstreamProtocol, UpstreamUrl,
-    Workers,
-};
+use crate::config::{ConfigError, FileConfig, Overrides, Settings, Workers};
 use crate::demo::EchoUpstream;
 use crate::dev::{DevKey, Grant};
 use crate::exit;
 use crate::gateway::Gateway;
+use crate::license::LicenseSource;
 use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
+use crate::proxy::settings::{UpstreamProtocol, UpstreamUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -184,9 +183,9 @@ fn run(args: RunArgs) -> i32 {
         })?;
         announce(&gateway);
         tracing::info!(
-            upstream = %settings.upstream.url,
+            upstream = %settings.proxy.upstream.url,
             workers = settings.workers,
-            tls = settings.tls.is_some(),
+            tls = settings.proxy.tls.is_some(),
             "licensegate started"
         );
         Ok(gateway)
@@ -261,7 +260,7 @@ fn demo(args: DemoArgs) -> i32 {
              curl -s http://{admin}/metrics | grep licensegate_decisions       # decisions by reason and route\n  \
              curl -s http://{admin}/license                                   # license status\n\n\
              Press Ctrl-C to stop.",
-            upstream = settings.upstream.url,
+            upstream = settings.proxy.upstream.url,
             policy = policy.display(),
             grant = grant.describe(),
         );

@@ -4,96 +4,57 @@
 //! Relative paths in the file are resolved against its directory (see
 //! [`path`]); those given as flags or variables stay relative to the working
 //! directory.
+//!
+//! Each subsystem owns the type of its settings ([`ProxySettings`],
+//! [`LicenseSettings`], [`PolicySettings`], [`StoreSettings`],
+//! [`LicenseHeaderNames`]); this module holds only the file's shape (the
+//! `File*` structs), the flags ([`Overrides`]), and the mapping of both onto
+//! those types. It sits above every subsystem it configures, none of which
+//! imports it.
 
 pub mod error;
 pub mod path;
 
-pub use crate::tls::TlsFiles;
 pub use error::ConfigError;
 pub use path::{ExistingFile, ExistingPath, FileInDir};
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
-/// Fully resolved, validated settings of `licensegate run`.
+use crate::decision::LicenseHeaderNames;
+use crate::duration::{HumanDuration, NonZeroDuration};
+use crate::license::refresh::RefreshSettings;
+use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
+use crate::limits::{StoreMode, StoreNodes, StoreSettings};
+use crate::policy::{PolicySettings, WebSocketScope};
+use crate::proxy::settings::{
+    ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
+    UpstreamProtocol, UpstreamSettings, UpstreamUrl, DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+    MIN_HEADER_BYTES,
+};
+use crate::tls::TlsFiles;
+
+/// Fully resolved, validated settings of `licensegate run`: each part is
+/// the settings type of the subsystem it configures.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub listen: SocketAddr,
+    /// The listener, the upstream, and their timeouts and limits.
+    pub proxy: ProxySettings,
     pub admin: SocketAddr,
     /// Runtime worker threads; 1 selects a single-threaded runtime.
     pub workers: usize,
-    pub upstream: UpstreamSettings,
-    /// Inbound TLS; plain TCP (with h2c prior knowledge) when absent.
-    pub tls: Option<TlsFiles>,
-    pub forwarded: ForwardedSettings,
-    pub headers: HeaderSettings,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
     /// License enforcement; `None` runs a plain proxy.
     pub license: Option<LicenseSettings>,
     /// Routes, features and limits; `None` checks only the license (if any).
     pub policy: Option<PolicySettings>,
     /// Headers carrying the verified license to the upstream.
-    pub upstream_headers: UpstreamHeaders,
+    pub upstream_headers: LicenseHeaderNames,
     /// A shared counter store (Redis); `None` counts in memory per replica.
     pub store: Option<StoreSettings>,
-}
-
-/// Where shared counters live and how they are used.
-#[derive(Clone, Debug)]
-pub struct StoreSettings {
-    pub nodes: StoreNodes,
-    pub mode: StoreMode,
-    /// Longest wait for one round trip; slower answers count as errors.
-    pub timeout: Duration,
-    /// Replicas sharing the limits: fallback counting divides by this.
-    pub replicas: u32,
-    pub key_prefix: String,
-    /// Leased mode: the most units one lease takes.
-    pub lease_max_slice: u64,
-    /// Leased mode: how long a lease may be spent before it is returned.
-    pub lease_period: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreNodes {
-    Standalone(String),
-    Cluster(Vec<String>),
-}
-
-impl StoreNodes {
-    /// For logs: the URLs without passwords.
-    pub fn describe(&self) -> String {
-        let strip = |url: &str| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-            }
-            _ => url.to_owned(),
-        };
-        match self {
-            StoreNodes::Standalone(url) => strip(url),
-            StoreNodes::Cluster(urls) => {
-                let urls: Vec<String> = urls.iter().map(|u| strip(u)).collect();
-                format!("cluster {}", urls.join(","))
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreMode {
-    /// Every decision asks the store (one round trip).
-    #[default]
-    Accurate,
-    /// Replicas lease slices of rate and quota budgets and spend them locally.
-    Leased,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,56 +157,6 @@ impl FileStore {
     }
 }
 
-/// Where policies come from and how their counters are kept.
-#[derive(Clone, Debug)]
-pub struct PolicySettings {
-    /// Policy files or directories of them (`*.yaml`, `*.yml`).
-    pub paths: Vec<PathBuf>,
-    /// Quota counts kept across restarts.
-    pub counters_file: Option<PathBuf>,
-    /// How often the counters file is written (also on shutdown).
-    pub persist_interval: Duration,
-    /// Keys tracked per limit before new keys share one overflow counter.
-    pub max_keys_per_limit: usize,
-    /// Which requests may become WebSocket tunnels. No config file key:
-    /// only `licensegate dev` widens it.
-    pub websocket: WebSocketScope,
-}
-
-/// Which allowed requests may become WebSocket tunnels under a policy.
-/// Either way the handshake is checked in full, the 101 must answer it and
-/// the tunnel holds its connection slot; only the choice of requests differs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WebSocketScope {
-    /// Requests matched by a route with `websocket: true`.
-    #[default]
-    Routes,
-    /// Any request the policy and the license allow, matched by a route or
-    /// by `unmatched`: `licensegate dev`, whose dev server opens its
-    /// hot-reload socket on a path of its own choosing (Vite `/`, Next
-    /// `/_next/webpack-hmr`) that policies do not name.
-    AnyRoute,
-}
-
-/// Names of the headers that carry the verified license id, plan and
-/// features to the upstream. Client-sent copies are always removed.
-#[derive(Clone, Debug)]
-pub struct UpstreamHeaders {
-    pub id: http::HeaderName,
-    pub plan: http::HeaderName,
-    pub features: http::HeaderName,
-}
-
-impl Default for UpstreamHeaders {
-    fn default() -> Self {
-        UpstreamHeaders {
-            id: http::HeaderName::from_static("x-license-id"),
-            plan: http::HeaderName::from_static("x-license-plan"),
-            features: http::HeaderName::from_static("x-license-features"),
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePolicy {
@@ -264,41 +175,11 @@ pub struct FileUpstreamHeaders {
     pub features: Option<HeaderNameSetting>,
 }
 
-/// Where licenses come from and how they are checked.
-#[derive(Clone, Debug)]
-pub struct LicenseSettings {
-    /// Public keys: a PEM file, a directory of PEM files, or a JWKS file.
-    pub keys: PathBuf,
-    pub source: LicenseSource,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
-    pub grace: Duration,
-    /// The workload identity licenses are bound to.
-    pub environment: EnvironmentSettings,
-    /// Verified tokens remembered (header source).
-    pub cache_capacity: usize,
-    /// Trusted time and the last fetched token, kept across restarts.
-    pub state_file: Option<PathBuf>,
-    /// Keep the token header on forwarded requests (header source).
-    pub forward_token: bool,
-    /// Signature checks that may fail per client (header source).
-    pub failed_verifications: crate::license::BudgetSettings,
-}
-
-#[derive(Clone, Debug)]
-pub enum LicenseSource {
-    /// One deployment license in a file, reloaded when it changes.
-    File(PathBuf),
-    /// A token per request in this header (`Bearer ` prefix optional).
-    Header(http::HeaderName),
-    /// A short-lived deployment token fetched from the vendor on schedule.
-    Refresh(crate::license::refresh::RefreshSettings),
-}
-
+/// `license.environment`: the workload identity licenses are bound to;
+/// what is left out is read from the process environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EnvironmentSettings {
+pub struct FileEnvironment {
     pub cluster: Option<String>,
     pub region: Option<String>,
     pub namespace: Option<String>,
@@ -318,7 +199,7 @@ pub struct FileLicense {
     pub leeway: Option<HumanDuration>,
     pub grace: Option<HumanDuration>,
     #[serde(default)]
-    pub environment: EnvironmentSettings,
+    pub environment: FileEnvironment,
     pub cache_capacity: Option<MaxConnections>,
     pub refresh: Option<FileRefresh>,
     pub state_file: Option<FileInDir>,
@@ -366,7 +247,7 @@ pub struct FileRefresh {
 }
 
 impl FileRefresh {
-    fn resolve(self) -> Result<crate::license::refresh::RefreshSettings, ConfigError> {
+    fn resolve(self) -> Result<RefreshSettings, ConfigError> {
         let invalid = |setting, message: String| ConfigError::Invalid { setting, message };
         let url: http::Uri = self.url.parse().map_err(|e| {
             invalid(
@@ -374,7 +255,7 @@ impl FileRefresh {
                 format!("`{}` is not a URL: {e}", self.url),
             )
         })?;
-        let mut settings = crate::license::refresh::RefreshSettings::new(url);
+        let mut settings = RefreshSettings::new(url);
         settings.ca = self.ca.map(|ca| ca.0);
         settings.allow_http = self.allow_http;
         if let Some(timeout) = self.timeout {
@@ -421,16 +302,17 @@ impl<'de> Deserialize<'de> for HeaderNameSetting {
     }
 }
 
-impl EnvironmentSettings {
+impl FileEnvironment {
     /// Fill gaps from the Kubernetes Downward API variables (`POD_NAMESPACE`,
     /// `POD_SERVICE_ACCOUNT`) and `LICENSEGATE_CLUSTER` / `LICENSEGATE_REGION`.
-    pub fn with_process_env(mut self) -> Self {
+    pub fn with_process_env(self) -> Environment {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        self.cluster = self.cluster.or_else(|| var("LICENSEGATE_CLUSTER"));
-        self.region = self.region.or_else(|| var("LICENSEGATE_REGION"));
-        self.namespace = self.namespace.or_else(|| var("POD_NAMESPACE"));
-        self.service_account = self.service_account.or_else(|| var("POD_SERVICE_ACCOUNT"));
-        self
+        Environment {
+            cluster: self.cluster.or_else(|| var("LICENSEGATE_CLUSTER")),
+            region: self.region.or_else(|| var("LICENSEGATE_REGION")),
+            namespace: self.namespace.or_else(|| var("POD_NAMESPACE")),
+            service_account: self.service_account.or_else(|| var("POD_SERVICE_ACCOUNT")),
+        }
     }
 }
 
@@ -506,240 +388,17 @@ impl FileLicense {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct UpstreamSettings {
-    pub url: UpstreamUrl,
-    pub protocol: UpstreamProtocol,
-    /// PEM bundle of CAs trusted for an https upstream; system roots when absent.
-    pub ca: Option<PathBuf>,
-    /// Upstream connections open at once (and requests in flight over a
-    /// multiplexed upstream); more wait up to `timeouts.upstream_queue`.
-    pub max_connections: usize,
-}
-
-/// Default `upstream.max_connections`: as many as the shared idle list
-/// keeps, far above what one local workload usually serves in parallel.
-pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
-
-/// Which HTTP version to speak to the upstream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 on plain TCP; ALPN (h2 or http/1.1) on TLS.
-    #[default]
-    Auto,
-    Http1,
-    /// HTTP/2 only: prior knowledge (h2c) on plain TCP, ALPN h2 on TLS.
-    Http2,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ForwardedSettings {
-    /// Keep and extend incoming `X-Forwarded-*`/`Forwarded` headers instead
-    /// of replacing them. Only safe behind another trusted proxy.
-    pub trust_incoming: bool,
-}
-
-/// How inbound header names are screened before forwarding.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderSettings {
-    pub underscores: Underscores,
-}
-
-/// What happens to inbound headers with `_` in their name. CGI, WSGI and
-/// Rack servers read `_` and `-` alike (`HTTP_X_LICENSE_ID`), so such a
-/// name can impersonate one licensegate sets. Names that do impersonate a
-/// protected header are removed whatever this says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Underscores {
-    /// Remove every such header, as nginx does by default.
-    #[default]
-    Drop,
-    /// Forward them, except those that read as a protected name.
-    Keep,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    /// Time a client has to send a complete request head. On HTTP/1.1 this
-    /// also bounds how long a keep-alive connection waits for its next request.
-    pub request_header: Duration,
-    pub upstream_connect: Duration,
-    /// Time from sending the request to the upstream's response head.
-    pub upstream_response: Duration,
-    /// An upstream connection unused this long is closed. Keep it below the
-    /// upstream's own keep-alive timeout, so the proxy closes first.
-    pub upstream_idle: Duration,
-    /// How long a request waits for an upstream connection once
-    /// `upstream.max_connections` are open; then 503 `upstream_overloaded`.
-    pub upstream_queue: Duration,
-    /// A connection with no traffic and no request in flight is closed.
-    pub idle: Duration,
-    /// How long in-flight requests may run after a shutdown signal.
-    pub drain: Duration,
-    /// A WebSocket tunnel with no bytes either way for this long is closed.
-    pub tunnel_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request_header: Duration::from_secs(10),
-            upstream_connect: Duration::from_secs(2),
-            upstream_response: Duration::from_secs(30),
-            upstream_idle: Duration::from_secs(90),
-            upstream_queue: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
-            drain: Duration::from_secs(25),
-            tunnel_idle: Duration::from_secs(300),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Largest request head accepted (HTTP/1.1 read buffer, HTTP/2 header list).
-    pub max_header_bytes: usize,
-    /// Inbound connections held open at once; further ones wait in the backlog.
-    pub max_connections: usize,
-    /// HTTP/2 streams a client may have open at once on one connection.
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 streams a client may reset after they were accepted, per
-    /// connection per [`STREAM_RESET_WINDOW`], before the connection is closed.
-    pub max_stream_resets: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 64 * 1024,
-            max_connections: 10_000,
-            max_concurrent_streams: 100,
-            max_stream_resets: 200,
-        }
-    }
-}
-
-/// The window over which `limits.max_stream_resets` is counted.
-pub const STREAM_RESET_WINDOW: Duration = Duration::from_secs(10);
-
-/// Smallest header budget hyper's HTTP/1.1 reader accepts.
-const MIN_HEADER_BYTES: usize = 8 * 1024;
-
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-/// An upstream origin: `http://host:port` or `https://host:port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    pub scheme: Scheme,
-    pub authority: Authority,
-}
-
-impl UpstreamUrl {
-    pub fn is_https(&self) -> bool {
-        self.scheme == Scheme::HTTPS
-    }
-}
-
-impl fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl FromStr for UpstreamUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            Some(other) => {
-                return Err(format!(
-                    "scheme `{other}` is not supported; expected http or https"
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "`{text}` has no scheme; expected http://host:port or https://host:port"
-                ))
-            }
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{text}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err("user info in the upstream URL is not supported".into());
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "`{text}` has a path or query; the upstream is an origin (scheme://host:port) and requests keep their own path"
-            ));
-        }
-        Ok(UpstreamUrl { scheme, authority })
-    }
-}
-
-impl<'de> Deserialize<'de> for UpstreamUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A duration written the human way: `250ms`, `10s`, `5m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        humantime::parse_duration(text)
-            .map(HumanDuration)
-            .map_err(|e| {
-                format!("`{text}` is not a duration ({e}); expected e.g. `250ms`, `10s`, `5m`")
-            })
-    }
-}
-
 impl FileFailedVerifications {
-    fn resolve(self) -> crate::license::BudgetSettings {
-        let defaults = crate::license::BudgetSettings::default();
-        crate::license::BudgetSettings {
+    fn resolve(self) -> BudgetSettings {
+        let defaults = BudgetSettings::default();
+        BudgetSettings {
             limit: self.limit.map_or(defaults.limit, |n| n.0 as u64),
             per: self.per.map_or(defaults.per, |d| d.0),
             burst: self.burst.map_or(defaults.burst, |n| n.0 as u64),
             ..defaults
         }
-    }
-}
-
-/// A duration above zero, checked when the file is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NonZeroDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for NonZeroDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let HumanDuration(duration) = HumanDuration::deserialize(deserializer)?;
-        if duration.is_zero() {
-            return Err(serde::de::Error::custom(
-                "must be greater than zero; expected e.g. `1s`",
-            ));
-        }
-        Ok(NonZeroDuration(duration))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -927,62 +586,8 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        path::with_base_dir(path::base_dir(path), || parse_yaml(path, text))
-    }
-}
-
-/// Deserialize YAML into `T`, reporting errors as `file:line:column:
-/// dotted.setting: message` — the full path of the offending setting, not
-/// just its parent.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-) -> Result<T, ConfigError> {
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let setting = error.path().to_string();
-        yaml_error(path, &setting, error.into_inner())
-    })
-}
-
-/// Turn a YAML error into a positioned config error. The library decorates
-/// its message with " at line L column C" and a partial path; both are
-/// reported up front instead, in the `file:line:column` form editors jump to.
-pub fn yaml_error(path: &Path, setting: &str, error: serde_yaml::Error) -> ConfigError {
-    let mut message = error.to_string();
-    if let Some(location) = error.location() {
-        let suffix = format!(" at line {} column {}", location.line(), location.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_owned();
-        }
-    }
-    // Drop the library's own (partial) path prefix: some ancestor of `setting`.
-    let mut prefix = setting;
-    loop {
-        if let Some(rest) = message.strip_prefix(&format!("{prefix}: ")) {
-            message = rest.to_owned();
-            break;
-        }
-        // Ancestors end at a `.field` or an `[index]`.
-        match prefix.rfind(['.', '[']) {
-            Some(at) => prefix = &prefix[..at],
-            None => break,
-        }
-    }
-    if !setting.is_empty() && setting != "." {
-        message = format!("{setting}: {message}");
-    }
-    match error.location() {
-        Some(location) => ConfigError::Parse {
-            path: path.to_owned(),
-            line: location.line(),
-            column: location.column(),
-            message,
-        },
-        None => ConfigError::ParseNoLocation {
-            path: path.to_owned(),
-            message,
-        },
+        path::with_base_dir(path::base_dir(path), || crate::yaml::parse(path, text))
+            .map_err(ConfigError::from)
     }
 }
 
@@ -1136,8 +741,8 @@ impl Settings {
                 websocket: WebSocketScope::Routes,
             })
         };
-        let header_defaults = UpstreamHeaders::default();
-        let upstream_headers = UpstreamHeaders {
+        let header_defaults = LicenseHeaderNames::default();
+        let upstream_headers = LicenseHeaderNames {
             id: file.upstream_headers.id.map_or(header_defaults.id, |h| h.0),
             plan: file
                 .upstream_headers
@@ -1150,28 +755,30 @@ impl Settings {
         };
 
         Ok(Settings {
-            listen,
+            proxy: ProxySettings {
+                listen,
+                tls,
+                upstream: UpstreamSettings {
+                    url,
+                    protocol,
+                    ca,
+                    max_connections: file_upstream
+                        .max_connections
+                        .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |m| m.0),
+                },
+                forwarded: ForwardedSettings {
+                    trust_incoming: overrides
+                        .trust_forwarded
+                        .unwrap_or(file.forwarded.trust_incoming),
+                },
+                headers: HeaderSettings {
+                    underscores: file.headers.underscores,
+                },
+                timeouts,
+                limits,
+            },
             admin,
             workers,
-            upstream: UpstreamSettings {
-                url,
-                protocol,
-                ca,
-                max_connections: file_upstream
-                    .max_connections
-                    .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |m| m.0),
-            },
-            tls,
-            forwarded: ForwardedSettings {
-                trust_incoming: overrides
-                    .trust_forwarded
-                    .unwrap_or(file.forwarded.trust_incoming),
-            },
-            headers: HeaderSettings {
-                underscores: file.headers.underscores,
-            },
-            timeouts,
-            limits,
             license,
             policy,
             upstream_headers,
@@ -1288,8 +895,8 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(settings.listen.port(), 3);
-        assert_eq!(settings.upstream.url.authority.port_u16(), Some(2));
+        assert_eq!(settings.proxy.listen.port(), 3);
+        assert_eq!(settings.proxy.upstream.url.authority.port_u16(), Some(2));
         assert_eq!(settings.admin, DEFAULT_ADMIN.parse().unwrap());
     }
 
@@ -1308,20 +915,23 @@ mod tests {
     fn http2_and_upstream_bounds_have_defaults_and_ranges() {
         let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
         let settings = Settings::resolve(parse(base).unwrap(), Overrides::default()).unwrap();
-        assert_eq!(settings.limits.max_concurrent_streams, 100);
-        assert_eq!(settings.limits.max_stream_resets, 200);
-        assert_eq!(settings.upstream.max_connections, 1024);
-        assert_eq!(settings.timeouts.upstream_queue, Duration::from_secs(1));
+        assert_eq!(settings.proxy.limits.max_concurrent_streams, 100);
+        assert_eq!(settings.proxy.limits.max_stream_resets, 200);
+        assert_eq!(settings.proxy.upstream.max_connections, 1024);
+        assert_eq!(
+            settings.proxy.timeouts.upstream_queue,
+            Duration::from_secs(1)
+        );
 
         let text = "listen: 127.0.0.1:1\n\
                     upstream: {url: 'http://127.0.0.1:2', max_connections: 8}\n\
                     timeouts: {upstream_queue: 0s}\n\
                     limits: {max_concurrent_streams: 10, max_stream_resets: 5}\n";
         let settings = Settings::resolve(parse(text).unwrap(), Overrides::default()).unwrap();
-        assert_eq!(settings.upstream.max_connections, 8);
-        assert_eq!(settings.timeouts.upstream_queue, Duration::ZERO);
-        assert_eq!(settings.limits.max_concurrent_streams, 10);
-        assert_eq!(settings.limits.max_stream_resets, 5);
+        assert_eq!(settings.proxy.upstream.max_connections, 8);
+        assert_eq!(settings.proxy.timeouts.upstream_queue, Duration::ZERO);
+        assert_eq!(settings.proxy.limits.max_concurrent_streams, 10);
+        assert_eq!(settings.proxy.limits.max_stream_resets, 5);
 
         let error = parse("limits:\n  max_concurrent_streams: 0\n")
             .unwrap_err()
@@ -1370,7 +980,7 @@ mod tests {
         )
         .unwrap();
         let at = |name: &str| dir.path().join(name);
-        let tls = settings.tls.unwrap();
+        let tls = settings.proxy.tls.unwrap();
         assert_eq!((tls.cert, tls.key), (at("tls.crt"), at("./tls.key")));
         let license = settings.license.unwrap();
         assert_eq!(license.keys, at("keys"));
@@ -1391,7 +1001,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.policy.unwrap().paths, [PathBuf::from("p.yaml")]);
-        assert_eq!(settings.tls.unwrap().cert, PathBuf::from("c.pem"));
+        assert_eq!(settings.proxy.tls.unwrap().cert, PathBuf::from("c.pem"));
 
         // A missing path: positioned, named, resolved.
         let error = FileConfig::parse(&config, "license:\n  keys: missing\n")
@@ -1440,10 +1050,7 @@ mod tests {
     fn token_forwarding_and_the_verification_budget() {
         let defaults = resolve_license("  source: header\n").unwrap();
         assert!(!defaults.forward_token, "the token is removed by default");
-        assert_eq!(
-            defaults.failed_verifications,
-            crate::license::BudgetSettings::default()
-        );
+        assert_eq!(defaults.failed_verifications, BudgetSettings::default());
         let set = resolve_license(
             "  source: header\n  forward_token: true\n  failed_verifications: {limit: 5, per: 1m, burst: 7}\n",
         )

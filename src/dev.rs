@@ -15,10 +15,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EnvironmentSettings, LicenseSettings, LicenseSource};
 use crate::license::issue::{sign, SigningKey};
 use crate::license::validate::unix_now;
-use crate::license::{Algorithm, LicenseGate};
+use crate::license::{Algorithm, Environment, LicenseGate, LicenseSettings, LicenseSource};
 use crate::policy::Policy;
 
 /// The `iss` of every development license, checked by the proxy.
@@ -197,7 +196,7 @@ fn license_settings(
         audience: None,
         leeway: Duration::from_secs(60),
         grace: Duration::ZERO,
-        environment: EnvironmentSettings::default(),
+        environment: Environment::default(),
         cache_capacity: 10_000,
         state_file: None,
         forward_token: false,

@@ -55,6 +55,9 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The upstream's CA bundle cannot be used.
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     License(#[from] crate::license::GateError),
     #[error("policy:\n{0}")]
@@ -68,6 +71,7 @@ impl StartError {
         match self {
             StartError::Config(_)
             | StartError::Bind(BindError::Tls(_))
+            | StartError::UpstreamTls(_)
             | StartError::License(_)
             | StartError::Policy(_) => exit::CONFIG,
             StartError::Bind(BindError::Io { .. }) => exit::OS_ERROR,
@@ -189,7 +193,7 @@ impl Gateway {
                 .as_ref()
                 .map_or(MemoryStore::DEFAULT_MAX_KEYS, |p| p.max_keys_per_limit),
             entitlement_capacity: settings.license.as_ref().map_or(1, |l| l.cache_capacity),
-            trust_forwarded: settings.forwarded.trust_incoming,
+            trust_forwarded: settings.proxy.forwarded.trust_incoming,
             websocket: settings
                 .policy
                 .as_ref()
@@ -254,7 +258,12 @@ impl Gateway {
 
         let shared = Arc::new(Shared {
             engine,
-            forwarder: Forwarder::new(settings, &metrics.proxy)?,
+            forwarder: Forwarder::new(
+                &settings.proxy,
+                &settings.upstream_headers,
+                license.as_ref().and_then(|gate| gate.token_header()),
+                &metrics.proxy,
+            )?,
             metrics: Arc::clone(&metrics.proxy),
         });
         let dev = match (dev, &license) {
@@ -274,7 +283,7 @@ impl Gateway {
             }
             (None, _) => None,
         };
-        let proxy = ProxyServer::bind(settings, Arc::clone(&shared))?;
+        let proxy = ProxyServer::bind(&settings.proxy, Arc::clone(&shared))?;
         let admin = AdminServer::bind(
             settings.admin,
             Arc::new(Admin {
@@ -305,7 +314,7 @@ impl Gateway {
             policy,
             shared_store,
             dev,
-            drain_timeout: settings.timeouts.drain,
+            drain_timeout: settings.proxy.timeouts.drain,
             signals: None,
         })
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod dev;
+pub mod duration;
 pub mod exit;
 pub mod gateway;
 pub mod inject;
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod reload;
 pub mod tls;
 pub mod watch;
+pub mod yaml;
 
 /// The crate version, as reported by `licensegate_build_info` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,15 +15,16 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use super::{announce, run_gateway};
-use crate::config::{FileConfig, Overrides, Settings, UpstreamUrl, WebSocketScope, DEFAULT_ADMIN};
+use crate::config::{FileConfig, Overrides, Settings, DEFAULT_ADMIN};
 use crate::dev::{
     check_features, check_plan, default_plan, describe_features, plan_names, DevLicense, DevStatus,
     Grant, PlanChange,
 };
 use crate::exit;
 use crate::gateway::Gateway;
-use crate::policy::Policy;
+use crate::policy::{Policy, WebSocketScope};
 use crate::process::build_runtime;
+use crate::proxy::settings::UpstreamUrl;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -224,7 +225,7 @@ fn print_banner(settings: &Settings, gateway: &Gateway, status: &DevStatus, exam
          Policy: {policy}\n\
          {switching}\n\n\
          Press Ctrl-C to stop.",
-        upstream = settings.upstream.url,
+        upstream = settings.proxy.upstream.url,
         file = status.license_file.display(),
     );
     let _ = std::io::stdout().flush();

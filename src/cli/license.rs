@@ -8,7 +8,7 @@ use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use crate::exit;
 use crate::license::issue::{jwks, never_valid, sign, SigningKey};
 use crate::license::validate::unix_now;
@@ -151,7 +151,7 @@ fn issue(args: IssueArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(&args.claims)
         .map_err(|e| format!("{}: cannot read claims: {e}", args.claims.display()))?;
     let claims_yaml: serde_yaml::Value =
-        crate::config::parse_yaml(&args.claims, &text).map_err(|e| e.to_string())?;
+        crate::yaml::parse(&args.claims, &text).map_err(|e| e.to_string())?;
     let mut claims: Value = serde_json::to_value(claims_yaml).map_err(|e| {
         format!(
             "{}: claims are not JSON-compatible: {e}",

@@ -1,8 +1,9 @@
-//! The configuration error: a leaf, so every subsystem that reads its own
-//! settings (TLS files, the refresh source) reports in the same form
-//! without importing the whole configuration.
+//! The configuration error: what reading the config file and mapping it
+//! (and the flags) onto the subsystems' settings can go wrong with.
 
 use std::path::PathBuf;
+
+use crate::yaml::YamlError;
 
 /// A configuration error, formatted `file:line:column: setting: what was expected`.
 #[derive(Debug, thiserror::Error)]
@@ -13,27 +14,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    ParseNoLocation { path: PathBuf, message: String },
+    /// The file does not parse into the settings it may hold.
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
     #[error("{setting}: {message}")]
     Invalid {
         setting: &'static str,
         message: String,
     },
-}
-
-impl From<crate::tls::TlsError> for ConfigError {
-    fn from(error: crate::tls::TlsError) -> ConfigError {
-        ConfigError::Invalid {
-            setting: error.setting,
-            message: error.message,
-        }
-    }
 }

@@ -35,10 +35,8 @@ use crate::limits::{
 };
 use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
 
-/// Names of the entitlement headers sent to the upstream.
-pub type LicenseHeaderNames = crate::config::UpstreamHeaders;
-
-pub use crate::config::WebSocketScope;
+use super::entitlements::LicenseHeaderNames;
+use crate::policy::WebSocketScope;
 
 /// How the engine is built.
 #[derive(Clone, Debug)]

@@ -19,6 +19,25 @@ use http::HeaderValue;
 use crate::license::VerifiedLicense;
 use crate::policy::{Entitlement, Policy};
 
+/// Names of the entitlement headers: the verified license id, plan and
+/// features sent to the upstream. Client-sent copies are always removed.
+#[derive(Clone, Debug)]
+pub struct LicenseHeaderNames {
+    pub id: http::HeaderName,
+    pub plan: http::HeaderName,
+    pub features: http::HeaderName,
+}
+
+impl Default for LicenseHeaderNames {
+    fn default() -> Self {
+        LicenseHeaderNames {
+            id: http::HeaderName::from_static("x-license-id"),
+            plan: http::HeaderName::from_static("x-license-plan"),
+            features: http::HeaderName::from_static("x-license-features"),
+        }
+    }
+}
+
 /// Values of the entitlement headers for one license.
 #[derive(Debug, Default)]
 pub struct LicenseHeaders {

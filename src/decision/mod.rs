@@ -324,7 +324,9 @@ pub struct Peer {
 /// The header that tells the upstream a shadow-mode rule would have denied.
 pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
 
-pub use engine::{Allowed, DecisionEngine, EngineSettings, LicenseHeaderNames, WebSocketScope};
+pub use crate::policy::WebSocketScope;
+pub use engine::{Allowed, DecisionEngine, EngineSettings};
+pub use entitlements::LicenseHeaderNames;
 pub use evaluate::{
     evaluate, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace, Verdict,

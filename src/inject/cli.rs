@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::review::{FailurePolicy, Injector};
 use super::server::{ServeSettings, Webhook};
 use super::sidecar::{Defaults, Resources, SidecarMode, DEFAULT_IMAGE};
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 use crate::exit;
 use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
 

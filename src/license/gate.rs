@@ -20,13 +20,13 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 
-use super::refresh::{run_refresh_loop, Fetcher, Lifetime};
+use super::refresh::{run_refresh_loop, Fetcher, Lifetime, RefreshError};
+use super::settings::{LicenseSettings, LicenseSource};
 use super::state::{PersistedState, StateFile};
 use super::{
     admits, Answered, Environment, KeyFiles, Keyring, LicenseError, LicenseVerifier, Validator,
     Validity, VerifiedLicense,
 };
-use crate::config::{LicenseSettings, LicenseSource};
 use crate::license::{LicenseMetrics, LicenseState};
 use crate::watch::Trigger;
 
@@ -114,7 +114,7 @@ pub enum GateError {
     Keys(#[from] super::KeyError),
     /// The refresh endpoint settings are unusable.
     #[error(transparent)]
-    Refresh(#[from] crate::config::ConfigError),
+    Refresh(#[from] RefreshError),
 }
 
 impl LicenseGate {
@@ -133,12 +133,7 @@ impl LicenseGate {
             leeway: settings.leeway,
             grace: settings.grace,
         };
-        let environment = Environment {
-            cluster: settings.environment.cluster.clone(),
-            namespace: settings.environment.namespace.clone(),
-            region: settings.environment.region.clone(),
-            service_account: settings.environment.service_account.clone(),
-        };
+        let environment = settings.environment.clone();
         let deployment = |origin| Source::Deployment {
             origin,
             current: ArcSwap::from_pointee(Loaded::default()),

@@ -27,7 +27,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Claims, MAX_TOKEN_BYTES};
-use crate::config::error::ConfigError;
 
 /// The largest response body read: a token of at most [`MAX_TOKEN_BYTES`]
 /// plus room for a JSON wrapper and whitespace.
@@ -108,6 +107,16 @@ impl fmt::Debug for RefreshSettings {
     }
 }
 
+/// Refresh settings that cannot work, named by the setting (`license.refresh.*`).
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct RefreshError {
+    /// The setting at fault, e.g. `license.refresh.url`.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
 /// A failed fetch: the URL (query redacted) and what went wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("license refresh from {url}: {kind}")]
@@ -174,7 +183,7 @@ impl fmt::Debug for Fetcher {
 impl Fetcher {
     /// Check `settings` and build the HTTPS client (loading the CA bundle,
     /// or the system roots, now rather than at the first fetch).
-    pub fn new(settings: &RefreshSettings) -> Result<Fetcher, ConfigError> {
+    pub fn new(settings: &RefreshSettings) -> Result<Fetcher, RefreshError> {
         let https = check_url(&settings.url, settings.allow_http)?;
         if settings.timeout.is_zero() {
             return Err(invalid(TIMEOUT_SETTING, "must be more than zero".into()));
@@ -360,12 +369,12 @@ impl Fetcher {
     }
 }
 
-fn invalid(setting: &'static str, message: String) -> ConfigError {
-    ConfigError::Invalid { setting, message }
+fn invalid(setting: &'static str, message: String) -> RefreshError {
+    RefreshError { setting, message }
 }
 
 /// Check the URL; returns whether it is https.
-fn check_url(url: &Uri, allow_http: bool) -> Result<bool, ConfigError> {
+fn check_url(url: &Uri, allow_http: bool) -> Result<bool, RefreshError> {
     let Some(authority) = url.authority() else {
         return Err(invalid(
             URL_SETTING,

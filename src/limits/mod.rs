@@ -15,6 +15,7 @@ pub mod persist;
 mod quota;
 mod rate;
 mod seats;
+mod settings;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use clock::Clock;
 pub use concurrency::Permit;
 pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
+pub use settings::{StoreMode, StoreNodes, StoreSettings};
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;

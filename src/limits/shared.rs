@@ -25,8 +25,8 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::quota::window;
+use super::settings::{StoreMode, StoreNodes, StoreSettings};
 use super::{Charge, Clock, Hasher, Limited};
-use crate::config::{StoreMode, StoreNodes, StoreSettings};
 use crate::limits::StoreMetrics;
 use crate::policy::{LimitKind, Period};
 

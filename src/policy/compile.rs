@@ -21,6 +21,7 @@ use super::schema::{
     StoreErrorSetting, MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
+use crate::yaml::YamlError;
 
 /// A compiled policy: what the decision engine consults per request.
 /// Immutable; a reload compiles a new one and swaps it in whole.
@@ -412,12 +413,12 @@ impl Policy {
                 });
                 continue;
             }
-            match crate::config::parse_yaml::<PolicyFile>(path, text) {
+            match crate::yaml::parse::<PolicyFile>(path, text) {
                 Ok(mut file) => {
                     header_texts_as_written(&mut file, text);
                     parsed.push(file);
                 }
-                Err(error) => errors.push(config_diagnostic(path, error)),
+                Err(error) => errors.push(yaml_diagnostic(path, error)),
             }
         }
         if !errors.is_empty() {
@@ -584,27 +585,20 @@ fn read_error(path: &Path, error: std::io::Error) -> PolicyError {
     }])
 }
 
-fn config_diagnostic(path: &Path, error: crate::config::ConfigError) -> Diagnostic {
-    use crate::config::ConfigError;
-    match error {
-        ConfigError::Parse {
+fn yaml_diagnostic(path: &Path, error: YamlError) -> Diagnostic {
+    let (position, message) = match error {
+        YamlError::At {
             line,
             column,
             message,
             ..
-        } => Diagnostic {
-            file: path.to_owned(),
-            position: Some((line, column)),
-            message,
-        },
-        other => Diagnostic {
-            file: path.to_owned(),
-            position: None,
-            message: other
-                .to_string()
-                .trim_start_matches(&format!("{}: ", path.display()))
-                .to_owned(),
-        },
+        } => (Some((line, column)), message),
+        YamlError::Unplaced { message, .. } => (None, message),
+    };
+    Diagnostic {
+        file: path.to_owned(),
+        position,
+        message,
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`compile`]: names resolved, patterns into a trie, errors located;
 //! - [`matcher`]: the route trie and its precedence rules;
 //! - [`normalize`]: the one path normalisation every request goes through
-//!   before matching, so the route decided is the route served.
+//!   before matching, so the route decided is the route served;
+//! - [`PolicySettings`]: where policies come from and how their counters are kept.
 
 pub mod compile;
 mod locate;
@@ -13,12 +14,14 @@ pub mod matcher;
 mod metrics;
 pub mod normalize;
 pub mod schema;
+mod settings;
 
 pub use compile::{
     Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
     LimitKind, LimitUse, Mode, OnStoreError, Period, Policy, PolicyError, Preflight, Route,
 };
 pub use metrics::PolicyMetrics;
+pub use settings::{PolicySettings, WebSocketScope};
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::config::HumanDuration;
+use crate::duration::HumanDuration;
 
 /// Visitor methods that refuse a kind of value with one custom message
 /// (serde's default says `invalid type: …, expected …`).

@@ -16,11 +16,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::settings::{ProxySettings, Underscores, UpstreamProtocol};
 use super::{ProxyMetrics, UpstreamErrorKind};
-use crate::config::{ConfigError, Settings, Underscores, UpstreamProtocol};
-use crate::decision::Peer;
+use crate::decision::{LicenseHeaderNames, Peer};
 use crate::limits::Permit;
 use crate::problem::{is_grpc, Asked};
+use crate::tls::TlsError;
 
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
@@ -146,7 +147,15 @@ impl Forwarder {
         })
     }
 
-    pub fn new(settings: &Settings, metrics: &ProxyMetrics) -> Result<Forwarder, ConfigError> {
+    /// A forwarder to `settings.upstream`. Clients may not send, in any
+    /// spelling, the entitlement headers `names` nor `license_header` (the
+    /// header a per-request license comes in).
+    pub fn new(
+        settings: &ProxySettings,
+        names: &LicenseHeaderNames,
+        license_header: Option<&HeaderName>,
+        metrics: &ProxyMetrics,
+    ) -> Result<Forwarder, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -205,7 +214,7 @@ impl Forwarder {
             response_timeout: settings.timeouts.upstream_response,
             trust_forwarded: settings.forwarded.trust_incoming,
             protected: Protected {
-                names: protected_names(settings),
+                names: protected_names(names, license_header),
                 underscores: settings.headers.underscores,
             },
             tunnel_idle: settings.timeouts.tunnel_idle,
@@ -540,20 +549,16 @@ pub struct PendingUpgrade {
 
 /// The configured names a client may not send in any spelling: the
 /// entitlement headers and a header-borne license.
-fn protected_names(settings: &Settings) -> Vec<HeaderName> {
-    let headers = &settings.upstream_headers;
+fn protected_names(
+    headers: &LicenseHeaderNames,
+    license_header: Option<&HeaderName>,
+) -> Vec<HeaderName> {
     let mut names = vec![
         headers.id.clone(),
         headers.plan.clone(),
         headers.features.clone(),
     ];
-    if let Some(crate::config::LicenseSettings {
-        source: crate::config::LicenseSource::Header(name),
-        ..
-    }) = &settings.license
-    {
-        names.push(name.clone());
-    }
+    names.extend(license_header.cloned());
     names
 }
 

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::config::STREAM_RESET_WINDOW;
+use super::settings::STREAM_RESET_WINDOW;
 
 /// What an inbound connection holds for its whole life, including the
 /// tunnel it may become: its `limits.max_connections` slot, its place in

@@ -7,6 +7,7 @@ pub mod forward;
 mod io;
 mod metrics;
 pub mod server;
+pub mod settings;
 mod tunnel;
 mod upstream;
 
@@ -27,6 +28,7 @@ use error::UpstreamError;
 use forward::{Forwarder, Via};
 use io::{InFlight, InFlightBody};
 pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
+pub use settings::ProxySettings;
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;

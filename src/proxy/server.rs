@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn::ConnContext;
 use super::io::{Activity, ConnectionSlot, CountingIo, H2_PREFACE};
+use super::settings::ProxySettings;
 use super::{handle, Shared};
-use crate::config::Settings;
 use crate::decision::Peer;
 use crate::lifecycle::Lifecycle;
 
@@ -67,7 +67,7 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 
 impl Builders {
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &ProxySettings) -> Self {
         let mut http1 = http1::Builder::new();
         // The request-head timeout is enforced by the connection watchdog
         // (one coarse timer per connection) rather than hyper's per-request timer.
@@ -121,7 +121,7 @@ enum Sniffed {
 
 impl ProxyServer {
     /// Bind the listener. Fails before anything is served if the address is taken.
-    pub fn bind(settings: &Settings, shared: Arc<Shared>) -> Result<ProxyServer, BindError> {
+    pub fn bind(settings: &ProxySettings, shared: Arc<Shared>) -> Result<ProxyServer, BindError> {
         let tls = match &settings.tls {
             Some(files) => Some(TlsAcceptor::from(
                 crate::tls::server_config(files).map_err(BindError::Tls)?,

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{StoreMode, StoreNodes, StoreSettings};
 use crate::limits::StoreMetrics;
+use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metrics::Registry;
 use crate::policy::{Amount, KeyPart, Period};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{StoreMode, StoreNodes, StoreSettings};
 use crate::limits::Counters;
+use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metrics::Registry;
 use crate::policy::{Amount, KeyPart, LimitDef};
 
