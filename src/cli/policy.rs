@@ -109,8 +109,14 @@ fn check(args: CheckArgs) -> i32 {
             for warning in &policy.warnings {
                 eprintln!("{}", with_severity(&warning.to_string(), "warning"));
             }
+            // Meters are named only when there are some: earlier policies
+            // read as before.
+            let meters = match policy.meters.len() {
+                0 => String::new(),
+                n => format!(", {n} meters"),
+            };
             println!(
-                "ok: {} routes, {} limits, {} plans, {} features; {} warning(s)",
+                "ok: {} routes, {} limits{meters}, {} plans, {} features; {} warning(s)",
                 policy.routes.len(),
                 policy.limits.len(),
                 policy.plans.len(),

@@ -17,8 +17,8 @@ pub use super::matcher::HostMatch;
 use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
 use super::schema::{
     check_flow_depth, AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec,
-    KeySpec, LimitSpec, ModeSetting, PeriodSetting, PolicyFile, PreflightSetting, RouteSpec,
-    StoreErrorSetting, MAX_FLOW_DEPTH,
+    KeySpec, LimitSpec, MeterSpec, ModeSetting, PeriodSetting, PolicyFile, PreflightSetting,
+    RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
 use crate::yaml::YamlError;
@@ -31,6 +31,10 @@ pub struct Policy {
     pub generation: u64,
     pub routes: Vec<Route>,
     pub limits: Vec<LimitDef>,
+    pub meters: Vec<MeterDef>,
+    /// The response headers `{header: NAME}` meters read: removed from
+    /// every response, so a client never sees (or learns to forge) them.
+    pub usage_headers: Vec<HeaderName>,
     pub plans: HashMap<String, Plan>,
     /// Feature names that routes require, by bit index.
     pub features: Vec<String>,
@@ -86,6 +90,8 @@ pub struct Route {
     pub features: FeatureSet,
     pub feature_names: Vec<String>,
     pub limits: Vec<LimitUse>,
+    /// The meters a served request feeds.
+    pub meters: Vec<MeterUse>,
     pub mode: Mode,
     /// Whether a WebSocket handshake the route allows may become a tunnel.
     pub websocket: bool,
@@ -157,6 +163,35 @@ pub struct LimitUse {
     /// Index into [`Policy::limits`].
     pub limit: usize,
     /// Units a request costs (rates and quotas).
+    pub cost: u64,
+}
+
+/// A meter: what served requests add up to, per license, for billing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterDef {
+    pub name: Arc<str>,
+    pub source: MeterSource,
+}
+
+/// What one served request adds to a meter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeterSource {
+    /// 1, or the route's `cost`.
+    Requests,
+    /// Request body bytes read from the client.
+    RequestBytes,
+    /// Response body bytes sent to the client.
+    ResponseBytes,
+    /// A whole number the workload put in this response header.
+    Header(HeaderName),
+}
+
+/// A route's use of a meter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterUse {
+    /// Index into [`Policy::meters`].
+    pub meter: usize,
+    /// What a request adds to a `requests` meter (1 for other sources).
     pub cost: u64,
 }
 
@@ -621,6 +656,10 @@ struct Compiler {
     plan_index: HashMap<String, usize>,
     limit_index: HashMap<String, usize>,
     limits: Vec<(LimitDef, usize)>,
+    meter_index: HashMap<String, usize>,
+    meters: Vec<(MeterDef, usize)>,
+    /// Meters defined but not compiled (their error is reported).
+    broken_meters: HashSet<String>,
     /// Limits defined but not compiled (their error is reported): routes
     /// using them fail without a second error.
     broken_limits: HashSet<String>,
@@ -680,6 +719,9 @@ impl Compiler {
             }
             for (name, spec) in &file.limits {
                 self.limit(f, name, spec);
+            }
+            for (name, spec) in &file.meters {
+                self.meter(f, name, spec);
             }
         }
         for (f, file) in files.iter().enumerate() {
@@ -778,6 +820,142 @@ impl Compiler {
             },
             f,
         ));
+    }
+
+    fn meter(&mut self, f: usize, name: &str, spec: &MeterSpec) {
+        let at = vec![Step::key("meters"), Step::key(name)];
+        if self.meter_index.contains_key(name) || self.broken_meters.contains(name) {
+            self.error(
+                f,
+                at,
+                format!("meter `{name}` is already defined in another policy file"),
+            );
+            return;
+        }
+        if !valid_name(name) {
+            self.error(f, at, "meter names use letters, digits, `_`, `-` and `.`");
+            self.broken_meters.insert(name.to_owned());
+            return;
+        }
+        let source = match spec {
+            MeterSpec::Requests => MeterSource::Requests,
+            MeterSpec::RequestBytes => MeterSource::RequestBytes,
+            MeterSpec::ResponseBytes => MeterSource::ResponseBytes,
+            MeterSpec::Header(header) => match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(header) if !header.as_str().starts_with("x-licensegate-") => {
+                    MeterSource::Header(header)
+                }
+                Ok(_) => {
+                    self.error(
+                        f,
+                        with(&at, "header"),
+                        "`x-licensegate-*` headers are licensegate's own",
+                    );
+                    self.broken_meters.insert(name.to_owned());
+                    return;
+                }
+                Err(_) => {
+                    self.error(
+                        f,
+                        with(&at, "header"),
+                        format!("`{header}` is not a header name"),
+                    );
+                    self.broken_meters.insert(name.to_owned());
+                    return;
+                }
+            },
+        };
+        self.meter_index.insert(name.to_owned(), self.meters.len());
+        self.meters.push((
+            MeterDef {
+                name: name.into(),
+                source,
+            },
+            f,
+        ));
+    }
+
+    /// A route's meters, or `None` after reporting why not.
+    fn route_meters(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        spec: &RouteSpec,
+        access: Access,
+    ) -> Option<Vec<MeterUse>> {
+        let mut meters = Vec::new();
+        let mut failed = false;
+        if access != Access::Licensed && !spec.meters.is_empty() {
+            self.error(
+                f,
+                with(at, "meters"),
+                format!(
+                    "meters count a license's usage; a {} route has none to count",
+                    access_name(access)
+                ),
+            );
+            return None;
+        }
+        for (n, used) in spec.meters.iter().enumerate() {
+            let mut at = with(at, "meters");
+            at.push(Step::Index(n));
+            if self.broken_meters.contains(&used.meter) {
+                failed = true;
+                continue;
+            }
+            let Some(&index) = self.meter_index.get(&used.meter) else {
+                let known: Vec<&str> = self
+                    .meter_index
+                    .keys()
+                    .chain(&self.broken_meters)
+                    .map(String::as_str)
+                    .collect();
+                self.error(
+                    f,
+                    at,
+                    format!(
+                        "no meter named `{}` (defined: {})",
+                        used.meter,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            sorted(known).join(", ")
+                        }
+                    ),
+                );
+                failed = true;
+                continue;
+            };
+            let requests = self.meters[index].0.source == MeterSource::Requests;
+            let cost = match used.cost {
+                None => 1,
+                Some(0) => {
+                    self.error(f, at, "`cost` must be at least 1");
+                    failed = true;
+                    continue;
+                }
+                Some(cost) if requests => cost,
+                Some(_) => {
+                    self.error(
+                        f,
+                        at,
+                        format!(
+                            "`cost` applies to `requests` meters; `{}` counts what the request carries",
+                            used.meter
+                        ),
+                    );
+                    failed = true;
+                    continue;
+                }
+            };
+            if meters.iter().any(|m: &MeterUse| m.meter == index) {
+                self.error(f, at, format!("meter `{}` is listed twice", used.meter));
+                failed = true;
+                continue;
+            }
+            meters.push(MeterUse { meter: index, cost });
+        }
+        (!failed).then_some(meters)
     }
 
     /// A limit's kind, amount and key, or `None` after reporting why not.
@@ -1166,6 +1344,8 @@ impl Compiler {
                 cost: used.cost,
             });
         }
+        let meters = self.route_meters(f, &at, spec, access);
+        failed |= meters.is_none();
         let name: Arc<str> = match &spec.name {
             Some(name) if name.is_empty() => {
                 self.error(f, with(&at, "name"), "an empty route name");
@@ -1219,6 +1399,7 @@ impl Compiler {
             features: FeatureSet::default(),
             feature_names,
             limits,
+            meters: meters.unwrap_or_default(),
             // Resolved against the policy-wide mode in finish.
             mode: mode.unwrap_or(Mode::Enforce),
             websocket: spec.websocket,
@@ -1307,6 +1488,20 @@ impl Compiler {
                     *f,
                     vec![Step::key("limits"), Step::key(&limit.name)],
                     format!("limit `{}` is used by no route", limit.name),
+                ));
+            }
+        }
+        let metered: HashSet<usize> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.meters.iter().map(|m| m.meter))
+            .collect();
+        for (index, (meter, f)) in self.meters.iter().enumerate() {
+            if !metered.contains(&index) {
+                notes.push((
+                    *f,
+                    vec![Step::key("meters"), Step::key(&meter.name)],
+                    format!("meter `{}` is fed by no route", meter.name),
                 ));
             }
         }
@@ -1455,6 +1650,15 @@ impl Compiler {
             routes[index].mode = mode;
         }
         let limits: Vec<LimitDef> = self.limits.into_iter().map(|(l, _)| l).collect();
+        let meters: Vec<MeterDef> = self.meters.into_iter().map(|(m, _)| m).collect();
+        let mut usage_headers: Vec<HeaderName> = Vec::new();
+        for meter in &meters {
+            if let MeterSource::Header(name) = &meter.source {
+                if !usage_headers.contains(name) {
+                    usage_headers.push(name.clone());
+                }
+            }
+        }
         for route in &mut routes {
             // Evaluation order: concurrency, rates, quotas, seats. A limit
             // that refuses gives back what the earlier ones counted, but not
@@ -1488,6 +1692,8 @@ impl Compiler {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             routes,
             limits,
+            meters,
+            usage_headers,
             plans: self
                 .plans
                 .into_iter()

@@ -18,7 +18,8 @@ mod settings;
 
 pub use compile::{
     Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
-    LimitKind, LimitUse, Mode, OnStoreError, Period, Policy, PolicyError, Preflight, Route,
+    LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period, Policy,
+    PolicyError, Preflight, Route,
 };
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};

@@ -161,6 +161,10 @@ pub struct PolicyFile {
     /// Limit name → definition; routes refer to limits by name.
     #[serde(default)]
     pub limits: UniqueMap<LimitSpec>,
+    /// Meter name → what a served request adds to it; routes refer to
+    /// meters by name.
+    #[serde(default)]
+    pub meters: UniqueMap<MeterSpec>,
     /// Routes; see the README for precedence.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
@@ -609,6 +613,9 @@ pub struct RouteSpec {
     pub features: Vec<String>,
     #[serde(default)]
     pub limits: Vec<LimitUseSpec>,
+    /// The meters a served request feeds.
+    #[serde(default)]
+    pub meters: Vec<MeterUseSpec>,
     pub mode: Option<ModeSetting>,
     /// Whether a WebSocket upgrade (the only upgrade ever tunnelled) is
     /// allowed on this route; off by default.
@@ -759,6 +766,125 @@ impl<'de> Deserialize<'de> for LimitUseSpec {
             }
 
             refuse!(LIMIT_USE; bool, i64, u64, f64, unit, seq);
+        }
+
+        deserializer.deserialize_any(UseVisitor)
+    }
+}
+
+/// What a served request adds to a meter: `requests` (1, or the route's
+/// `cost`), `request_bytes`, `response_bytes`, or `{header: NAME}` (a whole
+/// number the workload sets on its response, removed before the client sees
+/// it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeterSpec {
+    Requests,
+    RequestBytes,
+    ResponseBytes,
+    Header(String),
+}
+
+const METER: &str = "expected `requests`, `request_bytes`, `response_bytes` or {header: NAME}";
+
+impl<'de> Deserialize<'de> for MeterSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Header,
+        }
+
+        struct MeterVisitor;
+
+        impl<'de> Visitor<'de> for MeterVisitor {
+            type Value = MeterSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(METER)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                match text {
+                    "requests" => Ok(MeterSpec::Requests),
+                    "request_bytes" => Ok(MeterSpec::RequestBytes),
+                    "response_bytes" => Ok(MeterSpec::ResponseBytes),
+                    other => Err(E::custom(format!("`{other}`: {METER}"))),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut header: Option<String> = None;
+                while let Some(Field::Header) = map.next_key::<Field>()? {
+                    if header.is_some() {
+                        return Err(de::Error::duplicate_field("header"));
+                    }
+                    header = Some(map.next_value()?);
+                }
+                header
+                    .map(MeterSpec::Header)
+                    .ok_or_else(|| de::Error::custom(METER))
+            }
+
+            refuse!(METER; bool, i64, u64, f64, unit, seq);
+        }
+
+        deserializer.deserialize_any(MeterVisitor)
+    }
+}
+
+/// `api_calls` or `{meter: api_calls, cost: 5}`.
+#[derive(Debug)]
+pub struct MeterUseSpec {
+    pub meter: String,
+    /// `None` when not written (1 for `requests` meters).
+    pub cost: Option<u64>,
+}
+
+const METER_USE: &str = "expected a meter name or {meter: NAME, cost: N}";
+
+impl<'de> Deserialize<'de> for MeterUseSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Meter,
+            Cost,
+        }
+
+        struct UseVisitor;
+
+        impl<'de> Visitor<'de> for UseVisitor {
+            type Value = MeterUseSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(METER_USE)
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(MeterUseSpec {
+                    meter: name.to_owned(),
+                    cost: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut meter: Option<String> = None;
+                let mut cost: Option<u64> = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Meter if meter.is_none() => meter = Some(map.next_value()?),
+                        Field::Cost if cost.is_none() => cost = Some(map.next_value()?),
+                        Field::Meter => return Err(de::Error::duplicate_field("meter")),
+                        Field::Cost => return Err(de::Error::duplicate_field("cost")),
+                    }
+                }
+                match meter {
+                    Some(meter) => Ok(MeterUseSpec { meter, cost }),
+                    None => Err(de::Error::custom(METER_USE)),
+                }
+            }
+
+            refuse!(METER_USE; bool, i64, u64, f64, unit, seq);
         }
 
         deserializer.deserialize_any(UseVisitor)

@@ -2588,3 +2588,109 @@ fn flow_depth_counts_only_brackets_that_open_collections() {
         Err((2, 68))
     );
 }
+
+// ---------------------------------------------------------------------------
+// Meters
+// ---------------------------------------------------------------------------
+
+const METERED: &str = "\
+meters:
+  api_calls: requests
+  egress: response_bytes
+  ingress: request_bytes
+  tokens: {header: X-Usage-Tokens}
+routes:
+  - name: chat
+    path: /v1/chat
+    meters: [{meter: api_calls, cost: 5}, tokens, egress, ingress]
+  - name: health
+    path: /healthz
+    access: public
+";
+
+#[test]
+fn meters_compile_with_their_sources_and_route_costs() {
+    let policy = clean(METERED);
+    let names: Vec<&str> = policy.meters.iter().map(|m| &*m.name).collect();
+    assert_eq!(names, ["api_calls", "egress", "ingress", "tokens"]);
+    let tokens = HeaderName::from_static("x-usage-tokens");
+    assert_eq!(policy.meters[3].source, MeterSource::Header(tokens.clone()));
+    assert_eq!(policy.usage_headers, [tokens]);
+    let chat = &policy.routes[0];
+    assert_eq!(
+        chat.meters,
+        [
+            MeterUse { meter: 0, cost: 5 },
+            MeterUse { meter: 3, cost: 1 },
+            MeterUse { meter: 1, cost: 1 },
+            MeterUse { meter: 2, cost: 1 },
+        ]
+    );
+    assert!(policy.routes[1].meters.is_empty());
+}
+
+#[test]
+fn meter_errors_are_located() {
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "meters:\n  m: tokens\n",
+            (2, 6),
+            "`tokens`: expected `requests`, `request_bytes`, `response_bytes` or {header: NAME}",
+        ),
+        (
+            "meters:\n  m: {header: 'x y'}\n",
+            (2, 15),
+            "meters.m.header: `x y` is not a header name",
+        ),
+        (
+            "meters:\n  m: {header: x-licensegate-usage}\n",
+            (2, 15),
+            "`x-licensegate-*` headers are licensegate's own",
+        ),
+        (
+            "meters:\n  m: {headers: x}\n",
+            (2, 7),
+            "unknown field `headers`",
+        ),
+        (
+            "meters:\n  m: requests\nroutes:\n  - path: /a\n    meters: [n]\n",
+            (5, 14),
+            "routes[0].meters[0]: no meter named `n` (defined: m)",
+        ),
+        (
+            "meters:\n  m: response_bytes\nroutes:\n  - path: /a\n    meters: [{meter: m, cost: 2}]\n",
+            (5, 14),
+            "`cost` applies to `requests` meters; `m` counts what the request carries",
+        ),
+        (
+            "meters:\n  m: requests\nroutes:\n  - path: /a\n    meters: [{meter: m, cost: 0}]\n",
+            (5, 14),
+            "`cost` must be at least 1",
+        ),
+        (
+            "meters:\n  m: requests\nroutes:\n  - path: /a\n    meters: [m, m]\n",
+            (5, 17),
+            "meter `m` is listed twice",
+        ),
+        (
+            "meters:\n  m: requests\nroutes:\n  - path: /a\n    access: public\n    meters: [m]\n",
+            (6, 13),
+            "meters count a license's usage; a public route has none to count",
+        ),
+        (
+            "meters:\n  m.1: requests\n  'm 2': requests\n",
+            (3, 10),
+            "meter names use letters, digits",
+        ),
+    ];
+    for (text, at, fragment) in cases {
+        let diagnostics = errors(text);
+        assert_only(&diagnostics, FILE, *at, &[fragment]);
+    }
+}
+
+#[test]
+fn a_meter_no_route_feeds_is_a_warning() {
+    let warned = warnings("meters:\n  idle: requests\nroutes:\n  - path: /a\n");
+    assert_only(&warned, FILE, (2, 9), &["meter `idle` is fed by no route"]);
+}
