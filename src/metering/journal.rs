@@ -252,6 +252,17 @@ fn set_aside(path: &Path, why: &str) {
     }
 }
 
+/// The end of what `writer` has written.
+fn snapshot(writer: &Writer) -> Committed {
+    Committed {
+        end: Position {
+            segment: writer.active,
+            offset: writer.segments[&writer.active].bytes,
+        },
+        last_seq: writer.next_seq - 1,
+    }
+}
+
 fn now_ms() -> u64 {
     super::unix_ms(std::time::SystemTime::now())
 }
@@ -477,9 +488,37 @@ impl Journal {
         if bodies.is_empty() {
             return Ok(Appended::default());
         }
+        let (outcome, committed, to_sync) = {
+            let mut writer = self.writer.lock();
+            let outcome = self.append_locked(&mut writer, bodies)?;
+            // Synced once the lock is released: an event appended
+            // meanwhile waits for no disk.
+            let to_sync = sync.then(|| {
+                (
+                    writer.file.try_clone(),
+                    self.dir.join(segment_name(writer.active)),
+                )
+            });
+            (outcome, snapshot(&writer), to_sync)
+        };
+        if let Some((file, path)) = to_sync {
+            if let Err(error) = file.and_then(|file| file.sync_data()) {
+                // Written, so a crash of the process keeps them; only the
+                // machine going down could lose them now. Not retried: that
+                // would journal them again, under new ids.
+                tracing::error!(%error, segment = %path.display(), "metering journal: fsync failed");
+            }
+        }
+        self.publish(committed);
+        Ok(outcome)
+    }
+
+    fn append_locked(
+        &self,
+        writer: &mut Writer,
+        bodies: &[Body],
+    ) -> Result<Appended, (usize, JournalError)> {
         let journaled_ms = now_ms();
-        let mut writer = self.writer.lock();
-        let writer = &mut *writer;
         let mut outcome = Appended::default();
         let mut buf = Vec::with_capacity(bodies.len() * 320);
         // Records in `buf`, not yet written.
@@ -519,20 +558,12 @@ impl Journal {
             buf.extend_from_slice(&frame);
             buffered += 1;
         }
-        self.write(writer, &mut buf, &mut buffered, &mut outcome)
-            .map_err(|e| (outcome.written, e))?;
-        if sync {
-            let path = self.dir.join(segment_name(writer.active));
-            writer
-                .file
-                .sync_data()
-                .map_err(|e| (outcome.written, failed(&path, "syncing")(e)))?;
-        }
         if outcome.dropped > 0 {
             self.metrics
                 .dropped(DropReason::JournalFull, outcome.dropped as u64);
         }
-        self.publish(writer);
+        self.write(writer, &mut buf, &mut buffered, &mut outcome)
+            .map_err(|e| (outcome.written, e))?;
         Ok(outcome)
     }
 
@@ -639,21 +670,19 @@ impl Journal {
         writer.broken = false;
         writer.total_bytes += HEADER_LEN;
         // Readers may move on to the new segment.
-        self.publish(writer);
+        self.publish(snapshot(writer));
         Ok(())
     }
 
-    fn publish(&self, writer: &Writer) {
-        let committed = Committed {
-            end: Position {
-                segment: writer.active,
-                offset: writer.segments[&writer.active].bytes,
-            },
-            last_seq: writer.next_seq - 1,
-        };
+    /// Let readers go up to `committed`. Appends publish in any order once
+    /// their lock is released; the end only moves forward (a later end
+    /// covers an earlier append's records, and its sync their bytes).
+    fn publish(&self, committed: Committed) {
         self.committed.send_if_modified(|current| {
-            let moved = *current != committed;
-            *current = committed;
+            let moved = committed.end > current.end;
+            if moved {
+                *current = committed;
+            }
             moved
         });
     }

@@ -124,8 +124,3 @@ pub fn format_batch(batch: &[Record]) -> (&'static str, Vec<u8>) {
     let body = serde_json::to_vec(&events).expect("events serialize into a Vec");
     (BATCH_CONTENT_TYPE, body)
 }
-
-/// Unix seconds of `unix_ms`, for sinks that take whole seconds.
-pub fn unix_secs(unix_ms: u64) -> u64 {
-    unix_ms / 1000
-}
