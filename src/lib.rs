@@ -23,6 +23,7 @@ pub mod inject;
 pub mod license;
 pub mod lifecycle;
 pub mod limits;
+pub mod metering;
 pub mod metrics;
 pub mod policy;
 pub mod problem;
