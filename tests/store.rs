@@ -1268,3 +1268,79 @@ fn counter_keys(keys: Vec<String>) -> Vec<String> {
         .filter(|k| !k.ends_with(":{replicas}"))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// 10. Allowed responses state the shared budget
+// ---------------------------------------------------------------------------
+
+/// One request: the status and the `RateLimit` field's `r` per limit.
+async fn remaining(proxy: &Proxy, auth: &[(String, String)]) -> (u16, BTreeMap<String, u64>) {
+    let mut builder = Request::get(proxy.url("/api/x"));
+    for (name, value) in auth {
+        builder = builder.header(name, value);
+    }
+    let (parts, _) = send(builder.body(empty()).unwrap()).await;
+    let mut left = BTreeMap::new();
+    for line in parts.headers.get_all("ratelimit") {
+        for member in line.to_str().unwrap().split(',') {
+            let mut params = member.trim().split(';');
+            let name = params.next().unwrap().trim_matches('"').to_owned();
+            for param in params {
+                if let Some(r) = param.strip_prefix("r=") {
+                    left.insert(name.clone(), r.parse().unwrap());
+                }
+            }
+        }
+    }
+    (parts.status.as_u16(), left)
+}
+
+const BUDGETED: &str = r#"
+limits:
+  hourly: {rate: {limit: 30, per: 1h}}
+  daily: {quota: {limit: 10, period: day}}
+routes:
+  - {name: api, path: "/api/**", limits: [hourly, daily]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_responses_state_the_shared_budget_in_both_modes() {
+    let Some(redis) = Redis::start() else { return };
+    let day = unix_now() / 86_400;
+
+    // Accurate: what the store has left, whichever replica answers.
+    let fleet = Fleet::new(BUDGETED).await;
+    let config = fleet.config(&store(&redis.url(), "  timeout: 500ms\n  replicas: 2\n"));
+    let proxies = start(&config, 2).await;
+    let auth = fleet.auth("lic-stated");
+    for n in 1..=4u64 {
+        let (status, left) = remaining(&proxies[n as usize % 2], &auth).await;
+        assert_eq!(status, 200, "request {n}");
+        let expected =
+            BTreeMap::from([("daily".to_owned(), 10 - n), ("hourly".to_owned(), 30 - n)]);
+        if unix_now() / 86_400 == day {
+            assert_eq!(left, expected, "request {n}");
+        }
+    }
+
+    // Leased: the store's rest as of this replica's last renewal, less what
+    // it spent since; with one replica, exactly what is left.
+    let fleet = Fleet::new(BUDGETED).await;
+    let config = fleet.config(&store(
+        &redis.url(),
+        "  mode: leased\n  timeout: 500ms\n  key_prefix: leased\n  lease: {max_slice: 4, period: 1h}\n",
+    ));
+    let proxy = start(&config, 1).await.pop().unwrap();
+    let auth = fleet.auth("lic-leased");
+    for n in 1..=10u64 {
+        let (status, left) = remaining(&proxy, &auth).await;
+        assert_eq!(status, 200, "request {n}");
+        let expected =
+            BTreeMap::from([("daily".to_owned(), 10 - n), ("hourly".to_owned(), 30 - n)]);
+        if unix_now() / 86_400 == day {
+            assert_eq!(left, expected, "request {n}");
+        }
+    }
+    let (status, _) = remaining(&proxy, &auth).await;
+    assert_eq!(status, 429);
+}

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::shared::{SharedOutcome, SharedStore};
-use super::{Checked, Clock, Counters, Limited, MemoryStore, Permit};
+use super::{Budget, Budgets, Checked, Clock, Counters, Left, Limited, MemoryStore, Permit};
 use crate::policy::{LimitDef, LimitKind, OnStoreError};
 
 /// One limit as one request counts it.
@@ -95,6 +95,13 @@ fn divided(amount: u64, by: u64) -> u64 {
     }
 }
 
+/// Keep what `charge` has left for the response, if its limit states it.
+fn offer(budgets: &mut Budgets, charge: &Charge<'_>, limit: u64, left: Option<Left>) {
+    if let (true, Some(left)) = (charge.def.headers, left) {
+        budgets.offer(Budget::new(&charge.def.name, limit, &left));
+    }
+}
+
 impl Limiter {
     pub fn new(memory: Arc<MemoryStore>, shared: Option<Arc<SharedStore>>) -> Limiter {
         Limiter { memory, shared }
@@ -114,17 +121,19 @@ impl Limiter {
     }
 
     /// Count `charges` in memory, in order; never suspends. Concurrency
-    /// slots go to `permits`. Without a shared store this is the whole
-    /// count; with one, use [`Limiter::count`].
+    /// slots go to `permits`, what the rates and quotas that state it have
+    /// left to `budgets`. Without a shared store this is the whole count;
+    /// with one, use [`Limiter::count`].
     pub fn count_in_memory<'a, I>(
         &self,
         charges: I,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
-        self.count_here(charges, Share::All, permits)
+        self.count_here(charges, Share::All, permits, budgets)
     }
 
     /// Count `charges`: in the shared store when there is one (one round
@@ -135,19 +144,20 @@ impl Limiter {
         tag: Option<&str>,
         charges: I,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
         let Some(shared) = &self.shared else {
-            return self.count_here(charges, Share::All, permits);
+            return self.count_here(charges, Share::All, permits, budgets);
         };
-        self.count_here(charges.clone(), Share::Concurrency, permits)?;
+        self.count_here(charges.clone(), Share::Concurrency, permits, budgets)?;
         let fallback = Share::Fallback {
             replicas: shared.replicas(),
         };
         if !shared.is_available() {
-            return self.count_here(charges, fallback, permits);
+            return self.count_here(charges, fallback, permits, budgets);
         }
         let remote: Vec<Charge<'a>> = charges
             .clone()
@@ -158,15 +168,22 @@ impl Limiter {
         };
         let tag = tag.unwrap_or(&first.key);
         match shared.check(tag, &remote).await {
-            SharedOutcome::Allowed => Ok(()),
+            SharedOutcome::Allowed(left) => {
+                for (position, left) in left {
+                    let charge = &remote[position];
+                    offer(budgets, charge, charge.amount, Some(left));
+                }
+                Ok(())
+            }
             SharedOutcome::Limited { position, limited } => {
                 permits.clear();
+                budgets.clear();
                 Err(Refusal::Limited {
                     def: remote[position].def,
                     limited,
                 })
             }
-            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits),
+            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits, budgets),
         }
     }
 
@@ -177,6 +194,7 @@ impl Limiter {
         charges: I,
         share: Share,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
@@ -189,23 +207,26 @@ impl Limiter {
                 Portion::Deny => {
                     self.give_back(charges.take(counted), share);
                     permits.clear();
+                    budgets.clear();
                     return Err(Refusal::StoreUnavailable { def: charge.def });
                 }
             };
+            let amount = divided(charge.amount, by);
             let checked = charge.counters.check(
                 charge.def,
                 &charge.key,
                 &charge.identity,
-                divided(charge.amount, by),
+                amount,
                 charge.cost,
                 clock,
             );
             match checked {
-                Checked::Allowed => {}
+                Checked::Allowed(left) => offer(budgets, &charge, amount, left),
                 Checked::Held(permit) => permits.push(permit),
                 Checked::Limited(limited) => {
                     self.give_back(charges.take(counted), share);
                     permits.clear();
+                    budgets.clear();
                     return Err(Refusal::Limited {
                         def: charge.def,
                         limited,

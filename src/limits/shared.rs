@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::quota::window;
-use super::{Charge, Clock, Hasher, Limited};
+use super::{Charge, Clock, Hasher, Left, Limited};
 use crate::config::{StoreMode, StoreNodes, StoreSettings};
 use crate::limits::StoreMetrics;
 use crate::policy::{LimitKind, Period};
@@ -45,12 +45,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// What the store said about a request's limits.
 #[derive(Debug)]
 pub enum SharedOutcome {
-    Allowed,
+    /// Counted; what the rates and quotas at these positions have left.
+    Allowed(Vec<(usize, Left)>),
     /// `checks[position]` refused.
-    Limited {
-        position: usize,
-        limited: Limited,
-    },
+    Limited { position: usize, limited: Limited },
     /// No answer in time (or an error): the caller falls back.
     Unavailable,
 }
@@ -76,6 +74,11 @@ struct Lease {
     /// Rate leases: microseconds of arrival time per unit (to give units
     /// back); `None` for quotas.
     emission: Option<f64>,
+    /// What the store had left after the last renewal (beyond this lease).
+    stated: u64,
+    /// Rate leases: when the store's rate is whole again, as of the last
+    /// renewal (monotonic nanoseconds).
+    full_at: u64,
 }
 
 pub struct SharedStore {
@@ -129,6 +132,14 @@ impl SharedStore {
         &self.settings
     }
 
+    /// The store key of a quota window (`start`: unix seconds).
+    fn quota_key(&self, tag: &str, limit: &str, key: &str, start: u64) -> String {
+        format!(
+            "{}:{{{tag}}}:{limit}:q:{key}:{start}",
+            self.settings.key_prefix
+        )
+    }
+
     /// Whether requests should ask the store now.
     pub fn is_available(&self) -> bool {
         !self.degraded.load(Ordering::Relaxed)
@@ -162,7 +173,7 @@ impl SharedStore {
             Err(refused) => return refused,
         };
         if call.ops.is_empty() {
-            return SharedOutcome::Allowed;
+            return SharedOutcome::Allowed(call.left);
         }
         let reply = self.invoke(&call.encode()).await;
         let reply = reply.and_then(|reply| Reply::parse(&reply, call.ops.len()));
@@ -202,8 +213,15 @@ impl SharedStore {
                     let key = format!("{base}:r:{}", charge.key);
                     let slice = if leased {
                         match self.spend_lease(&key, charge.cost, now) {
-                            Spend::Done => {
+                            Spend::Done { remaining, full_at } => {
                                 call.spent_locally.push((key.into(), charge.cost));
+                                let reset = Duration::from_nanos(full_at.saturating_sub(now));
+                                let left = Left {
+                                    remaining,
+                                    reset,
+                                    window: *w,
+                                };
+                                call.left.push((position, left));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
@@ -245,28 +263,34 @@ impl SharedStore {
                 LimitKind::Quota { period } => {
                     let now_secs = unix_nanos / 1_000_000_000;
                     let (start, length) = window(*period, now_secs);
-                    let key = format!("{base}:q:{}:{start}", charge.key);
+                    let name = &*charge.def.name;
+                    let key = self.quota_key(tag, name, &charge.key, start);
                     let previous =
-                        format!("{base}:q:{}:{}", charge.key, start.saturating_sub(length));
-                    let (weight_ppm, keep) = match period {
+                        self.quota_key(tag, name, &charge.key, start.saturating_sub(length));
+                    let weight_ppm = match period {
                         Period::Rolling(_) => {
                             let elapsed = unix_nanos.saturating_sub(start * 1_000_000_000);
                             let window = length * 1_000_000_000;
                             let left = window.saturating_sub(elapsed);
-                            (
-                                (u128::from(left) * 1_000_000 / u128::from(window)) as u64,
-                                length,
-                            )
+                            (u128::from(left) * 1_000_000 / u128::from(window)) as u64
                         }
-                        _ => (0, 86_400),
+                        _ => 0,
                     };
+                    let keep = kept_after(*period, length);
                     let ttl_ms =
                         ((start + length + keep).saturating_sub(now_secs) * 1000).max(1000);
                     let lease_key = format!("{base}:q:{}", charge.key);
                     let slice = if leased {
                         match self.spend_lease(&lease_key, charge.cost, now) {
-                            Spend::Done => {
+                            Spend::Done { remaining, .. } => {
                                 call.spent_locally.push((lease_key.into(), charge.cost));
+                                let end = (start + length) * 1_000_000_000;
+                                let left = Left {
+                                    remaining,
+                                    reset: Duration::from_nanos(end.saturating_sub(unix_nanos)),
+                                    window: Duration::from_secs(length),
+                                };
+                                call.left.push((position, left));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
@@ -354,21 +378,49 @@ impl SharedStore {
         unix_nanos: u64,
     ) -> SharedOutcome {
         let (op, retry_us, remaining) = match reply {
-            Some(Reply::Passed(granted)) => {
-                for ((_, purpose), granted) in call.ops.iter().zip(granted) {
-                    if let Purpose::Count {
+            Some(Reply::Passed(passed)) => {
+                let mut left = call.left;
+                for ((_, purpose), passed) in call.ops.iter().zip(passed) {
+                    let Purpose::Count {
                         position,
-                        lease: Some(lease),
-                        ..
+                        lease,
+                        quota_window,
                     } = purpose
-                    {
-                        self.install_lease(lease, granted, charges[*position].cost, now);
-                    }
+                    else {
+                        continue;
+                    };
+                    let charge = &charges[*position];
+                    let remaining = match lease {
+                        Some(lease) => self.install_lease(lease, &passed, charge.cost, now),
+                        None => passed.remaining,
+                    };
+                    let (reset, window) = match (&charge.def.kind, quota_window) {
+                        (LimitKind::Quota { .. }, Some((start, length))) => {
+                            let end = (start + length) * 1_000_000_000;
+                            (
+                                Duration::from_nanos(end.saturating_sub(unix_nanos)),
+                                Duration::from_secs(*length),
+                            )
+                        }
+                        (LimitKind::Rate { window, .. }, _) => {
+                            (Duration::from_micros(passed.reset_us.unwrap_or(0)), *window)
+                        }
+                        // Seats state no budget.
+                        _ => continue,
+                    };
+                    left.push((
+                        *position,
+                        Left {
+                            remaining,
+                            reset,
+                            window,
+                        },
+                    ));
                 }
                 for (seen_key, until) in call.seen {
                     self.seats_seen.insert(seen_key.into(), until);
                 }
-                return SharedOutcome::Allowed;
+                return SharedOutcome::Allowed(left);
             }
             Some(Reply::Refused {
                 op,
@@ -709,7 +761,10 @@ impl SharedStore {
         if now < lease.expires_at && lease.remaining >= cost {
             lease.remaining -= cost;
             lease.spent += cost;
-            return Spend::Done;
+            return Spend::Done {
+                remaining: lease.stated.saturating_add(lease.remaining),
+                full_at: lease.full_at,
+            };
         }
         // Size the next slice by what this replica spent from the last one.
         let wanted = if now < lease.expires_at {
@@ -732,8 +787,11 @@ impl SharedStore {
         (self.settings.lease_max_slice / 10).max(1)
     }
 
-    /// Keep the units a renewal granted (less what this request spent).
-    fn install_lease(&self, target: &LeaseTarget, granted: u64, cost: u64, now: u64) {
+    /// Keep the units a renewal granted (less what this request spent), and
+    /// what the store said it had left. Returns what this replica now
+    /// states as left: the store's rest plus its own lease.
+    fn install_lease(&self, target: &LeaseTarget, passed: &Passed, cost: u64, now: u64) -> u64 {
+        let granted = passed.granted;
         self.metrics.lease_grants.inc();
         let period = self.settings.lease_period.as_nanos() as u64;
         let entry = self.leases.entry(target.lease_key.clone()).or_default();
@@ -751,6 +809,9 @@ impl SharedStore {
         lease.expires_at = now + period;
         lease.key.clone_from(&target.store_key);
         lease.emission = target.emission_us;
+        lease.stated = passed.remaining;
+        lease.full_at = now + passed.reset_us.unwrap_or(0).saturating_mul(1000);
+        lease.stated.saturating_add(lease.remaining)
     }
 
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
@@ -764,6 +825,16 @@ impl SharedStore {
     }
 }
 
+/// How long a quota window's key is kept after the window ends: a rolling
+/// window is read as the previous one during the next; a calendar period's
+/// key stays a day for whoever inspects it.
+fn kept_after(period: Period, length: u64) -> u64 {
+    match period {
+        Period::Rolling(_) => length,
+        _ => 86_400,
+    }
+}
+
 /// A random id for this process among the replicas.
 fn instance_id() -> String {
     use ring::rand::SecureRandom;
@@ -773,7 +844,9 @@ fn instance_id() -> String {
 }
 
 enum Spend {
-    Done,
+    /// Spent from the lease: the store's rest as of the last renewal plus
+    /// what is left of the lease, and when a rate is whole again.
+    Done { remaining: u64, full_at: u64 },
     Renew {
         slice: u64,
         /// Unused units of an expired lease, and the store key they came from.
@@ -824,6 +897,9 @@ enum Op<'a> {
 
 /// Operations take this many arguments (kind and five parameters).
 const OP_ARGS: usize = 6;
+
+/// A passed call answers this many numbers per operation.
+const PASSED_FIELDS: usize = 3;
 
 /// An unused parameter.
 const NONE: &str = "-";
@@ -948,6 +1024,8 @@ struct Call<'a> {
     /// Leased mode: units this request spent locally, given back unless
     /// the call passes.
     spent_locally: Vec<(Box<str>, u64)>,
+    /// Leased mode: what the limits spent locally have left, by position.
+    left: Vec<(usize, Left)>,
 }
 
 /// A call as the script takes it.
@@ -973,11 +1051,24 @@ impl Call<'_> {
     }
 }
 
+/// One operation's part of a passed call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Passed {
+    /// Units taken (a lease's slice; a merge: 1 if made now, 0 if made
+    /// before).
+    granted: u64,
+    /// Rates and quotas: what the store has left after this operation
+    /// (0 for the others).
+    remaining: u64,
+    /// Rates: microseconds until the rate is whole again.
+    reset_us: Option<u64>,
+}
+
 /// The script's answer.
 #[derive(Debug, PartialEq)]
 enum Reply {
-    /// Every operation passed: units granted, per operation.
-    Passed(Vec<u64>),
+    /// Every operation passed.
+    Passed(Vec<Passed>),
     /// Operation `op` (from 0) refused; nothing the call did was kept.
     Refused {
         op: usize,
@@ -987,15 +1078,27 @@ enum Reply {
 }
 
 impl Reply {
-    /// `{0, granted…}` or `{i, retry_us, remaining}` (`i` from 1) for a call
-    /// of `ops` operations; `None` for anything else.
+    /// `{0, granted, remaining, reset_us, …}` (three per operation; reset
+    /// -1 for none) or `{i, retry_us, remaining}` (`i` from 1) for a call of
+    /// `ops` operations; `None` for anything else.
     fn parse(reply: &[i64], ops: usize) -> Option<Reply> {
         let (&first, rest) = reply.split_first()?;
         let non_negative = |n: i64| u64::try_from(n).unwrap_or(0);
         match usize::try_from(first).ok()? {
-            0 if rest.len() == ops => Some(Reply::Passed(
-                rest.iter().copied().map(non_negative).collect(),
-            )),
+            0 if rest.len() == ops * PASSED_FIELDS => rest
+                .chunks_exact(PASSED_FIELDS)
+                .map(|op| {
+                    Some(Passed {
+                        granted: u64::try_from(op[0]).ok()?,
+                        remaining: u64::try_from(op[1]).ok()?,
+                        reset_us: match op[2] {
+                            -1 => None,
+                            reset => Some(u64::try_from(reset).ok()?),
+                        },
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Reply::Passed),
             op @ 1.. if op <= ops && rest.len() == 2 => Some(Reply::Refused {
                 op: op - 1,
                 retry_us: non_negative(rest[0]),
