@@ -12,6 +12,7 @@ mod clock;
 mod concurrency;
 mod limiter;
 mod metrics;
+mod outage;
 pub mod persist;
 mod quota;
 mod rate;
@@ -27,6 +28,7 @@ pub use clock::Clock;
 pub use concurrency::Permit;
 pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
+pub use outage::{OutageLedger, Unmerged, WindowKey};
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;

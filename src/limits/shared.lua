@@ -14,15 +14,18 @@
 --   's' identity seats idle_us - -                seats, KEYS: sorted set
 --   'R' emission_us units - - -                   give back rate units, KEYS: tat
 --   'Q' units - - - -                             give back quota units, KEYS: current
+--   'M' units ttl_ms - - -                        merge units counted during an
+--         outage, once: KEYS: current, marker (set with the INCRBY; a merge
+--         whose marker exists was made by an earlier call and is skipped)
 -- With slice > 0 an operation leases up to `slice` units (at least `cost`).
 --
 -- Returns {0, granted_1, remaining_1, reset_1, ..., granted_n, remaining_n,
 -- reset_n} when every operation passed: `remaining` is what a rate or quota
 -- has left after it (0 for other kinds), `reset` the microseconds until a
 -- rate is whole again (-1 for other kinds; quotas reset with their window,
--- which the caller knows). Or {i, retry_us, remaining} when operation i
--- refused; then nothing this call did is kept (earlier operations are
--- undone).
+-- which the caller knows). 'M' grants 1 when it merged, 0 when its marker
+-- existed. Or {i, retry_us, remaining} when operation i refused; then
+-- nothing this call did is kept (earlier operations are undone).
 
 local BASE = 1700000000000000
 local t = redis.call('TIME')
@@ -137,6 +140,16 @@ for i = 1, n do
       if rest < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
     end
     granted[i] = 0
+  elseif kind == 'M' then
+    local key = KEYS[k]; local marker = KEYS[k + 1]; k = k + 2
+    local ttl = tonumber(ARGV[a + 3])
+    if redis.call('SET', marker, '1', 'NX', 'PX', ttl) then
+      redis.call('INCRBY', key, tonumber(ARGV[a + 2]))
+      redis.call('PEXPIRE', key, ttl)
+      granted[i] = 1
+    else
+      granted[i] = 0
+    end
   else
     return redis.error_reply('licensegate: unknown operation ' .. tostring(kind))
   end

@@ -24,6 +24,7 @@ use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::outage::{OutageLedger, Unmerged};
 use super::quota::window;
 use super::{Charge, Clock, Hasher, Left, Limited};
 use crate::config::{StoreMode, StoreNodes, StoreSettings};
@@ -97,6 +98,8 @@ pub struct SharedStore {
     instance: String,
     /// Live replicas last seen in the store (including this one).
     observed_replicas: AtomicU32,
+    /// Quota units counted locally while the store was away, to merge.
+    outage: OutageLedger,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -125,11 +128,17 @@ impl SharedStore {
             clock,
             instance: instance_id(),
             observed_replicas: AtomicU32::new(1),
+            outage: OutageLedger::default(),
         }
     }
 
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    /// Where the limiter notes quota units it counts while the store is away.
+    pub fn outage(&self) -> &OutageLedger {
+        &self.outage
     }
 
     /// The store key of a quota window (`start`: unix seconds).
@@ -552,6 +561,12 @@ impl SharedStore {
                             let seen = self.observed_replicas.load(Ordering::Relaxed);
                             tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
                         }
+                        // A merge that failed after the last outage, or
+                        // units of requests that were counting locally
+                        // when the store came back.
+                        if !self.outage.is_empty() {
+                            self.reconcile().await;
+                        }
                     }
                     // Leased mode: expired leases of keys that went quiet go
                     // back every lease period.
@@ -580,6 +595,7 @@ impl SharedStore {
                     report(&self);
                     let seen = self.observed_replicas.load(Ordering::Relaxed);
                     tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
+                    self.reconcile().await;
                 }
                 Err(error) => {
                     if first {
@@ -738,6 +754,84 @@ impl SharedStore {
         }
     }
 
+    /// Merge the quota units this replica counted locally while the store
+    /// was away (see [`OutageLedger`]) into the store's window keys: one
+    /// script call per entry, which adds the units and sets the entry's
+    /// marker (replica, epoch, limit, key, window) in one step, so a merge
+    /// retried after a timeout is never counted twice. Entries whose merge
+    /// fails wait for the next try (every heartbeat, and the next recovery).
+    ///
+    /// A window that has ended is still merged into its key while the store
+    /// keeps that key (a rolling window is read as the previous one during
+    /// the next, so its count still matters); an entry whose key has
+    /// expired is dropped, since nothing would read it.
+    pub async fn reconcile(&self) {
+        if self.outage.is_empty() || !self.is_available() {
+            return;
+        }
+        let now = self.clock.unix_nanos() / 1_000_000_000;
+        let (mut merged, mut expired) = (0u64, 0u64);
+        let mut entries = self.outage.drain().into_iter();
+        while let Some(entry) = entries.next() {
+            if !self.is_available() {
+                // Away again: the rest waits for the next recovery.
+                self.outage.restore(std::iter::once(entry).chain(entries));
+                break;
+            }
+            let Some(op) = self.merge_op(&entry, now) else {
+                expired += entry.units;
+                continue;
+            };
+            let call = Call {
+                ops: vec![(op, Purpose::Merge)],
+                ..Call::default()
+            };
+            let reply = self.invoke(&call.encode()).await;
+            match reply.and_then(|reply| Reply::parse(&reply, 1)) {
+                Some(Reply::Passed(passed)) => {
+                    if passed.first().is_some_and(|p| p.granted == 0) {
+                        // An earlier try landed, its answer did not.
+                        tracing::debug!(limit = %entry.window.limit, "outage units were merged already");
+                    }
+                    merged += entry.units;
+                    self.metrics.reconciled_units.inc_by(entry.units);
+                }
+                _ => self.outage.restore([entry]),
+            }
+        }
+        if merged > 0 || expired > 0 {
+            tracing::info!(
+                units = merged,
+                expired,
+                "merged {merged} quota units counted locally while the store was away"
+            );
+        }
+    }
+
+    /// The merge of `entry` at `now` (unix seconds); `None` when its
+    /// window's key is no longer kept.
+    fn merge_op(&self, entry: &Unmerged, now: u64) -> Option<Op<'static>> {
+        let (start, length) = window(entry.period, entry.window.start);
+        let until = start + length + kept_after(entry.period, length);
+        if until <= now {
+            return None;
+        }
+        let at = &entry.window;
+        let key = self.quota_key(&at.tag, &at.limit, &at.key, start);
+        // Beside the window's key (same hash tag, so the same shard), under
+        // its own kind, `m`.
+        let marker = format!(
+            "{}:{{{}}}:{}:m:{}:{start}:{}:{}",
+            self.settings.key_prefix, at.tag, at.limit, at.key, self.instance, entry.epoch
+        );
+        Some(Op::Merge {
+            key,
+            marker,
+            units: entry.units,
+            ttl_ms: (until - now) * 1000,
+        })
+    }
+
     /// Drop spent, expired leases and stale seat confirmations, so the maps
     /// hold only keys with recent traffic.
     fn forget_expired(&self) {
@@ -893,6 +987,15 @@ enum Op<'a> {
     },
     /// Give back `units` of an expired quota lease.
     ReturnQuota { key: String, units: u64 },
+    /// Add `units` counted locally during an outage to a quota window's
+    /// `key`, unless `marker` says this merge was made already; the marker
+    /// is set in the same step.
+    Merge {
+        key: String,
+        marker: String,
+        units: u64,
+        ttl_ms: u64,
+    },
 }
 
 /// Operations take this many arguments (kind and five parameters).
@@ -985,6 +1088,22 @@ impl Op<'_> {
                     NONE.into(),
                 ]
             }
+            Op::Merge {
+                key,
+                marker,
+                units,
+                ttl_ms,
+            } => {
+                keys.extend([key.clone(), marker.clone()]);
+                [
+                    "M".into(),
+                    units.to_string(),
+                    ttl_ms.to_string(),
+                    NONE.into(),
+                    NONE.into(),
+                    NONE.into(),
+                ]
+            }
         };
         args.extend(fields);
     }
@@ -1003,6 +1122,8 @@ enum Purpose {
     },
     /// Gives back an expired lease's units; the request does not wait on it.
     Return,
+    /// Merges units counted during an outage (no request waits on it).
+    Merge,
 }
 
 /// A lease a renewal fills: its own key, and the store key (a quota

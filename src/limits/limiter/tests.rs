@@ -213,6 +213,101 @@ async fn while_the_store_is_away_each_limit_follows_its_on_store_error() {
     assert!(before.iter().all(|(_, used)| *used == 0), "{before:?}");
 }
 
+#[tokio::test]
+async fn quota_units_counted_in_fallback_are_ledgered_net_of_give_backs_and_drained_once() {
+    let memory = memory();
+    let shared = unreachable_store(memory.clock());
+    let limiter = Limiter::new(memory, Some(Arc::clone(&shared)));
+    let rate = LimitKind::Rate {
+        window: Duration::from_secs(3600),
+        burst: None,
+    };
+    let defs = [
+        def("api", rate, OnStoreError::Fallback),
+        monthly("calls", OnStoreError::Fallback),
+        monthly("free", OnStoreError::Allow),
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let mut permits = Vec::new();
+    for _ in 0..3 {
+        limiter
+            .count(
+                Some("lic-1"),
+                charges(&defs, &counters, |_| 90),
+                &mut permits,
+                &mut Budgets::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // A fourth request is counted by `calls`, then refused by `strict`:
+    // its unit comes back out of the ledger too.
+    let strict = [
+        monthly("calls", OnStoreError::Fallback),
+        monthly("strict", OnStoreError::Deny),
+    ];
+    let strict_counters: Vec<_> = strict
+        .iter()
+        .map(|d| limiter.memory().counters(d))
+        .collect();
+    let refusal = limiter
+        .count(
+            Some("lic-1"),
+            charges(&strict, &strict_counters, |_| 90),
+            &mut permits,
+            &mut Budgets::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::StoreUnavailable { .. }));
+
+    // Only the quota counted here is ledgered: not the rate (instantaneous),
+    // not `free` (not counted while the store is away).
+    let month = 1_767_225_600; // 2026-01-01, the window of "now"
+    let unmerged = shared.outage().drain();
+    let expected = crate::limits::Unmerged {
+        epoch: 0,
+        window: crate::limits::WindowKey {
+            tag: "lic-1".into(),
+            limit: "calls".into(),
+            key: "lic-1".into(),
+            start: month,
+        },
+        period: Period::Month,
+        units: 3,
+    };
+    assert_eq!(unmerged, vec![expected.clone()]);
+    // Drained once: nothing left to merge.
+    assert!(shared.outage().is_empty());
+    assert_eq!(shared.outage().drain(), Vec::new());
+
+    // A merge that failed comes back with its own epoch (its marker), and
+    // what is counted meanwhile goes under a new one.
+    shared.outage().restore([expected.clone()]);
+    limiter
+        .count(
+            Some("lic-1"),
+            charges(&defs[1..2], &counters[1..2], |_| 90),
+            &mut permits,
+            &mut Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let mut unmerged = shared.outage().drain();
+    unmerged.sort_by_key(|u| u.epoch);
+    assert_eq!(
+        unmerged,
+        vec![
+            expected.clone(),
+            crate::limits::Unmerged {
+                epoch: 2,
+                units: 1,
+                ..expected
+            }
+        ]
+    );
+}
+
 #[test]
 fn allowed_rates_and_quotas_state_what_is_left_when_their_headers_are_on() {
     let limiter = Limiter::new(memory(), None);

@@ -488,3 +488,68 @@ fn a_lease_states_the_stores_rest_as_of_its_renewal_less_what_it_spent() {
         assert_eq!(left.reset, Duration::from_secs(12 * 3600));
     }
 }
+
+#[test]
+fn a_merge_is_one_operation_with_its_marker_beside_the_window() {
+    let store = store(StoreMode::Accurate);
+    let day = NOW - NOW % 86_400;
+    let entry = |start: u64, period: Period, epoch: u64| Unmerged {
+        epoch,
+        window: crate::limits::WindowKey {
+            tag: "lic-1".into(),
+            limit: "calls".into(),
+            key: "lic-1".into(),
+            start,
+        },
+        period,
+        units: 7,
+    };
+    let op = store.merge_op(&entry(day, Period::Day, 3), NOW).unwrap();
+    let call = Call {
+        ops: vec![(op, Purpose::Merge)],
+        ..Call::default()
+    };
+    let encoded = call.encode();
+    let marker = format!("lg:{{lic-1}}:calls:m:lic-1:{day}:{}:3", store.instance);
+    assert_eq!(
+        encoded,
+        Encoded {
+            keys: vec![format!("lg:{{lic-1}}:calls:q:lic-1:{day}"), marker],
+            ops: 1,
+            // Kept as a counting call keeps it: a day past the window.
+            args: strings(&[
+                "M",
+                "7",
+                &((day + 2 * 86_400 - NOW) * 1000).to_string(),
+                "-",
+                "-",
+                "-"
+            ]),
+        }
+    );
+    // Another epoch, another marker: a later outage merges again.
+    let Op::Merge { marker: other, .. } = store.merge_op(&entry(day, Period::Day, 4), NOW).unwrap()
+    else {
+        panic!("a merge");
+    };
+    assert!(other.ends_with(":4") && other != encoded.keys[1], "{other}");
+
+    // Yesterday's key is still kept (a calendar key stays a day past its
+    // window): merged. The day before's has expired: dropped.
+    assert!(store
+        .merge_op(&entry(day - 86_400, Period::Day, 3), NOW)
+        .is_some());
+    assert!(store
+        .merge_op(&entry(day - 2 * 86_400, Period::Day, 3), NOW)
+        .is_none());
+    // A rolling hour: the previous hour still weighs in the sliding
+    // estimate, the one before does not.
+    let hourly = Period::Rolling(Duration::from_secs(3600));
+    let hour = NOW - NOW % 3600;
+    assert!(store
+        .merge_op(&entry(hour - 3600, hourly, 3), NOW)
+        .is_some());
+    assert!(store
+        .merge_op(&entry(hour - 7200, hourly, 3), NOW)
+        .is_none());
+}
