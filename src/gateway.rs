@@ -434,6 +434,9 @@ impl Gateway {
             // Drained: unspent leased units go back, so a rolling deploy
             // does not use up quotas it never served.
             store.return_leases(true).await;
+            // Quota units counted locally in an outage and not merged yet
+            // (the store came back moments ago): merged before leaving.
+            store.reconcile().await;
         }
         tasks.stop(Phase::Closing, CLOSING_BOUND).await;
         Stopped {

@@ -779,6 +779,136 @@ routes:
     assert!(refusal.retry_after() >= 360, "{:?}", refusal.headers);
 }
 
+/// The members of a `RateLimit-Policy` or `RateLimit` list, over all its
+/// field lines: (name, parameter → value).
+fn members(reply: &Reply, field: &str) -> Vec<(String, Vec<(String, u64)>)> {
+    reply
+        .headers
+        .get_all(field)
+        .iter()
+        .flat_map(|line| line.to_str().unwrap().split(','))
+        .map(|member| {
+            let mut parts = member.trim().split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let params = parts
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap();
+                    (k.to_owned(), v.parse().unwrap())
+                })
+                .collect();
+            (name, params)
+        })
+        .collect()
+}
+
+/// The parameter `param` of the member `name` of `field`.
+fn param(reply: &Reply, field: &str, name: &str, param: &str) -> Option<u64> {
+    members(reply, field)
+        .into_iter()
+        .find(|(n, _)| n == name)?
+        .1
+        .into_iter()
+        .find(|(p, _)| p == param)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test]
+async fn allowed_responses_state_what_is_left_of_rates_and_quotas() {
+    let setup = Setup::new();
+    // An upstream that states a budget of its own on /own.
+    let upstream = upstream(|request: Request<Incoming>| async move {
+        let mut response = Response::new(full("ok"));
+        if request.uri().path() == "/own" {
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-policy", "\"backend\";q=50;w=1".parse().unwrap());
+            headers.insert("ratelimit", "\"backend\";r=49;t=1".parse().unwrap());
+        }
+        response
+    })
+    .await;
+    let proxy = setup.start(
+        upstream,
+        Source::Header,
+        r#"
+limits:
+  per_minute: {rate: {limit: 10, per: 1m}}
+  daily: {quota: {limit: 100, period: day}}
+  by_ip: {rate: {limit: 100, per: 1m, key: client_ip}}
+  quiet:
+    quota: {limit: 100, period: day}
+    headers: false
+  users: {seats: {identity: "header:x-user", limit: 5}}
+routes:
+  - {name: metered, path: /metered, limits: [per_minute, daily]}
+  - {name: own, path: /own, limits: [daily]}
+  - {name: by-ip, path: /by-ip, access: public, limits: [by_ip]}
+  - {name: quiet, path: /quiet, limits: [quiet, users]}
+  - {name: free, path: /free}
+"#,
+    );
+    let auth = bearer(&setup.token("lic-budget", json!({"plan": "pro"})));
+    let headers = [("authorization", auth.as_str()), ("x-user", "alice")];
+    let day = unix_now() / 86_400;
+
+    for n in 1..=3u64 {
+        let before = seconds_to_midnight();
+        let reply = call(&proxy, "GET", "/metered", &headers).await;
+        assert_eq!(reply.status, 200, "request {n}: {}", reply.text());
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"per_minute\";q=10;w=60, \"daily\";q=100;w=86400"),
+            "request {n}"
+        );
+        // 10 a minute: one slot every 6 s, so n requests take the rate
+        // n × 6 s from whole again.
+        let rate = |p| param(&reply, "ratelimit", "per_minute", p);
+        assert_eq!(rate("r"), Some(10 - n), "request {n}: {:?}", reply.headers);
+        let reset = rate("t").unwrap();
+        assert!(
+            (6 * n - 1..=6 * n).contains(&reset),
+            "request {n}: t={reset}"
+        );
+        let quota = |p| param(&reply, "ratelimit", "daily", p);
+        assert_eq!(
+            quota("r"),
+            Some(100 - n),
+            "request {n}: {:?}",
+            reply.headers
+        );
+        // The day's quota resets at midnight UTC.
+        if unix_now() / 86_400 == day {
+            let reset = quota("t").unwrap();
+            let after = seconds_to_midnight();
+            assert!(
+                (after..=before).contains(&reset),
+                "t={reset}, midnight in {after}..{before} s"
+            );
+        }
+    }
+
+    // The upstream's own policies are kept; ours are further list members.
+    let reply = call(&proxy, "GET", "/own", &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let names: Vec<String> = members(&reply, "ratelimit-policy")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names, ["backend", "daily"], "{:?}", reply.headers);
+    assert_eq!(param(&reply, "ratelimit", "backend", "r"), Some(49));
+    // The same quota as /metered: 3 used there, 1 here.
+    assert_eq!(param(&reply, "ratelimit", "daily", "r"), Some(96));
+
+    // Off: by choice, by default for a key that is not the license (a
+    // client address may be shared), and for limits with no budget to
+    // state (seats); a route without limits states nothing.
+    for path in ["/quiet", "/by-ip", "/free"] {
+        let reply = call(&proxy, "GET", path, &headers).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(reply.header("ratelimit-policy"), None, "{path}");
+        assert_eq!(reply.header("ratelimit"), None, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn quotas_count_only_requests_that_every_limit_allowed() {
     let setup = Setup::new();

@@ -309,6 +309,31 @@ fn check_locates_a_bad_preflight_setting() {
 }
 
 #[test]
+fn check_locates_a_bad_headers_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "limits:\n  api:\n    rate: {limit: 5, per: 1m}\n    headers: maybe\n",
+            "4:14: error: limits.api.headers: invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            "limits:\n  users:\n    seats: {identity: 'header:x-user', limit: 3}\n    headers: true\n",
+            "4:14: error: limits.users.headers: only rates and quotas state a budget in headers, not seats",
+        ),
+    ] {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = licensegate(&["policy", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}:{expected}", path.display())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn explain_shows_what_a_cors_preflight_gets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");

@@ -1268,3 +1268,221 @@ fn counter_keys(keys: Vec<String>) -> Vec<String> {
         .filter(|k| !k.ends_with(":{replicas}"))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// 10. Outages: quota units served locally are merged back
+// ---------------------------------------------------------------------------
+
+/// The store key of the `daily` quota window of license `sub` on `day`
+/// (`key_prefix: lgtest`, keyed by the license).
+fn daily_key(sub: &str, day: u64) -> String {
+    format!("lgtest:{{{sub}}}:daily:q:{sub}:{}", day * 86_400)
+}
+
+/// The units counted under `key`, 0 when absent.
+fn units(redis: &Redis, key: &str) -> i64 {
+    redis.cli(&["GET", key]).parse().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_units_served_during_an_outage_are_merged_once_redis_is_back() {
+    const QUOTA: usize = 20;
+    const BEFORE: usize = 4;
+    const DURING: usize = 3; // per replica
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let fleet = Fleet::new(&format!(
+        r#"
+limits:
+  daily: {{quota: {{limit: {QUOTA}, period: day}}}}
+  high_rate: {{rate: {{limit: 1000000, per: 1h}}}}
+routes:
+  - {{name: billed, path: "/billed", limits: [daily]}}
+  - {{name: probe, path: "/probe", limits: [high_rate]}}
+"#
+    ))
+    .await;
+    let config = fleet.config(&store(
+        &redis.url(),
+        "  timeout: 100ms\n  replicas: 2\n  key_prefix: lgtest\n",
+    ));
+    let proxies = start(&config, 2).await;
+    let day = unix_now() / 86_400;
+    let key = daily_key("lic-outage", day);
+    let auth = fleet.auth("lic-outage");
+    for i in 0..BEFORE {
+        let reply = call(&proxies[i % 2], "/billed", &auth).await;
+        assert_eq!(reply.status, 200, "unit {i}: {reply:?}");
+    }
+    assert_eq!(units(&redis, &key), BEFORE as i64);
+
+    // Redis stops answering but keeps its data. Requests to another limit
+    // open each replica's circuit (their round trips time out; Redis
+    // applies them when it resumes, to a rate key the quota does not share),
+    // so no quota request is ever sent to the paused server.
+    redis.pause();
+    for (p, proxy) in proxies.iter().enumerate() {
+        for _ in 0..10 {
+            if sample(proxy, FALLBACK).await == 1.0 {
+                break;
+            }
+            let reply = call(proxy, "/probe", &auth).await;
+            assert_eq!(reply.status, 200, "replica {p}: {reply:?}");
+        }
+        wait_metric(proxy, FALLBACK, 1.0).await;
+    }
+    // Served locally: each replica allows 20 / 2 meanwhile.
+    for (p, proxy) in proxies.iter().enumerate() {
+        for i in 0..DURING {
+            let reply = call(proxy, "/billed", &auth).await;
+            assert_eq!(
+                reply.status, 200,
+                "replica {p}, unit {i} in the outage: {reply:?}"
+            );
+        }
+    }
+
+    redis.resume();
+    for proxy in &proxies {
+        wait_log(proxy, "store reachable again; shared counting resumed");
+        wait_metric(
+            proxy,
+            "licensegate_store_reconciled_units_total",
+            DURING as f64,
+        )
+        .await;
+    }
+    if unix_now() / 86_400 != day {
+        eprintln!("a UTC day ended during the test; the quota reset legitimately");
+        return;
+    }
+    // Redis counts every unit served, before and during the outage.
+    let served = BEFORE + 2 * DURING;
+    assert_eq!(
+        units(&redis, &key),
+        served as i64,
+        "keys: {:?}",
+        redis.keys()
+    );
+    // And the proxies refuse at the quota, not later.
+    for i in served..QUOTA {
+        let reply = call(&proxies[i % 2], "/billed", &auth).await;
+        assert_eq!(reply.status, 200, "unit {} of {QUOTA}: {reply:?}", i + 1);
+    }
+    for (p, proxy) in proxies.iter().enumerate() {
+        let reply = call(proxy, "/billed", &auth).await;
+        assert!(
+            reply.is(429, "quota_exceeded"),
+            "unit {} on replica {p}: {reply:?}",
+            QUOTA + 1
+        );
+    }
+    assert_eq!(units(&redis, &key), QUOTA as i64);
+}
+
+/// The merge operation of `shared.lua`, run twice as a retry after a lost
+/// answer would: the units land once.
+#[test]
+fn a_merge_retried_after_a_lost_answer_counts_once() {
+    let Some(redis) = Redis::start() else { return };
+    let script = include_str!("../src/limits/shared.lua");
+    let key = "lgtest:{lic-m}:daily:q:lic-m:0";
+    let marker = "lgtest:{lic-m}:daily:m:lic-m:0:replica-1:7";
+    let merge = || {
+        redis.cli(&[
+            "EVAL", script, "2", key, marker, "1", "M", "5", "60000", "-", "-", "-",
+        ])
+    };
+    // {0, merged now, remaining (none), reset (none)}.
+    assert_eq!(
+        merge().split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "0", "-1"]
+    );
+    assert_eq!(
+        merge().split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "0", "-1"]
+    );
+    assert_eq!(units(&redis, key), 5);
+    // Both keys expire with the window.
+    for key in [key, marker] {
+        let ttl = redis.ttl(key);
+        assert!((1..=60).contains(&ttl), "{key}: TTL {ttl}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 11. Allowed responses state the shared budget
+// ---------------------------------------------------------------------------
+
+/// One request: the status and the `RateLimit` field's `r` per limit.
+async fn remaining(proxy: &Proxy, auth: &[(String, String)]) -> (u16, BTreeMap<String, u64>) {
+    let mut builder = Request::get(proxy.url("/api/x"));
+    for (name, value) in auth {
+        builder = builder.header(name, value);
+    }
+    let (parts, _) = send(builder.body(empty()).unwrap()).await;
+    let mut left = BTreeMap::new();
+    for line in parts.headers.get_all("ratelimit") {
+        for member in line.to_str().unwrap().split(',') {
+            let mut params = member.trim().split(';');
+            let name = params.next().unwrap().trim_matches('"').to_owned();
+            for param in params {
+                if let Some(r) = param.strip_prefix("r=") {
+                    left.insert(name.clone(), r.parse().unwrap());
+                }
+            }
+        }
+    }
+    (parts.status.as_u16(), left)
+}
+
+const BUDGETED: &str = r#"
+limits:
+  hourly: {rate: {limit: 30, per: 1h}}
+  daily: {quota: {limit: 10, period: day}}
+routes:
+  - {name: api, path: "/api/**", limits: [hourly, daily]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_responses_state_the_shared_budget_in_both_modes() {
+    let Some(redis) = Redis::start() else { return };
+    let day = unix_now() / 86_400;
+
+    // Accurate: what the store has left, whichever replica answers.
+    let fleet = Fleet::new(BUDGETED).await;
+    let config = fleet.config(&store(&redis.url(), "  timeout: 500ms\n  replicas: 2\n"));
+    let proxies = start(&config, 2).await;
+    let auth = fleet.auth("lic-stated");
+    for n in 1..=4u64 {
+        let (status, left) = remaining(&proxies[n as usize % 2], &auth).await;
+        assert_eq!(status, 200, "request {n}");
+        let expected =
+            BTreeMap::from([("daily".to_owned(), 10 - n), ("hourly".to_owned(), 30 - n)]);
+        if unix_now() / 86_400 == day {
+            assert_eq!(left, expected, "request {n}");
+        }
+    }
+
+    // Leased: the store's rest as of this replica's last renewal, less what
+    // it spent since; with one replica, exactly what is left.
+    let fleet = Fleet::new(BUDGETED).await;
+    let config = fleet.config(&store(
+        &redis.url(),
+        "  mode: leased\n  timeout: 500ms\n  key_prefix: leased\n  lease: {max_slice: 4, period: 1h}\n",
+    ));
+    let proxy = start(&config, 1).await.pop().unwrap();
+    let auth = fleet.auth("lic-leased");
+    for n in 1..=10u64 {
+        let (status, left) = remaining(&proxy, &auth).await;
+        assert_eq!(status, 200, "request {n}");
+        let expected =
+            BTreeMap::from([("daily".to_owned(), 10 - n), ("hourly".to_owned(), 30 - n)]);
+        if unix_now() / 86_400 == day {
+            assert_eq!(left, expected, "request {n}");
+        }
+    }
+    let (status, _) = remaining(&proxy, &auth).await;
+    assert_eq!(status, 429);
+}

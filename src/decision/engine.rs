@@ -31,7 +31,8 @@ use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::SharedStore;
 use crate::limits::{
-    retry_after_secs, Charge, Counters, Limited, Limiter, MemoryStore, Permit, Refusal,
+    retry_after_secs, Budget, Budgets, Charge, Counters, Limited, Limiter, MemoryStore, Permit,
+    Refusal,
 };
 use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
 
@@ -78,6 +79,9 @@ pub struct Allowed {
     pub license: Option<Arc<LicenseHeaders>>,
     /// Concurrency slots, held until the response has been sent.
     pub permits: Vec<Permit>,
+    /// What the rates and quotas that state it (`headers`) have left, for
+    /// the response's `RateLimit-Policy` and `RateLimit` fields.
+    pub budgets: Budgets,
     /// A shadow-mode rule would have denied for this reason.
     pub shadow: Option<Reason>,
     /// The matched route lets this request become a WebSocket tunnel.
@@ -415,7 +419,10 @@ impl DecisionEngine {
         if let Outcome::Count(plan) = verdict.outcome {
             let context = self.key_context(&plan, head, peer);
             let charges = charges(active, plan, &context);
-            if let Err(refusal) = self.limiter.count_in_memory(charges, &mut allowed.permits) {
+            let counted =
+                self.limiter
+                    .count_in_memory(charges, &mut allowed.permits, &mut allowed.budgets);
+            if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
@@ -437,7 +444,10 @@ impl DecisionEngine {
             let context = self.key_context(&plan, head, peer);
             let charges = charges(active, plan, &context);
             let tag = plan.license.map(|license| license.claims.sub.as_str());
-            let counted = self.limiter.count(tag, charges, &mut allowed.permits).await;
+            let counted = self
+                .limiter
+                .count(tag, charges, &mut allowed.permits, &mut allowed.budgets)
+                .await;
             if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
@@ -733,14 +743,16 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
     denial
         .headers
         .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    // Whatever the limit's `headers` says: a refused client needs to know.
     if matches!(def.kind, LimitKind::Rate { .. } | LimitKind::Quota { .. }) {
-        let policy = format!(
-            "\"{}\";q={};w={}",
-            def.name,
-            limited.limit,
-            window.as_secs().max(1)
-        );
-        let state = format!("\"{}\";r={};t={retry}", def.name, limited.remaining);
+        let budget = Budget {
+            name: Arc::clone(&def.name),
+            limit: limited.limit,
+            window: window.as_secs().max(1),
+            remaining: limited.remaining,
+            reset: retry,
+        };
+        let (policy, state) = (budget.policy_member(), budget.state_member());
         if let Ok(value) = HeaderValue::from_str(&policy) {
             denial
                 .headers

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::shared::{SharedOutcome, SharedStore};
-use super::{Checked, Clock, Counters, Limited, MemoryStore, Permit};
+use super::{Budget, Budgets, Checked, Clock, Counters, Left, Limited, MemoryStore, Permit};
 use crate::policy::{LimitDef, LimitKind, OnStoreError};
 
 /// One limit as one request counts it.
@@ -51,14 +51,16 @@ pub struct Limiter {
 
 /// What this replica counts of a request's limits.
 #[derive(Clone, Copy, Debug)]
-enum Share {
+enum Share<'t> {
     /// Every limit (no shared store).
     All,
     /// Concurrency only: the shared store counts the rest.
     Concurrency,
     /// The shared store is away: each limit's `on_store_error`, numbers
-    /// divided among the replicas. Concurrency was counted already.
-    Fallback { replicas: u32 },
+    /// divided among the replicas. Concurrency was counted already. Quota
+    /// units counted go into the store's outage ledger under `tag`, to be
+    /// merged when it is back.
+    Fallback { replicas: u32, tag: &'t str },
 }
 
 /// What [`Share`] says about one limit.
@@ -69,7 +71,7 @@ enum Portion {
     Divided(u64),
 }
 
-impl Share {
+impl Share<'_> {
     fn portion(self, def: &LimitDef) -> Portion {
         let concurrency = matches!(def.kind, LimitKind::Concurrency);
         match self {
@@ -77,7 +79,7 @@ impl Share {
             Share::Concurrency if concurrency => Portion::Divided(1),
             Share::Concurrency => Portion::Skip,
             Share::Fallback { .. } if concurrency => Portion::Skip,
-            Share::Fallback { replicas } => match def.on_store_error {
+            Share::Fallback { replicas, .. } => match def.on_store_error {
                 OnStoreError::Allow => Portion::Skip,
                 OnStoreError::Deny => Portion::Deny,
                 OnStoreError::Fallback => Portion::Divided(u64::from(replicas.max(1))),
@@ -92,6 +94,13 @@ fn divided(amount: u64, by: u64) -> u64 {
         (amount / by).max(u64::from(amount > 0))
     } else {
         amount
+    }
+}
+
+/// Keep what `charge` has left for the response, if its limit states it.
+fn offer(budgets: &mut Budgets, charge: &Charge<'_>, limit: u64, left: Option<Left>) {
+    if let (true, Some(left)) = (charge.def.headers, left) {
+        budgets.offer(Budget::new(&charge.def.name, limit, &left));
     }
 }
 
@@ -114,17 +123,19 @@ impl Limiter {
     }
 
     /// Count `charges` in memory, in order; never suspends. Concurrency
-    /// slots go to `permits`. Without a shared store this is the whole
-    /// count; with one, use [`Limiter::count`].
+    /// slots go to `permits`, what the rates and quotas that state it have
+    /// left to `budgets`. Without a shared store this is the whole count;
+    /// with one, use [`Limiter::count`].
     pub fn count_in_memory<'a, I>(
         &self,
         charges: I,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
-        self.count_here(charges, Share::All, permits)
+        self.count_here(charges, Share::All, permits, budgets)
     }
 
     /// Count `charges`: in the shared store when there is one (one round
@@ -135,38 +146,46 @@ impl Limiter {
         tag: Option<&str>,
         charges: I,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
         let Some(shared) = &self.shared else {
-            return self.count_here(charges, Share::All, permits);
+            return self.count_here(charges, Share::All, permits, budgets);
         };
-        self.count_here(charges.clone(), Share::Concurrency, permits)?;
+        self.count_here(charges.clone(), Share::Concurrency, permits, budgets)?;
+        let is_remote = |charge: &Charge<'_>| !matches!(charge.def.kind, LimitKind::Concurrency);
+        let first_key = charges.clone().find(is_remote).map(|charge| charge.key);
+        let tag = tag.or(first_key.as_deref()).unwrap_or_default();
         let fallback = Share::Fallback {
             replicas: shared.replicas(),
+            tag,
         };
         if !shared.is_available() {
-            return self.count_here(charges, fallback, permits);
+            return self.count_here(charges, fallback, permits, budgets);
         }
-        let remote: Vec<Charge<'a>> = charges
-            .clone()
-            .filter(|charge| !matches!(charge.def.kind, LimitKind::Concurrency))
-            .collect();
-        let Some(first) = remote.first() else {
+        let remote: Vec<Charge<'a>> = charges.clone().filter(is_remote).collect();
+        if remote.is_empty() {
             return Ok(());
-        };
-        let tag = tag.unwrap_or(&first.key);
+        }
         match shared.check(tag, &remote).await {
-            SharedOutcome::Allowed => Ok(()),
+            SharedOutcome::Allowed(left) => {
+                for (position, left) in left {
+                    let charge = &remote[position];
+                    offer(budgets, charge, charge.amount, Some(left));
+                }
+                Ok(())
+            }
             SharedOutcome::Limited { position, limited } => {
                 permits.clear();
+                budgets.clear();
                 Err(Refusal::Limited {
                     def: remote[position].def,
                     limited,
                 })
             }
-            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits),
+            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits, budgets),
         }
     }
 
@@ -175,8 +194,9 @@ impl Limiter {
     fn count_here<'a, I>(
         &self,
         charges: I,
-        share: Share,
+        share: Share<'_>,
         permits: &mut Vec<Permit>,
+        budgets: &mut Budgets,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
@@ -189,23 +209,29 @@ impl Limiter {
                 Portion::Deny => {
                     self.give_back(charges.take(counted), share);
                     permits.clear();
+                    budgets.clear();
                     return Err(Refusal::StoreUnavailable { def: charge.def });
                 }
             };
+            let amount = divided(charge.amount, by);
             let checked = charge.counters.check(
                 charge.def,
                 &charge.key,
                 &charge.identity,
-                divided(charge.amount, by),
+                amount,
                 charge.cost,
                 clock,
             );
             match checked {
-                Checked::Allowed => {}
+                Checked::Allowed(left) => {
+                    offer(budgets, &charge, amount, left);
+                    self.record_outage(&charge, share, false);
+                }
                 Checked::Held(permit) => permits.push(permit),
                 Checked::Limited(limited) => {
                     self.give_back(charges.take(counted), share);
                     permits.clear();
+                    budgets.clear();
                     return Err(Refusal::Limited {
                         def: charge.def,
                         limited,
@@ -218,7 +244,7 @@ impl Limiter {
 
     /// Give back what `charges` counted under `share` (every one of them
     /// passed: counting stops at the first refusal).
-    fn give_back<'a>(&self, charges: impl Iterator<Item = Charge<'a>>, share: Share) {
+    fn give_back<'a>(&self, charges: impl Iterator<Item = Charge<'a>>, share: Share<'_>) {
         let clock = self.memory.clock();
         for charge in charges {
             if let Portion::Divided(by) = share.portion(charge.def) {
@@ -229,7 +255,28 @@ impl Limiter {
                     charge.cost,
                     clock,
                 );
+                self.record_outage(&charge, share, true);
             }
+        }
+    }
+
+    /// In fallback, note a quota's units counted here (or, `given_back`,
+    /// no longer) in the outage ledger, to be merged into the shared store
+    /// when it is back. Rates and seats have nothing to merge (see
+    /// [`super::outage`]).
+    fn record_outage(&self, charge: &Charge<'_>, share: Share<'_>, given_back: bool) {
+        let (Share::Fallback { tag, .. }, LimitKind::Quota { period }, Some(shared)) =
+            (share, &charge.def.kind, &self.shared)
+        else {
+            return;
+        };
+        let ledger = shared.outage();
+        let now = self.memory.clock().unix_nanos() / 1_000_000_000;
+        let (name, key) = (&charge.def.name, &*charge.key);
+        if given_back {
+            ledger.give_back(tag, name, key, *period, now, charge.cost);
+        } else {
+            ledger.record(tag, name, key, *period, now, charge.cost);
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct StoreMetrics {
     pub round_trips: IntCounter,
     pub lease_grants: IntCounter,
     pub lease_returns: IntCounter,
+    /// Quota units counted locally during outages, merged into the store.
+    pub reconciled_units: IntCounter,
 }
 
 impl std::fmt::Debug for StoreMetrics {
@@ -104,6 +106,10 @@ impl StoreMetrics {
             lease_returns: registry.counter(
                 "licensegate_store_lease_returns_total",
                 "Leased mode: unused slices given back to the shared store.",
+            ),
+            reconciled_units: registry.counter(
+                "licensegate_store_reconciled_units_total",
+                "Quota units counted locally while the shared store was away, merged into it once it was back.",
             ),
         }
     }

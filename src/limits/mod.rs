@@ -7,10 +7,12 @@
 //! Counters never block: a check is a map lookup and an atomic update (a
 //! short mutex for quotas and seats).
 
+mod budget;
 mod clock;
 mod concurrency;
 mod limiter;
 mod metrics;
+mod outage;
 pub mod persist;
 mod quota;
 mod rate;
@@ -22,10 +24,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::{Budget, Budgets, Left, MAX_BUDGETS};
 pub use clock::Clock;
 pub use concurrency::Permit;
 pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
+pub use outage::{OutageLedger, Unmerged, WindowKey};
 pub use settings::{StoreMode, StoreNodes, StoreSettings};
 
 use crate::policy::{LimitDef, LimitKind};
@@ -51,7 +55,8 @@ pub struct Limited {
 /// What a check gave.
 #[derive(Debug)]
 pub enum Checked {
-    Allowed,
+    /// Counted; for rates and quotas, what is left.
+    Allowed(Option<Left>),
     /// A concurrency slot, held until the response is sent.
     Held(Permit),
     Limited(Limited),
@@ -88,25 +93,27 @@ impl Counters {
         clock: &Clock,
     ) -> Checked {
         let result = match (self, &def.kind) {
-            (Counters::Rate(c), LimitKind::Rate { window, burst }) => c.check(
-                key,
-                amount,
-                *window,
-                burst.unwrap_or(amount),
-                cost,
-                clock.mono_nanos(),
-            ),
-            (Counters::Quota(c), LimitKind::Quota { period }) => {
-                c.check(key, amount, *period, cost, clock.unix_nanos())
-            }
-            (Counters::Seats(c), LimitKind::Seats { idle, .. }) => {
-                c.check(key, identity, amount, *idle, clock.mono_nanos())
-            }
+            (Counters::Rate(c), LimitKind::Rate { window, burst }) => c
+                .check(
+                    key,
+                    amount,
+                    *window,
+                    burst.unwrap_or(amount),
+                    cost,
+                    clock.mono_nanos(),
+                )
+                .map(Some),
+            (Counters::Quota(c), LimitKind::Quota { period }) => c
+                .check(key, amount, *period, cost, clock.unix_nanos())
+                .map(Some),
+            (Counters::Seats(c), LimitKind::Seats { idle, .. }) => c
+                .check(key, identity, amount, *idle, clock.mono_nanos())
+                .map(|()| None),
             (Counters::Concurrency(c), LimitKind::Concurrency) => return c.acquire(key, amount),
             _ => unreachable!("counters are created for their definition's kind"),
         };
         match result {
-            Ok(()) => Checked::Allowed,
+            Ok(left) => Checked::Allowed(left),
             Err(limited) => Checked::Limited(limited),
         }
     }

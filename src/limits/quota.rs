@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 
-use super::{entry_or_overflow, Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Hasher, Left, Limited, OVERFLOW_KEY};
 use crate::policy::Period;
 
 const NANOS: u64 = 1_000_000_000;
@@ -131,6 +131,9 @@ impl QuotaCounters {
         }
     }
 
+    /// Count `cost` units under `key`: what is left (the reset is the end of
+    /// the current window; for a rolling one the previous window may still
+    /// weigh then), or the refusal.
     pub fn check(
         &self,
         key: &str,
@@ -138,15 +141,15 @@ impl QuotaCounters {
         period: Period,
         cost: u64,
         now_nanos: u64,
-    ) -> Result<(), Limited> {
+    ) -> Result<Left, Limited> {
         let now = now_nanos / NANOS;
         let (start, length) = window(period, now);
         let entry = entry_or_overflow(&self.map, key, self.max_keys);
         let mut state = entry.lock();
         state.roll(period, start, length);
         let used = state.estimate(period, length, now_nanos);
+        let end = (start + length) * NANOS;
         if used.saturating_add(cost) > amount {
-            let end = (start + length) * NANOS;
             let wait = match period {
                 Period::Rolling(_) => state.rolling_wait(amount, cost, length, now_nanos),
                 _ => end.saturating_sub(now_nanos),
@@ -159,7 +162,11 @@ impl QuotaCounters {
             });
         }
         state.used += cost;
-        Ok(())
+        Ok(Left {
+            remaining: amount - used - cost,
+            reset: Duration::from_nanos(end.saturating_sub(now_nanos)),
+            window: Duration::from_secs(length),
+        })
     }
 
     pub fn refund(&self, key: &str, period: Period, cost: u64, now_nanos: u64) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{entry_or_overflow, Hasher, Limited, OVERFLOW_KEY};
+use super::{entry_or_overflow, Hasher, Left, Limited, OVERFLOW_KEY};
 
 #[derive(Debug)]
 pub struct RateCounters {
@@ -24,6 +24,8 @@ impl RateCounters {
         }
     }
 
+    /// Count `cost` under `key`: what is left (requests that could pass at
+    /// once now, and the time until the full burst is back), or the refusal.
     pub fn check(
         &self,
         key: &str,
@@ -32,7 +34,7 @@ impl RateCounters {
         burst: u64,
         cost: u64,
         now: u64,
-    ) -> Result<(), Limited> {
+    ) -> Result<Left, Limited> {
         let window_nanos = window.as_nanos().min(u128::from(u64::MAX)) as u64;
         let limited = |retry: u64| Limited {
             retry_after: Duration::from_nanos(retry),
@@ -55,7 +57,13 @@ impl RateCounters {
                 return Err(limited(allow_at - now));
             }
             match entry.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    return Ok(Left {
+                        remaining: now.saturating_add(tolerance).saturating_sub(next) / emission,
+                        reset: Duration::from_nanos(next - now),
+                        window,
+                    })
+                }
                 Err(current) => tat = current,
             }
         }

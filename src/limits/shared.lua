@@ -14,11 +14,18 @@
 --   's' identity seats idle_us - -                seats, KEYS: sorted set
 --   'R' emission_us units - - -                   give back rate units, KEYS: tat
 --   'Q' units - - - -                             give back quota units, KEYS: current
+--   'M' units ttl_ms - - -                        merge units counted during an
+--         outage, once: KEYS: current, marker (set with the INCRBY; a merge
+--         whose marker exists was made by an earlier call and is skipped)
 -- With slice > 0 an operation leases up to `slice` units (at least `cost`).
 --
--- Returns {0, granted_1, ..., granted_n} when every operation passed, or
--- {i, retry_us, remaining} when operation i refused; then nothing this call
--- did is kept (earlier operations are undone).
+-- Returns {0, granted_1, remaining_1, reset_1, ..., granted_n, remaining_n,
+-- reset_n} when every operation passed: `remaining` is what a rate or quota
+-- has left after it (0 for other kinds), `reset` the microseconds until a
+-- rate is whole again (-1 for other kinds; quotas reset with their window,
+-- which the caller knows). 'M' grants 1 when it merged, 0 when its marker
+-- existed. Or {i, retry_us, remaining} when operation i refused; then
+-- nothing this call did is kept (earlier operations are undone).
 
 local BASE = 1700000000000000
 local t = redis.call('TIME')
@@ -28,6 +35,8 @@ local n = tonumber(ARGV[1])
 local k = 1
 local undo = {}
 local granted = {}
+local left = {}
+local reset = {}
 
 local function rollback()
   for u = #undo, 1, -1 do
@@ -72,6 +81,8 @@ for i = 1, n do
     redis.call('SET', key, string.format('%.3f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
     undo[#undo + 1] = {'r', key, old}
     granted[i] = take
+    left[i] = math.floor((tolerance - (new - now)) / emission)
+    reset[i] = math.ceil(new - now)
   elseif kind == 'q' then
     local key = KEYS[k]; local previous = KEYS[k + 1]; k = k + 2
     local amount = tonumber(ARGV[a + 2])
@@ -95,6 +106,7 @@ for i = 1, n do
     redis.call('PEXPIRE', key, ttl)
     undo[#undo + 1] = {'q', key, take}
     granted[i] = take
+    left[i] = room - take
   elseif kind == 's' then
     local key = KEYS[k]; k = k + 1
     local identity = ARGV[a + 2]
@@ -124,15 +136,29 @@ for i = 1, n do
   elseif kind == 'Q' then
     local key = KEYS[k]; k = k + 1
     if redis.call('EXISTS', key) == 1 then
-      local left = redis.call('DECRBY', key, tonumber(ARGV[a + 2]))
-      if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+      local rest = redis.call('DECRBY', key, tonumber(ARGV[a + 2]))
+      if rest < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
     end
     granted[i] = 0
+  elseif kind == 'M' then
+    local key = KEYS[k]; local marker = KEYS[k + 1]; k = k + 2
+    local ttl = tonumber(ARGV[a + 3])
+    if redis.call('SET', marker, '1', 'NX', 'PX', ttl) then
+      redis.call('INCRBY', key, tonumber(ARGV[a + 2]))
+      redis.call('PEXPIRE', key, ttl)
+      granted[i] = 1
+    else
+      granted[i] = 0
+    end
   else
     return redis.error_reply('licensegate: unknown operation ' .. tostring(kind))
   end
 end
 
 local reply = {0}
-for i = 1, n do reply[i + 1] = granted[i] or 0 end
+for i = 1, n do
+  reply[#reply + 1] = granted[i] or 0
+  reply[#reply + 1] = left[i] or 0
+  reply[#reply + 1] = reset[i] or -1
+end
 return reply

@@ -24,9 +24,10 @@ use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::outage::{OutageLedger, Unmerged};
 use super::quota::window;
 use super::settings::{StoreMode, StoreNodes, StoreSettings};
-use super::{Charge, Clock, Hasher, Limited};
+use super::{Charge, Clock, Hasher, Left, Limited};
 use crate::limits::StoreMetrics;
 use crate::policy::{LimitKind, Period};
 
@@ -45,12 +46,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// What the store said about a request's limits.
 #[derive(Debug)]
 pub enum SharedOutcome {
-    Allowed,
+    /// Counted; what the rates and quotas at these positions have left.
+    Allowed(Vec<(usize, Left)>),
     /// `checks[position]` refused.
-    Limited {
-        position: usize,
-        limited: Limited,
-    },
+    Limited { position: usize, limited: Limited },
     /// No answer in time (or an error): the caller falls back.
     Unavailable,
 }
@@ -76,6 +75,11 @@ struct Lease {
     /// Rate leases: microseconds of arrival time per unit (to give units
     /// back); `None` for quotas.
     emission: Option<f64>,
+    /// What the store had left after the last renewal (beyond this lease).
+    stated: u64,
+    /// Rate leases: when the store's rate is whole again, as of the last
+    /// renewal (monotonic nanoseconds).
+    full_at: u64,
 }
 
 pub struct SharedStore {
@@ -94,6 +98,8 @@ pub struct SharedStore {
     instance: String,
     /// Live replicas last seen in the store (including this one).
     observed_replicas: AtomicU32,
+    /// Quota units counted locally while the store was away, to merge.
+    outage: OutageLedger,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -122,11 +128,25 @@ impl SharedStore {
             clock,
             instance: instance_id(),
             observed_replicas: AtomicU32::new(1),
+            outage: OutageLedger::default(),
         }
     }
 
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    /// Where the limiter notes quota units it counts while the store is away.
+    pub fn outage(&self) -> &OutageLedger {
+        &self.outage
+    }
+
+    /// The store key of a quota window (`start`: unix seconds).
+    fn quota_key(&self, tag: &str, limit: &str, key: &str, start: u64) -> String {
+        format!(
+            "{}:{{{tag}}}:{limit}:q:{key}:{start}",
+            self.settings.key_prefix
+        )
     }
 
     /// Whether requests should ask the store now.
@@ -162,7 +182,7 @@ impl SharedStore {
             Err(refused) => return refused,
         };
         if call.ops.is_empty() {
-            return SharedOutcome::Allowed;
+            return SharedOutcome::Allowed(call.left);
         }
         let reply = self.invoke(&call.encode()).await;
         let reply = reply.and_then(|reply| Reply::parse(&reply, call.ops.len()));
@@ -202,8 +222,15 @@ impl SharedStore {
                     let key = format!("{base}:r:{}", charge.key);
                     let slice = if leased {
                         match self.spend_lease(&key, charge.cost, now) {
-                            Spend::Done => {
+                            Spend::Done { remaining, full_at } => {
                                 call.spent_locally.push((key.into(), charge.cost));
+                                let reset = Duration::from_nanos(full_at.saturating_sub(now));
+                                let left = Left {
+                                    remaining,
+                                    reset,
+                                    window: *w,
+                                };
+                                call.left.push((position, left));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
@@ -245,28 +272,34 @@ impl SharedStore {
                 LimitKind::Quota { period } => {
                     let now_secs = unix_nanos / 1_000_000_000;
                     let (start, length) = window(*period, now_secs);
-                    let key = format!("{base}:q:{}:{start}", charge.key);
+                    let name = &*charge.def.name;
+                    let key = self.quota_key(tag, name, &charge.key, start);
                     let previous =
-                        format!("{base}:q:{}:{}", charge.key, start.saturating_sub(length));
-                    let (weight_ppm, keep) = match period {
+                        self.quota_key(tag, name, &charge.key, start.saturating_sub(length));
+                    let weight_ppm = match period {
                         Period::Rolling(_) => {
                             let elapsed = unix_nanos.saturating_sub(start * 1_000_000_000);
                             let window = length * 1_000_000_000;
                             let left = window.saturating_sub(elapsed);
-                            (
-                                (u128::from(left) * 1_000_000 / u128::from(window)) as u64,
-                                length,
-                            )
+                            (u128::from(left) * 1_000_000 / u128::from(window)) as u64
                         }
-                        _ => (0, 86_400),
+                        _ => 0,
                     };
+                    let keep = kept_after(*period, length);
                     let ttl_ms =
                         ((start + length + keep).saturating_sub(now_secs) * 1000).max(1000);
                     let lease_key = format!("{base}:q:{}", charge.key);
                     let slice = if leased {
                         match self.spend_lease(&lease_key, charge.cost, now) {
-                            Spend::Done => {
+                            Spend::Done { remaining, .. } => {
                                 call.spent_locally.push((lease_key.into(), charge.cost));
+                                let end = (start + length) * 1_000_000_000;
+                                let left = Left {
+                                    remaining,
+                                    reset: Duration::from_nanos(end.saturating_sub(unix_nanos)),
+                                    window: Duration::from_secs(length),
+                                };
+                                call.left.push((position, left));
                                 continue;
                             }
                             Spend::Renew { slice, give_back } => {
@@ -354,21 +387,49 @@ impl SharedStore {
         unix_nanos: u64,
     ) -> SharedOutcome {
         let (op, retry_us, remaining) = match reply {
-            Some(Reply::Passed(granted)) => {
-                for ((_, purpose), granted) in call.ops.iter().zip(granted) {
-                    if let Purpose::Count {
+            Some(Reply::Passed(passed)) => {
+                let mut left = call.left;
+                for ((_, purpose), passed) in call.ops.iter().zip(passed) {
+                    let Purpose::Count {
                         position,
-                        lease: Some(lease),
-                        ..
+                        lease,
+                        quota_window,
                     } = purpose
-                    {
-                        self.install_lease(lease, granted, charges[*position].cost, now);
-                    }
+                    else {
+                        continue;
+                    };
+                    let charge = &charges[*position];
+                    let remaining = match lease {
+                        Some(lease) => self.install_lease(lease, &passed, charge.cost, now),
+                        None => passed.remaining,
+                    };
+                    let (reset, window) = match (&charge.def.kind, quota_window) {
+                        (LimitKind::Quota { .. }, Some((start, length))) => {
+                            let end = (start + length) * 1_000_000_000;
+                            (
+                                Duration::from_nanos(end.saturating_sub(unix_nanos)),
+                                Duration::from_secs(*length),
+                            )
+                        }
+                        (LimitKind::Rate { window, .. }, _) => {
+                            (Duration::from_micros(passed.reset_us.unwrap_or(0)), *window)
+                        }
+                        // Seats state no budget.
+                        _ => continue,
+                    };
+                    left.push((
+                        *position,
+                        Left {
+                            remaining,
+                            reset,
+                            window,
+                        },
+                    ));
                 }
                 for (seen_key, until) in call.seen {
                     self.seats_seen.insert(seen_key.into(), until);
                 }
-                return SharedOutcome::Allowed;
+                return SharedOutcome::Allowed(left);
             }
             Some(Reply::Refused {
                 op,
@@ -500,6 +561,12 @@ impl SharedStore {
                             let seen = self.observed_replicas.load(Ordering::Relaxed);
                             tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
                         }
+                        // A merge that failed after the last outage, or
+                        // units of requests that were counting locally
+                        // when the store came back.
+                        if !self.outage.is_empty() {
+                            self.reconcile().await;
+                        }
                     }
                     // Leased mode: expired leases of keys that went quiet go
                     // back every lease period.
@@ -528,6 +595,7 @@ impl SharedStore {
                     report(&self);
                     let seen = self.observed_replicas.load(Ordering::Relaxed);
                     tracing::info!(replicas = seen, "replicas sharing the store: {seen}");
+                    self.reconcile().await;
                 }
                 Err(error) => {
                     if first {
@@ -686,6 +754,84 @@ impl SharedStore {
         }
     }
 
+    /// Merge the quota units this replica counted locally while the store
+    /// was away (see [`OutageLedger`]) into the store's window keys: one
+    /// script call per entry, which adds the units and sets the entry's
+    /// marker (replica, epoch, limit, key, window) in one step, so a merge
+    /// retried after a timeout is never counted twice. Entries whose merge
+    /// fails wait for the next try (every heartbeat, and the next recovery).
+    ///
+    /// A window that has ended is still merged into its key while the store
+    /// keeps that key (a rolling window is read as the previous one during
+    /// the next, so its count still matters); an entry whose key has
+    /// expired is dropped, since nothing would read it.
+    pub async fn reconcile(&self) {
+        if self.outage.is_empty() || !self.is_available() {
+            return;
+        }
+        let now = self.clock.unix_nanos() / 1_000_000_000;
+        let (mut merged, mut expired) = (0u64, 0u64);
+        let mut entries = self.outage.drain().into_iter();
+        while let Some(entry) = entries.next() {
+            if !self.is_available() {
+                // Away again: the rest waits for the next recovery.
+                self.outage.restore(std::iter::once(entry).chain(entries));
+                break;
+            }
+            let Some(op) = self.merge_op(&entry, now) else {
+                expired += entry.units;
+                continue;
+            };
+            let call = Call {
+                ops: vec![(op, Purpose::Merge)],
+                ..Call::default()
+            };
+            let reply = self.invoke(&call.encode()).await;
+            match reply.and_then(|reply| Reply::parse(&reply, 1)) {
+                Some(Reply::Passed(passed)) => {
+                    if passed.first().is_some_and(|p| p.granted == 0) {
+                        // An earlier try landed, its answer did not.
+                        tracing::debug!(limit = %entry.window.limit, "outage units were merged already");
+                    }
+                    merged += entry.units;
+                    self.metrics.reconciled_units.inc_by(entry.units);
+                }
+                _ => self.outage.restore([entry]),
+            }
+        }
+        if merged > 0 || expired > 0 {
+            tracing::info!(
+                units = merged,
+                expired,
+                "merged {merged} quota units counted locally while the store was away"
+            );
+        }
+    }
+
+    /// The merge of `entry` at `now` (unix seconds); `None` when its
+    /// window's key is no longer kept.
+    fn merge_op(&self, entry: &Unmerged, now: u64) -> Option<Op<'static>> {
+        let (start, length) = window(entry.period, entry.window.start);
+        let until = start + length + kept_after(entry.period, length);
+        if until <= now {
+            return None;
+        }
+        let at = &entry.window;
+        let key = self.quota_key(&at.tag, &at.limit, &at.key, start);
+        // Beside the window's key (same hash tag, so the same shard), under
+        // its own kind, `m`.
+        let marker = format!(
+            "{}:{{{}}}:{}:m:{}:{start}:{}:{}",
+            self.settings.key_prefix, at.tag, at.limit, at.key, self.instance, entry.epoch
+        );
+        Some(Op::Merge {
+            key,
+            marker,
+            units: entry.units,
+            ttl_ms: (until - now) * 1000,
+        })
+    }
+
     /// Drop spent, expired leases and stale seat confirmations, so the maps
     /// hold only keys with recent traffic.
     fn forget_expired(&self) {
@@ -709,7 +855,10 @@ impl SharedStore {
         if now < lease.expires_at && lease.remaining >= cost {
             lease.remaining -= cost;
             lease.spent += cost;
-            return Spend::Done;
+            return Spend::Done {
+                remaining: lease.stated.saturating_add(lease.remaining),
+                full_at: lease.full_at,
+            };
         }
         // Size the next slice by what this replica spent from the last one.
         let wanted = if now < lease.expires_at {
@@ -732,8 +881,11 @@ impl SharedStore {
         (self.settings.lease_max_slice / 10).max(1)
     }
 
-    /// Keep the units a renewal granted (less what this request spent).
-    fn install_lease(&self, target: &LeaseTarget, granted: u64, cost: u64, now: u64) {
+    /// Keep the units a renewal granted (less what this request spent), and
+    /// what the store said it had left. Returns what this replica now
+    /// states as left: the store's rest plus its own lease.
+    fn install_lease(&self, target: &LeaseTarget, passed: &Passed, cost: u64, now: u64) -> u64 {
+        let granted = passed.granted;
         self.metrics.lease_grants.inc();
         let period = self.settings.lease_period.as_nanos() as u64;
         let entry = self.leases.entry(target.lease_key.clone()).or_default();
@@ -751,6 +903,9 @@ impl SharedStore {
         lease.expires_at = now + period;
         lease.key.clone_from(&target.store_key);
         lease.emission = target.emission_us;
+        lease.stated = passed.remaining;
+        lease.full_at = now + passed.reset_us.unwrap_or(0).saturating_mul(1000);
+        lease.stated.saturating_add(lease.remaining)
     }
 
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
@@ -764,6 +919,16 @@ impl SharedStore {
     }
 }
 
+/// How long a quota window's key is kept after the window ends: a rolling
+/// window is read as the previous one during the next; a calendar period's
+/// key stays a day for whoever inspects it.
+fn kept_after(period: Period, length: u64) -> u64 {
+    match period {
+        Period::Rolling(_) => length,
+        _ => 86_400,
+    }
+}
+
 /// A random id for this process among the replicas.
 fn instance_id() -> String {
     use ring::rand::SecureRandom;
@@ -773,7 +938,9 @@ fn instance_id() -> String {
 }
 
 enum Spend {
-    Done,
+    /// Spent from the lease: the store's rest as of the last renewal plus
+    /// what is left of the lease, and when a rate is whole again.
+    Done { remaining: u64, full_at: u64 },
     Renew {
         slice: u64,
         /// Unused units of an expired lease, and the store key they came from.
@@ -820,10 +987,22 @@ enum Op<'a> {
     },
     /// Give back `units` of an expired quota lease.
     ReturnQuota { key: String, units: u64 },
+    /// Add `units` counted locally during an outage to a quota window's
+    /// `key`, unless `marker` says this merge was made already; the marker
+    /// is set in the same step.
+    Merge {
+        key: String,
+        marker: String,
+        units: u64,
+        ttl_ms: u64,
+    },
 }
 
 /// Operations take this many arguments (kind and five parameters).
 const OP_ARGS: usize = 6;
+
+/// A passed call answers this many numbers per operation.
+const PASSED_FIELDS: usize = 3;
 
 /// An unused parameter.
 const NONE: &str = "-";
@@ -909,6 +1088,22 @@ impl Op<'_> {
                     NONE.into(),
                 ]
             }
+            Op::Merge {
+                key,
+                marker,
+                units,
+                ttl_ms,
+            } => {
+                keys.extend([key.clone(), marker.clone()]);
+                [
+                    "M".into(),
+                    units.to_string(),
+                    ttl_ms.to_string(),
+                    NONE.into(),
+                    NONE.into(),
+                    NONE.into(),
+                ]
+            }
         };
         args.extend(fields);
     }
@@ -927,6 +1122,8 @@ enum Purpose {
     },
     /// Gives back an expired lease's units; the request does not wait on it.
     Return,
+    /// Merges units counted during an outage (no request waits on it).
+    Merge,
 }
 
 /// A lease a renewal fills: its own key, and the store key (a quota
@@ -948,6 +1145,8 @@ struct Call<'a> {
     /// Leased mode: units this request spent locally, given back unless
     /// the call passes.
     spent_locally: Vec<(Box<str>, u64)>,
+    /// Leased mode: what the limits spent locally have left, by position.
+    left: Vec<(usize, Left)>,
 }
 
 /// A call as the script takes it.
@@ -973,11 +1172,24 @@ impl Call<'_> {
     }
 }
 
+/// One operation's part of a passed call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Passed {
+    /// Units taken (a lease's slice; a merge: 1 if made now, 0 if made
+    /// before).
+    granted: u64,
+    /// Rates and quotas: what the store has left after this operation
+    /// (0 for the others).
+    remaining: u64,
+    /// Rates: microseconds until the rate is whole again.
+    reset_us: Option<u64>,
+}
+
 /// The script's answer.
 #[derive(Debug, PartialEq)]
 enum Reply {
-    /// Every operation passed: units granted, per operation.
-    Passed(Vec<u64>),
+    /// Every operation passed.
+    Passed(Vec<Passed>),
     /// Operation `op` (from 0) refused; nothing the call did was kept.
     Refused {
         op: usize,
@@ -987,15 +1199,27 @@ enum Reply {
 }
 
 impl Reply {
-    /// `{0, granted…}` or `{i, retry_us, remaining}` (`i` from 1) for a call
-    /// of `ops` operations; `None` for anything else.
+    /// `{0, granted, remaining, reset_us, …}` (three per operation; reset
+    /// -1 for none) or `{i, retry_us, remaining}` (`i` from 1) for a call of
+    /// `ops` operations; `None` for anything else.
     fn parse(reply: &[i64], ops: usize) -> Option<Reply> {
         let (&first, rest) = reply.split_first()?;
         let non_negative = |n: i64| u64::try_from(n).unwrap_or(0);
         match usize::try_from(first).ok()? {
-            0 if rest.len() == ops => Some(Reply::Passed(
-                rest.iter().copied().map(non_negative).collect(),
-            )),
+            0 if rest.len() == ops * PASSED_FIELDS => rest
+                .chunks_exact(PASSED_FIELDS)
+                .map(|op| {
+                    Some(Passed {
+                        granted: u64::try_from(op[0]).ok()?,
+                        remaining: u64::try_from(op[1]).ok()?,
+                        reset_us: match op[2] {
+                            -1 => None,
+                            reset => Some(u64::try_from(reset).ok()?),
+                        },
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Reply::Passed),
             op @ 1.. if op <= ops && rest.len() == 2 => Some(Reply::Refused {
                 op: op - 1,
                 retry_us: non_negative(rest[0]),

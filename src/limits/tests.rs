@@ -13,6 +13,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         key: vec![KeyPart::License],
         needs_license: true,
         on_store_error: Default::default(),
+        headers: true,
     }
 }
 
@@ -267,4 +268,80 @@ fn refunds_reach_the_overflow_counter() {
     assert!(!allowed(c.check(&d, "c", "", 10, 1, &clock)));
     c.refund(&d, "b", 10, 10, &clock);
     assert!(allowed(c.check(&d, "c", "", 10, 10, &clock)));
+}
+
+#[test]
+fn a_rate_states_what_could_pass_at_once_and_when_its_burst_is_back() {
+    let clock = clock();
+    let d = def(
+        "r",
+        LimitKind::Rate {
+            window: Duration::from_secs(60),
+            burst: Some(10),
+        },
+    );
+    let c = Counters::new(&d, 100);
+    // 60 a minute, 10 at once: one slot back per second.
+    let left = |c: &Counters| match c.check(&d, "k", "", 60, 1, &clock) {
+        Checked::Allowed(Some(left)) => (left.remaining, left.reset),
+        other => panic!("allowed with a budget: {other:?}"),
+    };
+    assert_eq!(left(&c), (9, Duration::from_secs(1)));
+    assert_eq!(left(&c), (8, Duration::from_secs(2)));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(left(&c), (8, Duration::from_secs(2)));
+}
+
+#[test]
+fn a_quota_states_what_is_left_of_its_window() {
+    let clock = clock();
+    let d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Day,
+        },
+    );
+    let c = Counters::new(&d, 100);
+    clock.advance(Duration::from_secs(6 * 3600));
+    let Checked::Allowed(Some(left)) = c.check(&d, "k", "", 100, 30, &clock) else {
+        panic!("allowed with a budget");
+    };
+    assert_eq!(
+        left,
+        Left {
+            remaining: 70,
+            reset: Duration::from_secs(18 * 3600),
+            window: Duration::from_secs(86_400),
+        }
+    );
+}
+
+#[test]
+fn budgets_keep_the_limits_closest_to_running_out() {
+    let budget = |name: &str, limit: u64, remaining: u64| Budget {
+        name: name.into(),
+        limit,
+        window: 60,
+        remaining,
+        reset: 1,
+    };
+    let mut budgets = Budgets::default();
+    assert!(budgets.is_empty());
+    budgets.offer(budget("a", 100, 90)); // 90 % left
+    budgets.offer(budget("b", 1000, 100)); // 10 %
+    budgets.offer(budget("c", 10, 5)); // 50 %: replaces `a`, in its place
+    budgets.offer(budget("d", 100, 80)); // 80 %: looser than both kept
+    let kept: Vec<&str> = budgets.iter().map(|b| &*b.name).collect();
+    assert_eq!(kept, ["c", "b"]);
+    assert_eq!(MAX_BUDGETS, 2);
+    assert_eq!(
+        budgets.iter().next().unwrap().policy_member(),
+        "\"c\";q=10;w=60"
+    );
+    assert_eq!(
+        budgets.iter().next().unwrap().state_member(),
+        "\"c\";r=5;t=1"
+    );
+    budgets.clear();
+    assert!(budgets.is_empty());
 }

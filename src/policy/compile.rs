@@ -207,6 +207,9 @@ pub struct LimitDef {
     pub needs_license: bool,
     /// With a shared store: what to do when the store cannot answer.
     pub on_store_error: OnStoreError,
+    /// Rates and quotas: allowed responses state what is left of it
+    /// (`RateLimit-Policy`, `RateLimit`); refusals always do.
+    pub headers: bool,
 }
 
 /// What a limit does when the shared counter store is unreachable or slow.
@@ -796,6 +799,25 @@ impl Compiler {
             self.broken_limits.insert(name.to_owned());
             return;
         };
+        let budgeted = matches!(kind, LimitKind::Rate { .. } | LimitKind::Quota { .. });
+        if spec.headers.is_some() && !budgeted {
+            self.error(
+                f,
+                with(&at, "headers"),
+                format!(
+                    "only rates and quotas state a budget in headers, not {}",
+                    kind.as_str()
+                ),
+            );
+            self.broken_limits.insert(name.to_owned());
+            return;
+        }
+        // A budget keyed by the license is the caller's own; one keyed by
+        // an address or a header may be shared with others, so it is only
+        // stated when asked for.
+        let headers = spec
+            .headers
+            .unwrap_or(budgeted && key.contains(&KeyPart::License));
         let needs_license = matches!(amount, Amount::License { .. })
             || key
                 .iter()
@@ -817,6 +839,7 @@ impl Compiler {
                     Some(StoreErrorSetting::Allow) => OnStoreError::Allow,
                     Some(StoreErrorSetting::Deny) => OnStoreError::Deny,
                 },
+                headers,
             },
             f,
         ));

@@ -372,6 +372,9 @@ pub struct LimitSpec {
     pub concurrency: Option<ConcurrencySpec>,
     /// With a shared store: what to do when it cannot answer in time.
     pub on_store_error: Option<StoreErrorSetting>,
+    /// Rates and quotas: state the budget (`RateLimit-Policy`, `RateLimit`)
+    /// on allowed responses too. Default: when keyed by the license.
+    pub headers: Option<bool>,
 }
 
 /// `fallback` (count locally, the limit divided by the replica count),

@@ -2213,7 +2213,7 @@ fn rolling_quota_retry_after_is_honest() {
     for _ in 0..10 {
         assert!(matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed
+            Checked::Allowed(_)
         ));
     }
     let Checked::Limited(limited) = counters.check(def, "k", "", 10, 1, &clock) else {
@@ -2223,7 +2223,7 @@ fn rolling_quota_retry_after_is_honest() {
     assert!(
         matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed
+            Checked::Allowed(_)
         ),
         "refused again after waiting the Retry-After of {:?}",
         limited.retry_after
@@ -2242,12 +2242,12 @@ fn refunds_reach_the_overflow_counter() {
     let counters = store.counters(def);
     assert!(matches!(
         counters.check(def, "first", "", 100, 1, &clock),
-        Checked::Allowed
+        Checked::Allowed(_)
     ));
     // No room for a second key: `second` is counted under the overflow key.
     assert!(matches!(
         counters.check(def, "second", "", 100, 5, &clock),
-        Checked::Allowed
+        Checked::Allowed(_)
     ));
     // A later limit refused the request: give the 5 units back.
     counters.refund(def, "second", 100, 5, &clock);
@@ -2693,4 +2693,61 @@ fn meter_errors_are_located() {
 fn a_meter_no_route_feeds_is_a_warning() {
     let warned = warnings("meters:\n  idle: requests\nroutes:\n  - path: /a\n");
     assert_only(&warned, FILE, (2, 9), &["meter `idle` is fed by no route"]);
+}
+
+#[test]
+fn budgets_are_stated_by_default_for_rates_and_quotas_keyed_by_the_license() {
+    let p = clean(
+        "limits:
+  own: {rate: {limit: 5, per: 1m}}
+  by_ip: {rate: {limit: 5, per: 1m, key: client_ip}}
+  monthly: {quota: {limit: 5, period: month}}
+  per_route: {quota: {limit: 5, period: month, key: [license, route]}}
+  ip_opt_in:
+    quota: {limit: 5, period: day, key: client_ip}
+    headers: true
+  quiet:
+    rate: {limit: 5, per: 1m}
+    headers: false
+  users: {seats: {identity: 'header:x-user', limit: 3}}
+  inflight: {concurrency: {limit: 3}}
+routes:
+  - path: /a
+    limits: [own, by_ip, monthly, per_route, ip_opt_in, quiet, users, inflight]
+",
+    );
+    let stated: Vec<(&str, bool)> = p
+        .limits
+        .iter()
+        .map(|def| (&*def.name, def.headers))
+        .collect();
+    assert_eq!(
+        stated,
+        [
+            ("own", true),
+            ("by_ip", false),
+            ("monthly", true),
+            ("per_route", true),
+            ("ip_opt_in", true),
+            ("quiet", false),
+            ("users", false),
+            ("inflight", false),
+        ]
+    );
+}
+
+#[test]
+fn headers_is_a_boolean_for_rates_and_quotas_only() {
+    assert_only(
+        &errors("limits:\n  api:\n    rate: {limit: 5, per: 1m}\n    headers: sometimes\n"),
+        FILE,
+        (4, 14),
+        &["limits.api.headers", "expected a boolean"],
+    );
+    assert_only(
+        &errors("limits:\n  users:\n    seats: {identity: 'header:x-user', limit: 3}\n    headers: true\n"),
+        FILE,
+        (4, 14),
+        &["limits.users.headers: only rates and quotas state a budget in headers, not seats"],
+    );
 }

@@ -122,8 +122,11 @@ pub async fn handle(
                 Err(error) => Err((error, problem::format_for(&head.method, &head.headers))),
             };
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     shared.metrics.request(Outcome::Allow, reason);
+                    if !allowed.budgets.is_empty() {
+                        add_budget_headers(response.headers_mut(), &allowed.budgets);
+                    }
                     response.map(Either::Left)
                 }
                 Err((error, format)) => upstream_failed(&shared, error, format),
@@ -182,6 +185,30 @@ fn set_entitlement_headers(
             http::HeaderName::from_static(SHADOW_DENY_HEADER),
             http::HeaderValue::from_static(reason.as_str()),
         );
+    }
+}
+
+static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// State what the request left of its rates and quotas on the response
+/// (IETF draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
+/// "NAME";q=LIMIT;w=WINDOW` and `RateLimit: "NAME";r=REMAINING;t=RESET`,
+/// one list member per limit. Both fields are Structured Field lists, and
+/// a list's field lines combine into one list (RFC 9110 §5.3, RFC 8941
+/// §3.1): the upstream's own members, if it sent any, are kept and ours
+/// are appended as further field lines.
+fn add_budget_headers(headers: &mut http::HeaderMap, budgets: &crate::limits::Budgets) {
+    let join = |member: fn(&crate::limits::Budget) -> String| {
+        let members: Vec<String> = budgets.iter().map(member).collect();
+        http::HeaderValue::from_str(&members.join(", ")).ok()
+    };
+    if let (Some(policy), Some(state)) = (
+        join(crate::limits::Budget::policy_member),
+        join(crate::limits::Budget::state_member),
+    ) {
+        headers.append(RATELIMIT_POLICY.clone(), policy);
+        headers.append(RATELIMIT.clone(), state);
     }
 }
 

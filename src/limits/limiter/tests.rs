@@ -18,6 +18,7 @@ fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
         key: vec![KeyPart::License],
         needs_license: true,
         on_store_error,
+        headers: true,
     }
 }
 
@@ -85,6 +86,7 @@ fn a_refusal_gives_back_every_limit_counted_before_it_however_many() {
         .count_in_memory(
             charges(&defs, &counters, |i| u64::from(i < 100)),
             &mut permits,
+            &mut Budgets::default(),
         )
         .unwrap_err();
     let Refusal::Limited { def, .. } = refusal else {
@@ -93,10 +95,18 @@ fn a_refusal_gives_back_every_limit_counted_before_it_however_many() {
     assert_eq!(&*def.name, "q100");
     // Every unit came back: the first 100 pass again, each at its only unit.
     limiter
-        .count_in_memory(charges(&defs[..100], &counters, |_| 1), &mut permits)
+        .count_in_memory(
+            charges(&defs[..100], &counters, |_| 1),
+            &mut permits,
+            &mut Budgets::default(),
+        )
         .unwrap();
     let refusal = limiter
-        .count_in_memory(charges(&defs[..100], &counters, |_| 1), &mut permits)
+        .count_in_memory(
+            charges(&defs[..100], &counters, |_| 1),
+            &mut permits,
+            &mut Budgets::default(),
+        )
         .unwrap_err();
     assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "q0"));
 }
@@ -113,19 +123,31 @@ fn a_refusal_releases_the_concurrency_slots_it_took() {
     let amounts = |i: usize| if i == 0 { 2 } else { 1 };
     let mut held = Vec::new();
     limiter
-        .count_in_memory(charges(&defs, &counters, amounts), &mut held)
+        .count_in_memory(
+            charges(&defs, &counters, amounts),
+            &mut held,
+            &mut Budgets::default(),
+        )
         .unwrap();
     assert_eq!(held.len(), 1);
     // The quota is used up: the second request's slot is released at once.
     let mut permits = Vec::new();
     let refusal = limiter
-        .count_in_memory(charges(&defs, &counters, amounts), &mut permits)
+        .count_in_memory(
+            charges(&defs, &counters, amounts),
+            &mut permits,
+            &mut Budgets::default(),
+        )
         .unwrap_err();
     assert!(permits.is_empty());
     assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "calls"));
     // So the second slot is free.
     limiter
-        .count_in_memory(charges(&defs[..1], &counters, amounts), &mut permits)
+        .count_in_memory(
+            charges(&defs[..1], &counters, amounts),
+            &mut permits,
+            &mut Budgets::default(),
+        )
         .unwrap();
     assert_eq!((held.len(), permits.len()), (1, 1));
 }
@@ -151,6 +173,7 @@ async fn while_the_store_is_away_each_limit_follows_its_on_store_error() {
                 Some("lic-1"),
                 charges(&defs, &counters, |_| 9),
                 &mut permits,
+                &mut Budgets::default(),
             )
             .await
             .unwrap();
@@ -161,6 +184,7 @@ async fn while_the_store_is_away_each_limit_follows_its_on_store_error() {
             Some("lic-1"),
             charges(&defs, &counters, |_| 9),
             &mut permits,
+            &mut Budgets::default(),
         )
         .await
         .unwrap_err();
@@ -176,10 +200,167 @@ async fn while_the_store_is_away_each_limit_follows_its_on_store_error() {
     ];
     let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
     let refusal = limiter
-        .count(None, charges(&defs, &counters, |_| 9), &mut permits)
+        .count(
+            None,
+            charges(&defs, &counters, |_| 9),
+            &mut permits,
+            &mut Budgets::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(refusal, Refusal::StoreUnavailable { def } if &*def.name == "strict"));
     let before = counters[0].usage(&defs[0], limiter.clock());
     assert!(before.iter().all(|(_, used)| *used == 0), "{before:?}");
+}
+
+#[tokio::test]
+async fn quota_units_counted_in_fallback_are_ledgered_net_of_give_backs_and_drained_once() {
+    let memory = memory();
+    let shared = unreachable_store(memory.clock());
+    let limiter = Limiter::new(memory, Some(Arc::clone(&shared)));
+    let rate = LimitKind::Rate {
+        window: Duration::from_secs(3600),
+        burst: None,
+    };
+    let defs = [
+        def("api", rate, OnStoreError::Fallback),
+        monthly("calls", OnStoreError::Fallback),
+        monthly("free", OnStoreError::Allow),
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let mut permits = Vec::new();
+    for _ in 0..3 {
+        limiter
+            .count(
+                Some("lic-1"),
+                charges(&defs, &counters, |_| 90),
+                &mut permits,
+                &mut Budgets::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // A fourth request is counted by `calls`, then refused by `strict`:
+    // its unit comes back out of the ledger too.
+    let strict = [
+        monthly("calls", OnStoreError::Fallback),
+        monthly("strict", OnStoreError::Deny),
+    ];
+    let strict_counters: Vec<_> = strict
+        .iter()
+        .map(|d| limiter.memory().counters(d))
+        .collect();
+    let refusal = limiter
+        .count(
+            Some("lic-1"),
+            charges(&strict, &strict_counters, |_| 90),
+            &mut permits,
+            &mut Budgets::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::StoreUnavailable { .. }));
+
+    // Only the quota counted here is ledgered: not the rate (instantaneous),
+    // not `free` (not counted while the store is away).
+    let month = 1_767_225_600; // 2026-01-01, the window of "now"
+    let unmerged = shared.outage().drain();
+    let expected = crate::limits::Unmerged {
+        epoch: 0,
+        window: crate::limits::WindowKey {
+            tag: "lic-1".into(),
+            limit: "calls".into(),
+            key: "lic-1".into(),
+            start: month,
+        },
+        period: Period::Month,
+        units: 3,
+    };
+    assert_eq!(unmerged, vec![expected.clone()]);
+    // Drained once: nothing left to merge.
+    assert!(shared.outage().is_empty());
+    assert_eq!(shared.outage().drain(), Vec::new());
+
+    // A merge that failed comes back with its own epoch (its marker), and
+    // what is counted meanwhile goes under a new one.
+    shared.outage().restore([expected.clone()]);
+    limiter
+        .count(
+            Some("lic-1"),
+            charges(&defs[1..2], &counters[1..2], |_| 90),
+            &mut permits,
+            &mut Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let mut unmerged = shared.outage().drain();
+    unmerged.sort_by_key(|u| u.epoch);
+    assert_eq!(
+        unmerged,
+        vec![
+            expected.clone(),
+            crate::limits::Unmerged {
+                epoch: 2,
+                units: 1,
+                ..expected
+            }
+        ]
+    );
+}
+
+#[test]
+fn allowed_rates_and_quotas_state_what_is_left_when_their_headers_are_on() {
+    let limiter = Limiter::new(memory(), None);
+    let rate = LimitKind::Rate {
+        window: Duration::from_secs(60),
+        burst: None,
+    };
+    let mut quiet = monthly("quiet", OnStoreError::Fallback);
+    quiet.headers = false;
+    let defs = [
+        def("api", rate, OnStoreError::Fallback),
+        monthly("calls", OnStoreError::Fallback),
+        quiet,
+    ];
+    let counters: Vec<_> = defs.iter().map(|d| limiter.memory().counters(d)).collect();
+    let amounts = |i: usize| [60, 1000, 5][i];
+    for n in 1..=3u64 {
+        let mut budgets = Budgets::default();
+        limiter
+            .count_in_memory(
+                charges(&defs, &counters, amounts),
+                &mut Vec::new(),
+                &mut budgets,
+            )
+            .unwrap();
+        let stated: Vec<(&str, u64, u64, u64)> = budgets
+            .iter()
+            .map(|b| (&*b.name, b.limit, b.window, b.remaining))
+            .collect();
+        assert_eq!(
+            stated,
+            // A rate: what could pass at once now; a quota: what is left of
+            // the month (January: 31 days).
+            vec![
+                ("api", 60, 60, 60 - n),
+                ("calls", 1000, 31 * 86_400, 1000 - n)
+            ],
+            "request {n}"
+        );
+        // Resets: the rate is whole again in n seconds (one per request);
+        // the month ends in 16.5 days.
+        let resets: Vec<u64> = budgets.iter().map(|b| b.reset).collect();
+        assert_eq!(resets, vec![n, 16 * 86_400 + 12 * 3600], "request {n}");
+    }
+    // A refusal states no budget.
+    let mut budgets = Budgets::default();
+    let refusal = limiter
+        .count_in_memory(
+            charges(&defs, &counters, |i| [60, 1000, 3][i]),
+            &mut Vec::new(),
+            &mut budgets,
+        )
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::Limited { def, .. } if &*def.name == "quiet"));
+    assert!(budgets.is_empty());
 }

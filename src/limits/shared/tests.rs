@@ -37,6 +37,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         key: vec![KeyPart::License],
         needs_license: true,
         on_store_error: Default::default(),
+        headers: true,
     }
 }
 
@@ -76,6 +77,15 @@ fn charge<'a>(def: &'a LimitDef, counters: &'a Counters, amount: u64) -> Charge<
         } else {
             ""
         }),
+    }
+}
+
+/// A passed operation that took `units` and left `remaining`.
+fn granted(units: u64, remaining: u64) -> Passed {
+    Passed {
+        granted: units,
+        remaining,
+        reset_us: None,
     }
 }
 
@@ -180,7 +190,21 @@ fn a_rate_of_zero_refuses_without_asking_the_store() {
 
 #[test]
 fn answers_are_parsed_by_their_shape() {
-    assert_eq!(Reply::parse(&[0, 1, 5], 2), Some(Reply::Passed(vec![1, 5])));
+    assert_eq!(
+        Reply::parse(&[0, 1, 59, 1_000_000, 5, 995, -1], 2),
+        Some(Reply::Passed(vec![
+            Passed {
+                granted: 1,
+                remaining: 59,
+                reset_us: Some(1_000_000)
+            },
+            Passed {
+                granted: 5,
+                remaining: 995,
+                reset_us: None
+            },
+        ]))
+    );
     assert_eq!(
         Reply::parse(&[2, 1500, 3], 2),
         Some(Reply::Refused {
@@ -200,11 +224,15 @@ fn answers_are_parsed_by_their_shape() {
     );
     for malformed in [
         &[][..],
-        &[0, 1][..],       // a grant missing
-        &[0, 1, 1, 1][..], // one too many
-        &[3, 10, 0][..],   // no third operation
-        &[-1, 10, 0][..],  // negative operation
-        &[1, 10][..],      // a refusal without `remaining`
+        &[0, 1, 5, -1][..],              // an operation missing
+        &[0, 1, 5, -1, 1, 5][..],        // half an operation
+        &[0, 1, 5, -1, 1, 5, -1, 0][..], // one number too many
+        &[0, 1, 5, -1, -1, 5, -1][..],   // a negative grant
+        &[0, 1, -5, -1, 1, 5, -1][..],   // a negative remainder
+        &[0, 1, 5, -2, 1, 5, -1][..],    // a reset below "none"
+        &[3, 10, 0][..],                 // no third operation
+        &[-1, 10, 0][..],                // negative operation
+        &[1, 10][..],                    // a refusal without `remaining`
     ] {
         assert_eq!(Reply::parse(malformed, 2), None, "{malformed:?}");
     }
@@ -270,10 +298,10 @@ fn leases_are_spent_locally_until_they_run_out() {
     };
     assert_eq!(*slice, 10);
     // The store grants 10 units; this request spent one of them.
-    let passed = Reply::Passed(vec![10]);
+    let passed = Reply::Passed(vec![granted(10, 990)]);
     assert!(matches!(
         store.settle(call, Some(passed), &charges, 0, unix),
-        SharedOutcome::Allowed
+        SharedOutcome::Allowed(_)
     ));
 
     // Nine more requests are counted without a call.
@@ -298,7 +326,13 @@ fn units_spent_locally_come_back_when_a_later_limit_refuses() {
     let unix = NOW * 1_000_000_000;
     let quota_only = [charge(&q, &qc, 1000)];
     let call = store.plan("lic-1", &quota_only, 0, unix).unwrap();
-    store.settle(call, Some(Reply::Passed(vec![10])), &quota_only, 0, unix);
+    store.settle(
+        call,
+        Some(Reply::Passed(vec![granted(10, 990)])),
+        &quota_only,
+        0,
+        unix,
+    );
     let remaining = |store: &SharedStore| store.leases.iter().next().unwrap().lock().remaining;
     assert_eq!(remaining(&store), 9);
 
@@ -339,7 +373,13 @@ fn an_expired_lease_is_returned_in_the_call_that_renews_it() {
     let charges = [charge(&r, &rc, 60)];
     let unix = NOW * 1_000_000_000;
     let call = store.plan("lic-1", &charges, 0, unix).unwrap();
-    store.settle(call, Some(Reply::Passed(vec![10])), &charges, 0, unix);
+    store.settle(
+        call,
+        Some(Reply::Passed(vec![granted(10, 990)])),
+        &charges,
+        0,
+        unix,
+    );
 
     // After the lease period, the 9 unused units go back before a new
     // slice is taken.
@@ -364,4 +404,152 @@ fn an_expired_lease_is_returned_in_the_call_that_renews_it() {
         store.settle(call, Some(refused), &charges, later, unix),
         SharedOutcome::Unavailable
     ));
+}
+
+#[test]
+fn a_passed_call_says_what_each_rate_and_quota_has_left() {
+    let store = store(StoreMode::Accurate);
+    let (r, q, s) = (rate(), quota(Period::Day), seats());
+    let (rc, qc, sc) = (counters(&r), counters(&q), counters(&s));
+    let charges = [
+        charge(&r, &rc, 60),
+        charge(&q, &qc, 1000),
+        charge(&s, &sc, 5),
+    ];
+    let unix = NOW * 1_000_000_000;
+    let call = store.plan("lic-1", &charges, 0, unix).unwrap();
+    let passed = Reply::Passed(vec![
+        Passed {
+            granted: 1,
+            remaining: 9,
+            reset_us: Some(1_000_000),
+        },
+        granted(1, 957),
+        granted(1, 0),
+    ]);
+    let SharedOutcome::Allowed(left) = store.settle(call, Some(passed), &charges, 0, unix) else {
+        panic!("allowed");
+    };
+    assert_eq!(
+        left,
+        vec![
+            (
+                0,
+                Left {
+                    remaining: 9,
+                    reset: Duration::from_secs(1),
+                    window: Duration::from_secs(60),
+                }
+            ),
+            // Noon: the day ends in 12 h.
+            (
+                1,
+                Left {
+                    remaining: 957,
+                    reset: Duration::from_secs(12 * 3600),
+                    window: Duration::from_secs(86_400),
+                }
+            ),
+            // Seats state no budget.
+        ]
+    );
+}
+
+#[test]
+fn a_lease_states_the_stores_rest_as_of_its_renewal_less_what_it_spent() {
+    let store = store(StoreMode::Leased);
+    let q = quota(Period::Day);
+    let qc = counters(&q);
+    let charges = [charge(&q, &qc, 1000)];
+    let unix = NOW * 1_000_000_000;
+    let call = store.plan("lic-1", &charges, 0, unix).unwrap();
+    // The store granted 10 and has 985 left besides (5 are in other
+    // replicas' leases or spent).
+    let SharedOutcome::Allowed(left) = store.settle(
+        call,
+        Some(Reply::Passed(vec![granted(10, 985)])),
+        &charges,
+        0,
+        unix,
+    ) else {
+        panic!("allowed");
+    };
+    // This request spent 1 of the 10: 985 + 9.
+    assert_eq!(left[0].1.remaining, 994);
+    assert_eq!(left[0].1.reset, Duration::from_secs(12 * 3600));
+    // Spent locally, request by request, without a call: one less each.
+    for n in 1..=9u64 {
+        let call = store.plan("lic-1", &charges, n, unix).unwrap();
+        assert!(call.ops.is_empty(), "request {n}: {:?}", call.ops);
+        let [(0, left)] = &call.left[..] else {
+            panic!("a local spend states what is left: {:?}", call.left);
+        };
+        assert_eq!(left.remaining, 994 - n, "request {n}");
+        assert_eq!(left.reset, Duration::from_secs(12 * 3600));
+    }
+}
+
+#[test]
+fn a_merge_is_one_operation_with_its_marker_beside_the_window() {
+    let store = store(StoreMode::Accurate);
+    let day = NOW - NOW % 86_400;
+    let entry = |start: u64, period: Period, epoch: u64| Unmerged {
+        epoch,
+        window: crate::limits::WindowKey {
+            tag: "lic-1".into(),
+            limit: "calls".into(),
+            key: "lic-1".into(),
+            start,
+        },
+        period,
+        units: 7,
+    };
+    let op = store.merge_op(&entry(day, Period::Day, 3), NOW).unwrap();
+    let call = Call {
+        ops: vec![(op, Purpose::Merge)],
+        ..Call::default()
+    };
+    let encoded = call.encode();
+    let marker = format!("lg:{{lic-1}}:calls:m:lic-1:{day}:{}:3", store.instance);
+    assert_eq!(
+        encoded,
+        Encoded {
+            keys: vec![format!("lg:{{lic-1}}:calls:q:lic-1:{day}"), marker],
+            ops: 1,
+            // Kept as a counting call keeps it: a day past the window.
+            args: strings(&[
+                "M",
+                "7",
+                &((day + 2 * 86_400 - NOW) * 1000).to_string(),
+                "-",
+                "-",
+                "-"
+            ]),
+        }
+    );
+    // Another epoch, another marker: a later outage merges again.
+    let Op::Merge { marker: other, .. } = store.merge_op(&entry(day, Period::Day, 4), NOW).unwrap()
+    else {
+        panic!("a merge");
+    };
+    assert!(other.ends_with(":4") && other != encoded.keys[1], "{other}");
+
+    // Yesterday's key is still kept (a calendar key stays a day past its
+    // window): merged. The day before's has expired: dropped.
+    assert!(store
+        .merge_op(&entry(day - 86_400, Period::Day, 3), NOW)
+        .is_some());
+    assert!(store
+        .merge_op(&entry(day - 2 * 86_400, Period::Day, 3), NOW)
+        .is_none());
+    // A rolling hour: the previous hour still weighs in the sliding
+    // estimate, the one before does not.
+    let hourly = Period::Rolling(Duration::from_secs(3600));
+    let hour = NOW - NOW % 3600;
+    assert!(store
+        .merge_op(&entry(hour - 3600, hourly, 3), NOW)
+        .is_some());
+    assert!(store
+        .merge_op(&entry(hour - 7200, hourly, 3), NOW)
+        .is_none());
 }
