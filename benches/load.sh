@@ -24,6 +24,11 @@
 #                     trip per decision) — with REDIS=1 (default when
 #                     redis-server is installed)
 #     3c. leased      enforcing, counters in Redis, leased mode
+#     3d. metered     enforcing plus metering (benches/metered-policy.yaml:
+#                     two meters on the route, a 10 s window, a JSON-lines
+#                     sink) — with METERING=1 (default); the report adds its
+#                     throughput against enforcing and the journal's disk
+#                     writes per second against the requests per second
 #   Every target receives byte-identical requests: the license and `x-user`
 #   headers are sent to all of them.
 #
@@ -70,6 +75,7 @@
 #   KEEP_TMP     1 = keep the temp dir (configs, logs, raw wrk output)
 #   ENFORCE      0 = skip the enforcing licensegate target (default 1)
 #   REDIS        0 = skip the Redis-backed targets (default 1 when redis-server exists)
+#   METERING     0 = skip the metered target (default 1)
 #   H2           0 = skip the HTTP/2 pass (default 1 when h2load exists)
 #   H2_STREAMS   concurrent streams per HTTP/2 connection (default 10)
 #
@@ -98,6 +104,7 @@ BIN=${BIN:-$ROOT/target/release/licensegate}
 OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
 ENFORCE=${ENFORCE:-1}
+METERING=${METERING:-1}
 if command -v redis-server >/dev/null 2>&1; then REDIS=${REDIS:-1}; else REDIS=0; fi
 if command -v h2load >/dev/null 2>&1; then H2=${H2:-1}; else H2=0; fi
 H2_STREAMS=${H2_STREAMS:-10}
@@ -158,10 +165,11 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 14)
+PORTS=$(free_ports 16)
 read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT \
-    RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT NGX_H2_PORT HAP_H2_PORT <<<"$PORTS"
-[[ -n $HAP_H2_PORT ]] || die "could not pick free loopback ports"
+    RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT NGX_H2_PORT HAP_H2_PORT \
+    MT_PORT MT_ADMIN_PORT <<<"$PORTS"
+[[ -n $MT_ADMIN_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -272,7 +280,7 @@ if [[ $ENFORCE == 1 ]]; then
     # start_enforcing NAME PORT ADMIN_PORT [STORE_YAML]: one enforcing
     # licensegate with the shared key, license and policy.
     start_enforcing() {
-        local name=$1 port=$2 admin=$3 store=${4:-} dir="$EN/$1" pid
+        local name=$1 port=$2 admin=$3 store=${4:-} policy=${5:-$EN/policy.yaml} dir="$EN/$1" pid
         mkdir -p "$dir"
         cat >"$dir/config.yaml" <<YAML
 listen: 127.0.0.1:$port
@@ -280,7 +288,7 @@ admin: 127.0.0.1:$admin
 workers: $WORKERS
 upstream: {url: "http://127.0.0.1:$UP_PORT"}
 license: {keys: "$EN/bench.pem", source: header}
-policy: {paths: ["$EN/policy.yaml"]}
+policy: {paths: ["$policy"]}
 $store
 YAML
         start_bg "$dir/licensegate.log" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
@@ -311,6 +319,19 @@ YAML
             "store: {url: \"redis://127.0.0.1:$RD_PORT\", mode: accurate, timeout: 50ms}"
         start_enforcing leased "$RL_PORT" "$RL_ADMIN_PORT" \
             "store: {url: \"redis://127.0.0.1:$RD_PORT\", mode: leased, timeout: 50ms}"
+    fi
+    if [[ $METERING == 1 ]]; then
+        # The same enforcing proxy with meters on its route, journalled and
+        # exported to a file: what metering costs, with no network in it.
+        cp "$SCRIPT_DIR/metered-policy.yaml" "$EN/metered-policy.yaml"
+        start_enforcing metered "$MT_PORT" "$MT_ADMIN_PORT" "$(
+            printf '%s\n' \
+                'metering:' \
+                '  source: licensegate/bench' \
+                '  window: 10s' \
+                "  journal: {dir: \"$EN/metered/journal\"}" \
+                "  sinks: [{name: file, kind: jsonl, path: \"$EN/metered/usage.jsonl\"}]"
+        )" "$EN/metered-policy.yaml"
     fi
     WRK_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
     # The licensegate row idles from here on while enforcing runs, and the
@@ -452,7 +473,7 @@ H2_MANIFEST="$TMP/h2manifest.tsv"
 : >"$H2_MANIFEST"
 if [[ $H2 == 1 ]]; then
     # licensegate and the enforcing variants serve h2c on their own port.
-    for t in licensegate enforcing redis leased; do
+    for t in licensegate enforcing redis leased metered; do
         if [[ -n ${URL[$t]:-} ]]; then H2_URL[$t]=${URL[$t]}; fi
     done
     H2_TARGETS=()
@@ -495,7 +516,7 @@ done
 # and upstream errors), from its own metrics: the load generators' error
 # counts can be off by one around warm-up, these are exact.
 declare -A ADMIN_PORT=([licensegate]=$LG_ADMIN_PORT [enforcing]=$EN_ADMIN_PORT
-    [redis]=$RA_ADMIN_PORT [leased]=$RL_ADMIN_PORT)
+    [redis]=$RA_ADMIN_PORT [leased]=$RL_ADMIN_PORT [metered]=$MT_ADMIN_PORT)
 for t in "${!ADMIN_PORT[@]}"; do
     [[ -n ${TARGET_PID[$t]:-} ]] || continue
     meta "not_allowed_$t" "$(curl -s "http://127.0.0.1:${ADMIN_PORT[$t]}/metrics" |
@@ -504,6 +525,15 @@ done
 LG_RSS_PEAK_KB=$(rss_kb "$LG_PID" VmHWM)
 meta lg_rss_peak_kb "$LG_RSS_PEAK_KB"
 if [[ $ENFORCE == 1 ]]; then meta lg_rss_enforcing_peak_kb "$(rss_kb "$EN_PID" VmHWM)"; fi
+if [[ -n ${ENFORCING_PIDS[metered]:-} ]]; then
+    # Disk writes of the metering journal against requests served, over the
+    # metered proxy's whole life so far: writes follow the window, not the
+    # request rate.
+    mt_metrics=$(curl -s "http://127.0.0.1:$MT_ADMIN_PORT/metrics")
+    meta metered_seconds "$(python3 -c "import time; print(f'{time.time() - $MT_STARTED:.1f}')")"
+    meta metered_journal_writes "$(awk '/^licensegate_metering_journal_writes_total/ { print $2 }' <<<"$mt_metrics")"
+    meta metered_requests "$(awk '/^licensegate_requests_total/ && /decision="allow"/ { s += $2 } END { print s + 0 }' <<<"$mt_metrics")"
+fi
 if [[ -n ${ENFORCING_PIDS[redis]:-} ]]; then
     # Round trips per decision, from the accurate-mode proxy's own metrics.
     rt=$(curl -s "http://127.0.0.1:$RA_ADMIN_PORT/metrics" | awk '/^licensegate_store_round_trips_total/ { print $2 }')
@@ -746,6 +776,14 @@ if h2:
         if bad:
             print(f"\n**Warning:** {name} (HTTP/2): {bad} failed or non-2xx requests; not comparable.")
 
+mt_rps = targets.get("metered", {}).get("median", {}).get("requests_per_sec")
+if mt_rps and en_rps:
+    print(f"\nmetered / enforcing: {mt_rps / en_rps:.3f} req/s (metering costs {100 * (1 - mt_rps / en_rps):.1f} %)")
+secs, writes, served = (meta.get(k) for k in ("metered_seconds", "metered_journal_writes", "metered_requests"))
+if secs and writes and served:
+    secs, writes, served = float(secs), float(writes), float(served)
+    print(f"metered journal: {writes:,.0f} disk writes for {served:,.0f} requests in {secs:,.0f} s "
+          f"({writes / secs:.2f} writes/s against {served / secs:,.0f} requests/s)")
 for name in ("redis", "leased"):
     rt, dec = meta.get(f"{name}_round_trips"), meta.get(f"{name}_decisions")
     if rt and dec:
