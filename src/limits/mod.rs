@@ -19,6 +19,7 @@ mod rate;
 mod seats;
 mod settings;
 pub mod shared;
+mod threshold;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
 pub use outage::{OutageLedger, Unmerged, WindowKey};
 pub use settings::{StoreMode, StoreNodes, StoreSettings};
+pub use threshold::{crossed, Crossing, ThresholdLedger};
 
 use crate::policy::{LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;

@@ -1230,6 +1230,9 @@ impl Reply {
     }
 }
 
+#[path = "shared/claim.rs"]
+mod claim;
+
 #[cfg(test)]
 #[path = "shared/tests.rs"]
 mod tests;
