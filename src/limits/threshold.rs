@@ -59,10 +59,14 @@ impl Crossing {
     }
 }
 
+/// One crossing: limit, key, window start, threshold.
+type CrossingId = (Arc<str>, Box<str>, u64, u16);
+
 /// Crossings announced by this replica, until their window ends.
 #[derive(Debug, Default)]
 pub struct ThresholdLedger {
-    announced: DashMap<(Arc<str>, Box<str>, u64, u16), u64, Hasher>,
+    /// Crossing → the end of its window (unix seconds).
+    announced: DashMap<CrossingId, u64, Hasher>,
 }
 
 impl ThresholdLedger {
