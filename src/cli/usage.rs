@@ -183,10 +183,12 @@ fn render_license(out: &mut String, license: &LicenseUsage, now: &str) {
 }
 
 fn limit_row(limit: &LimitUsage, license: &str, now: &str) -> Vec<String> {
-    let name = if limit.key == license {
-        limit.name.clone()
-    } else {
-        format!("{} ({})", limit.name, limit.key)
+    // The key is named when it is not simply the license (a compound key,
+    // a plan's pool, one counter for everyone).
+    let name = match limit.key.as_str() {
+        key if key == license => limit.name.clone(),
+        "" => format!("{} (global)", limit.name),
+        key => format!("{} ({key})", limit.name),
     };
     let unknown = || "?".to_owned();
     let used = limit.used.map_or_else(unknown, |n| n.to_string());
@@ -221,9 +223,11 @@ fn resets_in(reset: &str, now: &str) -> String {
     ) else {
         return reset.to_owned();
     };
+    // Whole seconds, rounded up: never sooner than it will be.
     match reset.duration_since(now) {
-        Ok(left) if left >= Duration::from_secs(1) => {
-            humantime::format_duration(Duration::from_secs(left.as_secs())).to_string()
+        Ok(left) if !left.is_zero() => {
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            humantime::format_duration(Duration::from_secs(secs)).to_string()
         }
         _ => "now".to_owned(),
     }
@@ -281,7 +285,7 @@ mod tests {
     #[test]
     fn tables_line_up_and_say_what_is_unknown() {
         let report = UsageReport {
-            time: "2026-01-01T17:30:00Z".into(),
+            time: "2026-01-01T17:29:59.250Z".into(),
             store: Store::Memory,
             licenses: vec![LicenseUsage {
                 license: "lic-1".into(),
@@ -308,7 +312,7 @@ mod tests {
                         limit: None,
                         limit_known: false,
                         remaining: None,
-                        reset: Some("2026-01-01T17:30:00Z".into()),
+                        reset: Some("2026-01-01T17:29:59.250Z".into()),
                         ..quota(0)
                     },
                 ],
@@ -325,7 +329,7 @@ mod tests {
             render(&report, None),
             "license lic-1 (plan pro; numbers from a license this replica saw recently)\n\
              \x20 LIMIT                   KIND         USED      LIMIT  REMAINING  RESETS IN  STORE\n\
-             \x20 api_quota               quota           3         10          7  6h 30m     memory\n\
+             \x20 api_quota               quota           3         10          7  6h 30m 1s  memory\n\
              \x20 per_user (lic-1/alice)  concurrency     1  unlimited          -  -          memory\n\
              \x20 api_rate                rate            ?          ?          ?  now        memory\n\
              \n\

@@ -97,7 +97,7 @@ pub enum Entitlement {
 /// The `/usage` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
-    /// When it was read (RFC 3339).
+    /// When it was read (RFC 3339, milliseconds).
     pub time: String,
     /// Where rates, quotas and seats are counted.
     pub store: Store,
@@ -146,8 +146,8 @@ pub struct LimitUsage {
     /// unlimited or unknown.
     pub remaining: Option<u64>,
     /// Quotas: when the window ends; rates: when the whole burst is back
-    /// (RFC 3339, rounded up to the second). `null` for seats and
-    /// concurrency.
+    /// (RFC 3339; a rate's to the millisecond, rounded up). `null` for
+    /// seats and concurrency.
     pub reset: Option<String>,
     /// Quotas: the window; rates: the window the number is per; seats: the
     /// idle time after which a seat frees. `null` for concurrency.
@@ -523,7 +523,7 @@ pub(crate) async fn report(
         });
     }
     UsageReport {
-        time: rfc3339(now_nanos / 1_000_000_000),
+        time: rfc3339_ms(now_nanos),
         store: if sources.shared.is_some() {
             Store::Shared
         } else {
@@ -558,9 +558,11 @@ pub(crate) fn rfc3339(unix_secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
 }
 
-/// Nanoseconds rounded up to whole seconds.
-fn ceil_secs(nanos: u64) -> u64 {
-    nanos.div_ceil(1_000_000_000)
+/// Unix nanoseconds as RFC 3339 with milliseconds, rounded up (never
+/// earlier than the instant).
+fn rfc3339_ms(unix_nanos: u64) -> String {
+    let ms = unix_nanos.div_ceil(1_000_000);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// One row: `reading` (`None`: nothing counted) under `number`.
@@ -608,7 +610,7 @@ fn row(
                 _ => Duration::ZERO,
             };
             let ahead_nanos = u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX);
-            usage.reset = Some(rfc3339(ceil_secs(now_nanos.saturating_add(ahead_nanos))));
+            usage.reset = Some(rfc3339_ms(now_nanos.saturating_add(ahead_nanos)));
             usage.window_seconds = Some(window.as_secs().max(1));
             match limit {
                 Some(amount) => {

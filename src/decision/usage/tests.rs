@@ -150,7 +150,7 @@ async fn a_license_sees_every_limit_it_is_counted_under_with_its_own_numbers() {
         false,
     )
     .await;
-    assert_eq!(answer.time, "2026-01-01T10:00:00Z");
+    assert_eq!(answer.time, "2026-01-01T10:00:00.000Z");
     assert_eq!(answer.store, Store::Memory);
     // lic-3: never seen, nothing counted.
     let [one, two] = &answer.licenses[..] else {
@@ -176,7 +176,7 @@ async fn a_license_sees_every_limit_it_is_counted_under_with_its_own_numbers() {
     assert_eq!(daily.store, Store::Memory);
     // Two of a 60-per-minute burst are in use: whole again in 2 s.
     let rpm = &one.limits[1];
-    assert_eq!(rpm.reset.as_deref(), Some("2026-01-01T10:00:02Z"));
+    assert_eq!(rpm.reset.as_deref(), Some("2026-01-01T10:00:02.000Z"));
     assert_eq!((rpm.burst, rpm.window_seconds), (Some(60), Some(60)));
     let users = &one.limits[2];
     assert_eq!(
