@@ -1,13 +1,15 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz` and a loopback-only
-//! `POST /shutdown`; under `licensegate dev` also `/dev/license` (the plan
-//! switch, loopback-only for changes). Kept apart from the proxy port so
-//! probes and scrapes never compete with, or leak into, workload traffic.
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/license`, `/usage`
+//! and a loopback-only `POST /shutdown`; under `licensegate dev` also
+//! `/dev/license` (the plan switch, loopback-only for changes). Kept apart
+//! from the proxy port so probes and scrapes never compete with, or leak
+//! into, workload traffic.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,9 +18,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::decision::usage::{is_license_id, MeterUsage, UsageReport, UsageRequest};
+use crate::decision::usage::{rfc3339, MAX_LICENSE_ID};
 use crate::dev::{DevControl, PlanChange, SwitchError};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
+use crate::metering::Metering;
 use crate::metrics::Registry;
 use crate::proxy::server::{bind_listener, BindError};
 
@@ -31,6 +36,28 @@ pub struct Admin {
     /// The dev license (`licensegate dev` only): `/dev/license` is 404
     /// without it.
     pub dev: Option<Arc<DevControl>>,
+    /// Reads the limit counters for `/usage` (404 without).
+    pub usage: Option<UsageReader>,
+    /// This replica's meter totals, shown by `/usage` when metering runs.
+    pub metering: Option<Metering>,
+}
+
+/// How `/usage` reads the limit counters: the composition root closes it
+/// over the decision engine, which the admin port does not own.
+pub struct UsageReader(Box<dyn Fn(UsageRequest) -> BoxFuture<'static, UsageReport> + Send + Sync>);
+
+impl UsageReader {
+    pub fn new(
+        read: impl Fn(UsageRequest) -> BoxFuture<'static, UsageReport> + Send + Sync + 'static,
+    ) -> UsageReader {
+        UsageReader(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for UsageReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsageReader")
+    }
 }
 
 /// The largest `POST /dev/license` body read: a plan and a feature list.
@@ -107,6 +134,7 @@ impl Admin {
             (Some(_), _, "/dev/license") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
+            (_, &Method::GET | &Method::HEAD, "/usage") => self.usage(&request).await,
             _ => self.route(peer, &request),
         }
     }
@@ -167,6 +195,63 @@ impl Admin {
         }
     }
 
+    /// `GET /usage[?license=ID]`: what one license, or every license with
+    /// usage on this replica (at most [`crate::decision::usage::MAX_LICENSES`]),
+    /// has used of its limits this period, and of its meters this month.
+    /// Per-customer data: refused to web pages (see [`from_web_page`]) and
+    /// never cached.
+    async fn usage(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(mark) = from_web_page(request.headers()) {
+            return problem(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "per-license usage is not served to web pages (the request carries {mark}); \
+                     read it with curl or `licensegate usage`"
+                ),
+            );
+        }
+        let license = match usage_query(request.uri().query()) {
+            Ok(license) => license,
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
+        };
+        let Some(UsageReader(read)) = &self.usage else {
+            return text(StatusCode::NOT_FOUND, "no usage on this port\n");
+        };
+        let also = match (&self.metering, &license) {
+            (Some(metering), None) => metering.month_to_date_licenses(),
+            (Some(metering), Some(id)) if !metering.month_to_date(id).0.is_empty() => {
+                vec![id.clone()]
+            }
+            _ => Vec::new(),
+        };
+        let mut report = read(UsageRequest { license, also }).await;
+        if let Some(metering) = &self.metering {
+            for entry in &mut report.licenses {
+                let (totals, since_ms) = metering.month_to_date(&entry.license);
+                let since = rfc3339(since_ms / 1000);
+                entry.meters = totals
+                    .into_iter()
+                    .map(|(meter, used)| MeterUsage {
+                        meter,
+                        used,
+                        since: since.clone(),
+                    })
+                    .collect();
+            }
+        }
+        let mut response = json(StatusCode::OK, &report);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+
     fn route(&self, peer: SocketAddr, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/metrics") => {
@@ -208,11 +293,12 @@ impl Admin {
             }
             (
                 _,
-                "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/license" | "/shutdown",
+                "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/license" | "/usage"
+                | "/shutdown",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz, /license or POST /shutdown\n",
+                "not found; try /metrics, /healthz, /readyz, /license, /usage or POST /shutdown\n",
             ),
         }
     }
@@ -232,6 +318,48 @@ fn from_local_tool(peer: SocketAddr, headers: &http::HeaderMap) -> Result<(), &'
         return Err("from a local tool, not from a web page");
     }
     Ok(())
+}
+
+/// Whether a read comes from a web page, and the header that says so. A
+/// page open in a browser on this machine (or in the cluster) can make the
+/// browser fetch from the admin port: cross-origin, or same-origin once its
+/// DNS name is rebound to the admin address. Browsers mark the first with
+/// `Origin`, and every request with `Sec-Fetch-Site` (`same-origin` too,
+/// which no page served here can be, since the admin port serves none);
+/// `none` is a person typing the address, which is no page's doing. curl,
+/// the CLI, probes and Prometheus send neither header.
+fn from_web_page(headers: &http::HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(http::header::ORIGIN) {
+        return Some("an `Origin` header");
+    }
+    match headers.get("sec-fetch-site") {
+        Some(site) if site.as_bytes() != b"none" => Some("`Sec-Fetch-Site` from a page"),
+        _ => None,
+    }
+}
+
+/// The `license` of a `/usage` query, checked.
+fn usage_query(query: Option<&str>) -> Result<Option<String>, String> {
+    let mut license = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name != "license" {
+            return Err(format!(
+                "unknown query parameter `{name}`; /usage takes `license=ID` or nothing"
+            ));
+        }
+        if license.is_some() {
+            return Err("`license` is given more than once; ask for one license".to_owned());
+        }
+        if !is_license_id(&value) {
+            return Err(format!(
+                "{:?} is not a license id: 1 to {MAX_LICENSE_ID} bytes, without control \
+                 characters or braces",
+                value.chars().take(64).collect::<String>()
+            ));
+        }
+        license = Some(value.into_owned());
+    }
+    Ok(license)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -1,4 +1,5 @@
-//! The command line: `licensegate run`, `demo`, `dev` and the tools.
+//! The command line: `licensegate run`, `demo`, `dev` and the tools
+//! (`license`, `policy`, `inject`, `usage`).
 //! The three that serve share `run_gateway`: one runtime, signals, exit status.
 
 use std::future::Future;
@@ -8,9 +9,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod admin_client;
 mod dev;
 mod license;
 mod policy;
+mod usage;
 
 use crate::config::{ConfigError, FileConfig, Overrides, Settings, Workers};
 use crate::demo::EchoUpstream;
@@ -53,6 +56,9 @@ pub enum Command {
     /// Inject the sidecar into Kubernetes workloads: by hand or as an admission webhook.
     #[command(subcommand)]
     Inject(crate::inject::InjectCommand),
+    /// Show what licenses have used of their limits and meters, from a
+    /// running licensegate's admin port.
+    Usage(usage::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +134,7 @@ pub fn main() -> i32 {
         Command::License(command) => license::run(command),
         Command::Policy(command) => policy::run(command),
         Command::Inject(command) => crate::inject::run(command),
+        Command::Usage(args) => usage::run(args),
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{Admin, AdminServer};
+use crate::admin::{Admin, AdminServer, UsageReader};
 use crate::config::{ConfigError, Settings};
 use crate::decision::{DecisionEngine, DecisionMetrics, EngineSettings, WebSocketScope};
 use crate::dev::{plan_names, DevControl, DevLicense};
@@ -291,6 +291,14 @@ impl Gateway {
                 metrics: metrics.registry.clone(),
                 license: license.clone(),
                 dev: dev.clone(),
+                usage: Some(UsageReader::new({
+                    let shared = Arc::clone(&shared);
+                    move |request| {
+                        let shared = Arc::clone(&shared);
+                        Box::pin(async move { shared.engine.usage(request).await })
+                    }
+                })),
+                metering: None,
             }),
         )?;
         let license = license.map(|gate| {

@@ -522,6 +522,9 @@ fn the_prometheus_rule_carries_the_alert_rules_file() {
         "LicensegateStoreFallbackActive",
         "LicensegateLicenseReloadFailing",
         "LicensegatePolicyReloadFailing",
+        "LicensegateMeteringBacklog",
+        "LicensegateMeteringDropped",
+        "LicensegateMeteringDeadLetters",
     ] {
         assert!(alerts.contains(alert), "{alert} missing");
     }
@@ -612,6 +615,16 @@ async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
         exported.contains("licensegate_shadow_denials_total"),
         "{exported:?}"
     );
+    // Metering's families exist once metering is configured, which the
+    // deployed sidecar is not: take them from where metering registers
+    // them, with one sink so that its labelled series exist.
+    let metering = licensegate::metrics::Registry::new();
+    let _ = licensegate::metering::metrics::MeteringMetrics::new(&metering).sink("billing");
+    let metering = String::from_utf8(metering.render()).unwrap();
+    let exported: BTreeSet<String> = exported
+        .into_iter()
+        .chain(exported_names(&metering))
+        .collect();
 
     let alerts = std::fs::read_to_string(deploy().join("prometheus/alerts.yaml")).unwrap();
     let dashboard_names: BTreeSet<String> = dashboard_queries(&dashboard())
@@ -653,6 +666,10 @@ async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
         "licensegate_license_expiry_timestamp_seconds",
         "licensegate_license_state",
         "licensegate_build_info",
+        "licensegate_metering_backlog_records",
+        "licensegate_metering_oldest_unexported_seconds",
+        "licensegate_metering_exported_total",
+        "licensegate_metering_sink_errors_total",
     ] {
         assert!(
             dashboard_names.contains(name),

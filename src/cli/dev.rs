@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http::header::{CONTENT_TYPE, HOST};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 
+use super::admin_client::{detail, exchange, Failure};
 use super::{announce, run_gateway};
 use crate::config::{FileConfig, Overrides, Settings, DEFAULT_ADMIN};
 use crate::dev::{
@@ -260,14 +258,12 @@ fn switch(args: SwitchArgs) -> i32 {
         }
     };
     let admin = args.admin;
-    let answer = runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            post(admin, "/dev/license", Bytes::from(body)),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Failure::Exchange("no answer within 10 s".to_owned())))
-    });
+    let answer = runtime.block_on(exchange(
+        admin,
+        Method::POST,
+        "/dev/license",
+        Some(Bytes::from(body)),
+    ));
     match answer {
         Err(Failure::Connect(error)) => {
             eprintln!("licensegate: no licensegate dev running on {admin} ({error})");
@@ -294,49 +290,8 @@ fn switch(args: SwitchArgs) -> i32 {
             exit::FAILURE
         }
         Ok((status, body)) => {
-            // A problem+json `detail`, else the body as text.
-            let detail = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["detail"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
-            eprintln!("licensegate: switch refused ({status}): {detail}");
+            eprintln!("licensegate: switch refused ({status}): {}", detail(&body));
             exit::FAILURE
         }
     }
-}
-
-enum Failure {
-    /// Nothing accepted the connection.
-    Connect(std::io::Error),
-    /// Connected, but the exchange failed.
-    Exchange(String),
-}
-
-/// One HTTP/1.1 POST of a JSON body; the status and the whole answer.
-async fn post(addr: SocketAddr, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), Failure> {
-    let exchange = |e: &dyn std::fmt::Display| Failure::Exchange(e.to_string());
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(Failure::Connect)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| exchange(&e))?;
-    tokio::spawn(connection);
-    let request = Request::post(path)
-        .header(HOST, addr.to_string())
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .map_err(|e| exchange(&e))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| exchange(&e))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| exchange(&e))?
-        .to_bytes();
-    Ok((status, body))
 }

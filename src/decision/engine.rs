@@ -26,6 +26,7 @@ use super::evaluate::{
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
 use super::log::{DecisionLog, DenialLine};
+use super::usage::{self, Bound, Entitlement, Sources, Subject, UsageReport, UsageRequest};
 use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
@@ -645,6 +646,81 @@ impl DecisionEngine {
         }
     }
 
+    /// `/usage`: what one license, or every license with usage on this
+    /// replica, has used of its limits (see [`super::usage`]).
+    pub async fn usage(&self, request: UsageRequest) -> UsageReport {
+        let active = self.policy.as_ref().map(|policy| policy.load_full());
+        let clock = self.limiter.clock();
+        let limits: Vec<Bound<'_>> = active
+            .iter()
+            .flat_map(|active| {
+                active
+                    .policy
+                    .limits
+                    .iter()
+                    .zip(&active.counters)
+                    .enumerate()
+            })
+            .map(|(index, (def, counters))| Bound {
+                def,
+                index,
+                counters,
+            })
+            .collect();
+        let deployment = self
+            .license
+            .as_ref()
+            .and_then(|gate| gate.loaded())
+            .and_then(|loaded| loaded.license.as_ref().map(|(l, _)| Arc::clone(l)));
+        let (ids, truncated) = match request.license {
+            Some(id) => (vec![id], false),
+            None => {
+                let mut ids = std::collections::BTreeSet::new();
+                if let Some(license) = &deployment {
+                    ids.insert(license.claims.sub.clone());
+                }
+                self.entitlements.ids(|id| {
+                    if !ids.contains(id) {
+                        ids.insert(id.to_owned());
+                    }
+                });
+                usage::counted_licenses(&limits, clock, &mut ids);
+                ids.extend(request.also.iter().cloned());
+                usage::first_licenses(ids)
+            }
+        };
+        let subjects = ids
+            .into_iter()
+            .map(|id| match &deployment {
+                Some(license) if license.claims.sub == id => Subject {
+                    id,
+                    license: Some(Arc::clone(license)),
+                    entitlement: Entitlement::Deployment,
+                },
+                _ => {
+                    let license = self.entitlements.find(&id);
+                    let entitlement = match license {
+                        Some(_) => Entitlement::Recent,
+                        None => Entitlement::Unknown,
+                    };
+                    Subject {
+                        id,
+                        license,
+                        entitlement,
+                    }
+                }
+            })
+            .collect();
+        let sources = Sources {
+            policy: active.as_ref().map(|active| &active.policy),
+            limits,
+            clock,
+            shared: self.limiter.shared().map(|shared| &**shared),
+            keep: request.also.into_iter().collect(),
+        };
+        usage::report(sources, subjects, truncated).await
+    }
+
     /// The limit number for a key that is a license id (deployment license).
     fn amount_for_key(&self, policy: &Policy, def: &LimitDef, key: &str) -> Option<u64> {
         match &def.amount {
@@ -667,9 +743,10 @@ impl DecisionEngine {
     }
 }
 
-/// A counter key as a metric label: compound keys joined with `/`, the
-/// overflow counter named, control characters replaced.
-fn key_label(key: &str) -> Cow<'_, str> {
+/// A counter key as a metric label (and as `/usage` shows it): compound
+/// keys joined with `/`, the overflow counter named, control characters
+/// replaced.
+pub(super) fn key_label(key: &str) -> Cow<'_, str> {
     if key == crate::limits::OVERFLOW_KEY {
         return Cow::Borrowed("(overflow)");
     }
@@ -776,7 +853,7 @@ struct KeyContext<'a> {
 }
 
 /// Joins the parts of a compound key; cannot appear in a header value.
-const KEY_SEPARATOR: char = '\u{1f}';
+pub(super) const KEY_SEPARATOR: char = '\u{1f}';
 
 impl<'a> KeyContext<'a> {
     /// The value of one key part; `None` when the request lacks it (no

@@ -56,8 +56,9 @@ pub struct Entitled {
 }
 
 struct Entry {
-    /// Pins the address the map is keyed by.
-    _license: Arc<VerifiedLicense>,
+    /// Pins the address the map is keyed by; `/usage` finds licenses by id
+    /// through it.
+    license: Arc<VerifiedLicense>,
     generation: u64,
     value: Arc<Entitled>,
 }
@@ -102,12 +103,35 @@ impl EntitlementCache {
         self.map.insert(
             id,
             Entry {
-                _license: Arc::clone(license),
+                license: Arc::clone(license),
                 generation,
                 value: Arc::clone(&value),
             },
         );
         value
+    }
+}
+
+impl EntitlementCache {
+    /// The remembered license with id `id` (`/usage`); of several tokens
+    /// for one id, the most recently issued. A scan: the cache is small,
+    /// and this is never on the request path.
+    pub fn find(&self, id: &str) -> Option<Arc<VerifiedLicense>> {
+        self.map
+            .iter()
+            .filter(|entry| entry.license.claims.sub == id)
+            .max_by_key(|entry| {
+                let claims = &entry.license.claims;
+                (claims.iat.map(|d| d.0), claims.exp.0)
+            })
+            .map(|entry| Arc::clone(&entry.license))
+    }
+
+    /// Give `visit` the id of every remembered license (repeats possible).
+    pub fn ids(&self, mut visit: impl FnMut(&str)) {
+        for entry in self.map.iter() {
+            visit(&entry.license.claims.sub);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod entitlements;
 pub mod evaluate;
 mod log;
 mod metrics;
+pub mod usage;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;

@@ -57,8 +57,14 @@ impl ConcurrencyCounters {
     }
 
     pub fn usage(&self) -> Vec<(String, u64)> {
+        self.peek(|_| true)
+    }
+
+    /// Requests in flight under each key `wanted` accepts.
+    pub fn peek(&self, mut wanted: impl FnMut(&str) -> bool) -> Vec<(String, u64)> {
         self.map
             .iter()
+            .filter(|e| wanted(e.key()))
             .map(|e| (e.key().to_string(), e.value().load(Ordering::Acquire)))
             .collect()
     }

@@ -31,6 +31,7 @@ pub use concurrency::Permit;
 pub use limiter::{Charge, Limiter, Refusal};
 pub use metrics::{LimitMetrics, StoreMetrics};
 pub use outage::{OutageLedger, Unmerged, WindowKey};
+pub use quota::window as quota_window;
 pub use settings::{StoreMode, StoreNodes, StoreSettings};
 pub use threshold::{crossed, Crossing, ThresholdLedger};
 
@@ -62,6 +63,22 @@ pub enum Checked {
     /// A concurrency slot, held until the response is sent.
     Held(Permit),
     Limited(Limited),
+}
+
+/// What one key's counter holds, read without counting (`/usage`), from
+/// this replica's memory or from the shared store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Units counted against the quota in its current window (for a
+    /// rolling window, with the previous window's share).
+    Quota { used: u64 },
+    /// How far the rate's theoretical arrival time is ahead of now: the
+    /// burst in use, as time (zero: the whole burst is available).
+    Rate { ahead: Duration },
+    /// Identities holding a seat.
+    Seats { active: u64 },
+    /// Requests in flight.
+    Concurrency { in_flight: u64 },
 }
 
 /// One limit's counters, of the limit's kind.
@@ -160,6 +177,42 @@ impl Counters {
                 c.usage(*idle, clock.mono_nanos())
             }
             (Counters::Concurrency(c), _) => c.usage(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What each key `wanted` accepts holds now, read without counting
+    /// (`/usage`). One pass over the limit's keys; the [`OVERFLOW_KEY`]
+    /// entry is offered to `wanted` like any other.
+    pub fn peek(
+        &self,
+        def: &LimitDef,
+        clock: &Clock,
+        wanted: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, Reading)> {
+        fn each<T>(
+            found: Vec<(String, T)>,
+            reading: impl Fn(T) -> Reading,
+        ) -> Vec<(String, Reading)> {
+            found.into_iter().map(|(k, v)| (k, reading(v))).collect()
+        }
+        match (self, &def.kind) {
+            (Counters::Quota(c), LimitKind::Quota { period }) => {
+                each(c.peek(*period, clock.unix_nanos(), wanted), |used| {
+                    Reading::Quota { used }
+                })
+            }
+            (Counters::Rate(c), _) => each(c.peek(clock.mono_nanos(), wanted), |ahead| {
+                Reading::Rate { ahead }
+            }),
+            (Counters::Seats(c), LimitKind::Seats { idle, .. }) => {
+                each(c.peek(*idle, clock.mono_nanos(), wanted), |active| {
+                    Reading::Seats { active }
+                })
+            }
+            (Counters::Concurrency(c), _) => each(c.peek(wanted), |in_flight| {
+                Reading::Concurrency { in_flight }
+            }),
             _ => Vec::new(),
         }
     }

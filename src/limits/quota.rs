@@ -205,6 +205,30 @@ impl QuotaCounters {
             .collect()
     }
 
+    /// Units counted in the window containing `now_nanos` under each key
+    /// `wanted` accepts, without counting (`/usage`): one pass over the
+    /// keys, whatever `wanted` asks for.
+    pub fn peek(
+        &self,
+        period: Period,
+        now_nanos: u64,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, u64)> {
+        let (start, length) = window(period, now_nanos / NANOS);
+        self.map
+            .iter()
+            .filter(|entry| wanted(entry.key()))
+            .map(|entry| {
+                let mut state = *entry.value().lock();
+                state.roll(period, start, length);
+                (
+                    entry.key().to_string(),
+                    state.estimate(period, length, now_nanos),
+                )
+            })
+            .collect()
+    }
+
     /// Every key's state (for the state file).
     pub fn snapshot(&self) -> Vec<(String, QuotaState)> {
         self.map

@@ -83,6 +83,20 @@ impl RateCounters {
         }
     }
 
+    /// How far ahead of `now` each key `wanted` accepts has run (its
+    /// theoretical arrival time minus now; zero when its burst is whole),
+    /// without counting (`/usage`).
+    pub fn peek(&self, now: u64, mut wanted: impl FnMut(&str) -> bool) -> Vec<(String, Duration)> {
+        self.tat
+            .iter()
+            .filter(|entry| wanted(entry.key()))
+            .map(|entry| {
+                let ahead = entry.value().load(Ordering::Acquire).saturating_sub(now);
+                (entry.key().to_string(), Duration::from_nanos(ahead))
+            })
+            .collect()
+    }
+
     /// A key whose arrival time has passed is as good as new: drop it.
     pub fn sweep(&self, now: u64) -> usize {
         self.tat.retain(|_, tat| tat.load(Ordering::Acquire) > now);

@@ -77,9 +77,20 @@ impl SeatCounters {
 
     /// Active identities per key.
     pub fn usage(&self, idle: Duration, now: u64) -> Vec<(String, u64)> {
+        self.peek(idle, now, |_| true)
+    }
+
+    /// Active identities under each key `wanted` accepts.
+    pub fn peek(
+        &self,
+        idle: Duration,
+        now: u64,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, u64)> {
         let idle_nanos = idle.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.map
             .iter()
+            .filter(|entry| wanted(entry.key()))
             .map(|entry| {
                 let table = entry.value().lock();
                 let active = table

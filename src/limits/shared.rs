@@ -27,11 +27,14 @@ use parking_lot::Mutex;
 use super::outage::{OutageLedger, Unmerged};
 use super::quota::window;
 use super::settings::{StoreMode, StoreNodes, StoreSettings};
-use super::{Charge, Clock, Hasher, Left, Limited};
+use super::{Charge, Clock, Hasher, Left, Limited, Reading};
 use crate::limits::StoreMetrics;
 use crate::policy::{LimitKind, Period};
 
 const SCRIPT: &str = include_str!("shared.lua");
+
+/// Reads counters for `/usage` without changing them.
+const READ_SCRIPT: &str = include_str!("shared_read.lua");
 
 /// Timeouts in a row before the store is treated as down (one slow answer
 /// is noise; three are an outage).
@@ -42,6 +45,15 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One counter [`SharedStore::read`] reads: limit `limit`'s key `key`
+/// (the license's own keys: all under its hash tag).
+#[derive(Clone, Copy, Debug)]
+pub struct SharedRead<'a> {
+    pub limit: &'a str,
+    pub kind: &'a LimitKind,
+    pub key: &'a str,
+}
 
 /// What the store said about a request's limits.
 #[derive(Debug)]
@@ -86,6 +98,7 @@ pub struct SharedStore {
     settings: StoreSettings,
     connection: ArcSwapOption<Connection>,
     script: redis::Script,
+    read_script: redis::Script,
     degraded: AtomicBool,
     timeouts_in_a_row: AtomicU32,
     wake: tokio::sync::Notify,
@@ -119,6 +132,7 @@ impl SharedStore {
             settings,
             connection: ArcSwapOption::empty(),
             script: redis::Script::new(SCRIPT),
+            read_script: redis::Script::new(READ_SCRIPT),
             degraded: AtomicBool::new(true),
             timeouts_in_a_row: AtomicU32::new(0),
             wake: tokio::sync::Notify::new(),
@@ -276,15 +290,7 @@ impl SharedStore {
                     let key = self.quota_key(tag, name, &charge.key, start);
                     let previous =
                         self.quota_key(tag, name, &charge.key, start.saturating_sub(length));
-                    let weight_ppm = match period {
-                        Period::Rolling(_) => {
-                            let elapsed = unix_nanos.saturating_sub(start * 1_000_000_000);
-                            let window = length * 1_000_000_000;
-                            let left = window.saturating_sub(elapsed);
-                            (u128::from(left) * 1_000_000 / u128::from(window)) as u64
-                        }
-                        _ => 0,
-                    };
+                    let weight_ppm = previous_weight_ppm(*period, start, length, unix_nanos);
                     let keep = kept_after(*period, length);
                     let ttl_ms =
                         ((start + length + keep).saturating_sub(now_secs) * 1000).max(1000);
@@ -478,6 +484,94 @@ impl SharedStore {
                 window,
             },
         }
+    }
+
+    /// Read what one license's counters hold (`/usage`): `tag` is the
+    /// license id, the hash tag its keys were counted under. One round
+    /// trip bounded by the store's timeout, never taken while the store is
+    /// away; `None` then, or on any failure. A failed read is no evidence
+    /// about the request path, so it trips nothing and counts in no metric.
+    ///
+    /// In leased mode a quota's or rate's count includes units leased to
+    /// replicas and not spent yet.
+    pub async fn read(&self, tag: &str, reads: &[SharedRead<'_>]) -> Option<Vec<Option<Reading>>> {
+        if reads.is_empty() {
+            return Some(Vec::new());
+        }
+        if !self.is_available() {
+            return None;
+        }
+        let connection = self.connection.load_full()?;
+        let unix_nanos = self.clock.unix_nanos();
+        let mut invocation = self.read_script.prepare_invoke();
+        let mut args: Vec<String> = vec![reads.len().to_string()];
+        for read in reads {
+            let base = format!("{}:{{{tag}}}:{}", self.settings.key_prefix, read.limit);
+            match read.kind {
+                LimitKind::Quota { period } => {
+                    let (start, length) = window(*period, unix_nanos / 1_000_000_000);
+                    let current = self.quota_key(tag, read.limit, read.key, start);
+                    let previous =
+                        self.quota_key(tag, read.limit, read.key, start.saturating_sub(length));
+                    invocation.key(current).key(previous);
+                    let weight = previous_weight_ppm(*period, start, length, unix_nanos);
+                    args.extend(["q".to_owned(), weight.to_string()]);
+                }
+                LimitKind::Rate { .. } => {
+                    invocation.key(format!("{base}:r:{}", read.key));
+                    args.extend(["r".to_owned(), NONE.to_owned()]);
+                }
+                LimitKind::Seats { idle, .. } => {
+                    invocation.key(format!("{base}:s:{}", read.key));
+                    args.extend(["s".to_owned(), idle.as_micros().to_string()]);
+                }
+                // Concurrency is counted per replica, never in the store.
+                LimitKind::Concurrency => return None,
+            }
+        }
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let reply = tokio::time::timeout(self.settings.timeout, async {
+            match &*connection {
+                Connection::Single(c) => invocation.invoke_async::<Vec<i64>>(&mut c.clone()).await,
+                Connection::Cluster(c) => invocation.invoke_async::<Vec<i64>>(&mut c.clone()).await,
+            }
+        })
+        .await;
+        let reply = match reply {
+            Ok(Ok(reply)) if reply.len() == reads.len() * 2 => reply,
+            Ok(Ok(_)) => return None,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "usage read from the store failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("usage read from the store timed out");
+                return None;
+            }
+        };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Some(
+            reads
+                .iter()
+                .zip(reply.chunks_exact(2))
+                .map(|(read, pair)| {
+                    (pair[0] == 1).then(|| match read.kind {
+                        LimitKind::Quota { .. } => Reading::Quota {
+                            used: count(pair[1]),
+                        },
+                        LimitKind::Rate { .. } => Reading::Rate {
+                            ahead: Duration::from_micros(count(pair[1])),
+                        },
+                        LimitKind::Seats { .. } => Reading::Seats {
+                            active: count(pair[1]),
+                        },
+                        LimitKind::Concurrency => Reading::Concurrency { in_flight: 0 },
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// One round trip, bounded by the timeout. `None` on any failure.
@@ -916,6 +1010,20 @@ impl SharedStore {
                 lease.spent = lease.spent.saturating_sub(*units);
             }
         }
+    }
+}
+
+/// The share (parts per million) of the previous window a rolling quota
+/// still counts at `unix_nanos`; 0 for calendar periods.
+fn previous_weight_ppm(period: Period, start: u64, length: u64, unix_nanos: u64) -> u64 {
+    match period {
+        Period::Rolling(_) => {
+            let elapsed = unix_nanos.saturating_sub(start * 1_000_000_000);
+            let window = length * 1_000_000_000;
+            let left = window.saturating_sub(elapsed);
+            (u128::from(left) * 1_000_000 / u128::from(window)) as u64
+        }
+        _ => 0,
     }
 }
 

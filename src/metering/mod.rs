@@ -30,6 +30,7 @@ mod aggregate;
 pub mod export;
 pub mod journal;
 pub mod metrics;
+mod month;
 pub mod record;
 pub mod settings;
 pub mod sink;
@@ -41,6 +42,7 @@ use aggregate::Aggregates;
 use export::{Backoff, Exporter, ExporterParts};
 use journal::{Journal, JournalError, Recovery};
 use metrics::{DropReason, MeteringMetrics};
+use month::MonthTotals;
 use record::{Body, ThresholdBody};
 pub use settings::{
     Fsync, HttpTarget, JournalSettings, JsonlTarget, MeteringFile, MeteringSettings,
@@ -101,6 +103,8 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 
 struct Inner {
     aggregates: Aggregates,
+    /// This replica's totals this UTC month, for `/usage`.
+    month: MonthTotals,
     journal: Arc<Journal>,
     window_ms: u64,
     fsync: Fsync,
@@ -188,6 +192,7 @@ impl Metering {
             .max(1);
         let inner = Arc::new(Inner {
             aggregates: Aggregates::default(),
+            month: MonthTotals::new(unix_ms(SystemTime::now())),
             journal,
             window_ms,
             fsync: settings.journal.fsync,
@@ -216,6 +221,22 @@ impl Metering {
         let now = unix_ms(SystemTime::now());
         let window_start = now - now % self.inner.window_ms;
         self.inner.aggregates.add(window_start, &usage);
+        self.inner
+            .month
+            .add(now, usage.license, usage.meter, usage.value);
+    }
+
+    /// What this replica has recorded for `license` this UTC month, by
+    /// meter, and since when (unix milliseconds: the month's start, or when
+    /// metering started if later). A view for `/usage`, not persisted: what
+    /// is billed is what the sinks received.
+    pub fn month_to_date(&self, license: &str) -> (Vec<(String, u64)>, u64) {
+        self.inner.month.of(unix_ms(SystemTime::now()), license)
+    }
+
+    /// Licenses this replica has recorded usage for this UTC month.
+    pub fn month_to_date_licenses(&self) -> Vec<String> {
+        self.inner.month.licenses(unix_ms(SystemTime::now()))
     }
 
     /// Journal `event` now (it is rare), synced when the policy is

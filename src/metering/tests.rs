@@ -233,6 +233,12 @@ async fn usage_is_summed_per_key_and_exported_once_per_window() {
     }));
     metering.flush().await;
     assert_eq!(metering.open_aggregates(), 0);
+    // The month's running total outlives the window's aggregates.
+    let (totals, since) = metering.month_to_date("lic-1");
+    assert_eq!(totals, [("requests".to_owned(), 11)]);
+    assert!(since <= unix_ms(std::time::SystemTime::now()));
+    assert_eq!(metering.month_to_date_licenses(), ["lic-1"]);
+    assert!(metering.month_to_date("lic-2").0.is_empty());
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut exporters = tasks.exporters;
