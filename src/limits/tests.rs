@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::policy::{Amount, KeyPart, Period};
+use crate::policy::{Amount, Count, KeyPart, Period};
 
 const MONTH_START: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
@@ -14,6 +14,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         needs_license: true,
         on_store_error: Default::default(),
         headers: true,
+        count: Count::Attempted,
     }
 }
 

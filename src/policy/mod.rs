@@ -17,9 +17,9 @@ pub mod schema;
 mod settings;
 
 pub use compile::{
-    Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
-    LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period, Policy,
-    PolicyError, Preflight, Route,
+    Access, Amount, Claim, Count, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount,
+    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period,
+    Policy, PolicyError, Preflight, Route,
 };
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};

@@ -2751,3 +2751,68 @@ fn headers_is_a_boolean_for_rates_and_quotas_only() {
         &["limits.users.headers: only rates and quotas state a budget in headers, not seats"],
     );
 }
+
+#[test]
+fn quotas_count_served_requests_unless_told_attempted() {
+    let policy = clean(
+        "limits:
+  monthly: {quota: {limit: 100, period: month}}
+  daily:
+    quota: {limit: 10, period: day}
+    count: attempted
+  hourly:
+    quota: {limit: 5, period: hour}
+    count: served
+  api: {rate: {limit: 5, per: 1m}}
+  inflight: {concurrency: {limit: 2}}
+routes:
+  - {path: /x, limits: [inflight, api, monthly, daily, hourly]}
+",
+    );
+    let counted: Vec<(&str, Count)> = policy
+        .limits
+        .iter()
+        .map(|def| (&*def.name, def.count))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("monthly", Count::Served),
+            ("daily", Count::Attempted),
+            ("hourly", Count::Served),
+            // Every other kind counts attempts.
+            ("api", Count::Attempted),
+            ("inflight", Count::Attempted),
+        ]
+    );
+}
+
+#[test]
+fn count_is_served_or_attempted_and_for_quotas_only() {
+    assert_only(
+        &errors("limits:\n  q:\n    quota: {limit: 5, period: day}\n    count: finished\n"),
+        FILE,
+        (4, 12),
+        &[
+            "limits.q.count",
+            "unknown variant `finished`",
+            "served",
+            "attempted",
+        ],
+    );
+    for (kind, spec) in [
+        ("rate", "rate: {limit: 5, per: 1m}"),
+        ("seats", "seats: {identity: 'header:x-user', limit: 3}"),
+        ("concurrency", "concurrency: {limit: 3}"),
+    ] {
+        let text = format!("limits:\n  l:\n    {spec}\n    count: served\n");
+        assert_only(
+            &errors(&text),
+            FILE,
+            (4, 12),
+            &[&format!(
+                "limits.l.count: only quotas give back the units of requests that were not served; a {kind} counts every attempt"
+            )],
+        );
+    }
+}

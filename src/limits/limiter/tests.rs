@@ -8,7 +8,7 @@ use super::*;
 use crate::limits::StoreMetrics;
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metrics::Registry;
-use crate::policy::{Amount, KeyPart, Period};
+use crate::policy::{Amount, Count, KeyPart, Period};
 
 fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
     LimitDef {
@@ -19,6 +19,7 @@ fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
         needs_license: true,
         on_store_error,
         headers: true,
+        count: Count::Attempted,
     }
 }
 

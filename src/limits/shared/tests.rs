@@ -10,7 +10,7 @@ use super::*;
 use crate::limits::Counters;
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metrics::Registry;
-use crate::policy::{Amount, KeyPart, LimitDef};
+use crate::policy::{Amount, Count, KeyPart, LimitDef};
 
 /// 2026-01-15T12:00:00Z: half-way through a day, mid-month.
 const NOW: u64 = 1_768_478_400;
@@ -38,6 +38,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         needs_license: true,
         on_store_error: Default::default(),
         headers: true,
+        count: Count::Attempted,
     }
 }
 
