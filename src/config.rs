@@ -7,7 +7,7 @@
 //!
 //! Each subsystem owns the type of its settings ([`ProxySettings`],
 //! [`LicenseSettings`], [`PolicySettings`], [`StoreSettings`],
-//! [`LicenseHeaderNames`]); this module holds only the file's shape (the
+//! [`LicenseHeaderNames`], [`MeteringSettings`]); this module holds only the file's shape (the
 //! `File*` structs), the flags ([`Overrides`]), and the mapping of both onto
 //! those types. It sits above every subsystem it configures, none of which
 //! imports it.
@@ -30,6 +30,7 @@ use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
+use crate::metering::{MeteringFile, MeteringSettings, MeteringSettingsError};
 use crate::policy::{PolicySettings, WebSocketScope};
 use crate::proxy::settings::{
     ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
@@ -55,6 +56,8 @@ pub struct Settings {
     pub upstream_headers: LicenseHeaderNames,
     /// A shared counter store (Redis); `None` counts in memory per replica.
     pub store: Option<StoreSettings>,
+    /// Live metering of served requests; `None` records no usage.
+    pub metering: Option<MeteringSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +427,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstream_headers: FileUpstreamHeaders,
     pub store: Option<FileStore>,
+    /// Metering's own file shape; relative paths in it follow the file.
+    pub metering: Option<MeteringFile>,
+    /// The directory of the file, which `metering`'s relative paths follow
+    /// (set by [`FileConfig::parse`]; the working directory otherwise).
+    #[serde(skip)]
+    pub dir: Option<PathBuf>,
 }
 
 /// A worker count of at least one.
@@ -586,9 +595,51 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        path::with_base_dir(path::base_dir(path), || crate::yaml::parse(path, text))
-            .map_err(ConfigError::from)
+        let dir = path::base_dir(path);
+        let mut file: FileConfig =
+            path::with_base_dir(dir.clone(), || crate::yaml::parse(path, text))?;
+        // What metering checks after parsing is placed here, while the text
+        // is at hand.
+        if let Some(metering) = &file.metering {
+            if let Err(error) = metering.clone().resolve(&dir) {
+                return Err(located(path, text, &error).into());
+            }
+        }
+        file.dir = Some(dir);
+        Ok(file)
     }
+}
+
+/// `error` at the line and column of its setting in `text`, or of the
+/// nearest enclosing one written there (a missing field: its section).
+fn located(path: &Path, text: &str, error: &MeteringSettingsError) -> crate::yaml::YamlError {
+    use crate::policy::locate::{locate, Step};
+    let mut steps = Vec::new();
+    for part in error.setting.split('.') {
+        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
+        steps.push(Step::key(key));
+        for index in indexes.split('[') {
+            if let Ok(index) = index.trim_end_matches(']').parse() {
+                steps.push(Step::Index(index));
+            }
+        }
+    }
+    let message = error.to_string();
+    (1..=steps.len())
+        .rev()
+        .find_map(|n| locate(text, &steps[..n]))
+        .map_or_else(
+            || crate::yaml::YamlError::Unplaced {
+                path: path.to_owned(),
+                message: message.clone(),
+            },
+            |(line, column)| crate::yaml::YamlError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                message: message.clone(),
+            },
+        )
 }
 
 impl Settings {
@@ -783,6 +834,17 @@ impl Settings {
             policy,
             upstream_headers,
             store: file.store.map(FileStore::resolve).transpose()?,
+            metering: file
+                .metering
+                .map(|metering| {
+                    metering
+                        .resolve(file.dir.as_deref().unwrap_or(Path::new("")))
+                        .map_err(|error| ConfigError::Invalid {
+                            setting: "metering",
+                            message: error.to_string(),
+                        })
+                })
+                .transpose()?,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! - [`PolicySettings`]: where policies come from and how their counters are kept.
 
 pub mod compile;
-mod locate;
+pub mod locate;
 pub mod matcher;
 mod metrics;
 pub mod normalize;

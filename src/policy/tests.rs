@@ -2213,7 +2213,7 @@ fn rolling_quota_retry_after_is_honest() {
     for _ in 0..10 {
         assert!(matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed(_)
+            Checked::Ticketed(..)
         ));
     }
     let Checked::Limited(limited) = counters.check(def, "k", "", 10, 1, &clock) else {
@@ -2223,7 +2223,7 @@ fn rolling_quota_retry_after_is_honest() {
     assert!(
         matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed(_)
+            Checked::Ticketed(..)
         ),
         "refused again after waiting the Retry-After of {:?}",
         limited.retry_after
@@ -2242,12 +2242,12 @@ fn refunds_reach_the_overflow_counter() {
     let counters = store.counters(def);
     assert!(matches!(
         counters.check(def, "first", "", 100, 1, &clock),
-        Checked::Allowed(_)
+        Checked::Ticketed(..)
     ));
     // No room for a second key: `second` is counted under the overflow key.
     assert!(matches!(
         counters.check(def, "second", "", 100, 5, &clock),
-        Checked::Allowed(_)
+        Checked::Ticketed(..)
     ));
     // A later limit refused the request: give the 5 units back.
     counters.refund(def, "second", 100, 5, &clock);
