@@ -1098,6 +1098,74 @@ mod tests {
         );
     }
 
+    #[test]
+    fn metering_follows_the_file_and_its_errors_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lg.yaml");
+        let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
+        let text = format!(
+            "{base}metering:\n  source: licensegate/pod-0\n  window: 5s\n  journal: {{dir: journal}}\n  sinks:\n    - name: om\n      kind: cloudevents\n      url: https://collector.test/api/v1/events\n      ca: ca.pem\n"
+        );
+        let settings = Settings::resolve(
+            FileConfig::parse(&config, &text).unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        let metering = settings.metering.unwrap();
+        assert_eq!(metering.source, "licensegate/pod-0");
+        assert_eq!(metering.window, Duration::from_secs(5));
+        assert_eq!(metering.journal.dir, dir.path().join("journal"));
+        let crate::metering::SinkTarget::CloudEvents(target) = &metering.sinks[0].target else {
+            panic!("a cloudevents sink: {:?}", metering.sinks[0]);
+        };
+        assert_eq!(target.ca, Some(dir.path().join("ca.pem")));
+        assert!(Settings::resolve(parse(base).unwrap(), Overrides::default())
+            .unwrap()
+            .metering
+            .is_none());
+
+        let error = |metering: &str| {
+            FileConfig::parse(Path::new("lg.yaml"), &format!("{base}metering:\n{metering}"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (metering, expected) in [
+            (
+                "  journal: {dir: j}\n  sinks:\n    - {name: om, kind: cloudevents, url: 'http://collector.test/x'}\n",
+                "lg.yaml:6:42: metering.sinks[0].url: `http://collector.test/x` must be https://",
+            ),
+            // A missing field: at the section that lacks it.
+            (
+                "  journal: {dir: j}\n  sinks:\n    - {name: om, kind: cloudevents}\n",
+                "lg.yaml:6:7: metering.sinks[0].url: required for this kind",
+            ),
+            (
+                "  window: 2h\n  journal: {dir: j}\n  sinks: [{name: f, kind: jsonl, path: u.jsonl}]\n",
+                "lg.yaml:4:11: metering.window: 2h is out of range; expected 10ms to 1h",
+            ),
+            (
+                "  journal: {dir: j}\n  sinks: []\n",
+                "lg.yaml:5:10: metering.sinks: at least one sink is required",
+            ),
+            (
+                "  journal: {dir: j, max_bytes: 1KiB}\n  sinks: [{name: f, kind: jsonl, path: u.jsonl}]\n",
+                "lg.yaml:4:32: metering.journal.max_bytes: 1024 must be at least twice segment_bytes",
+            ),
+            // What the parser finds is placed by the parser.
+            (
+                "  window: soon\n  journal: {dir: j}\n  sinks: []\n",
+                "lg.yaml:4:3: metering.window: `soon` is not a duration",
+            ),
+            (
+                "  journal: {dir: j}\n  sinks: [{name: f, kind: jsonl, pth: u.jsonl}]\n",
+                "lg.yaml:5:34: metering.sinks[0].pth: unknown field `pth`",
+            ),
+        ] {
+            let error = error(metering);
+            assert!(error.starts_with(expected), "{metering}: {error}");
+        }
+    }
+
     fn resolve_license(license: &str) -> Result<LicenseSettings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("k.pem"), "").unwrap();
