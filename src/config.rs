@@ -1119,15 +1119,20 @@ mod tests {
             panic!("a cloudevents sink: {:?}", metering.sinks[0]);
         };
         assert_eq!(target.ca, Some(dir.path().join("ca.pem")));
-        assert!(Settings::resolve(parse(base).unwrap(), Overrides::default())
-            .unwrap()
-            .metering
-            .is_none());
+        assert!(
+            Settings::resolve(parse(base).unwrap(), Overrides::default())
+                .unwrap()
+                .metering
+                .is_none()
+        );
 
         let error = |metering: &str| {
-            FileConfig::parse(Path::new("lg.yaml"), &format!("{base}metering:\n{metering}"))
-                .unwrap_err()
-                .to_string()
+            FileConfig::parse(
+                Path::new("lg.yaml"),
+                &format!("{base}metering:\n{metering}"),
+            )
+            .unwrap_err()
+            .to_string()
         };
         for (metering, expected) in [
             (
