@@ -6,6 +6,11 @@
 //! limit *name*, so a policy reload that keeps a limit keeps its counts.
 //! Counters never block: a check is a map lookup and an atomic update (a
 //! short mutex for quotas and seats).
+//!
+//! A quota that counts served requests (`count: served`, the default) takes
+//! its units when the request is decided and hands out a [`Ticket`] that
+//! gives them back if the response turns out not to be served (see
+//! `ticket.rs`).
 
 mod budget;
 mod clock;

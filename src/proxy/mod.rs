@@ -47,7 +47,7 @@ pub struct Shared {
 
 /// One request, from head to response head: decide, then forward or reject.
 /// The response body keeps `in_flight` until it has been sent, and settles
-/// the request's quota tickets and meters when it ends (see [`settle`]).
+/// the request's quota tickets and meters when it ends (see `settle.rs`).
 ///
 /// Forwarding is inlined here (prepare, send, finish) rather than behind
 /// another async fn: each async layer moved the request and the futures
