@@ -7,7 +7,7 @@
 //!
 //! Each subsystem owns the type of its settings ([`ProxySettings`],
 //! [`LicenseSettings`], [`PolicySettings`], [`StoreSettings`],
-//! [`LicenseHeaderNames`]); this module holds only the file's shape (the
+//! [`LicenseHeaderNames`], [`MeteringSettings`]); this module holds only the file's shape (the
 //! `File*` structs), the flags ([`Overrides`]), and the mapping of both onto
 //! those types. It sits above every subsystem it configures, none of which
 //! imports it.
@@ -30,6 +30,7 @@ use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
+use crate::metering::{MeteringFile, MeteringSettings, MeteringSettingsError};
 use crate::policy::{PolicySettings, WebSocketScope};
 use crate::proxy::settings::{
     ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
@@ -55,6 +56,8 @@ pub struct Settings {
     pub upstream_headers: LicenseHeaderNames,
     /// A shared counter store (Redis); `None` counts in memory per replica.
     pub store: Option<StoreSettings>,
+    /// Live metering of served requests; `None` records no usage.
+    pub metering: Option<MeteringSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +427,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstream_headers: FileUpstreamHeaders,
     pub store: Option<FileStore>,
+    /// Metering's own file shape; relative paths in it follow the file.
+    pub metering: Option<MeteringFile>,
+    /// The directory of the file, which `metering`'s relative paths follow
+    /// (set by [`FileConfig::parse`]; the working directory otherwise).
+    #[serde(skip)]
+    pub dir: Option<PathBuf>,
 }
 
 /// A worker count of at least one.
@@ -586,9 +595,51 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        path::with_base_dir(path::base_dir(path), || crate::yaml::parse(path, text))
-            .map_err(ConfigError::from)
+        let dir = path::base_dir(path);
+        let mut file: FileConfig =
+            path::with_base_dir(dir.clone(), || crate::yaml::parse(path, text))?;
+        // What metering checks after parsing is placed here, while the text
+        // is at hand.
+        if let Some(metering) = &file.metering {
+            if let Err(error) = metering.clone().resolve(&dir) {
+                return Err(located(path, text, &error).into());
+            }
+        }
+        file.dir = Some(dir);
+        Ok(file)
     }
+}
+
+/// `error` at the line and column of its setting in `text`, or of the
+/// nearest enclosing one written there (a missing field: its section).
+fn located(path: &Path, text: &str, error: &MeteringSettingsError) -> crate::yaml::YamlError {
+    use crate::policy::locate::{locate, Step};
+    let mut steps = Vec::new();
+    for part in error.setting.split('.') {
+        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
+        steps.push(Step::key(key));
+        for index in indexes.split('[') {
+            if let Ok(index) = index.trim_end_matches(']').parse() {
+                steps.push(Step::Index(index));
+            }
+        }
+    }
+    let message = error.to_string();
+    (1..=steps.len())
+        .rev()
+        .find_map(|n| locate(text, &steps[..n]))
+        .map_or_else(
+            || crate::yaml::YamlError::Unplaced {
+                path: path.to_owned(),
+                message: message.clone(),
+            },
+            |(line, column)| crate::yaml::YamlError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                message: message.clone(),
+            },
+        )
 }
 
 impl Settings {
@@ -783,6 +834,17 @@ impl Settings {
             policy,
             upstream_headers,
             store: file.store.map(FileStore::resolve).transpose()?,
+            metering: file
+                .metering
+                .map(|metering| {
+                    metering
+                        .resolve(file.dir.as_deref().unwrap_or(Path::new("")))
+                        .map_err(|error| ConfigError::Invalid {
+                            setting: "metering",
+                            message: error.to_string(),
+                        })
+                })
+                .transpose()?,
         })
     }
 }
@@ -1034,6 +1096,79 @@ mod tests {
             )),
             "{error}"
         );
+    }
+
+    #[test]
+    fn metering_follows_the_file_and_its_errors_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lg.yaml");
+        let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
+        let text = format!(
+            "{base}metering:\n  source: licensegate/pod-0\n  window: 5s\n  journal: {{dir: journal}}\n  sinks:\n    - name: om\n      kind: cloudevents\n      url: https://collector.test/api/v1/events\n      ca: ca.pem\n"
+        );
+        let settings = Settings::resolve(
+            FileConfig::parse(&config, &text).unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        let metering = settings.metering.unwrap();
+        assert_eq!(metering.source, "licensegate/pod-0");
+        assert_eq!(metering.window, Duration::from_secs(5));
+        assert_eq!(metering.journal.dir, dir.path().join("journal"));
+        let crate::metering::SinkTarget::CloudEvents(target) = &metering.sinks[0].target else {
+            panic!("a cloudevents sink: {:?}", metering.sinks[0]);
+        };
+        assert_eq!(target.ca, Some(dir.path().join("ca.pem")));
+        assert!(
+            Settings::resolve(parse(base).unwrap(), Overrides::default())
+                .unwrap()
+                .metering
+                .is_none()
+        );
+
+        let error = |metering: &str| {
+            FileConfig::parse(
+                Path::new("lg.yaml"),
+                &format!("{base}metering:\n{metering}"),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        for (metering, expected) in [
+            (
+                "  journal: {dir: j}\n  sinks:\n    - {name: om, kind: cloudevents, url: 'http://collector.test/x'}\n",
+                "lg.yaml:6:42: metering.sinks[0].url: `http://collector.test/x` must be https://",
+            ),
+            // A missing field: at the section that lacks it.
+            (
+                "  journal: {dir: j}\n  sinks:\n    - {name: om, kind: cloudevents}\n",
+                "lg.yaml:6:7: metering.sinks[0].url: required for this kind",
+            ),
+            (
+                "  window: 2h\n  journal: {dir: j}\n  sinks: [{name: f, kind: jsonl, path: u.jsonl}]\n",
+                "lg.yaml:4:11: metering.window: 2h is out of range; expected 10ms to 1h",
+            ),
+            (
+                "  journal: {dir: j}\n  sinks: []\n",
+                "lg.yaml:5:10: metering.sinks: at least one sink is required",
+            ),
+            (
+                "  journal: {dir: j, max_bytes: 1KiB}\n  sinks: [{name: f, kind: jsonl, path: u.jsonl}]\n",
+                "lg.yaml:4:32: metering.journal.max_bytes: 1024 must be at least twice segment_bytes",
+            ),
+            // What the parser finds is placed by the parser.
+            (
+                "  window: soon\n  journal: {dir: j}\n  sinks: []\n",
+                "lg.yaml:4:3: metering.window: `soon` is not a duration",
+            ),
+            (
+                "  journal: {dir: j}\n  sinks: [{name: f, kind: jsonl, pth: u.jsonl}]\n",
+                "lg.yaml:5:34: metering.sinks[0].pth: unknown field `pth`",
+            ),
+        ] {
+            let error = error(metering);
+            assert!(error.starts_with(expected), "{metering}: {error}");
+        }
     }
 
     fn resolve_license(license: &str) -> Result<LicenseSettings, ConfigError> {

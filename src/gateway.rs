@@ -17,6 +17,7 @@ use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::persist::CounterFile;
 use crate::limits::shared::SharedStore;
 use crate::limits::{Clock, MemoryStore, StoreMetrics};
+use crate::metering::{Metering, MeteringError, MeteringTasks};
 use crate::metrics::Registry;
 use crate::policy::Policy;
 use crate::process::{drain_on_signal, Signals};
@@ -62,6 +63,8 @@ pub enum StartError {
     License(#[from] crate::license::GateError),
     #[error("policy:\n{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("metering: {0}")]
+    Metering(#[from] MeteringError),
 }
 
 impl StartError {
@@ -73,8 +76,12 @@ impl StartError {
             | StartError::Bind(BindError::Tls(_))
             | StartError::UpstreamTls(_)
             | StartError::License(_)
-            | StartError::Policy(_) => exit::CONFIG,
-            StartError::Bind(BindError::Io { .. }) => exit::OS_ERROR,
+            | StartError::Policy(_)
+            | StartError::Metering(MeteringError::Settings(_) | MeteringError::Sink(_)) => {
+                exit::CONFIG
+            }
+            StartError::Bind(BindError::Io { .. })
+            | StartError::Metering(MeteringError::Journal(_)) => exit::OS_ERROR,
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
     shared_store: Option<Arc<SharedStore>>,
+    /// The flusher and exporters of metering, when it is on.
+    metering: Option<MeteringTasks>,
     dev: Option<Arc<DevControl>>,
     drain_timeout: Duration,
     signals: Option<Signals>,
@@ -256,6 +265,23 @@ impl Gateway {
             }
         }
 
+        let (metering, metering_tasks) = match &settings.metering {
+            Some(metering_settings) => {
+                let (metering, tasks) =
+                    Metering::start(metering_settings.clone(), &metrics.registry)?;
+                (Some(metering), Some(tasks))
+            }
+            None => (None, None),
+        };
+        let metered = engine
+            .with_current_policy(|policy| !policy.meters.is_empty())
+            .unwrap_or(false);
+        if metered && metering.is_none() {
+            tracing::warn!(
+                "the policy defines meters but `metering` is not configured: no usage is recorded \
+                 (usage headers are still removed from responses)"
+            );
+        }
         let shared = Arc::new(Shared {
             engine,
             forwarder: Forwarder::new(
@@ -265,6 +291,7 @@ impl Gateway {
                 &metrics.proxy,
             )?,
             metrics: Arc::clone(&metrics.proxy),
+            metering,
         });
         let dev = match (dev, &license) {
             (Some(dev), Some(gate)) => {
@@ -298,7 +325,7 @@ impl Gateway {
                         Box::pin(async move { shared.engine.usage(request).await })
                     }
                 })),
-                metering: None,
+                metering: shared.metering.clone(),
             }),
         )?;
         let license = license.map(|gate| {
@@ -321,6 +348,7 @@ impl Gateway {
             shared,
             policy,
             shared_store,
+            metering: metering_tasks,
             dev,
             drain_timeout: settings.proxy.timeouts.drain,
             signals: None,
@@ -370,6 +398,7 @@ impl Gateway {
             shared,
             policy,
             shared_store,
+            metering,
             drain_timeout,
             signals,
             ..
@@ -417,6 +446,27 @@ impl Gateway {
         }
         if let Some(upkeep) = shared.forwarder.idle_upkeep() {
             tasks.spawn(Task::upkeep("upstream pool upkeep"), upkeep);
+        }
+        if let Some(metering) = metering {
+            // Awaited at `Stopping`, once the proxy has drained: every
+            // served request is recorded, and the open window is journalled.
+            let stopping = Arc::clone(&lifecycle);
+            tasks.spawn(
+                Task::upkeep("metering flush").awaited(),
+                metering
+                    .flusher
+                    .run(async move { stopping.reached(Phase::Stopping).await }),
+            );
+            // Exporters run on until `Closing`, to send what that last
+            // flush journalled; whatever they have not sent by then is sent
+            // by the next start. A billing outage never gates readiness.
+            for exporter in metering.exporters {
+                let closing = Arc::clone(&lifecycle);
+                tasks.spawn(
+                    Task::upkeep_until("metering export", Phase::Closing).awaited(),
+                    exporter.run(async move { closing.reached(Phase::Closing).await }),
+                );
+            }
         }
         // 3. what lets the process be watched and stopped, last.
         tasks.spawn(

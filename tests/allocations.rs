@@ -1,8 +1,9 @@
 //! A warm decision allocates nothing: the request path's decision (route
 //! match, header license from the verification cache, entitlement cache,
 //! features, a seat and a rate limit with its budget for the response's
-//! `RateLimit` fields) is counted with a counting global
-//! allocator in this test binary only.
+//! `RateLimit` fields, a served-counted quota's ticket, settled either way,
+//! and the route's meters with the license's identity) is counted with a
+//! counting global allocator in this test binary only.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -57,9 +58,18 @@ limits:
     rate: {limit: lic.limits.rpm, default: 20, per: 1m}
   users:
     seats: {identity: 'header:x-user', default: 3}
+  monthly:
+    quota: {limit: 1000000000, period: month}
+meters:
+  calls: requests
+  tokens: {header: x-tokens}
 routes:
   - {name: health, path: /healthz, access: public}
-  - {name: reports, path: /api/reports/**, features: [reports], limits: [users, api_rate]}
+  - name: reports
+    path: /api/reports/**
+    features: [reports]
+    limits: [users, api_rate, monthly]
+    meters: [calls, tokens]
   - {name: api, path: /api/**, limits: [users, api_rate]}
 ";
 
@@ -135,11 +145,20 @@ fn a_warm_enforcing_decision_allocates_nothing() {
         ));
     }
     let before = ALLOCATIONS.with(Cell::get);
-    for _ in 0..1000 {
-        let decision = decide_now(&engine, &head, &peer);
+    for n in 0..1000 {
+        let Decision::Allow(mut allowed) = decide_now(&engine, &head, &peer) else {
+            panic!("allowed");
+        };
         // Stating the rate's budget (keyed by the license: on by default)
-        // is part of the warm path.
-        assert!(matches!(decision, Decision::Allow(allowed) if !allowed.budgets.is_empty()));
+        // is part of the warm path, and so are the quota's ticket and the
+        // route's meters.
+        assert!(!allowed.budgets.is_empty());
+        assert_eq!(allowed.tickets.len(), 1);
+        assert!(allowed.metered.is_some());
+        // Served (the unit stays), or not (dropped: the unit goes back).
+        if n % 2 == 0 {
+            std::mem::take(&mut allowed.tickets).served();
+        }
     }
     let allocations = ALLOCATIONS.with(Cell::get) - before;
     assert_eq!(

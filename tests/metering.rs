@@ -3,9 +3,6 @@
 //! recorded arrives once, through collector outages, 503s, a refused batch,
 //! and a process dropped without its graceful flush.
 
-#[path = "common/collector.rs"]
-#[allow(dead_code)]
-mod collector;
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -13,7 +10,7 @@ use std::cell::Cell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use collector::{Collector, Reply};
+use common::collector::{Collector, Reply};
 use licensegate::metering::{
     Event, HttpTarget, Metering, MeteringSettings, QuotaThreshold, SinkSettings, SinkTarget, Usage,
 };
@@ -513,66 +510,10 @@ async fn events_are_valid_cloudevents_for_the_reference_sdk() {
     until("every event at the collector", || collector.unique() == 8).await;
     running.stop().await;
 
-    let Some(python) = common::tools::tool(
-        "python3",
-        "LICENSEGATE_PYTHON",
-        &["target/ci-tools/bin/python3"],
-        "python3 with `pip install cloudevents==1.12.0`",
-    ) else {
-        return;
-    };
-    let has_sdk = std::process::Command::new(&python)
-        .args(["-c", "import cloudevents.http"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_sdk {
-        common::skip(&format!(
-            "the CloudEvents SDK is not installed for {} (pip install cloudevents==1.12.0)",
-            python.display()
-        ));
-        return;
+    if let Some(checked) = collector.check_with_sdk(dir.path()) {
+        assert_eq!(checked, 8);
     }
-    let batches = dir.path().join("batches.json");
-    let all: Vec<serde_json::Value> = collector
-        .batches()
-        .iter()
-        .map(|b| serde_json::from_slice(b).unwrap())
-        .collect();
-    std::fs::write(&batches, serde_json::to_vec(&all).unwrap()).unwrap();
-    let output = std::process::Command::new(&python)
-        .args(["-c", VALIDATE, batches.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.trim(), "8 valid CloudEvents 1.0", "{stderr}");
 }
-
-/// Each event, through the SDK's structured-mode parser (which checks the
-/// spec version and the required attributes) and back; `time` must be RFC
-/// 3339 and `data` an object.
-const VALIDATE: &str = r#"
-import json, sys
-from datetime import datetime
-from cloudevents.http import from_dict, from_http, to_structured
-count = 0
-for batch in json.load(open(sys.argv[1])):
-    for raw in batch:
-        event = from_dict(raw)
-        assert event["specversion"] == "1.0", raw
-        for required in ("id", "source", "type", "subject", "time"):
-            assert event[required], (required, raw)
-        datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-        assert isinstance(event.data, dict), raw
-        headers, body = to_structured(event)
-        again = from_http(headers, body)
-        assert again["id"] == event["id"] and again.data == event.data, raw
-        single = from_http({"content-type": "application/cloudevents+json"}, json.dumps(raw))
-        assert single["type"] == raw["type"]
-        count += 1
-print(f"{count} valid CloudEvents 1.0")
-"#;
 
 #[test]
 fn a_warm_record_allocates_nothing() {

@@ -26,14 +26,15 @@ use super::evaluate::{
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
 use super::log::{DecisionLog, DenialLine};
+use super::meters::{self, Metered, RouteMeters};
 use super::usage::{self, Bound, Entitlement, Sources, Subject, UsageReport, UsageRequest};
 use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::SharedStore;
 use crate::limits::{
-    retry_after_secs, Budget, Budgets, Charge, Counters, Limited, Limiter, MemoryStore, Permit,
-    Refusal,
+    retry_after_secs, Budget, Budgets, Charge, Counters, Held, Limited, Limiter, MemoryStore,
+    Permit, Refusal, Tickets,
 };
 use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
 
@@ -83,12 +84,36 @@ pub struct Allowed {
     /// What the rates and quotas that state it (`headers`) have left, for
     /// the response's `RateLimit-Policy` and `RateLimit` fields.
     pub budgets: Budgets,
+    /// Served-counted quota charges (`count: served`): kept if the
+    /// response is served, given back if not. Dropped unsettled, they give
+    /// the units back (the client went away).
+    pub tickets: Tickets,
+    /// The meters the matched route feeds, when it has any and a license
+    /// was verified: recorded once the response was served.
+    pub metered: Option<Metered>,
+    /// Response headers the workload reports usage in, to be removed from
+    /// the response (every response, metered or not).
+    pub usage_headers: Option<Arc<[HeaderName]>>,
     /// A shadow-mode rule would have denied for this reason.
     pub shadow: Option<Reason>,
     /// The matched route lets this request become a WebSocket tunnel.
     pub websocket: bool,
     /// A CORS preflight, forwarded without a license check or limits.
     pub preflight: bool,
+}
+
+impl Allowed {
+    /// Take what counting the limits left to hold until the response ends.
+    fn hold(&mut self, held: Held) {
+        let Held {
+            permits,
+            budgets,
+            tickets,
+        } = held;
+        self.permits = permits;
+        self.budgets = budgets;
+        self.tickets = tickets;
+    }
 }
 
 /// The verified license and its entitlement, once checked: filled by
@@ -176,6 +201,9 @@ struct Active {
     /// `decisions_total{allow, allowed, route}` per route, pre-resolved.
     allowed: Vec<IntCounter>,
     unmatched_allowed: IntCounter,
+    /// Per route: the meters it feeds.
+    meters: Vec<Option<Arc<RouteMeters>>>,
+    usage_headers: Option<Arc<[HeaderName]>>,
 }
 
 /// Decides every request. What it consults (license snapshots, the policy)
@@ -227,7 +255,7 @@ impl DecisionEngine {
             license,
             token_header,
             policy: None,
-            limiter: Limiter::new(store, None),
+            limiter: Limiter::new(store, None, Arc::clone(&metrics.limits.refunds)),
             entitlements: EntitlementCache::new(settings.entitlement_capacity),
             header_names: settings.license_headers.clone(),
             metrics,
@@ -239,7 +267,11 @@ impl DecisionEngine {
 
     /// Count rate, quota and seat limits in a shared store.
     pub fn with_shared_store(mut self, shared: Arc<SharedStore>) -> DecisionEngine {
-        self.limiter = Limiter::new(Arc::clone(self.limiter.memory()), Some(shared));
+        self.limiter = Limiter::new(
+            Arc::clone(self.limiter.memory()),
+            Some(shared),
+            Arc::clone(self.limiter.refunds()),
+        );
         self
     }
 
@@ -298,6 +330,8 @@ impl DecisionEngine {
             .map(|route| self.metrics.allowed(&route.name))
             .collect();
         let unmatched_allowed = self.metrics.allowed(UNMATCHED_ROUTE);
+        let route_meters = meters::route_meters(&policy);
+        let usage_headers = meters::usage_headers(&policy);
         let metrics = &self.metrics.policy;
         metrics.loaded.set(1);
         metrics.routes.set(policy.routes.len() as i64);
@@ -307,6 +341,8 @@ impl DecisionEngine {
             counters,
             allowed,
             unmatched_allowed,
+            meters: route_meters,
+            usage_headers,
         })
     }
 
@@ -420,9 +456,9 @@ impl DecisionEngine {
         if let Outcome::Count(plan) = verdict.outcome {
             let context = self.key_context(&plan, head, peer);
             let charges = charges(active, plan, &context);
-            let counted =
-                self.limiter
-                    .count_in_memory(charges, &mut allowed.permits, &mut allowed.budgets);
+            let mut held = Held::default();
+            let counted = self.limiter.count_in_memory(charges, &mut held);
+            allowed.hold(held);
             if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
@@ -445,10 +481,9 @@ impl DecisionEngine {
             let context = self.key_context(&plan, head, peer);
             let charges = charges(active, plan, &context);
             let tag = plan.license.map(|license| license.claims.sub.as_str());
-            let counted = self
-                .limiter
-                .count(tag, charges, &mut allowed.permits, &mut allowed.budgets)
-                .await;
+            let mut held = Held::default();
+            let counted = self.limiter.count(tag, charges, &mut held).await;
+            allowed.hold(held);
             if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
@@ -506,6 +541,16 @@ impl DecisionEngine {
             }
             Outcome::Count(_) => Ok(()),
         };
+        allowed.usage_headers.clone_from(&active.usage_headers);
+        // A preflight carries no license and feeds no meter.
+        if let (false, Some(route), Some((_, entitled))) = (allowed.preflight, route, slot.get()) {
+            if let Some(feeds) = &active.meters[route.id] {
+                allowed.metered = Some(Metered {
+                    meters: Arc::clone(feeds),
+                    license: Arc::clone(&entitled.identity),
+                });
+            }
+        }
         match result {
             Ok(()) if allowed.preflight => {
                 self.metrics.preflight(route_name);

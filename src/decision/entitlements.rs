@@ -16,6 +16,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use http::HeaderValue;
 
+use super::meters::LicenseIdentity;
 use crate::license::VerifiedLicense;
 use crate::policy::{Entitlement, Policy};
 
@@ -53,6 +54,8 @@ pub struct Entitled {
     /// `None` when running without a policy.
     pub entitlement: Option<Entitlement>,
     pub headers: Arc<LicenseHeaders>,
+    /// Whose usage its requests are, for the meters.
+    pub identity: Arc<LicenseIdentity>,
 }
 
 struct Entry {
@@ -150,6 +153,11 @@ fn entitle(license: &VerifiedLicense, policy: Option<&Policy>) -> Entitled {
             id: value(&license.claims.sub),
             plan: (!lic.plan.is_empty()).then(|| value(&lic.plan)).flatten(),
             features: value(&features.join(",")),
+        }),
+        identity: Arc::new(LicenseIdentity {
+            license: license.claims.sub.as_str().into(),
+            customer: lic.customer.as_deref().map(Into::into),
+            plan: lic.plan.as_str().into(),
         }),
     }
 }

@@ -7,6 +7,7 @@ mod engine;
 mod entitlements;
 pub mod evaluate;
 mod log;
+mod meters;
 mod metrics;
 pub mod usage;
 
@@ -205,9 +206,14 @@ impl Reason {
 
 /// What the engine concluded for one request.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing `Allowed` would allocate on every allowed request, \
+              which the decision path never does (tests/allocations.rs)"
+)]
 pub enum Decision {
     Allow(Allowed),
-    /// Boxed so that the common `Allow` stays one word wide.
+    /// Boxed: a denial is larger still, and rarer.
     Deny(Box<Denial>),
 }
 
@@ -332,6 +338,7 @@ pub use evaluate::{
     evaluate, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace, Verdict,
 };
+pub use meters::{LicenseIdentity, MeterFeed, Metered, RouteMeters};
 pub use metrics::DecisionMetrics;
 
 #[cfg(test)]

@@ -61,6 +61,18 @@ impl Task {
         }
     }
 
+    /// Upkeep that runs on until `stops_at`, past [`Phase::Stopping`]:
+    /// metering's exporters, which send what the last flush journalled
+    /// while the last writes happen.
+    pub const fn upkeep_until(name: &'static str, stops_at: Phase) -> Task {
+        Task {
+            name,
+            essential: false,
+            stops_at,
+            awaited: false,
+        }
+    }
+
     /// The task watches the lifecycle itself and, once its phase comes, is
     /// awaited (up to that phase's bound) while it finishes: the proxy
     /// letting open connections end.

@@ -6,13 +6,20 @@
 //! key, seat holder and number for this request, as [`Charge`]s; this module
 //! decides *where* and *how*: which store counts which kind, what a replica
 //! counts while the shared store is away (each limit's `on_store_error`, its
-//! number divided by the replicas), and what a refusal gives back.
+//! number divided by the replicas), what a refusal gives back, and the
+//! [`Ticket`]s that give back a served-counted quota's units when the
+//! request turns out not to be served.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::outage::WindowKey;
 use super::shared::{SharedOutcome, SharedStore};
-use super::{Budget, Budgets, Checked, Clock, Counters, Left, Limited, MemoryStore, Permit};
+use super::ticket::{OutageNote, SharedTicket};
+use super::{
+    Budget, Budgets, Checked, Clock, Counters, Left, Limited, MemoryStore, Permit, RefundMetrics,
+    Ticket, Tickets,
+};
 use crate::policy::{LimitDef, LimitKind, OnStoreError};
 
 /// One limit as one request counts it.
@@ -47,6 +54,27 @@ pub enum Refusal<'a> {
 pub struct Limiter {
     memory: Arc<MemoryStore>,
     shared: Option<Arc<SharedStore>>,
+    refunds: Arc<RefundMetrics>,
+}
+
+/// What an allowed request holds once counted, until its response ends.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Concurrency slots.
+    pub permits: Vec<Permit>,
+    /// What the rates and quotas that state it have left.
+    pub budgets: Budgets,
+    /// Served-counted quota charges, settled when the response ends.
+    pub tickets: Tickets,
+}
+
+impl Held {
+    /// A refusal: the slots go, the units were given back already.
+    fn refused(&mut self) {
+        self.permits.clear();
+        self.budgets.clear();
+        self.tickets.forget();
+    }
 }
 
 /// What this replica counts of a request's limits.
@@ -105,8 +133,21 @@ fn offer(budgets: &mut Budgets, charge: &Charge<'_>, limit: u64, left: Option<Le
 }
 
 impl Limiter {
-    pub fn new(memory: Arc<MemoryStore>, shared: Option<Arc<SharedStore>>) -> Limiter {
-        Limiter { memory, shared }
+    pub fn new(
+        memory: Arc<MemoryStore>,
+        shared: Option<Arc<SharedStore>>,
+        refunds: Arc<RefundMetrics>,
+    ) -> Limiter {
+        Limiter {
+            memory,
+            shared,
+            refunds,
+        }
+    }
+
+    /// Where served-counted quota charges given back are counted.
+    pub fn refunds(&self) -> &Arc<RefundMetrics> {
+        &self.refunds
     }
 
     /// The in-memory store: this replica's counters, and the state file's.
@@ -123,19 +164,13 @@ impl Limiter {
     }
 
     /// Count `charges` in memory, in order; never suspends. Concurrency
-    /// slots go to `permits`, what the rates and quotas that state it have
-    /// left to `budgets`. Without a shared store this is the whole count;
-    /// with one, use [`Limiter::count`].
-    pub fn count_in_memory<'a, I>(
-        &self,
-        charges: I,
-        permits: &mut Vec<Permit>,
-        budgets: &mut Budgets,
-    ) -> Result<(), Refusal<'a>>
+    /// slots, budgets and tickets go to `held`. Without a shared store this
+    /// is the whole count; with one, use [`Limiter::count`].
+    pub fn count_in_memory<'a, I>(&self, charges: I, held: &mut Held) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
-        self.count_here(charges, Share::All, permits, budgets)
+        self.count_here(charges, Share::All, held)
     }
 
     /// Count `charges`: in the shared store when there is one (one round
@@ -145,16 +180,15 @@ impl Limiter {
         &self,
         tag: Option<&str>,
         charges: I,
-        permits: &mut Vec<Permit>,
-        budgets: &mut Budgets,
+        held: &mut Held,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
     {
         let Some(shared) = &self.shared else {
-            return self.count_here(charges, Share::All, permits, budgets);
+            return self.count_here(charges, Share::All, held);
         };
-        self.count_here(charges.clone(), Share::Concurrency, permits, budgets)?;
+        self.count_here(charges.clone(), Share::Concurrency, held)?;
         let is_remote = |charge: &Charge<'_>| !matches!(charge.def.kind, LimitKind::Concurrency);
         let first_key = charges.clone().find(is_remote).map(|charge| charge.key);
         let tag = tag.or(first_key.as_deref()).unwrap_or_default();
@@ -163,29 +197,37 @@ impl Limiter {
             tag,
         };
         if !shared.is_available() {
-            return self.count_here(charges, fallback, permits, budgets);
+            return self.count_here(charges, fallback, held);
         }
         let remote: Vec<Charge<'a>> = charges.clone().filter(is_remote).collect();
         if remote.is_empty() {
             return Ok(());
         }
         match shared.check(tag, &remote).await {
-            SharedOutcome::Allowed(left) => {
+            SharedOutcome::Allowed { left, refunds } => {
                 for (position, left) in left {
                     let charge = &remote[position];
-                    offer(budgets, charge, charge.amount, Some(left));
+                    offer(&mut held.budgets, charge, charge.amount, Some(left));
+                }
+                for refund in refunds {
+                    let ticket = Ticket::Shared(Box::new(SharedTicket {
+                        store: Arc::clone(shared),
+                        lease_key: refund.lease_key,
+                        key: refund.key,
+                        units: refund.units,
+                    }));
+                    held.tickets.push(ticket, &self.refunds);
                 }
                 Ok(())
             }
             SharedOutcome::Limited { position, limited } => {
-                permits.clear();
-                budgets.clear();
+                held.refused();
                 Err(Refusal::Limited {
                     def: remote[position].def,
                     limited,
                 })
             }
-            SharedOutcome::Unavailable => self.count_here(charges, fallback, permits, budgets),
+            SharedOutcome::Unavailable => self.count_here(charges, fallback, held),
         }
     }
 
@@ -195,8 +237,7 @@ impl Limiter {
         &self,
         charges: I,
         share: Share<'_>,
-        permits: &mut Vec<Permit>,
-        budgets: &mut Budgets,
+        held: &mut Held,
     ) -> Result<(), Refusal<'a>>
     where
         I: Iterator<Item = Charge<'a>> + Clone,
@@ -208,8 +249,7 @@ impl Limiter {
                 Portion::Divided(by) => by,
                 Portion::Deny => {
                     self.give_back(charges.take(counted), share);
-                    permits.clear();
-                    budgets.clear();
+                    held.refused();
                     return Err(Refusal::StoreUnavailable { def: charge.def });
                 }
             };
@@ -224,14 +264,19 @@ impl Limiter {
             );
             match checked {
                 Checked::Allowed(left) => {
-                    offer(budgets, &charge, amount, left);
+                    offer(&mut held.budgets, &charge, amount, left);
                     self.record_outage(&charge, share, false);
                 }
-                Checked::Held(permit) => permits.push(permit),
+                Checked::Ticketed(left, hold) => {
+                    offer(&mut held.budgets, &charge, amount, Some(left));
+                    let outage = self.record_outage(&charge, share, false);
+                    held.tickets
+                        .push(Ticket::Memory { hold, outage }, &self.refunds);
+                }
+                Checked::Held(permit) => held.permits.push(permit),
                 Checked::Limited(limited) => {
                     self.give_back(charges.take(counted), share);
-                    permits.clear();
-                    budgets.clear();
+                    held.refused();
                     return Err(Refusal::Limited {
                         def: charge.def,
                         limited,
@@ -263,21 +308,35 @@ impl Limiter {
     /// In fallback, note a quota's units counted here (or, `given_back`,
     /// no longer) in the outage ledger, to be merged into the shared store
     /// when it is back. Rates and seats have nothing to merge (see
-    /// [`super::outage`]).
-    fn record_outage(&self, charge: &Charge<'_>, share: Share<'_>, given_back: bool) {
+    /// [`super::outage`]). Where it was noted, for a served-counted
+    /// quota's ticket to take it out again (fallback only, so allocating
+    /// here is no cost on the usual path).
+    fn record_outage(
+        &self,
+        charge: &Charge<'_>,
+        share: Share<'_>,
+        given_back: bool,
+    ) -> Option<Box<OutageNote>> {
         let (Share::Fallback { tag, .. }, LimitKind::Quota { period }, Some(shared)) =
             (share, &charge.def.kind, &self.shared)
         else {
-            return;
+            return None;
         };
         let ledger = shared.outage();
         let now = self.memory.clock().unix_nanos() / 1_000_000_000;
         let (name, key) = (&charge.def.name, &*charge.key);
         if given_back {
             ledger.give_back(tag, name, key, *period, now, charge.cost);
-        } else {
-            ledger.record(tag, name, key, *period, now, charge.cost);
+            return None;
         }
+        ledger.record(tag, name, key, *period, now, charge.cost);
+        (charge.def.count == crate::policy::Count::Served).then(|| {
+            Box::new(OutageNote {
+                store: Arc::clone(shared),
+                window: WindowKey::new(tag, name, key, *period, now),
+                period: *period,
+            })
+        })
     }
 }
 

@@ -1,8 +1,49 @@
 //! Metrics of the limit counters: usage per limit, and the shared store.
 
+use std::sync::Arc;
+
 use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec};
 
+use super::Unserved;
 use crate::metrics::Registry;
+
+/// `licensegate_quota_refunds_total{reason}`: served-counted quota charges
+/// given back because their request was not served.
+pub struct RefundMetrics {
+    by_reason: Vec<IntCounter>,
+}
+
+impl std::fmt::Debug for RefundMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefundMetrics").finish_non_exhaustive()
+    }
+}
+
+impl RefundMetrics {
+    pub fn new(registry: &Registry) -> RefundMetrics {
+        let family = registry.counter_vec(
+            "licensegate_quota_refunds_total",
+            "Quota charges given back because the request was not served (count: served), by \
+             reason (upstream_error: a 5xx; incomplete: the response body did not complete; \
+             client_gone: the client left before the response head).",
+            &["reason"],
+        );
+        RefundMetrics {
+            by_reason: crate::metrics::resolve_counters(
+                &family,
+                Unserved::ALL.iter().map(|r| r.as_str()),
+            ),
+        }
+    }
+
+    pub fn refunded(&self, reason: Unserved, charges: u64) {
+        let index = Unserved::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL");
+        self.by_reason[index].inc_by(charges);
+    }
+}
 
 /// Limit usage, refreshed by the periodic sweep.
 pub struct LimitMetrics {
@@ -14,6 +55,8 @@ pub struct LimitMetrics {
     pub quota_limit: IntGaugeVec,
     /// `{limit}`: keys tracked (memory held by counters).
     pub limit_keys: IntGaugeVec,
+    /// Served-counted quota charges given back.
+    pub refunds: Arc<RefundMetrics>,
 }
 
 impl std::fmt::Debug for LimitMetrics {
@@ -50,6 +93,7 @@ impl LimitMetrics {
                 "Counter keys tracked per limit.",
                 &["limit"],
             ),
+            refunds: Arc::new(RefundMetrics::new(registry)),
         }
     }
 }

@@ -6,6 +6,11 @@
 //! limit *name*, so a policy reload that keeps a limit keeps its counts.
 //! Counters never block: a check is a map lookup and an atomic update (a
 //! short mutex for quotas and seats).
+//!
+//! A quota that counts served requests (`count: served`, the default) takes
+//! its units when the request is decided and hands out a [`Ticket`] that
+//! gives them back if the response turns out not to be served (see
+//! `ticket.rs`).
 
 mod budget;
 mod clock;
@@ -20,6 +25,7 @@ mod seats;
 mod settings;
 pub mod shared;
 mod threshold;
+mod ticket;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,14 +34,16 @@ use std::time::Duration;
 pub use budget::{Budget, Budgets, Left, MAX_BUDGETS};
 pub use clock::Clock;
 pub use concurrency::Permit;
-pub use limiter::{Charge, Limiter, Refusal};
-pub use metrics::{LimitMetrics, StoreMetrics};
+pub use limiter::{Charge, Held, Limiter, Refusal};
+pub use metrics::{LimitMetrics, RefundMetrics, StoreMetrics};
 pub use outage::{OutageLedger, Unmerged, WindowKey};
 pub use quota::window as quota_window;
+pub use quota::QuotaHold;
 pub use settings::{StoreMode, StoreNodes, StoreSettings};
 pub use threshold::{crossed, Crossing, ThresholdLedger};
+pub use ticket::{SharedTicket, Ticket, Tickets, Unserved};
 
-use crate::policy::{LimitDef, LimitKind};
+use crate::policy::{Count, LimitDef, LimitKind};
 use concurrency::ConcurrencyCounters;
 use parking_lot::Mutex;
 use quota::QuotaCounters;
@@ -62,6 +70,9 @@ pub enum Checked {
     Allowed(Option<Left>),
     /// A concurrency slot, held until the response is sent.
     Held(Permit),
+    /// Counted by a served-counted quota (`count: served`): what is left,
+    /// and what gives the units back if the request is not served.
+    Ticketed(Left, QuotaHold),
     Limited(Limited),
 }
 
@@ -122,6 +133,12 @@ impl Counters {
                     clock.mono_nanos(),
                 )
                 .map(Some),
+            (Counters::Quota(c), LimitKind::Quota { period }) if def.count == Count::Served => {
+                return match c.check_held(key, amount, *period, cost, clock.unix_nanos()) {
+                    Ok((left, hold)) => Checked::Ticketed(left, hold),
+                    Err(limited) => Checked::Limited(limited),
+                };
+            }
             (Counters::Quota(c), LimitKind::Quota { period }) => c
                 .check(key, amount, *period, cost, clock.unix_nanos())
                 .map(Some),

@@ -41,7 +41,13 @@ pub struct WindowKey {
 
 impl WindowKey {
     /// The window of `period` containing `now` (unix seconds).
-    fn new(tag: &str, limit: &Arc<str>, key: &str, period: Period, now: u64) -> WindowKey {
+    pub(crate) fn new(
+        tag: &str,
+        limit: &Arc<str>,
+        key: &str,
+        period: Period,
+        now: u64,
+    ) -> WindowKey {
         WindowKey {
             tag: tag.into(),
             limit: Arc::clone(limit),

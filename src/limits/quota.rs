@@ -4,6 +4,7 @@
 //! window estimate): constant memory per key, exact at window edges and
 //! never below the true count by more than the previous window's share.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -24,10 +25,40 @@ pub struct QuotaState {
     pub previous: u64,
 }
 
+/// One key's count. Shared (an `Arc`) so that a served-counted request's
+/// [`Ticket`](super::Ticket) gives its units back to the very slot it took
+/// them from, without a key (a `String`) on the decision path.
+pub type QuotaSlot = Arc<Mutex<QuotaState>>;
+
 #[derive(Debug)]
 pub struct QuotaCounters {
-    map: DashMap<Box<str>, Mutex<QuotaState>, Hasher>,
+    map: DashMap<Box<str>, QuotaSlot, Hasher>,
     max_keys: usize,
+}
+
+/// What a served-counted quota charge took: the slot, the window (start and
+/// length, seconds) and the units, to give back if the request is not served.
+#[derive(Debug)]
+pub struct QuotaHold {
+    pub slot: QuotaSlot,
+    pub window_start: u64,
+    pub length: u64,
+    pub rolling: bool,
+    pub units: u64,
+}
+
+impl QuotaHold {
+    /// Give the units back: to the window they were counted in, or, for a
+    /// rolling quota that has moved on by one window since, to the previous
+    /// window's count it now carries. Older windows count no more.
+    pub fn give_back(&self) {
+        let mut state = self.slot.lock();
+        if state.window_start == self.window_start {
+            state.used = state.used.saturating_sub(self.units);
+        } else if self.rolling && state.window_start == self.window_start + self.length {
+            state.previous = state.previous.saturating_sub(self.units);
+        }
+    }
 }
 
 /// The window containing `now` (unix seconds): (start, length in seconds).
@@ -142,6 +173,33 @@ impl QuotaCounters {
         cost: u64,
         now_nanos: u64,
     ) -> Result<Left, Limited> {
+        self.count(key, amount, period, cost, now_nanos, false)
+            .map(|(left, _)| left)
+    }
+
+    /// [`QuotaCounters::check`], holding what was counted so that it can be
+    /// given back (`count: served`).
+    pub fn check_held(
+        &self,
+        key: &str,
+        amount: u64,
+        period: Period,
+        cost: u64,
+        now_nanos: u64,
+    ) -> Result<(Left, QuotaHold), Limited> {
+        self.count(key, amount, period, cost, now_nanos, true)
+            .map(|(left, hold)| (left, hold.expect("asked for")))
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        amount: u64,
+        period: Period,
+        cost: u64,
+        now_nanos: u64,
+        hold: bool,
+    ) -> Result<(Left, Option<QuotaHold>), Limited> {
         let now = now_nanos / NANOS;
         let (start, length) = window(period, now);
         let entry = entry_or_overflow(&self.map, key, self.max_keys);
@@ -162,11 +220,20 @@ impl QuotaCounters {
             });
         }
         state.used += cost;
-        Ok(Left {
+        drop(state);
+        let left = Left {
             remaining: amount - used - cost,
             reset: Duration::from_nanos(end.saturating_sub(now_nanos)),
             window: Duration::from_secs(length),
-        })
+        };
+        let hold = hold.then(|| QuotaHold {
+            slot: Arc::clone(&entry),
+            window_start: start,
+            length,
+            rolling: matches!(period, Period::Rolling(_)),
+            units: cost,
+        });
+        Ok((left, hold))
     }
 
     pub fn refund(&self, key: &str, period: Period, cost: u64, now_nanos: u64) {
@@ -184,7 +251,7 @@ impl QuotaCounters {
     pub fn sweep(&self, period: Period, now_nanos: u64) -> usize {
         let (start, length) = window(period, now_nanos / NANOS);
         self.map.retain(|_, state| {
-            let state = state.get_mut();
+            let state = state.lock();
             state.window_start == start || state.window_start + length == start && state.used > 0
         });
         self.map.len()

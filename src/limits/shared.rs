@@ -29,7 +29,7 @@ use super::quota::window;
 use super::settings::{StoreMode, StoreNodes, StoreSettings};
 use super::{Charge, Clock, Hasher, Left, Limited, Reading};
 use crate::limits::StoreMetrics;
-use crate::policy::{LimitKind, Period};
+use crate::policy::{Count, LimitKind, Period};
 
 const SCRIPT: &str = include_str!("shared.lua");
 
@@ -58,12 +58,28 @@ pub struct SharedRead<'a> {
 /// What the store said about a request's limits.
 #[derive(Debug)]
 pub enum SharedOutcome {
-    /// Counted; what the rates and quotas at these positions have left.
-    Allowed(Vec<(usize, Left)>),
+    /// Counted; what the rates and quotas at these positions have left,
+    /// and where the units of served-counted quotas go back to if the
+    /// request is not served.
+    Allowed {
+        left: Vec<(usize, Left)>,
+        refunds: Vec<SharedRefund>,
+    },
     /// `checks[position]` refused.
     Limited { position: usize, limited: Limited },
     /// No answer in time (or an error): the caller falls back.
     Unavailable,
+}
+
+/// Where a served-counted quota's units go back to (see
+/// [`super::Ticket`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedRefund {
+    /// Leased mode: the local lease they were spent from (or taken with).
+    pub lease_key: Option<Box<str>>,
+    /// The quota window's key in the store.
+    pub key: String,
+    pub units: u64,
 }
 
 #[derive(Clone)]
@@ -196,7 +212,10 @@ impl SharedStore {
             Err(refused) => return refused,
         };
         if call.ops.is_empty() {
-            return SharedOutcome::Allowed(call.left);
+            return SharedOutcome::Allowed {
+                left: call.left,
+                refunds: call.refunds,
+            };
         }
         let reply = self.invoke(&call.encode()).await;
         let reply = reply.and_then(|reply| Reply::parse(&reply, call.ops.len()));
@@ -298,6 +317,13 @@ impl SharedStore {
                     let slice = if leased {
                         match self.spend_lease(&lease_key, charge.cost, now) {
                             Spend::Done { remaining, .. } => {
+                                if charge.def.count == Count::Served {
+                                    call.refunds.push(SharedRefund {
+                                        lease_key: Some(lease_key.as_str().into()),
+                                        key,
+                                        units: charge.cost,
+                                    });
+                                }
                                 call.spent_locally.push((lease_key.into(), charge.cost));
                                 let end = (start + length) * 1_000_000_000;
                                 let left = Left {
@@ -395,7 +421,8 @@ impl SharedStore {
         let (op, retry_us, remaining) = match reply {
             Some(Reply::Passed(passed)) => {
                 let mut left = call.left;
-                for ((_, purpose), passed) in call.ops.iter().zip(passed) {
+                let mut refunds = call.refunds;
+                for ((op, purpose), passed) in call.ops.iter().zip(passed) {
                     let Purpose::Count {
                         position,
                         lease,
@@ -405,6 +432,21 @@ impl SharedStore {
                         continue;
                     };
                     let charge = &charges[*position];
+                    if let (Op::Quota { key, .. }, Count::Served) = (op, charge.def.count) {
+                        refunds.push(match lease {
+                            // Taken with a new lease: back into it.
+                            Some(lease) => SharedRefund {
+                                lease_key: Some(lease.lease_key.clone()),
+                                key: lease.store_key.clone(),
+                                units: charge.cost,
+                            },
+                            None => SharedRefund {
+                                lease_key: None,
+                                key: key.clone(),
+                                units: charge.cost,
+                            },
+                        });
+                    }
                     let remaining = match lease {
                         Some(lease) => self.install_lease(lease, &passed, charge.cost, now),
                         None => passed.remaining,
@@ -435,7 +477,7 @@ impl SharedStore {
                 for (seen_key, until) in call.seen {
                     self.seats_seen.insert(seen_key.into(), until);
                 }
-                return SharedOutcome::Allowed(left);
+                return SharedOutcome::Allowed { left, refunds };
             }
             Some(Reply::Refused {
                 op,
@@ -1002,6 +1044,40 @@ impl SharedStore {
         lease.stated.saturating_add(lease.remaining)
     }
 
+    /// A served-counted request that was not served gives its `units`
+    /// back to the lease `lease_key` they were spent from, if it still
+    /// spends from the same window (`store_key`); `false` otherwise (then
+    /// they go back to the store: [`SharedStore::return_quota`]).
+    pub(crate) fn give_back_to_lease(&self, lease_key: &str, store_key: &str, units: u64) -> bool {
+        let Some(entry) = self.leases.get(lease_key) else {
+            return false;
+        };
+        let mut lease = entry.lock();
+        if lease.key != store_key {
+            return false;
+        }
+        lease.remaining += units;
+        lease.spent = lease.spent.saturating_sub(units);
+        true
+    }
+
+    /// Give `units` back to the quota window `key`: a served-counted
+    /// request that was not served. Lost (the quota over-counts) when the
+    /// store cannot take them.
+    pub async fn return_quota(&self, key: String, units: u64) {
+        if !self.is_available() {
+            tracing::debug!(key, units, "store away: quota units not given back");
+            return;
+        }
+        let call = Call {
+            ops: vec![(Op::ReturnQuota { key, units }, Purpose::Return)],
+            ..Call::default()
+        };
+        if self.invoke(&call.encode()).await.is_none() {
+            tracing::debug!(units, "quota units could not be given back to the store");
+        }
+    }
+
     fn give_back_local(&self, spent: &[(Box<str>, u64)]) {
         for (key, units) in spent {
             if let Some(entry) = self.leases.get(key) {
@@ -1255,6 +1331,8 @@ struct Call<'a> {
     spent_locally: Vec<(Box<str>, u64)>,
     /// Leased mode: what the limits spent locally have left, by position.
     left: Vec<(usize, Left)>,
+    /// Where served-counted quotas' units go back to (see [`SharedRefund`]).
+    refunds: Vec<SharedRefund>,
 }
 
 /// A call as the script takes it.

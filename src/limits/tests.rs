@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::policy::{Amount, KeyPart, Period};
+use crate::policy::{Amount, Count, KeyPart, Period};
 
 const MONTH_START: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
@@ -14,6 +14,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         needs_license: true,
         on_store_error: Default::default(),
         headers: true,
+        count: Count::Attempted,
     }
 }
 
@@ -344,4 +345,50 @@ fn budgets_keep_the_limits_closest_to_running_out() {
     );
     budgets.clear();
     assert!(budgets.is_empty());
+}
+
+#[test]
+fn a_served_quota_hands_out_what_gives_its_units_back_to_their_window() {
+    let clock = clock();
+    let mut d = def(
+        "q",
+        LimitKind::Quota {
+            period: Period::Rolling(Duration::from_secs(3600)),
+        },
+    );
+    d.count = crate::policy::Count::Served;
+    let c = Counters::new(&d, 100);
+    let used = |c: &Counters| c.usage(&d, &clock)[0].1;
+    let Checked::Ticketed(left, first) = c.check(&d, "k", "", 10, 2, &clock) else {
+        panic!("a served quota hands out a ticket");
+    };
+    assert_eq!(left.remaining, 8);
+    let Checked::Ticketed(_, second) = c.check(&d, "k", "", 10, 3, &clock) else {
+        panic!("a served quota hands out a ticket");
+    };
+    assert_eq!(used(&c), 5);
+    // Back into the window it was taken from.
+    first.give_back();
+    assert_eq!(used(&c), 3);
+    // The window has moved on by one: `second`'s units weigh as part of
+    // the previous window's count; given back, they weigh no more.
+    clock.advance(Duration::from_secs(3600));
+    assert!(allowed(c.check(&d, "k", "", 10, 1, &clock)));
+    assert_eq!(used(&c), 1 + 3);
+    second.give_back();
+    assert_eq!(used(&c), 1);
+    // A window long gone takes nothing back (nor goes below zero).
+    let Checked::Ticketed(_, old) = c.check(&d, "k", "", 10, 1, &clock) else {
+        panic!("a served quota hands out a ticket");
+    };
+    clock.advance(Duration::from_secs(3 * 3600));
+    assert!(allowed(c.check(&d, "k", "", 10, 4, &clock)));
+    old.give_back();
+    assert_eq!(used(&c), 4);
+    // A quota that counts attempts hands out none.
+    d.count = crate::policy::Count::Attempted;
+    assert!(matches!(
+        c.check(&d, "k", "", 10, 1, &clock),
+        Checked::Allowed(Some(_))
+    ));
 }

@@ -90,6 +90,9 @@ pub struct JournalMetrics {
     /// Appends to the journal (one per flushed window, one per event):
     /// disk writes follow the window, not the request rate.
     pub writes: IntCounter,
+    /// Served responses whose usage header (a `{header: NAME}` meter) was
+    /// absent or not a whole number: counted as 0.
+    pub bad_usage_headers: IntCounter,
 }
 
 impl std::fmt::Debug for JournalMetrics {
@@ -171,6 +174,11 @@ impl MeteringMetrics {
                     "licensegate_metering_journal_writes_total",
                     "Appends to the metering journal: one per flushed window and one per event, \
                      whatever the request rate.",
+                ),
+                bad_usage_headers: registry.counter(
+                    "licensegate_metering_bad_usage_headers_total",
+                    "Served responses whose usage header (a `{header: NAME}` meter) was absent or \
+                     not a whole number; the meter counted 0 for them.",
                 ),
             },
             backlog: registry.gauge_vec(

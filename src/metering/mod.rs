@@ -260,6 +260,12 @@ impl Metering {
         }
     }
 
+    /// A served response lacked its usage header (a `{header: NAME}`
+    /// meter), or it was not a whole number: counted, and the meter took 0.
+    pub fn bad_usage_header(&self) {
+        self.inner.metrics.bad_usage_headers.inc();
+    }
+
     /// Journal every open aggregate now, whatever its window. For tests
     /// and tools; the flusher does this on its own.
     pub async fn flush(&self) {

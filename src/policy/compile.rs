@@ -16,9 +16,9 @@ use super::locate::{dotted, locate, scalar_texts, Step};
 pub use super::matcher::HostMatch;
 use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
 use super::schema::{
-    check_flow_depth, AccessSetting, AmountSpec, CaseSetting, DefaultSpec, HeaderConditionSpec,
-    KeySpec, LimitSpec, MeterSpec, ModeSetting, PeriodSetting, PolicyFile, PreflightSetting,
-    RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
+    check_flow_depth, AccessSetting, AmountSpec, CaseSetting, CountSetting, DefaultSpec,
+    HeaderConditionSpec, KeySpec, LimitSpec, MeterSpec, ModeSetting, PeriodSetting, PolicyFile,
+    PreflightSetting, RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
 use crate::yaml::YamlError;
@@ -210,6 +210,22 @@ pub struct LimitDef {
     /// Rates and quotas: allowed responses state what is left of it
     /// (`RateLimit-Policy`, `RateLimit`); refusals always do.
     pub headers: bool,
+    /// Which requests keep what they counted (quotas; every other kind
+    /// counts attempts).
+    pub count: Count,
+}
+
+/// Which allowed requests a quota keeps its units for (setting `count`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Count {
+    /// Counted when decided, given back unless the response is served: a
+    /// status below 500 and a body that completed. A 5xx (licensegate's own
+    /// 502 and 504 included), a body cut short, or a client gone before the
+    /// response head costs nothing.
+    #[default]
+    Served,
+    /// Counted when decided and kept: every allowed request costs.
+    Attempted,
 }
 
 /// What a limit does when the shared counter store is unreachable or slow.
@@ -812,6 +828,24 @@ impl Compiler {
             self.broken_limits.insert(name.to_owned());
             return;
         }
+        let quota = matches!(kind, LimitKind::Quota { .. });
+        if spec.count.is_some() && !quota {
+            self.error(
+                f,
+                with(&at, "count"),
+                format!(
+                    "only quotas give back the units of requests that were not served; a {} counts every attempt",
+                    kind.as_str()
+                ),
+            );
+            self.broken_limits.insert(name.to_owned());
+            return;
+        }
+        let count = match spec.count {
+            _ if !quota => Count::Attempted,
+            None | Some(CountSetting::Served) => Count::Served,
+            Some(CountSetting::Attempted) => Count::Attempted,
+        };
         // A budget keyed by the license is the caller's own; one keyed by
         // an address or a header may be shared with others, so it is only
         // stated when asked for.
@@ -840,6 +874,7 @@ impl Compiler {
                     Some(StoreErrorSetting::Deny) => OnStoreError::Deny,
                 },
                 headers,
+                count,
             },
             f,
         ));

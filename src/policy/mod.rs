@@ -9,7 +9,7 @@
 //! - [`PolicySettings`]: where policies come from and how their counters are kept.
 
 pub mod compile;
-mod locate;
+pub mod locate;
 pub mod matcher;
 mod metrics;
 pub mod normalize;
@@ -17,9 +17,9 @@ pub mod schema;
 mod settings;
 
 pub use compile::{
-    Access, Amount, Claim, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount, LimitDef,
-    LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period, Policy,
-    PolicyError, Preflight, Route,
+    Access, Amount, Claim, Count, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount,
+    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period,
+    Policy, PolicyError, Preflight, Route,
 };
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};

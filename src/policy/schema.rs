@@ -375,6 +375,20 @@ pub struct LimitSpec {
     /// Rates and quotas: state the budget (`RateLimit-Policy`, `RateLimit`)
     /// on allowed responses too. Default: when keyed by the license.
     pub headers: Option<bool>,
+    /// Quotas: which requests use up units, `served` (default) or
+    /// `attempted`.
+    pub count: Option<CountSetting>,
+}
+
+/// `served`: a unit is taken when the request is decided (so concurrent
+/// requests cannot overshoot) and given back unless the response is served
+/// (below 500, body complete); `attempted`: every allowed request keeps its
+/// unit, whatever came of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountSetting {
+    Served,
+    Attempted,
 }
 
 /// `fallback` (count locally, the limit divided by the replica count),

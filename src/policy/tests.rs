@@ -2213,7 +2213,7 @@ fn rolling_quota_retry_after_is_honest() {
     for _ in 0..10 {
         assert!(matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed(_)
+            Checked::Ticketed(..)
         ));
     }
     let Checked::Limited(limited) = counters.check(def, "k", "", 10, 1, &clock) else {
@@ -2223,7 +2223,7 @@ fn rolling_quota_retry_after_is_honest() {
     assert!(
         matches!(
             counters.check(def, "k", "", 10, 1, &clock),
-            Checked::Allowed(_)
+            Checked::Ticketed(..)
         ),
         "refused again after waiting the Retry-After of {:?}",
         limited.retry_after
@@ -2242,12 +2242,12 @@ fn refunds_reach_the_overflow_counter() {
     let counters = store.counters(def);
     assert!(matches!(
         counters.check(def, "first", "", 100, 1, &clock),
-        Checked::Allowed(_)
+        Checked::Ticketed(..)
     ));
     // No room for a second key: `second` is counted under the overflow key.
     assert!(matches!(
         counters.check(def, "second", "", 100, 5, &clock),
-        Checked::Allowed(_)
+        Checked::Ticketed(..)
     ));
     // A later limit refused the request: give the 5 units back.
     counters.refund(def, "second", 100, 5, &clock);
@@ -2750,4 +2750,69 @@ fn headers_is_a_boolean_for_rates_and_quotas_only() {
         (4, 14),
         &["limits.users.headers: only rates and quotas state a budget in headers, not seats"],
     );
+}
+
+#[test]
+fn quotas_count_served_requests_unless_told_attempted() {
+    let policy = clean(
+        "limits:
+  monthly: {quota: {limit: 100, period: month}}
+  daily:
+    quota: {limit: 10, period: day}
+    count: attempted
+  hourly:
+    quota: {limit: 5, period: hour}
+    count: served
+  api: {rate: {limit: 5, per: 1m}}
+  inflight: {concurrency: {limit: 2}}
+routes:
+  - {path: /x, limits: [inflight, api, monthly, daily, hourly]}
+",
+    );
+    let counted: Vec<(&str, Count)> = policy
+        .limits
+        .iter()
+        .map(|def| (&*def.name, def.count))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("monthly", Count::Served),
+            ("daily", Count::Attempted),
+            ("hourly", Count::Served),
+            // Every other kind counts attempts.
+            ("api", Count::Attempted),
+            ("inflight", Count::Attempted),
+        ]
+    );
+}
+
+#[test]
+fn count_is_served_or_attempted_and_for_quotas_only() {
+    assert_only(
+        &errors("limits:\n  q:\n    quota: {limit: 5, period: day}\n    count: finished\n"),
+        FILE,
+        (4, 12),
+        &[
+            "limits.q.count",
+            "unknown variant `finished`",
+            "served",
+            "attempted",
+        ],
+    );
+    for (kind, spec) in [
+        ("rate", "rate: {limit: 5, per: 1m}"),
+        ("seats", "seats: {identity: 'header:x-user', limit: 3}"),
+        ("concurrency", "concurrency: {limit: 3}"),
+    ] {
+        let text = format!("limits:\n  l:\n    {spec}\n    count: served\n");
+        assert_only(
+            &errors(&text),
+            FILE,
+            (4, 12),
+            &[&format!(
+                "limits.l.count: only quotas give back the units of requests that were not served; a {kind} counts every attempt"
+            )],
+        );
+    }
 }

@@ -26,11 +26,11 @@ use crate::tls::TlsError;
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
 use super::error::{Failure, UpstreamError};
-use super::io::ConnectionSlot;
+use super::io::{ConnectionSlot, RequestBody};
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
 
-type UpstreamClient = Client<Budgeted<HttpsConnector<HttpConnector>>, Incoming>;
+type UpstreamClient = Client<Budgeted<HttpsConnector<HttpConnector>>, RequestBody>;
 
 /// Idle direct upstream connections kept for new inbound connections.
 const DIRECT_MAX_IDLE: usize = 1024;
@@ -291,7 +291,7 @@ impl Forwarder {
     /// its response body has been sent.
     pub async fn send_pooled(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Slot), UpstreamError> {
         let sending = async {
             let slot = self.budget.request().await?;

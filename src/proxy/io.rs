@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::settings::STREAM_RESET_WINDOW;
+use super::settle::Settlement;
 
 /// What an inbound connection holds for its whole life, including the
 /// tunnel it may become: its `limits.max_connections` slot, its place in
@@ -263,6 +264,9 @@ pin_project_lite::pin_project! {
         // a pooled request's slot of the upstream budget: given back once
         // the body (declared first, so dropped first) is done with it.
         upstream: Option<super::upstream::UpstreamHold>,
+        // Quota tickets and meters, settled (on drop) by whether the body
+        // completed.
+        settle: Option<Settlement>,
     }
 }
 
@@ -272,14 +276,21 @@ impl<B: Body> InFlightBody<B> {
         mut guard: InFlight,
         permits: Vec<crate::limits::Permit>,
         upstream: Option<super::upstream::UpstreamHold>,
+        mut settle: Option<Settlement>,
     ) -> Self {
         // An empty body is never polled: its response is complete as sent.
         guard.complete = body.is_end_stream();
+        if guard.complete {
+            if let Some(settle) = &mut settle {
+                settle.completed();
+            }
+        }
         InFlightBody {
             body,
             guard,
             permits,
             upstream,
+            settle,
         }
     }
 }
@@ -296,13 +307,69 @@ impl<B: Body<Data = Bytes>> Body for InFlightBody<B> {
         let polled = this.body.as_mut().poll_frame(cx);
         // The server stops polling once the body says it has ended; an
         // upstream body error ends the response too, not the client's doing.
-        let ended = match &polled {
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Pending => false,
+        let (ended, whole) = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(settle), Some(data)) = (this.settle.as_mut(), frame.data_ref()) {
+                    settle.sent(data.len());
+                }
+                let ended = this.body.is_end_stream();
+                (ended, ended)
+            }
+            Poll::Ready(None) => (true, true),
+            // Cut short: not a served response.
+            Poll::Ready(Some(Err(_))) => (true, false),
+            Poll::Pending => (false, false),
         };
         if ended {
             this.guard.complete = true;
+        }
+        if whole {
+            if let Some(settle) = this.settle.as_mut() {
+                settle.completed();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on its way to the upstream, counting the bytes that
+    /// go through when a meter needs them (`request_bytes`).
+    pub struct RequestBody {
+        #[pin]
+        body: hyper::body::Incoming,
+        counted: Option<Arc<AtomicU64>>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(body: hyper::body::Incoming, counted: Option<Arc<AtomicU64>>) -> RequestBody {
+        RequestBody { body, counted }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let (Some(counted), Poll::Ready(Some(Ok(frame)))) = (this.counted.as_ref(), &polled) {
+            if let Some(data) = frame.data_ref() {
+                counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
         polled
     }

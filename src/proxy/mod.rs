@@ -8,6 +8,7 @@ mod io;
 mod metrics;
 pub mod server;
 pub mod settings;
+mod settle;
 mod tunnel;
 mod upstream;
 
@@ -26,9 +27,10 @@ use crate::problem::{self, Format};
 use conn::ConnContext;
 use error::UpstreamError;
 use forward::{Forwarder, Via};
-use io::{InFlight, InFlightBody};
+use io::{InFlight, InFlightBody, RequestBody};
 pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
 pub use settings::ProxySettings;
+use settle::{strip_usage_headers, Settlement};
 
 /// Response bodies: the upstream's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -39,10 +41,13 @@ pub struct Shared {
     pub engine: DecisionEngine,
     pub forwarder: Forwarder,
     pub metrics: Arc<ProxyMetrics>,
+    /// Where served requests' meters are recorded, when metering is on.
+    pub metering: Option<crate::metering::Metering>,
 }
 
 /// One request, from head to response head: decide, then forward or reject.
-/// The response body keeps `in_flight` until it has been sent.
+/// The response body keeps `in_flight` until it has been sent, and settles
+/// the request's quota tickets and meters when it ends (see `settle.rs`).
 ///
 /// Forwarding is inlined here (prepare, send, finish) rather than behind
 /// another async fn: each async layer moved the request and the futures
@@ -70,13 +75,14 @@ pub async fn handle(
     };
     let mut permits = Vec::new();
     let mut stream_lease = None;
+    let mut settlement = None;
     let response = match decision {
         Decision::Deny(denial) => {
             shared.metrics.request(Outcome::Deny, denial.reason);
             let format = problem::format_for(&head.method, &head.headers);
             problem::render(*denial, format).map(Either::Right)
         }
-        Decision::Allow(allowed) => {
+        Decision::Allow(mut allowed) => {
             let reason = if allowed.preflight {
                 Reason::CorsPreflight
             } else {
@@ -86,6 +92,13 @@ pub async fn handle(
             // Only a route that allows it opens a tunnel (a shadow-mode
             // refusal is forwarded as a plain request, upgrade stripped).
             let websocket = websocket.filter(|_| allowed.websocket);
+            // Held by this future until the response head: dropped with it
+            // (the client went away), it gives the quota units back.
+            settlement = Settlement::new(
+                std::mem::take(&mut allowed.tickets),
+                allowed.metered.take(),
+                shared.metering.as_ref(),
+            );
             let result = match forwarder.prepare(&mut head, &conn, websocket) {
                 Ok(outbound) => {
                     set_entitlement_headers(
@@ -94,9 +107,10 @@ pub async fn handle(
                         shared.engine.license_token_header(),
                         &allowed,
                     );
-                    permits = allowed.permits;
+                    permits = std::mem::take(&mut allowed.permits);
                     let asked = outbound.asked;
-                    let request = Request::from_parts(head, body);
+                    let counted = settlement.as_ref().and_then(Settlement::request_counter);
+                    let request = Request::from_parts(head, RequestBody::new(body, counted));
                     let sent = match outbound.via {
                         Via::Held(lease) => lease.send(request, outbound.keep_connection).await,
                         Via::Stream(lease) => {
@@ -124,12 +138,24 @@ pub async fn handle(
             match result {
                 Ok(mut response) => {
                     shared.metrics.request(Outcome::Allow, reason);
+                    if let Some(settlement) = &mut settlement {
+                        settlement.responded(response.status(), response.headers());
+                    }
+                    if let Some(names) = &allowed.usage_headers {
+                        strip_usage_headers(response.headers_mut(), names);
+                    }
                     if !allowed.budgets.is_empty() {
                         add_budget_headers(response.headers_mut(), &allowed.budgets);
                     }
                     response.map(Either::Left)
                 }
-                Err((error, format)) => upstream_failed(&shared, error, format),
+                Err((error, format)) => {
+                    let response = upstream_failed(&shared, error, format);
+                    if let Some(settlement) = &mut settlement {
+                        settlement.answered_here(response.status());
+                    }
+                    response
+                }
             }
         }
     };
@@ -137,7 +163,7 @@ pub async fn handle(
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(response.map(|body| InFlightBody::new(body, in_flight, permits, stream_lease)))
+    Ok(response.map(|body| InFlightBody::new(body, in_flight, permits, stream_lease, settlement)))
 }
 
 pub use crate::decision::SHADOW_DENY_HEADER;

@@ -36,9 +36,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
 use super::error::{of_io, Failure, UpstreamError};
+use super::io::RequestBody;
 use super::UpstreamErrorKind;
 
-type Sender = http1::SendRequest<Incoming>;
+type Sender = http1::SendRequest<RequestBody>;
 
 /// Idle upstream connections shared by all inbound connections.
 #[derive(Debug)]
@@ -314,7 +315,7 @@ impl Lease {
     /// their states several times per request (memcpy, measured with callgrind).
     pub async fn send(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         keep_connection: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let timeout = self.pool.response_timeout;

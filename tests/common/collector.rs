@@ -6,9 +6,10 @@
 //!
 //! It can be told to answer a status for the next requests (503 for a while,
 //! 400 once), to take a batch and then answer 503 (the acknowledgement lost
-//! on the way back), or to be down (listener and connections closed) and up
-//! again on the same port. It keeps raw deliveries apart from deduplicated
-//! ones, so a test can show both.
+//! on the way back) or not answer at all (the sender stuck mid-export), or
+//! to be down (listener and connections closed) and up again on the same
+//! port. It keeps raw deliveries apart from deduplicated ones, so a test can
+//! show both, and checks what it took with the CloudEvents reference SDK.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -37,6 +38,9 @@ pub enum Reply {
     /// Take (and count) the batch, then answer 503: an acknowledgement
     /// lost on its way back.
     TakeThen503,
+    /// Take (and count) the batch, then never answer: the sender is stuck
+    /// mid-export until it gives up (or dies).
+    TakeThenHold,
 }
 
 #[derive(Default)]
@@ -57,6 +61,8 @@ struct State {
     keys_match: bool,
     /// Request headers seen last.
     last_headers: Option<http::HeaderMap>,
+    /// Batches taken and never answered.
+    held: usize,
 }
 
 pub struct Collector {
@@ -213,7 +219,80 @@ impl Collector {
     pub fn last_headers(&self) -> Option<http::HeaderMap> {
         self.state.lock().last_headers.clone()
     }
+
+    /// Batches taken and held without an answer ([`Reply::TakeThenHold`]).
+    pub fn held(&self) -> usize {
+        self.state.lock().held
+    }
+
+    /// Check every event taken with the CloudEvents reference SDK (Python
+    /// `cloudevents`); the number checked, or `None` when the SDK is not
+    /// installed (the test is skipped loudly, or fails under
+    /// `LICENSEGATE_REQUIRE_TOOLS=1`).
+    pub fn check_with_sdk(&self, dir: &std::path::Path) -> Option<usize> {
+        let python = super::tools::tool(
+            "python3",
+            "LICENSEGATE_PYTHON",
+            &["target/ci-tools/bin/python3"],
+            "python3 with `pip install cloudevents==1.12.0`",
+        )?;
+        let has_sdk = std::process::Command::new(&python)
+            .args(["-c", "import cloudevents.http"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has_sdk {
+            super::skip(&format!(
+                "the CloudEvents SDK is not installed for {} (pip install cloudevents==1.12.0)",
+                python.display()
+            ));
+            return None;
+        }
+        let batches = dir.join("batches.json");
+        let all: Vec<serde_json::Value> = self
+            .batches()
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect();
+        std::fs::write(&batches, serde_json::to_vec(&all).unwrap()).unwrap();
+        let output = std::process::Command::new(&python)
+            .args(["-c", VALIDATE, batches.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        let count = stdout
+            .trim()
+            .strip_suffix(" valid CloudEvents 1.0")
+            .and_then(|n| n.parse().ok());
+        Some(count.unwrap_or_else(|| panic!("unexpected validator output: {stdout}\n{stderr}")))
+    }
 }
+
+/// Each event, through the SDK's structured-mode parser (which checks the
+/// spec version and the required attributes) and back; `time` must be RFC
+/// 3339 and `data` an object.
+const VALIDATE: &str = r#"
+import json, sys
+from datetime import datetime
+from cloudevents.http import from_dict, from_http, to_structured
+count = 0
+for batch in json.load(open(sys.argv[1])):
+    for raw in batch:
+        event = from_dict(raw)
+        assert event["specversion"] == "1.0", raw
+        for required in ("id", "source", "type", "subject", "time"):
+            assert event[required], (required, raw)
+        datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+        assert isinstance(event.data, dict), raw
+        headers, body = to_structured(event)
+        again = from_http(headers, body)
+        assert again["id"] == event["id"] and again.data == event.data, raw
+        single = from_http({"content-type": "application/cloudevents+json"}, json.dumps(raw))
+        assert single["type"] == raw["type"]
+        count += 1
+print(f"{count} valid CloudEvents 1.0")
+"#;
 
 fn answer(status: u16, retry_after: Option<u64>, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
@@ -231,16 +310,28 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return answer(400, None, "unreadable body");
     };
+    match take(state, parts, body) {
+        Some(response) => response,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to one request, or `None` for none at all.
+fn take(
+    state: &Mutex<State>,
+    parts: http::request::Parts,
+    body: Bytes,
+) -> Option<Response<Full<Bytes>>> {
     let mut state = state.lock();
     state.last_headers = Some(parts.headers.clone());
     let reply = state.script.pop_front();
     if let Some(Reply::Status(status, retry_after)) = reply {
         state.statuses.push(status);
-        return answer(
+        return Some(answer(
             status,
             retry_after,
             &format!("scripted {status}: try later or not at all"),
-        );
+        ));
     }
     let content_type = parts
         .headers
@@ -271,13 +362,17 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
     let status = match (taken, reply) {
         (Err(why), _) => {
             state.statuses.push(400);
-            return answer(400, None, &why);
+            return Some(answer(400, None, &why));
         }
         (Ok(()), Some(Reply::TakeThen503)) => 503,
+        (Ok(()), Some(Reply::TakeThenHold)) => {
+            state.held += 1;
+            return None;
+        }
         (Ok(()), _) => 200,
     };
     state.statuses.push(status);
-    answer(status, None, "{}")
+    Some(answer(status, None, "{}"))
 }
 
 fn take_batch(state: &mut State, body: &Bytes) -> Result<(), String> {

@@ -25,6 +25,7 @@ use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
+pub mod collector;
 pub mod mount;
 pub mod recording;
 pub mod tools;
@@ -324,7 +325,16 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+/// [`upstream`] on `listener` (e.g. bound to a port that was closed until
+/// now).
+pub fn upstream_on<F, Fut>(listener: TcpListener, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {

@@ -70,7 +70,8 @@ impl Fixture {
             .unwrap();
         let def = &self.policy.limits[index];
         match self.counters[index].check(def, key, identity, amount, 1, &self.clock) {
-            Checked::Allowed(_) => {}
+            // A hold given back only when asked: these stay counted.
+            Checked::Allowed(_) | Checked::Ticketed(..) => {}
             Checked::Held(permit) => self._permits.push(permit),
             Checked::Limited(limited) => panic!("{limit} refused: {limited:?}"),
         }

@@ -10,7 +10,7 @@ use super::*;
 use crate::limits::Counters;
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metrics::Registry;
-use crate::policy::{Amount, KeyPart, LimitDef};
+use crate::policy::{Amount, Count, KeyPart, LimitDef};
 
 /// 2026-01-15T12:00:00Z: half-way through a day, mid-month.
 const NOW: u64 = 1_768_478_400;
@@ -38,6 +38,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         needs_license: true,
         on_store_error: Default::default(),
         headers: true,
+        count: Count::Attempted,
     }
 }
 
@@ -301,7 +302,7 @@ fn leases_are_spent_locally_until_they_run_out() {
     let passed = Reply::Passed(vec![granted(10, 990)]);
     assert!(matches!(
         store.settle(call, Some(passed), &charges, 0, unix),
-        SharedOutcome::Allowed(_)
+        SharedOutcome::Allowed { .. }
     ));
 
     // Nine more requests are counted without a call.
@@ -427,7 +428,8 @@ fn a_passed_call_says_what_each_rate_and_quota_has_left() {
         granted(1, 957),
         granted(1, 0),
     ]);
-    let SharedOutcome::Allowed(left) = store.settle(call, Some(passed), &charges, 0, unix) else {
+    let SharedOutcome::Allowed { left, .. } = store.settle(call, Some(passed), &charges, 0, unix)
+    else {
         panic!("allowed");
     };
     assert_eq!(
@@ -465,7 +467,7 @@ fn a_lease_states_the_stores_rest_as_of_its_renewal_less_what_it_spent() {
     let call = store.plan("lic-1", &charges, 0, unix).unwrap();
     // The store granted 10 and has 985 left besides (5 are in other
     // replicas' leases or spent).
-    let SharedOutcome::Allowed(left) = store.settle(
+    let SharedOutcome::Allowed { left, .. } = store.settle(
         call,
         Some(Reply::Passed(vec![granted(10, 985)])),
         &charges,
@@ -552,4 +554,87 @@ fn a_merge_is_one_operation_with_its_marker_beside_the_window() {
     assert!(store
         .merge_op(&entry(hour - 7200, hourly, 3), NOW)
         .is_none());
+}
+
+#[test]
+fn a_served_quota_says_where_its_units_go_back_to() {
+    let unix = NOW * 1_000_000_000;
+    let mut q = quota(Period::Day);
+    q.count = Count::Served;
+    let r = rate();
+    let (qc, rc) = (counters(&q), counters(&r));
+    let charges = [charge(&r, &rc, 60), charge(&q, &qc, 1000)];
+
+    // Accurate: to the day's key in the store, the units this request took.
+    let accurate = store(StoreMode::Accurate);
+    let call = accurate.plan("lic-1", &charges, 0, unix).unwrap();
+    let passed = Reply::Passed(vec![granted(1, 59), granted(1, 999)]);
+    let SharedOutcome::Allowed { refunds, .. } =
+        accurate.settle(call, Some(passed), &charges, 0, unix)
+    else {
+        panic!("allowed");
+    };
+    let day = NOW - NOW % 86_400;
+    assert_eq!(
+        refunds,
+        vec![SharedRefund {
+            lease_key: None,
+            key: format!("lg:{{lic-1}}:calls:q:lic-1:{day}"),
+            units: 1,
+        }]
+    );
+    // A quota counted attempts says nothing.
+    let counts_attempts = quota(Period::Day);
+    let attempted = [charge(&r, &rc, 60), charge(&counts_attempts, &qc, 1000)];
+    let call = accurate.plan("lic-1", &attempted, 0, unix).unwrap();
+    let passed = Reply::Passed(vec![granted(1, 58), granted(1, 998)]);
+    assert!(matches!(
+        accurate.settle(call, Some(passed), &attempted, 0, unix),
+        SharedOutcome::Allowed { refunds, .. } if refunds.is_empty()
+    ));
+
+    // Leased: into the lease, whether the units came with a new lease or
+    // were spent from one.
+    let store = store(StoreMode::Leased);
+    let only = [charge(&q, &qc, 1000)];
+    let lease_key: Box<str> = "lg:{lic-1}:calls:q:lic-1".into();
+    let window_key = format!("lg:{{lic-1}}:calls:q:lic-1:{day}");
+    let expected = SharedRefund {
+        lease_key: Some(lease_key.clone()),
+        key: window_key.clone(),
+        units: 1,
+    };
+    let call = store.plan("lic-1", &only, 0, unix).unwrap();
+    let SharedOutcome::Allowed { refunds, .. } = store.settle(
+        call,
+        Some(Reply::Passed(vec![granted(10, 990)])),
+        &only,
+        0,
+        unix,
+    ) else {
+        panic!("allowed");
+    };
+    assert_eq!(refunds, vec![expected]);
+    // Spent from the lease, without a call (`check` answers with these).
+    let call = store.plan("lic-1", &only, 1, unix).unwrap();
+    assert!(call.ops.is_empty(), "spent from the lease");
+    assert_eq!(
+        call.refunds,
+        vec![SharedRefund {
+            lease_key: Some(lease_key.clone()),
+            key: window_key.clone(),
+            units: 1,
+        }]
+    );
+    let remaining = |store: &SharedStore| store.leases.iter().next().unwrap().lock().remaining;
+    assert_eq!(remaining(&store), 8);
+    // Given back: into the lease while it spends from the same window.
+    assert!(store.give_back_to_lease(&lease_key, &window_key, 1));
+    assert!(store.give_back_to_lease(&lease_key, &window_key, 1));
+    assert_eq!(remaining(&store), 10);
+    // Not into a lease of another window (nor one that does not exist):
+    // those units go back to the store.
+    assert!(!store.give_back_to_lease(&lease_key, "lg:{lic-1}:calls:q:lic-1:0", 1));
+    assert!(!store.give_back_to_lease("lg:{lic-2}:calls:q:lic-2", &window_key, 1));
+    assert_eq!(remaining(&store), 10);
 }
