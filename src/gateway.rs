@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::admin::{Admin, AdminServer, UsageReader};
 use crate::config::{ConfigError, Settings};
-use crate::decision::{DecisionEngine, DecisionMetrics, EngineSettings, WebSocketScope};
+use crate::decision::{
+    DecisionEngine, DecisionMetrics, EngineSettings, ThresholdAnnouncer, WebSocketScope,
+};
 use crate::dev::{plan_names, DevControl, DevLicense};
 use crate::exit;
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
@@ -273,6 +275,13 @@ impl Gateway {
             }
             None => (None, None),
         };
+        // Quota thresholds are announced with or without metering (a log
+        // line and a metric); with it, as billing events too.
+        engine = engine.with_thresholds(Arc::new(ThresholdAnnouncer::new(
+            metering.clone(),
+            shared_store.clone(),
+            &metrics.registry,
+        )));
         let metered = engine
             .with_current_policy(|policy| !policy.meters.is_empty())
             .unwrap_or(false);

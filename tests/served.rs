@@ -172,6 +172,7 @@ fn answer(
             };
             let reply_bytes: usize = header("x-reply-bytes").map_or(0, |n| n.parse().unwrap());
             let report = header("x-report");
+            let overage = header("x-licensegate-overage");
             let _ = request.into_body().collect().await;
             match path.as_str() {
                 "/api/slow" => {
@@ -212,6 +213,12 @@ fn answer(
                 }
                 _ => {
                     let mut response = Response::new(full(vec![b'r'; reply_bytes]));
+                    // What licensegate told the workload about overage.
+                    if let Some(overage) = &overage {
+                        response
+                            .headers_mut()
+                            .insert("x-saw-overage", overage.parse().unwrap());
+                    }
                     if let Some(report) = report {
                         response
                             .headers_mut()
@@ -779,4 +786,202 @@ async fn three_replicas_sharing_a_quota_in_redis_bill_exactly_what_they_served()
     if let Some(checked) = collector.check_with_sdk(bench.path()) {
         assert_eq!(checked, collector.deliveries());
     }
+}
+
+/// Threshold events (type `licensegate.quota.threshold`) the collector took,
+/// deduplicated by id: (limit, percent) per event.
+fn thresholds_at(collector: &Collector) -> Vec<(String, u64)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for batch in collector.batches() {
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&batch).unwrap();
+        for event in events {
+            if event["type"] == "licensegate.quota.threshold" {
+                let data = &event["data"];
+                seen.insert(
+                    event["id"].as_str().unwrap().to_owned(),
+                    (
+                        data["limit"].as_str().unwrap().to_owned(),
+                        data["threshold_percent"].as_u64().unwrap(),
+                    ),
+                );
+            }
+        }
+    }
+    let mut crossings: Vec<(String, u64)> = seen.into_values().collect();
+    crossings.sort_by_key(|(_, percent)| *percent);
+    crossings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overage_passes_to_the_soft_ceiling_is_metered_apart_and_thresholds_fire_once() {
+    let collector = Collector::start().await;
+    let (upstream, _arrived, _held) = start_upstream(bind_any().await);
+    let bench = Bench::new();
+    // 10 a day, soft to 150 %: 15 pass; announced at 80, 100 and 150 %.
+    let policy = "limits:
+  daily:
+    quota: {limit: 10, period: day}
+    overage: 1.5
+    thresholds: [80, 100, 150]
+meters:
+  calls: requests
+routes:
+  - {name: chat, path: /api/**, limits: [daily], meters: [calls]}
+";
+    let proxy = start(&bench.config("overage", upstream, policy, &collector, ""));
+    let auth = bench.auth("lic-overage");
+
+    let mut overage_seen = Vec::new();
+    for i in 1..=7 {
+        let got = call(&proxy, &format!("/api/{i}"), &auth, 0, &[]).await;
+        assert_eq!(got.status, 200, "request {i}");
+        overage_seen.push(got.headers.contains_key("x-saw-overage"));
+    }
+    // The 8th unit reaches 80 %, but the workload fails: announced, then
+    // given back; the next request reaches 80 % again, and is not announced
+    // a second time.
+    let got = call(&proxy, "/api/fail", &auth, 0, &[]).await;
+    assert_eq!(got.status, 503);
+    for i in 8..=15 {
+        let got = call(&proxy, &format!("/api/{i}"), &auth, 0, &[]).await;
+        assert_eq!(got.status, 200, "request {i}: the soft ceiling is 15");
+        let saw = got
+            .headers
+            .get("x-saw-overage")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(saw.as_deref(), (i > 10).then_some("daily"), "request {i}");
+        if i > 10 {
+            // The budget stated is the limit's, not the soft ceiling's.
+            let state = got.headers.get("ratelimit").unwrap().to_str().unwrap();
+            assert!(state.starts_with("\"daily\";r=0;"), "{state}");
+        }
+    }
+    assert!(
+        overage_seen.iter().all(|saw| !saw),
+        "no overage under 100 %"
+    );
+    let got = call(&proxy, "/api/16", &auth, 0, &[]).await;
+    assert_eq!(got.status, 429, "past the soft ceiling");
+
+    until(
+        "15 calls and 5 overage units at the collector",
+        async || collector.total("calls") == 15 && collector.total("daily.overage") == 5,
+    )
+    .await;
+    until("three threshold events", async || {
+        thresholds_at(&collector).len() >= 3
+    })
+    .await;
+    // Announced once each, the re-crossed 80 % included.
+    for percent in [80, 100, 150] {
+        let series = format!(
+            "licensegate_quota_thresholds_total{{limit=\"daily\",threshold=\"{percent}\"}}"
+        );
+        assert_eq!(metric_of(&proxy, &series).await, 1.0, "{series}");
+    }
+    assert!(stop(proxy, "TERM").success());
+    assert_eq!(
+        thresholds_at(&collector),
+        [
+            ("daily".to_owned(), 80),
+            ("daily".to_owned(), 100),
+            ("daily".to_owned(), 150)
+        ]
+    );
+    assert_eq!(collector.total("calls"), 15);
+    assert_eq!(collector.total("daily.overage"), 5);
+    if let Some(checked) = collector.check_with_sdk(bench.path()) {
+        assert_eq!(checked, collector.deliveries());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_is_announced_once_across_replicas_sharing_the_quota() {
+    if !redis::available() {
+        return;
+    }
+    let Some(redis) = redis::Redis::start() else {
+        return;
+    };
+    let collector = Collector::start().await;
+    let (upstream, _arrived, _held) = start_upstream(bind_any().await);
+    let bench = Bench::new();
+    let store = format!(
+        "store:\n  url: {}\n  timeout: 250ms\n  replicas: 2\n",
+        redis.url()
+    );
+    // A quota of 10 a day, announced at the default 80 and 100 %.
+    let replicas: Vec<Proxy> = (0..2)
+        .map(|i| {
+            start(&bench.config(
+                &format!("crossing-{i}"),
+                upstream,
+                &policy(10, "served"),
+                &collector,
+                &store,
+            ))
+        })
+        .collect();
+    for replica in &replicas {
+        tokio::task::block_in_place(|| replica.wait_for_log("shared counter store connected"));
+    }
+    let auth = bench.auth("lic-crossing");
+    let crossings = async |replica: &Proxy, percent: u16| {
+        let series = format!(
+            "licensegate_quota_thresholds_total{{limit=\"daily\",threshold=\"{percent}\"}}"
+        );
+        metric_of(replica, &series).await
+    };
+    for n in 0..7 {
+        assert_eq!(
+            call(&replicas[0], &format!("/api/{n}"), &auth, 0, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    // The 8th unit reaches 80 % on replica 0, which announces it; the
+    // workload fails, so the unit goes back to the store.
+    assert_eq!(
+        call(&replicas[0], "/api/fail", &auth, 0, &[]).await.status,
+        503
+    );
+    until("replica 0 announced 80 %", async || {
+        crossings(&replicas[0], 80).await == 1.0
+    })
+    .await;
+    // Replica 1 reaches 80 % again: the store says it was announced.
+    for n in 7..10 {
+        assert_eq!(
+            call(&replicas[1], &format!("/api/{n}"), &auth, 0, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        call(&replicas[1], "/api/10", &auth, 0, &[]).await.status,
+        429
+    );
+    until("replica 1 announced 100 %", async || {
+        crossings(&replicas[1], 100).await == 1.0
+    })
+    .await;
+    until("two threshold events at the collector", async || {
+        thresholds_at(&collector).len() >= 2
+    })
+    .await;
+    assert_eq!(
+        crossings(&replicas[1], 80).await,
+        0.0,
+        "80 % was announced by replica 0"
+    );
+    assert_eq!(crossings(&replicas[0], 100).await, 0.0);
+    for replica in replicas {
+        assert!(stop(replica, "TERM").success());
+    }
+    assert_eq!(
+        thresholds_at(&collector),
+        [("daily".to_owned(), 80), ("daily".to_owned(), 100)]
+    );
 }

@@ -27,6 +27,7 @@ use super::evaluate::{
 };
 use super::log::{DecisionLog, DenialLine};
 use super::meters::{self, Metered, RouteMeters};
+use super::thresholds::{Holder, ThresholdAnnouncer};
 use super::usage::{self, Bound, Entitlement, Sources, Subject, UsageReport, UsageRequest};
 use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
@@ -34,7 +35,7 @@ use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
 use crate::limits::shared::SharedStore;
 use crate::limits::{
     retry_after_secs, Budget, Budgets, Charge, Counters, Held, Limited, Limiter, MemoryStore,
-    Permit, Refusal, Tickets,
+    OverageUse, Permit, Refusal, Tickets,
 };
 use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
 
@@ -94,6 +95,10 @@ pub struct Allowed {
     /// Response headers the workload reports usage in, to be removed from
     /// the response (every response, metered or not).
     pub usage_headers: Option<Arc<[HeaderName]>>,
+    /// Quotas with `overage` this request went past 100 % of: the
+    /// upstream is told (`x-licensegate-overage`) and the units are
+    /// metered apart.
+    pub overage: Vec<OverageUse>,
     /// A shadow-mode rule would have denied for this reason.
     pub shadow: Option<Reason>,
     /// The matched route lets this request become a WebSocket tunnel.
@@ -109,10 +114,13 @@ impl Allowed {
             permits,
             budgets,
             tickets,
+            overage,
+            crossings: _,
         } = held;
         self.permits = permits;
         self.budgets = budgets;
         self.tickets = tickets;
+        self.overage = overage;
     }
 }
 
@@ -222,6 +230,8 @@ pub struct DecisionEngine {
     trust_forwarded: bool,
     /// What the evaluator is told about the deployment.
     evaluator: EvaluatorSettings,
+    /// Where quota threshold crossings go; `None`: they are dropped.
+    thresholds: Option<Arc<ThresholdAnnouncer>>,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -262,7 +272,15 @@ impl DecisionEngine {
             log: DecisionLog::default(),
             trust_forwarded: settings.trust_forwarded,
             evaluator,
+            thresholds: None,
         }
+    }
+
+    /// Announce quota threshold crossings (`thresholds`) through
+    /// `announcer`; without one they are dropped.
+    pub fn with_thresholds(mut self, announcer: Arc<ThresholdAnnouncer>) -> DecisionEngine {
+        self.thresholds = Some(announcer);
+        self
     }
 
     /// Count rate, quota and seat limits in a shared store.
@@ -458,6 +476,7 @@ impl DecisionEngine {
             let charges = charges(active, plan, &context);
             let mut held = Held::default();
             let counted = self.limiter.count_in_memory(charges, &mut held);
+            self.announce(&plan, &mut held);
             allowed.hold(held);
             if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
@@ -483,12 +502,28 @@ impl DecisionEngine {
             let tag = plan.license.map(|license| license.claims.sub.as_str());
             let mut held = Held::default();
             let counted = self.limiter.count(tag, charges, &mut held).await;
+            self.announce(&plan, &mut held);
             allowed.hold(held);
             if let Err(refusal) = counted {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
         self.conclude(active, verdict, allowed, &slot, head, peer)
+    }
+
+    /// Hand the quota thresholds this request crossed to the announcer.
+    fn announce(&self, plan: &LimitPlan<'_>, held: &mut Held) {
+        if held.crossings.is_empty() {
+            return;
+        }
+        let crossings = std::mem::take(&mut held.crossings);
+        if let (Some(announcer), Some(license)) = (&self.thresholds, plan.license) {
+            let holder = Holder {
+                license: license.claims.sub.as_str().into(),
+                customer: license.claims.lic.customer.as_deref().map(Into::into),
+            };
+            announcer.announce(holder, crossings);
+        }
     }
 
     /// The decision order up to the limits (see [`super::evaluate`]).
@@ -544,10 +579,21 @@ impl DecisionEngine {
         allowed.usage_headers.clone_from(&active.usage_headers);
         // A preflight carries no license and feeds no meter.
         if let (false, Some(route), Some((_, entitled))) = (allowed.preflight, route, slot.get()) {
-            if let Some(feeds) = &active.meters[route.id] {
+            let feeds = match &active.meters[route.id] {
+                Some(feeds) => Some(Arc::clone(feeds)),
+                // Overage is metered on a route without meters too (rare:
+                // a quota past 100 %).
+                None if !allowed.overage.is_empty() => Some(Arc::new(RouteMeters {
+                    route: Arc::clone(&route.name),
+                    feeds: Box::default(),
+                })),
+                None => None,
+            };
+            if let Some(meters) = feeds {
                 allowed.metered = Some(Metered {
-                    meters: Arc::clone(feeds),
+                    meters,
                     license: Arc::clone(&entitled.identity),
+                    overage: allowed.overage.clone(),
                 });
             }
         }
@@ -656,6 +702,9 @@ impl DecisionEngine {
         };
         let active = policy.load();
         let clock = self.limiter.clock();
+        if let Some(thresholds) = &self.thresholds {
+            thresholds.sweep(clock.unix_nanos() / 1_000_000_000);
+        }
         let metrics = &self.metrics.limits;
         metrics.seats_in_use.reset();
         metrics.seats_limit.reset();

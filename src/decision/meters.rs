@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
+use crate::limits::OverageUse;
 use crate::policy::{MeterSource, Policy, Route};
 
 /// One meter a route feeds: its name, what it counts and, for a `requests`
@@ -40,6 +41,9 @@ pub struct RouteMeters {
 pub struct Metered {
     pub meters: Arc<RouteMeters>,
     pub license: Arc<LicenseIdentity>,
+    /// Units past 100 % of quotas with `overage`, metered under each
+    /// quota's `NAME.overage` meter (empty: no allocation).
+    pub overage: Vec<OverageUse>,
 }
 
 /// Each route's meters, by route id; `None` for a route with none.

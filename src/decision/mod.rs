@@ -9,6 +9,7 @@ pub mod evaluate;
 mod log;
 mod meters;
 mod metrics;
+mod thresholds;
 pub mod usage;
 
 use std::borrow::Cow;
@@ -331,6 +332,10 @@ pub struct Peer {
 /// The header that tells the upstream a shadow-mode rule would have denied.
 pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
 
+/// The header that tells the upstream a request passed past 100 % of a
+/// quota with `overage`: the quotas' names, comma-separated.
+pub const OVERAGE_HEADER: &str = "x-licensegate-overage";
+
 pub use crate::policy::WebSocketScope;
 pub use engine::{Allowed, DecisionEngine, EngineSettings};
 pub use entitlements::LicenseHeaderNames;
@@ -340,6 +345,7 @@ pub use evaluate::{
 };
 pub use meters::{LicenseIdentity, MeterFeed, Metered, RouteMeters};
 pub use metrics::DecisionMetrics;
+pub use thresholds::{Holder, ThresholdAnnouncer};
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::outage::WindowKey;
 use super::shared::{SharedOutcome, SharedStore};
 use super::ticket::{OutageNote, SharedTicket};
+use super::{crossed, Crossing};
 use super::{
     Budget, Budgets, Checked, Clock, Counters, Left, Limited, MemoryStore, Permit, RefundMetrics,
     Ticket, Tickets,
@@ -66,6 +67,21 @@ pub struct Held {
     pub budgets: Budgets,
     /// Served-counted quota charges, settled when the response ends.
     pub tickets: Tickets,
+    /// Quotas with `overage` this request went past 100 % of (rare: a
+    /// `Vec` allocates only then).
+    pub overage: Vec<OverageUse>,
+    /// Quota thresholds this request's units crossed, to be announced.
+    pub crossings: Vec<Crossing>,
+}
+
+/// A request's units past 100 % of a quota with `overage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverageUse {
+    /// The quota's name.
+    pub limit: Arc<str>,
+    /// The meter overage units feed (`NAME.overage`).
+    pub meter: Arc<str>,
+    pub units: u64,
 }
 
 impl Held {
@@ -74,6 +90,8 @@ impl Held {
         self.permits.clear();
         self.budgets.clear();
         self.tickets.forget();
+        self.overage.clear();
+        self.crossings.clear();
     }
 }
 
@@ -129,6 +147,60 @@ fn divided(amount: u64, by: u64) -> u64 {
 fn offer(budgets: &mut Budgets, charge: &Charge<'_>, limit: u64, left: Option<Left>) {
     if let (true, Some(left)) = (charge.def.headers, left) {
         budgets.offer(Budget::new(&charge.def.name, limit, &left));
+    }
+}
+
+/// What a quota charge that passed says besides: its budget against the
+/// limit (not the soft ceiling above it), the units past 100 % of a quota
+/// with `overage`, and, when `announce` (the count is the quota's whole
+/// count, not a replica's share of it), the thresholds it crossed.
+fn after_quota(
+    held: &mut Held,
+    charge: &Charge<'_>,
+    amount: u64,
+    left: Left,
+    announce: bool,
+    clock: &Clock,
+) {
+    let LimitKind::Quota { period } = charge.def.kind else {
+        offer(&mut held.budgets, charge, amount, Some(left));
+        return;
+    };
+    let ceiling = charge.def.ceiling(amount);
+    let headroom = ceiling - amount;
+    let used = ceiling.saturating_sub(left.remaining);
+    let stated = Left {
+        remaining: left.remaining.saturating_sub(headroom),
+        ..left
+    };
+    offer(&mut held.budgets, charge, amount, Some(stated));
+    if let (Some(overage), true) = (&charge.def.overage, used > amount) {
+        held.overage.push(OverageUse {
+            limit: Arc::clone(&charge.def.name),
+            meter: Arc::clone(&overage.meter),
+            units: charge.cost.min(used - amount),
+        });
+    }
+    if !announce || charge.def.thresholds.is_empty() {
+        return;
+    }
+    let before = used.saturating_sub(charge.cost);
+    let mut crossed = crossed(&charge.def.thresholds, amount, before, used).peekable();
+    if crossed.peek().is_none() {
+        return;
+    }
+    let (window_start, window_seconds) =
+        super::quota_window(period, clock.unix_nanos() / 1_000_000_000);
+    for threshold_percent in crossed {
+        held.crossings.push(Crossing {
+            limit: Arc::clone(&charge.def.name),
+            key: charge.key.to_string(),
+            threshold_percent,
+            window_start,
+            window_seconds,
+            used,
+            limit_amount: amount,
+        });
     }
 }
 
@@ -207,7 +279,7 @@ impl Limiter {
             SharedOutcome::Allowed { left, refunds } => {
                 for (position, left) in left {
                     let charge = &remote[position];
-                    offer(&mut held.budgets, charge, charge.amount, Some(left));
+                    after_quota(held, charge, charge.amount, left, true, self.clock());
                 }
                 for refund in refunds {
                     let ticket = Ticket::Shared(Box::new(SharedTicket {
@@ -254,21 +326,26 @@ impl Limiter {
                 }
             };
             let amount = divided(charge.amount, by);
+            // A replica's share is not the quota's count: no thresholds.
+            let whole = by == 1;
             let checked = charge.counters.check(
                 charge.def,
                 &charge.key,
                 &charge.identity,
-                amount,
+                charge.def.ceiling(amount),
                 charge.cost,
                 clock,
             );
             match checked {
                 Checked::Allowed(left) => {
-                    offer(&mut held.budgets, &charge, amount, left);
+                    match left {
+                        Some(left) => after_quota(held, &charge, amount, left, whole, clock),
+                        None => offer(&mut held.budgets, &charge, amount, None),
+                    }
                     self.record_outage(&charge, share, false);
                 }
                 Checked::Ticketed(left, hold) => {
-                    offer(&mut held.budgets, &charge, amount, Some(left));
+                    after_quota(held, &charge, amount, left, whole, clock);
                     let outage = self.record_outage(&charge, share, false);
                     held.tickets
                         .push(Ticket::Memory { hold, outage }, &self.refunds);

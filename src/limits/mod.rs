@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use budget::{Budget, Budgets, Left, MAX_BUDGETS};
 pub use clock::Clock;
 pub use concurrency::Permit;
-pub use limiter::{Charge, Held, Limiter, Refusal};
+pub use limiter::{Charge, Held, Limiter, OverageUse, Refusal};
 pub use metrics::{LimitMetrics, RefundMetrics, StoreMetrics};
 pub use outage::{OutageLedger, Unmerged, WindowKey};
 pub use quota::window as quota_window;

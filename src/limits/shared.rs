@@ -356,7 +356,8 @@ impl SharedStore {
                     let op = Op::Quota {
                         key,
                         previous,
-                        amount: charge.amount,
+                        // Counted against the soft ceiling (`overage`).
+                        amount: charge.def.ceiling(charge.amount),
                         cost: charge.cost,
                         ttl_ms,
                         weight_ppm,
@@ -521,7 +522,7 @@ impl SharedStore {
             position: *position,
             limited: Limited {
                 retry_after,
-                limit: charge.amount,
+                limit: charge.def.ceiling(charge.amount),
                 remaining,
                 window,
             },

@@ -15,6 +15,8 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         on_store_error: Default::default(),
         headers: true,
         count: Count::Attempted,
+        overage: None,
+        thresholds: Box::default(),
     }
 }
 

@@ -213,7 +213,43 @@ pub struct LimitDef {
     /// Which requests keep what they counted (quotas; every other kind
     /// counts attempts).
     pub count: Count,
+    /// Quotas: requests pass past the limit, up to this soft ceiling.
+    pub overage: Option<Overage>,
+    /// Quotas: percentages of the limit whose crossing is announced once
+    /// per period and key, ascending; empty for other kinds.
+    pub thresholds: Box<[u16]>,
 }
+
+impl LimitDef {
+    /// The number requests are counted against: the limit, or with
+    /// `overage` the soft ceiling above it.
+    pub fn ceiling(&self, amount: u64) -> u64 {
+        match &self.overage {
+            Some(overage) => overage.ceiling(amount),
+            None => amount,
+        }
+    }
+}
+
+/// A quota's soft limit (setting `overage`): how far past 100 % requests
+/// pass, and the meter the units past 100 % are recorded under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overage {
+    /// The ceiling, in thousandths of the limit (1250: 125 %).
+    pub permille: u32,
+    /// `NAME.overage`: the meter overage units feed.
+    pub meter: Arc<str>,
+}
+
+impl Overage {
+    pub fn ceiling(&self, amount: u64) -> u64 {
+        let ceiling = u128::from(amount) * u128::from(self.permille) / 1000;
+        u64::try_from(ceiling).unwrap_or(u64::MAX)
+    }
+}
+
+/// The thresholds a quota announces unless it says otherwise.
+pub const DEFAULT_THRESHOLDS: [u16; 2] = [80, 100];
 
 /// Which allowed requests a quota keeps its units for (setting `count`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -846,6 +882,10 @@ impl Compiler {
             None | Some(CountSetting::Served) => Count::Served,
             Some(CountSetting::Attempted) => Count::Attempted,
         };
+        let Some((overage, thresholds)) = self.soft_limits(f, &at, name, spec, quota) else {
+            self.broken_limits.insert(name.to_owned());
+            return;
+        };
         // A budget keyed by the license is the caller's own; one keyed by
         // an address or a header may be shared with others, so it is only
         // stated when asked for.
@@ -875,9 +915,82 @@ impl Compiler {
                 },
                 headers,
                 count,
+                overage,
+                thresholds,
             },
             f,
         ));
+    }
+
+    /// A quota's `overage` and `thresholds`, or `None` after reporting why
+    /// not.
+    fn soft_limits(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        name: &str,
+        spec: &LimitSpec,
+        quota: bool,
+    ) -> Option<(Option<Overage>, Box<[u16]>)> {
+        for (setting, set) in [
+            ("overage", spec.overage.is_some()),
+            ("thresholds", spec.thresholds.is_some()),
+        ] {
+            if set && !quota {
+                self.error(f, with(at, setting), "only quotas have this setting");
+                return None;
+            }
+        }
+        if !quota {
+            return Some((None, Box::default()));
+        }
+        let overage = match spec.overage {
+            None => None,
+            Some(ratio) if ratio.is_finite() && ratio > 1.0 && ratio <= 10.0 => {
+                let permille = (ratio * 1000.0).round() as u32;
+                if (f64::from(permille) - ratio * 1000.0).abs() > 1e-6 {
+                    self.error(
+                        f,
+                        with(at, "overage"),
+                        "at most three decimals (1.25 is 125 % of the limit)",
+                    );
+                    return None;
+                }
+                Some(Overage {
+                    permille,
+                    meter: format!("{name}.overage").into(),
+                })
+            }
+            Some(_) => {
+                self.error(
+                    f,
+                    with(at, "overage"),
+                    "a multiple of the limit above 1 and at most 10 (1.25 lets requests pass up to 125 %)",
+                );
+                return None;
+            }
+        };
+        let top = overage.as_ref().map_or(100, |o| o.permille.div_ceil(10));
+        let thresholds = match &spec.thresholds {
+            None => DEFAULT_THRESHOLDS.into(),
+            Some(list) => {
+                let mut at = with(at, "thresholds");
+                for (i, &percent) in list.iter().enumerate() {
+                    if percent == 0 || u32::from(percent) > top {
+                        at.push(Step::Index(i));
+                        self.error(f, at, format!("a percentage of the limit from 1 to {top}"));
+                        return None;
+                    }
+                    if i > 0 && list[i - 1] >= percent {
+                        at.push(Step::Index(i));
+                        self.error(f, at, "thresholds go up, each listed once");
+                        return None;
+                    }
+                }
+                list.clone().into_boxed_slice()
+            }
+        };
+        Some((overage, thresholds))
     }
 
     fn meter(&mut self, f: usize, name: &str, spec: &MeterSpec) {

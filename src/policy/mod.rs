@@ -18,8 +18,8 @@ mod settings;
 
 pub use compile::{
     Access, Amount, Claim, Count, Diagnostic, Entitlement, FeatureSet, KeyPart, LicenseAmount,
-    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Period,
-    Policy, PolicyError, Preflight, Route,
+    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, OnStoreError, Overage,
+    Period, Policy, PolicyError, Preflight, Route, DEFAULT_THRESHOLDS,
 };
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};

@@ -378,6 +378,12 @@ pub struct LimitSpec {
     /// Quotas: which requests use up units, `served` (default) or
     /// `attempted`.
     pub count: Option<CountSetting>,
+    /// Quotas: a soft limit; requests pass up to this multiple of the
+    /// limit (`1.25`: 125 %), the units past 100 % metered as overage.
+    pub overage: Option<f64>,
+    /// Quotas: percentages of the limit whose crossing is announced (default
+    /// `[80, 100]`).
+    pub thresholds: Option<Vec<u16>>,
 }
 
 /// `served`: a unit is taken when the request is decided (so concurrent

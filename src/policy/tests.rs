@@ -2816,3 +2816,66 @@ fn count_is_served_or_attempted_and_for_quotas_only() {
         );
     }
 }
+
+#[test]
+fn overage_and_thresholds_are_quota_settings_with_located_errors() {
+    let p = clean(
+        "limits:
+  soft:
+    quota: {limit: 100, period: month}
+    overage: 1.25
+    thresholds: [50, 100, 125]
+  plain: {quota: {limit: 5, period: day}}
+  rate: {rate: {limit: 5, per: 1m}}
+routes:
+  - {path: /a, limits: [soft, plain, rate]}
+",
+    );
+    let soft = &p.limits[0];
+    assert_eq!(soft.ceiling(100), 125);
+    assert_eq!(soft.ceiling(3), 3, "rounded down: 3.75 units is 3");
+    assert_eq!(
+        soft.overage.as_ref().unwrap().meter.as_ref(),
+        "soft.overage"
+    );
+    assert_eq!(&*soft.thresholds, [50, 100, 125]);
+    assert_eq!(&*p.limits[1].thresholds, DEFAULT_THRESHOLDS);
+    assert_eq!(p.limits[1].ceiling(5), 5);
+    assert!(p.limits[2].thresholds.is_empty());
+
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "limits:\n  r:\n    rate: {limit: 5, per: 1m}\n    overage: 1.5\n",
+            (4, 14),
+            "limits.r.overage: only quotas have this setting",
+        ),
+        (
+            "limits:\n  q:\n    quota: {limit: 5, period: day}\n    overage: 1\n",
+            (4, 14),
+            "a multiple of the limit above 1 and at most 10",
+        ),
+        (
+            "limits:\n  q:\n    quota: {limit: 5, period: day}\n    overage: 1.2345\n",
+            (4, 14),
+            "at most three decimals",
+        ),
+        (
+            "limits:\n  q:\n    quota: {limit: 5, period: day}\n    thresholds: [80, 120]\n",
+            (4, 22),
+            "limits.q.thresholds[1]: a percentage of the limit from 1 to 100",
+        ),
+        (
+            "limits:\n  q:\n    quota: {limit: 5, period: day}\n    thresholds: [90, 80]\n",
+            (4, 22),
+            "thresholds go up, each listed once",
+        ),
+        (
+            "limits:\n  s:\n    seats: {identity: 'header:x-user', limit: 3}\n    thresholds: [80]\n",
+            (4, 17),
+            "limits.s.thresholds: only quotas have this setting",
+        ),
+    ];
+    for (text, at, fragment) in cases {
+        assert_only(&errors(text), FILE, *at, &[fragment]);
+    }
+}

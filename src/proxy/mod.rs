@@ -212,6 +212,17 @@ fn set_entitlement_headers(
             http::HeaderValue::from_static(reason.as_str()),
         );
     }
+    // (A client's own `x-licensegate-*` headers were removed before.)
+    if !allowed.overage.is_empty() {
+        let names: Vec<&str> = allowed.overage.iter().map(|o| &*o.limit).collect();
+        // Limit names are letters, digits, `_`, `-` and `.`: a valid value.
+        if let Ok(value) = http::HeaderValue::from_str(&names.join(", ")) {
+            headers.insert(
+                http::HeaderName::from_static(crate::decision::OVERAGE_HEADER),
+                value,
+            );
+        }
+    }
 }
 
 static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");

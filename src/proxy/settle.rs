@@ -202,6 +202,16 @@ impl PendingUsage {
             self.metering
                 .record(usage(&self.metered, identity, feed, value));
         }
+        for over in &self.metered.overage {
+            self.metering.record(Usage {
+                license: &identity.license,
+                customer: identity.customer.as_deref(),
+                plan: &identity.plan,
+                route: &self.metered.meters.route,
+                meter: &over.meter,
+                value: over.units,
+            });
+        }
     }
 }
 

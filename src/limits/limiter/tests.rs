@@ -20,6 +20,8 @@ fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
         on_store_error,
         headers: true,
         count: Count::Attempted,
+        overage: None,
+        thresholds: Box::default(),
     }
 }
 
