@@ -332,6 +332,7 @@ YAML
                 "  journal: {dir: \"$EN/metered/journal\"}" \
                 "  sinks: [{name: file, kind: jsonl, path: \"$EN/metered/usage.jsonl\"}]"
         )" "$EN/metered-policy.yaml"
+        MT_STARTED=$(date +%s.%N)
     fi
     WRK_HEADERS=(-H "Authorization: Bearer $TOKEN" -H "x-user: alice")
     # The licensegate row idles from here on while enforcing runs, and the
