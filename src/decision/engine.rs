@@ -25,6 +25,7 @@ use super::evaluate::{
     license_denial, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
+use super::keys::{key_label, KEY_SEPARATOR};
 use super::log::{DecisionLog, DenialLine};
 use super::meters::{self, Metered, RouteMeters};
 use super::thresholds::{Holder, ThresholdAnnouncer};
@@ -837,27 +838,6 @@ impl DecisionEngine {
     }
 }
 
-/// A counter key as a metric label (and as `/usage` shows it): compound
-/// keys joined with `/`, the overflow counter named, control characters
-/// replaced.
-pub(super) fn key_label(key: &str) -> Cow<'_, str> {
-    if key == crate::limits::OVERFLOW_KEY {
-        return Cow::Borrowed("(overflow)");
-    }
-    if !key.chars().any(char::is_control) {
-        return Cow::Borrowed(key);
-    }
-    Cow::Owned(
-        key.chars()
-            .map(|c| match c {
-                KEY_SEPARATOR => '/',
-                c if c.is_control() => '?',
-                c => c,
-            })
-            .collect(),
-    )
-}
-
 /// The client address for keys and logs: the TCP peer, or with
 /// `forwarded.trust_incoming` the last `X-Forwarded-For` entry — the one the
 /// trusted proxy in front appended (earlier entries are client-supplied).
@@ -945,9 +925,6 @@ struct KeyContext<'a> {
     client: IpAddr,
     route: &'a str,
 }
-
-/// Joins the parts of a compound key; cannot appear in a header value.
-pub(super) const KEY_SEPARATOR: char = '\u{1f}';
 
 impl<'a> KeyContext<'a> {
     /// The value of one key part; `None` when the request lacks it (no

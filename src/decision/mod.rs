@@ -6,6 +6,7 @@
 mod engine;
 mod entitlements;
 pub mod evaluate;
+mod keys;
 mod log;
 mod meters;
 mod metrics;

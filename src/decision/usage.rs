@@ -30,7 +30,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{key_label, KEY_SEPARATOR};
+use super::keys::{key_label, KEY_SEPARATOR};
 use crate::license::VerifiedLicense;
 use crate::limits::shared::{SharedRead, SharedStore};
 use crate::limits::{quota_window, Clock, Counters, Reading, OVERFLOW_KEY};

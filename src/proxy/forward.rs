@@ -26,7 +26,8 @@ use crate::tls::TlsError;
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
 use super::error::{Failure, UpstreamError};
-use super::io::{ConnectionSlot, RequestBody};
+use super::io::ConnectionSlot;
+use super::request_body::RequestBody;
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
 

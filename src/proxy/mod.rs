@@ -6,6 +6,7 @@ mod error;
 pub mod forward;
 mod io;
 mod metrics;
+mod request_body;
 pub mod server;
 pub mod settings;
 mod settle;
@@ -27,8 +28,9 @@ use crate::problem::{self, Format};
 use conn::ConnContext;
 use error::UpstreamError;
 use forward::{Forwarder, Via};
-use io::{InFlight, InFlightBody, RequestBody};
+use io::{InFlight, InFlightBody};
 pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
+use request_body::RequestBody;
 pub use settings::ProxySettings;
 use settle::{strip_usage_headers, Settlement};
 

@@ -36,7 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
 use super::error::{of_io, Failure, UpstreamError};
-use super::io::RequestBody;
+use super::request_body::RequestBody;
 use super::UpstreamErrorKind;
 
 type Sender = http1::SendRequest<RequestBody>;
