@@ -31,6 +31,7 @@ pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod tls;
+pub mod untrusted;
 pub mod watch;
 pub mod yaml;
 

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Claims, MAX_TOKEN_BYTES};
+use crate::untrusted::{error_chain, printable};
 
 /// The largest response body read: a token of at most [`MAX_TOKEN_BYTES`]
 /// plus room for a JSON wrapper and whitespace.
@@ -432,46 +433,6 @@ fn shown_url(url: &Uri) -> String {
     };
     if url.query().is_some() {
         shown.push_str("?…");
-    }
-    shown
-}
-
-/// An error and its sources: hyper's own message ("client error
-/// (Connect)") says little; the cause (e.g. "invalid peer certificate:
-/// UnknownIssuer") is in the chain.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// At most `max_chars` of untrusted bytes, trimmed, with control characters
-/// escaped so a hostile server cannot forge log lines.
-fn printable(bytes: &[u8], max_chars: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut shown: String = text
-        .chars()
-        .take(max_chars)
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
-    if text.chars().nth(max_chars).is_some() {
-        shown.push('…');
     }
     shown
 }

@@ -1075,25 +1075,8 @@ impl Compiler {
                 continue;
             }
             let Some(&index) = self.meter_index.get(&used.meter) else {
-                let known: Vec<&str> = self
-                    .meter_index
-                    .keys()
-                    .chain(&self.broken_meters)
-                    .map(String::as_str)
-                    .collect();
-                self.error(
-                    f,
-                    at,
-                    format!(
-                        "no meter named `{}` (defined: {})",
-                        used.meter,
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            sorted(known).join(", ")
-                        }
-                    ),
-                );
+                let message = unknown("meter", &used.meter, &self.meter_index, &self.broken_meters);
+                self.error(f, at, message);
                 failed = true;
                 continue;
             };
@@ -1451,25 +1434,8 @@ impl Compiler {
                 continue;
             }
             let Some(&index) = self.limit_index.get(&used.limit) else {
-                let known: Vec<&str> = self
-                    .limit_index
-                    .keys()
-                    .chain(&self.broken_limits)
-                    .map(String::as_str)
-                    .collect();
-                self.error(
-                    f,
-                    at,
-                    format!(
-                        "no limit named `{}` (defined: {})",
-                        used.limit,
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            sorted(known).join(", ")
-                        }
-                    ),
-                );
+                let message = unknown("limit", &used.limit, &self.limit_index, &self.broken_limits);
+                self.error(f, at, message);
                 failed = true;
                 continue;
             };
@@ -1934,6 +1900,23 @@ fn covers(earlier: &Route, later: &Route) -> bool {
     methods
         && earlier.host == later.host
         && earlier.headers.iter().all(|h| later.headers.contains(h))
+}
+
+/// A route names a `what` (limit, meter) no file defines: the message, with
+/// the names that are defined (those that failed to compile included).
+fn unknown(
+    what: &str,
+    name: &str,
+    defined: &HashMap<String, usize>,
+    broken: &HashSet<String>,
+) -> String {
+    let known: Vec<&str> = defined.keys().chain(broken).map(String::as_str).collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        sorted(known).join(", ")
+    };
+    format!("no {what} named `{name}` (defined: {known})")
 }
 
 fn with(at: &[Step], key: &str) -> Vec<Step> {

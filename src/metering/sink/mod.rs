@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::metrics::ErrorKind;
 use super::record::Record;
 use super::settings::{shown_url, Fsync, HttpTarget, SinkSettings, SinkTarget};
+use crate::untrusted::{error_chain, printable};
 
 pub mod cloudevents;
 pub mod jsonl;
@@ -311,40 +312,4 @@ pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
         }
     };
     Some(delay.min(MAX_RETRY_AFTER))
-}
-
-/// An error and its sources: hyper's own message ("client error
-/// (Connect)") says little; the cause is in the chain.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// At most `max_bytes` of untrusted text, control characters escaped so a
-/// hostile sink cannot forge log lines.
-fn printable(bytes: &[u8], max_bytes: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut shown = String::with_capacity(text.len().min(max_bytes));
-    for c in text.chars() {
-        if shown.len() >= max_bytes {
-            shown.push('…');
-            break;
-        }
-        if c.is_control() {
-            shown.extend(c.escape_default());
-        } else {
-            shown.push(c);
-        }
-    }
-    shown
 }
