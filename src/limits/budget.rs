@@ -50,12 +50,32 @@ impl Budget {
     /// This budget as a member of the `RateLimit-Policy` list:
     /// `"name";q=100;w=60`. (Limit names need no escaping in a string.)
     pub fn policy_member(&self) -> String {
-        format!("\"{}\";q={};w={}", self.name, self.limit, self.window)
+        let mut member = String::new();
+        self.write_policy_member(&mut member);
+        member
     }
 
     /// As a member of the `RateLimit` list: `"name";r=42;t=17`.
     pub fn state_member(&self) -> String {
-        format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset)
+        let mut member = String::new();
+        self.write_state_member(&mut member);
+        member
+    }
+
+    /// [`Budget::policy_member`], appended to `to`.
+    pub fn write_policy_member(&self, to: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(to, "\"{}\";q={};w={}", self.name, self.limit, self.window);
+    }
+
+    /// [`Budget::state_member`], appended to `to`.
+    pub fn write_state_member(&self, to: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            to,
+            "\"{}\";r={};t={}",
+            self.name, self.remaining, self.reset
+        );
     }
 
     /// Whether `self` is closer to running out than `other`: less left as a

@@ -238,14 +238,22 @@ static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 /// §3.1): the upstream's own members, if it sent any, are kept and ours
 /// are appended as further field lines.
 fn add_budget_headers(headers: &mut http::HeaderMap, budgets: &crate::limits::Budgets) {
-    let join = |member: fn(&crate::limits::Budget) -> String| {
-        let members: Vec<String> = budgets.iter().map(member).collect();
-        http::HeaderValue::from_str(&members.join(", ")).ok()
-    };
-    if let (Some(policy), Some(state)) = (
-        join(crate::limits::Budget::policy_member),
-        join(crate::limits::Budget::state_member),
-    ) {
+    // Every response of a budgeted route comes here: one buffer per field,
+    // moved into the header value without a copy.
+    let (mut policy, mut state) = (String::with_capacity(48), String::with_capacity(48));
+    for (n, budget) in budgets.iter().enumerate() {
+        if n > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        budget.write_policy_member(&mut policy);
+        budget.write_state_member(&mut state);
+    }
+    if policy.is_empty() {
+        return;
+    }
+    let value = |text: String| http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok();
+    if let (Some(policy), Some(state)) = (value(policy), value(state)) {
         headers.append(RATELIMIT_POLICY.clone(), policy);
         headers.append(RATELIMIT.clone(), state);
     }
