@@ -428,6 +428,21 @@ async fn served_responses_feed_every_meter_exactly_and_the_usage_header_stays_in
     })
     .await;
     report("served_responses_feed_every_meter_exactly", &collector);
+    // `/usage` shows this month's meters of the license as recorded here.
+    let url = proxy.admin_url("/usage?license=lic-meters");
+    let (_, body) = tokio::spawn(async move { get(&url).await }).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let meters = &answer["licenses"][0]["meters"];
+    let used = |name: &str| {
+        meters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == name)
+            .map(|m| m["used"].as_u64().unwrap())
+    };
+    assert_eq!(used("calls"), Some(expected[0]), "{answer}");
+    assert_eq!(used("download"), Some(expected[2]), "{answer}");
     // A graceful stop journals nothing more: the totals stay.
     assert!(stop(proxy, "TERM").success());
     assert_eq!(totals(&collector), expected);
