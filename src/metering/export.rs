@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ring::rand::{SecureRandom, SystemRandom};
+#[cfg(test)]
+use crate::backoff::backoff_delay;
+pub use crate::backoff::Backoff;
 use serde::Serialize;
 
 use super::journal::{Cursor, Journal};
@@ -106,67 +108,6 @@ fn append_dead_letter(
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     file.write_all(&bytes)?;
     file.sync_data()
-}
-
-/// Retry delays: the ceiling doubles from `2 × min` up to `max`, and each
-/// delay is drawn from the upper half of the ceiling (never below `min`),
-/// so sidecars that failed together spread their retries out.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        let min = min.max(Duration::from_millis(1));
-        Backoff {
-            min,
-            max: max.max(min),
-            failures: 0,
-        }
-    }
-
-    /// The delay before the next retry; counts one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let mut random = [0u8; 8];
-        // Without randomness, the ceiling: safe if unjittered.
-        let random = match SystemRandom::new().fill(&mut random) {
-            Ok(()) => u64::from_le_bytes(random),
-            Err(_) => u64::MAX,
-        };
-        let delay = backoff_delay(self.min, self.max, self.failures, random);
-        self.failures = self.failures.saturating_add(1);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
-/// The delay after `failures` earlier failures, `random` choosing where in
-/// the jitter range it falls; milliseconds, saturating.
-pub fn backoff_delay(min: Duration, max: Duration, failures: u32, random: u64) -> Duration {
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let (min, max) = (millis(min).max(1), millis(max));
-    let max = max.max(min);
-    let factor = 1u64
-        .checked_shl(failures.saturating_add(1))
-        .unwrap_or(u64::MAX);
-    let ceiling = min.saturating_mul(factor).min(max);
-    let floor = (ceiling / 2).max(min);
-    let span = ceiling - floor;
-    let jitter = match span.checked_add(1) {
-        Some(range) => random % range,
-        None => random,
-    };
-    Duration::from_millis(floor + jitter)
 }
 
 /// Sleep `delay`; `true` when told to stop first.
