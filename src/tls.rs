@@ -110,3 +110,40 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
         .with_no_client_auth();
     Ok(config)
 }
+
+/// The connector of a client that calls a remote service (the license
+/// refresh, the metering sinks): TLS trusting `ca` or the system roots, or,
+/// when the service is plain `http://` (`https` false; the caller allows
+/// that only to loopback), no TLS and no roots loaded (a test machine may
+/// have none). With `allow_http`, both schemes; else HTTPS only.
+pub fn service_connector(
+    ca: Option<&Path>,
+    https: bool,
+    allow_http: bool,
+    connect_timeout: std::time::Duration,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsError,
+> {
+    install_crypto_provider();
+    let tls = if https {
+        client_config(ca)?
+    } else {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("upstream", e.to_string()))?
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth()
+    };
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if allow_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    Ok(builder.enable_all_versions().wrap_connector(http))
+}

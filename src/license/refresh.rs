@@ -208,32 +208,13 @@ impl Fetcher {
             ));
         }
 
-        crate::tls::install_crypto_provider();
-        let tls = if https {
-            crate::tls::client_config(settings.ca.as_deref())
-                .map_err(|error| invalid(CA_SETTING, error.message))?
-        } else {
-            // Plain http never starts TLS, so no roots need loading (there
-            // may be none on a test machine).
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(URL_SETTING, e.to_string()))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if settings.allow_http {
-            builder.https_or_http()
-        } else {
-            builder.https_only()
-        };
-        let connector = builder.enable_all_versions().wrap_connector(http);
+        let connector = crate::tls::service_connector(
+            settings.ca.as_deref(),
+            https,
+            settings.allow_http,
+            settings.timeout,
+        )
+        .map_err(|error| invalid(CA_SETTING, error.message))?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

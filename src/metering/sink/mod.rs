@@ -4,7 +4,6 @@
 //! once, from the status, for every HTTP sink.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -145,31 +144,10 @@ impl fmt::Debug for HttpSink {
 impl HttpSink {
     pub fn new(target: &HttpTarget, timeout: Duration) -> Result<HttpSink, String> {
         super::settings::check_url(&target.url, target.allow_http)?;
-        crate::tls::install_crypto_provider();
         let https = target.url.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let tls = if https {
-            crate::tls::client_config(target.ca.as_deref()).map_err(|e| e.message)?
-        } else {
-            // Plain http never starts TLS: no roots to load.
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if target.allow_http {
-            builder.https_or_http()
-        } else {
-            builder.https_only()
-        };
-        let connector = builder.enable_all_versions().wrap_connector(http);
+        let connector =
+            crate::tls::service_connector(target.ca.as_deref(), https, target.allow_http, timeout)
+                .map_err(|e| e.message)?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
