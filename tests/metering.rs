@@ -166,7 +166,10 @@ fn report(test: &str, collector: &Collector) {
 async fn every_unit_arrives_once() {
     let collector = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let running = Running::start(settings(dir.path(), &collector));
+    // Windows end only at the flushes below, whatever the machine's speed.
+    let mut settings = settings(dir.path(), &collector);
+    settings.window = Duration::from_secs(3600);
+    let running = Running::start(settings);
     for _ in 0..5 {
         record(&running.metering, 200);
         running.metering.flush().await;
@@ -244,7 +247,11 @@ async fn retries_after_503_and_lost_acknowledgements_count_once() {
         Reply::TakeThen503,
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let running = Running::start(settings(dir.path(), &collector));
+    // One window for all 1000 units (journalled by the flush below): six
+    // records, one per license and route, whatever the machine's speed.
+    let mut settings = settings(dir.path(), &collector);
+    settings.window = Duration::from_secs(3600);
+    let running = Running::start(settings);
     record(&running.metering, 1000);
     running.metering.flush().await;
     until("1000 units at the collector", || {
@@ -337,6 +344,8 @@ async fn a_restart_resends_what_was_taken_but_not_acknowledged_with_the_same_ids
     let mut settings = settings(dir.path(), &collector);
     // One batch: each retry of it is taken, and never acknowledged.
     settings.sinks[0].batch = 100;
+    // One window, journalled by the flush: six records.
+    settings.window = Duration::from_secs(3600);
     let first = Running::start(settings.clone());
     record(&first.metering, 600);
     first.metering.flush().await;
@@ -459,6 +468,8 @@ async fn stripe_meter_events_are_idempotent() {
     sink.min_backoff = Duration::from_millis(20);
     sink.max_backoff = Duration::from_millis(200);
     settings.sinks = vec![sink];
+    // One window, journalled by the flush: six records.
+    settings.window = Duration::from_secs(3600);
     let running = Running::start(settings);
     record(&running.metering, 300);
     running
