@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod reload;
 pub mod tls;
 pub mod untrusted;
+pub mod user;
 pub mod watch;
 pub mod yaml;
 
