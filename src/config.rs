@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod path;
+pub mod users;
 
 pub use error::ConfigError;
 pub use path::{ExistingFile, ExistingPath, FileInDir};
@@ -38,6 +39,7 @@ use crate::proxy::settings::{
     MIN_HEADER_BYTES,
 };
 use crate::tls::TlsFiles;
+use crate::user::UserSettings;
 
 /// Fully resolved, validated settings of `licensegate run`: each part is
 /// the settings type of the subsystem it configures.
@@ -58,6 +60,9 @@ pub struct Settings {
     pub store: Option<StoreSettings>,
     /// Live metering of served requests; `None` records no usage.
     pub metering: Option<MeteringSettings>,
+    /// Verified users from the customer's identity providers; `None`:
+    /// routes cannot need roles nor count per user.
+    pub users: Option<UserSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +434,7 @@ pub struct FileConfig {
     pub store: Option<FileStore>,
     /// Metering's own file shape; relative paths in it follow the file.
     pub metering: Option<MeteringFile>,
+    pub users: Option<users::FileUsers>,
     /// The directory of the file, which `metering`'s relative paths follow
     /// (set by [`FileConfig::parse`]; the working directory otherwise).
     #[serde(skip)]
@@ -792,6 +798,10 @@ impl Settings {
                 websocket: WebSocketScope::Routes,
             })
         };
+        let users = file
+            .users
+            .map(|users| users.resolve(license.as_ref()))
+            .transpose()?;
         let header_defaults = LicenseHeaderNames::default();
         let upstream_headers = LicenseHeaderNames {
             id: file.upstream_headers.id.map_or(header_defaults.id, |h| h.0),
@@ -833,6 +843,7 @@ impl Settings {
             license,
             policy,
             upstream_headers,
+            users,
             store: file.store.map(FileStore::resolve).transpose()?,
             metering: file
                 .metering

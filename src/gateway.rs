@@ -27,6 +27,7 @@ use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::{ProxyMetrics, Shared};
 use crate::reload::{PolicyWatch, POLICY_NOTE};
+use crate::user::UserVerifier;
 
 mod tasks;
 
@@ -217,6 +218,9 @@ impl Gateway {
             &engine_settings,
             Arc::clone(&metrics.decision),
         );
+        if let Some(users) = &settings.users {
+            engine = engine.with_users(Arc::new(UserVerifier::new(users.clone())));
+        }
         let shared_store = settings.store.as_ref().map(|store| {
             lifecycle.require(STORE_READY, "connecting to the shared counter store");
             Arc::new(SharedStore::new(
@@ -291,14 +295,16 @@ impl Gateway {
                  (usage headers are still removed from responses)"
             );
         }
+        let forwarder = Forwarder::new(
+            &settings.proxy,
+            &settings.upstream_headers,
+            license.as_ref().and_then(|gate| gate.token_header()),
+            engine.users().map(|users| &users.settings().forward),
+            &metrics.proxy,
+        )?;
         let shared = Arc::new(Shared {
             engine,
-            forwarder: Forwarder::new(
-                &settings.proxy,
-                &settings.upstream_headers,
-                license.as_ref().and_then(|gate| gate.token_header()),
-                &metrics.proxy,
-            )?,
+            forwarder,
             metrics: Arc::clone(&metrics.proxy),
             metering,
         });

@@ -12,9 +12,9 @@ use clap::{Args, Subcommand};
 use super::license::read_token_arg;
 use crate::config::{FileConfig, Overrides, Settings};
 use crate::decision::{
-    evaluate, Admission, BodyState, Denial, EnvironmentCheck, EvaluatorSettings,
-    LicenseHeaderNames, LicenseSource, LicenseView, LimitCheck, LimitPlan, Outcome, PreflightStep,
-    Reason, RequestFacts, Step, Verdict, WebSocketScope, SHADOW_DENY_HEADER,
+    evaluate, Admission, BodyState, Credentials, Denial, EnvironmentCheck, EvaluatorSettings,
+    LicenseHeaderNames, LicenseView, LimitCheck, LimitPlan, Outcome, PreflightStep, Reason,
+    RequestFacts, Step, Verdict, WebSocketScope, SHADOW_DENY_HEADER,
 };
 use crate::license::{
     Keyring, LicenseError, LicenseGate, LicenseMetrics, LicenseVerifier, Validator, VerifiedLicense,
@@ -24,6 +24,7 @@ use crate::policy::normalize::normalize;
 use crate::policy::{
     Access, Amount, Entitlement, KeyPart, LicenseAmount, LimitKind, Mode, Period, Policy, Route,
 };
+use crate::user::{TokenLocation, UserError, UserVerifier, VerifiedUser};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -78,6 +79,12 @@ pub struct ExplainArgs {
     /// A request header, `Name: value` (repeatable).
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
+    /// A user token, `@FILE`, or `-` for standard input: verified with the
+    /// `users` section of --config (its JWKS file, or the last fetched JWKS
+    /// in its state file, else fetched now) and sent where the proxy reads
+    /// user tokens.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 pub fn run(command: PolicyCommand) -> i32 {
@@ -163,6 +170,13 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
         headers.append(name, value);
     }
     setup.license.add_token(&mut headers)?;
+    if let Some(token) = &setup.user_token {
+        let users = setup.users.as_ref().ok_or_else(|| {
+            "--user needs --config with a `users` section (the identity providers to verify it with)"
+                .to_owned()
+        })?;
+        add_user_token(&users.settings().token, token, &mut headers)?;
+    }
     if let Some(host) = &args.host {
         let value = http::HeaderValue::from_str(host)
             .map_err(|_| format!("`{host}` is not a valid host"))?;
@@ -210,12 +224,14 @@ pub fn explain(args: ExplainArgs) -> Result<(String, bool), String> {
         .map_err(|_| format!("`{path}` is not a valid request target"))?;
     head.headers = headers;
     let facts = RequestFacts::of(&head, BodyState::Empty);
-    let slot = OnceCell::new();
+    let (slot, user) = (OnceCell::new(), OnceCell::new());
     let mut source = ExplainSource {
         input: &setup.license,
+        users: setup.users.as_deref(),
         headers: &head.headers,
         policy: &policy,
         slot: &slot,
+        user: &user,
     };
     let verdict = evaluate(&policy, &facts, &mut source, &setup.evaluator, Vec::new());
     let allowed = render(&mut out, &policy, &setup, &head.headers, &verdict);
@@ -234,6 +250,32 @@ struct Setup {
     evaluator: EvaluatorSettings,
     /// Names of the entitlement headers the upstream receives.
     upstream_headers: LicenseHeaderNames,
+    /// The user verifier of --config's `users`, keys loaded.
+    users: Option<Arc<UserVerifier>>,
+    /// `--user`.
+    user_token: Option<String>,
+}
+
+/// Put `token` where the proxy reads user tokens.
+fn add_user_token(
+    location: &TokenLocation,
+    token: &str,
+    headers: &mut http::HeaderMap,
+) -> Result<(), String> {
+    let (name, value) = match location {
+        TokenLocation::Bearer => (http::header::AUTHORIZATION, format!("Bearer {token}")),
+        TokenLocation::Header(name) => (name.clone(), token.to_owned()),
+        TokenLocation::Cookie(cookie) => (http::header::COOKIE, format!("{cookie}={token}")),
+    };
+    if location.find(headers).is_some() {
+        return Err(format!(
+            "the user token is given twice: --user and the `{name}` header"
+        ));
+    }
+    let value = http::HeaderValue::from_str(&value)
+        .map_err(|_| "the --user token is not a valid header value".to_owned())?;
+    headers.append(name, value);
+    Ok(())
 }
 
 /// How explain checks a license.
@@ -279,11 +321,16 @@ impl Setup {
                 (None, Some(_)) => return Err("--license needs --keys to verify it with".into()),
                 (None, None) => LicenseInput::Missing,
             };
+            if args.user.is_some() {
+                return Err("--user needs --config with a `users` section (the identity providers to verify it with)".into());
+            }
             return Ok(Setup {
                 policy: args.policy.clone(),
                 license,
                 evaluator: EvaluatorSettings::default(),
                 upstream_headers: LicenseHeaderNames::default(),
+                users: None,
+                user_token: None,
             });
         };
         if args.keys.is_some() || args.iss.is_some() || args.aud.is_some() {
@@ -352,6 +399,16 @@ impl Setup {
                 )
             }
         };
+        let users = match settings.users {
+            None if args.user.is_some() => {
+                return Err(format!(
+                    "{} has no `users` section to check --user with",
+                    config.display()
+                ))
+            }
+            None => None,
+            Some(users) => Some(crate::user::explain_verifier(users)?),
+        };
         Ok(Setup {
             policy,
             license,
@@ -360,6 +417,8 @@ impl Setup {
                 license_header,
             },
             upstream_headers: settings.upstream_headers,
+            users,
+            user_token: args.user.as_deref().map(read_token_arg).transpose()?,
         })
     }
 }
@@ -413,13 +472,22 @@ impl LicenseInput {
 /// Explain's license source: checks the license when the evaluator asks.
 struct ExplainSource<'a> {
     input: &'a LicenseInput,
+    users: Option<&'a UserVerifier>,
     headers: &'a http::HeaderMap,
     policy: &'a Policy,
     slot: &'a OnceCell<(Arc<VerifiedLicense>, Entitlement, EnvironmentCheck)>,
+    user: &'a OnceCell<Arc<VerifiedUser>>,
 }
 
-impl<'a> LicenseSource<'a> for ExplainSource<'a> {
-    fn check(&mut self) -> Result<LicenseView<'a>, LicenseError> {
+impl<'a> Credentials<'a> for ExplainSource<'a> {
+    fn user(&mut self) -> Result<&'a VerifiedUser, UserError> {
+        let users = self.users.ok_or(UserError::KeysUnavailable)?;
+        let now = crate::license::validate::unix_now();
+        let user = users.check(self.headers, now, || IpAddr::from([127, 0, 0, 1]))?;
+        Ok(self.user.get_or_init(|| user))
+    }
+
+    fn license(&mut self) -> Result<LicenseView<'a>, LicenseError> {
         let (license, environment) = self.input.check(self.headers)?;
         let entitlement = self.policy.entitle(&license.claims.lic);
         let (license, entitlement, environment) = self
@@ -447,6 +515,7 @@ fn render(
     };
     let detail = denial.map_or("", |d| &*d.detail);
     let mut license = None;
+    let mut user = None;
     for step in &verdict.steps {
         match *step {
             Step::Route(route) => render_route(out, policy, &setup.evaluator, route),
@@ -552,7 +621,48 @@ fn render(
                     }
                 }
             }
-            Step::Limit(check) => render_limit(out, &check, headers, license),
+            Step::User(Ok(verified)) => {
+                user = Some(verified);
+                let roles: Vec<&str> = verified.roles.iter().map(|r| &**r).collect();
+                let issuer = setup
+                    .users
+                    .as_ref()
+                    .and_then(|u| u.settings().issuers.get(verified.issuer))
+                    .map_or("", |i| i.issuer.as_str());
+                line(
+                    out,
+                    "user",
+                    &format!(
+                        "`{}` from {issuer}, roles [{}], signed by key `{}`",
+                        verified.subject,
+                        roles.join(", "),
+                        verified.kid
+                    ),
+                );
+            }
+            Step::User(Err(_)) => line(out, "user", &format!("refused: {detail}")),
+            Step::Roles { route, refused } => {
+                let names = |bits: &[usize]| {
+                    bits.iter()
+                        .map(|&b| format!("`{}`", policy.roles[b]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut needs = Vec::new();
+                if !route.roles.any_of.is_empty() {
+                    needs.push(format!("one of {}", names(&route.roles.any_of)));
+                }
+                if !route.roles.all_of.is_empty() {
+                    needs.push(format!("all of {}", names(&route.roles.all_of)));
+                }
+                let verdict = match refused {
+                    None => "held, and licensed".to_owned(),
+                    Some(Reason::RoleNotLicensed) => "held, but not licensed".to_owned(),
+                    Some(reason) => format!("not held ({})", reason.as_str()),
+                };
+                line(out, "roles", &format!("needs {}: {verdict}", needs.join(" and ")));
+            }
+            Step::Limit(check) => render_limit(out, &check, headers, license, user),
         }
     }
     let predicted = match &verdict.outcome {
@@ -611,6 +721,14 @@ fn render(
                         "the upstream receives {}, {} and {}",
                         names.id, names.plan, names.features
                     ),
+                );
+            }
+            if let (Some(_), Some(users)) = (user, &setup.users) {
+                let forward = &users.settings().forward;
+                line(
+                    out,
+                    "",
+                    &format!("the upstream receives {} and {}", forward.id, forward.roles),
                 );
             }
             true
@@ -675,6 +793,7 @@ fn render_limit(
     check: &LimitCheck<'_>,
     headers: &http::HeaderMap,
     license: Option<&VerifiedLicense>,
+    user: Option<&VerifiedUser>,
 ) {
     let (def, usage) = (check.def, check.usage);
     let source = match &def.amount {
@@ -710,7 +829,7 @@ fn render_limit(
         ),
         LimitKind::Seats { identity, idle } => format!(
             "{amount_text} seats by {} (freed after {} idle)",
-            describe(identity, headers, license),
+            describe(identity, headers, (license, user)),
             humantime::format_duration(*idle)
         ),
         LimitKind::Concurrency => format!("{amount_text} in flight"),
@@ -718,7 +837,7 @@ fn render_limit(
     let keys: Vec<String> = def
         .key
         .iter()
-        .map(|part| describe(part, headers, license))
+        .map(|part| describe(part, headers, (license, user)))
         .collect();
     line(
         out,
@@ -746,9 +865,13 @@ fn first_refusal(plan: &LimitPlan<'_>) -> Option<Denial> {
 fn describe(
     part: &KeyPart,
     headers: &http::HeaderMap,
-    license: Option<&VerifiedLicense>,
+    (license, user): (Option<&VerifiedLicense>, Option<&VerifiedUser>),
 ) -> String {
     match part {
+        KeyPart::User => match user {
+            Some(u) => format!("user `{}`", u.subject),
+            None => "user".into(),
+        },
         KeyPart::License => match license {
             Some(l) => format!("license `{}`", l.claims.sub),
             None => "license".into(),

@@ -22,7 +22,7 @@ use prometheus::IntCounter;
 
 use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
 use super::evaluate::{
-    license_denial, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
+    license_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
 use super::keys::{key_label, KEY_SEPARATOR};
@@ -39,6 +39,7 @@ use crate::limits::{
     OverageUse, Permit, Refusal, Tickets,
 };
 use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
+use crate::user::{UserError, UserVerifier, VerifiedUser};
 
 use super::entitlements::LicenseHeaderNames;
 use crate::policy::WebSocketScope;
@@ -102,6 +103,9 @@ pub struct Allowed {
     pub overage: Vec<OverageUse>,
     /// A shadow-mode rule would have denied for this reason.
     pub shadow: Option<Reason>,
+    /// The verified user, and the roles the workload is told (those the
+    /// license includes).
+    pub user: Option<ForwardedUser>,
     /// The matched route lets this request become a WebSocket tunnel.
     pub websocket: bool,
     /// A CORS preflight, forwarded without a license check or limits.
@@ -126,8 +130,61 @@ impl Allowed {
 }
 
 /// The verified license and its entitlement, once checked: filled by
-/// [`GateSource`] when the evaluator reaches the license.
+/// [`RequestCredentials`] when the evaluator reaches the license.
 type LicenseSlot = OnceCell<(Arc<VerifiedLicense>, Arc<Entitled>)>;
+
+/// The verified user, once checked.
+type UserSlot = OnceCell<Arc<VerifiedUser>>;
+
+/// What the workload is told about the request's verified user.
+#[derive(Clone, Debug)]
+pub struct ForwardedUser {
+    pub user: Arc<VerifiedUser>,
+    /// The roles the license includes, comma-separated; `None`: none.
+    pub roles: Option<HeaderValue>,
+}
+
+impl ForwardedUser {
+    /// `user`, with the roles `license` includes (all of them when neither
+    /// the license nor its plan caps roles).
+    fn new(
+        user: Arc<VerifiedUser>,
+        license: Option<&VerifiedLicense>,
+        policy: Option<&Policy>,
+    ) -> ForwardedUser {
+        let cap = license.and_then(|license| {
+            let lic = &license.claims.lic;
+            let plan = policy
+                .and_then(|p| p.plans.get(&lic.plan))
+                .and_then(|plan| plan.roles.as_ref());
+            (plan.is_some() || lic.roles.is_some()).then_some((plan, lic.roles.as_ref()))
+        });
+        let roles = match cap {
+            None => user.roles_value.clone(),
+            Some((plan, lic)) => {
+                let listed = |role: &str| {
+                    [plan, lic]
+                        .iter()
+                        .any(|list| list.is_some_and(|l| l.iter().any(|r| r == role)))
+                };
+                if user.roles.iter().all(|role| listed(role)) {
+                    user.roles_value.clone()
+                } else {
+                    let kept: Vec<&str> = user
+                        .roles
+                        .iter()
+                        .map(|role| &**role)
+                        .filter(|role| listed(role))
+                        .collect();
+                    (!kept.is_empty())
+                        .then(|| HeaderValue::from_str(&kept.join(",")).ok())
+                        .flatten()
+                }
+            }
+        };
+        ForwardedUser { user, roles }
+    }
+}
 
 /// Who holds the seat `check` counts (`""` for other limits): as the
 /// evaluator read it, or read here. The evaluator has refused requests
@@ -169,16 +226,31 @@ fn charges<'a>(
 /// The license gate as the evaluator's license source: checks the
 /// request's license when the decision order reaches it, and keeps it (with
 /// its entitlement) in `slot` for counting and forwarding.
-struct GateSource<'a> {
+struct RequestCredentials<'a> {
     engine: &'a DecisionEngine,
     policy: &'a Policy,
     head: &'a http::request::Parts,
     peer: &'a Peer,
     slot: &'a LicenseSlot,
+    user: &'a UserSlot,
 }
 
-impl<'a> LicenseSource<'a> for GateSource<'a> {
-    fn check(&mut self) -> Result<LicenseView<'a>, LicenseError> {
+impl<'a> Credentials<'a> for RequestCredentials<'a> {
+    fn user(&mut self) -> Result<&'a VerifiedUser, UserError> {
+        let engine = self.engine;
+        let users = engine
+            .users
+            .as_ref()
+            .expect("a policy whose routes need users is only bound with a user verifier");
+        let (head, peer) = (self.head, self.peer);
+        let now = engine.limiter.clock().unix_nanos() / 1_000_000_000;
+        let user = users.check(&head.headers, now, || {
+            client_ip(&head.headers, peer, engine.trust_forwarded)
+        })?;
+        Ok(self.user.get_or_init(|| user))
+    }
+
+    fn license(&mut self) -> Result<LicenseView<'a>, LicenseError> {
         let engine = self.engine;
         let gate = engine
             .license
@@ -226,6 +298,8 @@ pub struct DecisionEngine {
     header_names: LicenseHeaderNames,
     /// The license token header removed before forwarding, if any.
     token_header: Option<HeaderName>,
+    /// Verifies user tokens, when the deployment has an identity provider.
+    users: Option<Arc<UserVerifier>>,
     metrics: Arc<DecisionMetrics>,
     log: DecisionLog,
     trust_forwarded: bool,
@@ -265,6 +339,7 @@ impl DecisionEngine {
         DecisionEngine {
             license,
             token_header,
+            users: None,
             policy: None,
             limiter: Limiter::new(store, None, Arc::clone(&metrics.limits.refunds)),
             entitlements: EntitlementCache::new(settings.entitlement_capacity),
@@ -282,6 +357,18 @@ impl DecisionEngine {
     pub fn with_thresholds(mut self, announcer: Arc<ThresholdAnnouncer>) -> DecisionEngine {
         self.thresholds = Some(announcer);
         self
+    }
+
+    /// Verify user tokens with `users`: routes may then need roles and
+    /// count limits per user, and a verified user is told to the workload.
+    pub fn with_users(mut self, users: Arc<UserVerifier>) -> DecisionEngine {
+        self.users = Some(users);
+        self
+    }
+
+    /// The user verifier, when one is configured.
+    pub fn users(&self) -> Option<&Arc<UserVerifier>> {
+        self.users.as_ref()
     }
 
     /// Count rate, quota and seat limits in a shared store.
@@ -336,6 +423,14 @@ impl DecisionEngine {
                 file,
                 position: None,
                 message: "the policy has licensed routes (or `unmatched: licensed`) but no `license` is configured".into(),
+            }]));
+        }
+        if policy.needs_user && self.users.is_none() {
+            let file = policy.sources.first().cloned().unwrap_or_default();
+            return Err(PolicyError(vec![crate::policy::Diagnostic {
+                file,
+                position: None,
+                message: "the policy has routes that need a verified user (`roles`, or a limit counted by `user`) but no `users` identity provider is configured".into(),
             }]));
         }
         let counters = policy
@@ -437,6 +532,9 @@ impl DecisionEngine {
         // the license check may become a tunnel.
         let Some(gate) = &self.license else {
             return Decision::Allow(Allowed {
+                user: self
+                    .offered_user(head, peer)
+                    .map(|user| ForwardedUser::new(user, None, None)),
                 websocket: true,
                 ..Allowed::default()
             });
@@ -454,6 +552,9 @@ impl DecisionEngine {
         }) {
             Ok((license, _)) => Decision::Allow(Allowed {
                 license: Some(Arc::clone(&self.entitlements.get(&license, None).headers)),
+                user: self
+                    .offered_user(head, peer)
+                    .map(|user| ForwardedUser::new(user, Some(&license), None)),
                 websocket: true,
                 ..Allowed::default()
             }),
@@ -469,8 +570,8 @@ impl DecisionEngine {
         peer: &Peer,
         body: BodyState,
     ) -> Decision {
-        let slot = LicenseSlot::new();
-        let mut verdict = self.evaluate(active, head, peer, body, &slot);
+        let (slot, user) = (LicenseSlot::new(), UserSlot::new());
+        let mut verdict = self.evaluate(active, head, peer, body, &slot, &user);
         let mut allowed = Allowed::default();
         if let Outcome::Count(plan) = verdict.outcome {
             let context = self.key_context(&plan, head, peer);
@@ -483,7 +584,7 @@ impl DecisionEngine {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
-        self.conclude(active, verdict, allowed, &slot, head, peer)
+        self.conclude(active, verdict, allowed, (&slot, &user), head, peer)
     }
 
     /// Decide with the shared store: one round trip when it answers.
@@ -494,8 +595,8 @@ impl DecisionEngine {
         peer: &Peer,
         body: BodyState,
     ) -> Decision {
-        let slot = LicenseSlot::new();
-        let mut verdict = self.evaluate(active, head, peer, body, &slot);
+        let (slot, user) = (LicenseSlot::new(), UserSlot::new());
+        let mut verdict = self.evaluate(active, head, peer, body, &slot, &user);
         let mut allowed = Allowed::default();
         if let Outcome::Count(plan) = verdict.outcome {
             let context = self.key_context(&plan, head, peer);
@@ -509,7 +610,7 @@ impl DecisionEngine {
                 verdict.outcome = Outcome::Deny(self.refused(refusal));
             }
         }
-        self.conclude(active, verdict, allowed, &slot, head, peer)
+        self.conclude(active, verdict, allowed, (&slot, &user), head, peer)
     }
 
     /// Hand the quota thresholds this request crossed to the announcer.
@@ -535,13 +636,15 @@ impl DecisionEngine {
         peer: &'a Peer,
         body: BodyState,
         slot: &'a LicenseSlot,
+        user: &'a UserSlot,
     ) -> Verdict<'a, NoTrace> {
-        let mut source = GateSource {
+        let mut source = RequestCredentials {
             engine: self,
             policy: &active.policy,
             head,
             peer,
             slot,
+            user,
         };
         super::evaluate(
             &active.policy,
@@ -559,7 +662,7 @@ impl DecisionEngine {
         active: &Active,
         verdict: Verdict<'_, NoTrace>,
         mut allowed: Allowed,
-        slot: &LicenseSlot,
+        (slot, user): (&LicenseSlot, &UserSlot),
         head: &http::request::Parts,
         peer: &Peer,
     ) -> Decision {
@@ -577,6 +680,15 @@ impl DecisionEngine {
             }
             Outcome::Count(_) => Ok(()),
         };
+        if result.is_ok() && !allowed.preflight {
+            let user = match user.get() {
+                Some(user) => Some(Arc::clone(user)),
+                None => self.offered_user(head, peer),
+            };
+            allowed.user = user.map(|user| {
+                ForwardedUser::new(user, slot.get().map(|(l, _)| &**l), Some(&active.policy))
+            });
+        }
         allowed.usage_headers.clone_from(&active.usage_headers);
         // A preflight carries no license and feeds no meter.
         if let (false, Some(route), Some((_, entitled))) = (allowed.preflight, route, slot.get()) {
@@ -614,7 +726,8 @@ impl DecisionEngine {
                 denial.route = route.map(|r| Arc::clone(&r.name));
                 let shadow = verdict.mode == Mode::Shadow;
                 let license = slot.get().map(|(l, _)| &**l);
-                self.log_denial(&denial, shadow, route_name, head, peer, license);
+                let user = user.get().map(|u| &*u.subject);
+                self.log_denial(&denial, shadow, route_name, head, peer, (license, user));
                 self.metrics.denied(denial.reason, route_name, shadow);
                 if shadow {
                     allowed.shadow = Some(denial.reason);
@@ -627,6 +740,21 @@ impl DecisionEngine {
     }
 
     /// What this request's counter keys are made of.
+    /// The user of a request whose route does not need one, when it
+    /// carries a token that verifies: the workload is told who it is. A
+    /// token that does not verify is not refused here (the route did not
+    /// ask for a user); it is counted, and no user is told.
+    fn offered_user(&self, head: &http::request::Parts, peer: &Peer) -> Option<Arc<VerifiedUser>> {
+        let users = self.users.as_ref()?;
+        users.settings().token.find(&head.headers)?;
+        let now = self.limiter.clock().unix_nanos() / 1_000_000_000;
+        users
+            .check(&head.headers, now, || {
+                client_ip(&head.headers, peer, self.trust_forwarded)
+            })
+            .ok()
+    }
+
     fn key_context<'a>(
         &self,
         plan: &LimitPlan<'a>,
@@ -635,6 +763,7 @@ impl DecisionEngine {
     ) -> KeyContext<'a> {
         KeyContext {
             license: plan.license,
+            user: plan.user,
             headers: &head.headers,
             client: client_ip(&head.headers, peer, self.trust_forwarded),
             route: &plan.route.name,
@@ -665,7 +794,7 @@ impl DecisionEngine {
         route: &str,
         head: &http::request::Parts,
         peer: &Peer,
-        license: Option<&VerifiedLicense>,
+        (license, user): (Option<&VerifiedLicense>, Option<&str>),
     ) {
         self.log.denial(
             DenialLine {
@@ -676,6 +805,7 @@ impl DecisionEngine {
                 method: head.method.as_str(),
                 path: head.uri.path(),
                 license: license.map(|l| l.claims.sub.as_str()),
+                user,
                 client: client_ip(&head.headers, peer, self.trust_forwarded),
                 detail: &denial.detail,
             },
@@ -692,7 +822,7 @@ impl DecisionEngine {
         peer: &Peer,
     ) -> Decision {
         self.metrics.denied(denial.reason, REJECTED_ROUTE, false);
-        self.log_denial(&denial, false, REJECTED_ROUTE, head, peer, None);
+        self.log_denial(&denial, false, REJECTED_ROUTE, head, peer, (None, None));
         Decision::Deny(denial)
     }
 
@@ -921,6 +1051,7 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
 /// What counter keys are made of, for one request.
 struct KeyContext<'a> {
     license: Option<&'a VerifiedLicense>,
+    user: Option<&'a VerifiedUser>,
     headers: &'a HeaderMap,
     client: IpAddr,
     route: &'a str,
@@ -932,6 +1063,7 @@ impl<'a> KeyContext<'a> {
     fn part(&self, part: &KeyPart) -> Option<Cow<'a, str>> {
         match part {
             KeyPart::License => self.license.map(|l| Cow::Borrowed(l.claims.sub.as_str())),
+            KeyPart::User => self.user.map(|u| Cow::Borrowed(&*u.subject)),
             KeyPart::Claim(claim) => {
                 let claims = &self.license?.claims;
                 match claim {

@@ -36,8 +36,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use super::{BodyState, Denial, Hint, Reason, WebSocketScope};
 use crate::license::{LicenseError, VerifiedLicense};
 use crate::policy::{
-    Access, Amount, Claim, Entitlement, KeyPart, LimitDef, LimitKind, LimitUse, Mode, Policy, Route,
+    Access, Amount, Claim, Entitlement, KeyPart, LimitDef, LimitKind, LimitUse, Mode, Policy,
+    RoleRule, Route,
 };
+use crate::user::{UserError, VerifiedUser};
 
 /// What the decision reads from one request, path already normalised.
 #[derive(Clone, Copy, Debug)]
@@ -96,12 +98,15 @@ pub enum EnvironmentCheck {
     NotChecked,
 }
 
-/// Where the evaluator gets the license from, when the decision order
-/// reaches it: at most once per request, and only for `licensed` access. A
-/// public route never verifies a token it does not need (nor spends the
+/// Where the evaluator gets the license and the user from, when the
+/// decision order reaches them: each at most once per request, the license
+/// only for `licensed` access and the user only where the route needs one.
+/// A route never verifies a token it does not need (nor spends the
 /// client's budget of failing signature checks on one).
-pub trait LicenseSource<'a> {
-    fn check(&mut self) -> Result<LicenseView<'a>, LicenseError>;
+pub trait Credentials<'a> {
+    fn license(&mut self) -> Result<LicenseView<'a>, LicenseError>;
+    /// The verified user of the request.
+    fn user(&mut self) -> Result<&'a VerifiedUser, UserError>;
 }
 
 /// How the deployment around the evaluator is set up.
@@ -173,6 +178,8 @@ pub struct LimitPlan<'a> {
     pub entitlement: Option<&'a Entitlement>,
     /// The license counter keys and seat identities may read.
     pub license: Option<&'a VerifiedLicense>,
+    /// The verified user, where the route needs one.
+    pub user: Option<&'a VerifiedUser>,
     /// Who holds the seat the first seat limit (at this position) counts,
     /// as the evaluator read it: the engine counts with it rather than
     /// reading the header again (a second `HeaderMap` lookup was ~170 of
@@ -242,6 +249,14 @@ pub enum Step<'a> {
         route: &'a Route,
         missing: Option<usize>,
     },
+    /// The user token check passed, or failed for this reason.
+    User(Result<&'a VerifiedUser, Reason>),
+    /// The route's roles against the user's and the license's.
+    Roles {
+        route: &'a Route,
+        /// `None`: every role check passed.
+        refused: Option<Reason>,
+    },
     /// A limit the request will be counted by.
     Limit(LimitCheck<'a>),
 }
@@ -286,12 +301,12 @@ impl<'a> Trace<'a> for Vec<Step<'a>> {
 pub fn evaluate<'a, L, T>(
     policy: &'a Policy,
     facts: &RequestFacts<'a>,
-    licenses: &mut L,
+    credentials: &mut L,
     settings: &EvaluatorSettings,
     mut trace: T,
 ) -> Verdict<'a, T>
 where
-    L: LicenseSource<'a>,
+    L: Credentials<'a>,
     T: Trace<'a>,
 {
     let route = policy.find(facts.method, facts.host, facts.path, facts.headers);
@@ -301,7 +316,7 @@ where
         None => (policy.unmatched, policy.mode),
     };
     trace.step(Step::Access { access, mode });
-    let outcome = decide(policy, route, facts, licenses, settings, &mut trace);
+    let outcome = decide(policy, route, facts, credentials, settings, &mut trace);
     Verdict {
         route,
         mode,
@@ -315,12 +330,12 @@ fn decide<'a, L, T>(
     policy: &'a Policy,
     route: Option<&'a Route>,
     facts: &RequestFacts<'a>,
-    licenses: &mut L,
+    credentials: &mut L,
     settings: &EvaluatorSettings,
     trace: &mut T,
 ) -> Outcome<'a>
 where
-    L: LicenseSource<'a>,
+    L: Credentials<'a>,
     T: Trace<'a>,
 {
     let access = route.map_or(policy.unmatched, |r| r.access);
@@ -377,7 +392,7 @@ where
     }
     let license = match access {
         Access::Public => None,
-        Access::Licensed => match licenses.check() {
+        Access::Licensed => match credentials.license() {
             Ok(view) => {
                 trace.step(Step::License(Ok(view)));
                 trace.step(Step::Environment(Ok(view.environment)));
@@ -411,6 +426,32 @@ where
             return Outcome::Deny(Box::new(feature_denial(policy, route, view.license, bit)));
         }
     }
+    let user = match route.needs_user {
+        false => None,
+        true => match credentials.user() {
+            Ok(user) => {
+                trace.step(Step::User(Ok(user)));
+                Some(user)
+            }
+            Err(error) => {
+                let denial = user_denial(&error);
+                trace.step(Step::User(Err(denial.reason)));
+                return Outcome::Deny(Box::new(denial));
+            }
+        },
+    };
+    if let Some(user) = user.filter(|_| !route.roles.is_empty()) {
+        let licensed =
+            license.and_then(|view| view.entitlement.roles.as_ref().map(|r| (view.license, r)));
+        let refused = check_roles(policy, route, user, licensed);
+        trace.step(Step::Roles {
+            route,
+            refused: refused.as_ref().map(|denial| denial.reason),
+        });
+        if let Some(denial) = refused {
+            return Outcome::Deny(Box::new(denial));
+        }
+    }
     if route.limits.is_empty() {
         return Outcome::Allow(match license {
             Some(_) => Admission::Licensed,
@@ -422,6 +463,7 @@ where
         route,
         entitlement: license.map(|view| view.entitlement),
         license: license.map(|view| view.license),
+        user,
         seat: None,
     };
     for (position, usage) in route.limits.iter().enumerate() {
@@ -440,7 +482,7 @@ where
         // it is cannot take one. Checked before anything is counted, so a
         // refusal here never needs giving back.
         if let (Some(identity), Some(_)) = (seats, check.amount) {
-            match seat_holder(identity, facts.headers, plan.license, route) {
+            match seat_holder(identity, facts.headers, plan.license, plan.user, route) {
                 Holder::Missing => {
                     return Outcome::Deny(Box::new(Denial::new(
                         StatusCode::FORBIDDEN,
@@ -475,6 +517,7 @@ fn seat_holder<'a>(
     part: &KeyPart,
     headers: &'a HeaderMap,
     license: Option<&'a VerifiedLicense>,
+    user: Option<&'a VerifiedUser>,
     route: &'a Route,
 ) -> Holder<'a> {
     let text = |text: &'a str| match text {
@@ -483,6 +526,7 @@ fn seat_holder<'a>(
     };
     match part {
         KeyPart::License => license.map_or(Holder::Missing, |l| text(&l.claims.sub)),
+        KeyPart::User => user.map_or(Holder::Missing, |u| text(&u.subject)),
         KeyPart::Claim(claim) => license.map_or(Holder::Missing, |l| {
             let claims = &l.claims;
             text(match claim {
@@ -506,11 +550,132 @@ fn seat_holder<'a>(
 pub fn describe_part(part: &KeyPart) -> Cow<'static, str> {
     match part {
         KeyPart::License => "the license".into(),
+        KeyPart::User => "the verified user (a user token)".into(),
         KeyPart::Claim(_) => "a license claim".into(),
         KeyPart::Header(name) => format!("the `{name}` header").into(),
         KeyPart::ClientIp => "the client address".into(),
         KeyPart::Route => "the route".into(),
     }
+}
+
+/// Why `user` may not use `route`'s roles, if it may not: a role the user
+/// lacks (`role_missing`), or one the license does not include however the
+/// identity provider grants it (`role_not_licensed`). `licensed` is the
+/// license and its role cap, when it has one. Every `all_of` role must be
+/// both; of `any_of`, one role must be both.
+fn check_roles(
+    policy: &Policy,
+    route: &Route,
+    user: &VerifiedUser,
+    licensed: Option<(&VerifiedLicense, &crate::policy::NameSet)>,
+) -> Option<Denial> {
+    let RoleRule { any_of, all_of } = &route.roles;
+    let name = |bit: usize| policy.roles[bit].as_str();
+    let held = |bit: usize| user.has_role(name(bit));
+    let allowed = |bit: usize| licensed.is_none_or(|(_, roles)| roles.contains(bit));
+    let not_licensed = |bit: usize| {
+        let (license, _) = licensed.expect("only a cap refuses a role");
+        let lic = &license.claims.lic;
+        let plan = match lic.plan.as_str() {
+            "" => String::new(),
+            plan => format!(", plan `{plan}`"),
+        };
+        Denial::new(
+            StatusCode::FORBIDDEN,
+            Reason::RoleNotLicensed,
+            format!(
+                "route `{}` needs role `{}`, which license `{}`{plan} does not include (its `lic.roles` or its plan's `roles`)",
+                route.name,
+                name(bit),
+                license.claims.sub
+            ),
+        )
+    };
+    let missing = |wanted: &[usize], all: bool| {
+        let names: Vec<String> = wanted.iter().map(|&b| format!("`{}`", name(b))).collect();
+        Denial::new(
+            StatusCode::FORBIDDEN,
+            Reason::RoleMissing,
+            format!(
+                "route `{}` needs {} {}; user `{}` has {}",
+                route.name,
+                if all { "the roles" } else { "one of the roles" },
+                names.join(", "),
+                user.subject,
+                match user.roles.len() {
+                    0 => "no roles".to_owned(),
+                    _ => user
+                        .roles
+                        .iter()
+                        .map(|r| format!("`{r}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            ),
+        )
+    };
+    if let Some(&bit) = all_of.iter().find(|&&bit| !allowed(bit)) {
+        return Some(not_licensed(bit));
+    }
+    if all_of.iter().any(|&bit| !held(bit)) {
+        return Some(missing(all_of, true));
+    }
+    if any_of.is_empty() || any_of.iter().any(|&bit| held(bit) && allowed(bit)) {
+        return None;
+    }
+    // No usable role held: say the license is why when it is.
+    match any_of
+        .iter()
+        .find(|&&bit| held(bit))
+        .or_else(|| any_of.iter().all(|&bit| !allowed(bit)).then(|| &any_of[0]))
+    {
+        Some(&bit) => Some(not_licensed(bit)),
+        None => Some(missing(any_of, false)),
+    }
+}
+
+/// A failed user token check as a response: 401 with a `WWW-Authenticate`
+/// challenge the client can act on (RFC 6750), 429 past the client's
+/// budget of failing checks, 503 while no identity provider keys are
+/// loaded (the deployment's matter, and passing).
+pub fn user_denial(error: &UserError) -> Denial {
+    let (status, reason) = match error {
+        UserError::Missing => (StatusCode::UNAUTHORIZED, Reason::UserTokenMissing),
+        UserError::KeysUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, Reason::UserKeysUnavailable)
+        }
+        UserError::VerificationThrottled { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, Reason::UserTokenInvalid)
+        }
+        _ => (StatusCode::UNAUTHORIZED, Reason::UserTokenInvalid),
+    };
+    let mut denial = Denial::new(status, reason, error.detail());
+    denial.hint = Hint::UserToken;
+    match error {
+        UserError::VerificationThrottled { retry_after } => {
+            denial
+                .headers
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        UserError::KeysUnavailable => {
+            denial
+                .headers
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        UserError::Missing => {
+            denial.headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"users\""),
+            );
+        }
+        _ => {
+            denial.headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"users\", error=\"invalid_token\""),
+            );
+        }
+    }
+    denial
 }
 
 fn feature_denial(policy: &Policy, route: &Route, license: &VerifiedLicense, bit: usize) -> Denial {

@@ -26,6 +26,8 @@ pub struct DenialLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub license: Option<&'a str>,
+    /// The verified user's subject (never the token).
+    pub user: Option<&'a str>,
     pub client: std::net::IpAddr,
     pub detail: &'a str,
 }
@@ -70,6 +72,7 @@ impl DecisionLog {
             "method": line.method,
             "path": line.path,
             "license": line.license,
+            "user": line.user,
             "client": line.client.to_string(),
             "detail": line.detail,
             "suppressed_before": suppressed,

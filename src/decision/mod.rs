@@ -70,11 +70,21 @@ pub enum Reason {
     /// A protocol upgrade the route does not allow (only WebSocket, and only
     /// on routes that say `websocket: true`).
     UpgradeNotAllowed,
+    /// The route needs a verified user and the request carries no user token.
+    UserTokenMissing,
+    /// The user token did not verify (signature, issuer, audience, time…).
+    UserTokenInvalid,
+    /// No identity provider keys are loaded yet to verify user tokens with.
+    UserKeysUnavailable,
+    /// The user does not hold the role the route needs.
+    RoleMissing,
+    /// The user holds the role, but the license does not include it.
+    RoleNotLicensed,
 }
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 33] = [
         Reason::Allowed,
         Reason::CorsPreflight,
         Reason::UpstreamUnavailable,
@@ -103,6 +113,11 @@ impl Reason {
         Reason::LicenseVerificationThrottled,
         Reason::UpstreamOverloaded,
         Reason::UpgradeNotAllowed,
+        Reason::UserTokenMissing,
+        Reason::UserTokenInvalid,
+        Reason::UserKeysUnavailable,
+        Reason::RoleMissing,
+        Reason::RoleNotLicensed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -135,6 +150,11 @@ impl Reason {
             Reason::LicenseVerificationThrottled => "license_verification_throttled",
             Reason::UpstreamOverloaded => "upstream_overloaded",
             Reason::UpgradeNotAllowed => "upgrade_not_allowed",
+            Reason::UserTokenMissing => "user_token_missing",
+            Reason::UserTokenInvalid => "user_token_invalid",
+            Reason::UserKeysUnavailable => "user_keys_unavailable",
+            Reason::RoleMissing => "role_missing",
+            Reason::RoleNotLicensed => "role_not_licensed",
         }
     }
 
@@ -169,6 +189,11 @@ impl Reason {
             Reason::LicenseVerificationThrottled => "Too many unverifiable licenses",
             Reason::UpstreamOverloaded => "Upstream overloaded",
             Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
+            Reason::UserTokenMissing => "User token missing",
+            Reason::UserTokenInvalid => "User token invalid",
+            Reason::UserKeysUnavailable => "Identity provider keys unavailable",
+            Reason::RoleMissing => "Role missing",
+            Reason::RoleNotLicensed => "Role not licensed",
         }
     }
 
@@ -264,6 +289,8 @@ pub enum Hint {
         license: String,
         plan: String,
     },
+    /// A user token is missing or did not verify.
+    UserToken,
     /// The upstream failed; `local` when it runs on this machine (a
     /// sidecar's workload, a dev server), named in the detail.
     Upstream { local: bool },
@@ -338,11 +365,12 @@ pub const SHADOW_DENY_HEADER: &str = "x-licensegate-shadow-deny";
 pub const OVERAGE_HEADER: &str = "x-licensegate-overage";
 
 pub use crate::policy::WebSocketScope;
-pub use engine::{Allowed, DecisionEngine, EngineSettings};
+pub use engine::{Allowed, DecisionEngine, EngineSettings, ForwardedUser};
 pub use entitlements::LicenseHeaderNames;
 pub use evaluate::{
-    evaluate, Admission, EnvironmentCheck, EvaluatorSettings, LicenseSource, LicenseView,
-    LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace, Verdict,
+    evaluate, user_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings,
+    LicenseView, LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace,
+    Verdict,
 };
 pub use meters::{LicenseIdentity, MeterFeed, Metered, RouteMeters};
 pub use metrics::DecisionMetrics;

@@ -541,6 +541,7 @@ fn key_spec(def: &LimitDef) -> String {
         .iter()
         .map(|part| match part {
             KeyPart::License => "license".to_owned(),
+            KeyPart::User => "user".to_owned(),
             KeyPart::Claim(Claim::Sub) => "claim:sub".to_owned(),
             KeyPart::Claim(Claim::Plan) => "claim:plan".to_owned(),
             KeyPart::Claim(Claim::Customer) => "claim:customer".to_owned(),

@@ -103,6 +103,10 @@ pub struct LicenseClaims {
     /// Customer display name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer: Option<String>,
+    /// The user roles licensed, if capped: a role outside them is refused
+    /// however the customer's identity provider grants it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
 }
 
 impl LicenseClaims {
@@ -131,6 +135,7 @@ impl<'de> Deserialize<'de> for LicenseClaims {
                         "seats" => lic.seats = Some(map.next_value()?),
                         "env" => lic.env = map.next_value()?,
                         "customer" => lic.customer = Some(map.next_value()?),
+                        "roles" => lic.roles = Some(map.next_value()?),
                         _ => return Ok(false),
                     }
                     Ok(true)

@@ -811,7 +811,7 @@ fn schema_lists_exactly_the_parsed_members() {
     assert_eq!(schema["required"], json!(["sub", "exp", "lic"]));
     assert_eq!(
         keys(&schema["properties"]["lic"]["properties"]),
-        ["customer", "env", "features", "limits", "plan", "seats"]
+        ["customer", "env", "features", "limits", "plan", "roles", "seats"]
     );
     assert_eq!(schema["properties"]["lic"]["required"], json!(["plan"]));
     assert_eq!(

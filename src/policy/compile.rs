@@ -18,7 +18,7 @@ use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, S
 use super::schema::{
     check_flow_depth, AccessSetting, AmountSpec, CaseSetting, CountSetting, DefaultSpec,
     HeaderConditionSpec, KeySpec, LimitSpec, MeterSpec, ModeSetting, PeriodSetting, PolicyFile,
-    PreflightSetting, RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
+    PreflightSetting, RolesSpec, RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
 };
 use crate::license::LicenseClaims;
 use crate::yaml::YamlError;
@@ -38,6 +38,8 @@ pub struct Policy {
     pub plans: HashMap<String, Plan>,
     /// Feature names that routes require, by bit index.
     pub features: Vec<String>,
+    /// User role names that routes require, by bit index.
+    pub roles: Vec<String>,
     /// What a request no route matches gets.
     pub unmatched: Access,
     /// The policy-wide mode, which also applies to unmatched requests.
@@ -45,6 +47,9 @@ pub struct Policy {
     pub case_insensitive: bool,
     /// Whether any request can need a license.
     pub needs_license: bool,
+    /// Whether any route needs a verified user (roles, or a limit counted
+    /// by `user`).
+    pub needs_user: bool,
     /// The files this policy was compiled from.
     pub sources: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
@@ -70,6 +75,8 @@ pub struct Plan {
     pub features: Vec<String>,
     pub limits: BTreeMap<String, u64>,
     pub seats: Option<u64>,
+    /// The user roles the plan includes; `None`: the plan does not cap them.
+    pub roles: Option<Vec<String>>,
 }
 
 /// One compiled route.
@@ -87,8 +94,13 @@ pub struct Route {
     pub headers: Vec<(HeaderName, HeaderCondition)>,
     pub access: Access,
     /// Required features, as bits of [`Policy::features`].
-    pub features: FeatureSet,
+    pub features: NameSet,
     pub feature_names: Vec<String>,
+    /// The user roles it needs.
+    pub roles: RoleRule,
+    /// Whether a request needs a verified user here: the route needs roles,
+    /// or one of its limits is counted by `user`.
+    pub needs_user: bool,
     pub limits: Vec<LimitUse>,
     /// The meters a served request feeds.
     pub meters: Vec<MeterUse>,
@@ -157,6 +169,22 @@ impl HeaderCondition {
     }
 }
 
+/// The user roles a route needs, as indices of [`Policy::roles`]. Empty:
+/// none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleRule {
+    /// The user must hold at least one of these (when any are given).
+    pub any_of: Box<[usize]>,
+    /// The user must hold every one of these.
+    pub all_of: Box<[usize]>,
+}
+
+impl RoleRule {
+    pub fn is_empty(&self) -> bool {
+        self.any_of.is_empty() && self.all_of.is_empty()
+    }
+}
+
 /// A route's use of a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitUse {
@@ -205,6 +233,9 @@ pub struct LimitDef {
     pub key: Vec<KeyPart>,
     /// Whether evaluating it needs a license (key or amount from it).
     pub needs_license: bool,
+    /// Whether it is counted per verified user (`user` in its key or as
+    /// its seat identity).
+    pub needs_user: bool,
     /// With a shared store: what to do when the store cannot answer.
     pub on_store_error: OnStoreError,
     /// Rates and quotas: allowed responses state what is left of it
@@ -337,6 +368,8 @@ pub enum LicenseAmount {
 pub enum KeyPart {
     /// The license id (`sub`).
     License,
+    /// The verified user's subject (see [`crate::user`]).
+    User,
     Claim(Claim),
     Header(HeaderName),
     ClientIp,
@@ -351,13 +384,21 @@ pub enum Claim {
     Issuer,
 }
 
-/// Feature bits. Tiny: routes rarely need more than 64 distinct features.
+/// Bits of a name table ([`Policy::features`], [`Policy::roles`]). Tiny:
+/// routes rarely need more than 64 distinct names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FeatureSet(Box<[u64]>);
+pub struct NameSet(Box<[u64]>);
 
-impl FeatureSet {
-    fn with_len(features: usize) -> FeatureSet {
-        FeatureSet(vec![0; features.div_ceil(64)].into_boxed_slice())
+impl NameSet {
+    fn with_len(names: usize) -> NameSet {
+        NameSet(vec![0; names.div_ceil(64)].into_boxed_slice())
+    }
+
+    /// Whether `bit` is set.
+    pub fn contains(&self, bit: usize) -> bool {
+        self.0
+            .get(bit / 64)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
     }
 
     fn insert(&mut self, bit: usize) {
@@ -369,7 +410,7 @@ impl FeatureSet {
     }
 
     /// The first bit of `required` missing from `self`.
-    pub fn first_missing(&self, required: &FeatureSet) -> Option<usize> {
+    pub fn first_missing(&self, required: &NameSet) -> Option<usize> {
         for (i, want) in required.0.iter().enumerate() {
             let missing = want & !self.0.get(i).copied().unwrap_or(0);
             if missing != 0 {
@@ -384,7 +425,10 @@ impl FeatureSet {
 /// (license, policy generation) and cached by the decision engine.
 #[derive(Debug)]
 pub struct Entitlement {
-    pub features: FeatureSet,
+    pub features: NameSet,
+    /// The user roles it includes, as bits of [`Policy::roles`]; `None`:
+    /// neither the license nor its plan caps roles.
+    pub roles: Option<NameSet>,
     /// Per limit definition; `None` is unlimited.
     pub amounts: Box<[Option<u64>]>,
 }
@@ -576,13 +620,24 @@ impl Policy {
     /// features and limits over its plan's over the limit's default.
     pub fn entitle(&self, claims: &LicenseClaims) -> Entitlement {
         let plan = self.plans.get(&claims.plan);
-        let mut features = FeatureSet::with_len(self.features.len());
+        let mut features = NameSet::with_len(self.features.len());
         for (bit, name) in self.features.iter().enumerate() {
             let in_plan = plan.is_some_and(|p| p.features.iter().any(|f| f == name));
             if in_plan || claims.has_feature(name) {
                 features.insert(bit);
             }
         }
+        let plan_roles = plan.and_then(|p| p.roles.as_ref());
+        let roles = (plan_roles.is_some() || claims.roles.is_some()).then(|| {
+            let mut roles = NameSet::with_len(self.roles.len());
+            for (bit, name) in self.roles.iter().enumerate() {
+                let listed = |list: Option<&Vec<String>>| list.is_some_and(|l| l.contains(name));
+                if listed(plan_roles) || listed(claims.roles.as_ref()) {
+                    roles.insert(bit);
+                }
+            }
+            roles
+        });
         let amounts = self
             .limits
             .iter()
@@ -604,7 +659,11 @@ impl Policy {
                 }
             })
             .collect();
-        Entitlement { features, amounts }
+        Entitlement {
+            features,
+            roles,
+            amounts,
+        }
     }
 
     /// Nodes in the route trie.
@@ -715,11 +774,16 @@ struct Compiler {
     meters: Vec<(MeterDef, usize)>,
     /// Meters defined but not compiled (their error is reported).
     broken_meters: HashSet<String>,
+    /// Seat limits whose header identity an SSO proxy in front sets
+    /// (`trust_header`): not warned about.
+    trusted_seat_headers: HashSet<String>,
     /// Limits defined but not compiled (their error is reported): routes
     /// using them fail without a second error.
     broken_limits: HashSet<String>,
     features: Vec<String>,
     feature_index: HashMap<String, usize>,
+    roles: Vec<String>,
+    role_index: HashMap<String, usize>,
     routes: Vec<Route>,
     /// Route keys by position, for shadowing checks: (route, file, index).
     route_names: HashMap<Arc<str>, (usize, usize)>,
@@ -768,6 +832,7 @@ impl Compiler {
                         .map(|(name, n)| (name.clone(), *n))
                         .collect(),
                     seats: spec.seats,
+                    roles: spec.roles.clone(),
                 };
                 self.plan_index.insert(name.clone(), self.plans.len());
                 self.plans.push((name.clone(), plan, f));
@@ -847,7 +912,7 @@ impl Compiler {
             self.broken_limits.insert(name.to_owned());
             return;
         }
-        let Some((kind, amount, key)) = self.limit_def(f, &at, spec) else {
+        let Some((kind, amount, key)) = self.limit_def(f, name, &at, spec) else {
             self.broken_limits.insert(name.to_owned());
             return;
         };
@@ -900,6 +965,13 @@ impl Compiler {
                     _ => None,
                 })
                 .any(|part| matches!(part, KeyPart::License | KeyPart::Claim(_)));
+        let needs_user = key
+            .iter()
+            .chain(match &kind {
+                LimitKind::Seats { identity, .. } => Some(identity),
+                _ => None,
+            })
+            .any(|part| *part == KeyPart::User);
         self.limit_index.insert(name.to_owned(), self.limits.len());
         self.limits.push((
             LimitDef {
@@ -908,6 +980,7 @@ impl Compiler {
                 amount,
                 key,
                 needs_license,
+                needs_user,
                 on_store_error: match spec.on_store_error {
                     None | Some(StoreErrorSetting::Fallback) => OnStoreError::Fallback,
                     Some(StoreErrorSetting::Allow) => OnStoreError::Allow,
@@ -1116,6 +1189,7 @@ impl Compiler {
     fn limit_def(
         &mut self,
         f: usize,
+        name: &str,
         at: &[Step],
         spec: &LimitSpec,
     ) -> Option<(LimitKind, Amount, Vec<KeyPart>)> {
@@ -1205,6 +1279,18 @@ impl Compiler {
                 self.error(f, with(&at, "idle"), "must be longer than zero");
                 return None;
             }
+            match (&identity, seats.trust_header) {
+                (KeyPart::Header(_), true) => self.trusted_seat_headers.insert(name.to_owned()),
+                (_, true) => {
+                    self.error(
+                        f,
+                        with(&at, "trust_header"),
+                        "only a `header:NAME` identity is a header to trust",
+                    );
+                    return None;
+                }
+                _ => false,
+            };
             (LimitKind::Seats { identity, idle }, amount, key)
         } else if let Some(concurrency) = &spec.concurrency {
             let at = sub("concurrency");
@@ -1483,6 +1569,11 @@ impl Compiler {
         }
         let meters = self.route_meters(f, &at, spec, access);
         failed |= meters.is_none();
+        let roles = self.route_roles(f, &at, spec, access);
+        failed |= roles.is_none();
+        let roles = roles.unwrap_or_default();
+        let needs_user =
+            !roles.is_empty() || limits.iter().any(|u| self.limits[u.limit].0.needs_user);
         let name: Arc<str> = match &spec.name {
             Some(name) if name.is_empty() => {
                 self.error(f, with(&at, "name"), "an empty route name");
@@ -1533,8 +1624,10 @@ impl Compiler {
             headers,
             access,
             // Sized when the feature list is complete (finish).
-            features: FeatureSet::default(),
+            features: NameSet::default(),
             feature_names,
+            roles,
+            needs_user,
             limits,
             meters: meters.unwrap_or_default(),
             // Resolved against the policy-wide mode in finish.
@@ -1552,6 +1645,72 @@ impl Compiler {
         }
     }
 
+    /// The route's `roles`, interned into [`Policy::roles`]; `None` after
+    /// an error.
+    fn route_roles(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        spec: &RouteSpec,
+        access: Access,
+    ) -> Option<RoleRule> {
+        let Some(roles) = &spec.roles else {
+            return Some(RoleRule::default());
+        };
+        let at = with(at, "roles");
+        if access == Access::Deny {
+            self.error(f, at, "a `deny` route has no roles to require");
+            return None;
+        }
+        let (any_of, all_of, listed) = match roles {
+            RolesSpec::AnyOf(names) => (names.as_slice(), &[][..], false),
+            RolesSpec::Rule(rule) => (rule.any_of.as_slice(), rule.all_of.as_slice(), true),
+        };
+        if any_of.is_empty() && all_of.is_empty() {
+            self.error(
+                f,
+                at,
+                "name at least one role (an empty list would let every verified user in; drop `roles` for that)",
+            );
+            return None;
+        }
+        let mut failed = false;
+        let mut intern = |group: &[String], key: &str| -> Box<[usize]> {
+            let mut bits = Vec::new();
+            for (n, role) in group.iter().enumerate() {
+                if role.is_empty() || role.trim() != role {
+                    let mut at = at.clone();
+                    if listed {
+                        at.push(Step::key(key));
+                    }
+                    at.push(Step::Index(n));
+                    self.errors.push(Note {
+                        file: f,
+                        at,
+                        message: format!(
+                            "{role:?} is not a role name (empty, or with spaces around it)"
+                        ),
+                    });
+                    failed = true;
+                    continue;
+                }
+                let bit = *self.role_index.entry(role.clone()).or_insert_with(|| {
+                    self.roles.push(role.clone());
+                    self.roles.len() - 1
+                });
+                if !bits.contains(&bit) {
+                    bits.push(bit);
+                }
+            }
+            bits.into_boxed_slice()
+        };
+        let rule = RoleRule {
+            any_of: intern(any_of, "any_of"),
+            all_of: intern(all_of, "all_of"),
+        };
+        (!failed).then_some(rule)
+    }
+
     fn check_references(&mut self) {
         // Features no plan includes can only come from a license listing them.
         let planned: HashSet<&str> = self
@@ -1560,6 +1719,7 @@ impl Compiler {
             .flat_map(|(_, plan, _)| plan.features.iter().map(String::as_str))
             .collect();
         let mut notes = Vec::new();
+        self.check_roles(&mut notes);
         if !self.plans.is_empty() {
             for route in &self.routes {
                 for (n, feature) in route.feature_names.iter().enumerate() {
@@ -1777,6 +1937,56 @@ impl Compiler {
         }
     }
 
+    /// Roles no capping plan includes, and seats held by what a client
+    /// types.
+    fn check_roles(&self, notes: &mut Vec<(usize, Vec<Step>, String)>) {
+        let capping: Vec<&str> = self
+            .plans
+            .iter()
+            .filter(|(_, plan, _)| plan.roles.is_some())
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        for route in &self.routes {
+            let (f, i) = route.origin;
+            for &bit in route.roles.any_of.iter().chain(&route.roles.all_of) {
+                let role = &self.roles[bit];
+                let in_plan = self.plans.iter().any(|(_, plan, _)| {
+                    plan.roles
+                        .as_ref()
+                        .is_some_and(|roles| roles.contains(role))
+                });
+                if !capping.is_empty() && !in_plan {
+                    notes.push((
+                        f,
+                        vec![Step::key("routes"), Step::Index(i), Step::key("roles")],
+                        format!(
+                            "role `{role}` is in no plan's `roles` ({}); only licenses that list it in `lic.roles` (or plans without `roles`) pass",
+                            capping.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        for (limit, f) in &self.limits {
+            if let LimitKind::Seats {
+                identity: KeyPart::Header(name),
+                ..
+            } = &limit.kind
+            {
+                if self.trusted_seat_headers.contains(&*limit.name) {
+                    continue;
+                }
+                notes.push((
+                    *f,
+                    vec![Step::key("limits"), Step::key(&limit.name), Step::key("seats"), Step::key("identity")],
+                    format!(
+                        "seats are held by whatever the `{name}` header says, which any client can type: one value shares a seat among everyone, fresh values lock real users out. Use `identity: user` (a verified user token, see `users:` in the config), or, behind a single sign-on proxy that sets the header and strips client copies, say so with `trust_header: true`"
+                    ),
+                ));
+            }
+        }
+    }
+
     fn finish(self) -> Policy {
         let mode = self.mode.map_or(Mode::Enforce, |(m, _)| m);
         let unmatched = self.unmatched.map_or(Access::Deny, |(a, _)| a);
@@ -1812,7 +2022,7 @@ impl Compiler {
             });
         }
         for (route, bits) in routes.iter_mut().zip(&self.route_bits) {
-            let mut set = FeatureSet::with_len(feature_count);
+            let mut set = NameSet::with_len(feature_count);
             for &bit in bits {
                 set.insert(bit);
             }
@@ -1825,6 +2035,7 @@ impl Compiler {
         table.rank(|id| (std::cmp::Reverse(routes[id as usize].specificity()), id));
         let needs_license =
             unmatched == Access::Licensed || routes.iter().any(|r| r.access == Access::Licensed);
+        let needs_user = routes.iter().any(|r| r.needs_user);
         Policy {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             routes,
@@ -1837,10 +2048,12 @@ impl Compiler {
                 .map(|(name, plan, _)| (name, plan))
                 .collect(),
             features: self.features,
+            roles: self.roles,
             unmatched,
             mode,
             case_insensitive,
             needs_license,
+            needs_user,
             sources: Vec::new(),
             warnings: Vec::new(),
             table,
@@ -1981,6 +2194,7 @@ fn parse_host(host: &str) -> Result<HostMatch, String> {
 pub fn parse_key_part(text: &str) -> Result<KeyPart, String> {
     match text {
         "license" => return Ok(KeyPart::License),
+        "user" => return Ok(KeyPart::User),
         "client_ip" => return Ok(KeyPart::ClientIp),
         "route" => return Ok(KeyPart::Route),
         _ => {}
@@ -2002,6 +2216,6 @@ pub fn parse_key_part(text: &str) -> Result<KeyPart, String> {
             .map_err(|_| format!("`{header}` is not a header name"));
     }
     Err(format!(
-        "`{text}`: expected `license`, `claim:NAME`, `header:NAME`, `client_ip` or `route`"
+        "`{text}`: expected `license`, `user`, `claim:NAME`, `header:NAME`, `client_ip` or `route`"
     ))
 }

@@ -360,6 +360,10 @@ pub struct PlanSpec {
     #[serde(default)]
     pub limits: UniqueMap<u64>,
     pub seats: Option<u64>,
+    /// The user roles the plan includes; when a plan or license lists
+    /// roles, a role outside them is refused even if the identity provider
+    /// grants it (`role_not_licensed`).
+    pub roles: Option<Vec<String>>,
 }
 
 /// A limit: exactly one of `rate`, `quota`, `seats`, `concurrency`.
@@ -603,6 +607,10 @@ pub struct SeatsSpec {
     pub idle: Option<HumanDuration>,
     /// Whose seats: default `license`.
     pub key: Option<KeySpec>,
+    /// A `header:NAME` identity is set by a proxy in front (single sign-on)
+    /// that strips client copies: no warning that clients can type it.
+    #[serde(default)]
+    pub trust_header: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -648,6 +656,56 @@ pub struct RouteSpec {
     /// the upstream, without a license check or limits) or `decide` (like
     /// any request).
     pub preflight: Option<PreflightSetting>,
+    /// The user roles the route needs: a list (any of them), or
+    /// `{any_of: [...], all_of: [...]}`.
+    pub roles: Option<RolesSpec>,
+}
+
+/// `[analyst, admin]` (any of them) or `{any_of: [...], all_of: [...]}`.
+#[derive(Debug)]
+pub enum RolesSpec {
+    AnyOf(Vec<String>),
+    Rule(RoleRuleSpec),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRuleSpec {
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    #[serde(default)]
+    pub all_of: Vec<String>,
+}
+
+const ROLES: &str =
+    "expected a list of roles (any of them), or {any_of: [ROLE, ...], all_of: [ROLE, ...]}";
+
+impl<'de> Deserialize<'de> for RolesSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RolesVisitor;
+
+        impl<'de> Visitor<'de> for RolesVisitor {
+            type Value = RolesSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(ROLES)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(RolesSpec::AnyOf)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RolesSpec::Rule)
+            }
+
+            refuse!(ROLES; bool, i64, u64, f64, str, unit);
+        }
+
+        deserializer.deserialize_any(RolesVisitor)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -516,6 +516,7 @@ limits:
   users:
     seats:
       identity: header:x-user
+      trust_header: true
 ";
     assert_only(
         &errors(text),
@@ -722,7 +723,7 @@ limits:
         &errors(text),
         FILE,
         (6, 12),
-        &["`tenant`: expected `license`, `claim:NAME`, `header:NAME`, `client_ip` or `route`"],
+        &["`tenant`: expected `license`, `user`, `claim:NAME`, `header:NAME`, `client_ip` or `route`"],
     );
 }
 
@@ -1748,7 +1749,7 @@ limits:
   rate:
     rate: {limit: 10, per: 1s, burst: 20}
   users:
-    seats: {limit: 5, identity: \"header:X-User\", idle: 10m}
+    seats: {limit: 5, identity: \"header:X-User\", idle: 10m, trust_header: true}
   slots:
     concurrency: {limit: 4, key: [license, route]}
 routes:
@@ -1906,7 +1907,7 @@ limits:
   slots:
     concurrency: {limit: 4}
   users:
-    seats: {identity: header:x-user, default: 3}
+    seats: {identity: header:x-user, default: 3, trust_header: true}
 routes:
   - path: /read
     features: [read]
@@ -1959,10 +1960,7 @@ fn features_are_the_license_and_its_plan_together() {
     let missing = pro.features.first_missing(&both.features).unwrap();
     assert_eq!(p.features[missing], "export");
     // A route without features: anyone licensed.
-    assert!(both
-        .features
-        .first_missing(&FeatureSet::default())
-        .is_none());
+    assert!(both.features.first_missing(&NameSet::default()).is_none());
 }
 
 #[test]
@@ -2371,7 +2369,7 @@ routes:
 #[test]
 fn license_seats_still_counts_seats() {
     let p = clean(
-        "limits:\n  users:\n    seats: {limit: lic.seats, default: 3, identity: \"header:x-user\"}\nroutes:\n  - path: /a\n    limits: [users]\n",
+        "limits:\n  users:\n    seats: {limit: lic.seats, default: 3, identity: \"header:x-user\", trust_header: true}\nroutes:\n  - path: /a\n    limits: [users]\n",
     );
     assert_eq!(
         p.limits[0].amount,
@@ -2709,7 +2707,7 @@ fn budgets_are_stated_by_default_for_rates_and_quotas_keyed_by_the_license() {
   quiet:
     rate: {limit: 5, per: 1m}
     headers: false
-  users: {seats: {identity: 'header:x-user', limit: 3}}
+  users: {seats: {identity: 'header:x-user', limit: 3, trust_header: true}}
   inflight: {concurrency: {limit: 3}}
 routes:
   - path: /a

@@ -178,6 +178,28 @@ fn hint(denial: &Denial) -> String {
         }
         Reason::RouteNotFound => "Nothing is served at this address. Check the URL.".to_owned(),
         Reason::UpgradeNotAllowed => "This route does not accept WebSocket connections.".to_owned(),
+        Reason::UserTokenMissing => "This needs you to be signed in: send the token your \
+             organisation's sign-in gave you (<code>Authorization: Bearer &lt;token&gt;</code>, \
+             or the session cookie), then try again."
+            .to_owned(),
+        Reason::UserTokenInvalid if retry.is_some() => {
+            again("Too many sign-in tokens that failed verification came from this address.")
+        }
+        Reason::UserTokenInvalid => "Your sign-in token was not accepted (the detail says \
+             why: expired, for another application, or not from your organisation's sign-in). \
+             Sign in again and retry."
+            .to_owned(),
+        Reason::UserKeysUnavailable => again(
+            "Sign-ins cannot be checked for the moment: the keys of the organisation's \
+             identity provider are not loaded yet.",
+        ),
+        Reason::RoleMissing => "Your account does not have a role this needs (the detail \
+             names it). Ask your organisation's administrator to grant it."
+            .to_owned(),
+        Reason::RoleNotLicensed => "Your account has the role this needs, but your \
+             organisation's license does not include it. Ask the vendor to add the role to \
+             the license or plan."
+            .to_owned(),
         Reason::BadRequest | Reason::BadRequestPath => "The request was refused as sent (the \
              detail says why). Check the URL: encoded slashes, backslashes, <code>;</code> and \
              malformed escapes are not accepted."

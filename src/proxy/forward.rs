@@ -22,6 +22,7 @@ use crate::decision::{LicenseHeaderNames, Peer};
 use crate::limits::Permit;
 use crate::problem::{is_grpc, Asked};
 use crate::tls::TlsError;
+use crate::user::UserForwarding;
 
 use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
@@ -149,12 +150,14 @@ impl Forwarder {
     }
 
     /// A forwarder to `settings.upstream`. Clients may not send, in any
-    /// spelling, the entitlement headers `names` nor `license_header` (the
-    /// header a per-request license comes in).
+    /// spelling, the entitlement headers `names`, `license_header` (the
+    /// header a per-request license comes in) nor the verified user's
+    /// headers (`users`).
     pub fn new(
         settings: &ProxySettings,
         names: &LicenseHeaderNames,
         license_header: Option<&HeaderName>,
+        users: Option<&UserForwarding>,
         metrics: &ProxyMetrics,
     ) -> Result<Forwarder, TlsError> {
         let mut http = HttpConnector::new();
@@ -215,7 +218,7 @@ impl Forwarder {
             response_timeout: settings.timeouts.upstream_response,
             trust_forwarded: settings.forwarded.trust_incoming,
             protected: Protected {
-                names: protected_names(names, license_header),
+                names: protected_names(names, license_header, users),
                 underscores: settings.headers.underscores,
             },
             tunnel_idle: settings.timeouts.tunnel_idle,
@@ -553,6 +556,7 @@ pub struct PendingUpgrade {
 fn protected_names(
     headers: &LicenseHeaderNames,
     license_header: Option<&HeaderName>,
+    users: Option<&UserForwarding>,
 ) -> Vec<HeaderName> {
     let mut names = vec![
         headers.id.clone(),
@@ -560,6 +564,9 @@ fn protected_names(
         headers.features.clone(),
     ];
     names.extend(license_header.cloned());
+    if let Some(users) = users {
+        names.extend([users.id.clone(), users.roles.clone()]);
+    }
     names
 }
 

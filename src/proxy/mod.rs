@@ -109,6 +109,9 @@ pub async fn handle(
                         shared.engine.license_token_header(),
                         &allowed,
                     );
+                    if let Some(users) = shared.engine.users() {
+                        set_user_headers(&mut head.headers, users.settings(), &allowed);
+                    }
                     permits = std::mem::take(&mut allowed.permits);
                     let asked = outbound.asked;
                     let counted = settlement.as_ref().and_then(Settlement::request_counter);
@@ -223,6 +226,31 @@ fn set_entitlement_headers(
                 http::HeaderName::from_static(crate::decision::OVERAGE_HEADER),
                 value,
             );
+        }
+    }
+}
+
+/// Replace whatever the client sent under the user header names with the
+/// verified user's subject and licensed roles, and remove the user token
+/// when `users.forward.token` is off. A request without a verified user
+/// reaches the workload with neither header.
+fn set_user_headers(
+    headers: &mut http::HeaderMap,
+    users: &crate::user::UserSettings,
+    allowed: &crate::decision::Allowed,
+) {
+    let forward = &users.forward;
+    headers.remove(&forward.id);
+    headers.remove(&forward.roles);
+    if !forward.token {
+        users.token.remove(headers);
+    }
+    if let Some(forwarded) = &allowed.user {
+        if let Some(id) = &forwarded.user.subject_value {
+            headers.insert(forward.id.clone(), id.clone());
+        }
+        if let Some(roles) = &forwarded.roles {
+            headers.insert(forward.roles.clone(), roles.clone());
         }
     }
 }

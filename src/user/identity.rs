@@ -20,9 +20,40 @@ pub struct VerifiedUser {
     pub nbf: Option<u64>,
     /// The key that signed it.
     pub kid: Box<str>,
+    /// `roles`, comma-separated, as the workload is told them; `None` when
+    /// there are none (or one is not a header-safe value).
+    pub roles_value: Option<http::HeaderValue>,
+    /// `subject` as a header value; `None` when it cannot be one.
+    pub subject_value: Option<http::HeaderValue>,
 }
 
 impl VerifiedUser {
+    /// A verified user; the header values are made here, once per token.
+    pub fn new(
+        issuer: usize,
+        subject: Box<str>,
+        mut roles: Vec<Box<str>>,
+        exp: u64,
+        nbf: Option<u64>,
+        kid: Box<str>,
+    ) -> VerifiedUser {
+        roles.sort_unstable();
+        roles.dedup();
+        let joined = roles.join(",");
+        VerifiedUser {
+            issuer,
+            subject_value: http::HeaderValue::from_str(&subject).ok(),
+            subject,
+            roles_value: (!joined.is_empty())
+                .then(|| http::HeaderValue::from_str(&joined).ok())
+                .flatten(),
+            roles: roles.into_boxed_slice(),
+            exp,
+            nbf,
+            kid,
+        }
+    }
+
     /// Whether the token lists `role` (exact, case-sensitive).
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| &**r == role)

@@ -34,6 +34,12 @@ mod verifier;
 pub use error::UserError;
 pub use identity::VerifiedUser;
 pub use settings::{
-    ClaimPath, IssuerSettings, JwksSource, TokenLocation, UserAlgorithm, UserSettings,
+    ClaimPath, IssuerSettings, JwksSource, TokenLocation, UserAlgorithm, UserForwarding,
+    UserSettings,
 };
 pub use verifier::UserVerifier;
+
+/// PLACEHOLDER until the key sources land: a verifier for `policy explain`.
+pub fn explain_verifier(settings: UserSettings) -> Result<std::sync::Arc<UserVerifier>, String> {
+    Ok(std::sync::Arc::new(UserVerifier::new(settings)))
+}

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::license::BudgetSettings;
 
@@ -252,6 +252,39 @@ impl TokenLocation {
                         .unwrap_or(value);
                     non_empty(value)
                 }),
+        }
+    }
+}
+
+impl TokenLocation {
+    /// Remove the token from `headers` (the header, or the one cookie,
+    /// keeping the others).
+    pub fn remove(&self, headers: &mut HeaderMap) {
+        let TokenLocation::Cookie(name) = self else {
+            headers.remove(self.header());
+            return;
+        };
+        let kept: Vec<HeaderValue> = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|value| {
+                let pairs: Vec<&[u8]> = value
+                    .as_bytes()
+                    .split(|&b| b == b';')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|pair| {
+                        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+                        !pair.is_empty() && key.trim_ascii() != name.as_bytes()
+                    })
+                    .collect();
+                (!pairs.is_empty())
+                    .then(|| HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok())
+                    .flatten()
+            })
+            .collect();
+        headers.remove(http::header::COOKIE);
+        for value in kept {
+            headers.append(http::header::COOKIE, value);
         }
     }
 }

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use super::*;
 use crate::license::{Algorithm, Claims, LicenseError, VerifiedLicense};
 use crate::policy::Policy;
+use crate::user::{UserError, VerifiedUser};
 
 const POLICY: &str = "\
 plans:
@@ -56,14 +57,20 @@ fn license(plan: &str) -> VerifiedLicense {
     }
 }
 
-/// The license as the gate would answer, counting how often it is asked.
+/// The license as the gate would answer, counting how often it is asked;
+/// the user as the verifier would.
 struct Given<'a> {
     answer: Result<LicenseView<'a>, LicenseError>,
     asked: usize,
+    user: Result<&'a VerifiedUser, UserError>,
 }
 
-impl<'a> LicenseSource<'a> for Given<'a> {
-    fn check(&mut self) -> Result<LicenseView<'a>, LicenseError> {
+impl<'a> Credentials<'a> for Given<'a> {
+    fn user(&mut self) -> Result<&'a VerifiedUser, UserError> {
+        self.user.clone()
+    }
+
+    fn license(&mut self) -> Result<LicenseView<'a>, LicenseError> {
         self.asked += 1;
         self.answer.clone()
     }
@@ -148,6 +155,10 @@ fn kind(step: &Step<'_>) -> &'static str {
             missing: Some(_), ..
         } => "features:missing",
         Step::Features { .. } => "features",
+        Step::User(Ok(_)) => "user",
+        Step::User(Err(_)) => "user:refused",
+        Step::Roles { refused: None, .. } => "roles",
+        Step::Roles { .. } => "roles:refused",
         Step::Limit(_) => "limit",
     }
 }
@@ -405,6 +416,7 @@ fn run<'a, T: Trace<'a>>(
     let mut source = Given {
         answer: view,
         asked: 0,
+        user: Err(UserError::Missing),
     };
     let verdict = evaluate(policy, &facts, &mut source, settings, trace);
     (summary(&verdict.outcome), source.asked > 0, verdict)
@@ -576,4 +588,198 @@ fn the_plan_hands_the_seat_holder_it_read_to_the_counting() {
         Outcome::Count(plan) => assert_eq!(plan.seat, Some((1, "alice"))),
         other => panic!("not counted: {other:?}"),
     }
+}
+
+const ROLES_POLICY: &str = "\
+unmatched: deny
+plans:
+  team:
+    roles: [analyst, viewer]
+  open: {}
+limits:
+  seats:
+    seats: {identity: user, default: 2}
+routes:
+  - {name: reports, path: /reports/**, roles: [analyst, admin]}
+  - {name: admin, path: /admin/**, roles: {all_of: [admin, analyst]}}
+  - {name: seated, path: /seated/**, limits: [seats]}
+  - {name: plain, path: /plain/**}
+  - {name: open-roles, path: /open/**, access: public, roles: [viewer]}
+";
+
+fn user(roles: &[&str]) -> VerifiedUser {
+    VerifiedUser::new(
+        0,
+        "alice@acme.test".into(),
+        roles.iter().map(|r| (*r).into()).collect(),
+        4_000_000_000,
+        None,
+        "kid-1".into(),
+    )
+}
+
+/// Roles as written: any-of, all-of, the license's cap, and the user a
+/// seat limit counts by.
+#[test]
+fn roles_and_seats_by_verified_user() {
+    let policy = Policy::compile(vec![("p.yaml".into(), ROLES_POLICY.into())])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let settings = EvaluatorSettings::default();
+    let decide = |path: &'static str,
+                  plan: &str,
+                  lic_roles: Option<&[&str]>,
+                  user: Result<&VerifiedUser, UserError>| {
+        let mut license = license(plan);
+        license.claims.lic.roles = lic_roles.map(|r| r.iter().map(|s| (*s).to_owned()).collect());
+        let entitlement = policy.entitle(&license.claims.lic);
+        let row = request("GET", path, &[]);
+        let facts = RequestFacts::of(&row.head, row.body);
+        let mut source = Given {
+            answer: Ok(LicenseView {
+                license: &license,
+                entitlement: &entitlement,
+                environment: EnvironmentCheck::Admitted,
+            }),
+            asked: 0,
+            user: user.clone(),
+        };
+        let fast = summary(&evaluate(&policy, &facts, &mut source, &settings, NoTrace).outcome);
+        let mut source = Given {
+            answer: source.answer.clone(),
+            asked: 0,
+            user,
+        };
+        let verdict = evaluate(&policy, &facts, &mut source, &settings, Vec::new());
+        let traced = summary(&verdict.outcome);
+        assert_eq!(fast, traced, "{path}: the trace changed the outcome");
+        let steps: Vec<&str> = verdict.steps.iter().map(kind).collect();
+        (traced, steps.join(" "))
+    };
+    let analyst = user(&["analyst"]);
+    let admin = user(&["admin"]);
+    let both = user(&["admin", "analyst"]);
+    let nobody = user(&[]);
+    let denied = |reason| Expect::Deny(reason, StatusCode::FORBIDDEN);
+    let allowed = Expect::Allow(Admission::Licensed);
+
+    // Any of: a held role the plan includes passes.
+    let (outcome, steps) = decide("/reports/q3", "team", None, Ok(&analyst));
+    assert_eq!(outcome, allowed);
+    assert_eq!(
+        steps,
+        "route access upgrade license environment features user roles"
+    );
+    // Held, but the plan caps roles and `admin` is not in it.
+    let (outcome, steps) = decide("/reports/q3", "team", None, Ok(&admin));
+    assert_eq!(outcome, denied(Reason::RoleNotLicensed));
+    assert!(steps.ends_with("user roles:refused"), "{steps}");
+    // The license adds `admin` to its plan's roles.
+    assert_eq!(
+        decide("/reports/q3", "team", Some(&["admin"]), Ok(&admin)).0,
+        allowed
+    );
+    // A plan without `roles` and a license without `lic.roles`: no cap.
+    assert_eq!(decide("/reports/q3", "open", None, Ok(&admin)).0, allowed);
+    // Not held at all.
+    assert_eq!(
+        decide("/reports/q3", "open", None, Ok(&nobody)).0,
+        denied(Reason::RoleMissing)
+    );
+    // All of: both needed, and both licensed.
+    assert_eq!(
+        decide("/admin/x", "open", None, Ok(&analyst)).0,
+        denied(Reason::RoleMissing)
+    );
+    assert_eq!(decide("/admin/x", "open", None, Ok(&both)).0, allowed);
+    assert_eq!(
+        decide("/admin/x", "team", None, Ok(&both)).0,
+        denied(Reason::RoleNotLicensed)
+    );
+    // A user token that fails: 401 with its reason, before any role.
+    let (outcome, steps) = decide("/reports/q3", "team", None, Err(UserError::Missing));
+    assert_eq!(
+        outcome,
+        Expect::Deny(Reason::UserTokenMissing, StatusCode::UNAUTHORIZED)
+    );
+    assert!(steps.ends_with("user:refused"), "{steps}");
+    let expired = UserError::Expired { exp: 1, now: 2 };
+    assert_eq!(
+        decide("/reports/q3", "team", None, Err(expired)).0,
+        Expect::Deny(Reason::UserTokenInvalid, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        decide("/reports/q3", "team", None, Err(UserError::KeysUnavailable)).0,
+        Expect::Deny(Reason::UserKeysUnavailable, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    // A route that needs no user never asks for one.
+    let (outcome, steps) = decide("/plain/x", "team", None, Err(UserError::Missing));
+    assert_eq!(outcome, allowed);
+    assert!(!steps.contains("user"), "{steps}");
+    // A public route's roles are checked without a license (no cap).
+    let (outcome, steps) = decide("/open/x", "team", None, Ok(&user(&["viewer"])));
+    assert_eq!(outcome, Expect::Allow(Admission::Public));
+    assert!(!steps.contains("license"), "{steps}");
+    // Seats held by the verified user: the plan hands its subject over.
+    let mut license = license("open");
+    license.claims.lic.roles = None;
+    let entitlement = policy.entitle(&license.claims.lic);
+    let row = request("GET", "/seated/x", &[("x-user", "mallory")]);
+    let facts = RequestFacts::of(&row.head, row.body);
+    let mut source = Given {
+        answer: Ok(LicenseView {
+            license: &license,
+            entitlement: &entitlement,
+            environment: EnvironmentCheck::Admitted,
+        }),
+        asked: 0,
+        user: Ok(&analyst),
+    };
+    match evaluate(&policy, &facts, &mut source, &settings, NoTrace).outcome {
+        Outcome::Count(plan) => assert_eq!(plan.seat, Some((0, "alice@acme.test"))),
+        other => panic!("not counted: {other:?}"),
+    }
+}
+
+#[test]
+fn roles_compile_with_their_errors_and_warnings() {
+    let compile = |text: &str| Policy::compile(vec![("p.yaml".into(), text.into())]);
+    let error = compile("routes:\n  - {path: /a, roles: []}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("p.yaml:2:") && error.contains("name at least one role"),
+        "{error}"
+    );
+    let error = compile("routes:\n  - {path: /a, access: deny, roles: [x]}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("a `deny` route has no roles"), "{error}");
+    let error = compile("routes:\n  - {path: /a, roles: {one_of: [x]}}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("p.yaml:2:") && error.contains("one_of"),
+        "{error}"
+    );
+    let error = compile("routes:\n  - {path: /a, roles: admin}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("expected a list of roles"), "{error}");
+    let policy = compile(
+        "plans:\n  team: {roles: [viewer]}\nlimits:\n  s: {seats: {identity: 'header:x-user', default: 1}}\nroutes:\n  - {path: /a, roles: [admin], limits: [s]}\n",
+    )
+    .unwrap();
+    let warnings: Vec<String> = policy.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("role `admin` is in no plan")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("any client can type")),
+        "{warnings:?}"
+    );
+    assert!(policy.needs_user);
+    assert!(!compile("routes:\n  - {path: /a}\n").unwrap().needs_user);
 }

@@ -17,6 +17,7 @@ fn def(name: &str, kind: LimitKind, on_store_error: OnStoreError) -> LimitDef {
         amount: Amount::Fixed(0),
         key: vec![KeyPart::License],
         needs_license: true,
+        needs_user: false,
         on_store_error,
         headers: true,
         count: Count::Attempted,

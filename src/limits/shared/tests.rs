@@ -36,6 +36,7 @@ fn def(name: &str, kind: LimitKind) -> LimitDef {
         amount: Amount::Fixed(0),
         key: vec![KeyPart::License],
         needs_license: true,
+        needs_user: false,
         on_store_error: Default::default(),
         headers: true,
         count: Count::Attempted,
