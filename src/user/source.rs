@@ -268,11 +268,15 @@ pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
 
 // === impl JwksKeys ===
 
+/// Parses a JWKS and puts it in force: whether the keys changed, or why
+/// the document was refused.
+type Apply = Box<dyn Fn(&[u8]) -> Result<bool, String> + Send + Sync>;
+
 /// One issuer's keys: what parses a JWKS and puts it in force, the last
 /// good document, and the issuer's status and metrics.
 pub struct JwksKeys {
     issuer: String,
-    apply: Box<dyn Fn(&[u8]) -> Result<bool, String> + Send + Sync>,
+    apply: Apply,
     status: JwksStatus,
     metrics: IssuerJwksMetrics,
     current: Mutex<Option<Current>>,
@@ -723,7 +727,7 @@ pub struct IssuerJwks {
 enum Origin {
     File(PathBuf),
     Url {
-        fetcher: JwksFetcher,
+        fetcher: Box<JwksFetcher>,
         state: Option<Arc<JwksStateFile>>,
     },
 }
@@ -748,7 +752,7 @@ impl IssuerJwks {
         let (location, origin) = match source {
             JwksSource::File(path) => (path.display().to_string(), Origin::File(path.clone())),
             JwksSource::Url(settings) => {
-                let fetcher = JwksFetcher::new(settings)?;
+                let fetcher = Box::new(JwksFetcher::new(settings)?);
                 (
                     fetcher.url().to_owned(),
                     Origin::Url {
