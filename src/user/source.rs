@@ -542,9 +542,6 @@ fn accept(
                 next_refresh_in = %humantime::format_duration(delay),
                 "user JWKS updated"
             );
-            if let Some(state) = state {
-                save(state, keys, &jwks, now, response.etag);
-            }
         }
         Offer::Unchanged => {
             keys.succeeded(FetchResult::Unchanged, JwksOrigin::Fetch, now);
@@ -567,6 +564,11 @@ fn accept(
             keys.failed(FetchResult::Invalid, error.clone());
             return Err(error);
         }
+    }
+    // Written when the document in force differs from the file's copy:
+    // new keys, and any earlier save that failed.
+    if let Some(state) = state {
+        save(state, keys, &jwks, now, response.etag);
     }
     Ok(delay)
 }

@@ -85,19 +85,29 @@ impl JwksStateFile {
         self.issuers.lock().get(issuer).cloned()
     }
 
-    /// Keep `entry` as `issuer`'s last good JWKS and save the file.
-    pub fn record(&self, issuer: &str, entry: JwksStateEntry) -> Result<(), FileError> {
+    /// Keep `entry` as `issuer`'s last good JWKS and save the file, unless
+    /// it holds that JWKS already; returns whether it wrote. A failed save
+    /// leaves the entry out, so the next call tries again.
+    pub fn record(&self, issuer: &str, entry: JwksStateEntry) -> Result<bool, FileError> {
+        // Under the lock: two issuers saving at once must not each write
+        // a file without the other's entry.
         let mut issuers = self.issuers.lock();
-        issuers.insert(issuer.to_owned(), entry);
-        let document = Document {
+        if issuers
+            .get(issuer)
+            .is_some_and(|kept| kept.jwks == entry.jwks)
+        {
+            return Ok(false);
+        }
+        let mut document = Document {
             version: JWKS_STATE_VERSION,
             issuers: issuers.clone(),
         };
+        document.issuers.insert(issuer.to_owned(), entry);
         let mut json = serde_json::to_vec_pretty(&document).expect("the state serializes");
         json.push(b'\n');
-        // Under the lock: two issuers saving at once must not each write
-        // a file without the other's entry.
-        atomic_file::replace(&self.path, &json)
+        atomic_file::replace(&self.path, &json)?;
+        *issuers = document.issuers;
+        Ok(true)
     }
 }
 

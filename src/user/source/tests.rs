@@ -674,7 +674,7 @@ async fn the_state_etag_is_sent_by_the_first_fetch() {
     let idp = Idp::start(&jwks(2)).await;
     idp.serve(|s| s.etag = Some("\"v1\"".into()));
     let state = JwksStateFile::open(&path);
-    state
+    assert!(state
         .record(
             ISSUER,
             JwksStateEntry {
@@ -683,7 +683,7 @@ async fn the_state_etag_is_sent_by_the_first_fetch() {
                 etag: Some("\"v1\"".into()),
             },
         )
-        .unwrap();
+        .unwrap());
     let keys = Keys::new("idp");
     let _running = Running::start(
         &quick(&idp),
@@ -697,6 +697,28 @@ async fn the_state_etag_is_sent_by_the_first_fetch() {
     assert_eq!(idp.if_none_match(), [Some("\"v1\"".to_owned())]);
     assert_eq!(keys.installed(), [2]);
     assert_eq!(keys.fetches("not_modified"), 1);
+}
+
+#[tokio::test]
+async fn a_state_file_that_could_not_be_written_is_written_by_a_later_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-yet/state.json");
+    let idp = Idp::start(&jwks(1)).await;
+    idp.serve(|s| s.cache_control = Some("max-age=0".into()));
+    let keys = Keys::new("idp");
+    let state = Arc::new(JwksStateFile::open(&path));
+    let _running = Running::start(&quick(&idp), &keys, Some(state));
+    // The save follows the install without a pause: it has failed by now.
+    eventually("installed", || keys.installed() == [1]).await;
+    assert!(!path.exists());
+
+    std::fs::create_dir(dir.path().join("not-yet")).unwrap();
+    eventually("written by an unchanged fetch", || path.exists()).await;
+    assert_eq!(keys.installed(), [1]);
+    assert_eq!(
+        JwksStateFile::open(&path).entry(ISSUER).unwrap().jwks,
+        jwks(1)
+    );
 }
 
 #[tokio::test]
@@ -853,4 +875,30 @@ async fn a_jwks_file_is_read_at_start_and_reloaded_when_it_changes() {
     eventually("good again", || keys.installed() == [2, 3, 1]).await;
     assert_eq!(keys.status().consecutive_failures, 0);
     task.abort();
+}
+
+#[test]
+fn issuers_share_one_state_file_and_keep_each_others_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let state = JwksStateFile::open(&path);
+    let entry = |n| JwksStateEntry {
+        jwks: jwks(n),
+        fetched_at: 1_700_000_000 + n as u64,
+        etag: None,
+    };
+    assert!(state.record("https://a.example", entry(1)).unwrap());
+    assert!(state.record("https://b.example", entry(2)).unwrap());
+    assert!(
+        !state.record("https://a.example", entry(1)).unwrap(),
+        "same JWKS: not rewritten"
+    );
+    let reopened = JwksStateFile::open(&path);
+    assert_eq!(reopened.entry("https://a.example"), Some(entry(1)));
+    assert_eq!(reopened.entry("https://b.example"), Some(entry(2)));
+    let written: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(written["version"], JWKS_STATE_VERSION);
+    assert!(written["issuers"]["https://a.example"]
+        .get("etag")
+        .is_none());
 }
