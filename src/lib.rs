@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod atomic_file;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod problem;
 pub mod process;
 pub mod proxy;
 pub mod reload;
+pub mod remote;
 pub mod tls;
 pub mod untrusted;
 pub mod user;

@@ -8,6 +8,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+#[cfg(test)]
+pub mod testing;
+
 /// The inbound TLS certificate chain and private key (PEM files).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {

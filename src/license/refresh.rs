@@ -11,25 +11,19 @@
 //! key header) and keeps an on-path attacker from doing even that.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(test)]
 use crate::backoff::backoff_delay;
 pub use crate::backoff::Backoff;
-use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, USER_AGENT};
-use http::uri::Scheme;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use super::{Claims, MAX_TOKEN_BYTES};
-use crate::untrusted::{error_chain, printable};
+pub use crate::remote::FetchErrorKind;
+use crate::remote::{shown_url, RemoteClient, SetupError};
+use crate::untrusted::printable;
 
 /// The largest response body read: a token of at most [`MAX_TOKEN_BYTES`]
 /// plus room for a JSON wrapper and whitespace.
@@ -130,45 +124,9 @@ pub struct FetchError {
     pub kind: FetchErrorKind,
 }
 
-/// What went wrong in a fetch.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FetchErrorKind {
-    /// No response: DNS, TCP, TLS (e.g. an untrusted certificate) or HTTP
-    /// protocol failure. The text is the whole error chain.
-    #[error("request failed: {0}")]
-    Request(String),
-    /// No complete response within the timeout.
-    #[error("no complete response within {}", humantime::format_duration(*.0))]
-    Timeout(Duration),
-    /// A status other than 200. Redirects are not followed.
-    #[error("HTTP status {status}{detail}")]
-    Status {
-        /// The status received.
-        status: StatusCode,
-        /// `: ` and the start of the body (escaped, truncated), or empty.
-        detail: String,
-    },
-    /// The body is bigger than [`MAX_RESPONSE_BYTES`].
-    #[error("response body is larger than {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: usize,
-    },
-    /// The body could not be read, or holds no token.
-    #[error("{0}")]
-    Response(String),
-}
-
-/// Fetches tokens from one URL. Cheap to share by reference; each fetch
-/// opens a fresh connection (fetches are minutes to hours apart, so pooled
-/// connections would only sit idle).
+/// Fetches tokens from one URL. Cheap to share by reference.
 pub struct Fetcher {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    url: Uri,
-    shown_url: String,
-    headers: HeaderMap,
-    timeout: Duration,
+    remote: RemoteClient,
     refresh_at_fraction: f64,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -177,8 +135,8 @@ pub struct Fetcher {
 impl fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fetcher")
-            .field("url", &self.shown_url)
-            .field("timeout", &self.timeout)
+            .field("url", &self.remote.url())
+            .field("timeout", &self.remote.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +145,6 @@ impl Fetcher {
     /// Check `settings` and build the HTTPS client (loading the CA bundle,
     /// or the system roots, now rather than at the first fetch).
     pub fn new(settings: &RefreshSettings) -> Result<Fetcher, RefreshError> {
-        let https = check_url(&settings.url, settings.allow_http)?;
         if settings.timeout.is_zero() {
             return Err(invalid(TIMEOUT_SETTING, "must be more than zero".into()));
         }
@@ -208,19 +165,6 @@ impl Fetcher {
             ));
         }
 
-        let connector = crate::tls::service_connector(
-            settings.ca.as_deref(),
-            https,
-            settings.allow_http,
-            settings.timeout,
-        )
-        .map_err(|error| invalid(CA_SETTING, error.message))?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
-
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let mut value = value.clone();
@@ -235,19 +179,21 @@ impl Fetcher {
                 ),
             );
         }
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("licensegate/", env!("CARGO_PKG_VERSION"))),
-            );
-        }
+        let remote = RemoteClient::new(
+            &settings.url,
+            settings.allow_http,
+            settings.ca.as_deref(),
+            settings.timeout,
+            MAX_RESPONSE_BYTES,
+            headers,
+        )
+        .map_err(|error| match error {
+            SetupError::Url(message) => invalid(URL_SETTING, message),
+            SetupError::Ca(message) => invalid(CA_SETTING, message),
+        })?;
 
         Ok(Fetcher {
-            client,
-            url: settings.url.clone(),
-            shown_url: shown_url(&settings.url),
-            headers,
-            timeout: settings.timeout,
+            remote,
             refresh_at_fraction: fraction,
             min_backoff: settings.min_backoff,
             max_backoff: settings.max_backoff,
@@ -256,7 +202,7 @@ impl Fetcher {
 
     /// The URL fetched, query redacted, as errors and logs show it.
     pub fn url(&self) -> &str {
-        &self.shown_url
+        self.remote.url()
     }
 
     /// GET the URL once and return the token text (not yet verified).
@@ -266,80 +212,21 @@ impl Fetcher {
     /// object with a string `token` (or `license`) field. JSON is recognised
     /// by its content type or a leading `{`, which no compact token has.
     pub async fn fetch(&self) -> Result<String, FetchError> {
-        let result = match tokio::time::timeout(self.timeout, self.fetch_once()).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchErrorKind::Timeout(self.timeout)),
-        };
+        let result = self
+            .remote
+            .get(HeaderMap::new(), false)
+            .await
+            .and_then(|fetched| {
+                let content_type = fetched
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                extract_token(content_type, &fetched.body).map_err(FetchErrorKind::Response)
+            });
         result.map_err(|kind| FetchError {
-            url: self.shown_url.clone(),
+            url: self.remote.url().to_owned(),
             kind,
         })
-    }
-
-    async fn fetch_once(&self) -> Result<String, FetchErrorKind> {
-        let mut request = Request::new(Empty::<Bytes>::new());
-        *request.uri_mut() = self.url.clone();
-        *request.headers_mut() = self.headers.clone();
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| FetchErrorKind::Request(error_chain(&e)))?;
-        let (parts, body) = response.into_parts();
-        if parts.status != StatusCode::OK {
-            let detail = if parts.status.is_redirection() {
-                let location = parts
-                    .headers
-                    .get(LOCATION)
-                    .map_or(&[][..], |v| v.as_bytes());
-                format!(
-                    ": redirects are not followed (location: {})",
-                    printable(location, 200)
-                )
-            } else {
-                // The body often says why (e.g. "invalid API key"); it is
-                // untrusted, so it is bounded, escaped and truncated.
-                let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await;
-                match body.map(|collected| collected.to_bytes()) {
-                    Ok(bytes) if !bytes.trim_ascii().is_empty() => {
-                        format!(": {}", printable(&bytes, 200))
-                    }
-                    _ => String::new(),
-                }
-            };
-            return Err(FetchErrorKind::Status {
-                status: parts.status,
-                detail,
-            });
-        }
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
-            return Err(FetchErrorKind::TooLarge {
-                limit: MAX_RESPONSE_BYTES,
-            });
-        }
-        let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => {
-                return Err(FetchErrorKind::TooLarge {
-                    limit: MAX_RESPONSE_BYTES,
-                })
-            }
-            Err(error) => {
-                return Err(FetchErrorKind::Response(format!(
-                    "reading the body failed: {}",
-                    error_chain(&*error)
-                )))
-            }
-        };
-        let content_type = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        extract_token(content_type, &bytes).map_err(FetchErrorKind::Response)
     }
 
     /// A [`Schedule`] with this fetcher's timing settings, starting from the
@@ -355,69 +242,6 @@ impl Fetcher {
 
 fn invalid(setting: &'static str, message: String) -> RefreshError {
     RefreshError { setting, message }
-}
-
-/// Check the URL; returns whether it is https.
-fn check_url(url: &Uri, allow_http: bool) -> Result<bool, RefreshError> {
-    let Some(authority) = url.authority() else {
-        return Err(invalid(
-            URL_SETTING,
-            format!("`{url}` is not an absolute https:// URL"),
-        ));
-    };
-    if authority.as_str().contains('@') {
-        return Err(invalid(
-            URL_SETTING,
-            "credentials in the URL would end up in logs; send them in a header".into(),
-        ));
-    }
-    let https = match url.scheme() {
-        Some(scheme) if *scheme == Scheme::HTTPS => true,
-        Some(scheme) if *scheme == Scheme::HTTP => {
-            if !allow_http {
-                return Err(invalid(
-                    URL_SETTING,
-                    format!("`{}` must be https://", shown_url(url)),
-                ));
-            }
-            if !is_loopback(authority.host()) {
-                return Err(invalid(
-                    URL_SETTING,
-                    format!(
-                        "plain http:// is allowed only to a loopback address, not `{}`",
-                        authority.host()
-                    ),
-                ));
-            }
-            false
-        }
-        _ => {
-            return Err(invalid(
-                URL_SETTING,
-                format!("`{}` must be https://", shown_url(url)),
-            ))
-        }
-    };
-    Ok(https)
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The URL for errors and logs: a query string may carry a credential, so
-/// it is replaced by `?…`.
-fn shown_url(url: &Uri) -> String {
-    let mut shown = match (url.scheme(), url.authority()) {
-        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", url.path()),
-        _ => url.path().to_owned(),
-    };
-    if url.query().is_some() {
-        shown.push_str("?…");
-    }
-    shown
 }
 
 /// The token in a 200 response body; the error says what the body is instead.

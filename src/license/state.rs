@@ -8,13 +8,12 @@
 //! with mode 0600.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+
+use crate::atomic_file::{self, FileError};
 
 /// The largest state file read: a token of at most
 /// [`MAX_TOKEN_BYTES`](super::MAX_TOKEN_BYTES) plus the JSON around it, with
@@ -97,21 +96,9 @@ impl StateFile {
     /// file that cannot be read or parsed is an error naming the path.
     pub fn load(&self) -> Result<PersistedState, StateError> {
         let path = &self.path;
-        let io_error = |action, source| StateError::Io {
-            path: path.clone(),
-            action,
-            source,
+        let Some(bytes) = atomic_file::read_at_most(path, MAX_STATE_BYTES)? else {
+            return Ok(PersistedState::default());
         };
-        let file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PersistedState::default()),
-            Err(e) => return Err(io_error("open", e)),
-        };
-        let mut bytes = Vec::new();
-        // Bounded read: whatever sits at the path must not exhaust memory.
-        file.take(MAX_STATE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io_error("read", e))?;
         let corrupt = |message: String| StateError::Corrupt {
             path: path.clone(),
             message,
@@ -137,99 +124,33 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Replace the state atomically: write a temporary file in the same
-    /// directory (mode 0600), flush it to disk, rename it over the state
-    /// file, then flush the directory so the rename itself is durable.
+    /// Replace the state atomically (mode 0600; see
+    /// [`atomic_file::replace`]).
     pub fn save(&self, state: &PersistedState) -> Result<(), StateError> {
-        let dir = match self.path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
         let mut json = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
             path: self.path.clone(),
             message: format!("cannot encode: {e}"),
         })?;
         json.push(b'\n');
-
-        let (temp_path, mut file) = self.create_temp(dir)?;
-        let written = file
-            .write_all(&json)
-            .map_err(|e| (e, "write"))
-            .and_then(|()| file.sync_all().map_err(|e| (e, "flush to disk")))
-            .and_then(|()| {
-                drop(file);
-                fs::rename(&temp_path, &self.path).map_err(|e| (e, "rename into place"))
-            });
-        if let Err((source, action)) = written {
-            let _ = fs::remove_file(&temp_path);
-            return Err(StateError::Io {
-                path: temp_path,
-                action,
-                source,
-            });
-        }
-        // Best effort: the new state is already in place; some filesystems
-        // refuse fsync on a directory, and failing the save then would
-        // mislead the caller.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+        atomic_file::replace(&self.path, &json)?;
         Ok(())
-    }
-
-    /// A new, exclusively created temporary file next to the state file.
-    /// The name is random because containers restart with the same PID, and
-    /// a temporary file left by a crash must not block every later save.
-    fn create_temp(&self, dir: &Path) -> Result<(PathBuf, File), StateError> {
-        let name = self
-            .path
-            .file_name()
-            .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-        let mut last_error = None;
-        for _ in 0..4 {
-            let temp_path = dir.join(format!(".{name}.{:016x}.tmp", random_u64()));
-            // create_new: never follow or reuse something already there.
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp_path)
-            {
-                Ok(file) => return Ok((temp_path, file)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
-                Err(source) => {
-                    return Err(StateError::Io {
-                        path: temp_path,
-                        action: "create a temporary file",
-                        source,
-                    })
-                }
-            }
-        }
-        Err(StateError::Io {
-            path: dir.to_owned(),
-            action: "create a temporary file",
-            source: last_error.unwrap_or_else(|| io::ErrorKind::AlreadyExists.into()),
-        })
     }
 }
 
-/// Random enough for a temporary file name; the system clock stands in if
-/// the system random source fails (it does not on Linux once booted).
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if SystemRandom::new().fill(&mut bytes).is_ok() {
-        return u64::from_le_bytes(bytes);
+impl From<FileError> for StateError {
+    fn from(error: FileError) -> StateError {
+        StateError::Io {
+            path: error.path,
+            action: error.action,
+            source: error.source,
+        }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) << 32 | u64::from(std::process::id())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> PersistedState {

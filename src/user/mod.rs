@@ -29,6 +29,7 @@
 mod error;
 mod identity;
 pub mod settings;
+pub mod source;
 mod verifier;
 
 pub use error::UserError;

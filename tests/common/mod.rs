@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 pub mod collector;
+pub mod jwks;
 pub mod mount;
 pub mod recording;
 pub mod tools;

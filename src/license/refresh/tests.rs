@@ -1,16 +1,11 @@
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use http::Response;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{Full, StreamBody};
+use bytes::Bytes;
+use http::header::LOCATION;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::*;
+use crate::tls::testing::{certificate, full, Body, TlsServer};
 
 const TOKEN: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJsaWMtMSJ9.c2lnbmF0dXJl";
 const API_KEY: &str = "secret-api-key";
@@ -390,26 +385,10 @@ fn hostile_or_wrong_bodies_are_errors_not_panics() {
 
 // ---- against a local HTTPS server --------------------------------------
 
-struct Server {
-    addr: SocketAddr,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, content_type)
-        .body(Full::new(body.into()).boxed())
-        .unwrap()
-}
-
-async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(request: Request<Incoming>) -> Response<Body> {
     let authorised =
         request.headers().get("x-api-key").map(|v| v.as_bytes()) == Some(API_KEY.as_bytes());
-    Ok(match request.uri().path() {
+    match request.uri().path() {
         "/token" => full(200, "application/jwt", format!("{TOKEN}\n")),
         "/json" => full(200, "application/json", format!(r#"{{"token":"{TOKEN}"}}"#)),
         "/keyed" if authorised => full(200, "text/plain", TOKEN),
@@ -430,60 +409,24 @@ async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible>
         }
         "/hang" => std::future::pending().await,
         _ => full(404, "text/plain", ""),
-    })
+    }
 }
 
-/// A certificate for 127.0.0.1; returns it and its CA file (itself).
-fn certificate(dir: &Path, name: &str) -> (rcgen::CertifiedKey<rcgen::KeyPair>, PathBuf) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let ca = dir.join(name);
-    std::fs::write(&ca, certified.cert.pem()).unwrap();
-    (certified, ca)
+struct Server {
+    tls: TlsServer,
 }
 
 impl Server {
     async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let (certified, ca) = certificate(dir.path(), "ca.pem");
-        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(route))
-                        .await;
-                });
-            }
-        });
         Server {
-            addr,
-            ca,
-            _dir: dir,
+            tls: TlsServer::start(route).await,
         }
     }
 
     fn settings(&self, path: &str) -> RefreshSettings {
         RefreshSettings {
-            ca: Some(self.ca.clone()),
-            ..RefreshSettings::new(format!("https://{}{path}", self.addr).parse().unwrap())
+            ca: Some(self.tls.ca.clone()),
+            ..RefreshSettings::new(self.tls.url(path).parse().unwrap())
         }
     }
 
@@ -531,7 +474,7 @@ async fn error_statuses_name_the_url_and_status() {
         text,
         format!(
             "license refresh from https://{}/error: HTTP status 500 Internal Server Error: boom",
-            server.addr
+            server.tls.addr
         )
     );
 
@@ -567,7 +510,7 @@ async fn a_silent_server_is_a_timeout_naming_the_url() {
         error.to_string(),
         format!(
             "license refresh from https://{}/hang: no complete response within 300ms",
-            server.addr
+            server.tls.addr
         )
     );
 }
@@ -584,7 +527,7 @@ async fn an_untrusted_certificate_fails() {
     let error = fetch(&Fetcher::new(&settings).unwrap()).await.unwrap_err();
     assert!(matches!(error.kind, FetchErrorKind::Request(_)), "{error}");
     let text = error.to_string();
-    assert!(text.contains(&server.addr.to_string()), "{text}");
+    assert!(text.contains(&server.tls.addr.to_string()), "{text}");
     assert!(text.contains("certificate"), "{text}");
 }
 
