@@ -14,8 +14,8 @@
 //!    issuer's allow-list, no `jwk`/`jku`/`x5u`/`x5c`/`crit`), the key by
 //!    `kid` among the configured issuers' JWKS, then the signature, and
 //!    only then the claims: `iss` must be the issuer whose key signed,
-//!    `aud`, `exp`/`nbf` with leeway, and the subject and roles read from
-//!    the issuer's claim paths;
+//!    `aud`, and the subject and roles read from the issuer's claim paths;
+//!    [`token::validate`] checks `exp`/`nbf` with leeway on every use;
 //! 3. [`UserVerifier`] remembers verified tokens by their exact bytes, so a
 //!    token seen before costs a map lookup and the time check.
 //!
@@ -26,13 +26,22 @@
 
 #![warn(missing_docs)]
 
+mod claims;
 mod error;
 mod identity;
+pub mod keys;
+mod metrics;
 pub mod settings;
+pub mod token;
 mod verifier;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::UserError;
 pub use identity::VerifiedUser;
+pub use keys::{UserKey, UserKeyError, UserKeyring};
+pub use metrics::UserMetrics;
 pub use settings::{
     ClaimPath, IssuerSettings, JwksSource, TokenLocation, UserAlgorithm, UserSettings,
 };
