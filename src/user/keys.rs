@@ -259,23 +259,29 @@ impl fmt::Debug for UserKeyring {
 fn generation(keys: &HashMap<Box<str>, UserKey>) -> u64 {
     let mut sorted: Vec<&UserKey> = keys.values().collect();
     sorted.sort_unstable_by(|a, b| a.kid.cmp(&b.kid));
-    let mut ctx = digest::Context::new(&digest::SHA256);
+    // Length-prefixed fields, so no two different keyrings encode alike.
+    let mut encoded = Vec::new();
     for key in sorted {
         let [first, second] = key.public_bytes();
-        // Length-prefixed so no two different keyrings hash alike.
-        for part in [
+        for field in [
             key.kid.as_bytes(),
             key.alg.as_str().as_bytes(),
             first,
             second,
         ] {
-            ctx.update(&(part.len() as u32).to_be_bytes());
-            ctx.update(part);
+            encoded.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            encoded.extend_from_slice(field);
         }
     }
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&ctx.finish().as_ref()[..8]);
-    u64::from_be_bytes(bytes)
+    digest64(&encoded)
+}
+
+/// The first 64 bits of the SHA-256 of `bytes`: a generation number.
+pub(crate) fn digest64(bytes: &[u8]) -> u64 {
+    let digest = digest::digest(&digest::SHA256, bytes);
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
 }
 
 #[derive(Deserialize)]

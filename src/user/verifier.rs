@@ -17,10 +17,9 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 use parking_lot::Mutex;
 use prometheus::IntGauge;
-use ring::digest;
 use tokio::sync::Notify;
 
-use super::keys::UserKeyring;
+use super::keys::{digest64, UserKeyring};
 use super::metrics::UserMetrics;
 use super::token;
 use super::{UserError, UserSettings, VerifiedUser};
@@ -254,11 +253,6 @@ impl std::fmt::Debug for UserVerifier {
 /// One generation for a list of keyring generations, order included (the
 /// same keys under another issuer verify other tokens).
 fn combined(generations: impl Iterator<Item = u64>) -> u64 {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for generation in generations {
-        ctx.update(&generation.to_be_bytes());
-    }
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&ctx.finish().as_ref()[..8]);
-    u64::from_be_bytes(bytes)
+    let encoded: Vec<u8> = generations.flat_map(u64::to_be_bytes).collect();
+    digest64(&encoded)
 }
