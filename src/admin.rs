@@ -1,4 +1,5 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/license`, `/usage`
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/license`, `/usage`,
+//! `/users`
 //! and a loopback-only `POST /shutdown`; under `licensegate dev` also
 //! `/dev/license` (the plan switch, loopback-only for changes). Kept apart
 //! from the proxy port so probes and scrapes never compete with, or leak
@@ -26,6 +27,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metering::Metering;
 use crate::metrics::Registry;
 use crate::proxy::server::{bind_listener, BindError};
+use crate::user::source::JwksBoard;
 
 /// The admin endpoints' shared state.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub struct Admin {
     pub usage: Option<UsageReader>,
     /// This replica's meter totals, shown by `/usage` when metering runs.
     pub metering: Option<Metering>,
+    /// The identity providers' key status, shown by `/users`.
+    pub users: Option<JwksBoard>,
 }
 
 /// How `/usage` reads the limit counters: the composition root closes it
@@ -279,6 +283,16 @@ impl Admin {
                     &serde_json::json!({ "enforced": false, "detail": "no license section configured" }),
                 ),
             },
+            (&Method::GET | &Method::HEAD, "/users") => match &self.users {
+                Some(board) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "verified": true, "issuers": board.to_json() }),
+                ),
+                None => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "verified": false, "detail": "no users section configured" }),
+                ),
+            },
             (&Method::POST, "/shutdown") => {
                 if let Err(refusal) = from_local_tool(peer, request.headers()) {
                     tracing::warn!(%peer, "shutdown refused: {refusal}");
@@ -294,11 +308,11 @@ impl Admin {
             (
                 _,
                 "/metrics" | "/healthz" | "/live" | "/readyz" | "/ready" | "/license" | "/usage"
-                | "/shutdown",
+                | "/users" | "/shutdown",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz, /license, /usage or POST /shutdown\n",
+                "not found; try /metrics, /healthz, /readyz, /license, /usage, /users or POST /shutdown\n",
             ),
         }
     }

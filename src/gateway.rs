@@ -27,7 +27,9 @@ use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
 use crate::proxy::{ProxyMetrics, Shared};
 use crate::reload::{PolicyWatch, POLICY_NOTE};
-use crate::user::UserVerifier;
+use crate::user::source::IssuerJwks;
+use crate::user::{Users, UsersError};
+use tokio::sync::Notify;
 
 mod tasks;
 
@@ -68,6 +70,9 @@ pub enum StartError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("metering: {0}")]
     Metering(#[from] MeteringError),
+    /// An identity provider's key source cannot be set up.
+    #[error(transparent)]
+    Users(#[from] UsersError),
 }
 
 impl StartError {
@@ -80,6 +85,7 @@ impl StartError {
             | StartError::UpstreamTls(_)
             | StartError::License(_)
             | StartError::Policy(_)
+            | StartError::Users(_)
             | StartError::Metering(MeteringError::Settings(_) | MeteringError::Sink(_)) => {
                 exit::CONFIG
             }
@@ -143,6 +149,8 @@ pub struct Gateway {
     /// The flusher and exporters of metering, when it is on.
     metering: Option<MeteringTasks>,
     dev: Option<Arc<DevControl>>,
+    /// Each identity provider's key source, with its unknown-`kid` signal.
+    users: Option<Vec<(IssuerJwks, Arc<Notify>)>>,
     drain_timeout: Duration,
     signals: Option<Signals>,
 }
@@ -218,9 +226,18 @@ impl Gateway {
             &engine_settings,
             Arc::clone(&metrics.decision),
         );
-        if let Some(users) = &settings.users {
-            engine = engine.with_users(Arc::new(UserVerifier::new(users.clone())));
-        }
+        let users = match &settings.users {
+            Some(user_settings) => {
+                let users = Users::new(
+                    user_settings,
+                    &metrics.registry,
+                    Some(Arc::clone(&lifecycle)),
+                )?;
+                engine = engine.with_users(Arc::clone(&users.verifier));
+                Some(users)
+            }
+            None => None,
+        };
         let shared_store = settings.store.as_ref().map(|store| {
             lifecycle.require(STORE_READY, "connecting to the shared counter store");
             Arc::new(SharedStore::new(
@@ -341,6 +358,7 @@ impl Gateway {
                     }
                 })),
                 metering: shared.metering.clone(),
+                users: users.as_ref().map(|users| users.board.clone()),
             }),
         )?;
         let license = license.map(|gate| {
@@ -365,6 +383,7 @@ impl Gateway {
             shared_store,
             metering: metering_tasks,
             dev,
+            users: users.map(|users| users.sources),
             drain_timeout: settings.proxy.timeouts.drain,
             signals: None,
         })
@@ -414,6 +433,7 @@ impl Gateway {
             policy,
             shared_store,
             metering,
+            users,
             drain_timeout,
             signals,
             ..
@@ -458,6 +478,15 @@ impl Gateway {
                 lifecycle.note(STORE_READY, store.describe());
             });
             tasks.spawn(Task::upkeep("store upkeep"), upkeep);
+        }
+        for (source, unknown_kid) in users.into_iter().flatten() {
+            let stopping = Arc::clone(&lifecycle);
+            tasks.spawn(
+                Task::upkeep("user keys"),
+                source.run(unknown_kid, async move {
+                    stopping.reached(Phase::Stopping).await
+                }),
+            );
         }
         if let Some(upkeep) = shared.forwarder.idle_upkeep() {
             tasks.spawn(Task::upkeep("upstream pool upkeep"), upkeep);

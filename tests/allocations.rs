@@ -166,3 +166,58 @@ fn a_warm_enforcing_decision_allocates_nothing() {
         "{allocations} heap allocations in 1,000 warm decisions"
     );
 }
+
+#[test]
+fn a_cached_user_token_check_allocates_nothing() {
+    use licensegate::license::BudgetSettings;
+    use licensegate::metrics::Registry;
+    use licensegate::user::settings::UserForwarding;
+    use licensegate::user::{
+        ClaimPath, IssuerSettings, JwksSource, TokenLocation, UserAlgorithm, UserKeyring,
+        UserMetrics, UserSettings, UserVerifier,
+    };
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/users");
+    let jwks = std::fs::read(fixtures.join("jwks.json")).unwrap();
+    let token = std::fs::read_to_string(fixtures.join("keycloak-rs256.jwt")).unwrap();
+    let settings = UserSettings {
+        issuers: vec![IssuerSettings {
+            issuer: "https://idp.example.test/realms/acme".into(),
+            audiences: vec!["licensegate".into()],
+            jwks: JwksSource::File(fixtures.join("jwks.json")),
+            algorithms: UserAlgorithm::ALL.to_vec(),
+            subject_claim: ClaimPath::sub(),
+            roles_claim: ClaimPath::parse("realm_access.roles"),
+        }],
+        token: TokenLocation::Bearer,
+        leeway: std::time::Duration::from_secs(60),
+        cache_capacity: 100,
+        forward: UserForwarding::default(),
+        state_file: None,
+        failed_verifications: BudgetSettings::default(),
+    };
+    let verifier = UserVerifier::new(settings, Arc::new(UserMetrics::new(&Registry::new())));
+    let keyring = UserKeyring::from_jwks_slice(&jwks, "jwks.json").unwrap();
+    assert!(verifier.replace_keys(0, Arc::new(keyring)));
+    let head = http::Request::get("/api/reports/q3")
+        .header("host", "app.local")
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let client = || std::net::IpAddr::from([127, 0, 0, 1]);
+    let now = 1_700_000_000;
+    verifier.check(&head.headers, now, client).unwrap();
+
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..1000 {
+        let user = verifier.check(&head.headers, now, client).unwrap();
+        assert!(user.has_role("analyst"));
+    }
+    let allocations = ALLOCATIONS.with(Cell::get) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} heap allocations in 1,000 cached user checks"
+    );
+}

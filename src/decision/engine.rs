@@ -170,10 +170,7 @@ impl ForwardedUser {
                 if user.roles.iter().all(|role| listed(role)) {
                     user.roles_value.clone()
                 } else {
-                    let kept: Vec<&str> = user
-                        .roles
-                        .iter()
-                        .map(|role| &**role)
+                    let kept: Vec<&str> = crate::user::forwardable(&user.roles)
                         .filter(|role| listed(role))
                         .collect();
                     (!kept.is_empty())

@@ -14,6 +14,10 @@
 //! Memory is bounded by the entry count: at most `capacity` tokens of at most
 //! [`MAX_TOKEN_BYTES`](super::MAX_TOKEN_BYTES) each (a real deployment sees a
 //! handful of licenses).
+//!
+//! The cache holds any verified value: licenses here, verified users in
+//! [`crate::user`], which share the same rules (exact bytes, generation
+//! tags, a serving deadline).
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
@@ -29,22 +33,24 @@ use super::negative::{Failure, NegativeCache};
 use super::token::{self, VerifiedLicense};
 use super::validate::{Validator, Validity};
 
-/// Verified tokens by their exact text. Bounded; see the module docs.
-pub struct VerificationCache {
+/// Verified tokens by their exact text, each with what it verified to (a
+/// `T`). Bounded; see the module docs.
+pub struct VerificationCache<T = VerifiedLicense> {
     /// Keyed by bytes: a hit needs no UTF-8 check of the header value.
-    map: DashMap<Box<[u8]>, Entry, TailHasher>,
+    map: DashMap<Box<[u8]>, Entry<T>, TailHasher>,
     capacity: usize,
 }
 
-struct Entry {
-    license: Arc<VerifiedLicense>,
-    /// [`Keyring::generation`] of the keyring that verified it.
+struct Entry<T> {
+    value: Arc<T>,
+    /// The generation of the keys that verified it (for licenses,
+    /// [`Keyring::generation`]).
     generation: u64,
     /// Not served from this second on (`exp` + leeway + grace).
     serve_until: u64,
 }
 
-impl VerificationCache {
+impl<T> VerificationCache<T> {
     /// The default number of entries.
     pub const DEFAULT_CAPACITY: usize = 10_000;
 
@@ -76,19 +82,19 @@ impl VerificationCache {
         self.map.clear();
     }
 
-    /// The license for `token` if it was verified under keyring `generation`
+    /// The value for `token` if it was verified under keys `generation`
     /// and is not past its serving time. A stale entry is removed.
     pub(crate) fn get(
         &self,
         token: &(impl AsRef<[u8]> + ?Sized),
         generation: u64,
         now: u64,
-    ) -> Option<Arc<VerifiedLicense>> {
+    ) -> Option<Arc<T>> {
         let token = token.as_ref();
         {
             let entry = self.map.get(token)?;
             if entry.generation == generation && now < entry.serve_until {
-                return Some(Arc::clone(&entry.license));
+                return Some(Arc::clone(&entry.value));
             }
             // The read guard must be gone before removing (same shard).
         }
@@ -98,7 +104,7 @@ impl VerificationCache {
         None
     }
 
-    /// Remember `license` for `token` until `serve_until`.
+    /// Remember `value` for `token` until `serve_until`.
     ///
     /// When full, expired and other-generation entries are dropped first; if
     /// that frees less than an eighth of the capacity, an arbitrary eighth
@@ -108,7 +114,7 @@ impl VerificationCache {
     pub(crate) fn insert(
         &self,
         token: &(impl AsRef<[u8]> + ?Sized),
-        license: Arc<VerifiedLicense>,
+        value: Arc<T>,
         generation: u64,
         serve_until: u64,
         now: u64,
@@ -135,7 +141,7 @@ impl VerificationCache {
         self.map.insert(
             token.into(),
             Entry {
-                license,
+                value,
                 generation,
                 serve_until,
             },
@@ -143,7 +149,7 @@ impl VerificationCache {
     }
 }
 
-impl std::fmt::Debug for VerificationCache {
+impl<T> std::fmt::Debug for VerificationCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerificationCache")
             .field("len", &self.len())

@@ -63,7 +63,7 @@ pub fn verify(token: &str, keyring: &Keyring) -> Result<VerifiedLicense, License
 /// module docs): the part a forger gets for free. What is left,
 /// [`Unverified::verify`], is the `ring` work that callers budget.
 pub(crate) struct Unverified<'a> {
-    header: Header,
+    header: Header<Algorithm>,
     key: &'a VerifyingKey,
     payload: &'a str,
     signature: Vec<u8>,
@@ -74,15 +74,9 @@ pub(crate) struct Unverified<'a> {
 impl<'a> Unverified<'a> {
     /// Size, shape, header, key lookup and signature length; no `ring`.
     pub(crate) fn parse(token: &'a str, keyring: &'a Keyring) -> Result<Self, LicenseError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(LicenseError::malformed(format!(
-                "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
-                token.len()
-            )));
-        }
         let segments = split(token)?;
 
-        let header = parse_header(&decode_segment(segments.header, "header")?)?;
+        let header = parse_header(&decode_segment(segments.header, "header")?, &LICENSE_HEADER)?;
         let key = keyring
             .get(&header.kid)
             .ok_or_else(|| LicenseError::KeyUnknown {
@@ -122,19 +116,48 @@ impl<'a> Unverified<'a> {
     }
 }
 
-/// The three segments of a compact JWS, still base64url.
-struct Segments<'a> {
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
-    /// `header.payload`, the bytes the signature covers.
-    signing_input: &'a [u8],
+// === The compact JWS steps every token kind shares ===
+//
+// User tokens (`crate::user`) follow the same rules 1–3 with their own
+// algorithms and `typ` values, and their own error type.
+
+/// The errors of the shared steps: each token kind maps them onto its own.
+pub(crate) trait JwsError {
+    /// Not a compact JWS, or a header of the wrong shape.
+    fn malformed(detail: String) -> Self;
+    /// `alg` names an algorithm this kind of token never accepts.
+    fn algorithm_rejected(detail: String) -> Self;
 }
 
-fn split(token: &str) -> Result<Segments<'_>, LicenseError> {
+impl JwsError for LicenseError {
+    fn malformed(detail: String) -> Self {
+        LicenseError::Malformed(detail)
+    }
+    fn algorithm_rejected(detail: String) -> Self {
+        LicenseError::AlgorithmRejected(detail)
+    }
+}
+
+/// The three segments of a compact JWS, still base64url.
+pub(crate) struct Segments<'a> {
+    pub(crate) header: &'a str,
+    pub(crate) payload: &'a str,
+    pub(crate) signature: &'a str,
+    /// `header.payload`, the bytes the signature covers.
+    pub(crate) signing_input: &'a [u8],
+}
+
+/// Rule 1: the size, then exactly three segments.
+pub(crate) fn split<E: JwsError>(token: &str) -> Result<Segments<'_>, E> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(E::malformed(format!(
+            "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
+            token.len()
+        )));
+    }
     let dots = token.bytes().filter(|&b| b == b'.').count();
     if dots != 2 {
-        return Err(LicenseError::malformed(format!(
+        return Err(E::malformed(format!(
             "a compact JWS has 3 dot-separated segments, this has {}",
             dots + 1
         )));
@@ -146,9 +169,7 @@ fn split(token: &str) -> Result<Segments<'_>, LicenseError> {
     // (`alg: none`) token is reported as the algorithm it is.
     for (segment, what) in [(header, "header"), (payload, "payload")] {
         if segment.is_empty() {
-            return Err(LicenseError::malformed(format!(
-                "the {what} segment is empty"
-            )));
+            return Err(E::malformed(format!("the {what} segment is empty")));
         }
     }
     Ok(Segments {
@@ -159,18 +180,35 @@ fn split(token: &str) -> Result<Segments<'_>, LicenseError> {
     })
 }
 
-fn decode_segment(segment: &str, what: &str) -> Result<Vec<u8>, LicenseError> {
+/// One segment's bytes: unpadded, canonical base64url only.
+pub(crate) fn decode_segment<E: JwsError>(segment: &str, what: &str) -> Result<Vec<u8>, E> {
     if segment.is_empty() {
-        return Err(LicenseError::malformed(format!(
-            "the {what} segment is empty"
-        )));
+        return Err(E::malformed(format!("the {what} segment is empty")));
     }
     // The engine rejects padding and non-canonical trailing bits, so each
     // token has exactly one encoding.
     URL_SAFE_NO_PAD
         .decode(segment)
-        .map_err(|e| LicenseError::malformed(format!("the {what} is not unpadded base64url: {e}")))
+        .map_err(|e| E::malformed(format!("the {what} is not unpadded base64url: {e}")))
 }
+
+/// What one kind of token accepts in its header (rule 2).
+pub(crate) struct HeaderRules<A> {
+    /// The algorithm an `alg` value names, if this kind accepts it at all.
+    pub(crate) alg: fn(&str) -> Option<A>,
+    /// Those algorithms, for the refusal: "EdDSA and ES256".
+    pub(crate) accepted: &'static str,
+    /// The `typ` values accepted besides none (ASCII case-insensitive).
+    pub(crate) typ: &'static [&'static str],
+}
+
+/// License tokens: see the module docs. RFC 7515 §4.1.9 allows omitting
+/// the "application/" prefix of `typ`.
+const LICENSE_HEADER: HeaderRules<Algorithm> = HeaderRules {
+    alg: Algorithm::from_jose,
+    accepted: "EdDSA and ES256",
+    typ: &["JWT", "application/jwt"],
+};
 
 /// The header members we act on; anything else is ignored.
 #[derive(Deserialize)]
@@ -192,26 +230,32 @@ struct RawHeader {
 
 /// A checked header.
 #[derive(Debug, PartialEq, Eq)]
-struct Header {
-    alg: Algorithm,
-    kid: String,
+pub(crate) struct Header<A> {
+    pub(crate) alg: A,
+    pub(crate) kid: String,
 }
 
-fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
+/// Rules 2 and 3 over the decoded header, with `rules` for the algorithms
+/// and `typ` values.
+pub(crate) fn parse_header<A, E: JwsError>(
+    bytes: &[u8],
+    rules: &HeaderRules<A>,
+) -> Result<Header<A>, E> {
     let raw: RawHeader =
-        from_slice_strict(bytes).map_err(|e| LicenseError::malformed(format!("header: {e}")))?;
+        from_slice_strict(bytes).map_err(|e| E::malformed(format!("header: {e}")))?;
     // A derived struct also parses from a JSON array, by member position;
     // a JOSE header is an object (RFC 7515 §4).
     if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(LicenseError::malformed("header is not a JSON object"));
+        return Err(E::malformed("header is not a JSON object".into()));
     }
 
     let alg = match raw.alg.as_deref() {
-        None => return Err(LicenseError::malformed("header has no `alg`")),
-        Some(name) => Algorithm::from_jose(name).ok_or_else(|| {
-            LicenseError::AlgorithmRejected(format!(
-                "{} is not accepted; only EdDSA and ES256 are",
-                quote(name)
+        None => return Err(E::malformed("header has no `alg`".into())),
+        Some(name) => (rules.alg)(name).ok_or_else(|| {
+            E::algorithm_rejected(format!(
+                "{} is not accepted; only {} are",
+                quote(name),
+                rules.accepted
             ))
         })?,
     };
@@ -223,31 +267,36 @@ fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
         ("x5c", raw.x5c),
     ] {
         if present.0 {
-            return Err(LicenseError::malformed(format!(
-                "header parameter `{name}` is not accepted: verification keys come only from the configured keyring"
+            return Err(E::malformed(format!(
+                "header parameter `{name}` is not accepted: verification keys come only from the configured keys"
             )));
         }
     }
     if raw.crit.0 {
-        return Err(LicenseError::malformed(
-            "header parameter `crit` is not accepted: no JWS extensions are supported",
+        return Err(E::malformed(
+            "header parameter `crit` is not accepted: no JWS extensions are supported".into(),
         ));
     }
     if let Some(typ) = raw.typ.as_deref() {
-        // RFC 7515 §4.1.9 allows omitting the "application/" prefix.
-        if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("application/jwt") {
-            return Err(LicenseError::malformed(format!(
-                "header `typ` is {}; expected `JWT`",
-                quote(typ)
+        if !rules.typ.iter().any(|t| typ.eq_ignore_ascii_case(t)) {
+            return Err(E::malformed(format!(
+                "header `typ` is {}; expected {}",
+                quote(typ),
+                rules
+                    .typ
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )));
         }
     }
 
     let kid = raw
         .kid
-        .ok_or_else(|| LicenseError::malformed("header has no `kid`"))?;
+        .ok_or_else(|| E::malformed("header has no `kid`".into()))?;
     if !is_valid_kid(&kid) {
-        return Err(LicenseError::malformed(format!(
+        return Err(E::malformed(format!(
             "header `kid` {} is not a key id: use 1 to {MAX_KID_CHARS} of A-Z a-z 0-9 . _ - (and no `..`)",
             quote(&kid)
         )));
@@ -259,8 +308,8 @@ fn parse_header(bytes: &[u8]) -> Result<Header, LicenseError> {
 mod tests {
     use super::*;
 
-    fn header(json: &str) -> Result<Header, LicenseError> {
-        parse_header(json.as_bytes())
+    fn header(json: &str) -> Result<Header<Algorithm>, LicenseError> {
+        parse_header(json.as_bytes(), &LICENSE_HEADER)
     }
 
     #[test]
@@ -349,18 +398,19 @@ mod tests {
     #[test]
     fn split_requires_exactly_three_segments() {
         for token in ["", "a", "a.b", "a.b.c.d", "..", "a..c", ".b.c"] {
-            assert_eq!(split(token).err().unwrap().reason(), "license_malformed");
+            let err = split::<LicenseError>(token).err().unwrap();
+            assert_eq!(err.reason(), "license_malformed");
         }
-        let s = split("hh.pp.ss").ok().unwrap();
+        let s = split::<LicenseError>("hh.pp.ss").ok().unwrap();
         assert_eq!((s.header, s.payload, s.signature), ("hh", "pp", "ss"));
         assert_eq!(s.signing_input, b"hh.pp");
     }
 
     #[test]
     fn base64_must_be_unpadded_and_canonical() {
-        assert_eq!(decode_segment("e30", "x").unwrap(), b"{}");
+        assert_eq!(decode_segment::<LicenseError>("e30", "x").unwrap(), b"{}");
         for bad in ["e30=", "e3+", "e3/", "e3 0", "e31"] {
-            assert!(decode_segment(bad, "x").is_err(), "{bad}");
+            assert!(decode_segment::<LicenseError>(bad, "x").is_err(), "{bad}");
         }
     }
 }

@@ -20,8 +20,8 @@ pub struct VerifiedUser {
     pub nbf: Option<u64>,
     /// The key that signed it.
     pub kid: Box<str>,
-    /// `roles`, comma-separated, as the workload is told them; `None` when
-    /// there are none (or one is not a header-safe value).
+    /// `roles`, comma-separated, as the workload is told them (those that
+    /// fit in such a list: see [`forwardable`]); `None` when there are none.
     pub roles_value: Option<http::HeaderValue>,
     /// `subject` as a header value; `None` when it cannot be one.
     pub subject_value: Option<http::HeaderValue>,
@@ -39,7 +39,7 @@ impl VerifiedUser {
     ) -> VerifiedUser {
         roles.sort_unstable();
         roles.dedup();
-        let joined = roles.join(",");
+        let joined = forwardable(&roles).collect::<Vec<_>>().join(",");
         VerifiedUser {
             issuer,
             subject_value: http::HeaderValue::from_str(&subject).ok(),
@@ -58,4 +58,14 @@ impl VerifiedUser {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| &**r == role)
     }
+}
+
+/// The roles that can be told in a comma-separated header: a role with a
+/// comma or a control character would read as other roles (or break the
+/// header), so it is left out of the list (it still counts for routes).
+pub fn forwardable<'a>(roles: &'a [Box<str>]) -> impl Iterator<Item = &'a str> + 'a {
+    roles
+        .iter()
+        .map(|role| &**role)
+        .filter(|role| !role.contains(',') && !role.chars().any(char::is_control))
 }

@@ -14,8 +14,8 @@
 //!    issuer's allow-list, no `jwk`/`jku`/`x5u`/`x5c`/`crit`), the key by
 //!    `kid` among the configured issuers' JWKS, then the signature, and
 //!    only then the claims: `iss` must be the issuer whose key signed,
-//!    `aud`, `exp`/`nbf` with leeway, and the subject and roles read from
-//!    the issuer's claim paths;
+//!    `aud`, and the subject and roles read from the issuer's claim paths;
+//!    [`token::validate`] checks `exp`/`nbf` with leeway on every use;
 //! 3. [`UserVerifier`] remembers verified tokens by their exact bytes, so a
 //!    token seen before costs a map lookup and the time check.
 //!
@@ -26,21 +26,27 @@
 
 #![warn(missing_docs)]
 
+mod claims;
 mod error;
 mod identity;
+pub mod keys;
+mod metrics;
 pub mod settings;
 pub mod source;
+mod start;
+pub mod token;
 mod verifier;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::UserError;
-pub use identity::VerifiedUser;
+pub use identity::{forwardable, VerifiedUser};
+pub use keys::{UserKey, UserKeyError, UserKeyring};
+pub use metrics::UserMetrics;
 pub use settings::{
     ClaimPath, IssuerSettings, JwksSource, TokenLocation, UserAlgorithm, UserForwarding,
     UserSettings,
 };
+pub use start::{explain_verifier, Users, UsersError};
 pub use verifier::UserVerifier;
-
-/// PLACEHOLDER until the key sources land: a verifier for `policy explain`.
-pub fn explain_verifier(settings: UserSettings) -> Result<std::sync::Arc<UserVerifier>, String> {
-    Ok(std::sync::Arc::new(UserVerifier::new(settings)))
-}
