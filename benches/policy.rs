@@ -4,6 +4,11 @@
 //! - `decide/{10,10000}_routes`: a whole cached decision — match, header
 //!   license from the verification cache, entitlement cache, feature bits,
 //!   a seat check and a rate limit that does not trigger (no I/O);
+//! - `decide/user_roles_seat`: a cached decision on a route that needs a
+//!   verified user: the license from its header and an RS256 user token
+//!   from `Authorization` (both from their caches), a role checked against
+//!   the license's plan, a per-user rate and a seat held by the user, and
+//!   the user's headers for the workload;
 //! - `rate_limit/check`: one GCRA update on a warm key;
 //! - `request/{plain,enforcing}`: one HTTP/1.1 keep-alive request through
 //!   the in-process proxy to an in-process upstream, without and with the
@@ -201,6 +206,8 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    user_bench(c, &peer);
+
     let def = compile(10).limits[0].clone();
     let store = MemoryStore::new(Clock::system(), MemoryStore::DEFAULT_MAX_KEYS);
     let counters = store.counters(&def);
@@ -210,6 +217,96 @@ fn bench(c: &mut Criterion) {
     });
 
     request_benches(c, &licensed);
+}
+
+/// `decide/user_roles_seat`: see the module docs.
+fn user_bench(c: &mut Criterion, peer: &Peer) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/users");
+    let user_token = std::fs::read_to_string(fixtures.join("keycloak-rs256.jwt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    std::fs::write(dir.path().join("k1.pem"), key.public_key_pem()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let license = sign(
+        &serde_json::json!({"sub": "lic-bench", "exp": now + 3600, "lic": {"plan": "team", "seats": 1000}}),
+        &key,
+        "k1",
+    );
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\n\
+         license:\n  keys: {}\n  source: header\n  header: x-license\n\
+         users:\n  issuers:\n    - issuer: https://idp.example.test/realms/acme\n      audience: licensegate\n      \
+         jwks_file: {}\n      roles_claim: realm_access.roles\n",
+        dir.path().join("k1.pem").display(),
+        fixtures.join("jwks.json").display()
+    );
+    let settings = Settings::resolve(
+        FileConfig::parse(Path::new("bench.yaml"), &yaml).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let metrics = Metrics::new();
+    let gate = Arc::new(
+        LicenseGate::new(
+            settings.license.as_ref().unwrap(),
+            Arc::clone(&metrics.license),
+        )
+        .unwrap(),
+    );
+    let users =
+        licensegate::user::Users::new(settings.users.as_ref().unwrap(), &metrics.registry, None)
+            .unwrap();
+    let policy = Policy::compile(vec![(
+        "bench.yaml".into(),
+        "plans:\n  team: {roles: [analyst, viewer]}\n\
+         limits:\n  named: {seats: {identity: user, limit: lic.seats, default: 3}}\n  \
+         per_user: {rate: {limit: 1000000000, per: 1m, key: user}}\n\
+         routes:\n  - {name: health, path: /healthz, access: public}\n  \
+         - {name: reports, path: /api/reports/**, roles: [analyst, admin], limits: [per_user, named]}\n"
+            .into(),
+    )])
+    .unwrap();
+    let engine = DecisionEngine::new(
+        Some(gate),
+        Arc::new(MemoryStore::new(
+            Clock::system(),
+            MemoryStore::DEFAULT_MAX_KEYS,
+        )),
+        &EngineSettings::default(),
+        Arc::clone(&metrics.decision),
+    )
+    .with_users(Arc::clone(&users.verifier))
+    .with_policy(policy)
+    .unwrap();
+    let (head, ()) = http::Request::get("/api/reports/q3")
+        .header("host", "app.local")
+        .header("x-license", license)
+        .header("authorization", format!("Bearer {}", user_token.trim()))
+        .header("accept", "application/json")
+        .header("user-agent", "bench")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let Decision::Allow(allowed) = decide_now(&engine, &head, peer) else {
+        panic!("the bench request is allowed");
+    };
+    assert!(allowed.user.is_some(), "the verified user is told");
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    const WARM: u64 = 1000;
+    for _ in 0..WARM {
+        black_box(decide_now(&engine, &head, peer));
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!(
+        "decide/user_roles_seat: {:.2} heap allocations per warm decision",
+        allocations as f64 / WARM as f64
+    );
+    c.bench_function("decide/user_roles_seat", |b| {
+        b.iter(|| decide_now(&engine, black_box(&head), peer))
+    });
 }
 
 fn request_benches(c: &mut Criterion, licensed: &Licensed) {

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus::IntCounter;
 
-use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders};
+use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders, RoleCap};
 use super::evaluate::{
     license_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings, LicenseView,
     LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
@@ -145,39 +145,12 @@ pub struct ForwardedUser {
 }
 
 impl ForwardedUser {
-    /// `user`, with the roles `license` includes (all of them when neither
-    /// the license nor its plan caps roles).
-    fn new(
-        user: Arc<VerifiedUser>,
-        license: Option<&VerifiedLicense>,
-        policy: Option<&Policy>,
-    ) -> ForwardedUser {
-        let cap = license.and_then(|license| {
-            let lic = &license.claims.lic;
-            let plan = policy
-                .and_then(|p| p.plans.get(&lic.plan))
-                .and_then(|plan| plan.roles.as_ref());
-            (plan.is_some() || lic.roles.is_some()).then_some((plan, lic.roles.as_ref()))
-        });
+    /// `user`, with the roles `cap` admits (all of them when the license
+    /// does not cap roles).
+    fn new(user: Arc<VerifiedUser>, cap: Option<&RoleCap>) -> ForwardedUser {
         let roles = match cap {
             None => user.roles_value.clone(),
-            Some((plan, lic)) => {
-                let listed = |role: &str| {
-                    [plan, lic]
-                        .iter()
-                        .any(|list| list.is_some_and(|l| l.iter().any(|r| r == role)))
-                };
-                if user.roles.iter().all(|role| listed(role)) {
-                    user.roles_value.clone()
-                } else {
-                    let kept: Vec<&str> = crate::user::forwardable(&user.roles)
-                        .filter(|role| listed(role))
-                        .collect();
-                    (!kept.is_empty())
-                        .then(|| HeaderValue::from_str(&kept.join(",")).ok())
-                        .flatten()
-                }
-            }
+            Some(cap) => user.roles_value_capped(cap.id, |role| cap.admits(role)),
         };
         ForwardedUser { user, roles }
     }
@@ -531,7 +504,7 @@ impl DecisionEngine {
             return Decision::Allow(Allowed {
                 user: self
                     .offered_user(head, peer)
-                    .map(|user| ForwardedUser::new(user, None, None)),
+                    .map(|user| ForwardedUser::new(user, None)),
                 websocket: true,
                 ..Allowed::default()
             });
@@ -547,14 +520,17 @@ impl DecisionEngine {
         match gate.check(&head.headers, || {
             client_ip(&head.headers, peer, self.trust_forwarded)
         }) {
-            Ok((license, _)) => Decision::Allow(Allowed {
-                license: Some(Arc::clone(&self.entitlements.get(&license, None).headers)),
-                user: self
-                    .offered_user(head, peer)
-                    .map(|user| ForwardedUser::new(user, Some(&license), None)),
-                websocket: true,
-                ..Allowed::default()
-            }),
+            Ok((license, _)) => {
+                let entitled = self.entitlements.get(&license, None);
+                Decision::Allow(Allowed {
+                    license: Some(Arc::clone(&entitled.headers)),
+                    user: self
+                        .offered_user(head, peer)
+                        .map(|user| ForwardedUser::new(user, entitled.roles.as_ref())),
+                    websocket: true,
+                    ..Allowed::default()
+                })
+            }
             Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.token_header()))),
         }
     }
@@ -682,9 +658,8 @@ impl DecisionEngine {
                 Some(user) => Some(Arc::clone(user)),
                 None => self.offered_user(head, peer),
             };
-            allowed.user = user.map(|user| {
-                ForwardedUser::new(user, slot.get().map(|(l, _)| &**l), Some(&active.policy))
-            });
+            let cap = slot.get().and_then(|(_, entitled)| entitled.roles.as_ref());
+            allowed.user = user.map(|user| ForwardedUser::new(user, cap));
         }
         allowed.usage_headers.clone_from(&active.usage_headers);
         // A preflight carries no license and feeds no meter.
@@ -1083,7 +1058,8 @@ impl<'a> KeyContext<'a> {
         if let [one] = parts {
             return self.part(one).unwrap_or(Cow::Borrowed(""));
         }
-        let mut key = String::new();
+        // One allocation for the usual ids (a license id, an e-mail).
+        let mut key = String::with_capacity(64);
         for (i, part) in parts.iter().enumerate() {
             if i > 0 {
                 key.push(KEY_SEPARATOR);

@@ -56,7 +56,43 @@ pub struct Entitled {
     pub headers: Arc<LicenseHeaders>,
     /// Whose usage its requests are, for the meters.
     pub identity: Arc<LicenseIdentity>,
+    /// The user roles the license includes (its `lic.roles` and its
+    /// plan's), when either lists them; `None`: roles are not capped.
+    pub roles: Option<RoleCap>,
 }
+
+/// The user roles a license includes, by name, with an id that differs
+/// between different sets (a user's told roles are remembered by it).
+#[derive(Debug)]
+pub struct RoleCap {
+    /// Sorted, no duplicates.
+    pub names: Box<[String]>,
+    pub id: u64,
+}
+
+impl RoleCap {
+    fn of(license: &[String], plan: &[String]) -> RoleCap {
+        let mut names: Vec<String> = license.iter().chain(plan).cloned().collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut hasher = std::hash::BuildHasher::build_hasher(&*CAP_SEED);
+        std::hash::Hash::hash(&names, &mut hasher);
+        RoleCap {
+            id: std::hash::Hasher::finish(&hasher),
+            names: names.into_boxed_slice(),
+        }
+    }
+
+    pub fn admits(&self, role: &str) -> bool {
+        self.names
+            .binary_search_by(|name| name.as_str().cmp(role))
+            .is_ok()
+    }
+}
+
+/// One random seed per process: cap ids are not guessable from names.
+static CAP_SEED: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
+    std::sync::LazyLock::new(hashbrown::DefaultHashBuilder::default);
 
 struct Entry {
     /// Pins the address the map is keyed by; `/usage` finds licenses by id
@@ -147,7 +183,17 @@ fn entitle(license: &VerifiedLicense, policy: Option<&Policy>) -> Entitled {
     features.sort_unstable();
     features.dedup();
     let value = |text: &str| HeaderValue::from_str(text).ok();
+    let plan_roles = policy
+        .and_then(|p| p.plans.get(&lic.plan))
+        .and_then(|plan| plan.roles.as_deref());
+    let roles = (plan_roles.is_some() || lic.roles.is_some()).then(|| {
+        RoleCap::of(
+            lic.roles.as_deref().unwrap_or_default(),
+            plan_roles.unwrap_or_default(),
+        )
+    });
     Entitled {
+        roles,
         entitlement: policy.map(|p| p.entitle(lic)),
         headers: Arc::new(LicenseHeaders {
             id: value(&license.claims.sub),

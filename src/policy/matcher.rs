@@ -281,7 +281,13 @@ impl Matcher {
             // A trailing slash does not change the route: `/a/` is `/a`.
             return first(&here.exact, accept).or_else(|| first(&here.rest, accept));
         }
-        let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        // A byte search: `split_once('/')`'s char searcher cost ~5 % of a
+        // whole decision (callgrind); `/` is ASCII, so its index is a char
+        // boundary.
+        let (segment, tail) = match rest.bytes().position(|b| b == b'/') {
+            Some(slash) => (&rest[..slash], &rest[slash + 1..]),
+            None => (rest, ""),
+        };
         if let Some(child) = self.literal(here, segment) {
             if let Some(found) = self.walk(child as usize, tail, accept) {
                 return Some(found);

@@ -1,9 +1,11 @@
 //! A user whose token verified.
 
+use parking_lot::Mutex;
+
 /// What a verified user token says, as the decision reads it. Built once
 /// per token (then cached by its exact bytes); the time window is checked
 /// again on every use.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct VerifiedUser {
     /// Position of the issuer in [`UserSettings::issuers`](super::UserSettings::issuers).
     pub issuer: usize,
@@ -25,7 +27,51 @@ pub struct VerifiedUser {
     pub roles_value: Option<http::HeaderValue>,
     /// `subject` as a header value; `None` when it cannot be one.
     pub subject_value: Option<http::HeaderValue>,
+    /// The roles told under the last role cap asked for (by its id): a
+    /// user works under one license, so the list is made once, not per
+    /// request.
+    capped: Mutex<Option<(u64, Option<http::HeaderValue>)>>,
 }
+
+impl Clone for VerifiedUser {
+    fn clone(&self) -> Self {
+        VerifiedUser {
+            issuer: self.issuer,
+            subject: self.subject.clone(),
+            roles: self.roles.clone(),
+            exp: self.exp,
+            nbf: self.nbf,
+            kid: self.kid.clone(),
+            roles_value: self.roles_value.clone(),
+            subject_value: self.subject_value.clone(),
+            capped: Mutex::new(None),
+        }
+    }
+}
+
+/// Equal claims and key; the memo of [`VerifiedUser::roles_value_capped`]
+/// is not compared.
+impl PartialEq for VerifiedUser {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.issuer,
+            &self.subject,
+            &self.roles,
+            self.exp,
+            self.nbf,
+            &self.kid,
+        ) == (
+            other.issuer,
+            &other.subject,
+            &other.roles,
+            other.exp,
+            other.nbf,
+            &other.kid,
+        )
+    }
+}
+
+impl Eq for VerifiedUser {}
 
 impl VerifiedUser {
     /// A verified user; the header values are made here, once per token.
@@ -51,7 +97,30 @@ impl VerifiedUser {
             exp,
             nbf,
             kid,
+            capped: Mutex::new(None),
         }
+    }
+
+    /// The roles the workload is told when only the roles `allowed` admits
+    /// count, `cap` naming that set: made once per cap, then cloned (a
+    /// reference count, no allocation).
+    pub fn roles_value_capped(
+        &self,
+        cap: u64,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Option<http::HeaderValue> {
+        let mut memo = self.capped.lock();
+        if let Some((id, value)) = &*memo {
+            if *id == cap {
+                return value.clone();
+            }
+        }
+        let kept: Vec<&str> = forwardable(&self.roles).filter(|r| allowed(r)).collect();
+        let value = (!kept.is_empty())
+            .then(|| http::HeaderValue::from_str(&kept.join(",")).ok())
+            .flatten();
+        *memo = Some((cap, value.clone()));
+        value
     }
 
     /// Whether the token lists `role` (exact, case-sensitive).

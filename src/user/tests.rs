@@ -1002,10 +1002,8 @@ fn a_cached_token_is_not_served_past_its_expiry() {
             now: exp + LEEWAY
         })
     );
-    let early = VerifiedUser {
-        nbf: Some(NOW + 10),
-        ..(*user).clone()
-    };
+    let mut early = (*user).clone();
+    early.nbf = Some(NOW + 10);
     assert_eq!(
         token::validate(&early, NOW - LEEWAY, Duration::from_secs(LEEWAY)),
         Err(UserError::NotYetValid {
