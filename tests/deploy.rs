@@ -621,9 +621,15 @@ async fn deploy_names_only_metrics_licensegate_exports_or_plans() {
     let metering = licensegate::metrics::Registry::new();
     let _ = licensegate::metering::metrics::MeteringMetrics::new(&metering).sink("billing");
     let metering = String::from_utf8(metering.render()).unwrap();
+    // The same for users' families, with one issuer.
+    let users = licensegate::metrics::Registry::new();
+    let _ = licensegate::user::UserMetrics::new(&users).keys("https://idp.test");
+    let _ = licensegate::user::source::JwksMetrics::new(&users).issuer("https://idp.test");
+    let users = String::from_utf8(users.render()).unwrap();
     let exported: BTreeSet<String> = exported
         .into_iter()
         .chain(exported_names(&metering))
+        .chain(exported_names(&users))
         .collect();
 
     let alerts = std::fs::read_to_string(deploy().join("prometheus/alerts.yaml")).unwrap();

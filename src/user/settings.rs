@@ -71,9 +71,10 @@ pub struct JwksFetchSettings {
     /// Fetched again after this long, or sooner if the response's
     /// `Cache-Control: max-age` says so (never sooner than `min_refresh`).
     pub refresh: Duration,
-    /// The shortest time between two fetches, also those a token with an
-    /// unknown `kid` asks for: an attacker sending made-up kids cannot turn
-    /// the sidecar into a load generator against the identity provider.
+    /// The shortest time between two scheduled fetches, and between those
+    /// a token with an unknown `kid` asks for: an attacker sending made-up
+    /// kids cannot turn the sidecar into a load generator against the
+    /// identity provider. (Retries after a failed fetch follow the back-off.)
     pub min_refresh: Duration,
     /// Back-off after a failed fetch, from `min_backoff` doubling to `max_backoff`.
     pub min_backoff: Duration,
