@@ -40,6 +40,17 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// A key id an identity provider chose: it never names a file here, so
+/// base64's `+`, `/` and `=` are allowed (AWS Cognito's kids are base64),
+/// but nothing that could break a log line, and no `..`.
+pub(crate) fn is_valid_idp_kid(kid: &str) -> bool {
+    (1..=MAX_KID_CHARS).contains(&kid.len())
+        && kid.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'/' | b'=')
+        })
+        && !kid.contains("..")
+}
+
 /// A key id is a plain name: it may end up in file names, logs and metrics,
 /// so nothing that could walk a path (`/`, `\`, `..`) or break a line.
 pub(crate) fn is_valid_kid(kid: &str) -> bool {

@@ -90,15 +90,26 @@ impl VerifyingKey {
     /// uncompressed point (`04 || x || y`) for ES256. P-256 points are
     /// checked to lie on the curve.
     pub fn new(kid: &str, alg: Algorithm, public_key: &[u8]) -> Result<Self, KeyError> {
-        let origin = || format!("key {}", super::error::quote(kid));
         if !is_valid_kid(kid) {
             return Err(KeyError::invalid(
-                origin(),
+                format!("key {}", super::error::quote(kid)),
                 format!(
                     "not a valid kid: use 1 to {MAX_KID_CHARS} of A-Z a-z 0-9 . _ - (and no `..`)"
                 ),
             ));
         }
+        VerifyingKey::with_checked_kid(kid, alg, public_key)
+    }
+
+    /// [`VerifyingKey::new`] for a kid the caller checked by its own rule
+    /// (an identity provider's kids never name files: see
+    /// [`is_valid_idp_kid`](super::jose::is_valid_idp_kid)).
+    pub(crate) fn with_checked_kid(
+        kid: &str,
+        alg: Algorithm,
+        public_key: &[u8],
+    ) -> Result<Self, KeyError> {
+        let origin = || format!("key {}", super::error::quote(kid));
         match alg {
             Algorithm::EdDSA if public_key.len() != ED25519_KEY_LEN => {
                 return Err(KeyError::invalid(

@@ -23,8 +23,8 @@ use serde::Deserialize;
 
 use super::claims::Claims;
 use super::error::{quote, LicenseError};
+use super::jose::is_valid_kid;
 pub use super::jose::Algorithm;
-use super::jose::{is_valid_kid, MAX_KID_CHARS};
 use super::json::{from_slice_strict, Present};
 use super::keys::{Keyring, VerifyingKey};
 
@@ -200,6 +200,8 @@ pub(crate) struct HeaderRules<A> {
     pub(crate) accepted: &'static str,
     /// The `typ` values accepted besides none (ASCII case-insensitive).
     pub(crate) typ: &'static [&'static str],
+    /// Whether a `kid` is acceptable, and what is, for the refusal.
+    pub(crate) kid: (fn(&str) -> bool, &'static str),
 }
 
 /// License tokens: see the module docs. RFC 7515 §4.1.9 allows omitting
@@ -208,7 +210,11 @@ const LICENSE_HEADER: HeaderRules<Algorithm> = HeaderRules {
     alg: Algorithm::from_jose,
     accepted: "EdDSA and ES256",
     typ: &["JWT", "application/jwt"],
+    kid: (is_valid_kid, KID_CHARACTERS),
 };
+
+/// What [`is_valid_kid`] accepts, in words.
+pub(crate) const KID_CHARACTERS: &str = "use 1 to 128 of A-Z a-z 0-9 . _ - (and no `..`)";
 
 /// The header members we act on; anything else is ignored.
 #[derive(Deserialize)]
@@ -295,9 +301,10 @@ pub(crate) fn parse_header<A, E: JwsError>(
     let kid = raw
         .kid
         .ok_or_else(|| E::malformed("header has no `kid`".into()))?;
-    if !is_valid_kid(&kid) {
+    let (valid, characters) = rules.kid;
+    if !valid(&kid) {
         return Err(E::malformed(format!(
-            "header `kid` {} is not a key id: use 1 to {MAX_KID_CHARS} of A-Z a-z 0-9 . _ - (and no `..`)",
+            "header `kid` {} is not a key id: {characters}",
             quote(&kid)
         )));
     }

@@ -23,7 +23,7 @@ use ring::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
 use serde::Deserialize;
 
 use super::{UserAlgorithm, UserError};
-use crate::license::jose::{is_valid_kid, MAX_KID_CHARS};
+use crate::license::jose::is_valid_idp_kid;
 use crate::license::json::{from_slice_strict, Present};
 use crate::license::{quote, Algorithm, KeyError, LicenseError, VerifyingKey};
 
@@ -425,10 +425,11 @@ impl Jwk {
         let kid = self
             .kid
             .ok_or("has no `kid`; a signing key needs one, tokens name their key by it")?;
-        if !is_valid_kid(&kid) {
+        if !is_valid_idp_kid(&kid) {
             return Err(format!(
-                "kid {} is not a key id: use 1 to {MAX_KID_CHARS} of A-Z a-z 0-9 . _ - (and no `..`)",
-                quote(&kid)
+                "kid {} is not a key id: {}",
+                quote(&kid),
+                super::token::IDP_KID_CHARACTERS
             ));
         }
         let public = match alg {
@@ -463,7 +464,8 @@ fn member(name: &str, value: Option<String>) -> Result<Vec<u8>, String> {
 }
 
 fn curve(kid: &str, alg: Algorithm, public: &[u8]) -> Result<Public, String> {
-    VerifyingKey::new(kid, alg, public)
+    // `into_key` checked the kid by the identity provider's rule.
+    VerifyingKey::with_checked_kid(kid, alg, public)
         .map(Public::Curve)
         .map_err(|e| match e {
             KeyError::Invalid { message, .. } => message,

@@ -1147,3 +1147,31 @@ fn every_result_has_a_series_from_the_start() {
         3
     );
 }
+
+/// AWS Cognito names its keys with base64 (`+`, `/`, `=`): such a kid is
+/// a key id here, though never a license key's (those name files).
+#[test]
+fn base64_kids_of_identity_providers_are_key_ids() {
+    let cognito = "1jFuCzN+hy7Xh0vX4Qz/Fm8mNk7ZBJAOyOqTPu5ZQ2E=";
+    let jwks = jwks_with(&Signer::EdDsa.kid(), |key| {
+        key.insert("kid".into(), json!(cognito));
+    });
+    let keyring = Arc::new(UserKeyring::from_jwks_slice(&jwks, "cognito").unwrap());
+    assert!(keyring.kids().contains(&cognito));
+    let header = header(Signer::EdDsa, json!({"kid": cognito}));
+    let token = signed(
+        Signer::EdDsa,
+        header.to_string().as_bytes(),
+        claims().to_string().as_bytes(),
+    );
+    let user = token::verify(&token, &[keyring], &[keycloak()]).unwrap();
+    assert_eq!(&*user.kid, cognito);
+    // A line break or a path walk is still no key id.
+    for bad in ["a\nb", "../k", ""] {
+        let jwks = jwks_with(&Signer::EdDsa.kid(), |key| {
+            key.insert("kid".into(), json!(bad));
+        });
+        assert!(UserKeyring::from_jwks_slice(&jwks, "x").is_err(), "{bad:?}");
+    }
+    assert!(!crate::license::jose::is_valid_kid(cognito));
+}
