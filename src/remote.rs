@@ -237,11 +237,18 @@ pub fn check_url(url: &Uri, allow_http: bool) -> Result<bool, String> {
         return Err(format!("`{url}` is not an absolute https:// URL"));
     };
     if authority.as_str().contains('@') {
-        return Err("credentials in the URL would end up in logs; send them in a header".into());
+        return Err(
+            "credentials in the URL would end up in logs; send them in a header (`headers`)".into(),
+        );
     }
     match url.scheme() {
         Some(scheme) if *scheme == Scheme::HTTPS => Ok(true),
-        Some(scheme) if *scheme == Scheme::HTTP && allow_http => {
+        Some(scheme) if *scheme == Scheme::HTTP && !allow_http => Err(format!(
+            "`{}` must be https:// (plain http:// needs `allow_http: true`, \
+             and then only to a loopback address)",
+            shown_url(url)
+        )),
+        Some(scheme) if *scheme == Scheme::HTTP => {
             if is_loopback(authority.host()) {
                 Ok(false)
             } else {

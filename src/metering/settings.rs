@@ -5,11 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Deserializer};
 
@@ -461,51 +459,10 @@ fn check_sink_name(name: &str) -> Result<(), String> {
 /// `https://`, or `http://` to a loopback address when allowed; no
 /// credentials in the URL.
 pub(crate) fn check_url(url: &Uri, allow_http: bool) -> Result<(), String> {
-    let Some(authority) = url.authority() else {
-        return Err(format!("`{url}` is not an absolute https:// URL"));
-    };
-    if authority.as_str().contains('@') {
-        return Err("credentials in the URL would end up in logs; send them in `headers`".into());
-    }
-    match url.scheme() {
-        Some(scheme) if *scheme == Scheme::HTTPS => Ok(()),
-        Some(scheme) if *scheme == Scheme::HTTP => {
-            if !allow_http {
-                Err(format!(
-                    "`{}` must be https:// (plain http:// needs `allow_http: true`, \
-                     and then only to a loopback address)",
-                    shown_url(url)
-                ))
-            } else if !is_loopback(authority.host()) {
-                Err(format!(
-                    "plain http:// is allowed only to a loopback address, not `{}`",
-                    authority.host()
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Err(format!("`{}` must be https://", shown_url(url))),
-    }
+    crate::remote::check_url(url, allow_http).map(|_https| ())
 }
 
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The URL for errors and logs: a query string may carry a credential.
-pub(crate) fn shown_url(url: &Uri) -> String {
-    let mut shown = match (url.scheme(), url.authority()) {
-        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", url.path()),
-        _ => url.path().to_owned(),
-    };
-    if url.query().is_some() {
-        shown.push_str("?…");
-    }
-    shown
-}
+pub(crate) use crate::remote::shown_url;
 
 /// `licensegate/<hostname>`.
 pub fn default_source() -> String {
