@@ -51,6 +51,9 @@ pub(crate) fn is_valid_idp_kid(kid: &str) -> bool {
         && !kid.contains("..")
 }
 
+/// What [`is_valid_idp_kid`] accepts, in words.
+pub(crate) const IDP_KID_CHARACTERS: &str = "use 1 to 128 of A-Z a-z 0-9 . _ - + / = (and no `..`)";
+
 /// A key id is a plain name: it may end up in file names, logs and metrics,
 /// so nothing that could walk a path (`/`, `\`, `..`) or break a line.
 pub(crate) fn is_valid_kid(kid: &str) -> bool {

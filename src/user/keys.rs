@@ -23,7 +23,7 @@ use ring::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
 use serde::Deserialize;
 
 use super::{UserAlgorithm, UserError};
-use crate::license::jose::is_valid_idp_kid;
+use crate::license::jose::{is_valid_idp_kid, IDP_KID_CHARACTERS};
 use crate::license::json::{from_slice_strict, Present};
 use crate::license::{quote, Algorithm, KeyError, LicenseError, VerifyingKey};
 
@@ -429,7 +429,7 @@ impl Jwk {
             return Err(format!(
                 "kid {} is not a key id: {}",
                 quote(&kid),
-                super::token::IDP_KID_CHARACTERS
+                IDP_KID_CHARACTERS
             ));
         }
         let public = match alg {

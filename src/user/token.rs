@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::keys::{UserKey, UserKeyring};
 use super::settings::IssuerSettings;
 use super::{claims, UserAlgorithm, UserError, VerifiedUser};
-use crate::license::jose::is_valid_idp_kid;
+use crate::license::jose::{is_valid_idp_kid, IDP_KID_CHARACTERS};
 use crate::license::quote;
 use crate::license::token::{decode_segment, parse_header, split, HeaderRules, JwsError};
 
@@ -49,9 +49,6 @@ const USER_HEADER: HeaderRules<UserAlgorithm> = HeaderRules {
     typ: &["JWT", "application/jwt", "at+jwt", "application/at+jwt"],
     kid: (is_valid_idp_kid, IDP_KID_CHARACTERS),
 };
-
-/// What [`is_valid_idp_kid`] accepts, in words.
-pub(crate) const IDP_KID_CHARACTERS: &str = "use 1 to 128 of A-Z a-z 0-9 . _ - + / = (and no `..`)";
 
 /// Verify `token` against the issuers' keyrings (`keyrings[i]` holds the
 /// keys of `issuers[i]`) and read its user. Time is not checked: see
