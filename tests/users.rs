@@ -605,6 +605,13 @@ async fn an_unreachable_idp_at_start_uses_the_last_good_jwks_or_is_not_ready() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+    // `/users` says where the keys in force came from, and what failed.
+    let (_, body) = get(&proxy.admin_url("/users")).await;
+    let users: Value = serde_json::from_slice(&body).unwrap();
+    let issuer = &users["issuers"][0];
+    assert_eq!(issuer["issuer"], IDP, "{users}");
+    assert_eq!(issuer["loaded"], true, "{users}");
+    assert_eq!(issuer["source"], "state", "{users}");
     assert_eq!(
         call(&proxy, "/reports/b", &[("authorization", &token)])
             .await
