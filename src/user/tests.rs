@@ -1175,3 +1175,30 @@ fn base64_kids_of_identity_providers_are_key_ids() {
     }
     assert!(!crate::license::jose::is_valid_kid(cognito));
 }
+
+// The cargo-fuzz harness of `fuzz/fuzz_targets/user_token.rs`, compiled
+// into the tests too, so every committed seed runs through exactly the code
+// the fuzzer runs on every `cargo test`.
+#[path = "../../fuzz/user_harness.rs"]
+mod user_harness;
+
+#[test]
+fn user_token_fuzz_seeds_replay() {
+    let seeds = fixtures().join("../../../fuzz/seeds/user_token");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&seeds)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 5, "too few seeds: {paths:?}");
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // A panic inside is the failure the fuzzer would report.
+        let result = user_harness::user_token(&std::fs::read(&path).unwrap());
+        if name.starts_with("ok-") {
+            assert!(result.is_ok(), "{name}: {result:?}");
+        } else if name.starts_with("err-") {
+            assert!(result.is_err(), "{name}: {result:?}");
+        }
+    }
+}
