@@ -218,5 +218,6 @@ pub fn admit(
     }
 }
 
+pub mod source;
 #[cfg(test)]
 mod tests;
