@@ -1260,3 +1260,99 @@ async fn revocation_lists_are_polled_and_survive_a_restart_while_the_vendor_is_d
             >= 1.0
     );
 }
+
+#[test]
+fn cli_revoke_signs_a_list_and_inspect_says_whether_a_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (code, _, stderr) = cli(&[
+        "license",
+        "keygen",
+        "--kid",
+        "vendor",
+        "--private",
+        &path("k.pem"),
+        "--public",
+        &path("vendor.pem"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let key = SigningKey::from_pkcs8_pem_file(Path::new(&path("k.pem"))).unwrap();
+    let revoked = sign(
+        &with_jti(claims("lic-a", "pro", 3600), "tok-1"),
+        &key,
+        "vendor",
+    );
+    let fine = sign(
+        &with_jti(claims("lic-b", "pro", 3600), "tok-2"),
+        &key,
+        "vendor",
+    );
+    std::fs::write(path("revoked.jwt"), &revoked).unwrap();
+    std::fs::write(path("fine.jwt"), &fine).unwrap();
+
+    let (code, stdout, stderr) = cli(&[
+        "license",
+        "revoke",
+        "--key",
+        &path("k.pem"),
+        "--kid",
+        "vendor",
+        "--seq",
+        "4",
+        "--jti",
+        "tok-1",
+        "--sub",
+        "lic-x",
+        "--iat",
+        "1800000000",
+        "--out",
+        &path("list.jwt"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("seq 4 (1 jti, 1 sub)"),
+        "{stderr}"
+    );
+    let list = std::fs::read_to_string(path("list.jwt")).unwrap();
+    let keyring = licensegate::license::Keyring::load(Path::new(&path("vendor.pem"))).unwrap();
+    let parsed = licensegate::license::RevocationList::verify(&list, &keyring, None).unwrap();
+    assert_eq!((parsed.seq, parsed.iat), (4, 1_800_000_000));
+
+    let inspect = |token: &str| {
+        let (code, stdout, stderr) = cli(&[
+            "license",
+            "inspect",
+            "--keys",
+            &path("vendor.pem"),
+            "--revocations",
+            &format!("@{}", path("list.jwt")),
+            &format!("@{}", path(token)),
+        ]);
+        (
+            code,
+            serde_json::from_str::<Value>(&stdout)
+                .unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}")),
+        )
+    };
+    let (code, report) = inspect("revoked.jwt");
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["reason"], "license_revoked");
+    assert_eq!(report["revocations"]["revoked"], true);
+    assert_eq!(report["revocations"]["seq"], 4);
+    let (code, report) = inspect("fine.jwt");
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["revocations"]["revoked"], false);
+
+    // A license token is not a list.
+    let (code, stdout, _) = cli(&[
+        "license",
+        "inspect",
+        "--keys",
+        &path("vendor.pem"),
+        "--revocations",
+        &format!("@{}", path("fine.jwt")),
+        &format!("@{}", path("fine.jwt")),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("revocations_invalid"), "{stdout}");
+}
