@@ -29,6 +29,7 @@ use serde::{Deserialize, Deserializer};
 use crate::decision::LicenseHeaderNames;
 use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
+use crate::license::revocation::source::{PollSettings, RevocationSettings, RevocationSource};
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
 use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metering::{MeteringFile, MeteringSettings, MeteringSettingsError};
@@ -214,6 +215,91 @@ pub struct FileLicense {
     #[serde(default)]
     pub forward_token: bool,
     pub failed_verifications: Option<FileFailedVerifications>,
+    pub revocations: Option<FileRevocations>,
+}
+
+/// `license.revocations`: a signed revocation list from a file or a URL.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRevocations {
+    pub file: Option<FileInDir>,
+    pub url: Option<String>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub min_backoff: Option<HumanDuration>,
+    pub max_backoff: Option<HumanDuration>,
+    pub ca: Option<ExistingFile>,
+    /// Plain http to a loopback address (a local agent; tests).
+    #[serde(default)]
+    pub allow_http: bool,
+    pub state_file: Option<FileInDir>,
+    pub max_age: Option<HumanDuration>,
+}
+
+impl FileRevocations {
+    fn resolve(self) -> Result<RevocationSettings, ConfigError> {
+        let invalid = |setting, message: String| ConfigError::Invalid { setting, message };
+        let polling = [
+            ("interval", self.interval.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("min_backoff", self.min_backoff.is_some()),
+            ("max_backoff", self.max_backoff.is_some()),
+            ("ca", self.ca.is_some()),
+            ("allow_http", self.allow_http),
+        ];
+        let source = match (self.file, self.url) {
+            (Some(file), None) => {
+                if let Some((name, _)) = polling.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        "license.revocations",
+                        format!("`{name}` is only used with `url`, not `file`"),
+                    ));
+                }
+                RevocationSource::File(file.0)
+            }
+            (None, Some(url)) => {
+                let uri: http::Uri = url.parse().map_err(|e| {
+                    invalid(
+                        "license.revocations.url",
+                        format!("`{url}` is not a URL: {e}"),
+                    )
+                })?;
+                let mut poll = PollSettings::new(uri);
+                poll.allow_http = self.allow_http;
+                poll.ca = self.ca.map(|ca| ca.0);
+                for (value, slot) in [
+                    (self.interval, &mut poll.interval),
+                    (self.timeout, &mut poll.timeout),
+                    (self.min_backoff, &mut poll.min_backoff),
+                    (self.max_backoff, &mut poll.max_backoff),
+                ] {
+                    if let Some(value) = value {
+                        *slot = value.0;
+                    }
+                }
+                RevocationSource::Url(poll)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "license.revocations",
+                    "takes `file` or `url`, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "license.revocations",
+                    "needs `file` (a mounted list) or `url` (polled)".into(),
+                ))
+            }
+        };
+        Ok(RevocationSettings {
+            source,
+            state_file: self.state_file.map(|f| f.0),
+            max_age: self
+                .max_age
+                .map_or(RevocationSettings::DEFAULT_MAX_AGE, |d| d.0),
+        })
+    }
 }
 
 /// `license.failed_verifications`: a rate per client address, as a policy
@@ -392,6 +478,7 @@ impl FileLicense {
                 .failed_verifications
                 .map(FileFailedVerifications::resolve)
                 .unwrap_or_default(),
+            revocations: self.revocations.map(FileRevocations::resolve).transpose()?,
         })
     }
 }

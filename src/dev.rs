@@ -201,6 +201,7 @@ fn license_settings(
         state_file: None,
         forward_token: false,
         failed_verifications: Default::default(),
+        revocations: None,
     }
 }
 

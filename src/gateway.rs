@@ -459,6 +459,9 @@ impl Gateway {
             if let Some(refresh) = gate.refresh_task() {
                 tasks.spawn(Task::upkeep("license refresh"), refresh);
             }
+            if let Some(poll) = gate.revocation_task() {
+                tasks.spawn(Task::upkeep("revocation list polling"), poll);
+            }
         }
         let mut counters_file = None;
         if let Some((watch, file, interval)) = policy {

@@ -1026,3 +1026,333 @@ async fn refreshed_licenses_survive_a_restart_while_the_vendor_is_down() {
     third.wait_for_log("license=lic-back");
     assert_eq!(get(&third.url("/")).await.0.status, 200);
 }
+
+// === Revocation lists ===
+
+fn revocations(key: &SigningKey, seq: u64, jti: &[&str], sub: &[&str]) -> String {
+    let claims = json!({"iss": ISSUER, "iat": unix_now() - 10, "seq": seq, "jti": jti, "sub": sub});
+    licensegate::license::issue::sign_revocations(&claims, key, "vendor")
+}
+
+fn with_jti(mut claims: Value, jti: &str) -> Value {
+    claims["jti"] = json!(jti);
+    claims
+}
+
+/// Polls `/api` with `token` until it is answered with `status`.
+async fn until_status(proxy: &Proxy, token: &str, status: u16) -> bool {
+    eventually(async || get_with_token(proxy, token).await.0.status == status).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revocation_list_file_refuses_cached_tokens_and_older_or_forged_lists_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let lists = dir.path().join("lists");
+    std::fs::create_dir(&lists).unwrap();
+    write_file(&lists, "revocations.jwt", &revocations(&key, 1, &[], &[]));
+    let state = dir.path().join("state.json");
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  source: header\n  state_file: {}\n  revocations:\n    file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            state.display(),
+            lists.join("revocations.jwt").display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    let leaked = sign(
+        &with_jti(claims("lic-a", "pro", 3600), "tok-leaked"),
+        &key,
+        "vendor",
+    );
+    let refunded = sign(&claims("lic-refunded", "pro", 3600), &key, "vendor");
+    let kept = sign(
+        &with_jti(claims("lic-a", "pro", 3600), "tok-kept"),
+        &key,
+        "vendor",
+    );
+    for token in [&leaked, &refunded, &kept] {
+        // Twice: the second is a verification-cache hit.
+        assert_eq!(get_with_token(&proxy, token).await.0.status, 200);
+        assert_eq!(get_with_token(&proxy, token).await.0.status, 200);
+    }
+
+    // Revoke one token by `jti` and a whole license by `sub`.
+    write_file(
+        &lists,
+        "revocations.jwt",
+        &revocations(&key, 2, &["tok-leaked"], &["lic-refunded"]),
+    );
+    assert!(
+        until_status(&proxy, &leaked, 401).await,
+        "the cached token is refused"
+    );
+    let (parts, body) = get_with_token(&proxy, &leaked).await;
+    assert_eq!(parts.status, 401);
+    let problem = problem(&body);
+    assert_eq!(problem["reason"], "license_revoked");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("tok-leaked"),
+        "{problem}"
+    );
+    let (parts, body) = get_with_token(&proxy, &refunded).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(self::problem(&body)["reason"], "license_revoked");
+    assert_eq!(get_with_token(&proxy, &kept).await.0.status, 200);
+    proxy.wait_for_log("revocation list in force");
+
+    // An older list (a rollback) and a forged one are ignored, logged and counted.
+    write_file(&lists, "revocations.jwt", &revocations(&key, 1, &[], &[]));
+    proxy.wait_for_log("older than seq 2 in force");
+    let newer = revocations(&key, 3, &[], &[]);
+    let mut parts: Vec<&str> = newer.split('.').collect();
+    let mut signature = parts[2].to_owned().into_bytes();
+    signature[0] = if signature[0] == b'A' { b'B' } else { b'A' };
+    let signature = String::from_utf8(signature).unwrap();
+    parts[2] = &signature;
+    write_file(&lists, "revocations.jwt", &parts.join("."));
+    proxy.wait_for_log("license signature is invalid");
+    assert_eq!(
+        get_with_token(&proxy, &leaked).await.0.status,
+        401,
+        "seq 2 stays in force"
+    );
+    let page = metrics(&proxy).await;
+    for (result, at_least) in [("ok", 2.0), ("rollback", 1.0), ("invalid", 1.0)] {
+        let series = format!("licensegate_license_revocation_updates_total{{result=\"{result}\"}}");
+        assert!(
+            metric(&page, &series).unwrap() >= at_least,
+            "{series}\n{page}"
+        );
+    }
+    assert_eq!(
+        metric(&page, "licensegate_license_revocation_seq"),
+        Some(2.0)
+    );
+    let age = metric(&page, "licensegate_license_revocation_age_seconds").unwrap();
+    assert!((10.0..120.0).contains(&age), "{age}");
+    let status = license_status(&proxy).await;
+    let list = &status["revocations"]["list"];
+    assert_eq!(list["seq"], 2, "{status}");
+    assert_eq!(
+        (list["revoked_jti"].clone(), list["revoked_sub"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(status["revocations"]["source"], "file");
+    assert_eq!(status["revocations"]["last_update"]["ok"], false);
+
+    // A restart without the list file keeps the list from the state file.
+    drop(proxy);
+    std::fs::remove_file(lists.join("revocations.jwt")).unwrap();
+    let restarted = Proxy::with_config(&config);
+    restarted.wait_for_log("from=\"the state file\"");
+    assert_eq!(get_with_token(&restarted, &leaked).await.0.status, 401);
+    assert_eq!(get_with_token(&restarted, &kept).await.0.status, 200);
+}
+
+#[tokio::test]
+async fn a_revoked_deployment_license_is_403_and_the_status_says_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let lists = dir.path().join("lists");
+    std::fs::create_dir(&lists).unwrap();
+    let license = write_file(
+        dir.path(),
+        "license.jwt",
+        &sign(&claims("lic-pro", "pro", 3600), &key, "vendor"),
+    );
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  file: {}\n  revocations:\n    file: {}\n",
+            dir.path().join("vendor.pem").display(),
+            license.display(),
+            lists.join("revocations.jwt").display()
+        ),
+    );
+    let proxy = Proxy::with_config(&config);
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
+
+    write_file(
+        &lists,
+        "revocations.jwt",
+        &revocations(&key, 1, &[], &["lic-pro"]),
+    );
+    assert!(eventually(async || get(&proxy.url("/")).await.0.status == 403).await);
+    let (_, body) = get(&proxy.url("/")).await;
+    assert_eq!(problem(&body)["reason"], "license_revoked");
+    let status = license_status(&proxy).await;
+    assert_eq!(status["state"], "invalid", "{status}");
+    assert_eq!(status["revoked"], true);
+    assert_eq!(status["error"]["reason"], "license_revoked");
+    let page = metrics(&proxy).await;
+    assert_eq!(
+        metric(&page, "licensegate_license_state{state=\"invalid\"}"),
+        Some(1.0)
+    );
+    let (parts, _) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(
+        parts.status, 503,
+        "a revoked deployment license is not ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lists_are_polled_and_survive_a_restart_while_the_vendor_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = vendor_key(dir.path(), "vendor", Algorithm::EdDSA);
+    let vendor = Vendor::start().await;
+    vendor.serve(Some(revocations(&key, 1, &[], &[])));
+    let config = config(
+        dir.path(),
+        echo_upstream().await,
+        &format!(
+            "  keys: {}\n  source: header\n  revocations:\n    url: https://{}/revocations\n    ca: {}\n    interval: 100ms\n    min_backoff: 50ms\n    max_backoff: 200ms\n    state_file: {}\n    max_age: 1h\n",
+            dir.path().join("vendor.pem").display(),
+            vendor.addr,
+            vendor.ca.display(),
+            dir.path().join("revocations-state.json").display(),
+        ),
+    );
+    let token = sign(
+        &with_jti(claims("lic-a", "pro", 3600), "tok-1"),
+        &key,
+        "vendor",
+    );
+    let mut first = Proxy::with_config(&config);
+    first.wait_for_log("revocation list in force");
+    assert_eq!(get_with_token(&first, &token).await.0.status, 200);
+
+    vendor.serve(Some(revocations(&key, 2, &["tok-1"], &[])));
+    assert!(until_status(&first, &token, 401).await);
+    let page = metrics(&first).await;
+    assert_eq!(
+        metric(&page, "licensegate_license_revocation_seq"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&page, "licensegate_license_revocation_max_age_seconds"),
+        Some(3600.0)
+    );
+    assert_eq!(license_status(&first).await["revocations"]["source"], "url");
+    first.signal("TERM");
+    assert_eq!(first.wait_exit().code(), Some(0));
+
+    vendor.serve(None);
+    let second = Proxy::with_config(&config);
+    second.wait_for_log("revocation list fetch failed");
+    assert_eq!(get_with_token(&second, &token).await.0.status, 401);
+    let page = metrics(&second).await;
+    assert_eq!(
+        metric(&page, "licensegate_license_revocation_seq"),
+        Some(2.0)
+    );
+    assert!(
+        metric(
+            &page,
+            "licensegate_license_revocation_updates_total{result=\"fetch_error\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn cli_revoke_signs_a_list_and_inspect_says_whether_a_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (code, _, stderr) = cli(&[
+        "license",
+        "keygen",
+        "--kid",
+        "vendor",
+        "--private",
+        &path("k.pem"),
+        "--public",
+        &path("vendor.pem"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let key = SigningKey::from_pkcs8_pem_file(Path::new(&path("k.pem"))).unwrap();
+    let revoked = sign(
+        &with_jti(claims("lic-a", "pro", 3600), "tok-1"),
+        &key,
+        "vendor",
+    );
+    let fine = sign(
+        &with_jti(claims("lic-b", "pro", 3600), "tok-2"),
+        &key,
+        "vendor",
+    );
+    std::fs::write(path("revoked.jwt"), &revoked).unwrap();
+    std::fs::write(path("fine.jwt"), &fine).unwrap();
+
+    let (code, stdout, stderr) = cli(&[
+        "license",
+        "revoke",
+        "--key",
+        &path("k.pem"),
+        "--kid",
+        "vendor",
+        "--seq",
+        "4",
+        "--jti",
+        "tok-1",
+        "--sub",
+        "lic-x",
+        "--iat",
+        "1800000000",
+        "--out",
+        &path("list.jwt"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("seq 4 (1 jti, 1 sub)"),
+        "{stderr}"
+    );
+    let list = std::fs::read_to_string(path("list.jwt")).unwrap();
+    let keyring = licensegate::license::Keyring::load(Path::new(&path("vendor.pem"))).unwrap();
+    let parsed = licensegate::license::RevocationList::verify(&list, &keyring, None).unwrap();
+    assert_eq!((parsed.seq, parsed.iat), (4, 1_800_000_000));
+
+    let inspect = |token: &str| {
+        let (code, stdout, stderr) = cli(&[
+            "license",
+            "inspect",
+            "--keys",
+            &path("vendor.pem"),
+            "--revocations",
+            &format!("@{}", path("list.jwt")),
+            &format!("@{}", path(token)),
+        ]);
+        (
+            code,
+            serde_json::from_str::<Value>(&stdout)
+                .unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}")),
+        )
+    };
+    let (code, report) = inspect("revoked.jwt");
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["reason"], "license_revoked");
+    assert_eq!(report["revocations"]["revoked"], true);
+    assert_eq!(report["revocations"]["seq"], 4);
+    let (code, report) = inspect("fine.jwt");
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["revocations"]["revoked"], false);
+
+    // A license token is not a list.
+    let (code, stdout, _) = cli(&[
+        "license",
+        "inspect",
+        "--keys",
+        &path("vendor.pem"),
+        "--revocations",
+        &format!("@{}", path("fine.jwt")),
+        &format!("@{}", path("fine.jwt")),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("revocations_invalid"), "{stdout}");
+}

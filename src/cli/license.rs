@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use crate::duration::HumanDuration;
 use crate::exit;
-use crate::license::issue::{jwks, never_valid, sign, SigningKey};
+use crate::license::issue::{jwks, never_valid, sign, sign_revocations, SigningKey};
 use crate::license::validate::unix_now;
-use crate::license::{token, Algorithm, Keyring, Validator};
+use crate::license::{token, Algorithm, Keyring, RevocationList, Validator};
 
 #[derive(Debug, Subcommand)]
 pub enum LicenseCommand {
@@ -22,6 +22,34 @@ pub enum LicenseCommand {
     Issue(IssueArgs),
     /// Decode and verify a token; exit 0 when valid, 1 when not.
     Inspect(InspectArgs),
+    /// Sign a revocation list of token ids (`jti`) and license ids (`sub`).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// PKCS#8 PEM private key (one of the license keyring's).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long)]
+    pub kid: String,
+    /// The list's place in the sequence: higher than every list issued before.
+    #[arg(long)]
+    pub seq: u64,
+    /// A token id to revoke; repeat for more.
+    #[arg(long)]
+    pub jti: Vec<String>,
+    /// A license id whose every token is revoked; repeat for more.
+    #[arg(long)]
+    pub sub: Vec<String>,
+    /// Issue time, unix seconds (default: now).
+    #[arg(long)]
+    pub iat: Option<u64>,
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// Write the list here (replaced atomically) instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,6 +116,10 @@ pub struct InspectArgs {
     pub iss: Option<String>,
     #[arg(long)]
     pub aud: Option<String>,
+    /// A signed revocation list (the list, `@FILE`): also say whether the
+    /// token is revoked under it.
+    #[arg(long)]
+    pub revocations: Option<String>,
     /// The token, `@FILE`, or `-` for standard input.
     pub token: String,
 }
@@ -98,6 +130,7 @@ pub fn run(command: LicenseCommand) -> i32 {
         LicenseCommand::Keygen(args) => keygen(args),
         LicenseCommand::Issue(args) => issue(args),
         LicenseCommand::Inspect(args) => return inspect(args),
+        LicenseCommand::Revoke(args) => revoke(args),
     };
     match result {
         Ok(()) => exit::SUCCESS,
@@ -199,6 +232,47 @@ fn issue(args: IssueArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn revoke(args: RevokeArgs) -> Result<(), String> {
+    let key = SigningKey::from_pkcs8_pem_file(&args.key).map_err(|e| e.to_string())?;
+    let mut claims = json!({
+        "iat": args.iat.unwrap_or_else(unix_now),
+        "seq": args.seq,
+        "jti": args.jti,
+        "sub": args.sub,
+    });
+    if let Some(iss) = args.iss {
+        claims["iss"] = json!(iss);
+    }
+    if !crate::license::jose::is_valid_kid(&args.kid) {
+        return Err(format!(
+            "--kid `{}` is not a key id: {}",
+            args.kid,
+            token::KID_CHARACTERS
+        ));
+    }
+    let list = sign_revocations(&claims, &key, &args.kid);
+    // Verify what we made, as `issue` does.
+    let public = key.verifying_key(&args.kid).map_err(|e| e.to_string())?;
+    let keyring = Keyring::from_keys(vec![public]).map_err(|e| e.to_string())?;
+    let verified = RevocationList::verify(&list, &keyring, None)
+        .map_err(|e| format!("the list does not verify: {e}"))?;
+    match &args.out {
+        Some(path) => {
+            crate::atomic_file::replace(path, format!("{list}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "wrote revocation list seq {} ({} jti, {} sub) to {}",
+                verified.seq,
+                verified.jti.len(),
+                verified.sub.len(),
+                path.display()
+            );
+        }
+        None => println!("{list}"),
+    }
+    Ok(())
+}
+
 fn inspect(args: InspectArgs) -> i32 {
     let token = match read_token_arg(&args.token) {
         Ok(token) => token,
@@ -228,6 +302,36 @@ fn inspect(args: InspectArgs) -> i32 {
             }
         },
     };
+    // Under a revocation list: verified with the same keys; a list that
+    // does not verify makes the answer unknowable.
+    let mut revocation = Value::Null;
+    let verdict = match (&args.revocations, &args.keys, verdict) {
+        (Some(arg), Some(path), Ok(validity)) => {
+            let checked = read_token_arg(arg)
+                .map_err(|e| ("revocations_unreadable".to_owned(), e))
+                .and_then(|text| {
+                    let keyring = Keyring::load(path)
+                        .map_err(|e| ("keys_unreadable".into(), e.to_string()))?;
+                    let list = RevocationList::verify(&text, &keyring, args.iss.as_deref())
+                        .map_err(|e| ("revocations_invalid".into(), e.detail()))?;
+                    let license = token::verify(&token, &keyring)
+                        .map_err(|e| (e.reason().to_owned(), e.detail()))?;
+                    Ok((list, license))
+                });
+            checked.and_then(|(list, license)| {
+                let result = list.check(&license.claims);
+                revocation = json!({"seq": list.seq, "iat": list.iat, "revoked": result.is_err()});
+                result
+                    .map(|()| validity)
+                    .map_err(|e| (e.reason().to_owned(), e.detail()))
+            })
+        }
+        (Some(_), None, _) => Err((
+            "not_verified".to_owned(),
+            "--revocations needs --keys".to_owned(),
+        )),
+        (_, _, verdict) => verdict,
+    };
     let expires_in = claims
         .get("exp")
         .and_then(Value::as_u64)
@@ -244,6 +348,7 @@ fn inspect(args: InspectArgs) -> i32 {
         "header": header,
         "claims": claims,
         "expires_in_seconds": expires_in,
+        "revocations": revocation,
     });
     println!(
         "{}",

@@ -64,6 +64,8 @@ pub enum Reason {
     /// This client sent more unverifiable license tokens than its budget of
     /// signature checks allows; answered without verifying.
     LicenseVerificationThrottled,
+    /// The license's `jti` or `sub` is on the signed revocation list in force.
+    LicenseRevoked,
     /// Every upstream connection (`upstream.max_connections`) stayed busy
     /// for the queue's wait.
     UpstreamOverloaded,
@@ -84,7 +86,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Allowed,
         Reason::CorsPreflight,
         Reason::UpstreamUnavailable,
@@ -111,6 +113,7 @@ impl Reason {
         Reason::RouteNotFound,
         Reason::LimitStoreUnavailable,
         Reason::LicenseVerificationThrottled,
+        Reason::LicenseRevoked,
         Reason::UpstreamOverloaded,
         Reason::UpgradeNotAllowed,
         Reason::UserTokenMissing,
@@ -148,6 +151,7 @@ impl Reason {
             Reason::RouteNotFound => "route_not_found",
             Reason::LimitStoreUnavailable => "limit_store_unavailable",
             Reason::LicenseVerificationThrottled => "license_verification_throttled",
+            Reason::LicenseRevoked => "license_revoked",
             Reason::UpstreamOverloaded => "upstream_overloaded",
             Reason::UpgradeNotAllowed => "upgrade_not_allowed",
             Reason::UserTokenMissing => "user_token_missing",
@@ -187,6 +191,7 @@ impl Reason {
             Reason::RouteNotFound => "No route",
             Reason::LimitStoreUnavailable => "Limit store unavailable",
             Reason::LicenseVerificationThrottled => "Too many unverifiable licenses",
+            Reason::LicenseRevoked => "License revoked",
             Reason::UpstreamOverloaded => "Upstream overloaded",
             Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
             Reason::UserTokenMissing => "User token missing",
@@ -212,6 +217,7 @@ impl Reason {
             E::NotYetValid { .. } => Reason::LicenseNotYetValid,
             E::EnvironmentNotLicensed(_) => Reason::EnvironmentNotLicensed,
             E::VerificationThrottled { .. } => Reason::LicenseVerificationThrottled,
+            E::Revoked { .. } => Reason::LicenseRevoked,
         }
     }
 

@@ -23,13 +23,15 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
 use super::budget::{BudgetSettings, VerificationBudget};
+use super::claims::Claims;
 use super::error::LicenseError;
 use super::keys::Keyring;
 use super::negative::{Failure, NegativeCache};
+use super::revocation::RevocationList;
 use super::token::{self, VerifiedLicense};
 use super::validate::{Validator, Validity};
 
@@ -80,6 +82,13 @@ impl<T> VerificationCache<T> {
     /// Drop every entry, e.g. when the keyring or validator changes.
     pub fn clear(&self) {
         self.map.clear();
+    }
+
+    /// Drop every entry whose value `drop` picks; returns how many went.
+    pub(crate) fn remove_where(&self, drop: impl Fn(&T) -> bool) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, entry| !drop(&entry.value));
+        before.saturating_sub(self.map.len())
     }
 
     /// The value for `token` if it was verified under keys `generation`
@@ -222,6 +231,8 @@ pub struct LicenseVerifier {
     negative: NegativeCache,
     budget: VerificationBudget,
     validator: Validator,
+    /// The signed revocation list in force, checked on every answer.
+    revocations: ArcSwapOption<RevocationList>,
 }
 
 impl LicenseVerifier {
@@ -237,6 +248,7 @@ impl LicenseVerifier {
             ),
             budget: VerificationBudget::new(&BudgetSettings::default()),
             validator,
+            revocations: ArcSwapOption::empty(),
         }
     }
 
@@ -315,12 +327,41 @@ impl LicenseVerifier {
         let generation = keyring.generation();
         if let Some(license) = self.cache.get(token, generation, now) {
             let result = self
-                .validator
-                .validate(&license.claims, now)
+                .not_revoked(&license.claims)
+                .and_then(|()| self.validator.validate(&license.claims, now))
                 .map(|validity| (license, validity));
             return (result, Answered::Cache);
         }
-        self.check_uncached(token, now, &keyring, client)
+        let (result, answered) = self.check_uncached(token, now, &keyring, client);
+        let result = result.and_then(|(license, validity)| {
+            self.not_revoked(&license.claims)?;
+            Ok((license, validity))
+        });
+        (result, answered)
+    }
+
+    /// Refuse a license the revocation list in force revokes: two hash-set
+    /// lookups, no allocation unless refused.
+    pub fn not_revoked(&self, claims: &Claims) -> Result<(), LicenseError> {
+        match &*self.revocations.load() {
+            Some(list) => list.check(claims),
+            None => Ok(()),
+        }
+    }
+
+    /// The revocation list in force.
+    pub fn revocations(&self) -> Option<Arc<RevocationList>> {
+        self.revocations.load_full()
+    }
+
+    /// Put `list` in force and drop the cached verifications it revokes
+    /// (they would be refused anyway: this frees their entries at once).
+    /// Returns how many were dropped.
+    pub fn set_revocations(&self, list: Arc<RevocationList>) -> usize {
+        // In force first, so nothing verified meanwhile escapes the purge.
+        self.revocations.store(Some(Arc::clone(&list)));
+        self.cache
+            .remove_where(|license: &VerifiedLicense| list.revokes(&license.claims))
     }
 
     /// Everything after a verification-cache miss; kept out of line so the

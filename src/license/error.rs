@@ -63,6 +63,16 @@ pub enum LicenseError {
     /// `lic.env` does not include this deployment.
     #[error("environment not licensed: {0}")]
     EnvironmentNotLicensed(String),
+    /// The license's `jti` or `sub` is on the revocation list in force.
+    #[error("license {field} {id} is revoked by revocation list seq {seq}")]
+    Revoked {
+        /// The claim that matched: `jti` or `sub`.
+        field: &'static str,
+        /// The revoked value, quoted.
+        id: String,
+        /// The `seq` of the list that revokes it.
+        seq: u64,
+    },
     /// Not checked: this client's license tokens failed verification more
     /// often than its budget of signature checks allows.
     #[error(
@@ -76,7 +86,7 @@ pub enum LicenseError {
 
 impl LicenseError {
     /// Every reason code, in a fixed order, for pre-registering metrics.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "license_missing",
         "license_malformed",
         "license_signature_invalid",
@@ -88,6 +98,7 @@ impl LicenseError {
         "license_not_yet_valid",
         "environment_not_licensed",
         "license_verification_throttled",
+        "license_revoked",
     ];
 
     /// The stable snake_case code of this error.
@@ -104,6 +115,7 @@ impl LicenseError {
             LicenseError::NotYetValid { .. } => "license_not_yet_valid",
             LicenseError::EnvironmentNotLicensed(_) => "environment_not_licensed",
             LicenseError::VerificationThrottled { .. } => "license_verification_throttled",
+            LicenseError::Revoked { .. } => "license_revoked",
         }
     }
 
@@ -178,6 +190,11 @@ mod tests {
             },
             LicenseError::EnvironmentNotLicensed("x".into()),
             LicenseError::VerificationThrottled { retry_after: 1 },
+            LicenseError::Revoked {
+                field: "jti",
+                id: "`j`".into(),
+                seq: 1,
+            },
         ];
         let codes: Vec<_> = all.iter().map(LicenseError::reason).collect();
         assert_eq!(codes, LicenseError::REASONS);

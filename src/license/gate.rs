@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 
 use super::refresh::{run_refresh_loop, Fetcher, Lifetime, RefreshError};
+use super::revocation::source::PollError;
 use super::settings::{LicenseSettings, LicenseSource};
 use super::state::{PersistedState, StateFile};
 use super::{
@@ -29,6 +30,8 @@ use super::{
 };
 use crate::license::{LicenseMetrics, LicenseState};
 use crate::watch::Trigger;
+
+mod revocations;
 
 /// The license check shared by all connections.
 pub struct LicenseGate {
@@ -45,6 +48,8 @@ pub struct LicenseGate {
     /// the lock is never contended).
     last_read: Mutex<LastRead>,
     metrics: Arc<LicenseMetrics>,
+    /// Where revocation lists come from, if anywhere.
+    revocation: Option<revocations::Feed>,
 }
 
 /// What the last reload pass read, so that a pass reading the same again
@@ -115,6 +120,9 @@ pub enum GateError {
     /// The refresh endpoint settings are unusable.
     #[error(transparent)]
     Refresh(#[from] RefreshError),
+    /// The revocation list endpoint settings are unusable.
+    #[error(transparent)]
+    Revocations(#[from] PollError),
 }
 
 impl LicenseGate {
@@ -162,7 +170,15 @@ impl LicenseGate {
                 ..LastRead::default()
             }),
             metrics,
+            revocation: settings
+                .revocations
+                .as_ref()
+                .map(revocations::Feed::new)
+                .transpose()?,
         };
+        // The list first, so a revoked license is never put in force.
+        gate.restore_revocations();
+        gate.reload_revocations(Trigger::Files);
         gate.restore_state();
         if gate.file_path().is_some() {
             gate.reload_license(Trigger::Files);
@@ -188,6 +204,7 @@ impl LicenseGate {
                 if let Some(Err(error)) = &loaded.environment {
                     return Err(error.clone());
                 }
+                self.verifier.not_revoked(&license.claims)?;
                 let validity = self.verifier.validator().validate(&license.claims, now)?;
                 self.count_grace(validity);
                 Ok((Arc::clone(license), validity))
@@ -314,6 +331,7 @@ impl LicenseGate {
     /// is skipped.
     pub fn reload_files(&self, trigger: Trigger) {
         self.reload_keys(trigger);
+        self.reload_revocations(trigger);
         if self.file_path().is_some() {
             self.reload_license(trigger);
         }
@@ -519,6 +537,7 @@ impl LicenseGate {
         let state = PersistedState {
             highest_trusted_time: floor,
             last_good_token,
+            revocation_list: self.revocations_for_license_state(),
             updated_at: wall_clock(),
         };
         match file.save(&state) {
@@ -615,6 +634,9 @@ impl LicenseGate {
                 if let Some(Err(_)) = &loaded.environment {
                     return LicenseState::Invalid;
                 }
+                if self.verifier.not_revoked(&license.claims).is_err() {
+                    return LicenseState::Invalid;
+                }
                 match self
                     .verifier
                     .validator()
@@ -632,6 +654,7 @@ impl LicenseGate {
     /// Update the state gauges (deployment license only); returns the state.
     pub fn refresh_state(&self) -> LicenseState {
         self.clock.observe(wall_clock());
+        self.update_revocation_gauges();
         let state = self.state();
         if self.is_per_request() {
             return state;
@@ -663,6 +686,7 @@ impl LicenseGate {
                 "region": env.region, "service_account": env.service_account,
             },
             "trusted_time": self.clock.now(),
+            "revocations": self.revocation_status(),
         });
         match &self.source {
             Source::Header { name, forward } => {
@@ -686,9 +710,15 @@ impl LicenseGate {
                     }
                 }
                 status["state"] = json!(self.state().as_str());
+                let revoked = loaded
+                    .license
+                    .as_ref()
+                    .and_then(|(license, _)| self.verifier.not_revoked(&license.claims).err());
+                status["revoked"] = json!(revoked.is_some());
                 status["error"] = json!(loaded
                     .error
                     .as_ref()
+                    .or(revoked.as_ref())
                     .map(|e| json!({"reason": e.reason(), "detail": e.detail()})));
                 status["last_reload"] =
                     json!(loaded.last_reload.as_ref().map(|(at, result)| json!({

@@ -176,6 +176,25 @@ pub fn sign(claims: &serde_json::Value, key: &SigningKey, kid: &str) -> String {
     )
 }
 
+/// Sign a revocation list (claims `{iss?, iat, seq, jti, sub}`) with `key`
+/// under `kid`; see [`super::revocation`].
+pub fn sign_revocations(claims: &serde_json::Value, key: &SigningKey, kid: &str) -> String {
+    assert!(
+        super::jose::is_valid_kid(kid),
+        "kid {kid:?} is not a valid key id"
+    );
+    let header = serde_json::json!({
+        "alg": key.alg().as_str(),
+        "kid": kid,
+        "typ": super::revocation::REVOCATIONS_TYP,
+    });
+    sign_parts(
+        header.to_string().as_bytes(),
+        claims.to_string().as_bytes(),
+        key,
+    )
+}
+
 /// Sign exactly these header and payload bytes. No checks at all: for tests
 /// and tools that need to craft unusual (or hostile) tokens.
 pub fn sign_parts(header: &[u8], payload: &[u8], key: &SigningKey) -> String {

@@ -63,7 +63,18 @@ pub struct LicenseMetrics {
     pub reloads_failed: IntCounter,
     /// Requests allowed on a license in grace.
     pub grace_requests: IntCounter,
+    /// `seq` of the revocation list in force; 0 when none.
+    pub revocation_seq: IntGauge,
+    /// Seconds since the revocation list in force was issued (`iat`).
+    pub revocation_age: IntGauge,
+    /// The configured bound on that age (0: no revocation source).
+    pub revocation_max_age: IntGauge,
+    /// `[ok, invalid, rollback, conflict, fetch_error]`.
+    revocation_updates: Vec<IntCounter>,
 }
+
+/// The `result` labels of `licensegate_license_revocation_updates_total`.
+pub const REVOCATION_RESULTS: [&str; 5] = ["ok", "invalid", "rollback", "conflict", "fetch_error"];
 
 impl std::fmt::Debug for LicenseMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +124,23 @@ impl LicenseMetrics {
             "licensegate_license_grace_requests_total",
             "Requests allowed on a license inside its grace period.",
         );
+        let revocation_seq = registry.gauge(
+            "licensegate_license_revocation_seq",
+            "seq of the signed revocation list in force; 0 when none is.",
+        );
+        let revocation_age = registry.gauge(
+            "licensegate_license_revocation_age_seconds",
+            "Seconds since the revocation list in force was issued (its iat); seconds since the epoch when a source is configured but no list is in force.",
+        );
+        let revocation_max_age = registry.gauge(
+            "licensegate_license_revocation_max_age_seconds",
+            "license.revocations.max_age: the age past which the list counts as stale; 0 without a revocation source.",
+        );
+        let revocation_updates = registry.counter_vec(
+            "licensegate_license_revocation_updates_total",
+            "Revocation lists offered by the file or URL, by result (ok, invalid, rollback, conflict, fetch_error).",
+            &["result"],
+        );
         let results = ["valid", "grace"].into_iter().chain(LicenseError::REASONS);
         LicenseMetrics {
             expiry_timestamp,
@@ -125,6 +153,18 @@ impl LicenseMetrics {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_failed: reloads.with_label_values(&["error"]),
             grace_requests,
+            revocation_seq,
+            revocation_age,
+            revocation_max_age,
+            revocation_updates: resolve_counters(&revocation_updates, REVOCATION_RESULTS),
+        }
+    }
+
+    /// Count one revocation list update by its `result` label (one of
+    /// [`REVOCATION_RESULTS`]).
+    pub fn revocation_update(&self, result: &str) {
+        if let Some(i) = REVOCATION_RESULTS.iter().position(|r| *r == result) {
+            self.revocation_updates[i].inc();
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::refresh::RefreshSettings;
+use super::revocation::source::RevocationSettings;
 use super::{BudgetSettings, Environment};
 
 /// Where licenses come from and how they are checked.
@@ -32,6 +33,8 @@ pub struct LicenseSettings {
     pub forward_token: bool,
     /// Signature checks that may fail per client (header source).
     pub failed_verifications: BudgetSettings,
+    /// Where signed revocation lists come from, if anywhere.
+    pub revocations: Option<RevocationSettings>,
 }
 
 /// Where license tokens come from.

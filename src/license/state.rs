@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::atomic_file::{self, FileError};
 
 /// The largest state file read: a token of at most
-/// [`MAX_TOKEN_BYTES`](super::MAX_TOKEN_BYTES) plus the JSON around it, with
-/// room to spare. Anything bigger is not a file this code wrote.
-pub const MAX_STATE_BYTES: u64 = 64 * 1024;
+/// [`MAX_TOKEN_BYTES`](super::MAX_TOKEN_BYTES) and a revocation list of at
+/// most [`MAX_LIST_BYTES`](super::revocation::MAX_LIST_BYTES) plus the JSON
+/// around them, with room to spare. Anything bigger is not a file this code wrote.
+pub const MAX_STATE_BYTES: u64 = 64 * 1024 + super::revocation::MAX_LIST_BYTES as u64;
 
 /// What is persisted between runs.
 ///
@@ -33,6 +34,9 @@ pub struct PersistedState {
     /// verified again when loaded: the keyring may have changed.
     #[serde(default)]
     pub last_good_token: Option<String>,
+    /// The revocation list in force, as signed. Verified again when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_list: Option<String>,
     /// When this state was saved, unix seconds.
     pub updated_at: u64,
 }
@@ -46,6 +50,13 @@ impl fmt::Debug for PersistedState {
                 "last_good_token",
                 &self
                     .last_good_token
+                    .as_ref()
+                    .map(|t| format!("<{} bytes>", t.len())),
+            )
+            .field(
+                "revocation_list",
+                &self
+                    .revocation_list
                     .as_ref()
                     .map(|t| format!("<{} bytes>", t.len())),
             )
@@ -157,6 +168,7 @@ mod tests {
         PersistedState {
             highest_trusted_time: 1_800_000_000,
             last_good_token: Some("aGVhZGVy.cGF5bG9hZA.c2ln".into()),
+            revocation_list: Some("cmV2.bGlzdA.c2ln".into()),
             updated_at: 1_800_000_005,
         }
     }
@@ -254,6 +266,7 @@ mod tests {
             PersistedState {
                 highest_trusted_time: 7,
                 last_good_token: None,
+                revocation_list: None,
                 updated_at: 8,
             }
         );

@@ -74,9 +74,21 @@ pub(crate) struct Unverified<'a> {
 impl<'a> Unverified<'a> {
     /// Size, shape, header, key lookup and signature length; no `ring`.
     pub(crate) fn parse(token: &'a str, keyring: &'a Keyring) -> Result<Self, LicenseError> {
-        let segments = split(token)?;
+        Self::parse_as(token, keyring, &LICENSE_HEADER, MAX_TOKEN_BYTES)
+    }
 
-        let header = parse_header(&decode_segment(segments.header, "header")?, &LICENSE_HEADER)?;
+    /// [`parse`](Self::parse) for any kind of JWS the license keyring signs
+    /// (licenses, revocation lists): `rules` for its header, at most
+    /// `max_bytes` long.
+    pub(crate) fn parse_as(
+        token: &'a str,
+        keyring: &'a Keyring,
+        rules: &HeaderRules<Algorithm>,
+        max_bytes: usize,
+    ) -> Result<Self, LicenseError> {
+        let segments = split_at_most(token, max_bytes)?;
+
+        let header = parse_header(&decode_segment(segments.header, "header")?, rules)?;
         let key = keyring
             .get(&header.kid)
             .ok_or_else(|| LicenseError::KeyUnknown {
@@ -103,16 +115,23 @@ impl<'a> Unverified<'a> {
 
     /// The signature, then the claims.
     pub(crate) fn verify(self) -> Result<VerifiedLicense, LicenseError> {
-        self.key.verify(self.signing_input, &self.signature)?;
-        let payload = decode_segment(self.payload, "payload")?;
+        let (header, payload) = self.verify_payload()?;
         // `Claims` rejects repeated members itself, in the same pass.
         let claims: Claims = serde_json::from_slice(&payload)
             .map_err(|e| LicenseError::malformed(format!("claims: {e}")))?;
         Ok(VerifiedLicense {
-            kid: self.header.kid,
-            alg: self.header.alg,
+            kid: header.kid,
+            alg: header.alg,
             claims,
         })
+    }
+
+    /// The signature, then the decoded payload bytes, for the caller to
+    /// parse as its kind of claims.
+    pub(crate) fn verify_payload(self) -> Result<(Header<Algorithm>, Vec<u8>), LicenseError> {
+        self.key.verify(self.signing_input, &self.signature)?;
+        let payload = decode_segment(self.payload, "payload")?;
+        Ok((self.header, payload))
     }
 }
 
@@ -149,9 +168,14 @@ pub(crate) struct Segments<'a> {
 
 /// Rule 1: the size, then exactly three segments.
 pub(crate) fn split<E: JwsError>(token: &str) -> Result<Segments<'_>, E> {
-    if token.len() > MAX_TOKEN_BYTES {
+    split_at_most(token, MAX_TOKEN_BYTES)
+}
+
+/// [`split`] with another size limit (revocation lists may be longer).
+pub(crate) fn split_at_most<E: JwsError>(token: &str, max_bytes: usize) -> Result<Segments<'_>, E> {
+    if token.len() > max_bytes {
         return Err(E::malformed(format!(
-            "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
+            "token is {} bytes; the limit is {max_bytes}",
             token.len()
         )));
     }
@@ -198,8 +222,10 @@ pub(crate) struct HeaderRules<A> {
     pub(crate) alg: fn(&str) -> Option<A>,
     /// Those algorithms, for the refusal: "EdDSA and ES256".
     pub(crate) accepted: &'static str,
-    /// The `typ` values accepted besides none (ASCII case-insensitive).
+    /// The `typ` values accepted (ASCII case-insensitive).
     pub(crate) typ: &'static [&'static str],
+    /// Whether `typ` must be present (else its absence is accepted too).
+    pub(crate) typ_required: bool,
     /// Whether a `kid` is acceptable, and what is, for the refusal.
     pub(crate) kid: (fn(&str) -> bool, &'static str),
 }
@@ -210,6 +236,7 @@ const LICENSE_HEADER: HeaderRules<Algorithm> = HeaderRules {
     alg: Algorithm::from_jose,
     accepted: "EdDSA and ES256",
     typ: &["JWT", "application/jwt"],
+    typ_required: false,
     kid: (is_valid_kid, KID_CHARACTERS),
 };
 
@@ -283,19 +310,29 @@ pub(crate) fn parse_header<A, E: JwsError>(
             "header parameter `crit` is not accepted: no JWS extensions are supported".into(),
         ));
     }
-    if let Some(typ) = raw.typ.as_deref() {
-        if !rules.typ.iter().any(|t| typ.eq_ignore_ascii_case(t)) {
+    let expected_typ = || {
+        rules
+            .typ
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    match raw.typ.as_deref() {
+        Some(typ) if !rules.typ.iter().any(|t| typ.eq_ignore_ascii_case(t)) => {
             return Err(E::malformed(format!(
                 "header `typ` is {}; expected {}",
                 quote(typ),
-                rules
-                    .typ
-                    .iter()
-                    .map(|t| format!("`{t}`"))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                expected_typ()
             )));
         }
+        None if rules.typ_required => {
+            return Err(E::malformed(format!(
+                "header has no `typ`; expected {}",
+                expected_typ()
+            )));
+        }
+        _ => {}
     }
 
     let kid = raw

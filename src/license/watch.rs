@@ -84,7 +84,10 @@ pub fn update_readiness(gate: &LicenseGate, lifecycle: &Lifecycle, state: Licens
 
 fn watched_dirs(gate: &LicenseGate) -> Vec<PathBuf> {
     let mut dirs = vec![dir_of(gate.keys_path())];
-    if let Some(file) = gate.file_path() {
+    for file in [gate.file_path(), gate.revocation_file()]
+        .into_iter()
+        .flatten()
+    {
         dirs.push(dir_of(file));
     }
     dirs.sort();

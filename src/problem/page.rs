@@ -122,6 +122,17 @@ fn hint(denial: &Denial) -> String {
                     .to_owned()
             }
         }
+        Reason::LicenseRevoked => {
+            if deployment {
+                "The vendor has revoked the deployment license. Its operator needs to install \
+                 another license from the vendor."
+                    .to_owned()
+            } else {
+                "The vendor has revoked this license. Contact the vendor for a license that is \
+                 in force, and send its token."
+                    .to_owned()
+            }
+        }
         Reason::LicenseNotYetValid => "The license is not valid yet. Wait until its start \
                                        date, or check that this machine's clock is right."
             .to_owned(),

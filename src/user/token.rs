@@ -47,6 +47,7 @@ const USER_HEADER: HeaderRules<UserAlgorithm> = HeaderRules {
     alg: UserAlgorithm::from_jose,
     accepted: "RS256, ES256 and EdDSA",
     typ: &["JWT", "application/jwt", "at+jwt", "application/at+jwt"],
+    typ_required: false,
     kid: (is_valid_idp_kid, IDP_KID_CHARACTERS),
 };
 
