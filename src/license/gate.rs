@@ -44,6 +44,8 @@ pub struct LicenseGate {
     state_file: Option<StateFile>,
     /// The trusted time last written to the state file.
     persisted_floor: AtomicU64,
+    /// Held while the state file is written (see `persist`).
+    persisting: Mutex<()>,
     /// What the last reload pass read (only the watcher's task reloads, so
     /// the lock is never contended).
     last_read: Mutex<LastRead>,
@@ -165,6 +167,7 @@ impl LicenseGate {
             clock: TrustedClock::default(),
             state_file: settings.state_file.clone().map(StateFile::new),
             persisted_floor: AtomicU64::new(0),
+            persisting: Mutex::new(()),
             last_read: Mutex::new(LastRead {
                 keys: Some(Ok(key_files)),
                 ..LastRead::default()
@@ -520,6 +523,10 @@ impl LicenseGate {
         let Some(file) = &self.state_file else {
             return;
         };
+        // One writer at a time, each writing what is in force when it
+        // holds the lock: a periodic write that read "no license yet"
+        // cannot land after, and so erase, the write of a new license.
+        let _writing = self.persisting.lock();
         let floor = self.clock.floor();
         let last_good_token = token.map(str::to_owned).or_else(|| {
             self.loaded()

@@ -87,8 +87,13 @@ impl LicenseGate {
             }
             Ok((Admission::Newer, list)) => {
                 let list = Arc::new(list);
-                let purged = self.verifier.set_revocations(Arc::clone(&list));
+                // Counted before it is enforced: whoever sees a token
+                // refused by this list finds its `seq` on the metrics.
                 self.metrics.revocation_update("ok");
+                self.metrics
+                    .revocation_seq
+                    .set(i64::try_from(list.seq).unwrap_or(i64::MAX));
+                let purged = self.verifier.set_revocations(Arc::clone(&list));
                 tracing::info!(
                     seq = list.seq,
                     iat = list.iat,
