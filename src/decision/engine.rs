@@ -993,6 +993,7 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
     };
     let reason = Reason::of_limit(&def.kind);
     let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
+    denial.limit = Some(Arc::clone(&def.name));
     denial
         .headers
         .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
