@@ -224,13 +224,14 @@ impl Setup {
     }
 }
 
+/// Routes named by gRPC service and method.
 const POLICY: &str = r#"
 limits:
   one_per_hour: {rate: {limit: 1, per: 1h}}
 routes:
-  - {name: reports, path: "/shop.v1.Reports/*", features: [reports]}
-  - {name: export, path: "/shop.v1.Export/Run", features: [export]}
-  - {name: limited, path: "/shop.v1.Limited/*", limits: [one_per_hour]}
+  - {name: reports, grpc: {service: shop.v1.Reports}, features: [reports]}
+  - {name: export, grpc: {service: shop.v1.Export, method: Run}, features: [export]}
+  - {name: limited, grpc: {service: shop.v1.Limited}, limits: [one_per_hour]}
 "#;
 
 fn by_name<'a>(outcomes: &'a [Value], name: &str) -> &'a Value {
