@@ -346,25 +346,36 @@ fn grpc_calls_pass_or_get_grpc_statuses_and_denials_never_reach_the_server() {
 }
 
 #[test]
-fn an_unreachable_upstream_is_unavailable_to_grpc_clients() {
+fn an_unreachable_upstream_is_unavailable_to_grpc_clients_and_uses_no_quota() {
     let Some(python) = python() else { return };
     let setup = Setup::new();
     let server = Grpc::start(&python);
-    let proxy = setup.proxy(&closed_port().to_string(), POLICY);
-    let auth = format!("Bearer {}", setup.token(&["reports"]));
-    let (outcomes, seen) = server.call(json!([{
-        "name": "down", "target": proxy.addr.to_string(),
-        "method": "/shop.v1.Reports/Get", "metadata": [["authorization", auth]],
-    }]));
-    let down = &outcomes[0];
-    assert_eq!(down["code"], "UNAVAILABLE", "{down}");
-    assert_eq!(down["error_info"]["reason"], "upstream_unavailable");
-    assert!(
-        down["message"]
-            .as_str()
-            .unwrap()
-            .contains("refused the connection"),
-        "{down}"
-    );
+    let policy = "
+limits:
+  one_a_day: {quota: {limit: 1, period: day}}
+routes:
+  - {name: reports, grpc: {service: shop.v1.Reports}, limits: [one_a_day]}
+";
+    let proxy = setup.proxy(&closed_port().to_string(), policy);
+    let auth = format!("Bearer {}", setup.token(&[]));
+    let call = |name: &str| {
+        json!({"name": name, "target": proxy.addr.to_string(),
+               "method": "/shop.v1.Reports/Get", "metadata": [["authorization", auth]]})
+    };
+    let (outcomes, seen) = server.call(json!([call("down"), call("again")]));
+    for down in &outcomes {
+        assert_eq!(down["code"], "UNAVAILABLE", "{down}");
+        assert_eq!(down["error_info"]["reason"], "upstream_unavailable");
+        assert_eq!(down["error_info"]["metadata"]["route"], "reports");
+        assert!(
+            down["message"]
+                .as_str()
+                .unwrap()
+                .contains("refused the connection"),
+            "{down}"
+        );
+    }
+    // The first call served nothing, so its quota unit came back: the
+    // second is not RESOURCE_EXHAUSTED although the answer was an HTTP 200.
     assert!(seen.is_empty());
 }

@@ -12,7 +12,7 @@ use http::header::{
     HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, VARY,
     X_CONTENT_TYPE_OPTIONS,
 };
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::Full;
 use serde::Serialize;
 
@@ -92,16 +92,6 @@ fn problem_json(denial: &Denial) -> Vec<u8> {
         reason: denial.reason.as_str(),
     })
     .expect("problem serialises: all fields are plain strings and numbers")
-}
-
-/// Shorthand for proxy-side failures that are not policy decisions.
-pub fn error(
-    status: StatusCode,
-    reason: Reason,
-    detail: impl Into<std::borrow::Cow<'static, str>>,
-    format: Format,
-) -> Response<Full<Bytes>> {
-    render(Denial::new(status, reason, detail), format)
 }
 
 #[cfg(test)]
