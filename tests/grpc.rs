@@ -379,3 +379,26 @@ routes:
     // second is not RESOURCE_EXHAUSTED although the answer was an HTTP 200.
     assert!(seen.is_empty());
 }
+
+#[tokio::test]
+async fn grpc_web_gets_the_status_in_the_headers_of_an_empty_response() {
+    let setup = Setup::new();
+    let proxy = setup.proxy(&closed_port().to_string(), POLICY);
+    let (parts, body) = send(
+        http::Request::post(proxy.url("/shop.v1.Reports/Get"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(full("\0\0\0\0\0"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    assert!(body.is_empty());
+    assert_eq!(parts.headers["content-type"], "application/grpc-web+proto");
+    assert_eq!(parts.headers["grpc-status"], "16");
+    let message = parts.headers["grpc-message"].to_str().unwrap();
+    assert!(message.starts_with("license_missing: "), "{message}");
+    assert!(parts.headers.contains_key("grpc-status-details-bin"));
+    // The denial's own headers stay.
+    assert!(parts.headers.contains_key("www-authenticate"));
+}
