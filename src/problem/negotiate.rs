@@ -61,30 +61,25 @@ impl Asked {
 /// `application/grpc-web`, `application/grpc-web-text+proto`…
 /// ([`Format::GrpcWeb`]). `None` for anything else (`application/grpcx`).
 pub fn grpc_format(content_type: &HeaderValue) -> Option<Format> {
-    let bytes = content_type.as_bytes();
-    let rest = bytes
-        .get(..16)
-        .filter(|prefix| prefix.eq_ignore_ascii_case(b"application/grpc"))
-        .map(|_| &bytes[16..])?;
-    let web = rest
-        .get(..4)
-        .is_some_and(|web| web.eq_ignore_ascii_case(b"-web"));
-    let rest = if web { &rest[4..] } else { rest };
-    let rest = if web
-        && rest
-            .get(..5)
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"-text"))
-    {
-        &rest[5..]
-    } else {
-        rest
+    let rest = strip_prefix_ignore_case(content_type.as_bytes(), b"application/grpc")?;
+    let (format, rest) = match strip_prefix_ignore_case(rest, b"-web") {
+        Some(web) => (
+            Format::GrpcWeb,
+            strip_prefix_ignore_case(web, b"-text").unwrap_or(web),
+        ),
+        None => (Format::Grpc, rest),
     };
+    // A subtype suffix (`+proto`), parameters, or nothing.
     match rest.first() {
-        None | Some(b'+' | b';' | b' ' | b'\t') => {
-            Some(if web { Format::GrpcWeb } else { Format::Grpc })
-        }
+        None | Some(b'+' | b';' | b' ' | b'\t') => Some(format),
         Some(_) => None,
     }
+}
+
+fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = bytes.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &bytes[prefix.len()..])
 }
 
 /// The form of a denial for a request head (the deny path, head at hand).
