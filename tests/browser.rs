@@ -235,11 +235,11 @@ async fn a_browser_gets_a_page_an_api_client_gets_problem_json() {
             .unwrap(),
     )
     .await;
-    assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        problem_of(&parts, &String::from_utf8_lossy(&body))["status"],
-        401
-    );
+    // A gRPC call gets a gRPC status, whatever it accepts.
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(parts.headers["content-type"], "application/grpc");
+    assert_eq!(parts.headers["grpc-status"], "16");
+    assert!(body.is_empty());
     assert!(!parts.headers.contains_key("vary"));
     // Nothing reached the workload.
     assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());

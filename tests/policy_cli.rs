@@ -454,3 +454,66 @@ fn explain_with_the_proxys_config_checks_its_deployment_license() {
         );
     }
 }
+
+#[test]
+fn check_and_explain_understand_grpc_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grpc.yaml");
+    std::fs::write(
+        &path,
+        "routes:\n  - name: export\n    grpc: {service: shop.v1.Reports, method: Export}\n    \
+         features: [export]\n  - grpc: {service: shop.v1.Reports}\n    access: public\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let out = licensegate(&["policy", "check", "--strict", file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let explain_for = |method: &str, target: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy", "explain", "--policy", file, "--method", method, "--path", target,
+        ];
+        args.extend_from_slice(extra);
+        let out = licensegate(&args);
+        (out.status.code(), text(&out.stdout))
+    };
+    let grpc = ["-H", "content-type: application/grpc"];
+    let (code, out) = explain_for("POST", "/shop.v1.Reports/Export", &grpc);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("grpc       gRPC method shop.v1.Reports/Export"),
+        "{out}"
+    );
+    assert!(out.contains("path /shop.v1.Reports/Export"), "{out}");
+    assert!(out.contains("deny 403 license_missing"), "{out}");
+    assert!(
+        out.contains("a gRPC call: HTTP 200 with grpc-status: 16 (UNAUTHENTICATED)"),
+        "{out}"
+    );
+    // Not a gRPC request: no gRPC status.
+    let (_, out) = explain_for("POST", "/shop.v1.Reports/Export", &[]);
+    assert!(!out.contains("grpc-status"), "{out}");
+    let (code, out) = explain_for("POST", "/shop.v1.Reports/List", &grpc);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("grpc       gRPC method shop.v1.Reports/* (every method)"),
+        "{out}"
+    );
+    // gRPC routes are POST only.
+    let (_, out) = explain_for("GET", "/shop.v1.Reports/List", &[]);
+    assert!(out.contains("no route matches"), "{out}");
+
+    std::fs::write(
+        &path,
+        "routes:\n  - path: /x\n    grpc: {service: shop.v1.Reports}\n",
+    )
+    .unwrap();
+    let out = licensegate(&["policy", "check", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:3:11: error: routes[0].grpc: `path` and `grpc` are exclusive"
+        )),
+        "{stderr}"
+    );
+}

@@ -690,6 +690,21 @@ fn render(
                     denial.detail
                 ),
             );
+            let grpc = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(crate::problem::grpc_format);
+            if grpc.is_some() {
+                let code = crate::problem::grpc::grpc_code(denial.reason);
+                line(
+                    out,
+                    "",
+                    &format!(
+                        "a gRPC call: HTTP 200 with grpc-status: {} ({})",
+                        code.as_u8(),
+                        code.name()
+                    ),
+                );
+            }
             for (name, value) in &denial.headers {
                 line(
                     out,
@@ -768,6 +783,9 @@ fn render_route(
             route.name, route.origin.1, route.path
         ),
     );
+    if let Some(grpc) = &route.grpc {
+        line(out, "grpc", &format!("gRPC method {grpc}"));
+    }
     // Host groups are tried first, so say which one decided.
     let group = match &route.host {
         Some(HostMatch::Exact(host)) => format!("exact host `{host}`"),

@@ -110,6 +110,9 @@ pub struct Allowed {
     pub websocket: bool,
     /// A CORS preflight, forwarded without a license check or limits.
     pub preflight: bool,
+    /// The matched route's name, for an answer licensegate writes itself
+    /// when the upstream fails.
+    pub route: Option<Arc<str>>,
 }
 
 impl Allowed {
@@ -642,6 +645,7 @@ impl DecisionEngine {
         let route = verdict.route;
         let route_name = route.map_or(UNMATCHED_ROUTE, |r| &r.name);
         allowed.websocket = verdict.websocket;
+        allowed.route = route.map(|r| Arc::clone(&r.name));
         // Forwarded with the entitlement headers even when a shadow-mode
         // rule after the license would have denied.
         allowed.license = slot.get().map(|(_, e)| Arc::clone(&e.headers));
@@ -993,6 +997,7 @@ fn limit_denial(def: &LimitDef, limited: &Limited, clock: &crate::limits::Clock)
     };
     let reason = Reason::of_limit(&def.kind);
     let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
+    denial.limit = Some(Arc::clone(&def.name));
     denial
         .headers
         .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));

@@ -261,6 +261,9 @@ pub struct Denial {
     pub headers: HeaderMap,
     /// The route that matched, when one did (shown on the page).
     pub route: Option<Arc<str>>,
+    /// The limit that refused, for a limit's denial (named in a gRPC
+    /// status's `ErrorInfo`).
+    pub limit: Option<Arc<str>>,
     /// Facts behind the page's "what to do".
     pub hint: Hint,
 }
@@ -273,6 +276,7 @@ impl Denial {
             detail: detail.into(),
             headers: HeaderMap::new(),
             route: None,
+            limit: None,
             hint: Hint::None,
         }
     }

@@ -86,8 +86,10 @@ pub struct Route {
     pub id: usize,
     /// Shown in denials, logs and the `route` metric label.
     pub name: Arc<str>,
-    /// The path pattern as written.
+    /// The path pattern as written, or made from `grpc`.
     pub path: String,
+    /// The gRPC method the route names, when it was given as `grpc`.
+    pub grpc: Option<GrpcMethod>,
     pub pattern: Vec<Segment>,
     pub methods: Option<Vec<Method>>,
     pub host: Option<HostMatch>,
@@ -120,6 +122,51 @@ impl Route {
     pub fn forwards_preflights(&self) -> bool {
         self.access != Access::Deny && self.preflight == Preflight::Forward
     }
+}
+
+/// A route's `grpc`: one method of a service, or every method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcMethod {
+    /// Fully qualified: `shop.v1.Reports`.
+    pub service: String,
+    /// `None`: every method of the service.
+    pub method: Option<String>,
+}
+
+impl GrpcMethod {
+    /// gRPC's request path is `/SERVICE/METHOD` (gRPC over HTTP/2,
+    /// "Requests"); a whole service is one segment of any method.
+    fn path_pattern(&self) -> String {
+        format!(
+            "/{}/{}",
+            self.service,
+            self.method.as_deref().unwrap_or("*")
+        )
+    }
+}
+
+impl fmt::Display for GrpcMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.method {
+            Some(method) => write!(f, "{}/{method}", self.service),
+            None => write!(f, "{}/* (every method)", self.service),
+        }
+    }
+}
+
+/// A protobuf identifier: a letter or `_`, then letters, digits and `_`.
+pub(super) fn is_identifier(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A fully qualified service name: identifiers joined by dots (a service
+/// without a package is one identifier).
+pub(super) fn is_grpc_service(text: &str) -> bool {
+    text.split('.').all(is_identifier)
 }
 
 /// What a CORS preflight gets (route setting `preflight`).
@@ -1389,7 +1436,10 @@ impl Compiler {
 
     fn route(&mut self, f: usize, i: usize, spec: &RouteSpec) {
         let at = vec![Step::key("routes"), Step::Index(i)];
-        let pattern = match parse_pattern(&spec.path) {
+        let Some((path, grpc)) = self.route_path(f, &at, spec) else {
+            return;
+        };
+        let pattern = match parse_pattern(&path) {
             Ok(pattern) => pattern,
             Err(message) => {
                 self.error(f, with(&at, "path"), message);
@@ -1398,7 +1448,17 @@ impl Compiler {
         };
         let mut failed = false;
         let methods = match &spec.methods {
+            // gRPC calls are POSTs (gRPC over HTTP/2, "Requests").
+            None if grpc.is_some() => Some(vec![Method::POST]),
             None => None,
+            Some(_) if grpc.is_some() => {
+                self.error(
+                    f,
+                    with(&at, "methods"),
+                    "a gRPC route's method is POST; leave `methods` out",
+                );
+                return;
+            }
             Some(list) if list.is_empty() => {
                 self.error(
                     f,
@@ -1583,9 +1643,9 @@ impl Compiler {
             None => match &methods {
                 Some(methods) => {
                     let list: Vec<&str> = methods.iter().map(Method::as_str).collect();
-                    format!("{} {}", list.join(","), spec.path).into()
+                    format!("{} {}", list.join(","), path).into()
                 }
-                None => spec.path.as_str().into(),
+                None => path.as_str().into(),
             },
         };
         if spec.name.is_some() {
@@ -1617,7 +1677,8 @@ impl Compiler {
         self.routes.push(Route {
             id: self.routes.len(),
             name,
-            path: spec.path.clone(),
+            path,
+            grpc,
             pattern,
             methods,
             host,
@@ -1643,6 +1704,79 @@ impl Compiler {
         if mode.is_none() {
             self.inherit_mode.push(self.routes.len() - 1);
         }
+    }
+
+    /// The route's path pattern, from `path` or from `grpc` (with the gRPC
+    /// method it names); `None` after an error.
+    fn route_path(
+        &mut self,
+        f: usize,
+        at: &[Step],
+        spec: &RouteSpec,
+    ) -> Option<(String, Option<GrpcMethod>)> {
+        let grpc = match (&spec.path, &spec.grpc) {
+            (Some(path), None) => return Some((path.clone(), None)),
+            (Some(_), Some(_)) => {
+                self.error(
+                    f,
+                    with(at, "grpc"),
+                    "`path` and `grpc` are exclusive: `grpc` makes the path /SERVICE/METHOD",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    f,
+                    at.to_vec(),
+                    "a route needs `path` (an HTTP path pattern) or `grpc` \
+                     (a gRPC service and method)",
+                );
+                return None;
+            }
+            (None, Some(grpc)) => grpc,
+        };
+        let at = with(at, "grpc");
+        let mut failed = false;
+        if !is_grpc_service(&grpc.service) {
+            self.error(
+                f,
+                with(&at, "service"),
+                format!(
+                    "`{}` is not a gRPC service name: expected the package and service \
+                     as dot-separated identifiers (letters, digits, `_`), e.g. shop.v1.Reports",
+                    grpc.service
+                ),
+            );
+            failed = true;
+        }
+        if let Some(method) = &grpc.method {
+            if method == "*" || method == "**" {
+                self.error(
+                    f,
+                    with(&at, "method"),
+                    "leave `method` out for every method of the service",
+                );
+                failed = true;
+            } else if !is_identifier(method) {
+                self.error(
+                    f,
+                    with(&at, "method"),
+                    format!(
+                        "`{method}` is not a gRPC method name: expected an identifier \
+                         (letters, digits, `_`), e.g. Export"
+                    ),
+                );
+                failed = true;
+            }
+        }
+        if failed {
+            return None;
+        }
+        let grpc = GrpcMethod {
+            service: grpc.service.clone(),
+            method: grpc.method.clone(),
+        };
+        Some((grpc.path_pattern(), Some(grpc)))
     }
 
     /// The route's `roles`, interned into [`Policy::roles`]; `None` after

@@ -17,9 +17,9 @@ pub mod schema;
 mod settings;
 
 pub use compile::{
-    Access, Amount, Claim, Count, Diagnostic, Entitlement, KeyPart, LicenseAmount, LimitDef,
-    LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, NameSet, OnStoreError, Overage,
-    Period, Policy, PolicyError, Preflight, RoleRule, Route, DEFAULT_THRESHOLDS,
+    Access, Amount, Claim, Count, Diagnostic, Entitlement, GrpcMethod, KeyPart, LicenseAmount,
+    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, NameSet, OnStoreError,
+    Overage, Period, Policy, PolicyError, Preflight, RoleRule, Route, DEFAULT_THRESHOLDS,
 };
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};

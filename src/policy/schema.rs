@@ -629,8 +629,10 @@ pub struct RouteSpec {
     /// methods and path).
     pub name: Option<String>,
     /// `/exact`, `*` (one segment), `{name}` (one segment, named), `**` (any
-    /// suffix, last only).
-    pub path: String,
+    /// suffix, last only). A route has `path` or `grpc`.
+    pub path: Option<String>,
+    /// A gRPC method (or every method of a service), for `path`.
+    pub grpc: Option<GrpcSpec>,
     /// Any method when absent.
     pub methods: Option<Vec<String>>,
     /// `api.example.com` or `*.example.com`; any host when absent.
@@ -659,6 +661,17 @@ pub struct RouteSpec {
     /// The user roles the route needs: a list (any of them), or
     /// `{any_of: [...], all_of: [...]}`.
     pub roles: Option<RolesSpec>,
+}
+
+/// `grpc: {service: shop.v1.Reports, method: Export}`: the path
+/// `/shop.v1.Reports/Export`, POST; without `method`, every method of the
+/// service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSpec {
+    /// The fully qualified service name, package included.
+    pub service: String,
+    pub method: Option<String>,
 }
 
 /// `[analyst, admin]` (any of them) or `{any_of: [...], all_of: [...]}`.

@@ -2877,3 +2877,129 @@ routes:
         assert_only(&errors(text), FILE, *at, &[fragment]);
     }
 }
+
+// === gRPC routes ===
+
+#[test]
+fn grpc_routes_compile_to_their_method_paths_for_post() {
+    let policy = clean(
+        "\
+routes:
+  - name: export
+    grpc: {service: shop.v1.Reports, method: Export}
+  - grpc: {service: shop.v1.Reports}
+  - grpc: {service: Health, method: Check}
+",
+    );
+    let export = route(&policy, "export");
+    assert_eq!(export.path, "/shop.v1.Reports/Export");
+    assert_eq!(export.methods, Some(vec![Method::POST]));
+    assert_eq!(
+        export.grpc.as_ref().map(ToString::to_string).as_deref(),
+        Some("shop.v1.Reports/Export")
+    );
+    // Unnamed: named like any route, by method and path.
+    let service = route(&policy, "POST /shop.v1.Reports/*");
+    assert_eq!(
+        service.grpc.as_ref().map(ToString::to_string).as_deref(),
+        Some("shop.v1.Reports/* (every method)")
+    );
+    route(&policy, "POST /Health/Check");
+
+    let post = |path: &str| route_name(&policy, Method::POST, None, path, &no_headers());
+    assert_eq!(post("/shop.v1.Reports/Export").as_deref(), Some("export"));
+    assert_eq!(
+        post("/shop.v1.Reports/List").as_deref(),
+        Some("POST /shop.v1.Reports/*")
+    );
+    assert_eq!(post("/shop.v1.Reports").as_deref(), None);
+    assert_eq!(post("/shop.v1.Reports/Export/x").as_deref(), None);
+    assert_eq!(post("/shop.v1.Orders/Export").as_deref(), None);
+    // gRPC is POST only.
+    assert_eq!(get(&policy, "/shop.v1.Reports/Export"), None);
+    // A path route has no gRPC method.
+    let policy = clean("routes:\n  - {name: a, path: /a}\n");
+    assert!(route(&policy, "a").grpc.is_none());
+}
+
+#[test]
+fn grpc_route_errors_are_located() {
+    assert_only(
+        &errors(
+            "\
+routes:
+  - path: /a
+    grpc: {service: shop.v1.Reports}
+",
+        ),
+        FILE,
+        (3, 11),
+        &["routes[0].grpc", "`path` and `grpc` are exclusive"],
+    );
+    assert_only(
+        &errors("routes:\n  - name: nothing\n"),
+        FILE,
+        (2, 5),
+        &["routes[0]", "a route needs `path`", "or `grpc`"],
+    );
+    assert_only(
+        &errors("routes:\n  - grpc: {service: shop..Reports, method: Export}\n"),
+        FILE,
+        (2, 21),
+        &[
+            "routes[0].grpc.service",
+            "`shop..Reports` is not a gRPC service name",
+            "e.g. shop.v1.Reports",
+        ],
+    );
+    assert_only(
+        &errors("routes:\n  - grpc: {service: shop.v1.Reports, method: Ex-port}\n"),
+        FILE,
+        (2, 46),
+        &[
+            "routes[0].grpc.method",
+            "`Ex-port` is not a gRPC method name",
+        ],
+    );
+    assert_only(
+        &errors("routes:\n  - grpc: {service: shop.v1.Reports, method: \"*\"}\n"),
+        FILE,
+        (2, 46),
+        &["leave `method` out for every method"],
+    );
+    assert_only(
+        &errors("routes:\n  - grpc: {service: a.B}\n    methods: [POST]\n"),
+        FILE,
+        (3, 14),
+        &["routes[0].methods", "a gRPC route's method is POST"],
+    );
+    // Both names wrong: both said.
+    let both = errors("routes:\n  - grpc: {service: 1shop, method: \"\"}\n");
+    assert_eq!(both.len(), 2, "{}", render(&both));
+    // Unknown keys are refused by the parser, located.
+    let unknown = errors("routes:\n  - grpc: {service: a.B, methd: X}\n");
+    assert_eq!(unknown.len(), 1, "{}", render(&unknown));
+    assert!(
+        unknown[0].message.contains("unknown field `methd`"),
+        "{}",
+        render(&unknown)
+    );
+    assert!(unknown[0].position.is_some(), "{}", render(&unknown));
+}
+
+#[test]
+fn protobuf_names_are_identifiers() {
+    use super::compile::{is_grpc_service, is_identifier};
+    for good in ["Export", "_x", "a1", "A_b_2"] {
+        assert!(is_identifier(good), "{good}");
+    }
+    for bad in ["", "1a", "a-b", "a.b", "a b", "é", "*"] {
+        assert!(!is_identifier(bad), "{bad}");
+    }
+    for good in ["Health", "shop.v1.Reports", "grpc.health.v1.Health"] {
+        assert!(is_grpc_service(good), "{good}");
+    }
+    for bad in ["", ".a", "a.", "a..b", "a/b", "shop.v1.*"] {
+        assert!(!is_grpc_service(bad), "{bad}");
+    }
+}

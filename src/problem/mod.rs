@@ -1,7 +1,9 @@
 //! The single place where rejections become HTTP responses: RFC 9457
 //! problem details for API clients (the default), a small HTML page for a
-//! browser navigation ([`negotiate`] decides which).
+//! browser navigation, a gRPC status for a gRPC call ([`negotiate`]
+//! decides which).
 
+pub mod grpc;
 mod negotiate;
 mod page;
 
@@ -10,12 +12,12 @@ use http::header::{
     HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, VARY,
     X_CONTENT_TYPE_OPTIONS,
 };
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::Full;
 use serde::Serialize;
 
 use crate::decision::{Denial, Reason};
-pub use negotiate::{format_for, is_grpc, negotiate, Asked, Format};
+pub use negotiate::{format_for, grpc_format, negotiate, Asked, Format};
 
 pub const CONTENT_TYPE_PROBLEM: &str = "application/problem+json";
 pub const CONTENT_TYPE_HTML: &str = "text/html; charset=utf-8";
@@ -43,15 +45,18 @@ pub fn type_uri(reason: Reason) -> String {
     )
 }
 
-/// Render a denial in `format`, keeping its status and extra headers
-/// (`Retry-After`, `RateLimit`, `WWW-Authenticate`) in either form.
+/// Render a denial in `format`, keeping its extra headers (`Retry-After`,
+/// `RateLimit`, `WWW-Authenticate`) in every form and its status in the
+/// HTTP ones (gRPC carries its own).
 pub fn render(denial: Denial, format: Format) -> Response<Full<Bytes>> {
     let (body, content_type) = match format {
+        Format::Grpc => return grpc::render(denial, grpc::Flavor::Native),
+        Format::GrpcWeb => return grpc::render(denial, grpc::Flavor::Web),
         Format::Html => (
             Bytes::from(page::render(&denial)),
             HeaderValue::from_static(CONTENT_TYPE_HTML),
         ),
-        Format::Problem | Format::ProblemAlways => (
+        Format::Problem => (
             Bytes::from(problem_json(&denial)),
             HeaderValue::from_static(CONTENT_TYPE_PROBLEM),
         ),
@@ -61,10 +66,8 @@ pub fn render(denial: Denial, format: Format) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, content_type);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if format != Format::ProblemAlways {
-        // The form depends on `Accept`: a cache must not serve one for the other.
-        headers.insert(VARY, HeaderValue::from_static("accept"));
-    }
+    // The form depends on `Accept`: a cache must not serve one for the other.
+    headers.insert(VARY, HeaderValue::from_static("accept"));
     if format == Format::Html {
         headers.insert(
             CONTENT_SECURITY_POLICY,
@@ -89,16 +92,6 @@ fn problem_json(denial: &Denial) -> Vec<u8> {
         reason: denial.reason.as_str(),
     })
     .expect("problem serialises: all fields are plain strings and numbers")
-}
-
-/// Shorthand for proxy-side failures that are not policy decisions.
-pub fn error(
-    status: StatusCode,
-    reason: Reason,
-    detail: impl Into<std::borrow::Cow<'static, str>>,
-    format: Format,
-) -> Response<Full<Bytes>> {
-    render(Denial::new(status, reason, detail), format)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Which form a denial takes for one request: problem+json (the default,
-//! for every API client) or an HTML page (for a browser navigation, which
-//! prefers `text/html` over JSON).
+//! Which form a denial takes for one request: a gRPC status for a gRPC
+//! request (whatever it accepts: gRPC clients read no HTTP status or
+//! body), else problem+json (the default, for every API client) or an HTML
+//! page (for a browser navigation, which prefers `text/html` over JSON).
 //!
 //! `Accept` is read as RFC 9110 §12.5.1 says: each of our two forms gets the
 //! weight of the most specific media range that matches it (`text/html`
@@ -21,8 +22,10 @@ pub enum Format {
     Problem,
     /// A small self-contained HTML page, as `Accept` chose.
     Html,
-    /// problem+json whatever `Accept` says: a gRPC request.
-    ProblemAlways,
+    /// A gRPC trailers-only response: a gRPC request.
+    Grpc,
+    /// The same in gRPC-Web's framing: a gRPC-Web request.
+    GrpcWeb,
 }
 
 /// What a request says about the form of a denial, kept when its head is
@@ -33,18 +36,18 @@ pub struct Asked {
     /// read by its first here; a denial, decided with the head at hand,
     /// reads them all).
     pub accept: Option<HeaderValue>,
-    /// A gRPC request (`content-type: application/grpc…`).
-    pub grpc: bool,
+    /// A gRPC request's form ([`grpc_format`] of its `content-type`).
+    pub grpc: Option<Format>,
     /// A `HEAD` request: it gets no body, so no page.
     pub head: bool,
 }
 
 impl Asked {
-    /// gRPC always gets problem+json; so does `HEAD`, which gets no body
-    /// (its headers still vary with `Accept`, as the `GET`'s would).
+    /// gRPC always gets a gRPC status; `HEAD` problem+json, as it gets no
+    /// body (its headers still vary with `Accept`, as the `GET`'s would).
     pub fn format(&self) -> Format {
-        if self.grpc {
-            return Format::ProblemAlways;
+        if let Some(grpc) = self.grpc {
+            return grpc;
         }
         match &self.accept {
             Some(accept) if !self.head => negotiate([accept]),
@@ -53,19 +56,36 @@ impl Asked {
     }
 }
 
-/// Whether a `content-type` value is gRPC's (`application/grpc`,
-/// `application/grpc+proto`, `application/grpc-web…`).
-pub fn is_grpc(content_type: &HeaderValue) -> bool {
-    content_type
-        .as_bytes()
-        .get(..16)
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"application/grpc"))
+/// The gRPC form for a `content-type` value that is gRPC's:
+/// `application/grpc`, `application/grpc+proto`… ([`Format::Grpc`]) or
+/// `application/grpc-web`, `application/grpc-web-text+proto`…
+/// ([`Format::GrpcWeb`]). `None` for anything else (`application/grpcx`).
+pub fn grpc_format(content_type: &HeaderValue) -> Option<Format> {
+    let rest = strip_prefix_ignore_case(content_type.as_bytes(), b"application/grpc")?;
+    let (format, rest) = match strip_prefix_ignore_case(rest, b"-web") {
+        Some(web) => (
+            Format::GrpcWeb,
+            strip_prefix_ignore_case(web, b"-text").unwrap_or(web),
+        ),
+        None => (Format::Grpc, rest),
+    };
+    // A subtype suffix (`+proto`), parameters, or nothing.
+    match rest.first() {
+        None | Some(b'+' | b';' | b' ' | b'\t') => Some(format),
+        Some(_) => None,
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = bytes.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &bytes[prefix.len()..])
 }
 
 /// The form of a denial for a request head (the deny path, head at hand).
 pub fn format_for(method: &Method, headers: &HeaderMap) -> Format {
-    if headers.get(CONTENT_TYPE).is_some_and(is_grpc) {
-        return Format::ProblemAlways;
+    if let Some(grpc) = headers.get(CONTENT_TYPE).and_then(grpc_format) {
+        return grpc;
     }
     if method == Method::HEAD {
         return Format::Problem;

@@ -131,38 +131,59 @@ fn q_values_follow_the_grammar() {
 }
 
 #[test]
-fn grpc_and_head_keep_problem_json() {
+fn grpc_gets_grpc_and_head_keeps_problem_json() {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static(BROWSER));
     assert_eq!(format_for(&Method::GET, &headers), Format::Html);
     assert_eq!(format_for(&Method::HEAD, &headers), Format::Problem);
-    for grpc in [
-        "application/grpc",
-        "application/grpc+proto",
-        "Application/GRPC-web+proto",
+    for (content_type, format) in [
+        ("application/grpc", Format::Grpc),
+        ("application/grpc+proto", Format::Grpc),
+        ("Application/GRPC+json", Format::Grpc),
+        ("application/grpc; charset=utf-8", Format::Grpc),
+        ("application/grpc-web", Format::GrpcWeb),
+        ("Application/GRPC-web+proto", Format::GrpcWeb),
+        ("application/grpc-web-text", Format::GrpcWeb),
+        ("application/grpc-web-text+proto", Format::GrpcWeb),
     ] {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(grpc));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         assert_eq!(
             format_for(&Method::POST, &headers),
-            Format::ProblemAlways,
-            "{grpc}"
+            format,
+            "{content_type}"
         );
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    assert_eq!(format_for(&Method::POST, &headers), Format::Html);
+    // Near misses are not gRPC: `Accept` decides.
+    for content_type in [
+        "application/json",
+        "application/grpcx",
+        "application/grpc-webby",
+        "application/grp",
+    ] {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        assert_eq!(
+            format_for(&Method::POST, &headers),
+            Format::Html,
+            "{content_type}"
+        );
+    }
 
     let asked = |accept: Option<&'static str>, grpc, head| Asked {
         accept: accept.map(HeaderValue::from_static),
         grpc,
         head,
     };
-    assert_eq!(asked(Some(BROWSER), false, false).format(), Format::Html);
-    assert_eq!(asked(Some(BROWSER), false, true).format(), Format::Problem);
+    assert_eq!(asked(Some(BROWSER), None, false).format(), Format::Html);
+    assert_eq!(asked(Some(BROWSER), None, true).format(), Format::Problem);
     assert_eq!(
-        asked(Some(BROWSER), true, false).format(),
-        Format::ProblemAlways
+        asked(Some(BROWSER), Some(Format::Grpc), false).format(),
+        Format::Grpc
     );
-    assert_eq!(asked(None, false, false).format(), Format::Problem);
+    assert_eq!(
+        asked(None, Some(Format::GrpcWeb), true).format(),
+        Format::GrpcWeb
+    );
+    assert_eq!(asked(None, None, false).format(), Format::Problem);
 }
 
 async fn body_text(response: Response<Full<Bytes>>) -> (http::response::Parts, String) {
@@ -232,9 +253,21 @@ async fn both_forms_keep_status_and_extra_headers() {
     assert_eq!(problem["reason"], "rate_limited");
     assert_eq!(problem["status"], 429);
 
-    let (grpc, _) = body_text(render(make(), Format::ProblemAlways)).await;
-    assert_eq!(grpc.headers[CONTENT_TYPE], CONTENT_TYPE_PROBLEM);
+    // gRPC: 200 and an empty body (trailers-only), the extra headers kept,
+    // no `Vary` (`content-type` chose the form, not `Accept`).
+    let (grpc, body) = body_text(render(make(), Format::Grpc)).await;
+    assert_eq!(grpc.status, 200);
+    assert!(body.is_empty());
+    assert_eq!(grpc.headers[CONTENT_TYPE], "application/grpc");
+    assert_eq!(grpc.headers["grpc-status"], "8");
+    assert_eq!(grpc.headers[RETRY_AFTER], "42");
+    assert_eq!(grpc.headers["ratelimit"], "\"api\";r=0;t=42");
     assert!(!grpc.headers.contains_key("vary"));
+    let (web, body) = body_text(render(make(), Format::GrpcWeb)).await;
+    assert_eq!(web.status, 200);
+    assert!(body.is_empty());
+    assert_eq!(web.headers[CONTENT_TYPE], "application/grpc-web+proto");
+    assert_eq!(web.headers["grpc-status"], "8");
 }
 
 #[tokio::test]
@@ -314,4 +347,163 @@ fn every_denial_reason_has_a_hint() {
             .unwrap_or_default();
         assert!(hint.len() > 10, "{}: {hint:?}", reason.as_str());
     }
+}
+
+// === gRPC ===
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// The expected bytes are what the reference protobuf runtime (Python
+// `protobuf`, deterministic serialisation) writes for the same messages.
+const ERROR_INFO: &str = "0a0c726174655f6c696d69746564120e6c6963656e7365676174652e696f1a100a056c696d697412077065722d6d696e1a0c0a05726f7574651203617069";
+const RETRY_INFO_300: &str = "0a0308ac02";
+const STATUS: &str = "0808120f726174655f6c696d697465643a20781a6a0a28747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e4572726f72496e666f123e0a0c726174655f6c696d69746564120e6c6963656e7365676174652e696f1a100a056c696d697412077065722d6d696e1a0c0a05726f75746512036170691a310a28747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e5265747279496e666f12050a0308ac02";
+
+#[test]
+fn protobuf_messages_match_the_reference_encoding() {
+    let info = grpc::error_info(
+        "rate_limited",
+        "licensegate.io",
+        &[("limit", "per-min"), ("route", "api")],
+    );
+    assert_eq!(info, hex(ERROR_INFO));
+    let retry = grpc::retry_info(300);
+    assert_eq!(retry, hex(RETRY_INFO_300));
+    let status = grpc::status(
+        8,
+        "rate_limited: x",
+        &[
+            grpc::any("type.googleapis.com/google.rpc.ErrorInfo", &info),
+            grpc::any("type.googleapis.com/google.rpc.RetryInfo", &retry),
+        ],
+    );
+    assert_eq!(status, hex(STATUS));
+    // Varint edges: one byte up to 127, then 7 bits a byte; proto3 omits 0.
+    assert_eq!(grpc::retry_info(127), [0x0a, 0x02, 0x08, 0x7f]);
+    assert_eq!(grpc::retry_info(128), [0x0a, 0x03, 0x08, 0x80, 0x01]);
+    assert_eq!(grpc::retry_info(0), [0x0a, 0x00]);
+    assert_eq!(
+        grpc::retry_info(u64::from(u32::MAX)),
+        [0x0a, 0x06, 0x08, 0xff, 0xff, 0xff, 0xff, 0x0f]
+    );
+    assert_eq!(grpc::status(0, "", &[]), Vec::<u8>::new());
+}
+
+#[test]
+fn grpc_message_is_percent_encoded() {
+    assert_eq!(grpc::percent_encode("plain text: ok"), "plain text: ok");
+    assert_eq!(grpc::percent_encode("100%"), "100%25");
+    assert_eq!(grpc::percent_encode("a\nb\tc"), "a%0Ab%09c");
+    assert_eq!(
+        grpc::percent_encode("caf\u{e9} \u{1f600}"),
+        "caf%C3%A9 %F0%9F%98%80"
+    );
+    assert_eq!(grpc::percent_encode("~\u{7f}"), "~%7F");
+}
+
+#[test]
+fn every_reason_has_its_grpc_status() {
+    use grpc::{grpc_code, Code};
+    for reason in Reason::ALL {
+        let expected = match reason {
+            Reason::Allowed | Reason::CorsPreflight => Code::Unknown,
+            Reason::LicenseMissing
+            | Reason::LicenseMalformed
+            | Reason::LicenseSignatureInvalid
+            | Reason::LicenseKeyUnknown
+            | Reason::LicenseAlgorithmRejected
+            | Reason::LicenseIssuerMismatch
+            | Reason::LicenseAudienceMismatch
+            | Reason::LicenseExpired
+            | Reason::LicenseNotYetValid
+            | Reason::UserTokenMissing
+            | Reason::UserTokenInvalid
+            | Reason::SeatIdentityMissing => Code::Unauthenticated,
+            Reason::EnvironmentNotLicensed
+            | Reason::FeatureNotLicensed
+            | Reason::RouteDenied
+            | Reason::RoleMissing
+            | Reason::RoleNotLicensed
+            | Reason::UpgradeNotAllowed => Code::PermissionDenied,
+            Reason::RateLimited
+            | Reason::QuotaExceeded
+            | Reason::SeatLimitReached
+            | Reason::ConcurrencyLimited
+            | Reason::LicenseVerificationThrottled => Code::ResourceExhausted,
+            Reason::UpstreamTimeout => Code::DeadlineExceeded,
+            Reason::UpstreamUnavailable
+            | Reason::UpstreamOverloaded
+            | Reason::LimitStoreUnavailable
+            | Reason::UserKeysUnavailable => Code::Unavailable,
+            Reason::BadRequest | Reason::BadRequestPath => Code::InvalidArgument,
+            Reason::RouteNotFound => Code::NotFound,
+        };
+        assert_eq!(grpc_code(reason), expected, "{}", reason.as_str());
+    }
+    // The numbers are gRPC's (google.rpc.Code), not ours to choose.
+    for (code, number, name) in [
+        (Code::Unknown, 2, "UNKNOWN"),
+        (Code::InvalidArgument, 3, "INVALID_ARGUMENT"),
+        (Code::DeadlineExceeded, 4, "DEADLINE_EXCEEDED"),
+        (Code::NotFound, 5, "NOT_FOUND"),
+        (Code::PermissionDenied, 7, "PERMISSION_DENIED"),
+        (Code::ResourceExhausted, 8, "RESOURCE_EXHAUSTED"),
+        (Code::Unavailable, 14, "UNAVAILABLE"),
+        (Code::Unauthenticated, 16, "UNAUTHENTICATED"),
+    ] {
+        assert_eq!((code.as_u8(), code.name()), (number, name));
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_denial_carries_status_message_and_details() {
+    use base64::Engine as _;
+    let mut denial = Denial::new(StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited, "x");
+    denial.route = Some("api".into());
+    denial.limit = Some("per-min".into());
+    denial
+        .headers
+        .insert(RETRY_AFTER, HeaderValue::from_static("300"));
+    let (parts, body) = body_text(render(denial, Format::Grpc)).await;
+    assert!(body.is_empty());
+    assert_eq!(parts.headers["grpc-status"], "8");
+    assert_eq!(parts.headers["grpc-message"], "rate_limited: x");
+    let details = parts.headers["grpc-status-details-bin"].to_str().unwrap();
+    assert!(!details.ends_with('='), "unpadded: {details}");
+    let details = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(details)
+        .unwrap();
+    assert_eq!(details, hex(STATUS));
+
+    // No Retry-After, no route: ErrorInfo alone, without metadata; the
+    // message is percent-encoded.
+    let denial = Denial::new(
+        StatusCode::FORBIDDEN,
+        Reason::FeatureNotLicensed,
+        "needs `reports` (100% of plans \u{2260} yours)",
+    );
+    let (parts, _) = body_text(render(denial, Format::Grpc)).await;
+    assert_eq!(parts.headers["grpc-status"], "7");
+    assert_eq!(
+        parts.headers["grpc-message"],
+        "feature_not_licensed: needs `reports` (100%25 of plans %E2%89%A0 yours)"
+    );
+    let details = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(parts.headers["grpc-status-details-bin"].as_bytes())
+        .unwrap();
+    let message = "feature_not_licensed: needs `reports` (100% of plans \u{2260} yours)";
+    let expected = grpc::status(
+        7,
+        message,
+        &[grpc::any(
+            "type.googleapis.com/google.rpc.ErrorInfo",
+            &grpc::error_info("feature_not_licensed", "licensegate.io", &[]),
+        )],
+    );
+    assert_eq!(details, expected);
 }

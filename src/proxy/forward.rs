@@ -20,7 +20,7 @@ use super::settings::{ProxySettings, Underscores, UpstreamProtocol};
 use super::{ProxyMetrics, UpstreamErrorKind};
 use crate::decision::{LicenseHeaderNames, Peer};
 use crate::limits::Permit;
-use crate::problem::{is_grpc, Asked};
+use crate::problem::{grpc_format, Asked, Format};
 use crate::tls::TlsError;
 use crate::user::UserForwarding;
 
@@ -704,8 +704,8 @@ struct Scan {
     suspect_names: bool,
     /// The first `Accept` value (requests only).
     accept: Option<HeaderValue>,
-    /// A gRPC request (requests only).
-    grpc: bool,
+    /// A gRPC request's denial form (requests only).
+    grpc: Option<Format>,
 }
 
 impl Scan {
@@ -720,7 +720,7 @@ impl Scan {
             host: None,
             suspect_names: false,
             accept: None,
-            grpc: false,
+            grpc: None,
         };
         for (name, value) in headers {
             let bytes = name.as_str().as_bytes();
@@ -750,7 +750,11 @@ impl Scan {
                         scan.accept = Some(value.clone());
                     }
                 }
-                Known::ContentType => scan.grpc |= screen_names && is_grpc(value),
+                Known::ContentType => {
+                    if screen_names && scan.grpc.is_none() {
+                        scan.grpc = grpc_format(value);
+                    }
+                }
             }
         }
         scan
@@ -958,10 +962,10 @@ mod tests {
         );
         let scan = Scan::of(&headers, true);
         assert_eq!(scan.accept.as_ref().unwrap(), "text/html");
-        assert!(scan.grpc);
+        assert_eq!(scan.grpc, Some(Format::Grpc));
         // Responses: what the upstream accepts or sends is not asked.
         let response = Scan::of(&headers, false);
-        assert!(response.accept.is_none() && !response.grpc);
+        assert!(response.accept.is_none() && response.grpc.is_none());
         assert_eq!(scan.host.as_ref().unwrap(), "a.example");
         assert_eq!(scan.hop, HOP_CONNECTION | HOP_KEEP_ALIVE);
         assert_eq!(scan.forwarded, FWD_PROTO);

@@ -155,9 +155,12 @@ pub async fn handle(
                     response.map(Either::Left)
                 }
                 Err((error, format)) => {
-                    let response = upstream_failed(&shared, error, format);
+                    let (response, status) =
+                        upstream_failed(&shared, error, format, allowed.route.take());
+                    // The failure's HTTP status, not the response's: a gRPC
+                    // answer is a 200 whatever happened.
                     if let Some(settlement) = &mut settlement {
-                        settlement.answered_here(response.status());
+                        settlement.answered_here(status);
                     }
                     response
                 }
@@ -330,18 +333,24 @@ fn check_head(
 
 /// The answer to a request the upstream did not answer, in `format`.
 #[cold]
-fn upstream_failed(shared: &Shared, error: UpstreamError, format: Format) -> Response<ProxyBody> {
+fn upstream_failed(
+    shared: &Shared,
+    error: UpstreamError,
+    format: Format,
+    route: Option<Arc<str>>,
+) -> (Response<ProxyBody>, StatusCode) {
     if error.client_body {
         // Not an upstream failure: no upstream error counted, no alert.
         tracing::debug!(detail = %error.detail, "the client's request body failed");
         shared.metrics.request(Outcome::Error, Reason::BadRequest);
-        return problem::error(
+        let mut denial = Denial::new(
             StatusCode::BAD_REQUEST,
             Reason::BadRequest,
             format!("the request body could not be read: {}", error.detail),
-            format,
-        )
-        .map(Either::Right);
+        );
+        denial.route = route;
+        let response = problem::render(denial, format).map(Either::Right);
+        return (response, StatusCode::BAD_REQUEST);
     }
     shared.metrics.upstream_error(error.kind);
     let (status, reason) = match error.kind {
@@ -363,6 +372,7 @@ fn upstream_failed(shared: &Shared, error: UpstreamError, format: Format) -> Res
     shared.metrics.request(Outcome::Error, reason);
     let forwarder = &shared.forwarder;
     let mut denial = Denial::new(status, reason, error.failure.describe(forwarder.name()));
+    denial.route = route;
     denial.hint = Hint::Upstream {
         local: forwarder.is_local(),
     };
@@ -374,5 +384,5 @@ fn upstream_failed(shared: &Shared, error: UpstreamError, format: Format) -> Res
             http::HeaderValue::from_static("1"),
         );
     }
-    problem::render(denial, format).map(Either::Right)
+    (problem::render(denial, format).map(Either::Right), status)
 }
