@@ -72,6 +72,7 @@ pub const fn grpc_code(reason: Reason) -> Code {
         | Reason::LicenseAudienceMismatch
         | Reason::LicenseExpired
         | Reason::LicenseNotYetValid
+        | Reason::LicenseRevoked
         | Reason::UserTokenMissing
         | Reason::UserTokenInvalid
         | Reason::SeatIdentityMissing => Code::Unauthenticated,

@@ -421,6 +421,7 @@ fn every_reason_has_its_grpc_status() {
             | Reason::LicenseAudienceMismatch
             | Reason::LicenseExpired
             | Reason::LicenseNotYetValid
+            | Reason::LicenseRevoked
             | Reason::UserTokenMissing
             | Reason::UserTokenInvalid
             | Reason::SeatIdentityMissing => Code::Unauthenticated,
