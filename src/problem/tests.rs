@@ -408,44 +408,65 @@ fn grpc_message_is_percent_encoded() {
 
 #[test]
 fn every_reason_has_its_grpc_status() {
+    use crate::license::LicenseError;
+    use crate::policy::LimitKind;
     use grpc::{grpc_code, Code};
-    for reason in Reason::ALL {
+    // What a client may do about it decides the class, not a copy of the
+    // table: a license or user credential is for the client to fix
+    // (UNAUTHENTICATED); a limit is never UNAVAILABLE, which clients and
+    // meshes retry on their own; only availability failures are.
+    for reason in LicenseError::REASONS {
+        let reason = Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == reason)
+            .unwrap();
         let expected = match reason {
-            Reason::Allowed | Reason::CorsPreflight => Code::Unknown,
-            Reason::LicenseMissing
-            | Reason::LicenseMalformed
-            | Reason::LicenseSignatureInvalid
-            | Reason::LicenseKeyUnknown
-            | Reason::LicenseAlgorithmRejected
-            | Reason::LicenseIssuerMismatch
-            | Reason::LicenseAudienceMismatch
-            | Reason::LicenseExpired
-            | Reason::LicenseNotYetValid
-            | Reason::LicenseRevoked
-            | Reason::UserTokenMissing
-            | Reason::UserTokenInvalid
-            | Reason::SeatIdentityMissing => Code::Unauthenticated,
-            Reason::EnvironmentNotLicensed
-            | Reason::FeatureNotLicensed
-            | Reason::RouteDenied
-            | Reason::RoleMissing
-            | Reason::RoleNotLicensed
-            | Reason::UpgradeNotAllowed => Code::PermissionDenied,
-            Reason::RateLimited
-            | Reason::QuotaExceeded
-            | Reason::SeatLimitReached
-            | Reason::ConcurrencyLimited
-            | Reason::LicenseVerificationThrottled => Code::ResourceExhausted,
-            Reason::UpstreamTimeout => Code::DeadlineExceeded,
-            Reason::UpstreamUnavailable
-            | Reason::UpstreamOverloaded
-            | Reason::LimitStoreUnavailable
-            | Reason::UserKeysUnavailable => Code::Unavailable,
-            Reason::BadRequest | Reason::BadRequestPath => Code::InvalidArgument,
-            Reason::RouteNotFound => Code::NotFound,
+            Reason::EnvironmentNotLicensed => Code::PermissionDenied,
+            Reason::LicenseVerificationThrottled => Code::ResourceExhausted,
+            _ => Code::Unauthenticated,
         };
         assert_eq!(grpc_code(reason), expected, "{}", reason.as_str());
     }
+    for kind in [
+        LimitKind::Concurrency,
+        LimitKind::Seats {
+            identity: crate::policy::KeyPart::User,
+            idle: std::time::Duration::from_secs(1),
+        },
+    ] {
+        assert_eq!(grpc_code(Reason::of_limit(&kind)), Code::ResourceExhausted);
+    }
+    for reason in [Reason::RateLimited, Reason::QuotaExceeded] {
+        assert_eq!(grpc_code(reason), Code::ResourceExhausted);
+    }
+    let unavailable: Vec<&str> = Reason::ALL
+        .into_iter()
+        .filter(|&r| grpc_code(r) == Code::Unavailable)
+        .map(Reason::as_str)
+        .collect();
+    assert_eq!(
+        unavailable,
+        [
+            "upstream_unavailable",
+            "limit_store_unavailable",
+            "upstream_overloaded",
+            "user_keys_unavailable"
+        ]
+    );
+    for reason in [Reason::UserTokenMissing, Reason::UserTokenInvalid] {
+        assert_eq!(grpc_code(reason), Code::Unauthenticated);
+    }
+    for reason in [
+        Reason::FeatureNotLicensed,
+        Reason::RoleMissing,
+        Reason::RoleNotLicensed,
+        Reason::RouteDenied,
+    ] {
+        assert_eq!(grpc_code(reason), Code::PermissionDenied);
+    }
+    assert_eq!(grpc_code(Reason::UpstreamTimeout), Code::DeadlineExceeded);
+    assert_eq!(grpc_code(Reason::BadRequestPath), Code::InvalidArgument);
+    assert_eq!(grpc_code(Reason::RouteNotFound), Code::NotFound);
     // The numbers are gRPC's (google.rpc.Code), not ours to choose.
     for (code, number, name) in [
         (Code::Unknown, 2, "UNKNOWN"),
