@@ -1321,4 +1321,113 @@ mod tests {
             assert!(err.starts_with(expected), "{bad}: {err}");
         }
     }
+
+    #[test]
+    fn revocation_sources_are_one_of_file_or_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.jwt");
+        std::fs::write(&list, "").unwrap();
+        let file = format!(
+            "  source: header\n  revocations: {{file: {}}}\n",
+            list.display()
+        );
+        assert!(resolve_license(&file).is_ok());
+        let url = "  source: header\n  revocations: {url: 'https://vendor.example/revocations', interval: 30s}\n";
+        assert!(resolve_license(url).is_ok());
+        for (bad, expected) in [
+            (
+                format!(
+                    "  source: header\n  revocations: {{file: {}, url: 'https://v.example/r'}}\n",
+                    list.display()
+                ),
+                "license.revocations: takes `file` or `url`, not both",
+            ),
+            (
+                "  source: header\n  revocations: {max_age: 1h}\n".to_owned(),
+                "license.revocations: needs `file`",
+            ),
+            (
+                format!(
+                    "  source: header\n  revocations: {{file: {}, interval: 5s}}\n",
+                    list.display()
+                ),
+                "license.revocations: `interval` is only used with `url`",
+            ),
+            (
+                "  source: header\n  revocations: {url: 'not a url at all'}\n".to_owned(),
+                "license.revocations.url: `not a url at all` is not a URL",
+            ),
+        ] {
+            let err = resolve_license(&bad).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{bad}: {err}");
+        }
+    }
+
+    fn resolve_users(users: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), "{}").unwrap();
+        let text = format!(
+            "listen: 127.0.0.1:8080\nupstream: {{url: 'http://127.0.0.1:1'}}\nusers:\n{}",
+            users.replace("JWKS", &dir.path().join("jwks.json").display().to_string())
+        );
+        Settings::resolve(parse(&text)?, Overrides::default())
+    }
+
+    #[test]
+    fn user_settings_are_checked() {
+        let issuer = "  issuers:\n    - {issuer: 'https://idp.test', audience: app, jwks_file: JWKS, roles_claim: realm_access.roles}\n";
+        let users = resolve_users(issuer).unwrap().users.unwrap();
+        assert_eq!(users.token, crate::user::TokenLocation::Bearer);
+        assert_eq!(
+            users.issuers[0]
+                .roles_claim
+                .as_ref()
+                .unwrap()
+                .segments()
+                .len(),
+            2
+        );
+        assert_eq!(users.issuers[0].algorithms.len(), 3);
+        let cookie = resolve_users(&format!("  token: cookie:session\n{issuer}")).unwrap();
+        assert_eq!(
+            cookie.users.unwrap().token,
+            crate::user::TokenLocation::Cookie("session".into())
+        );
+        for (bad, expected) in [
+            ("  token: basic\n  issuers:\n    - {issuer: i, audience: a, jwks_file: JWKS}\n", "users.token: `basic`: expected `bearer`"),
+            ("  token: 'cookie:a;b'\n  issuers:\n    - {issuer: i, audience: a, jwks_file: JWKS}\n", "users.token: `a;b` is not a cookie name"),
+            ("  issuers: []\n", "users.issuers: name at least one identity provider"),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', jwks_file: JWKS}\n",
+                "users.issuers: #0: `https://idp.test` needs `audience`",
+            ),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', audience: a}\n",
+                "users.issuers: #0: `https://idp.test` needs `jwks_url`",
+            ),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', audience: a, jwks_file: JWKS, refresh: 1m}\n",
+                "users.issuers: #0: `refresh` is only used with `jwks_url`",
+            ),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', audience: a, jwks_url: 'https://idp.test/certs', min_refresh: 10m}\n",
+                "users.issuers: #0: `min_refresh` (10m) is longer than `refresh` (5m)",
+            ),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', audience: a, jwks_file: JWKS, algorithms: [HS256]}\n",
+                "users.issuers: #0: algorithm `HS256` is not accepted",
+            ),
+            (
+                "  issuers:\n    - {issuer: 'https://idp.test', audience: a, jwks_file: JWKS, roles_claim: 'a..b'}\n",
+                "users.issuers: #0: `roles_claim` `a..b` is not a claim path",
+            ),
+            (
+                "  forward: {id: x-who, roles: x-who}\n  issuers:\n    - {issuer: 'https://idp.test', audience: a, jwks_file: JWKS}\n",
+                "users.forward: `id` and `roles` need two different headers",
+            ),
+        ] {
+            let err = resolve_users(bad).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{bad}: {err}");
+        }
+    }
 }
