@@ -94,14 +94,7 @@ impl<'a> Unverified<'a> {
             .ok_or_else(|| LicenseError::KeyUnknown {
                 kid: header.kid.clone(),
             })?;
-        if key.alg() != header.alg {
-            return Err(LicenseError::AlgorithmRejected(format!(
-                "the token says {} but key `{}` is pinned to {}",
-                header.alg,
-                key.kid(),
-                key.alg()
-            )));
-        }
+        pinned(header.alg, key.alg(), key.kid())?;
         let signature = decode_segment(segments.signature, "signature")?;
         key.check_signature_length(&signature)?;
         Ok(Unverified {
@@ -155,6 +148,21 @@ impl JwsError for LicenseError {
     fn algorithm_rejected(detail: String) -> Self {
         LicenseError::AlgorithmRejected(detail)
     }
+}
+
+/// A key verifies the one algorithm it is pinned to: a token naming
+/// another is refused before any signature work.
+pub(crate) fn pinned<A: PartialEq + std::fmt::Display, E: JwsError>(
+    token: A,
+    key: A,
+    kid: &str,
+) -> Result<(), E> {
+    if token == key {
+        return Ok(());
+    }
+    Err(E::algorithm_rejected(format!(
+        "the token says {token} but key `{kid}` is pinned to {key}"
+    )))
 }
 
 /// The three segments of a compact JWS, still base64url.

@@ -26,7 +26,7 @@ use super::settings::IssuerSettings;
 use super::{claims, UserAlgorithm, UserError, VerifiedUser};
 use crate::license::jose::{is_valid_idp_kid, IDP_KID_CHARACTERS};
 use crate::license::quote;
-use crate::license::token::{decode_segment, parse_header, split, HeaderRules, JwsError};
+use crate::license::token::{decode_segment, parse_header, pinned, split, HeaderRules, JwsError};
 
 /// Longest user token accepted, checked before any parsing; the same as a
 /// license's (16 KiB: far above a token with a few hundred roles).
@@ -134,14 +134,7 @@ impl<'a> Unverified<'a> {
                     .join(", ")
             )));
         }
-        if key.alg() != header.alg {
-            return Err(UserError::AlgorithmRejected(format!(
-                "the token says {} but key `{}` is pinned to {}",
-                header.alg,
-                key.kid(),
-                key.alg()
-            )));
-        }
+        pinned(header.alg, key.alg(), key.kid())?;
         let signature = decode_segment(segments.signature, "signature")?;
         key.check_signature_length(&signature)?;
         Ok(Unverified {
