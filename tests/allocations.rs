@@ -81,8 +81,18 @@ fn decide_now(engine: &DecisionEngine, head: &http::request::Parts, peer: &Peer)
     }
 }
 
-#[test]
-fn a_warm_enforcing_decision_allocates_nothing() {
+/// A deployment with per-request licenses: a fresh vendor key, a license
+/// of `plan` signed with it, and settings from that and `extra` YAML (more
+/// `license` lines first, then other sections).
+struct Deployment {
+    _dir: tempfile::TempDir,
+    license: String,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    gate: Arc<LicenseGate>,
+}
+
+fn deployment(plan: &str, extra: &str) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     std::fs::write(dir.path().join("k1.pem"), key.public_key_pem()).unwrap();
@@ -90,13 +100,13 @@ fn a_warm_enforcing_decision_allocates_nothing() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let token = sign(
-        &serde_json::json!({"sub": "lic-1", "exp": now + 3600, "lic": {"plan": "pro", "seats": 10}}),
+    let license = sign(
+        &serde_json::json!({"sub": "lic-1", "exp": now + 3600, "lic": {"plan": plan, "seats": 10}}),
         &key,
         "k1",
     );
     let yaml = format!(
-        "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n  source: header\n",
+        "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\nlicense:\n  keys: {}\n  source: header\n{extra}",
         dir.path().join("k1.pem").display()
     );
     let settings = Settings::resolve(
@@ -112,16 +122,32 @@ fn a_warm_enforcing_decision_allocates_nothing() {
         )
         .unwrap(),
     );
-    let store = Arc::new(MemoryStore::new(
+    Deployment {
+        _dir: dir,
+        license,
+        settings,
+        metrics,
+        gate,
+    }
+}
+
+fn memory_store() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new(
         Clock::system(),
         MemoryStore::DEFAULT_MAX_KEYS,
-    ));
+    ))
+}
+
+#[test]
+fn a_warm_enforcing_decision_allocates_nothing() {
+    let deployment = deployment("pro", "");
+    let token = &deployment.license;
     let policy = Policy::compile(vec![("p.yaml".into(), POLICY.into())]).unwrap();
     let engine = DecisionEngine::new(
-        Some(gate),
-        store,
+        Some(Arc::clone(&deployment.gate)),
+        memory_store(),
         &EngineSettings::default(),
-        Arc::clone(&metrics.decision),
+        Arc::clone(&deployment.metrics.decision),
     )
     .with_policy(policy)
     .unwrap();
@@ -232,38 +258,19 @@ fn a_warm_decision_with_a_verified_user_roles_and_a_seat_allocates_nothing() {
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/users");
     let user_token = std::fs::read_to_string(fixtures.join("keycloak-rs256.jwt")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
-    std::fs::write(dir.path().join("k1.pem"), key.public_key_pem()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let license = sign(
-        &serde_json::json!({"sub": "lic-1", "exp": now + 3600, "lic": {"plan": "team", "seats": 10}}),
-        &key,
-        "k1",
+    let deployment = deployment(
+        "team",
+        &format!(
+            "  header: x-license\n\
+             users:\n  issuers:\n    - issuer: https://idp.example.test/realms/acme\n      audience: licensegate\n      \
+             jwks_file: {}\n      roles_claim: realm_access.roles\n",
+            fixtures.join("jwks.json").display()
+        ),
     );
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nupstream: {{url: 'http://127.0.0.1:1'}}\n\
-         license:\n  keys: {}\n  source: header\n  header: x-license\n\
-         users:\n  issuers:\n    - issuer: https://idp.example.test/realms/acme\n      audience: licensegate\n      \
-         jwks_file: {}\n      roles_claim: realm_access.roles\n",
-        dir.path().join("k1.pem").display(),
-        fixtures.join("jwks.json").display()
-    );
-    let settings = Settings::resolve(
-        FileConfig::parse(Path::new("t.yaml"), &yaml).unwrap(),
-        Default::default(),
-    )
-    .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let gate = Arc::new(
-        LicenseGate::new(
-            settings.license.as_ref().unwrap(),
-            Arc::clone(&metrics.license),
-        )
-        .unwrap(),
+    let (settings, metrics, license) = (
+        &deployment.settings,
+        &deployment.metrics,
+        &deployment.license,
     );
     let users = Users::new(settings.users.as_ref().unwrap(), &metrics.registry, None).unwrap();
     let policy = Policy::compile(vec![(
@@ -276,11 +283,8 @@ fn a_warm_decision_with_a_verified_user_roles_and_a_seat_allocates_nothing() {
     )])
     .unwrap();
     let engine = DecisionEngine::new(
-        Some(gate),
-        Arc::new(MemoryStore::new(
-            Clock::system(),
-            MemoryStore::DEFAULT_MAX_KEYS,
-        )),
+        Some(Arc::clone(&deployment.gate)),
+        memory_store(),
         &EngineSettings::default(),
         Arc::clone(&metrics.decision),
     )

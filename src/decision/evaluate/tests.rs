@@ -743,28 +743,24 @@ fn roles_and_seats_by_verified_user() {
 #[test]
 fn roles_compile_with_their_errors_and_warnings() {
     let compile = |text: &str| Policy::compile(vec![("p.yaml".into(), text.into())]);
-    let error = compile("routes:\n  - {path: /a, roles: []}\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("p.yaml:2:") && error.contains("name at least one role"),
-        "{error}"
-    );
+    for (roles, expected) in [
+        ("[]", "name at least one role"),
+        ("{one_of: [x]}", "one_of"),
+        ("admin", "expected a list of roles"),
+        ("['']", "is not a role name"),
+    ] {
+        let error = compile(&format!("routes:\n  - {{path: /a, roles: {roles}}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("p.yaml:2:") && error.contains(expected),
+            "{roles}: {error}"
+        );
+    }
     let error = compile("routes:\n  - {path: /a, access: deny, roles: [x]}\n")
         .unwrap_err()
         .to_string();
     assert!(error.contains("a `deny` route has no roles"), "{error}");
-    let error = compile("routes:\n  - {path: /a, roles: {one_of: [x]}}\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("p.yaml:2:") && error.contains("one_of"),
-        "{error}"
-    );
-    let error = compile("routes:\n  - {path: /a, roles: admin}\n")
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("expected a list of roles"), "{error}");
     let policy = compile(
         "plans:\n  team: {roles: [viewer]}\nlimits:\n  s: {seats: {identity: 'header:x-user', default: 1}}\nroutes:\n  - {path: /a, roles: [admin], limits: [s]}\n",
     )
