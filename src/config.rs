@@ -514,6 +514,8 @@ pub struct FileConfig {
     pub timeouts: FileTimeouts,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub http1: crate::proxy::settings::Http1Engine,
     pub license: Option<FileLicense>,
     pub policy: Option<FilePolicy>,
     #[serde(default)]
@@ -924,6 +926,7 @@ impl Settings {
                 },
                 timeouts,
                 limits,
+                http1: file.http1,
             },
             admin,
             workers,

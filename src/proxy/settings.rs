@@ -25,6 +25,24 @@ pub struct ProxySettings {
     pub headers: HeaderSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// What serves plain-TCP HTTP/1.1 clients of a plain HTTP/1.1 upstream.
+    pub http1: Http1Engine,
+}
+
+/// The code that serves plain-TCP HTTP/1.x clients when the upstream is
+/// plain HTTP/1.1 (the sidecar's usual case). TLS and HTTP/2 clients, and
+/// TLS or HTTP/2 upstreams, are always served by hyper.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// licensegate's own relay: the request and its response framed in the
+    /// inbound connection's task, buffers held only while a request is in
+    /// flight, upstream connections shared by all clients.
+    #[default]
+    Relay,
+    /// hyper's server and client pair: the reference the relay is tested
+    /// against, and a fallback.
+    Hyper,
 }
 
 #[derive(Clone, Debug)]
