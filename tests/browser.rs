@@ -265,10 +265,15 @@ async fn a_script_in_the_path_comes_out_escaped() {
     let fixture = Fixture::new();
     let proxy = fixture.proxy(&upstream.url());
 
-    // A raw `<` never gets past the HTTP layer: a bare 400, nothing echoed.
+    // A raw `<` never gets past the HTTP layer: a 400 that says why and
+    // echoes nothing of the target.
     let (head, page) = page_for_target(&proxy, "/nowhere/<script>alert(1)</script>").await;
     assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
-    assert!(page.is_empty(), "{page}");
+    assert!(
+        !page.contains("script") && !page.contains("nowhere"),
+        "{page}"
+    );
+    assert!(page.contains("\"reason\":\"bad_request\""), "{page}");
 
     // Encoded, it stays encoded; quotes and `&` travel raw and are escaped.
     let (head, page) = page_for_target(

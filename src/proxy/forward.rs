@@ -28,7 +28,9 @@ use super::budget::{find_overloaded, Budgeted, Slot, UpstreamBudget};
 use super::conn::ConnContext;
 use super::error::{Failure, UpstreamError};
 use super::io::ConnectionSlot;
+use super::relay::pool::RelayPool;
 use super::request_body::RequestBody;
+use super::settings::Http1Engine;
 use super::tunnel::{Tunnel, WebSocketHandshake};
 use super::upstream::{DirectPool, Lease};
 
@@ -102,6 +104,9 @@ pub struct Forwarder {
     /// Plain HTTP/1.1 upstreams: connection-affine reuse for HTTP/1.x
     /// clients, a connection per response for HTTP/2 client streams.
     direct: Option<Arc<DirectPool>>,
+    /// Plain HTTP/1.1 upstreams, for plain HTTP/1.x clients served by the
+    /// relay (`http1: relay`).
+    relay: Option<Arc<RelayPool>>,
     /// TLS or HTTP/2 upstreams.
     client: UpstreamClient,
     /// `upstream.max_connections`, shared by both.
@@ -137,6 +142,7 @@ impl Forwarder {
     /// hyper-util's pool (TLS, HTTP/2 upstreams) expires its own.
     pub fn idle_upkeep(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let pool = Arc::clone(self.direct.as_ref()?);
+        let relay = self.relay.clone();
         let period =
             (pool.idle_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
         Some(async move {
@@ -145,6 +151,9 @@ impl Forwarder {
             loop {
                 checks.tick().await;
                 pool.expire_idle();
+                if let Some(relay) = &relay {
+                    relay.expire_idle();
+                }
             }
         })
     }
@@ -207,8 +216,19 @@ impl Forwarder {
                     Arc::clone(&budget),
                 ))
             });
+        let relay = (direct.is_some() && settings.http1 == Http1Engine::Relay).then(|| {
+            Arc::new(RelayPool::new(
+                upstream.url.authority.clone(),
+                settings.timeouts.upstream_connect,
+                DIRECT_MAX_IDLE,
+                settings.timeouts.upstream_idle,
+                metrics.upstream_idle.clone(),
+                Arc::clone(&budget),
+            ))
+        });
         Ok(Forwarder {
             direct,
+            relay,
             client: client.build(connector),
             budget,
             scheme: upstream.url.scheme.clone(),
@@ -236,6 +256,18 @@ impl Forwarder {
         self.name.1
     }
 
+    /// The relay's upstream connections, when the relay serves plain
+    /// HTTP/1.x clients.
+    pub(super) fn relay_pool(&self) -> Option<&Arc<RelayPool>> {
+        self.relay.as_ref()
+    }
+
+    /// Per-connection state for a connection the relay serves: it holds
+    /// no upstream connection between requests.
+    pub(super) fn relay_connection(&self, peer: Peer, slot: ConnectionSlot) -> ConnContext {
+        ConnContext::new(peer, None, slot)
+    }
+
     /// Per-connection forwarding state for a newly accepted connection.
     pub fn connection(&self, peer: Peer, slot: ConnectionSlot) -> ConnContext {
         ConnContext::new(peer, self.direct.as_ref().map(DirectPool::lease), slot)
@@ -255,10 +287,6 @@ impl Forwarder {
         conn: &'c ConnContext,
         websocket: Option<WebSocketHandshake>,
     ) -> Result<Outbound<'c>, UpstreamError> {
-        let scan = Scan::of(&head.headers, true);
-        if scan.suspect_names {
-            self.remove_impersonations(&mut head.headers);
-        }
         let upgrade = websocket.and_then(|handshake| {
             let inbound = head.extensions.remove::<OnUpgrade>()?;
             Some(PendingUpgrade { handshake, inbound })
@@ -270,23 +298,37 @@ impl Forwarder {
             (Some(lease), _) => Via::Held(lease),
             _ => Via::Pooled,
         };
-        self.rewrite(
-            head,
-            &scan,
-            conn,
-            upgrade.is_some(),
-            matches!(via, Via::Pooled),
-        )?;
+        let asked = self.rewrite_head(head, conn, upgrade.is_some(), matches!(via, Via::Pooled))?;
         Ok(Outbound {
             // An upgraded connection is consumed by its tunnel; never reuse it.
             keep_connection: upgrade.is_none(),
             upgrade,
             via,
-            asked: Asked {
-                accept: scan.accept,
-                grpc: scan.grpc,
-                head: head.method == http::Method::HEAD,
-            },
+            asked,
+        })
+    }
+
+    /// Rewrite an allowed request head for the upstream: screen the names,
+    /// strip hop-by-hop headers, set the forwarding headers; the target in
+    /// origin form unless `absolute_uri` (hyper-util's pool wants the
+    /// origin in it). `websocket`: the request becomes a tunnel. Says how a
+    /// failure of the request is to be written for its client.
+    pub(super) fn rewrite_head(
+        &self,
+        head: &mut request::Parts,
+        conn: &ConnContext,
+        websocket: bool,
+        absolute_uri: bool,
+    ) -> Result<Asked, UpstreamError> {
+        let scan = Scan::of(&head.headers, true);
+        if scan.suspect_names {
+            self.remove_impersonations(&mut head.headers);
+        }
+        self.rewrite(head, &scan, conn, websocket, absolute_uri)?;
+        Ok(Asked {
+            accept: scan.accept,
+            grpc: scan.grpc,
+            head: head.method == http::Method::HEAD,
         })
     }
 
@@ -362,18 +404,23 @@ impl Forwarder {
             .answered_by(response.headers())
             .map_err(|why| UpstreamError::said(UpstreamErrorKind::Protocol, why))?;
         let upstream_side = hyper::upgrade::on(&mut response);
-        let tunnel = Tunnel {
-            conn: Arc::clone(conn),
-            permits: std::mem::take(permits),
-            idle_timeout: self.tunnel_idle,
-            open: self.tunnels_open.clone(),
-        };
+        let tunnel = self.tunnel(Arc::clone(conn), std::mem::take(permits));
         tokio::spawn(tunnel.run(upgrade.inbound, upstream_side));
         strip_hop_by_hop(response.headers_mut());
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         Ok(response)
+    }
+
+    /// A WebSocket tunnel for `conn`, holding the handshake's `permits`.
+    pub(super) fn tunnel(&self, conn: Arc<ConnContext>, permits: Vec<Permit>) -> Tunnel {
+        Tunnel {
+            conn,
+            permits,
+            idle_timeout: self.tunnel_idle,
+            open: self.tunnels_open.clone(),
+        }
     }
 
     /// Remove inbound headers whose names impersonate a protected one

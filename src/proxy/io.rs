@@ -391,10 +391,6 @@ impl<T, O> CountingIo<T, O> {
     pub fn new(inner: T, activity: Arc<O>) -> Self {
         CountingIo { inner, activity }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead, O: Observe> AsyncRead for CountingIo<T, O> {

@@ -4,8 +4,10 @@ mod budget;
 mod conn;
 mod error;
 pub mod forward;
+pub mod h1;
 mod io;
 mod metrics;
+mod relay;
 mod request_body;
 pub mod server;
 pub mod settings;
@@ -71,10 +73,7 @@ pub async fn handle(
     } else {
         BodyState::Follows
     };
-    let decision = match check_head(&mut head, &mut websocket) {
-        Ok(()) => shared.engine.decide(&head, &conn.peer, body_state).await,
-        Err(denial) => shared.engine.refuse_unmatched(denial, &head, &conn.peer),
-    };
+    let decision = decide(&shared, &conn, &mut head, body_state, &mut websocket).await;
     let mut permits = Vec::new();
     let mut stream_lease = None;
     let mut settlement = None;
@@ -103,15 +102,7 @@ pub async fn handle(
             );
             let result = match forwarder.prepare(&mut head, &conn, websocket) {
                 Ok(outbound) => {
-                    set_entitlement_headers(
-                        &mut head.headers,
-                        shared.engine.license_header_names(),
-                        shared.engine.license_token_header(),
-                        &allowed,
-                    );
-                    if let Some(users) = shared.engine.users() {
-                        set_user_headers(&mut head.headers, users.settings(), &allowed);
-                    }
+                    admit(&shared, &mut head.headers, &allowed);
                     permits = std::mem::take(&mut allowed.permits);
                     let asked = outbound.asked;
                     let counted = settlement.as_ref().and_then(Settlement::request_counter);
@@ -142,16 +133,15 @@ pub async fn handle(
             };
             match result {
                 Ok(mut response) => {
-                    shared.metrics.request(Outcome::Allow, reason);
-                    if let Some(settlement) = &mut settlement {
-                        settlement.responded(response.status(), response.headers());
-                    }
-                    if let Some(names) = &allowed.usage_headers {
-                        strip_usage_headers(response.headers_mut(), names);
-                    }
-                    if !allowed.budgets.is_empty() {
-                        add_budget_headers(response.headers_mut(), &allowed.budgets);
-                    }
+                    let status = response.status();
+                    answered(
+                        &shared,
+                        &allowed,
+                        reason,
+                        &mut settlement,
+                        status,
+                        response.headers_mut(),
+                    );
                     response.map(Either::Left)
                 }
                 Err((error, format)) => {
@@ -162,7 +152,7 @@ pub async fn handle(
                     if let Some(settlement) = &mut settlement {
                         settlement.answered_here(status);
                     }
-                    response
+                    response.map(Either::Right)
                 }
             }
         }
@@ -175,6 +165,58 @@ pub async fn handle(
 }
 
 pub use crate::decision::SHADOW_DENY_HEADER;
+
+/// The request phase both HTTP/1 engines and HTTP/2 share: refuse heads
+/// that cannot be decided safely, else decide. `websocket` is set to a
+/// well-formed handshake.
+async fn decide(
+    shared: &Shared,
+    conn: &ConnContext,
+    head: &mut http::request::Parts,
+    body: BodyState,
+    websocket: &mut Option<tunnel::WebSocketHandshake>,
+) -> Decision {
+    match check_head(head, websocket) {
+        Ok(()) => shared.engine.decide(head, &conn.peer, body).await,
+        Err(denial) => shared.engine.refuse_unmatched(denial, head, &conn.peer),
+    }
+}
+
+/// An allowed request's headers as the upstream gets them: the verified
+/// entitlements and user, never what the client claimed.
+fn admit(shared: &Shared, headers: &mut http::HeaderMap, allowed: &crate::decision::Allowed) {
+    set_entitlement_headers(
+        headers,
+        shared.engine.license_header_names(),
+        shared.engine.license_token_header(),
+        allowed,
+    );
+    if let Some(users) = shared.engine.users() {
+        set_user_headers(headers, users.settings(), allowed);
+    }
+}
+
+/// The upstream answered an allowed request: count it, read the usage
+/// headers for its settlement, and fix up the head the client gets.
+fn answered(
+    shared: &Shared,
+    allowed: &crate::decision::Allowed,
+    reason: Reason,
+    settlement: &mut Option<Settlement>,
+    status: StatusCode,
+    headers: &mut http::HeaderMap,
+) {
+    shared.metrics.request(Outcome::Allow, reason);
+    if let Some(settlement) = settlement {
+        settlement.responded(status, headers);
+    }
+    if let Some(names) = &allowed.usage_headers {
+        strip_usage_headers(headers, names);
+    }
+    if !allowed.budgets.is_empty() {
+        add_budget_headers(headers, &allowed.budgets);
+    }
+}
 
 /// Replace whatever the client sent under the entitlement header names with
 /// the verified values, so the upstream can trust them, and remove the
@@ -338,7 +380,7 @@ fn upstream_failed(
     error: UpstreamError,
     format: Format,
     route: Option<Arc<str>>,
-) -> (Response<ProxyBody>, StatusCode) {
+) -> (Response<Full<Bytes>>, StatusCode) {
     if error.client_body {
         // Not an upstream failure: no upstream error counted, no alert.
         tracing::debug!(detail = %error.detail, "the client's request body failed");
@@ -349,7 +391,7 @@ fn upstream_failed(
             format!("the request body could not be read: {}", error.detail),
         );
         denial.route = route;
-        let response = problem::render(denial, format).map(Either::Right);
+        let response = problem::render(denial, format);
         return (response, StatusCode::BAD_REQUEST);
     }
     shared.metrics.upstream_error(error.kind);
@@ -384,5 +426,5 @@ fn upstream_failed(
             http::HeaderValue::from_static("1"),
         );
     }
-    (problem::render(denial, format).map(Either::Right), status)
+    (problem::render(denial, format), status)
 }

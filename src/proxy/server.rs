@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn::ConnContext;
 use super::io::{Activity, ConnectionSlot, CountingIo, H2_PREFACE};
+use super::relay::{RelayConn, RelayLimits};
 use super::settings::ProxySettings;
 use super::{handle, Shared};
 use crate::decision::Peer;
@@ -38,6 +39,7 @@ pub struct ProxyServer {
     idle_timeout: Duration,
     drain_timeout: Duration,
     max_stream_resets: u32,
+    relay_limits: RelayLimits,
 }
 
 /// HTTP server builders, shared by all connections.
@@ -151,6 +153,12 @@ impl ProxyServer {
             idle_timeout: settings.timeouts.idle,
             drain_timeout: settings.timeouts.drain,
             max_stream_resets: settings.limits.max_stream_resets,
+            relay_limits: RelayLimits {
+                max_header_bytes: settings.limits.max_header_bytes,
+                request_header: settings.timeouts.request_header,
+                idle: settings.timeouts.idle,
+                upstream_response: settings.timeouts.upstream_response,
+            },
         })
     }
 
@@ -197,6 +205,7 @@ impl ProxyServer {
                 request_header_timeout: self.request_header_timeout,
                 idle_timeout: self.idle_timeout,
                 max_stream_resets: self.max_stream_resets,
+                relay_limits: self.relay_limits,
             };
             let slot = ConnectionSlot::new(
                 permit,
@@ -229,6 +238,7 @@ struct Connection {
     request_header_timeout: Duration,
     idle_timeout: Duration,
     max_stream_resets: u32,
+    relay_limits: RelayLimits,
 }
 
 impl Connection {
@@ -236,6 +246,27 @@ impl Connection {
     /// tunnel it became have ended.
     async fn run(self, stream: TcpStream, slot: ConnectionSlot) {
         self.shared.metrics.connections_total.inc();
+        // Plain TCP: HTTP/1 or HTTP/2 (prior knowledge), told by the first
+        // bytes. `None` for TLS, which ALPN decides.
+        let sniffed = match self.tls {
+            Some(_) => None,
+            None => match self.sniff(&stream).await {
+                Some(sniffed) => Some(sniffed),
+                None => return,
+            },
+        };
+        if let (Some(Sniffed::Http1), Some(pool)) = (&sniffed, self.shared.forwarder.relay_pool()) {
+            let relay = RelayConn {
+                shared: Arc::clone(&self.shared),
+                conn: Arc::new(self.shared.forwarder.relay_connection(self.peer, slot)),
+                pool: Arc::clone(pool),
+                lifecycle: Arc::clone(&self.lifecycle),
+                client: stream,
+                limits: self.relay_limits,
+            };
+            relay.serve().await;
+            return;
+        }
         let activity = Arc::new(Activity::new(self.max_stream_resets));
         let io = CountingIo::new(stream, Arc::clone(&activity));
         let shared = Arc::clone(&self.shared);
@@ -270,7 +301,7 @@ impl Connection {
             // from the peeked first bytes. hyper-util's auto-detection instead
             // wraps the stream for the connection's lifetime to replay the
             // bytes it read, which cost every read and write (callgrind).
-            None => match self.sniff(io.get_ref()).await {
+            None => match sniffed {
                 Some(Sniffed::Http1) => Some(Box::pin(
                     self.supervise(
                         self.builders

@@ -20,6 +20,7 @@ use http::{Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::ConnContext;
 use super::io::{CountingIo, Ticks};
@@ -158,10 +159,20 @@ impl Tunnel {
                 return;
             }
         };
+        self.run_io(TokioIo::new(inbound), TokioIo::new(upstream))
+            .await;
+    }
+
+    /// Relay bytes between two connections, as [`Tunnel::run`].
+    pub async fn run_io<A, B>(self, inbound: A, upstream: B)
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
         self.open.inc();
         let ticks = Arc::new(Ticks::default());
-        let mut inbound = CountingIo::new(TokioIo::new(inbound), Arc::clone(&ticks));
-        let mut upstream = CountingIo::new(TokioIo::new(upstream), Arc::clone(&ticks));
+        let mut inbound = CountingIo::new(inbound, Arc::clone(&ticks));
+        let mut upstream = CountingIo::new(upstream, Arc::clone(&ticks));
         let relay = tokio::io::copy_bidirectional(&mut inbound, &mut upstream);
         tokio::pin!(relay);
         let drained = self.conn.drained();

@@ -238,54 +238,7 @@ impl DirectPool {
 
     /// Open a connection that keeps `slot` for as long as it is open.
     async fn connect(&self, slot: Slot) -> Result<Sender, UpstreamError> {
-        let connect_error = |failure: Failure, detail: String| {
-            UpstreamError::new(UpstreamErrorKind::Connect, failure, detail)
-        };
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = self.authority.port_u16().unwrap_or(80);
-        let connect = async {
-            let mut last_error = None;
-            let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
-                connect_error(
-                    Failure::Unresolved,
-                    format!("cannot resolve {}: {e}", self.authority),
-                )
-            })?;
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => {
-                        last_error = Some(connect_error(
-                            of_io(&e),
-                            format!("tcp connect error: {addr}: {e}"),
-                        ))
-                    }
-                }
-            }
-            Err(last_error.unwrap_or_else(|| {
-                connect_error(
-                    Failure::Unresolved,
-                    format!("{} resolved to no addresses", self.authority),
-                )
-            }))
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                connect_error(
-                    Failure::ConnectTimeout(Some(self.connect_timeout)),
-                    format!(
-                        "tcp connect to {} timed out after {}",
-                        self.authority,
-                        humantime::format_duration(self.connect_timeout)
-                    ),
-                )
-            })??;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(&self.authority, self.connect_timeout).await?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(BudgetedIo::new(TokioIo::new(stream), slot))
@@ -302,6 +255,62 @@ impl DirectPool {
         });
         Ok(sender)
     }
+}
+
+/// A TCP connection to a plain upstream, within `connect_timeout`, trying
+/// each address the name resolves to; `TCP_NODELAY` set.
+pub(super) async fn connect_tcp(
+    authority: &Authority,
+    connect_timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    let connect_error = |failure: Failure, detail: String| {
+        UpstreamError::new(UpstreamErrorKind::Connect, failure, detail)
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let connect = async {
+        let mut last_error = None;
+        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+            connect_error(
+                Failure::Unresolved,
+                format!("cannot resolve {}: {e}", authority),
+            )
+        })?;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    last_error = Some(connect_error(
+                        of_io(&e),
+                        format!("tcp connect error: {addr}: {e}"),
+                    ))
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            connect_error(
+                Failure::Unresolved,
+                format!("{} resolved to no addresses", authority),
+            )
+        }))
+    };
+    let stream = tokio::time::timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| {
+            connect_error(
+                Failure::ConnectTimeout(Some(connect_timeout)),
+                format!(
+                    "tcp connect to {} timed out after {}",
+                    authority,
+                    humantime::format_duration(connect_timeout)
+                ),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 impl Lease {
