@@ -845,7 +845,8 @@ async fn both_http1_engines_deliver_the_same_bytes_for_the_corpus() {
 
 /// The comparison is not blind: two proxies that differ in one setting
 /// (underscored header names kept on one side) differ on the case that
-/// uses one, and only there.
+/// uses one, and only there; and an expectation for a case where both
+/// agree is reported as stale.
 #[tokio::test]
 async fn the_comparison_reports_a_difference_in_what_reaches_the_upstream() {
     let vendor = Vendor::new(POLICY);
@@ -862,6 +863,12 @@ async fn the_comparison_reports_a_difference_in_what_reaches_the_upstream() {
             .into_bytes(),
         }])
         .collect::<Vec<_>>();
+    let stale = [Difference {
+        case: "get-licensed",
+        hyper: &[200],
+        relay: &[200],
+        why: "no difference at all",
+    }];
     let dropping = Side::start(&vendor, "dropping", "hyper", "").await;
     let keeping = Side::start(
         &vendor,
@@ -870,13 +877,49 @@ async fn the_comparison_reports_a_difference_in_what_reaches_the_upstream() {
         "headers:\n  underscores: keep\n",
     )
     .await;
-    let (mismatches, broken) = run(&dropping, &keeping, &cases, &[]).await;
+    let (mismatches, broken) = run(&dropping, &keeping, &cases, &stale).await;
     assert!(broken.is_empty(), "{broken:?}");
-    assert_eq!(mismatches.len(), 1, "{mismatches:#?}");
+    assert_eq!(mismatches.len(), 2, "{mismatches:#?}");
     assert!(
-        mismatches[0].starts_with("case `underscored-name`")
-            && mismatches[0].contains("    +   x_custom: 1"),
+        mismatches[0].starts_with("case `get-licensed` is listed in DIFFERENCES"),
         "{}",
         mismatches[0]
     );
+    assert!(
+        mismatches[1].starts_with("case `underscored-name`")
+            && mismatches[1].contains("    +   x_custom: 1"),
+        "{}",
+        mismatches[1]
+    );
+}
+
+/// The invariants are not blind either: a request the upstream read but
+/// the client never got an upstream answer for is a hidden request.
+#[test]
+fn a_request_the_client_saw_no_answer_for_is_a_hidden_request() {
+    let seen = |line: &str| Seen {
+        line: line.to_owned(),
+        headers: vec![("Host".to_owned(), "app.test".to_owned())],
+        body: Vec::new(),
+        trailers: Vec::new(),
+        in_tunnel: false,
+        connection: 0,
+        span: 0..0,
+    };
+    let observation = Observation {
+        statuses: vec![200, 403],
+        client_end: "closed by the proxy",
+        upstream: Vec::new(),
+        forwarded: vec![
+            seen("POST /api/reports/front HTTP/1.1"),
+            seen("GET /api/reports/hidden HTTP/1.1"),
+        ],
+        tunnels: Vec::new(),
+        unsettled: 0,
+        response: String::new(),
+        received: String::new(),
+    };
+    let found = violations(&observation);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("hidden request"), "{found:?}");
 }
