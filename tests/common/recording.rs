@@ -7,8 +7,13 @@
 //! request carrying `Upgrade`. After a 101 it keeps reading: every byte
 //! that arrives inside the tunnel is recorded (and echoed back), and request
 //! lines found in it are recorded as requests too.
+//!
+//! Each connection's bytes are also kept apart, with where every parsed
+//! request starts and ends in them, so a test can say exactly which bytes
+//! a given exchange put on the wire.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,8 +44,14 @@ pub struct Seen {
     /// Header names as received (case kept) with their values.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Trailer fields after a chunked body's last chunk.
+    pub trailers: Vec<(String, String)>,
     /// Parsed from bytes that arrived after a 101 on its connection.
     pub in_tunnel: bool,
+    /// Which connection (index into [`RecordingUpstream::connection_records`]).
+    pub connection: usize,
+    /// Where the request lies in its connection's bytes.
+    pub span: Range<usize>,
 }
 
 impl Seen {
@@ -63,9 +74,32 @@ impl Seen {
     }
 }
 
+/// What one connection delivered.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionRecord {
+    /// Every byte received on it, in order.
+    pub bytes: Vec<u8>,
+    /// End of the last complete request parsed from `bytes`: what lies
+    /// beyond is a request still arriving, or bytes no parser accepted.
+    pub parsed: usize,
+    /// Offset in `bytes` where a tunnel began (after a 101).
+    pub tunnel_from: Option<usize>,
+    /// The peer ended the stream (or it failed).
+    pub closed: bool,
+}
+
+impl ConnectionRecord {
+    /// Nothing half-received: the connection ended, or every byte belongs
+    /// to a complete request (or to a tunnel).
+    pub fn settled(&self) -> bool {
+        self.closed || self.tunnel_from.is_some() || self.parsed == self.bytes.len()
+    }
+}
+
 #[derive(Default)]
 struct Record {
     requests: Vec<Seen>,
+    per_connection: Vec<ConnectionRecord>,
     /// Every byte received, all connections, in arrival order per read.
     bytes: Vec<u8>,
     /// Bytes received after a 101.
@@ -94,9 +128,14 @@ impl RecordingUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                r.lock().connections += 1;
+                let id = {
+                    let mut record = r.lock();
+                    record.connections += 1;
+                    record.per_connection.push(ConnectionRecord::default());
+                    record.per_connection.len() - 1
+                };
                 c.notify_waiters();
-                tokio::spawn(serve(stream, answer, Arc::clone(&r), Arc::clone(&c)));
+                tokio::spawn(serve(stream, id, answer, Arc::clone(&r), Arc::clone(&c)));
             }
         });
         RecordingUpstream {
@@ -121,6 +160,11 @@ impl RecordingUpstream {
 
     pub fn tunnel_bytes(&self) -> Vec<u8> {
         self.record.lock().tunnel_bytes.clone()
+    }
+
+    /// Each connection's bytes, in accept order.
+    pub fn connection_records(&self) -> Vec<ConnectionRecord> {
+        self.record.lock().per_connection.clone()
     }
 
     pub fn connections(&self) -> usize {
@@ -167,11 +211,14 @@ impl RecordingUpstream {
 
 async fn serve(
     mut stream: TcpStream,
+    id: usize,
     answer: Answer101,
     record: Arc<Mutex<Record>>,
     changed: Arc<Notify>,
 ) {
     let mut buffer = Vec::new();
+    // Offset in the connection's bytes of `buffer[0]`.
+    let mut consumed = 0;
     let mut tunnel = false;
     loop {
         // Parse what is buffered; read more when it is not enough.
@@ -181,9 +228,17 @@ async fn serve(
                 let wants_upgrade = seen.header("upgrade").is_some();
                 let key = seen.header("sec-websocket-key").map(str::to_owned);
                 let protocol = seen.header("upgrade").unwrap_or("websocket").to_owned();
+                let head_only = seen.line.starts_with("HEAD ");
                 let mut seen = seen;
                 seen.in_tunnel = tunnel;
-                record.lock().requests.push(seen);
+                seen.connection = id;
+                seen.span = consumed..consumed + used;
+                consumed += used;
+                {
+                    let mut record = record.lock();
+                    record.per_connection[id].parsed = consumed;
+                    record.requests.push(seen);
+                }
                 changed.notify_waiters();
                 if tunnel {
                     continue;
@@ -199,6 +254,9 @@ async fn serve(
                         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\n\
                          Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
                     )
+                } else if head_only {
+                    // The length a GET would have, and no body.
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_owned()
                 } else {
                     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned()
                 };
@@ -207,11 +265,14 @@ async fn serve(
                 }
                 if switch {
                     tunnel = true;
-                    record.lock().switched += 1;
+                    let mut record = record.lock();
+                    record.switched += 1;
+                    record.per_connection[id].tunnel_from = Some(consumed);
                     // Bytes already buffered arrived inside the tunnel.
                     if !buffer.is_empty() {
-                        record.lock().tunnel_bytes.extend_from_slice(&buffer);
+                        record.tunnel_bytes.extend_from_slice(&buffer);
                     }
+                    drop(record);
                     changed.notify_waiters();
                 }
                 continue;
@@ -227,6 +288,9 @@ async fn serve(
         {
             let mut record = record.lock();
             record.bytes.extend_from_slice(&chunk[..n]);
+            record.per_connection[id]
+                .bytes
+                .extend_from_slice(&chunk[..n]);
             if tunnel {
                 record.tunnel_bytes.extend_from_slice(&chunk[..n]);
             }
@@ -240,13 +304,18 @@ async fn serve(
             // Keep at most what may still hold a request line.
             buffer.extend_from_slice(&chunk[..n]);
             if buffer.len() > 64 * 1024 {
+                consumed += buffer.len();
                 buffer.clear();
             }
         } else {
             buffer.extend_from_slice(&chunk[..n]);
         }
     }
-    record.lock().closed += 1;
+    {
+        let mut record = record.lock();
+        record.closed += 1;
+        record.per_connection[id].closed = true;
+    }
     changed.notify_waiters();
 }
 
@@ -290,7 +359,10 @@ fn parse_request(buffer: &[u8]) -> Parsed {
         line,
         headers,
         body: Vec::new(),
+        trailers: Vec::new(),
         in_tunnel: false,
+        connection: 0,
+        span: 0..0,
     };
     let mut used = end + 4;
     let chunked = seen
@@ -308,11 +380,23 @@ fn parse_request(buffer: &[u8]) -> Parsed {
             };
             let data = used + size_end + 2;
             if size == 0 {
-                // No trailers expected; the final CRLF.
-                if buffer.len() < data + 2 {
-                    return Parsed::Partial;
+                // Trailer lines, if any, up to the empty line.
+                let mut at = data;
+                loop {
+                    let Some(line_end) = find(&buffer[at..], b"\r\n") else {
+                        return Parsed::Partial;
+                    };
+                    let line = String::from_utf8_lossy(&buffer[at..at + line_end]).into_owned();
+                    at += line_end + 2;
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        seen.trailers
+                            .push((name.to_owned(), value.trim().to_owned()));
+                    }
                 }
-                used = data + 2;
+                used = at;
                 break;
             }
             if buffer.len() < data + size + 2 {
