@@ -102,7 +102,158 @@ struct Difference {
 /// An entry reads, for instance:
 /// `Difference { case: "bare-lf", hyper: &[200], relay: &[400], why: "RFC 9112 §2.2
 /// lets a recipient refuse a bare LF; the relay does, hyper accepts it" }`.
-const DIFFERENCES: &[Difference] = &[];
+const DIFFERENCES: &[Difference] = &[
+    Difference {
+        case: "chunked-missing-crlf-after-data",
+        hyper: &[400],
+        relay: &[400],
+        why: "both refuse the malformed chunk; hyper has sent the upstream the head and the chunks before it, the relay checks the body it holds before contacting the upstream and sends nothing",
+    },
+    Difference {
+        case: "chunked-data-longer-than-size",
+        hyper: &[400],
+        relay: &[400],
+        why: "both refuse the malformed chunk; hyper has sent the upstream the head and the chunks before it, the relay checks the body it holds before contacting the upstream and sends nothing",
+    },
+    Difference {
+        case: "post-no-length",
+        hyper: &[200],
+        relay: &[200],
+        why: "the relay sends `content-length: 0` with a POST that has no body, as RFC 9110 §8.6 asks of a sender (some origins answer 411 without it); hyper sends no length",
+    },
+    Difference {
+        case: "post-body-short",
+        hyper: &[],
+        relay: &[],
+        why: "both forward the head and the ten bytes and wait for the rest of the body; the upstream's unfinished bytes differ only in header order (the relay writes its one framing header last)",
+    },
+    Difference {
+        case: "chunked-size-space",
+        hyper: &[200],
+        relay: &[400],
+        why: "RFC 9112 §7.1.1 allows whitespace after a chunk size only before `;`: the relay refuses `5 \r\n`, hyper reads it",
+    },
+    Difference {
+        case: "expect-100-continue",
+        hyper: &[100, 200],
+        relay: &[200],
+        why: "the body came with the head: RFC 9110 §10.1.1 lets a server omit `100 Continue` once content has arrived, and the relay does",
+    },
+    Difference {
+        case: "version-1-2",
+        hyper: &[400],
+        relay: &[505],
+        why: "both refuse; the relay says why with 505 HTTP Version Not Supported",
+    },
+    Difference {
+        case: "version-2-0-in-h1",
+        hyper: &[400],
+        relay: &[505],
+        why: "both refuse; the relay says why with 505 HTTP Version Not Supported",
+    },
+    Difference {
+        case: "cl-te",
+        hyper: &[200],
+        relay: &[400],
+        why: "Transfer-Encoding beside Content-Length, the smuggling classic: RFC 9112 §6.3 lets a server refuse it, and the relay does; hyper forwards it as chunked",
+    },
+    Difference {
+        case: "te-cl",
+        hyper: &[200],
+        relay: &[400],
+        why: "Transfer-Encoding beside Content-Length: refused by the relay (RFC 9112 §6.3); hyper forwards the hidden request as chunked body data",
+    },
+    Difference {
+        case: "te-tab",
+        hyper: &[200],
+        relay: &[400],
+        why: "Transfer-Encoding beside Content-Length: refused by the relay (RFC 9112 §6.3)",
+    },
+    Difference {
+        case: "te-and-cl-on-get",
+        hyper: &[200],
+        relay: &[400],
+        why: "Transfer-Encoding beside Content-Length: refused by the relay (RFC 9112 §6.3)",
+    },
+    Difference {
+        case: "te-chunked-identity",
+        hyper: &[400],
+        relay: &[501],
+        why: "both refuse; a transfer coding other than chunked is 501 Not Implemented (RFC 9112 §6.1)",
+    },
+    Difference {
+        case: "te-two-lines",
+        hyper: &[400],
+        relay: &[501],
+        why: "both refuse; a transfer coding other than chunked is 501 Not Implemented (RFC 9112 §6.1)",
+    },
+    Difference {
+        case: "te-quoted",
+        hyper: &[400],
+        relay: &[501],
+        why: "both refuse; `\"chunked\"` is not the chunked coding, so 501 Not Implemented (RFC 9112 §6.1)",
+    },
+    Difference {
+        case: "te-chunked-params",
+        hyper: &[400],
+        relay: &[501],
+        why: "both refuse; a coding with parameters is not the bare chunked coding, so 501 Not Implemented",
+    },
+    Difference {
+        case: "te-identity-chunked",
+        hyper: &[200, 403],
+        relay: &[501],
+        why: "the relay decodes no coding but chunked, so it refuses `identity, chunked` (501); hyper reads it as chunked and refuses the hidden request",
+    },
+    Difference {
+        case: "te-two-lines-chunked-last",
+        hyper: &[200, 403],
+        relay: &[501],
+        why: "the relay decodes no coding but chunked, so it refuses a second coding on another line (501); hyper reads it as chunked",
+    },
+    Difference {
+        case: "te-gzip-chunked",
+        hyper: &[200],
+        relay: &[501],
+        why: "hyper forwards a gzip-coded body as if it were plain (the coding is lost on the way); the relay refuses codings it does not decode (501)",
+    },
+    Difference {
+        case: "te-after-bare-lf",
+        hyper: &[200],
+        relay: &[400],
+        why: "RFC 9112 §2.2 lets a recipient refuse a bare LF in the head; the relay does, hyper accepts it",
+    },
+    Difference {
+        case: "bare-lf",
+        hyper: &[200],
+        relay: &[400],
+        why: "RFC 9112 §2.2 lets a recipient refuse a bare LF in the head; the relay does, hyper accepts it",
+    },
+    Difference {
+        case: "bare-lf-one-header",
+        hyper: &[200, 403],
+        relay: &[400],
+        why: "RFC 9112 §2.2 lets a recipient refuse a bare LF in the head; the relay does, hyper accepts it",
+    },
+    Difference {
+        case: "cl-list-equal",
+        hyper: &[400],
+        relay: &[200],
+        why: "RFC 9110 §8.6 lets a recipient read a list of identical Content-Length values as one; the relay does and forwards `content-length: 5`, hyper refuses",
+    },
+    Difference {
+        case: "cl-leading-zero",
+        hyper: &[200],
+        relay: &[200],
+        why: "the relay writes its own framing header: `Content-Length: 05` reaches the upstream as `5`",
+    },
+    Difference {
+        case: "h2c-upgrade",
+        hyper: &[200],
+        relay: &[200, 505],
+        why: "the HTTP/2 preface after an h2c upgrade that was stripped: hyper closes the connection, the relay answers 505; neither forwards it",
+    },
+];
 
 // ---------------------------------------------------------------------------
 // The corpus

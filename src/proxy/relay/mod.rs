@@ -389,16 +389,40 @@ impl Exchange<'_> {
             }
             remaining = length - now as u64;
         }
+        // A chunked body's buffered part is decoded before the upstream is
+        // contacted: malformed framing is refused with nothing sent.
+        let mut decoder = ChunkedDecoder::new();
+        if framing == BodyFraming::Chunked {
+            if let Err(error) = reframe_chunks(&mut decoder, buf, &mut sent, counted.as_deref()) {
+                let mut error = UpstreamError::said(
+                    UpstreamErrorKind::Protocol,
+                    format!("the chunked request body is malformed: {error}"),
+                );
+                error.client_body = true;
+                return self
+                    .failed(
+                        client,
+                        error,
+                        asked.format(),
+                        &mut allowed,
+                        &mut settlement,
+                        &head.method,
+                        true,
+                        started,
+                    )
+                    .await;
+            }
+        }
         // All of the request is in `sent`: it can be sent again.
         let replayable = match framing {
             BodyFraming::Empty => true,
             BodyFraming::Length(_) => remaining == 0,
-            BodyFraming::Chunked => false,
+            BodyFraming::Chunked => decoder.is_done(),
         };
         let body_awaited = match framing {
             BodyFraming::Empty => false,
             BodyFraming::Length(_) => remaining > 0,
-            BodyFraming::Chunked => true,
+            BodyFraming::Chunked => !decoder.is_done(),
         };
         if expect_continue && body_awaited && !body_started {
             // Decided and allowed: the client may send its body.
@@ -474,7 +498,7 @@ impl Exchange<'_> {
                 let (mut client_r, mut client_w) = client.split();
                 let (mut up_r, mut up_w) = upstream.stream.split();
                 // Shared by the two directions, which run in this one task.
-                let body_sent = AtomicBool::new(framing != BodyFraming::Chunked && remaining == 0);
+                let body_sent = AtomicBool::new(replayable);
                 let progress = AtomicU64::new(0);
                 let headed = AtomicBool::new(false);
                 let mut from_upstream = BytesMut::new();
@@ -485,6 +509,7 @@ impl Exchange<'_> {
                     &mut up_w,
                     framing,
                     remaining,
+                    &mut decoder,
                     counted.as_deref(),
                     &body_sent,
                     &progress,
@@ -699,6 +724,7 @@ async fn pump_request(
     upstream: &mut WriteHalf<'_>,
     framing: BodyFraming,
     mut remaining: u64,
+    decoder: &mut ChunkedDecoder,
     counted: Option<&AtomicU64>,
     body_sent: &AtomicBool,
     progress: &AtomicU64,
@@ -739,44 +765,8 @@ async fn pump_request(
             }
         }
         BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
             let mut out = Vec::new();
-            loop {
-                while !buf.is_empty() && !decoder.is_done() {
-                    let decoded = match decoder.decode(buf) {
-                        Ok(decoded) => decoded,
-                        Err(error) => {
-                            return Some(BodyFault::Client(format!(
-                                "the chunked request body is malformed: {error}"
-                            )))
-                        }
-                    };
-                    let data = &buf[decoded.data.clone()];
-                    if !data.is_empty() {
-                        h1::write_chunk_header(&mut out, data.len());
-                        out.extend_from_slice(data);
-                        out.extend_from_slice(h1::CHUNK_END);
-                        count(data.len());
-                    }
-                    buf.advance(decoded.consumed);
-                    if decoded.consumed == 0 {
-                        break;
-                    }
-                }
-                if decoder.is_done() {
-                    out.extend_from_slice(h1::LAST_CHUNK);
-                }
-                if (decoder.is_done() || out.len() >= WRITE_CHUNK || buf.is_empty())
-                    && !out.is_empty()
-                {
-                    if upstream.write_all(&out).await.is_err() {
-                        return pending_forever().await;
-                    }
-                    out.clear();
-                }
-                if decoder.is_done() {
-                    break;
-                }
+            while !decoder.is_done() {
                 buf.reserve(READ_CHUNK);
                 match client.read_buf(buf).await {
                     Ok(0) | Err(_) => {
@@ -785,6 +775,18 @@ async fn pump_request(
                         ))
                     }
                     Ok(_) => {}
+                }
+                if let Err(error) = reframe_chunks(decoder, buf, &mut out, counted) {
+                    return Some(BodyFault::Client(format!(
+                        "the chunked request body is malformed: {error}"
+                    )));
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+                if !out.is_empty() {
+                    if upstream.write_all(&out).await.is_err() {
+                        return pending_forever().await;
+                    }
+                    out.clear();
                 }
             }
         }
@@ -800,6 +802,38 @@ async fn pump_request(
         }
     }
     None
+}
+
+/// Decode the chunked body bytes in `buf` and append them to `out`
+/// re-framed (one chunk per decoded piece, extensions and trailers
+/// dropped, and the last chunk once the body ends). Bytes past the body's
+/// end stay in `buf`: they are the next request's.
+fn reframe_chunks(
+    decoder: &mut ChunkedDecoder,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    counted: Option<&AtomicU64>,
+) -> Result<(), h1::ChunkedError> {
+    while !buf.is_empty() && !decoder.is_done() {
+        let decoded = decoder.decode(buf)?;
+        let data = &buf[decoded.data.clone()];
+        if !data.is_empty() {
+            h1::write_chunk_header(out, data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(h1::CHUNK_END);
+            if let Some(counted) = counted {
+                counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        buf.advance(decoded.consumed);
+        if decoded.consumed == 0 {
+            break;
+        }
+    }
+    if decoder.is_done() {
+        out.extend_from_slice(h1::LAST_CHUNK);
+    }
+    Ok(())
 }
 
 async fn pending_forever<T>() -> T {
