@@ -2,7 +2,7 @@
 """benches/footprint.py — startup time and memory: licensegate beside HAProxy and nginx.
 
 Usage: benches/footprint.py [--bin target/release/licensegate] [--runs 20]
-                            [--connections 4000] [--settle 30]
+                            [--connections 4000] [--idle 12] [--settle 30]
                             [--proxies relay,hyper,haproxy,nginx]
 
 Measures, on loopback only:
@@ -19,11 +19,15 @@ Measures, on loopback only:
        - N idle keep-alive clients: each sends one request carrying the
          benchmark license (`authorization: Bearer <JWT>`, a ~390-byte header
          line, and `x-user`; byte-identical for every proxy), gets its 200 and
-         keeps its connection open; VmRSS with all N held, and what that adds
-         per connection over idle;
-       - the upstream connections the proxy holds meanwhile: ESTABLISHED TCP
-         sockets to the upstream's port among the proxy's own file
-         descriptors (/proc/PID/fd and /proc/PID/net/tcp);
+         keeps its connection open; VmRSS with all N held --idle seconds
+         (default 12) after the last answer, and what that adds per
+         connection over idle;
+       - the upstream connections the proxy holds meanwhile (1 s and --idle
+         seconds after the last answer): ESTABLISHED TCP sockets to the upstream's port among
+         the proxy's own file descriptors (/proc/PID/fd and
+         /proc/PID/net/tcp); licensegate runs with upstream.max_connections
+         above N so that a burst of new clients is not refused for want of
+         upstream connections (see licensegate_config);
        - RSS after the N clients closed: once the proxy holds none of them
          ("at close"), 5 s later and --settle seconds later, and that last
          figure over idle (does the memory go back?).
@@ -323,8 +327,14 @@ def start_licensegate(args, tmp, engine, upstream_port):
 
 
 def licensegate_config(tmp, port, admin, upstream_port, connections, engine):
+    # upstream.max_connections above N: an inbound connection keeps its
+    # upstream connection until it has been quiet for a watchdog period
+    # (5-10 s by default), so N clients arriving within seconds hold up to N
+    # upstream connections, and beyond the default 1024 the rest would get
+    # 503 upstream_overloaded. The table shows how many are held.
     return (f"listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\nworkers: 1\n"
-            f"upstream: {{url: 'http://127.0.0.1:{upstream_port}'}}\n"
+            f"upstream: {{url: 'http://127.0.0.1:{upstream_port}', "
+            f"max_connections: {connections + 100}}}\n"
             f"license: {{keys: '{tmp}/bench.pem', source: header}}\n"
             f"policy: {{paths: ['{tmp}/policy.yaml']}}\n"
             f"http1: {engine}\n"
@@ -382,8 +392,15 @@ def measure(target, args, request, upstream_port):
     began = time.monotonic()
     socks = open_clients(target.port, request, args.connections)
     opened_s = time.monotonic() - began
-    time.sleep(1)  # memory is what is held, not how fast it was reached
+    answered = time.monotonic()
+    time.sleep(1)
     pids = target.pids()
+    upstream_soon = established(pids, remote_port=upstream_port)
+    # Memory is what idle clients hold, not how fast it was reached: sample
+    # once every proxy had time to let go of what an idle client needs no
+    # more (licensegate gives a quiet client's upstream connection back
+    # after 5-10 s).
+    time.sleep(max(0.0, answered + args.idle - time.monotonic()))
     held = rss_kb(pids)
     held_clients = established(pids, local_port=target.port)
     upstream = established(pids, remote_port=upstream_port)
@@ -402,6 +419,7 @@ def measure(target, args, request, upstream_port):
         "rss_at_n_kb": held,
         "per_connection_bytes": (held - idle) * 1024 // max(args.connections, 1),
         "clients_held": held_clients,
+        "upstream_connections_after_1s": upstream_soon,
         "upstream_connections_at_n": upstream,
         "open_seconds": round(opened_s, 2),
         "rss_at_close_kb": after["close"],
@@ -455,6 +473,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/licensegate"))
     ap.add_argument("--runs", type=int, default=20, help="startup runs (0: skip)")
     ap.add_argument("--connections", type=int, default=4000)
+    ap.add_argument("--idle", type=int, default=12,
+                    help="seconds the N clients idle before RSS and upstream connections are read")
     ap.add_argument("--settle", type=int, default=30,
                     help="seconds after the clients closed for the last RSS sample")
     ap.add_argument("--proxies", default=",".join(PROXIES),
@@ -467,8 +487,8 @@ def main():
     unknown = set(wanted) - set(PROXIES)
     if unknown:
         sys.exit(f"unknown proxies: {', '.join(sorted(unknown))}; expected {', '.join(PROXIES)}")
-    if args.connections < 1 or args.settle < 5:
-        sys.exit("--connections must be at least 1 and --settle at least 5")
+    if args.connections < 1 or args.settle < 5 or args.idle < 1:
+        sys.exit("--connections and --idle must be at least 1, --settle at least 5")
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"licensegate binary not found: {args.bin} (cargo build --release, or --bin)")
     nofile = raise_file_limit(args.connections)
@@ -539,6 +559,7 @@ def main():
 
     result = {
         "connections": args.connections,
+        "idle_seconds": args.idle,
         "settle_seconds": args.settle,
         "request_bytes": len(request),
         "license_header_bytes": len(license_header),
@@ -559,21 +580,23 @@ def main():
 
 
 def report(result, startups):
-    n, settle = result["connections"], result["settle_seconds"]
+    n, settle, idle = result["connections"], result["settle_seconds"], result["idle_seconds"]
 
     def mib(kb):
         return f"{kb / 1024:.1f} MiB"
 
     print(f"### Memory: {n:,} idle keep-alive clients, one worker each\n")
     print(f"Each client sent one {result['request_bytes']}-byte request (a "
-          f"{result['license_header_bytes']}-byte license header line) and got 200. "
-          f"RSS is VmRSS.\n")
+          f"{result['license_header_bytes']}-byte license header line), got 200 and idled; "
+          f"RSS (VmRSS) and upstream connections read {idle} s after the last answer "
+          f"(upstream connections also 1 s after it).\n")
     print(f"| proxy | RSS idle | RSS at {n:,} | per idle connection | upstream connections held "
-          f"| RSS at close | +5 s | +{settle} s | +{settle} s / idle |")
+          f"(+1 s / +{idle} s) | RSS at close | +5 s | +{settle} s | +{settle} s / idle |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in result["proxies"].items():
         print(f"| {LABEL[name]} | {mib(r['rss_idle_kb'])} | {mib(r['rss_at_n_kb'])} | "
-              f"{r['per_connection_bytes']:,} B | {r['upstream_connections_at_n']} | "
+              f"{r['per_connection_bytes']:,} B | "
+              f"{r['upstream_connections_after_1s']} / {r['upstream_connections_at_n']} | "
               f"{mib(r['rss_at_close_kb'])} | {mib(r['rss_close_plus_5s_kb'])} | "
               f"{mib(r['rss_close_plus_settle_kb'])} | {r['settle_over_idle']:.2f} |")
     for name, why in result["skipped"].items():

@@ -61,7 +61,9 @@ impl fmt::Display for ByteSize {
             ("KiB", 1 << 10),
         ];
         match units.iter().find(|(_, factor)| self.0 >= *factor) {
-            Some((unit, factor)) if self.0 % factor == 0 => write!(f, "{}{unit}", self.0 / factor),
+            Some((unit, factor)) if self.0.is_multiple_of(*factor) => {
+                write!(f, "{}{unit}", self.0 / factor)
+            }
             Some((unit, factor)) => write!(f, "{:.1}{unit}", self.0 as f64 / *factor as f64),
             None => write!(f, "{}B", self.0),
         }

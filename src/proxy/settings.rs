@@ -187,9 +187,10 @@ impl Limits {
 
 /// What the process holds whatever its client count: the runtime, the
 /// compiled policy and license caches, metrics, the upstream pool (the
-/// release binary idles at ~6 MiB with an enforcing policy loaded,
-/// benches/footprint.py), plus headroom for the buffers of requests in
-/// flight (64 KiB head buffers, 64 KiB body chunks, HTTP/2 windows).
+/// release binary idles at ~11 MiB with an enforcing policy loaded after a
+/// first request, benches/footprint.py), plus headroom for the buffers of
+/// requests in flight (64 KiB head buffers, 64 KiB body chunks, HTTP/2
+/// windows).
 pub const BASE_RESERVE: u64 = 24 << 20;
 
 /// Memory one idle keep-alive HTTP/1.1 client connection holds with the
@@ -199,8 +200,9 @@ pub const BASE_RESERVE: u64 = 24 << 20;
 pub const PER_CONNECTION_BYTES: u64 = 8 << 10;
 
 /// The same with `http1: hyper`, which keeps an 8 KiB read and a write
-/// buffer per connection for its life: ~34 KB measured per idle keep-alive
-/// connection (benches/footprint.py, release build), rounded up.
+/// buffer per connection for its life: ~35 KB measured per idle keep-alive
+/// client (benches/footprint.py, release build, 4,000 clients, the upstream
+/// connection each had pinned included), rounded up.
 pub const HYPER_PER_CONNECTION_BYTES: u64 = 40 << 10;
 
 /// Bounds of a derived `limits.max_connections`: at least enough for a
