@@ -13,6 +13,8 @@
 #   the same plain HTTP/1.1 keep-alive GET load at each target:
 #     1. direct       wrk -> upstream (no proxy; reference only)
 #     2. licensegate  wrk -> licensegate -> upstream (no license, no policy)
+#     2b. hyper       the same with `http1: hyper` (hyper's HTTP/1 server and
+#                     client instead of the relay) — with HYPER=1 (default)
 #     3. enforcing    wrk -> licensegate enforcing a demo-like policy -> upstream:
 #                     a header license (verification cache hit), a feature
 #                     check, a seat check by `x-user` and a per-license rate
@@ -76,6 +78,7 @@
 #   ENFORCE      0 = skip the enforcing licensegate target (default 1)
 #   REDIS        0 = skip the Redis-backed targets (default 1 when redis-server exists)
 #   METERING     0 = skip the metered target (default 1)
+#   HYPER        0 = skip the plain licensegate with `http1: hyper` (default 1)
 #   H2           0 = skip the HTTP/2 pass (default 1 when h2load exists)
 #   H2_STREAMS   concurrent streams per HTTP/2 connection (default 10)
 #
@@ -105,6 +108,7 @@ OUT_JSON=${OUT_JSON:-$ROOT/target/bench/load.json}
 KEEP_TMP=${KEEP_TMP:-0}
 ENFORCE=${ENFORCE:-1}
 METERING=${METERING:-1}
+HYPER=${HYPER:-1}
 if command -v redis-server >/dev/null 2>&1; then REDIS=${REDIS:-1}; else REDIS=0; fi
 if command -v h2load >/dev/null 2>&1; then H2=${H2:-1}; else H2=0; fi
 H2_STREAMS=${H2_STREAMS:-10}
@@ -165,11 +169,11 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 16)
+PORTS=$(free_ports 18)
 read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT \
     RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT NGX_H2_PORT HAP_H2_PORT \
-    MT_PORT MT_ADMIN_PORT <<<"$PORTS"
-[[ -n $MT_ADMIN_PORT ]] || die "could not pick free loopback ports"
+    MT_PORT MT_ADMIN_PORT HY_PORT HY_ADMIN_PORT <<<"$PORTS"
+[[ -n $HY_ADMIN_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -269,6 +273,31 @@ TARGET_PID[licensegate]=$LG_PID
 TARGETS+=(licensegate)
 log "licensegate ready on 127.0.0.1:$LG_PORT (admin $LG_ADMIN_PORT), idle RSS ${LG_RSS_IDLE_KB} kB"
 
+# 2b. the same plain licensegate with `http1: hyper` (hyper's server and
+# client instead of the relay), so the table shows what the relay changes.
+if [[ $HYPER == 1 ]]; then
+    HY="$TMP/hyper"
+    mkdir "$HY"
+    cat >"$HY/config.yaml" <<YAML
+listen: 127.0.0.1:$HY_PORT
+admin: 127.0.0.1:$HY_ADMIN_PORT
+workers: $WORKERS
+upstream: {url: "http://127.0.0.1:$UP_PORT"}
+http1: hyper
+YAML
+    start_bg "$HY/licensegate.log" env LICENSEGATE_LOG="$LG_LOG_FILTER" "${PROXY_PFX[@]}" "$BIN" run \
+        --config "$HY/config.yaml" "${LG_EXTRA[@]}"
+    HY_PID=$LAST_PID
+    if ! wait_http "http://127.0.0.1:$HY_ADMIN_PORT/readyz" "$HY_PID"; then
+        dump_log "$HY/licensegate.log"
+        die "licensegate (http1: hyper) did not become ready"
+    fi
+    URL[hyper]="http://127.0.0.1:$HY_PORT/"
+    TARGET_PID[hyper]=$HY_PID
+    TARGETS+=(hyper)
+    log "licensegate (http1: hyper) ready on 127.0.0.1:$HY_PORT"
+fi
+
 # 3. licensegate enforcing a policy (same worker budget and pinning)
 WRK_HEADERS=()
 declare -A ENFORCING_PIDS=()
@@ -342,7 +371,8 @@ fi
 # 4. nginx reverse proxy
 mkdir "$TMP/nginx"
 render "$SCRIPT_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx/nginx.conf" \
-    DIR="$TMP/nginx" PORT="$NGX_PORT" H2_PORT="$NGX_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+    DIR="$TMP/nginx" PORT="$NGX_PORT" H2_PORT="$NGX_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS" \
+    WORKER_CONNECTIONS=4096
 start_bg "$TMP/nginx/stdout.log" "${PROXY_PFX[@]}" \
     nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
 NGX_PID=$LAST_PID
@@ -362,7 +392,8 @@ log "nginx proxy ready on 127.0.0.1:$NGX_PORT"
 if ((HAVE_HAPROXY)); then
     mkdir "$TMP/haproxy"
     render "$SCRIPT_DIR/haproxy.cfg.tmpl" "$TMP/haproxy/haproxy.cfg" \
-        PORT="$HAP_PORT" H2_PORT="$HAP_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS"
+        PORT="$HAP_PORT" H2_PORT="$HAP_H2_PORT" UPSTREAM_PORT="$UP_PORT" WORKERS="$WORKERS" \
+        MAXCONN=8192
     start_bg "$TMP/haproxy/haproxy.log" "${PROXY_PFX[@]}" \
         haproxy -db -f "$TMP/haproxy/haproxy.cfg"
     HAP_PID=$LAST_PID
@@ -438,6 +469,11 @@ check_licensegate_alive() {
     if ! kill -0 "$LG_PID" 2>/dev/null; then
         log "licensegate (pid $LG_PID) exited during the benchmark; its log:"
         dump_log "$LG_LOG"
+        exit 1
+    fi
+    if [[ -n ${HY_PID:-} ]] && ! kill -0 "$HY_PID" 2>/dev/null; then
+        log "licensegate (http1: hyper) exited during the benchmark; its log:"
+        dump_log "$HY/licensegate.log"
         exit 1
     fi
     local name
@@ -516,7 +552,7 @@ done
 # Requests each licensegate did not answer with a forwarded response (denials
 # and upstream errors), from its own metrics: the load generators' error
 # counts can be off by one around warm-up, these are exact.
-declare -A ADMIN_PORT=([licensegate]=$LG_ADMIN_PORT [enforcing]=$EN_ADMIN_PORT
+declare -A ADMIN_PORT=([licensegate]=$LG_ADMIN_PORT [hyper]=$HY_ADMIN_PORT [enforcing]=$EN_ADMIN_PORT
     [redis]=$RA_ADMIN_PORT [leased]=$RL_ADMIN_PORT [metered]=$MT_ADMIN_PORT)
 for t in "${!ADMIN_PORT[@]}"; do
     [[ -n ${TARGET_PID[$t]:-} ]] || continue

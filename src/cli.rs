@@ -15,6 +15,7 @@ mod license;
 mod policy;
 mod usage;
 
+use crate::bytesize::ByteSize;
 use crate::config::{ConfigError, FileConfig, Overrides, Settings, Workers};
 use crate::demo::EchoUpstream;
 use crate::dev::{DevKey, Grant};
@@ -22,7 +23,7 @@ use crate::exit;
 use crate::gateway::Gateway;
 use crate::license::LicenseSource;
 use crate::process::{build_runtime, Signals, RUNTIME_GRACE};
-use crate::proxy::settings::{UpstreamProtocol, UpstreamUrl};
+use crate::proxy::settings::{ProxySettings, UpstreamProtocol, UpstreamUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -195,6 +196,7 @@ fn run(args: RunArgs) -> i32 {
             tls = settings.proxy.tls.is_some(),
             "licensegate started"
         );
+        log_connection_limit(&settings.proxy);
         Ok(gateway)
     })
 }
@@ -319,6 +321,40 @@ where
 
 /// The one stdout line tools and tests read to find the bound ports. Write
 /// errors are ignored: a closed stdout must not stop the proxy.
+/// How `limits.max_connections` stands against the memory budget, once at
+/// start: a limit the budget cannot hold means an OOM kill under load.
+fn log_connection_limit(proxy: &ProxySettings) {
+    let limits = &proxy.limits;
+    let Some(budget) = limits.memory else {
+        return;
+    };
+    let per_connection = ByteSize(proxy.http1.connection_bytes());
+    if limits.max_connections_derived {
+        tracing::info!(
+            max_connections = limits.max_connections,
+            memory = %ByteSize(budget.bytes),
+            source = %budget.source,
+            %per_connection,
+            "max_connections derived from the memory budget"
+        );
+    }
+    if let Some((needed, budget)) = limits.over_budget(proxy.http1) {
+        let advice = if limits.max_connections_derived {
+            "the budget is below what the smallest derived limit needs; raise the memory limit"
+        } else {
+            "lower limits.max_connections, or leave it out to derive it from the budget"
+        };
+        tracing::warn!(
+            "limits.max_connections {} needs about {} ({per_connection} per connection on top of {}), more than the memory budget of {} ({}): {advice}",
+            limits.max_connections,
+            ByteSize(needed),
+            ByteSize(crate::proxy::settings::BASE_RESERVE),
+            ByteSize(budget.bytes),
+            budget.source,
+        );
+    }
+}
+
 fn announce(gateway: &Gateway) {
     let mut stdout = std::io::stdout();
     let _ = writeln!(

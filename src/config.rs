@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::bytesize::ByteSize;
+use crate::cgroup::MemoryLimit;
 use crate::decision::LicenseHeaderNames;
 use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
@@ -35,9 +37,9 @@ use crate::limits::{StoreMode, StoreNodes, StoreSettings};
 use crate::metering::{MeteringFile, MeteringSettings, MeteringSettingsError};
 use crate::policy::{PolicySettings, WebSocketScope};
 use crate::proxy::settings::{
-    ForwardedSettings, HeaderSettings, Limits, ProxySettings, Timeouts, Underscores,
-    UpstreamProtocol, UpstreamSettings, UpstreamUrl, DEFAULT_UPSTREAM_MAX_CONNECTIONS,
-    MIN_HEADER_BYTES,
+    memory_needed, BudgetSource, ForwardedSettings, HeaderSettings, Limits, MemoryBudget,
+    ProxySettings, Timeouts, Underscores, UpstreamProtocol, UpstreamSettings, UpstreamUrl,
+    DEFAULT_UPSTREAM_MAX_CONNECTIONS, DERIVED_CONNECTIONS, MIN_HEADER_BYTES, PER_CONNECTION_BYTES,
 };
 use crate::tls::TlsFiles;
 use crate::user::UserSettings;
@@ -605,6 +607,28 @@ pub struct FileLimits {
     pub max_connections: Option<MaxConnections>,
     pub max_concurrent_streams: Option<MaxStreams>,
     pub max_stream_resets: Option<MaxStreams>,
+    pub memory: Option<MemorySize>,
+}
+
+/// `limits.memory`: a byte size no smaller than the process needs at idle
+/// with the fewest connections a derived limit allows.
+#[derive(Clone, Copy, Debug)]
+pub struct MemorySize(pub u64);
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let ByteSize(bytes) = ByteSize::deserialize(deserializer)?;
+        let least = memory_needed(*DERIVED_CONNECTIONS.start(), PER_CONNECTION_BYTES);
+        if bytes < least {
+            return Err(serde::de::Error::custom(format!(
+                "{} is too small; expected at least {} (the process at idle plus {} connections), e.g. `128Mi`",
+                ByteSize(bytes),
+                ByteSize(least),
+                DERIVED_CONNECTIONS.start()
+            )));
+        }
+        Ok(MemorySize(bytes))
+    }
 }
 
 /// A per-connection HTTP/2 stream count from 1 to 10,000.
@@ -739,8 +763,19 @@ fn located(path: &Path, text: &str, error: &MeteringSettingsError) -> crate::yam
 
 impl Settings {
     /// Merge a parsed file (if any) with overrides; check what a single field
-    /// cannot check on its own.
+    /// cannot check on its own. Without `limits.memory`, the container's
+    /// cgroup memory limit is the budget.
     pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Settings, ConfigError> {
+        Settings::resolve_with(file, overrides, crate::cgroup::memory_limit)
+    }
+
+    /// [`Settings::resolve`] with `cgroup` telling the container's memory
+    /// limit (asked only when `limits.memory` is not set).
+    pub fn resolve_with(
+        file: FileConfig,
+        overrides: Overrides,
+        cgroup: impl FnOnce() -> Option<MemoryLimit>,
+    ) -> Result<Settings, ConfigError> {
         let file_upstream = file.upstream.unwrap_or_default();
         let url = overrides
             .upstream
@@ -812,15 +847,30 @@ impl Settings {
         }
 
         let limit_defaults = Limits::default();
+        let memory = match file.limits.memory {
+            Some(MemorySize(bytes)) => Some(MemoryBudget {
+                bytes,
+                source: BudgetSource::Config,
+            }),
+            None => cgroup().map(|limit| MemoryBudget {
+                bytes: limit.bytes,
+                source: BudgetSource::Cgroup(limit.file),
+            }),
+        };
+        let (max_connections, max_connections_derived) = match (file.limits.max_connections, memory)
+        {
+            (Some(set), _) => (set.0, false),
+            (None, Some(budget)) => (budget.connections(file.http1), true),
+            (None, None) => (limit_defaults.max_connections, false),
+        };
         let limits = Limits {
             max_header_bytes: file
                 .limits
                 .max_header_bytes
                 .map_or(limit_defaults.max_header_bytes, |b| b.0),
-            max_connections: file
-                .limits
-                .max_connections
-                .map_or(limit_defaults.max_connections, |c| c.0),
+            max_connections,
+            memory,
+            max_connections_derived,
             max_concurrent_streams: file
                 .limits
                 .max_concurrent_streams
@@ -1110,6 +1160,135 @@ mod tests {
             error.starts_with("lg.yaml:2:3: upstream.max_connections: 0 is out of range"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn max_connections_follows_the_memory_budget() {
+        use crate::cgroup::{V1_MEMORY_LIMIT, V2_MEMORY_MAX};
+        use crate::proxy::settings::Http1Engine;
+        let base = "listen: 127.0.0.1:1\nupstream: {url: 'http://127.0.0.1:2'}\n";
+        let resolve = |extra: &str, cgroup: Option<MemoryLimit>| {
+            Settings::resolve_with(
+                parse(&format!("{base}{extra}")).unwrap(),
+                Overrides::default(),
+                || cgroup,
+            )
+            .unwrap()
+            .proxy
+        };
+        let cgroup = |bytes: u64, file| Some(MemoryLimit { bytes, file });
+
+        // No budget anywhere: the default, nothing derived.
+        let proxy = resolve("", None);
+        assert_eq!(proxy.limits.max_connections, 10_000);
+        assert_eq!(proxy.limits.memory, None);
+        assert!(!proxy.limits.max_connections_derived);
+        assert_eq!(proxy.limits.over_budget(proxy.http1), None);
+
+        // The cgroup's limit: (64 MiB - 24 MiB) / 8 KiB.
+        let proxy = resolve("", cgroup(64 << 20, V2_MEMORY_MAX));
+        assert_eq!(proxy.limits.max_connections, 5_120);
+        assert!(proxy.limits.max_connections_derived);
+        assert_eq!(
+            proxy.limits.memory,
+            Some(MemoryBudget {
+                bytes: 64 << 20,
+                source: BudgetSource::Cgroup(V2_MEMORY_MAX)
+            })
+        );
+        assert_eq!(proxy.limits.over_budget(proxy.http1), None);
+
+        // limits.memory wins, and the cgroup is not even read; hyper's
+        // connections cost more, so it affords fewer.
+        let from_file = |extra: &str| {
+            Settings::resolve_with(
+                parse(&format!("{base}{extra}")).unwrap(),
+                Overrides::default(),
+                || panic!("the cgroup is read although limits.memory is set"),
+            )
+            .unwrap()
+            .proxy
+        };
+        let proxy = from_file("limits: {memory: 40Mi}\n");
+        assert_eq!(proxy.limits.max_connections, 2_048);
+        assert_eq!(proxy.limits.memory.unwrap().source, BudgetSource::Config);
+        let proxy = from_file("limits: {memory: 40Mi}\nhttp1: hyper\n");
+        assert_eq!(proxy.http1, Http1Engine::Hyper);
+        assert_eq!(proxy.limits.max_connections, 409);
+        assert_eq!(proxy.limits.over_budget(proxy.http1), None);
+
+        // Clamped: a large budget keeps the default ceiling, a small one
+        // the floor (and is then over budget, which start-up reports).
+        assert_eq!(
+            from_file("limits: {memory: 8Gi}\n").limits.max_connections,
+            10_000
+        );
+        let proxy = resolve("http1: hyper\n", cgroup(25 << 20, V1_MEMORY_LIMIT));
+        assert_eq!(proxy.limits.max_connections, 64);
+        assert_eq!(
+            proxy
+                .limits
+                .over_budget(proxy.http1)
+                .map(|(needed, _)| needed),
+            Some((24 << 20) + 64 * (40 << 10))
+        );
+
+        // Set explicitly: kept as written, and measured against the budget.
+        let proxy = resolve(
+            "limits: {max_connections: 10000}\n",
+            cgroup(64 << 20, V2_MEMORY_MAX),
+        );
+        assert_eq!(proxy.limits.max_connections, 10_000);
+        assert!(!proxy.limits.max_connections_derived);
+        let (needed, budget) = proxy.limits.over_budget(proxy.http1).unwrap();
+        assert_eq!(needed, (24 << 20) + 10_000 * (8 << 10));
+        assert_eq!(budget.bytes, 64 << 20);
+        let proxy = from_file("limits: {max_connections: 200, memory: 40Mi}\n");
+        assert_eq!(proxy.limits.max_connections, 200);
+        assert_eq!(proxy.limits.over_budget(proxy.http1), None);
+    }
+
+    #[test]
+    fn memory_sizes_are_checked_where_they_are_written() {
+        for (memory, bytes) in [
+            ("128Mi", 128 << 20),
+            ("64MiB", 64 << 20),
+            ("500M", 500_000_000),
+            ("1Gi", 1 << 30),
+            ("'134217728'", 128 << 20),
+            ("134217728", 128 << 20),
+        ] {
+            let file = parse(&format!("limits:\n  memory: {memory}\n")).unwrap();
+            assert_eq!(file.limits.memory.map(|m| m.0), Some(bytes), "{memory}");
+        }
+        for (memory, expected) in [
+            (
+                "12 parsecs",
+                "lg.yaml:2:11: limits.memory: `parsecs` is not a size unit",
+            ),
+            (
+                "128mi",
+                "lg.yaml:2:11: limits.memory: `mi` is not a size unit",
+            ),
+            (
+                "1.5Gi",
+                "lg.yaml:2:11: limits.memory: `1.5Gi`: fractions are not supported",
+            ),
+            ("-5", "lg.yaml:2:11: limits.memory: -5 is negative"),
+            (
+                "16Mi",
+                "lg.yaml:2:3: limits.memory: 16MiB is too small; expected at least 24.5MiB",
+            ),
+            (
+                "[1]",
+                "lg.yaml:2:11: limits.memory: invalid type: sequence, expected a size",
+            ),
+        ] {
+            let error = parse(&format!("limits:\n  memory: {memory}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(expected), "{memory}: {error}");
+        }
     }
 
     #[test]

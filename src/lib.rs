@@ -13,6 +13,8 @@
 pub mod admin;
 pub mod atomic_file;
 pub mod backoff;
+pub mod bytesize;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod decision;

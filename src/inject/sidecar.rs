@@ -112,6 +112,10 @@ pub struct Resources {
     pub memory_limit: Option<String>,
 }
 
+/// 128Mi holds the default 10,000 idle client connections with the relay;
+/// the sidecar derives its `limits.max_connections` from this limit (read
+/// from its cgroup), so a lower limit means fewer connections, not an OOM
+/// kill. 32Mi covers the process at idle.
 impl Default for Resources {
     fn default() -> Self {
         Resources {

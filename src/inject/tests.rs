@@ -453,3 +453,28 @@ fn calendar_dates_from_day_counts() {
     assert_eq!(civil_from_days(19_723), (2024, 1, 1));
     assert_eq!(civil_from_days(47_541), (2100, 3, 1));
 }
+
+#[test]
+fn the_default_memory_limit_sizes_the_connection_limit() {
+    use crate::bytesize::ByteSize;
+    use crate::proxy::settings::{BudgetSource, Http1Engine, MemoryBudget, BASE_RESERVE};
+    // The sidecar is given no connection limit: licensegate derives one
+    // from the cgroup limit its container gets, so the defaults must afford
+    // the full ceiling with the relay and thousands with hyper, and the
+    // request must cover the process at idle.
+    let injected = inject(&pod(json!({})), Scope::OptOut);
+    let sidecar = sidecar(&injected);
+    let bytes = |quantity: &Value| ByteSize::parse(quantity.as_str().unwrap()).unwrap().0;
+    let budget = MemoryBudget {
+        bytes: bytes(&sidecar["resources"]["limits"]["memory"]),
+        source: BudgetSource::Cgroup(crate::cgroup::V2_MEMORY_MAX),
+    };
+    assert_eq!(budget.connections(Http1Engine::Relay), 10_000);
+    assert!(budget.connections(Http1Engine::Hyper) >= 2_000);
+    assert!(bytes(&sidecar["resources"]["requests"]["memory"]) >= BASE_RESERVE);
+    let env = sidecar["env"].to_string();
+    assert!(
+        !env.contains("MAX_CONNECTIONS") && !env.contains("MEMORY"),
+        "{env}"
+    );
+}

@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Deserializer};
 
+use crate::bytesize::ByteSize;
+
 /// The Stripe meter events endpoint, the `url` of a `stripe` sink by default.
 pub const STRIPE_URL: &str = "https://api.stripe.com/v1/billing/meter_events";
 
@@ -143,66 +145,6 @@ impl<'de> Deserialize<'de> for FileDuration {
                     "`{text}` is not a duration ({e}); expected e.g. `250ms`, `10s`, `5m`"
                 ))
             })
-    }
-}
-
-/// A size in bytes: a number, or a number with a unit (`512KiB`, `8MiB`,
-/// `1GiB`, `10MB`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    fn parse(text: &str) -> Result<ByteSize, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size; expected e.g. `8MiB`, `1GiB`"))?;
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "kB" | "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "`{other}` is not a size unit; expected B, KiB, MiB, GiB, kB, MB or GB"
-                ))
-            }
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size in bytes, e.g. `8MiB` or 8388608")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("{v} is negative; expected a size")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -148,6 +148,11 @@ pub struct Limits {
     /// HTTP/2 streams a client may reset after they were accepted, per
     /// connection per [`STREAM_RESET_WINDOW`], before the connection is closed.
     pub max_stream_resets: u32,
+    /// The memory the process may use (`limits.memory`, else the container's
+    /// cgroup limit); `None` when neither is known.
+    pub memory: Option<MemoryBudget>,
+    /// `max_connections` was derived from `memory` rather than set.
+    pub max_connections_derived: bool,
 }
 
 impl Default for Limits {
@@ -157,6 +162,100 @@ impl Default for Limits {
             max_connections: 10_000,
             max_concurrent_streams: 100,
             max_stream_resets: 200,
+            memory: None,
+            max_connections_derived: false,
+        }
+    }
+}
+
+impl Limits {
+    /// The memory `max_connections` idle keep-alive clients of `engine` and
+    /// the process itself need, when that is more than the budget: a
+    /// container sized like this is OOM-killed before the limit is reached.
+    pub fn over_budget(&self, engine: Http1Engine) -> Option<(u64, MemoryBudget)> {
+        let budget = self.memory?;
+        let needed = memory_needed(self.max_connections, engine.connection_bytes());
+        (needed > budget.bytes).then_some((needed, budget))
+    }
+}
+
+// === Memory budget ===
+//
+// `limits.max_connections` follows from the memory the process may use, so
+// that a full proxy is not OOM-killed: (budget - BASE_RESERVE) /
+// per-connection bytes, within DERIVED_CONNECTIONS.
+
+/// What the process holds whatever its client count: the runtime, the
+/// compiled policy and license caches, metrics, the upstream pool (the
+/// release binary idles at ~11 MiB with an enforcing policy loaded after a
+/// first request, benches/footprint.py), plus headroom for the buffers of
+/// requests in flight (64 KiB head buffers, 64 KiB body chunks, HTTP/2
+/// windows).
+pub const BASE_RESERVE: u64 = 24 << 20;
+
+/// Memory one idle keep-alive HTTP/1.1 client connection holds with the
+/// relay (`http1: relay`): its task, its socket state and no buffer while
+/// no request is in flight. A first estimate, to be replaced by the figure
+/// benches/footprint.py measures once the relay serves.
+pub const PER_CONNECTION_BYTES: u64 = 8 << 10;
+
+/// The same with `http1: hyper`, which keeps an 8 KiB read and a write
+/// buffer per connection for its life: ~35 KB measured per idle keep-alive
+/// client (benches/footprint.py, release build, 4,000 clients, the upstream
+/// connection each had pinned included), rounded up.
+pub const HYPER_PER_CONNECTION_BYTES: u64 = 40 << 10;
+
+/// Bounds of a derived `limits.max_connections`: at least enough for a
+/// workload's usual parallelism however small the budget, at most the
+/// default limit however large.
+pub const DERIVED_CONNECTIONS: std::ops::RangeInclusive<usize> = 64..=10_000;
+
+/// The memory the process may use, and where that figure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    pub source: BudgetSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetSource {
+    /// `limits.memory` in the config file.
+    Config,
+    /// The container's cgroup limit, read from this file.
+    Cgroup(&'static str),
+}
+
+impl fmt::Display for BudgetSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetSource::Config => f.write_str("limits.memory"),
+            BudgetSource::Cgroup(file) => write!(f, "cgroup {file}"),
+        }
+    }
+}
+
+impl MemoryBudget {
+    /// The connection limit this budget affords clients of `engine`.
+    pub fn connections(&self, engine: Http1Engine) -> usize {
+        let affordable = self.bytes.saturating_sub(BASE_RESERVE) / engine.connection_bytes();
+        usize::try_from(affordable)
+            .unwrap_or(usize::MAX)
+            .clamp(*DERIVED_CONNECTIONS.start(), *DERIVED_CONNECTIONS.end())
+    }
+}
+
+/// The memory `connections` idle clients and the process need.
+pub fn memory_needed(connections: usize, per_connection: u64) -> u64 {
+    BASE_RESERVE.saturating_add((connections as u64).saturating_mul(per_connection))
+}
+
+impl Http1Engine {
+    /// What one idle keep-alive client connection served by this engine
+    /// holds.
+    pub fn connection_bytes(self) -> u64 {
+        match self {
+            Http1Engine::Relay => PER_CONNECTION_BYTES,
+            Http1Engine::Hyper => HYPER_PER_CONNECTION_BYTES,
         }
     }
 }
