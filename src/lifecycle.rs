@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Readiness is the conjunction of named conditions (listener bound,
 /// license loaded, policy loaded …) and "not draining".
@@ -19,6 +19,8 @@ pub struct Lifecycle {
     /// `phase >= Draining`, read on the request path without the channel's lock.
     draining: AtomicBool,
     phase: watch::Sender<Phase>,
+    /// Wakes the waiters of [`Lifecycle::drain_signal`] when draining begins.
+    drain_signal: Notify,
 }
 
 /// Where the process is on its way out; it only moves forward. One watch
@@ -56,6 +58,7 @@ impl Lifecycle {
             notes: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
             phase: watch::Sender::new(Phase::Serving),
+            drain_signal: Notify::new(),
         }
     }
 
@@ -106,8 +109,8 @@ impl Lifecycle {
 
     /// Move on to `phase` if the process is not there yet; never back.
     pub fn advance(&self, phase: Phase) {
-        if phase >= Phase::Draining {
-            self.draining.store(true, Ordering::SeqCst);
+        if phase >= Phase::Draining && !self.draining.swap(true, Ordering::SeqCst) {
+            self.drain_signal.notify_waiters();
         }
         self.phase.send_if_modified(|current| {
             let forward = phase > *current;
@@ -124,6 +127,14 @@ impl Lifecycle {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Woken when draining begins: a waiter a fraction of the size of
+    /// [`Lifecycle::drained`]'s, for what every idle connection holds.
+    /// Pin it, call `enable`, then check [`Lifecycle::is_draining`]: a
+    /// drain that began before `enable` does not wake it.
+    pub fn drain_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drain_signal.notified()
     }
 
     /// Resolves once draining has begun.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn::ConnContext;
 use super::io::{Activity, ConnectionSlot, CountingIo, H2_PREFACE};
-use super::relay::{RelayConn, RelayLimits};
+use super::relay::{Clock, RelayConn, RelayLimits};
 use super::settings::ProxySettings;
 use super::{handle, Shared};
 use crate::decision::Peer;
@@ -244,29 +244,76 @@ struct Connection {
 impl Connection {
     /// Serve one connection. `slot` is held until the connection and any
     /// tunnel it became have ended.
-    async fn run(self, stream: TcpStream, slot: ConnectionSlot) {
-        self.shared.metrics.connections_total.inc();
-        // Plain TCP: HTTP/1 or HTTP/2 (prior knowledge), told by the first
-        // bytes. `None` for TLS, which ALPN decides.
-        let sniffed = match self.tls {
-            Some(_) => None,
-            None => match self.sniff(&stream).await {
-                Some(sniffed) => Some(sniffed),
-                None => return,
-            },
-        };
-        if let (Some(Sniffed::Http1), Some(pool)) = (&sniffed, self.shared.forwarder.relay_pool()) {
-            let relay = RelayConn {
-                shared: Arc::clone(&self.shared),
-                conn: Arc::new(self.shared.forwarder.relay_connection(self.peer, slot)),
-                pool: Arc::clone(pool),
-                lifecycle: Arc::clone(&self.lifecycle),
-                client: stream,
-                limits: self.relay_limits,
+    ///
+    /// An async block rather than an async fn, whose arguments rustc
+    /// stores twice in the task; the first bytes are peeked by hand, with
+    /// the relay's clock bounding the wait: an idle client's task stays
+    /// small (see `relay`).
+    fn run(self, stream: TcpStream, slot: ConnectionSlot) -> impl Future<Output = ()> + Send {
+        async move {
+            self.shared.metrics.connections_total.inc();
+            let relay_pool = self.shared.forwarder.relay_pool().cloned();
+            let mut clock = Clock::new(
+                self.relay_limits
+                    .request_header
+                    .min(self.relay_limits.idle)
+                    .min(self.relay_limits.upstream_response),
+            );
+            // Plain TCP: HTTP/1 or HTTP/2 (prior knowledge), told by the
+            // first bytes. `None` for TLS, which ALPN decides.
+            let sniffed = match self.tls {
+                Some(_) => None,
+                None => {
+                    let drain = self.lifecycle.drain_signal();
+                    let mut drain = pin!(drain);
+                    drain.as_mut().enable();
+                    let bound = clock.ticks_for(self.idle_timeout);
+                    let start = clock.ticks();
+                    let sniffed = std::future::poll_fn(|cx| {
+                        if self.lifecycle.is_draining() || drain.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(None);
+                        }
+                        if let Poll::Ready(sniffed) = poll_sniff(&stream, cx) {
+                            return Poll::Ready(Some(sniffed));
+                        }
+                        while clock.poll_tick(cx) {
+                            if clock.ticks() - start >= bound {
+                                return Poll::Ready(None);
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                    match sniffed {
+                        Some(sniffed) => Some(sniffed),
+                        None => return,
+                    }
+                }
             };
-            relay.serve().await;
-            return;
+            if let (Some(Sniffed::Http1), Some(pool)) = (&sniffed, relay_pool) {
+                let relay = RelayConn {
+                    conn: Arc::new(self.shared.forwarder.relay_connection(self.peer, slot)),
+                    shared: self.shared,
+                    pool,
+                    lifecycle: self.lifecycle,
+                    client: stream,
+                    limits: self.relay_limits,
+                };
+                relay.serve(clock).await;
+                return;
+            }
+            drop(clock);
+            // Boxed: hyper's path would otherwise reserve its room in every
+            // relayed connection's task too.
+            let hyper: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(self.serve_hyper(stream, slot, sniffed));
+            hyper.await;
         }
+    }
+
+    /// Serve one connection with hyper: TLS, HTTP/2, or HTTP/1 under
+    /// `http1: hyper` or in front of a TLS or HTTP/2 upstream.
+    async fn serve_hyper(self, stream: TcpStream, slot: ConnectionSlot, sniffed: Option<Sniffed>) {
         let activity = Arc::new(Activity::new(self.max_stream_resets));
         let io = CountingIo::new(stream, Arc::clone(&activity));
         let shared = Arc::clone(&self.shared);
@@ -378,30 +425,6 @@ impl Connection {
         };
         if let Some(serving) = serving {
             serving.await;
-        }
-    }
-
-    /// Wait for the first bytes and peek at them (hyper still reads them).
-    /// `None`: the connection stayed idle, or draining began, before that.
-    async fn sniff(&self, stream: &TcpStream) -> Option<Sniffed> {
-        let peek = async {
-            let mut first = [0u8; H2_PREFACE.len()];
-            match stream.peek(&mut first).await {
-                Ok(n) if n > 0 && first[..n] == H2_PREFACE[..n] => {
-                    if n == H2_PREFACE.len() {
-                        Sniffed::Http2
-                    } else {
-                        Sniffed::Unsure
-                    }
-                }
-                // End of stream and errors are hyper's to report.
-                _ => Sniffed::Http1,
-            }
-        };
-        tokio::select! {
-            biased;
-            () = self.lifecycle.drained() => None,
-            sniffed = tokio::time::timeout(self.idle_timeout, peek) => sniffed.ok(),
         }
     }
 
@@ -521,6 +544,25 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// Peek at the first bytes (hyper or the relay still reads them): the
+/// HTTP/2 preface, a part of it, or anything else.
+fn poll_sniff(stream: &TcpStream, cx: &mut std::task::Context<'_>) -> Poll<Sniffed> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut peeked = tokio::io::ReadBuf::new(&mut first);
+    match stream.poll_peek(cx, &mut peeked) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(n)) if n > 0 && peeked.filled() == &H2_PREFACE[..n] => {
+            Poll::Ready(if n == H2_PREFACE.len() {
+                Sniffed::Http2
+            } else {
+                Sniffed::Unsure
+            })
+        }
+        // End of stream and errors are hyper's to report.
+        Poll::Ready(_) => Poll::Ready(Sniffed::Http1),
     }
 }
 

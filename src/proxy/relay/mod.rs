@@ -25,7 +25,7 @@ mod clock;
 pub mod pool;
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -50,7 +50,8 @@ use super::{admit, answered, decide, upstream_failed, Outcome, Shared, UpstreamE
 use crate::decision::{BodyState, Decision, Denial, Reason};
 use crate::lifecycle::Lifecycle;
 use crate::problem::{self, Format};
-use clock::{Clock, Elapsed};
+pub use clock::Clock;
+use clock::Elapsed;
 use pool::{RelayPool, Upstream};
 
 /// A read buffer's size when bytes arrive: a typical head and small body
@@ -100,125 +101,169 @@ struct TunnelStart {
 
 impl RelayConn {
     /// Serve requests until the client closes, a timeout passes, or the
-    /// proxy drains.
-    pub async fn serve(self) {
-        let RelayConn {
-            shared,
-            conn,
-            pool,
-            lifecycle,
-            mut client,
-            limits,
-        } = self;
-        let mut clock = Clock::new(
-            limits
-                .request_header
-                .min(limits.idle)
-                .min(limits.upstream_response),
-        );
-        let drained = lifecycle.drained();
-        let mut drained = pin!(drained);
-        let mut buf = BytesMut::new();
-        loop {
-            if buf.is_empty() {
-                // Idle: no buffer held until the next request's bytes arrive.
-                buf = BytesMut::new();
-                let waited = clock
-                    .within(limits.idle, async {
-                        tokio::select! {
-                            biased;
-                            () = &mut drained => false,
-                            ready = client.readable() => ready.is_ok(),
+    /// proxy drains. `clock` bounds every wait of the connection.
+    ///
+    /// Waiting for a request and reading its head are polled by hand, with
+    /// no future of their own, and the connection's fields are used where
+    /// they are rather than moved into locals: what the task holds while a
+    /// client is idle is most of what a connection costs.
+    pub fn serve(self, mut clock: Clock) -> impl Future<Output = ()> + Send {
+        async move {
+            let limits = self.limits;
+            let mut client = self.client;
+            let drain = self.lifecycle.drain_signal();
+            let mut drain = pin!(drain);
+            drain.as_mut().enable();
+            let mut buf = BytesMut::new();
+            loop {
+                if buf.is_empty() {
+                    // Idle: no buffer held until the next request's bytes arrive.
+                    buf = BytesMut::new();
+                    let bound = clock.ticks_for(limits.idle);
+                    let start = clock.ticks();
+                    let ready = std::future::poll_fn(|cx| {
+                        if self.lifecycle.is_draining() || drain.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(false);
                         }
+                        if let Poll::Ready(ready) = client.poll_read_ready(cx) {
+                            return Poll::Ready(ready.is_ok());
+                        }
+                        while clock.poll_tick(cx) {
+                            if clock.ticks() - start >= bound {
+                                return Poll::Ready(false);
+                            }
+                        }
+                        Poll::Pending
                     })
                     .await;
-                if !matches!(waited, Ok(true)) {
-                    return;
-                }
-            }
-            let head = match clock
-                .within(
-                    limits.request_header,
-                    read_head(&mut client, &mut buf, limits.max_header_bytes),
-                )
-                .await
-            {
-                Ok(Ok(Some(head))) => head,
-                // End of stream between requests, or a head too slow: closed
-                // without an answer, as a keep-alive connection is.
-                Ok(Ok(None)) | Err(Elapsed) => return,
-                Ok(Err(error)) => {
-                    refuse_head(&shared, &mut client, &error).await;
-                    return;
-                }
-            };
-            let exchange = Exchange {
-                shared: &shared,
-                conn: &conn,
-                pool: &pool,
-                lifecycle: &lifecycle,
-                limits,
-            };
-            // Boxed: the request's state is allocated for the request only,
-            // not reserved in every idle connection's task.
-            let next = Box::pin(exchange.run(head, &mut client, &mut buf, &mut clock)).await;
-            match next {
-                Next::KeepAlive => {}
-                Next::Close => {
-                    let _ = client.shutdown().await;
-                    return;
-                }
-                Next::Tunnel(start) => {
-                    let TunnelStart {
-                        mut upstream,
-                        from_upstream,
-                        permits,
-                    } = *start;
-                    // Bytes each side sent right behind the handshake go first.
-                    if !buf.is_empty() && upstream.stream.write_all(&buf).await.is_err() {
+                    if !ready {
                         return;
                     }
-                    if !from_upstream.is_empty() && client.write_all(&from_upstream).await.is_err()
+                }
+                let bound = clock.ticks_for(limits.request_header);
+                let start = clock.ticks();
+                let read = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(read) =
+                        poll_read_head(&client, &mut buf, limits.max_header_bytes, cx)
                     {
+                        return Poll::Ready(Some(read));
+                    }
+                    while clock.poll_tick(cx) {
+                        if clock.ticks() - start >= bound {
+                            return Poll::Ready(None);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                let head = match read {
+                    Some(Ok(Some(head))) => head,
+                    // End of stream between requests, or a head too slow:
+                    // closed without an answer, as a keep-alive connection is.
+                    Some(Ok(None)) | None => return,
+                    Some(Err(error)) => {
+                        boxed(refuse_head(&self.shared, &mut client, error)).await;
                         return;
                     }
-                    drop(buf);
-                    let tunnel = shared.forwarder.tunnel(Arc::clone(&conn), permits);
-                    tunnel.run_io(client, upstream.stream).await;
-                    return;
+                };
+                let exchange = Exchange {
+                    shared: &self.shared,
+                    conn: &self.conn,
+                    pool: &self.pool,
+                    lifecycle: &self.lifecycle,
+                    limits,
+                };
+                // Boxed: the request's state is allocated for the request
+                // only, not reserved in every idle connection's task.
+                let next = boxed(exchange.run(head, &mut client, &mut buf, &mut clock)).await;
+                match next {
+                    Next::KeepAlive => {}
+                    Next::Close => {
+                        let _ = client.shutdown().await;
+                        return;
+                    }
+                    Next::Tunnel(start) => {
+                        // Boxed, as a request's state is: rare, and large.
+                        boxed(tunnel(&self.shared, &self.conn, client, buf, *start)).await;
+                        return;
+                    }
                 }
             }
         }
     }
 }
 
-/// Read until a whole request head is buffered. `Ok(None)`: the client
-/// closed before sending one.
-async fn read_head(
-    client: &mut TcpStream,
+/// `future` on the heap. A future awaited inside an async fn, even inside
+/// `Box::pin(..)` in the same statement, may keep its room in the caller's
+/// state (rustc lays moved-from locals out there too): building it in
+/// this plain fn keeps an idle connection's task small.
+fn boxed<'a, T>(
+    future: impl Future<Output = T> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
+}
+
+/// Turn a relayed connection into the WebSocket tunnel its handshake
+/// opened.
+async fn tunnel(
+    shared: &Shared,
+    conn: &Arc<ConnContext>,
+    mut client: TcpStream,
+    buf: BytesMut,
+    start: TunnelStart,
+) {
+    let TunnelStart {
+        mut upstream,
+        from_upstream,
+        permits,
+    } = start;
+    // Bytes each side sent right behind the handshake go first.
+    if !buf.is_empty() && upstream.stream.write_all(&buf).await.is_err() {
+        return;
+    }
+    if !from_upstream.is_empty() && client.write_all(&from_upstream).await.is_err() {
+        return;
+    }
+    drop(buf);
+    let tunnel = shared.forwarder.tunnel(Arc::clone(conn), permits);
+    tunnel.run_io(client, upstream.stream).await;
+}
+
+/// Read until a whole request head is buffered. `Ready(Ok(None))`: the
+/// client closed before sending one.
+fn poll_read_head(
+    client: &TcpStream,
     buf: &mut BytesMut,
     max_header_bytes: usize,
-) -> Result<Option<RequestHead>, h1::HeadError> {
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Result<Option<RequestHead>, h1::HeadError>> {
     loop {
         if !buf.is_empty() {
             if let Some((head, len)) = h1::parse_request(buf)? {
                 buf.advance(len);
-                return Ok(Some(head));
+                return Poll::Ready(Ok(Some(head)));
             }
             if buf.len() >= max_header_bytes {
-                return Err(h1::HeadError::TooLarge);
+                return Poll::Ready(Err(h1::HeadError::TooLarge));
             }
         }
+        match client.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(())) => {}
+        }
         buf.reserve(READ_CHUNK.min(max_header_bytes - buf.len()).max(1));
-        match client.read_buf(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
+        match client.try_read_buf(buf) {
+            Ok(0) => return Poll::Ready(Ok(None)),
             Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(Ok(None)),
         }
     }
 }
 
 /// Answer a head that cannot be parsed, and close.
-async fn refuse_head(shared: &Shared, client: &mut TcpStream, error: &h1::HeadError) {
+async fn refuse_head(shared: &Shared, client: &mut TcpStream, error: h1::HeadError) {
     shared.metrics.request(Outcome::Deny, Reason::BadRequest);
     let denial = Denial::new(error.status(), Reason::BadRequest, error.to_string());
     let response = problem::render(denial, Format::Problem);
