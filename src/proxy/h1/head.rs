@@ -323,12 +323,13 @@ pub fn parse_response(
 /// allows the leniency, and a parser that splits lines where the one in
 /// front of it does not is how a hidden header gets through.
 fn check_line_ends(head: &[u8]) -> Result<(), HeadError> {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
+    // Every head is scanned: find the line ends with memchr's vector search
+    // rather than looking at each byte (a byte loop was 2.5 % of an
+    // enforcing proxy's CPU under load).
+    for at in memchr::memchr_iter(b'\n', head) {
+        if at == 0 || head[at - 1] != b'\r' {
             return Err(HeadError::BareLf);
         }
-        prev = b;
     }
     Ok(())
 }
