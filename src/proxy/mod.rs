@@ -4,6 +4,7 @@ mod budget;
 mod conn;
 mod error;
 pub mod forward;
+pub mod h1;
 mod io;
 mod metrics;
 mod request_body;
