@@ -8,9 +8,14 @@
 
 pub mod chunked;
 pub mod head;
+pub mod write;
 
 pub use chunked::{ChunkedDecoder, ChunkedError, Decoded};
 pub use head::{
     parse_request, parse_response, BodyFraming, HeadError, RequestHead, ResponseFraming,
     ResponseHead, MAX_HEADERS,
+};
+pub use write::{
+    http_date, write_chunk_header, write_request_head, write_response_head, ResponseOut, CHUNK_END,
+    LAST_CHUNK,
 };
