@@ -886,9 +886,12 @@ fn fuzz_seeds_replay_through_the_harness() {
         .collect();
     dirs.sort();
     let mut known: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
-    // Replayed by `policy::normalize::request_head_fuzz_seeds_replay` and
-    // `user::tests::user_token_fuzz_seeds_replay`.
+    // Replayed by `policy::normalize::request_head_fuzz_seeds_replay`,
+    // `user::tests::user_token_fuzz_seeds_replay` and
+    // `proxy::h1::h1_fuzz_seeds_replay`.
     known.push("request_head");
+    known.push("h1_request");
+    known.push("h1_chunked");
     known.push("user_token");
     known.sort();
     assert_eq!(dirs, known, "seed directories without a replay entry");

@@ -214,12 +214,11 @@ impl ChunkedDecoder {
                 if self.line_len > MAX_SIZE_LINE && b != b'\r' {
                     return Err(ChunkedError::SizeLineTooLong);
                 }
-                if self.state != Size || !b.is_ascii_hexdigit() {
-                    if b != b'\r' && b != b'\n' {
-                        self.extension_bytes += 1;
-                        if self.extension_bytes > MAX_EXTENSIONS {
-                            return Err(ChunkedError::ExtensionsTooLarge);
-                        }
+                // Everything on the line but the digits and its end.
+                if (self.state != Size || !b.is_ascii_hexdigit()) && b != b'\r' && b != b'\n' {
+                    self.extension_bytes += 1;
+                    if self.extension_bytes > MAX_EXTENSIONS {
+                        return Err(ChunkedError::ExtensionsTooLarge);
                     }
                 }
             }

@@ -171,7 +171,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadErr
     }
     // Raw bytes >= 0x80 (valid UTF-8, or httparse refused them above) stay
     // as they are: the `http` crate accepts them in a path, as with hyper,
-    // and the policy layer percent-encodes them before matching.
+    // and the policy layer percent-encodes them before matching. A
+    // `#fragment` is dropped by the `http` crate, as under hyper, so the
+    // path decided on is the path forwarded.
     let uri = http::Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes()))
         .map_err(|_| HeadError::Target)?;
     let version = if req.version == Some(1) {
