@@ -589,8 +589,10 @@ async fn an_unreachable_idp_at_start_uses_the_last_good_jwks_or_is_not_ready() {
                 .0,
             StatusCode::OK
         );
+        // Written after the keys are in use: wait for it.
+        let state = idp.path().join("state.json");
         assert!(
-            idp.path().join("state.json").exists(),
+            eventually(async || state.exists()).await,
             "no state file written"
         );
     }

@@ -249,6 +249,10 @@ impl Connection {
     /// stores twice in the task; the first bytes are peeked by hand, with
     /// the relay's clock bounding the wait: an idle client's task stays
     /// small (see `relay`).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice in the task"
+    )]
     fn run(self, stream: TcpStream, slot: ConnectionSlot) -> impl Future<Output = ()> + Send {
         async move {
             self.shared.metrics.connections_total.inc();

@@ -107,6 +107,10 @@ impl RelayConn {
     /// no future of their own, and the connection's fields are used where
     /// they are rather than moved into locals: what the task holds while a
     /// client is idle is most of what a connection costs.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice in the task"
+    )]
     pub fn serve(self, mut clock: Clock) -> impl Future<Output = ()> + Send {
         async move {
             let limits = self.limits;
