@@ -419,6 +419,24 @@ impl Exchange<'_> {
                     .await;
             }
         };
+        // Every failure from here on is answered the same way: in the form
+        // the client asked for, settling the request as not served.
+        macro_rules! fail {
+            ($error:expr, $close:expr) => {
+                return self
+                    .failed(
+                        client,
+                        $error,
+                        asked.format(),
+                        &mut allowed,
+                        &mut settlement,
+                        &head.method,
+                        $close,
+                        started,
+                    )
+                    .await
+            };
+        }
         admit(shared, &mut head.headers, &allowed);
         let permits = std::mem::take(&mut allowed.permits);
         let counted = settlement.as_ref().and_then(Settlement::request_counter);
@@ -448,18 +466,7 @@ impl Exchange<'_> {
                     format!("the chunked request body is malformed: {error}"),
                 );
                 error.client_body = true;
-                return self
-                    .failed(
-                        client,
-                        error,
-                        asked.format(),
-                        &mut allowed,
-                        &mut settlement,
-                        &head.method,
-                        true,
-                        started,
-                    )
-                    .await;
+                fail!(error, true);
             }
         }
         // All of the request is in `sent`: it can be sent again.
@@ -495,33 +502,14 @@ impl Exchange<'_> {
             let mut upstream = match clock.within(self.limits.upstream_response, checkout).await {
                 Ok(Ok(upstream)) => upstream,
                 Ok(Err(error)) => {
-                    return self
-                        .failed(
-                            client,
-                            error,
-                            asked.format(),
-                            &mut allowed,
-                            &mut settlement,
-                            &head.method,
-                            !keep_alive || remaining > 0 || framing == BodyFraming::Chunked,
-                            started,
-                        )
-                        .await
+                    fail!(
+                        error,
+                        !keep_alive || remaining > 0 || framing == BodyFraming::Chunked
+                    )
                 }
                 Err(Elapsed) => {
                     let error = self.response_timeout();
-                    return self
-                        .failed(
-                            client,
-                            error,
-                            asked.format(),
-                            &mut allowed,
-                            &mut settlement,
-                            &head.method,
-                            true,
-                            started,
-                        )
-                        .await;
+                    fail!(error, true);
                 }
             };
             if let Err(error) = upstream.stream.write_all(&sent).await {
@@ -529,18 +517,7 @@ impl Exchange<'_> {
                     continue;
                 }
                 let error = upstream_io(&error);
-                return self
-                    .failed(
-                        client,
-                        error,
-                        asked.format(),
-                        &mut allowed,
-                        &mut settlement,
-                        &head.method,
-                        true,
-                        started,
-                    )
-                    .await;
+                fail!(error, true);
             }
             let reused = upstream.reused;
             let (ended, sent_whole, was_headed) = {
@@ -645,18 +622,7 @@ impl Exchange<'_> {
                     if retryable && reused && replayable && attempt == 1 {
                         continue;
                     }
-                    return self
-                        .failed(
-                            client,
-                            error,
-                            asked.format(),
-                            &mut allowed,
-                            &mut settlement,
-                            &head.method,
-                            !sent_whole || !keep_alive,
-                            started,
-                        )
-                        .await;
+                    fail!(error, !sent_whole || !keep_alive);
                 }
                 Ended::Response(Err(RespondFault::Broken)) | Ended::Stalled => return Next::Close,
                 Ended::Request(BodyFault::ClientGone) => return Next::Close,
@@ -666,33 +632,11 @@ impl Exchange<'_> {
                     }
                     let mut error = UpstreamError::said(UpstreamErrorKind::Protocol, detail);
                     error.client_body = true;
-                    return self
-                        .failed(
-                            client,
-                            error,
-                            asked.format(),
-                            &mut allowed,
-                            &mut settlement,
-                            &head.method,
-                            true,
-                            started,
-                        )
-                        .await;
+                    fail!(error, true);
                 }
                 Ended::Timeout => {
                     let error = self.response_timeout();
-                    return self
-                        .failed(
-                            client,
-                            error,
-                            asked.format(),
-                            &mut allowed,
-                            &mut settlement,
-                            &head.method,
-                            !sent_whole || !keep_alive,
-                            started,
-                        )
-                        .await;
+                    fail!(error, !sent_whole || !keep_alive);
                 }
             }
         }
