@@ -5,6 +5,7 @@ mod conn;
 mod error;
 pub mod forward;
 pub mod h1;
+mod idle;
 mod io;
 mod metrics;
 mod relay;

@@ -1,4 +1,6 @@
-//! Plain-HTTP/1.1 upstream connections with connection affinity.
+//! Plain-HTTP/1.1 upstream connections with connection affinity, for
+//! hyper's client: under `http1: hyper`, and for HTTP/2 client streams
+//! (the relay has its own, `relay/pool.rs`, over the same idle list).
 //!
 //! A sidecar's upstream is usually one local workload spoken to over plain
 //! HTTP/1.1. For that case each inbound connection keeps the upstream
@@ -7,7 +9,7 @@
 //! the connection (all of which the general-purpose pool does, and which
 //! profiles showed as a large share of user-space time per request). Upstream
 //! connections not held by an inbound connection wait in a small shared idle
-//! list, so new inbound connections reuse them; an inbound connection that
+//! list (`idle.rs`), so new inbound connections reuse them; an inbound connection that
 //! goes quiet gives its connection back there. Each HTTP/2 client stream
 //! takes one from that list for the time of its response. TLS and HTTP/2
 //! upstreams use hyper-util's pool instead (see `forward.rs`).
@@ -16,7 +18,6 @@
 //! request that finds none free waits for a connection to come back to the
 //! idle list, which hands it over directly, or for one to close.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,11 +32,11 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::budget::{BudgetedIo, Slot, UpstreamBudget};
 use super::error::{of_io, Failure, UpstreamError};
+use super::idle::{Freed, IdleConnections, Reusable};
 use super::request_body::RequestBody;
 use super::UpstreamErrorKind;
 
@@ -47,37 +48,16 @@ pub struct DirectPool {
     authority: Authority,
     connect_timeout: Duration,
     response_timeout: Duration,
-    idle: Mutex<IdleList>,
-    max_idle: usize,
-    /// Connections unused this long are closed.
-    idle_timeout: Duration,
-    /// `idle.len()`, exported.
-    idle_gauge: IntGauge,
-    budget: Arc<UpstreamBudget>,
+    idle: IdleConnections<Sender>,
 }
 
-/// Connections given back, and requests waiting for one: under one lock, so
-/// a connection put back never misses a request that just began to wait.
-#[derive(Debug, Default)]
-struct IdleList {
-    /// Most recently idled last, so the warmest connection is reused and
-    /// the coldest expire from the front.
-    entries: VecDeque<Idle>,
-    /// Requests that found every budgeted connection in use, first come
-    /// first served; closed ones (their wait ended) are skipped.
-    waiters: VecDeque<oneshot::Sender<Sender>>,
-}
-
-/// What a queued request got: a connection given back, or a freed slot.
-enum Freed {
-    Idle(Sender),
-    Slot(Slot),
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: Sender,
-    since: Instant,
+impl Reusable for Sender {
+    /// A sender whose connection is still finishing its last response (its
+    /// task has not yet seen the body's end) counts as open: the next user
+    /// waits for it in `poll_ready`, and one that closes instead is replaced.
+    fn is_open(&self) -> bool {
+        !self.is_closed()
+    }
 }
 
 /// The upstream connection an inbound connection holds between requests.
@@ -112,11 +92,7 @@ impl DirectPool {
             authority,
             connect_timeout,
             response_timeout,
-            idle: Mutex::default(),
-            max_idle,
-            idle_timeout,
-            idle_gauge,
-            budget,
+            idle: IdleConnections::new(max_idle, idle_timeout, idle_gauge, budget),
         }
     }
 
@@ -128,112 +104,35 @@ impl DirectPool {
     }
 
     fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock();
-        let found = Self::pop_open(&mut idle.entries);
-        self.idle_gauge.set(idle.entries.len() as i64);
-        found
-    }
-
-    fn pop_open(entries: &mut VecDeque<Idle>) -> Option<Sender> {
-        while let Some(entry) = entries.pop_back() {
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
-            }
-        }
-        None
+        self.idle.take()
     }
 
     /// A connection for a request that found none idle: a new one while the
     /// budget allows, else the first given back (or a slot freed by one
     /// closing) within the queue's wait.
     async fn open(&self) -> Result<Sender, UpstreamError> {
-        let slot = match self.budget.try_connection() {
-            Some(slot) => slot,
-            None => match self.wait_for_connection().await? {
-                Freed::Idle(sender) => return Ok(sender),
-                Freed::Slot(slot) => slot,
-            },
+        let slot = match self.idle.slot_or_idle().await? {
+            Freed::Idle(sender) => return Ok(sender),
+            Freed::Slot(slot) => slot,
         };
         self.connect(slot).await
     }
 
-    async fn wait_for_connection(&self) -> Result<Freed, UpstreamError> {
-        let _queued = self.budget.enqueue()?;
-        let (waiter, mut handed) = oneshot::channel();
-        {
-            let mut idle = self.idle.lock();
-            // Given back since the caller looked?
-            if let Some(sender) = Self::pop_open(&mut idle.entries) {
-                self.idle_gauge.set(idle.entries.len() as i64);
-                return Ok(Freed::Idle(sender));
-            }
-            idle.waiters.retain(|w| !w.is_closed());
-            idle.waiters.push_back(waiter);
-        }
-        let waited = tokio::time::timeout(self.budget.queue_wait(), async {
-            tokio::select! {
-                biased;
-                Ok(sender) = &mut handed => Freed::Idle(sender),
-                slot = self.budget.acquire_connection() => Freed::Slot(slot),
-            }
-        })
-        .await;
-        // A connection handed over just as the wait ended is used, not lost.
-        handed.close();
-        if let Ok(sender) = handed.try_recv() {
-            return Ok(Freed::Idle(sender));
-        }
-        waited.map_err(|_| self.budget.overloaded().into())
-    }
-
-    /// Close the connections idle longer than the idle timeout, and forget
-    /// closed ones. Called as connections are given back, and periodically
-    /// (see [`DirectPool::expire_idle`]), so a quiet proxy lets go too.
-    fn expire(&self, idle: &mut VecDeque<Idle>, now: Instant) {
-        while idle
-            .front()
-            .is_some_and(|e| now.duration_since(e.since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        idle.retain(|e| !e.sender.is_closed());
-    }
-
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+        self.idle.idle_timeout()
     }
 
     /// Close connections unused for the idle timeout.
     pub fn expire_idle(&self) {
-        let mut idle = self.idle.lock();
-        self.expire(&mut idle.entries, Instant::now());
-        self.idle_gauge.set(idle.entries.len() as i64);
+        self.idle.expire_idle();
     }
 
-    /// A sender whose connection is still finishing its last response (its
-    /// task has not yet seen the body's end) is kept too: the next user
-    /// waits for it in `poll_ready`, and one that closes instead is replaced.
     /// A request waiting for a connection gets it first.
-    fn put_idle(&self, mut sender: Sender) {
+    fn put_idle(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        let now = Instant::now();
-        let mut idle = self.idle.lock();
-        while let Some(waiter) = idle.waiters.pop_front() {
-            match waiter.send(sender) {
-                Ok(()) => return,
-                Err(back) => sender = back,
-            }
-        }
-        let entries = &mut idle.entries;
-        if entries.len() >= self.max_idle {
-            self.expire(entries, now);
-        }
-        if entries.len() < self.max_idle {
-            entries.push_back(Idle { sender, since: now });
-        }
-        self.idle_gauge.set(entries.len() as i64);
+        self.idle.put(sender);
     }
 
     /// Open a connection that keeps `slot` for as long as it is open.
