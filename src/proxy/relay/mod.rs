@@ -811,9 +811,7 @@ fn reframe_chunks(
         let decoded = decoder.decode(buf)?;
         let data = &buf[decoded.data.clone()];
         if !data.is_empty() {
-            h1::write_chunk_header(out, data.len());
-            out.extend_from_slice(data);
-            out.extend_from_slice(h1::CHUNK_END);
+            frame_into(out, data, true);
             if let Some(counted) = counted {
                 counted.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
@@ -1021,22 +1019,11 @@ async fn respond(
                 from_upstream.advance(now);
                 remaining -= now as u64;
                 settle(ctx.settlement, now);
-                if !out.is_empty() {
-                    client
-                        .write_all(&out)
-                        .await
-                        .map_err(|_| RespondFault::Broken)?;
-                    ctx.progress.fetch_add(1, Ordering::Relaxed);
-                    out.clear();
-                }
+                flush(client, &mut out, ctx.progress).await?;
                 if remaining == 0 {
                     break;
                 }
-                from_upstream.reserve(READ_CHUNK);
-                match upstream.read_buf(from_upstream).await {
-                    Ok(0) | Err(_) => return Err(RespondFault::Broken),
-                    Ok(_) => {}
-                }
+                read_more(upstream, from_upstream).await?;
             }
         }
         ResponseFraming::Chunked => {
@@ -1048,13 +1035,7 @@ async fn respond(
                         .map_err(|_| RespondFault::Broken)?;
                     let data = &from_upstream[decoded.data.clone()];
                     if !data.is_empty() {
-                        if body_out == ResponseOut::Chunked {
-                            h1::write_chunk_header(&mut out, data.len());
-                            out.extend_from_slice(data);
-                            out.extend_from_slice(h1::CHUNK_END);
-                        } else {
-                            out.extend_from_slice(data);
-                        }
+                        frame_into(&mut out, data, body_out == ResponseOut::Chunked);
                         settle(ctx.settlement, data.len());
                     }
                     from_upstream.advance(decoded.consumed);
@@ -1065,22 +1046,11 @@ async fn respond(
                 if decoder.is_done() && body_out == ResponseOut::Chunked {
                     out.extend_from_slice(h1::LAST_CHUNK);
                 }
-                if !out.is_empty() {
-                    client
-                        .write_all(&out)
-                        .await
-                        .map_err(|_| RespondFault::Broken)?;
-                    ctx.progress.fetch_add(1, Ordering::Relaxed);
-                    out.clear();
-                }
+                flush(client, &mut out, ctx.progress).await?;
                 if decoder.is_done() {
                     break;
                 }
-                from_upstream.reserve(READ_CHUNK);
-                match upstream.read_buf(from_upstream).await {
-                    Ok(0) | Err(_) => return Err(RespondFault::Broken),
-                    Ok(_) => {}
-                }
+                read_more(upstream, from_upstream).await?;
             }
         }
         ResponseFraming::UntilClose => {
@@ -1088,13 +1058,7 @@ async fn respond(
             loop {
                 if !from_upstream.is_empty() {
                     let data = &from_upstream[..];
-                    if body_out == ResponseOut::Chunked {
-                        h1::write_chunk_header(&mut out, data.len());
-                        out.extend_from_slice(data);
-                        out.extend_from_slice(h1::CHUNK_END);
-                    } else {
-                        out.extend_from_slice(data);
-                    }
+                    frame_into(&mut out, data, body_out == ResponseOut::Chunked);
                     settle(ctx.settlement, data.len());
                     from_upstream.clear();
                 }
@@ -1104,14 +1068,7 @@ async fn respond(
                 if ended && body_out == ResponseOut::Chunked {
                     out.extend_from_slice(h1::LAST_CHUNK);
                 }
-                if !out.is_empty() {
-                    client
-                        .write_all(&out)
-                        .await
-                        .map_err(|_| RespondFault::Broken)?;
-                    ctx.progress.fetch_add(1, Ordering::Relaxed);
-                    out.clear();
-                }
+                flush(client, &mut out, ctx.progress).await?;
                 match read {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -1127,6 +1084,46 @@ async fn respond(
     // the next one.
     reusable &= from_upstream.is_empty();
     Ok(Responded::Done { reusable, close })
+}
+
+/// Append `data` to `out` as the receiver's framing wants it: one chunk,
+/// or the bytes as they are (a length-delimited or close-delimited body).
+fn frame_into(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if chunked {
+        h1::write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(h1::CHUNK_END);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Send what the response has gathered to the client.
+async fn flush(
+    client: &mut WriteHalf<'_>,
+    out: &mut Vec<u8>,
+    progress: &AtomicU64,
+) -> Result<(), RespondFault> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    client
+        .write_all(out)
+        .await
+        .map_err(|_| RespondFault::Broken)?;
+    progress.fetch_add(1, Ordering::Relaxed);
+    out.clear();
+    Ok(())
+}
+
+/// Read more of the response body; its end before the framing's is a
+/// broken response.
+async fn read_more(upstream: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<(), RespondFault> {
+    buf.reserve(READ_CHUNK);
+    match upstream.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(RespondFault::Broken),
+        Ok(_) => Ok(()),
+    }
 }
 
 fn observe(shared: &Shared, started: Instant) {
