@@ -19,6 +19,7 @@
 #                     a header license (verification cache hit), a feature
 #                     check, a seat check by `x-user` and a per-license rate
 #                     limit set high enough never to trigger (ENFORCE=0 skips)
+#     3a. enforcing-hyper  the same enforcing proxy with `http1: hyper` — with HYPER=1
 #     4. nginx        wrk -> nginx proxy_pass (upstream keepalive 64) -> upstream
 #     5. haproxy      wrk -> HAProxy (mode http, http-reuse always) -> upstream
 #                     (skipped with a note when HAProxy cannot be installed)
@@ -78,7 +79,8 @@
 #   ENFORCE      0 = skip the enforcing licensegate target (default 1)
 #   REDIS        0 = skip the Redis-backed targets (default 1 when redis-server exists)
 #   METERING     0 = skip the metered target (default 1)
-#   HYPER        0 = skip the plain licensegate with `http1: hyper` (default 1)
+#   HYPER        0 = skip the plain and the enforcing licensegate with `http1: hyper`
+#                (default 1)
 #   H2           0 = skip the HTTP/2 pass (default 1 when h2load exists)
 #   H2_STREAMS   concurrent streams per HTTP/2 connection (default 10)
 #
@@ -169,11 +171,11 @@ chmod 755 "$TMP"
 mkdir -p "$TMP/wrk"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PORTS=$(free_ports 18)
+PORTS=$(free_ports 20)
 read -r UP_PORT LG_PORT LG_ADMIN_PORT NGX_PORT HAP_PORT EN_PORT EN_ADMIN_PORT \
     RD_PORT RA_PORT RA_ADMIN_PORT RL_PORT RL_ADMIN_PORT NGX_H2_PORT HAP_H2_PORT \
-    MT_PORT MT_ADMIN_PORT HY_PORT HY_ADMIN_PORT <<<"$PORTS"
-[[ -n $HY_ADMIN_PORT ]] || die "could not pick free loopback ports"
+    MT_PORT MT_ADMIN_PORT HY_PORT HY_ADMIN_PORT EH_PORT EH_ADMIN_PORT <<<"$PORTS"
+[[ -n $EH_ADMIN_PORT ]] || die "could not pick free loopback ports"
 
 NPROC=$(nproc)
 if [[ -z ${PIN:-} ]]; then
@@ -336,6 +338,10 @@ YAML
     start_enforcing enforcing "$EN_PORT" "$EN_ADMIN_PORT"
     EN_PID=${ENFORCING_PIDS[enforcing]}
     EN_LOG="$EN/enforcing/licensegate.log"
+    if [[ $HYPER == 1 ]]; then
+        # The same enforcing proxy with hyper's server and client.
+        start_enforcing enforcing-hyper "$EH_PORT" "$EH_ADMIN_PORT" "http1: hyper"
+    fi
     if [[ $REDIS == 1 ]]; then
         start_bg "$EN/redis.log" "${UP_PFX[@]}" redis-server --port "$RD_PORT" --bind 127.0.0.1 \
             --save "" --appendonly no
