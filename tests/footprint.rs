@@ -9,43 +9,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use http::Request;
-
-type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A license-sized header value: what a client sends with every request.
 fn license_value() -> String {
     format!("Bearer {}", "a".repeat(393))
 }
 
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    sender
+async fn connect(addr: SocketAddr) -> KeepAlive {
+    keep_alive(addr).await
 }
 
-/// One request on `sender`'s keep-alive connection; the status once the
-/// whole body has arrived.
-async fn ask(mut sender: Sender, path: &str) -> (Sender, u16) {
-    let response = sender
-        .send_request(
-            Request::get(path)
-                .header("host", "app.test")
-                .header("x-license", license_value())
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap();
-    (sender, status)
+/// One request with a license-sized header on `sender`'s connection.
+async fn ask(sender: KeepAlive, path: &str) -> (KeepAlive, u16) {
+    ask_on(sender, path, &[("x-license", &license_value())]).await
 }
 
 /// Fill a proxy of `engine` whose connection limit is derived from a

@@ -335,32 +335,8 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
         &format!("upstream:\n  url: http://{upstream}\nlimits:\n  max_connections: 2\n"),
     );
     let proxy = Proxy::with_config(&config);
-    type Sender = hyper::client::conn::http1::SendRequest<Body>;
-    async fn connect(addr: SocketAddr) -> Sender {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        sender
-    }
-    async fn ask(mut sender: Sender, path: &str) -> (Sender, u16) {
-        let response = sender
-            .send_request(
-                Request::get(path)
-                    .header("host", "app.test")
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap();
-        (sender, status)
-    }
+    let connect = keep_alive;
+    let ask = |sender, path| ask_on(sender, path, &[]);
     // Two keep-alive connections, each answered, hold both slots.
     let (first, status) = ask(connect(proxy.addr).await, "/first").await;
     assert_eq!(status, 200);

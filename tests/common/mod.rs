@@ -494,6 +494,41 @@ pub async fn send(request: Request<Body>) -> (http::response::Parts, Bytes) {
     (parts, body)
 }
 
+/// One keep-alive HTTP/1.1 client connection of its own (not pooled), for
+/// tests that count connections.
+pub type KeepAlive = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Open a [`KeepAlive`] connection to `addr`; its connection task runs
+/// until the sender is dropped.
+pub async fn keep_alive(addr: SocketAddr) -> KeepAlive {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// One GET of `path` (host `app.test`, plus `headers`) on a keep-alive
+/// connection; the status once the whole body has arrived.
+pub async fn ask_on(
+    mut sender: KeepAlive,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (KeepAlive, u16) {
+    let mut request = Request::get(path).header("host", "app.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    (sender, status)
+}
+
 pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
     send(Request::get(url).body(empty()).unwrap()).await
 }
