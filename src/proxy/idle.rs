@@ -32,7 +32,8 @@ pub struct IdleConnections<T> {
     max_idle: usize,
     /// Connections unused this long are closed.
     idle_timeout: Duration,
-    /// The list's length, exported.
+    /// Idle connections, exported: a gauge other lists add to as well
+    /// (hyper's and the relay's), so each adds what it changed.
     gauge: IntGauge,
     budget: Arc<UpstreamBudget>,
 }
@@ -45,6 +46,8 @@ struct IdleList<T> {
     entries: VecDeque<(T, Instant)>,
     /// First come first served; closed ones (their wait ended) are skipped.
     waiters: VecDeque<oneshot::Sender<T>>,
+    /// `entries.len()` as last added to the gauge.
+    published: usize,
 }
 
 /// What a queued request got: a connection given back, or a freed slot.
@@ -64,6 +67,7 @@ impl<T: Reusable> IdleConnections<T> {
             list: Mutex::new(IdleList {
                 entries: VecDeque::new(),
                 waiters: VecDeque::new(),
+                published: 0,
             }),
             max_idle,
             idle_timeout,
@@ -80,7 +84,7 @@ impl<T: Reusable> IdleConnections<T> {
     pub fn take(&self) -> Option<T> {
         let mut list = self.list.lock();
         let found = pop_open(&mut list.entries);
-        self.gauge.set(list.entries.len() as i64);
+        self.publish(&mut list);
         found
     }
 
@@ -100,7 +104,7 @@ impl<T: Reusable> IdleConnections<T> {
             let mut list = self.list.lock();
             // Given back since the caller looked?
             if let Some(connection) = pop_open(&mut list.entries) {
-                self.gauge.set(list.entries.len() as i64);
+                self.publish(&mut list);
                 return Ok(Freed::Idle(connection));
             }
             list.waiters.retain(|w| !w.is_closed());
@@ -139,7 +143,7 @@ impl<T: Reusable> IdleConnections<T> {
         if list.entries.len() < self.max_idle {
             list.entries.push_back((connection, now));
         }
-        self.gauge.set(list.entries.len() as i64);
+        self.publish(&mut list);
     }
 
     /// Close connections unused for the idle timeout, and forget closed
@@ -148,7 +152,13 @@ impl<T: Reusable> IdleConnections<T> {
     pub fn expire_idle(&self) {
         let mut list = self.list.lock();
         self.expire(&mut list.entries, Instant::now());
-        self.gauge.set(list.entries.len() as i64);
+        self.publish(&mut list);
+    }
+
+    fn publish(&self, list: &mut IdleList<T>) {
+        let now = list.entries.len();
+        self.gauge.add(now as i64 - list.published as i64);
+        list.published = now;
     }
 
     fn expire(&self, entries: &mut VecDeque<(T, Instant)>, now: Instant) {
@@ -169,4 +179,12 @@ fn pop_open<T: Reusable>(entries: &mut VecDeque<(T, Instant)>) -> Option<T> {
         }
     }
     None
+}
+
+impl<T> Drop for IdleConnections<T> {
+    fn drop(&mut self) {
+        // Its connections close with it.
+        let published = self.list.get_mut().published;
+        self.gauge.sub(published as i64);
+    }
 }

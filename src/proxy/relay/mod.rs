@@ -935,21 +935,29 @@ async fn respond(
                 retryable: false,
             });
         }
-        strip_hop_by_hop(&mut response.headers);
+    }
+
+    // The head the client gets: hop-by-hop headers gone, a tunnel's own
+    // `Connection`/`Upgrade` set back, the usage headers read and removed.
+    strip_hop_by_hop(&mut response.headers);
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
         let headers = &mut response.headers;
         headers.insert(
             http::header::CONNECTION,
             HeaderValue::from_static("upgrade"),
         );
         headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-        answered(
-            ctx.shared,
-            ctx.allowed,
-            ctx.reason,
-            ctx.settlement,
-            status,
-            &mut response.headers,
-        );
+    }
+    answered(
+        ctx.shared,
+        ctx.allowed,
+        ctx.reason,
+        ctx.settlement,
+        status,
+        &mut response.headers,
+    );
+    if switching {
         h1::write_response_head(
             &mut out,
             status,
@@ -964,16 +972,6 @@ async fn respond(
             .map_err(|_| RespondFault::Broken)?;
         return Ok(Responded::Tunnel(std::mem::take(from_upstream)));
     }
-
-    strip_hop_by_hop(&mut response.headers);
-    answered(
-        ctx.shared,
-        ctx.allowed,
-        ctx.reason,
-        ctx.settlement,
-        status,
-        &mut response.headers,
-    );
     let http10 = ctx.client_version == Version::HTTP_10;
     let body_out = match framing {
         ResponseFraming::Empty => ResponseOut::NoBody,
