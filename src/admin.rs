@@ -24,6 +24,7 @@ use crate::decision::usage::{rfc3339, MAX_LICENSE_ID};
 use crate::dev::{DevControl, PlanChange, SwitchError};
 use crate::license::LicenseGate;
 use crate::lifecycle::Lifecycle;
+use crate::limits::instances::InstanceSlot;
 use crate::metering::Metering;
 use crate::metrics::Registry;
 use crate::proxy::server::{bind_listener, BindError};
@@ -44,6 +45,8 @@ pub struct Admin {
     pub metering: Option<Metering>,
     /// The identity providers' key status, shown by `/users`.
     pub users: Option<JwksBoard>,
+    /// This replica's instance slot, shown by `/license`.
+    pub instances: Option<Arc<InstanceSlot>>,
 }
 
 /// How `/usage` reads the limit counters: the composition root closes it
@@ -277,7 +280,13 @@ impl Admin {
                 json(status, &report)
             }
             (&Method::GET | &Method::HEAD, "/license") => match &self.license {
-                Some(gate) => json(StatusCode::OK, &gate.status()),
+                Some(gate) => {
+                    let mut status = gate.status();
+                    if let Some(slot) = &self.instances {
+                        status["instances"] = serde_json::json!(slot.status());
+                    }
+                    json(StatusCode::OK, &status)
+                }
                 None => json(
                     StatusCode::OK,
                     &serde_json::json!({ "enforced": false, "detail": "no license section configured" }),

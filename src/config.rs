@@ -80,6 +80,9 @@ pub struct FileStore {
     pub key_prefix: Option<String>,
     #[serde(default)]
     pub lease: FileLease,
+    pub heartbeat: Option<HumanDuration>,
+    /// This replica's name (default: `$POD_NAME`, else `HOSTNAME-PID`).
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +90,30 @@ pub struct FileStore {
 pub struct FileLease {
     pub max_slice: Option<u64>,
     pub period: Option<HumanDuration>,
+}
+
+/// A replica's name when the config gives none: the pod's (the injected
+/// sidecar has `POD_NAME` from the downward API), which a restarted pod
+/// keeps; else the host's with the process id, which tells apart several
+/// replicas on one machine.
+pub fn default_instance_name() -> String {
+    if let Some(pod) = std::env::var("POD_NAME")
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+    {
+        return pod.trim().to_owned();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "replica".to_owned());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 impl FileStore {
@@ -156,6 +183,20 @@ impl FileStore {
                 "must be greater than zero".into(),
             ));
         }
+        let heartbeat = self.heartbeat.map_or(Duration::from_secs(2), |d| d.0);
+        if heartbeat < Duration::from_millis(100) {
+            return Err(invalid("store.heartbeat", "must be at least 100ms".into()));
+        }
+        let instance = match self.instance {
+            Some(name) => name,
+            None => default_instance_name(),
+        };
+        if instance.is_empty() || instance.len() > 253 || instance.contains(char::is_whitespace) {
+            return Err(invalid(
+                "store.instance",
+                format!("`{instance}`: not empty, at most 253 characters, without spaces"),
+            ));
+        }
         Ok(StoreSettings {
             nodes,
             mode: self.mode,
@@ -164,6 +205,8 @@ impl FileStore {
             key_prefix,
             lease_max_slice,
             lease_period,
+            heartbeat,
+            instance,
         })
     }
 }

@@ -16,12 +16,13 @@ use crate::exit;
 use crate::license::watch::{update_readiness, LicenseWatch, LICENSE_READY};
 use crate::license::{LicenseGate, LicenseMetrics};
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::limits::instances::{CurrentLimit, InstanceSlot, SlotState, SlotStatus};
 use crate::limits::persist::CounterFile;
 use crate::limits::shared::SharedStore;
 use crate::limits::{Clock, MemoryStore, StoreMetrics};
 use crate::metering::{Metering, MeteringError, MeteringTasks};
 use crate::metrics::Registry;
-use crate::policy::Policy;
+use crate::policy::{InstancesDef, Policy};
 use crate::process::{drain_on_signal, Signals};
 use crate::proxy::forward::Forwarder;
 use crate::proxy::server::{BindError, ProxyServer};
@@ -53,6 +54,11 @@ pub const STORE_READY: &str = "store";
 
 /// Readiness condition: the proxy listener is bound and accepting.
 pub const LISTENER_READY: &str = "listener";
+
+/// Readiness condition (and note): this replica holds an instance slot of
+/// its license, or the license sets no instance limit, or the policy lets
+/// a replica without one stay ready (`instances.on_limit`).
+pub const INSTANCE_READY: &str = "instance";
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     policy: Option<(PolicyWatch, Option<CounterFile>, Duration)>,
     shared_store: Option<Arc<SharedStore>>,
+    /// This replica's instance slot, under a deployment license.
+    instances: Option<Arc<InstanceSlot>>,
     /// The flusher and exporters of metering, when it is on.
     metering: Option<MeteringTasks>,
     dev: Option<Arc<DevControl>>,
@@ -246,6 +254,29 @@ impl Gateway {
                 Clock::system(),
             ))
         });
+        // The deployment license's instance slot (a per-request license is
+        // not this replica's to hold).
+        let instances = match &license {
+            Some(gate) if !gate.is_per_request() => {
+                lifecycle.require(INSTANCE_READY, "instance slot not checked yet");
+                let (instance, heartbeat) = match &settings.store {
+                    Some(store) => (store.instance.clone(), store.heartbeat),
+                    None => (
+                        crate::config::default_instance_name(),
+                        Duration::from_secs(2),
+                    ),
+                };
+                let slot = Arc::new(InstanceSlot::new(
+                    instance,
+                    settings.store.is_some(),
+                    heartbeat,
+                    &metrics.registry,
+                ));
+                engine = engine.with_instance_slot(Arc::clone(&slot));
+                Some(slot)
+            }
+            _ => None,
+        };
         if let Some(shared) = &shared_store {
             if settings.policy.is_none() {
                 tracing::warn!("`store` is set but there is no policy: nothing to count");
@@ -262,6 +293,13 @@ impl Gateway {
                 let summary = crate::reload::summary(&policy);
                 tracing::info!("policy loaded: {summary}");
                 lifecycle.note(POLICY_NOTE, summary);
+                if license.as_ref().is_some_and(|gate| gate.is_per_request())
+                    && policy.instances != InstancesDef::default()
+                {
+                    tracing::warn!(
+                        "the policy's `instances` section applies to a deployment license (file or refresh source); with a license per request no instance slot is held"
+                    );
+                }
                 engine = engine.with_policy(policy)?;
                 if let Some(path) = &policy_settings.counters_file {
                     let file = CounterFile::new(path.clone());
@@ -359,6 +397,7 @@ impl Gateway {
                 })),
                 metering: shared.metering.clone(),
                 users: users.as_ref().map(|users| users.board.clone()),
+                instances: instances.clone(),
             }),
         )?;
         let license = license.map(|gate| {
@@ -381,6 +420,7 @@ impl Gateway {
             shared,
             policy,
             shared_store,
+            instances,
             metering: metering_tasks,
             dev,
             users: users.map(|users| users.sources),
@@ -432,6 +472,7 @@ impl Gateway {
             shared,
             policy,
             shared_store,
+            instances,
             metering,
             users,
             drain_timeout,
@@ -449,7 +490,20 @@ impl Gateway {
             Task::essential("proxy", Phase::Draining).awaited(),
             proxy.serve(Arc::clone(&lifecycle)),
         );
-        // 2. upkeep, once the proxy has drained;
+        // 2. upkeep, once the proxy has drained (the instance slot is
+        // given back as soon as draining begins);
+        if let (Some(slot), Some((gate, _))) = (instances, &license) {
+            tasks.spawn(
+                Task::upkeep("instance slot"),
+                instance_upkeep(
+                    slot,
+                    Arc::clone(gate),
+                    &shared,
+                    shared_store.clone(),
+                    &lifecycle,
+                ),
+            );
+        }
         if let Some((gate, watch)) = license {
             update_readiness(&gate, &lifecycle, gate.refresh_state());
             tasks.spawn(
@@ -548,4 +602,43 @@ impl Gateway {
             failed: tasks.finish(),
         }
     }
+}
+
+/// Hold the instance slot of the deployment license in force under the
+/// policy in force, until draining begins; readiness follows it.
+fn instance_upkeep(
+    slot: Arc<InstanceSlot>,
+    gate: Arc<LicenseGate>,
+    shared: &Arc<Shared>,
+    store: Option<Arc<SharedStore>>,
+    lifecycle: &Arc<Lifecycle>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let shared = Arc::clone(shared);
+    let current = move || -> CurrentLimit {
+        let loaded = gate.loaded().ok_or(())?;
+        let (license, _) = loaded.license.as_ref().ok_or(())?;
+        let claims = &license.claims;
+        Ok(shared
+            .engine
+            .with_current_policy(|policy| policy.instance_limit(claims))
+            .unwrap_or_else(|| InstancesDef::default().limit_for(claims, None)))
+    };
+    let report = {
+        let lifecycle = Arc::clone(lifecycle);
+        move |status: &SlotStatus| {
+            lifecycle.set(INSTANCE_READY, status.ready());
+            if status.state == SlotState::Unlimited {
+                lifecycle.forget_note(INSTANCE_READY);
+            } else {
+                lifecycle.note(INSTANCE_READY, status.describe());
+            }
+        }
+    };
+    let draining = Arc::clone(lifecycle);
+    slot.run(
+        store,
+        current,
+        async move { draining.drained().await },
+        report,
+    )
 }

@@ -77,6 +77,11 @@ impl Lifecycle {
         self.notes.lock().insert(name, text.into());
     }
 
+    /// Remove the note `name`, if shown.
+    pub fn forget_note(&self, name: &'static str) {
+        self.notes.lock().remove(name);
+    }
+
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.conditions.lock().values().all(Result::is_ok)
     }

@@ -13,8 +13,8 @@ use super::license::read_token_arg;
 use crate::config::{FileConfig, Overrides, Settings};
 use crate::decision::{
     evaluate, Admission, BodyState, Credentials, Denial, EnvironmentCheck, EvaluatorSettings,
-    LicenseHeaderNames, LicenseView, LimitCheck, LimitPlan, Outcome, PreflightStep, Reason,
-    RequestFacts, Step, Verdict, WebSocketScope, SHADOW_DENY_HEADER,
+    InstanceCheck, LicenseHeaderNames, LicenseView, LimitCheck, LimitPlan, Outcome, PreflightStep,
+    Reason, RequestFacts, Step, Verdict, WebSocketScope, SHADOW_DENY_HEADER,
 };
 use crate::license::{
     Keyring, LicenseError, LicenseGate, LicenseMetrics, LicenseVerifier, Validator, VerifiedLicense,
@@ -497,6 +497,8 @@ impl<'a> Credentials<'a> for ExplainSource<'a> {
             license,
             entitlement,
             environment: *environment,
+            // Slots are held by running replicas, not by a command.
+            instance: InstanceCheck::NotChecked,
         })
     }
 }
@@ -603,6 +605,22 @@ fn render(
                 "not checked here: the running proxy checks `lic.env` (give --config to check it)",
             ),
             Step::Environment(Err(_)) => line(out, "env", &format!("refused: {detail}")),
+            Step::Instance(check) => {
+                let limit = license.and_then(|l| policy.instance_limit(&l.claims));
+                let text = match (check, limit) {
+                    (_, None) => "no instance limit".to_owned(),
+                    (InstanceCheck::NotChecked, Some(limit)) => format!(
+                        "{} replica{} at once per {} (on_limit: {}); whether a replica holds a slot, its `/license` on the admin port says",
+                        limit.limit,
+                        if limit.limit == 1 { "" } else { "s" },
+                        limit.holder,
+                        limit.on_limit.as_str()
+                    ),
+                    (InstanceCheck::Serving, Some(_)) => "holds an instance slot".to_owned(),
+                    (InstanceCheck::Waiting { .. }, Some(_)) => format!("no slot: {detail}"),
+                };
+                line(out, "instances", &text);
+            }
             Step::Features { route, missing } => {
                 if route.feature_names.is_empty() {
                     line(out, "features", "none required");

@@ -13,7 +13,8 @@ use http::{Method, StatusCode};
 use super::admin_client::{detail, exchange, Failure};
 use crate::config::DEFAULT_ADMIN;
 use crate::decision::usage::{
-    is_license_id, Entitlement, LicenseUsage, LimitUsage, UsageReport, MAX_LICENSE_ID,
+    is_license_id, Entitlement, InstanceUsage, LicenseUsage, LimitUsage, UsageReport,
+    MAX_LICENSE_ID,
 };
 use crate::exit;
 use crate::process::build_runtime;
@@ -168,6 +169,9 @@ fn render_license(out: &mut String, license: &LicenseUsage, now: &str) {
         }
         table(out, &rows, &[false, false, true, true, true, false, false]);
     }
+    if let Some(instances) = &license.instances {
+        render_instances(out, instances);
+    }
     if !license.meters.is_empty() {
         let mut rows = vec![["METER", "USED", "SINCE"].map(str::to_owned).to_vec()];
         for meter in &license.meters {
@@ -179,6 +183,46 @@ fn render_license(out: &mut String, license: &LicenseUsage, now: &str) {
         }
         out.push('\n');
         table(out, &rows, &[false, true, false]);
+    }
+}
+
+/// The instance slots: how many are held, by whom, and where the replica
+/// that answered stands.
+fn render_instances(out: &mut String, instances: &InstanceUsage) {
+    let counted = match instances.counted.as_str() {
+        "local" => "no shared store: only this replica is counted",
+        _ => "across the fleet, in the shared store",
+    };
+    let _ = writeln!(
+        out,
+        "\ninstances of {}: {} of {} held ({counted}; on_limit: {})",
+        instances.holder,
+        instances.holders.len(),
+        instances.limit,
+        instances.on_limit
+    );
+    let mut rows = vec![["HOLDER", "LEASE LEFT"].map(str::to_owned).to_vec()];
+    for holder in &instances.holders {
+        let mut name = holder.instance.clone();
+        if holder.instance == instances.instance {
+            name.push_str(" (this replica)");
+        }
+        let left = if holder.lease_left_ms >= 0 {
+            format!("{:.1}s", holder.lease_left_ms as f64 / 1000.0)
+        } else {
+            "lapsed".to_owned()
+        };
+        rows.push(vec![name, left]);
+    }
+    if !instances.holders.is_empty() {
+        table(out, &rows, &[false, true]);
+    }
+    if instances.state == "waiting" {
+        let _ = writeln!(
+            out,
+            "  this replica ({}) waits for a slot",
+            instances.instance
+        );
     }
 }
 
@@ -291,6 +335,7 @@ mod tests {
                 license: "lic-1".into(),
                 plan: Some("pro".into()),
                 entitlement: Entitlement::Recent,
+                instances: None,
                 limits: vec![
                     quota(3),
                     LimitUsage {

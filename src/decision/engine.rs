@@ -22,8 +22,8 @@ use prometheus::IntCounter;
 
 use super::entitlements::{Entitled, EntitlementCache, LicenseHeaders, RoleCap};
 use super::evaluate::{
-    license_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings, LicenseView,
-    LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
+    instance_denial, license_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings,
+    InstanceCheck, LicenseView, LimitCheck, LimitPlan, NoTrace, Outcome, RequestFacts, Verdict,
 };
 use super::keys::{key_label, KEY_SEPARATOR};
 use super::log::{DecisionLog, DenialLine};
@@ -33,12 +33,15 @@ use super::usage::{self, Bound, Entitlement, Sources, Subject, UsageReport, Usag
 use super::DecisionMetrics;
 use super::{BodyState, Decision, Denial, Peer, Reason};
 use crate::license::{LicenseError, LicenseGate, VerifiedLicense};
-use crate::limits::shared::SharedStore;
+use crate::limits::instances::InstanceSlot;
+use crate::limits::shared::{SharedStore, SlotOp};
 use crate::limits::{
     retry_after_secs, Budget, Budgets, Charge, Counters, Held, Limited, Limiter, MemoryStore,
     OverageUse, Permit, Refusal, Tickets,
 };
-use crate::policy::{Claim, KeyPart, LimitDef, LimitKind, Mode, Policy, PolicyError};
+use crate::policy::{
+    Claim, KeyPart, LimitDef, LimitKind, Mode, OnInstanceLimit, Policy, PolicyError,
+};
 use crate::user::{UserError, UserVerifier, VerifiedUser};
 
 use super::entitlements::LicenseHeaderNames;
@@ -243,6 +246,7 @@ impl<'a> Credentials<'a> for RequestCredentials<'a> {
             // The gate refuses a license whose `lic.env` does not admit
             // this deployment.
             environment: EnvironmentCheck::Admitted,
+            instance: engine.instance_check(),
         })
     }
 }
@@ -280,6 +284,8 @@ pub struct DecisionEngine {
     evaluator: EvaluatorSettings,
     /// Where quota threshold crossings go; `None`: they are dropped.
     thresholds: Option<Arc<ThresholdAnnouncer>>,
+    /// This replica's instance slot under the deployment license.
+    instances: Option<Arc<InstanceSlot>>,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -322,6 +328,28 @@ impl DecisionEngine {
             trust_forwarded: settings.trust_forwarded,
             evaluator,
             thresholds: None,
+            instances: None,
+        }
+    }
+
+    /// Refuse (or flag) licensed requests while `slot` holds no instance
+    /// slot the license needs.
+    pub fn with_instance_slot(mut self, slot: Arc<InstanceSlot>) -> DecisionEngine {
+        self.instances = Some(slot);
+        self
+    }
+
+    /// Where this replica stands against the license's instance limit.
+    fn instance_check(&self) -> InstanceCheck {
+        let Some(slot) = &self.instances else {
+            return InstanceCheck::NotChecked;
+        };
+        match slot.refusal() {
+            None => InstanceCheck::Serving,
+            Some(refusal) => InstanceCheck::Waiting {
+                on_limit: refusal.on_limit,
+                limit: refusal.limit,
+            },
         }
     }
 
@@ -525,14 +553,32 @@ impl DecisionEngine {
         }) {
             Ok((license, _)) => {
                 let entitled = self.entitlements.get(&license, None);
-                Decision::Allow(Allowed {
+                let refused = instance_denial(&license, self.instance_check());
+                let mut allowed = Allowed {
                     license: Some(Arc::clone(&entitled.headers)),
                     user: self
                         .offered_user(head, peer)
                         .map(|user| ForwardedUser::new(user, entitled.roles.as_ref())),
                     websocket: true,
                     ..Allowed::default()
-                })
+                };
+                if let Some((on_limit, denial)) = refused {
+                    let shadow = on_limit == OnInstanceLimit::Shadow;
+                    self.log_denial(
+                        &denial,
+                        shadow,
+                        UNMATCHED_ROUTE,
+                        head,
+                        peer,
+                        (Some(&license), None),
+                    );
+                    self.metrics.denied(denial.reason, UNMATCHED_ROUTE, shadow);
+                    if !shadow {
+                        return Decision::Deny(denial);
+                    }
+                    allowed.shadow = Some(denial.reason);
+                }
+                Decision::Allow(allowed)
             }
             Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.token_header()))),
         }
@@ -689,6 +735,17 @@ impl DecisionEngine {
         match result {
             Ok(()) if allowed.preflight => {
                 self.metrics.preflight(route_name);
+                Decision::Allow(allowed)
+            }
+            Ok(()) if verdict.shadowed.is_some() => {
+                // Allowed, flagged with what its check's own setting let
+                // through (an instance limit under `on_limit: shadow`).
+                let denial = verdict.shadowed.expect("checked above");
+                let license = slot.get().map(|(l, _)| &**l);
+                let user = user.get().map(|u| &*u.subject);
+                self.log_denial(&denial, true, route_name, head, peer, (license, user));
+                self.metrics.denied(denial.reason, route_name, true);
+                allowed.shadow = Some(denial.reason);
                 Decision::Allow(allowed)
             }
             Ok(()) => {
@@ -919,7 +976,46 @@ impl DecisionEngine {
             shared: self.limiter.shared().map(|shared| &**shared),
             keep: request.also.into_iter().collect(),
         };
-        usage::report(sources, subjects, truncated).await
+        let mut report = usage::report(sources, subjects, truncated).await;
+        if let (Some(slot), Some(license)) = (&self.instances, &deployment) {
+            let instances = self.instance_usage(slot).await;
+            if let Some(entry) = report
+                .licenses
+                .iter_mut()
+                .find(|entry| entry.license == license.claims.sub)
+            {
+                entry.instances = instances;
+            }
+        }
+        report
+    }
+
+    /// Who holds the deployment license's instance slots: read from the
+    /// store now when it answers, else as the slot last saw them.
+    async fn instance_usage(&self, slot: &InstanceSlot) -> Option<usage::InstanceUsage> {
+        let status = slot.status();
+        let limit = status.limit?;
+        let mut holders = status.holders;
+        if let (Some(store), Some(key)) = (self.limiter.shared(), &status.key) {
+            if let Ok(reply) = store.instance_slot(key, SlotOp::Read, limit).await {
+                holders = reply.holders;
+            }
+        }
+        Some(usage::InstanceUsage {
+            holder: status.holder.unwrap_or_default(),
+            limit,
+            on_limit: status.on_limit.unwrap_or_default().to_owned(),
+            counted: status.counted.to_owned(),
+            instance: status.instance,
+            state: status.state.as_str().to_owned(),
+            holders: holders
+                .into_iter()
+                .map(|h| usage::InstanceHolder {
+                    instance: h.instance,
+                    lease_left_ms: h.lease_left_ms,
+                })
+                .collect(),
+        })
     }
 
     /// The limit number for a key that is a license id (deployment license).

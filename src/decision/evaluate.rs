@@ -36,8 +36,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use super::{BodyState, Denial, Hint, Reason, WebSocketScope};
 use crate::license::{LicenseError, VerifiedLicense};
 use crate::policy::{
-    Access, Amount, Claim, Entitlement, KeyPart, LimitDef, LimitKind, LimitUse, Mode, Policy,
-    RoleRule, Route,
+    Access, Amount, Claim, Entitlement, KeyPart, LimitDef, LimitKind, LimitUse, Mode,
+    OnInstanceLimit, Policy, RoleRule, Route,
 };
 use crate::user::{UserError, VerifiedUser};
 
@@ -88,6 +88,22 @@ pub struct LicenseView<'a> {
     pub entitlement: &'a Entitlement,
     /// Whether its `lic.env` was checked against this deployment.
     pub environment: EnvironmentCheck,
+    /// Whether this replica may serve under it (its instance limit).
+    pub instance: InstanceCheck,
+}
+
+/// Where this replica stands against the license's instance limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceCheck {
+    /// It holds an instance slot, or the license sets no instance limit.
+    Serving,
+    /// Every slot is held by other replicas; it waits for one.
+    Waiting {
+        on_limit: OnInstanceLimit,
+        limit: u64,
+    },
+    /// Not known here (`policy explain`, per-request licenses).
+    NotChecked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +159,10 @@ pub struct Verdict<'a, T> {
     /// Whether the request, once allowed, may become a WebSocket tunnel.
     pub websocket: bool,
     pub outcome: Outcome<'a>,
+    /// A denial that the check's own setting let through (an instance
+    /// limit with `on_limit: shadow`): the allowed request is flagged with
+    /// it. A later denial wins.
+    pub shadowed: Option<Box<Denial>>,
     /// Whatever the [`Trace`] kept.
     pub steps: T,
 }
@@ -243,6 +263,8 @@ pub enum Step<'a> {
     License(Result<LicenseView<'a>, Reason>),
     /// The license's environment binding.
     Environment(Result<EnvironmentCheck, Reason>),
+    /// This replica against the license's instance limit.
+    Instance(InstanceCheck),
     /// The route's features against the license's; `missing` is the first
     /// feature (index in `Policy::features`) the license lacks.
     Features {
@@ -316,12 +338,22 @@ where
         None => (policy.unmatched, policy.mode),
     };
     trace.step(Step::Access { access, mode });
-    let outcome = decide(policy, route, facts, credentials, settings, &mut trace);
+    let mut shadowed = None;
+    let outcome = decide(
+        policy,
+        route,
+        facts,
+        credentials,
+        settings,
+        &mut trace,
+        &mut shadowed,
+    );
     Verdict {
         route,
         mode,
         websocket: settings.allows_tunnel(route),
         outcome,
+        shadowed,
         steps: trace,
     }
 }
@@ -333,6 +365,7 @@ fn decide<'a, L, T>(
     credentials: &mut L,
     settings: &EvaluatorSettings,
     trace: &mut T,
+    shadowed: &mut Option<Box<Denial>>,
 ) -> Outcome<'a>
 where
     L: Credentials<'a>,
@@ -396,6 +429,14 @@ where
             Ok(view) => {
                 trace.step(Step::License(Ok(view)));
                 trace.step(Step::Environment(Ok(view.environment)));
+                trace.step(Step::Instance(view.instance));
+                if let Some((on_limit, denial)) = instance_denial(view.license, view.instance) {
+                    if on_limit == OnInstanceLimit::Shadow {
+                        *shadowed = Some(denial);
+                    } else {
+                        return Outcome::Deny(denial);
+                    }
+                }
                 Some(view)
             }
             Err(error) => {
@@ -707,6 +748,36 @@ fn feature_denial(policy: &Policy, route: &Route, license: &VerifiedLicense, bit
 /// `WWW-Authenticate` challenge (RFC 6750); anything about the deployment or
 /// its environment is a 403; a client over its budget of failing checks gets
 /// 429 with `Retry-After`.
+/// The denial of a replica without an instance slot (`check`), for a
+/// request under `license`, with the setting that says what to do with it: 403 under
+/// `on_limit: deny` (and `shadow`, which only flags it), 503 under
+/// `not_ready` (a request that reached a replica the orchestrator was told
+/// to avoid).
+pub fn instance_denial(
+    license: &VerifiedLicense,
+    check: InstanceCheck,
+) -> Option<(OnInstanceLimit, Box<Denial>)> {
+    let InstanceCheck::Waiting { on_limit, limit } = check else {
+        return None;
+    };
+    let status = match on_limit {
+        OnInstanceLimit::Deny | OnInstanceLimit::Shadow => StatusCode::FORBIDDEN,
+        OnInstanceLimit::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let denial = Box::new(Denial::new(
+        status,
+        Reason::InstanceLimitReached,
+        format!(
+            "license `{}` allows {limit} instance{} at once and other replicas hold {}: this one serves licensed requests once a slot frees (instances.on_limit: {})",
+            license.claims.sub,
+            if limit == 1 { "" } else { "s" },
+            if limit == 1 { "it" } else { "them all" },
+            on_limit.as_str()
+        ),
+    ));
+    Some((on_limit, denial))
+}
+
 pub fn license_denial(error: &LicenseError, token_header: Option<&HeaderName>) -> Denial {
     let reason = Reason::of_license_error(error);
     let per_request = token_header.is_some();

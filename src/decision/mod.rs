@@ -82,11 +82,13 @@ pub enum Reason {
     RoleMissing,
     /// The user holds the role, but the license does not include it.
     RoleNotLicensed,
+    /// Every instance slot of the license is held by other replicas.
+    InstanceLimitReached,
 }
 
 impl Reason {
     /// Every reason, in a fixed order; metrics pre-resolve one handle each.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Reason::Allowed,
         Reason::CorsPreflight,
         Reason::UpstreamUnavailable,
@@ -121,6 +123,7 @@ impl Reason {
         Reason::UserKeysUnavailable,
         Reason::RoleMissing,
         Reason::RoleNotLicensed,
+        Reason::InstanceLimitReached,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -159,6 +162,7 @@ impl Reason {
             Reason::UserKeysUnavailable => "user_keys_unavailable",
             Reason::RoleMissing => "role_missing",
             Reason::RoleNotLicensed => "role_not_licensed",
+            Reason::InstanceLimitReached => "instance_limit_reached",
         }
     }
 
@@ -199,6 +203,7 @@ impl Reason {
             Reason::UserKeysUnavailable => "Identity provider keys unavailable",
             Reason::RoleMissing => "Role missing",
             Reason::RoleNotLicensed => "Role not licensed",
+            Reason::InstanceLimitReached => "Instance limit reached",
         }
     }
 
@@ -379,8 +384,8 @@ pub use engine::{Allowed, DecisionEngine, EngineSettings, ForwardedUser};
 pub use entitlements::LicenseHeaderNames;
 pub use evaluate::{
     evaluate, user_denial, Admission, Credentials, EnvironmentCheck, EvaluatorSettings,
-    LicenseView, LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep, RequestFacts, Step, Trace,
-    Verdict,
+    InstanceCheck, LicenseView, LimitCheck, LimitPlan, NoTrace, Outcome, PreflightStep,
+    RequestFacts, Step, Trace, Verdict,
 };
 pub use meters::{LicenseIdentity, MeterFeed, Metered, RouteMeters};
 pub use metrics::DecisionMetrics;

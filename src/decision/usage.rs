@@ -118,6 +118,34 @@ pub struct LicenseUsage {
     pub limits: Vec<LimitUsage>,
     /// Metered usage this replica recorded this UTC month.
     pub meters: Vec<MeterUsage>,
+    /// The deployment license's instance slots, when it limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstanceUsage>,
+}
+
+/// Who holds the instance slots of a license.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    /// Whose slots: `license lic-1`, `customer ACME`.
+    pub holder: String,
+    pub limit: u64,
+    /// `not_ready`, `deny` or `shadow`.
+    pub on_limit: String,
+    /// `shared` (the fleet, in the shared store) or `local` (this replica
+    /// only: no shared store).
+    pub counted: String,
+    /// The replica that answered, and where it stands (`held`, `waiting`).
+    pub instance: String,
+    pub state: String,
+    /// In the order they took their slots.
+    pub holders: Vec<InstanceHolder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceHolder {
+    pub instance: String,
+    /// How long its lease runs without a renewal.
+    pub lease_left_ms: i64,
 }
 
 /// One limit's current period for one key.
@@ -520,6 +548,7 @@ pub(crate) async fn report(
             entitlement: subject.entitlement,
             limits: rows,
             meters: Vec::new(),
+            instances: None,
         });
     }
     UsageReport {

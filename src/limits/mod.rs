@@ -15,6 +15,7 @@
 mod budget;
 mod clock;
 mod concurrency;
+pub mod instances;
 mod limiter;
 mod metrics;
 mod outage;

@@ -19,6 +19,12 @@ pub struct StoreSettings {
     pub lease_max_slice: u64,
     /// Leased mode: how long a lease may be spent before it is returned.
     pub lease_period: Duration,
+    /// How often a replica announces itself (and renews its instance slot);
+    /// an announcement or slot lapses after three.
+    pub heartbeat: Duration,
+    /// This replica's name among the replicas: stable across restarts of
+    /// one pod, so a restarted pod finds its own instance slot.
+    pub instance: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

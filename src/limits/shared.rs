@@ -40,9 +40,6 @@ const READ_SCRIPT: &str = include_str!("shared_read.lua");
 /// is noise; three are an outage).
 const TIMEOUTS_TO_TRIP: u32 = 3;
 
-/// How often a replica announces itself in the store's replica set.
-const HEARTBEAT: Duration = Duration::from_secs(2);
-
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -115,6 +112,7 @@ pub struct SharedStore {
     connection: ArcSwapOption<Connection>,
     script: redis::Script,
     read_script: redis::Script,
+    slots_script: redis::Script,
     degraded: AtomicBool,
     timeouts_in_a_row: AtomicU32,
     wake: tokio::sync::Notify,
@@ -123,8 +121,10 @@ pub struct SharedStore {
     /// Leased mode: seat holders confirmed recently, by seat key and identity.
     seats_seen: DashMap<Box<str>, u64, Hasher>,
     clock: Clock,
-    /// This process, in the store's set of live replicas.
-    instance: String,
+    /// This process, unique per start: it marks outage merges (an epoch
+    /// counts from 0 each start, so a restart under the same instance name
+    /// must not find its predecessor's markers).
+    process: String,
     /// Live replicas last seen in the store (including this one).
     observed_replicas: AtomicU32,
     /// Quota units counted locally while the store was away, to merge.
@@ -149,6 +149,7 @@ impl SharedStore {
             connection: ArcSwapOption::empty(),
             script: redis::Script::new(SCRIPT),
             read_script: redis::Script::new(READ_SCRIPT),
+            slots_script: slots::script(),
             degraded: AtomicBool::new(true),
             timeouts_in_a_row: AtomicU32::new(0),
             wake: tokio::sync::Notify::new(),
@@ -156,7 +157,7 @@ impl SharedStore {
             leases: DashMap::with_hasher(Hasher::default()),
             seats_seen: DashMap::with_hasher(Hasher::default()),
             clock,
-            instance: instance_id(),
+            process: process_id(),
             observed_replicas: AtomicU32::new(1),
             outage: OutageLedger::default(),
         }
@@ -679,7 +680,7 @@ impl SharedStore {
     pub async fn maintain(self: Arc<Self>, report: impl Fn(&SharedStore) + Send) {
         let mut backoff = MIN_BACKOFF;
         let mut first = true;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_tick = tokio::time::interval(self.settings.lease_period);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -751,18 +752,18 @@ impl SharedStore {
         }
     }
 
-    /// Announce this replica and count the live ones (seen within three
-    /// heartbeats). Returns whether the count changed.
+    /// Announce this replica (by its instance name) and count the live ones
+    /// (seen within three heartbeats). Returns whether the count changed.
     async fn heartbeat(&self) -> bool {
         let Some(connection) = self.connection.load_full() else {
             return false;
         };
         let key = format!("{}:{{replicas}}", self.settings.key_prefix);
         let now_ms = self.clock.unix_nanos() / 1_000_000;
-        let horizon = now_ms.saturating_sub(3 * HEARTBEAT.as_millis() as u64);
+        let horizon = now_ms.saturating_sub(3 * self.settings.heartbeat.as_millis() as u64);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .zadd(&key, &self.instance, now_ms)
+            .zadd(&key, &self.settings.instance, now_ms)
             .ignore()
             .zrembyscore(&key, "-inf", horizon)
             .ignore()
@@ -959,7 +960,7 @@ impl SharedStore {
         // its own kind, `m`.
         let marker = format!(
             "{}:{{{}}}:{}:m:{}:{start}:{}:{}",
-            self.settings.key_prefix, at.tag, at.limit, at.key, self.instance, entry.epoch
+            self.settings.key_prefix, at.tag, at.limit, at.key, self.process, entry.epoch
         );
         Some(Op::Merge {
             key,
@@ -1114,8 +1115,8 @@ fn kept_after(period: Period, length: u64) -> u64 {
     }
 }
 
-/// A random id for this process among the replicas.
-fn instance_id() -> String {
+/// A random id for this process.
+fn process_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
@@ -1419,6 +1420,10 @@ impl Reply {
 
 #[path = "shared/claim.rs"]
 mod claim;
+
+#[path = "shared/slots.rs"]
+mod slots;
+pub use slots::{SlotHolder, SlotOp, SlotReply};
 
 #[cfg(test)]
 #[path = "shared/tests.rs"]

@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 
+use super::instances::{
+    InstanceKey, InstanceLimit, InstancesDef, OnInstanceLimit, INSTANCES_LIMIT,
+};
 use super::locate::{dotted, locate, scalar_texts, Step};
 pub use super::matcher::HostMatch;
 use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
 use super::schema::{
     check_flow_depth, AccessSetting, AmountSpec, CaseSetting, CountSetting, DefaultSpec,
-    HeaderConditionSpec, KeySpec, LimitSpec, MeterSpec, ModeSetting, PeriodSetting, PolicyFile,
-    PreflightSetting, RolesSpec, RouteSpec, StoreErrorSetting, MAX_FLOW_DEPTH,
+    HeaderConditionSpec, InstancesSpec, KeySpec, LimitSpec, MeterSpec, ModeSetting, OnLimitSetting,
+    PeriodSetting, PolicyFile, PreflightSetting, RolesSpec, RouteSpec, StoreErrorSetting,
+    MAX_FLOW_DEPTH,
 };
-use crate::license::LicenseClaims;
+use crate::license::{Claims, LicenseClaims};
 use crate::yaml::YamlError;
 
 /// A compiled policy: what the decision engine consults per request.
@@ -50,6 +54,8 @@ pub struct Policy {
     /// Whether any route needs a verified user (roles, or a limit counted
     /// by `user`).
     pub needs_user: bool,
+    /// How many replicas may serve under one license at once.
+    pub instances: InstancesDef,
     /// The files this policy was compiled from.
     pub sources: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
@@ -404,6 +410,30 @@ pub enum Amount {
     },
 }
 
+impl Amount {
+    /// The number for a license with `claims` of plan `plan`: its own,
+    /// else its plan's, else the default (`None`: unlimited).
+    pub fn resolve(&self, claims: &LicenseClaims, plan: Option<&Plan>) -> Option<u64> {
+        match self {
+            Amount::Fixed(n) => Some(*n),
+            Amount::License { source, default } => {
+                let from_license = match source {
+                    LicenseAmount::Limit(name) => claims
+                        .limits
+                        .get(name)
+                        .copied()
+                        .or_else(|| plan.and_then(|p| p.limits.get(name).copied())),
+                    LicenseAmount::Seats => claims
+                        .seats
+                        .map(u64::from)
+                        .or_else(|| plan.and_then(|p| p.seats)),
+                };
+                from_license.or(*default)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LicenseAmount {
     Limit(String),
@@ -688,29 +718,19 @@ impl Policy {
         let amounts = self
             .limits
             .iter()
-            .map(|limit| match &limit.amount {
-                Amount::Fixed(n) => Some(*n),
-                Amount::License { source, default } => {
-                    let from_license = match source {
-                        LicenseAmount::Limit(name) => claims
-                            .limits
-                            .get(name)
-                            .copied()
-                            .or_else(|| plan.and_then(|p| p.limits.get(name).copied())),
-                        LicenseAmount::Seats => claims
-                            .seats
-                            .map(u64::from)
-                            .or_else(|| plan.and_then(|p| p.seats)),
-                    };
-                    from_license.or(*default)
-                }
-            })
+            .map(|limit| limit.amount.resolve(claims, plan))
             .collect();
         Entitlement {
             features,
             roles,
             amounts,
         }
+    }
+
+    /// The instance limit of the license `claims`; `None`: unlimited.
+    pub fn instance_limit(&self, claims: &Claims) -> Option<InstanceLimit> {
+        let plan = self.plans.get(&claims.lic.plan);
+        self.instances.limit_for(claims, plan)
     }
 
     /// Nodes in the route trie.
@@ -812,6 +832,7 @@ struct Compiler {
     mode: Option<(Mode, usize)>,
     unmatched: Option<(Access, usize)>,
     case: Option<(bool, usize)>,
+    instances: Option<(InstancesDef, usize)>,
     /// Plans in the order defined: (name, plan, file).
     plans: Vec<(String, Plan, usize)>,
     plan_index: HashMap<String, usize>,
@@ -938,6 +959,70 @@ impl Compiler {
             }
             self.case = Some((insensitive, f));
         }
+        if let Some(spec) = &file.instances {
+            self.instances(f, spec);
+        }
+    }
+
+    fn instances(&mut self, f: usize, spec: &InstancesSpec) {
+        let at = vec![Step::key("instances")];
+        if let Some((_, other)) = self.instances {
+            self.error(
+                f,
+                at,
+                format!("already set in another policy file (file #{})", other + 1),
+            );
+            return;
+        }
+        let limit = spec
+            .limit
+            .clone()
+            .unwrap_or_else(|| AmountSpec::License(format!("lic.limits.{INSTANCES_LIMIT}")));
+        // Unlike a limit's, an instance limit is unlimited unless a
+        // license or plan sets it: most licenses do not count replicas.
+        let default = match limit {
+            AmountSpec::License(_) => spec.default.or(Some(DefaultSpec::Unlimited)),
+            AmountSpec::Fixed(_) => spec.default,
+        };
+        let Some(amount) = self.amount(f, &at, &limit, default, false) else {
+            return;
+        };
+        let key = match spec.key.as_ref().map(|k| k.0.as_slice()) {
+            None => InstanceKey::License,
+            Some([one]) => match parse_key_part(one) {
+                Ok(KeyPart::License) => InstanceKey::License,
+                Ok(KeyPart::Claim(claim)) => InstanceKey::Claim(claim),
+                Ok(_) | Err(_) => {
+                    self.error(
+                        f,
+                        with(&at, "key"),
+                        format!("`{one}`: instances are counted per `license` or per `claim:NAME` (e.g. `claim:customer`)"),
+                    );
+                    return;
+                }
+            },
+            Some(_) => {
+                self.error(
+                    f,
+                    with(&at, "key"),
+                    "one key: `license` or `claim:NAME` (e.g. `claim:customer`)",
+                );
+                return;
+            }
+        };
+        let on_limit = match spec.on_limit {
+            None | Some(OnLimitSetting::NotReady) => OnInstanceLimit::NotReady,
+            Some(OnLimitSetting::Deny) => OnInstanceLimit::Deny,
+            Some(OnLimitSetting::Shadow) => OnInstanceLimit::Shadow,
+        };
+        self.instances = Some((
+            InstancesDef {
+                amount,
+                key,
+                on_limit,
+            },
+            f,
+        ));
     }
 
     fn limit(&mut self, f: usize, name: &str, spec: &LimitSpec) {
@@ -1889,11 +1974,19 @@ impl Compiler {
                 }
             }
         }
+        let default_instances = InstancesDef::default();
+        let instances = self
+            .instances
+            .as_ref()
+            .map_or(&default_instances, |(def, _)| def);
+        let reads = |amount: &Amount, name: &str| matches!(amount, Amount::License { source: LicenseAmount::Limit(n), .. } if n == name);
         for (plan_name, plan, f) in &self.plans {
             for name in plan.limits.keys() {
-                let used = self.limits.iter().any(|(limit, _)| {
-                    matches!(&limit.amount, Amount::License { source: LicenseAmount::Limit(n), .. } if n == name)
-                });
+                let used = reads(&instances.amount, name)
+                    || self
+                        .limits
+                        .iter()
+                        .any(|(limit, _)| reads(&limit.amount, name));
                 if !used {
                     notes.push((
                         *f,
@@ -2188,6 +2281,7 @@ impl Compiler {
             case_insensitive,
             needs_license,
             needs_user,
+            instances: self.instances.map(|(def, _)| def).unwrap_or_default(),
             sources: Vec::new(),
             warnings: Vec::new(),
             table,

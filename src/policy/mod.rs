@@ -9,6 +9,7 @@
 //! - [`PolicySettings`]: where policies come from and how their counters are kept.
 
 pub mod compile;
+mod instances;
 pub mod locate;
 pub mod matcher;
 mod metrics;
@@ -21,6 +22,7 @@ pub use compile::{
     LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, NameSet, OnStoreError,
     Overage, Period, Policy, PolicyError, Preflight, RoleRule, Route, DEFAULT_THRESHOLDS,
 };
+pub use instances::{InstanceKey, InstanceLimit, InstancesDef, OnInstanceLimit, INSTANCES_LIMIT};
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};
 

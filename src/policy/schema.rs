@@ -168,6 +168,8 @@ pub struct PolicyFile {
     /// Routes; see the README for precedence.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// How many replicas may serve under one license at once.
+    pub instances: Option<InstancesSpec>,
 }
 
 /// A mapping with text keys, each given at most once, in the order written.
@@ -592,6 +594,33 @@ pub enum PeriodSetting {
     Hour,
     Day,
     Month,
+}
+
+/// The instance limit: how many replicas may serve under one license at
+/// once, and what a replica past it does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesSpec {
+    /// Default `lic.limits.instances`.
+    pub limit: Option<AmountSpec>,
+    /// For licenses and plans that do not set it (default: unlimited).
+    pub default: Option<DefaultSpec>,
+    /// Whose instances: default `license`, or `claim:customer` (every
+    /// license of one customer shares the slots).
+    pub key: Option<KeySpec>,
+    /// What a replica without a slot does (default `not_ready`).
+    pub on_limit: Option<OnLimitSetting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimitSetting {
+    /// `/readyz` answers 503: the orchestrator routes no traffic to it.
+    NotReady,
+    /// Ready, but licensed requests get 403 `instance_limit_reached`.
+    Deny,
+    /// Serves, and says so in metrics, logs and the decision header.
+    Shadow,
 }
 
 #[derive(Debug, Deserialize)]

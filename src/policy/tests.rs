@@ -3003,3 +3003,106 @@ fn protobuf_names_are_identifiers() {
         assert!(!is_grpc_service(bad), "{bad}");
     }
 }
+
+fn full_claims(sub: &str, lic: LicenseClaims) -> crate::license::Claims {
+    crate::license::Claims {
+        iss: None,
+        sub: sub.to_owned(),
+        aud: crate::license::Audience::default(),
+        exp: crate::license::NumericDate(u64::MAX / 2),
+        nbf: None,
+        iat: None,
+        jti: None,
+        lic,
+    }
+}
+
+#[test]
+fn instance_limits_come_from_the_license_its_plan_or_the_default() {
+    use crate::policy::{InstancesDef, OnInstanceLimit};
+    // Without a section: `lic.limits.instances`, per license, `not_ready`.
+    let bare = clean("unmatched: licensed\nplans:\n  team:\n    limits: {instances: 3}\n");
+    assert_eq!(bare.instances, InstancesDef::default());
+    let own = bare
+        .instance_limit(&full_claims(
+            "lic-1",
+            claims("free", &[], &[("instances", 2)], None),
+        ))
+        .unwrap();
+    assert_eq!((own.key.as_str(), own.limit), ("lic-1", 2));
+    assert_eq!(own.holder, "license lic-1");
+    assert_eq!(own.on_limit, OnInstanceLimit::NotReady);
+    let planned = bare
+        .instance_limit(&full_claims("lic-2", claims("team", &[], &[], None)))
+        .unwrap();
+    assert_eq!(planned.limit, 3, "the plan's number");
+    assert_eq!(
+        bare.instance_limit(&full_claims("lic-3", claims("free", &[], &[], None))),
+        None,
+        "neither the license nor its plan sets one: unlimited"
+    );
+
+    // Per customer, with a default and another setting.
+    let p = clean(
+        "unmatched: licensed\ninstances:\n  key: claim:customer\n  default: 1\n  on_limit: deny\n",
+    );
+    let mut acme = claims("free", &[], &[], None);
+    acme.customer = Some("ACME {EU}".into());
+    let limit = p.instance_limit(&full_claims("lic-9", acme)).unwrap();
+    assert_eq!(limit.key, "customer=ACME {EU}");
+    assert_eq!(limit.holder, "customer ACME {EU}");
+    assert_eq!((limit.limit, limit.on_limit), (1, OnInstanceLimit::Deny));
+    // A license without the claim keeps slots of its own.
+    let anonymous = p
+        .instance_limit(&full_claims("lic-10", claims("free", &[], &[], None)))
+        .unwrap();
+    assert_eq!(anonymous.key, "lic-10");
+
+    // A fixed number is everyone's.
+    let fixed = clean("unmatched: licensed\ninstances: {limit: 0}\n");
+    let zero = fixed
+        .instance_limit(&full_claims(
+            "lic-1",
+            claims("free", &[], &[("instances", 9)], None),
+        ))
+        .unwrap();
+    assert_eq!(zero.limit, 0);
+}
+
+#[test]
+fn instance_sections_that_cannot_mean_anything_are_refused_where_written() {
+    assert_only(
+        &errors("unmatched: licensed\ninstances:\n  key: header:x-tenant\n"),
+        FILE,
+        (3, 8),
+        &["per `license` or per `claim:NAME`"],
+    );
+    assert_only(
+        &errors("unmatched: licensed\ninstances:\n  key: [license, claim:customer]\n"),
+        FILE,
+        (3, 8),
+        &["one key"],
+    );
+    assert_only(
+        &errors("unmatched: licensed\ninstances:\n  on_limit: wait\n"),
+        FILE,
+        (3, 13),
+        &["not_ready", "deny", "shadow"],
+    );
+    assert_only(
+        &errors("unmatched: licensed\ninstances:\n  limit: lic.seats\n"),
+        FILE,
+        (3, 10),
+        &["lic.limits.NAME"],
+    );
+    let twice = errors_of(compile_files(&[
+        ("a.yaml", "unmatched: licensed\ninstances: {default: 2}\n"),
+        ("b.yaml", "instances: {default: 3}\n"),
+    ]));
+    assert_only(
+        &twice,
+        "b.yaml",
+        (1, 12),
+        &["already set in another policy file"],
+    );
+}

@@ -82,6 +82,10 @@ pub const fn grpc_code(reason: Reason) -> Code {
         | Reason::RoleMissing
         | Reason::RoleNotLicensed
         | Reason::UpgradeNotAllowed => Code::PermissionDenied,
+        // `deny` is a 403, `not_ready` a 503 (see `decision::evaluate`):
+        // the same code, so a client's handling does not depend on the
+        // deployment's choice.
+        Reason::InstanceLimitReached => Code::ResourceExhausted,
         Reason::RateLimited
         | Reason::QuotaExceeded
         | Reason::SeatLimitReached

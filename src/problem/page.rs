@@ -230,6 +230,11 @@ fn hint(denial: &Denial) -> String {
             "The service behind this gateway is slow to answer. Try again in a moment.".to_owned()
         }
         Reason::UpstreamOverloaded => again("The service is busy."),
+        Reason::InstanceLimitReached => again(
+            "The license allows a number of copies of this service to run at once, and that \
+             many others are running. This copy serves as soon as one of them stops; to run \
+             more at once, the license needs a higher instance limit.",
+        ),
         // Never denials; a page for them would be a bug, not a crash.
         Reason::Allowed | Reason::CorsPreflight => String::new(),
     }

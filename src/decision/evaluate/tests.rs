@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::*;
 use crate::license::{Algorithm, Claims, LicenseError, VerifiedLicense};
-use crate::policy::Policy;
+use crate::policy::{OnInstanceLimit, Policy};
 use crate::user::{UserError, VerifiedUser};
 
 const POLICY: &str = "\
@@ -151,6 +151,8 @@ fn kind(step: &Step<'_>) -> &'static str {
         Step::License(Err(_)) => "license:refused",
         Step::Environment(Ok(_)) => "environment",
         Step::Environment(Err(_)) => "environment:refused",
+        Step::Instance(InstanceCheck::Waiting { .. }) => "instance:waiting",
+        Step::Instance(_) => "instance",
         Step::Features {
             missing: Some(_), ..
         } => "features:missing",
@@ -231,7 +233,7 @@ fn rows() -> Vec<Row> {
             pro,
             Expect::Allow(Licensed),
             true,
-            "route access upgrade license environment features",
+            "route access upgrade license environment instance features",
         ),
         row(
             "a preflight the route forwards needs no license",
@@ -309,7 +311,7 @@ fn rows() -> Vec<Row> {
             Lic::Plan("basic"),
             Expect::Deny(Reason::FeatureNotLicensed, forbidden),
             true,
-            "route access upgrade license environment features:missing",
+            "route access upgrade license environment instance features:missing",
         ),
         row(
             "a licensed route's limits take the license's numbers",
@@ -317,7 +319,7 @@ fn rows() -> Vec<Row> {
             pro,
             count(&[("calls", Some(100))]),
             true,
-            "route access upgrade license environment features limit",
+            "route access upgrade license environment instance features limit",
         ),
         row(
             "a seat limit needs the identity it counts, before anything is counted",
@@ -325,7 +327,7 @@ fn rows() -> Vec<Row> {
             pro,
             Expect::Deny(Reason::SeatIdentityMissing, forbidden),
             true,
-            "route access upgrade license environment features limit limit",
+            "route access upgrade license environment instance features limit limit",
         ),
         row(
             "with the identity, rate and seats are counted",
@@ -333,7 +335,7 @@ fn rows() -> Vec<Row> {
             pro,
             count(&[("calls", Some(100)), ("users", Some(3))]),
             true,
-            "route access upgrade license environment features limit limit",
+            "route access upgrade license environment instance features limit limit",
         ),
         row(
             "an empty identity is no identity",
@@ -341,7 +343,7 @@ fn rows() -> Vec<Row> {
             pro,
             Expect::Deny(Reason::SeatIdentityMissing, forbidden),
             true,
-            "route access upgrade license environment features limit limit",
+            "route access upgrade license environment instance features limit limit",
         ),
         row(
             "unlimited seats need no identity",
@@ -349,7 +351,7 @@ fn rows() -> Vec<Row> {
             pro,
             count(&[("guests", None)]),
             true,
-            "route access upgrade license environment features limit",
+            "route access upgrade license environment instance features limit",
         ),
         row(
             "shadow mode changes no outcome: the engine forwards the denial",
@@ -357,7 +359,7 @@ fn rows() -> Vec<Row> {
             Lic::Plan("basic"),
             Expect::Deny(Reason::FeatureNotLicensed, forbidden),
             true,
-            "route access upgrade license environment features:missing",
+            "route access upgrade license environment instance features:missing",
         ),
         Row {
             unmatched: "licensed",
@@ -367,7 +369,7 @@ fn rows() -> Vec<Row> {
                 pro,
                 Expect::Allow(Licensed),
                 true,
-                "route access upgrade license environment",
+                "route access upgrade license environment instance",
             )
         },
         Row {
@@ -438,6 +440,7 @@ fn the_decision_order() {
                 license,
                 entitlement,
                 environment: EnvironmentCheck::Admitted,
+                instance: InstanceCheck::Serving,
             }),
             _ => unreachable!(),
         };
@@ -476,6 +479,7 @@ fn the_verdict_carries_the_route_its_mode_and_the_tunnel() {
             license: &pro,
             entitlement: &entitlement,
             environment: EnvironmentCheck::Admitted,
+            instance: InstanceCheck::Serving,
         })
     };
     let settings = EvaluatorSettings::default();
@@ -580,6 +584,7 @@ fn the_plan_hands_the_seat_holder_it_read_to_the_counting() {
         license: &pro,
         entitlement: &entitlement,
         environment: EnvironmentCheck::Admitted,
+        instance: InstanceCheck::Serving,
     };
     let settings = EvaluatorSettings::default();
     let (_, _, verdict) = run(&policy, &row, Ok(view), &settings, NoTrace);
@@ -639,6 +644,7 @@ fn roles_and_seats_by_verified_user() {
                 license: &license,
                 entitlement: &entitlement,
                 environment: EnvironmentCheck::Admitted,
+                instance: InstanceCheck::Serving,
             }),
             asked: 0,
             user: user.clone(),
@@ -667,7 +673,7 @@ fn roles_and_seats_by_verified_user() {
     assert_eq!(outcome, allowed);
     assert_eq!(
         steps,
-        "route access upgrade license environment features user roles"
+        "route access upgrade license environment instance features user roles"
     );
     // Held, but the plan caps roles and `admin` is not in it.
     let (outcome, steps) = decide("/reports/q3", "team", None, Ok(&admin));
@@ -730,6 +736,7 @@ fn roles_and_seats_by_verified_user() {
             license: &license,
             entitlement: &entitlement,
             environment: EnvironmentCheck::Admitted,
+            instance: InstanceCheck::Serving,
         }),
         asked: 0,
         user: Ok(&analyst),
@@ -778,4 +785,97 @@ fn roles_compile_with_their_errors_and_warnings() {
     );
     assert!(policy.needs_user);
     assert!(!compile("routes:\n  - {path: /a}\n").unwrap().needs_user);
+}
+
+#[test]
+fn a_replica_without_an_instance_slot_refuses_or_flags_licensed_requests_only() {
+    let policy = policy("deny");
+    let pro = license("pro");
+    let entitlement = policy.entitle(&pro.claims.lic);
+    let settings = EvaluatorSettings::default();
+    let licensed = Row {
+        name: "",
+        unmatched: "deny",
+        request: request("GET", "/live/feed", &[]),
+        license: Lic::Plan("pro"),
+        expect: Expect::Allow(Admission::Licensed),
+        asked: true,
+        steps: "",
+    };
+    let waiting = |on_limit| InstanceCheck::Waiting { on_limit, limit: 2 };
+    let view = |instance| {
+        Ok(LicenseView {
+            license: &pro,
+            entitlement: &entitlement,
+            environment: EnvironmentCheck::Admitted,
+            instance,
+        })
+    };
+    for (check, expect, shadowed) in [
+        (
+            InstanceCheck::Serving,
+            Expect::Allow(Admission::Licensed),
+            false,
+        ),
+        (
+            waiting(OnInstanceLimit::Deny),
+            Expect::Deny(Reason::InstanceLimitReached, StatusCode::FORBIDDEN),
+            false,
+        ),
+        (
+            waiting(OnInstanceLimit::NotReady),
+            Expect::Deny(
+                Reason::InstanceLimitReached,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            false,
+        ),
+        (
+            waiting(OnInstanceLimit::Shadow),
+            Expect::Allow(Admission::Licensed),
+            true,
+        ),
+    ] {
+        let (outcome, _, verdict) = run(&policy, &licensed, view(check), &settings, Vec::new());
+        assert_eq!(outcome, expect, "{check:?}");
+        let steps: Vec<&str> = verdict.steps.iter().map(kind).collect();
+        assert!(
+            steps.contains(&if check == InstanceCheck::Serving {
+                "instance"
+            } else {
+                "instance:waiting"
+            }),
+            "{steps:?}"
+        );
+        assert_eq!(
+            verdict.shadowed.as_ref().map(|d| d.reason),
+            shadowed.then_some(Reason::InstanceLimitReached),
+            "{check:?}"
+        );
+        if let Outcome::Deny(denial) = &verdict.outcome {
+            assert!(
+                denial.detail.contains("allows 2 instances"),
+                "{}",
+                denial.detail
+            );
+        }
+    }
+    // A public route needs no license, so no slot either.
+    let public = Row {
+        request: request("GET", "/healthz", &[]),
+        asked: false,
+        ..licensed
+    };
+    let (outcome, asked, _) = run(
+        &policy,
+        &public,
+        view(waiting(OnInstanceLimit::Deny)),
+        &settings,
+        NoTrace,
+    );
+    assert!(!asked);
+    assert!(
+        matches!(outcome, Expect::Allow(_) | Expect::Count(_)),
+        "{outcome:?}"
+    );
 }

@@ -57,6 +57,8 @@ fn unreachable_store(clock: &Clock) -> Arc<SharedStore> {
         key_prefix: "lg".into(),
         lease_max_slice: 100,
         lease_period: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(2),
+        instance: "test-replica".into(),
     };
     let metrics = Arc::new(StoreMetrics::new(&Registry::new()));
     Arc::new(SharedStore::new(settings, metrics, clock.clone()))

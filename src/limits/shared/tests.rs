@@ -24,6 +24,8 @@ fn store(mode: StoreMode) -> SharedStore {
         key_prefix: "lg".into(),
         lease_max_slice: 100,
         lease_period: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(2),
+        instance: "test-replica".into(),
     };
     let metrics = Arc::new(StoreMetrics::new(&Registry::new()));
     SharedStore::new(settings, metrics, Clock::manual(Duration::from_secs(NOW)))
@@ -515,7 +517,7 @@ fn a_merge_is_one_operation_with_its_marker_beside_the_window() {
         ..Call::default()
     };
     let encoded = call.encode();
-    let marker = format!("lg:{{lic-1}}:calls:m:lic-1:{day}:{}:3", store.instance);
+    let marker = format!("lg:{{lic-1}}:calls:m:lic-1:{day}:{}:3", store.process);
     assert_eq!(
         encoded,
         Encoded {
