@@ -334,6 +334,10 @@ impl InstanceSlot {
             self.settle(state, Some(&limit), Vec::new(), false, None);
             return self.poll();
         };
+        if !store.is_connected() && self.status.lock().state == SlotState::Pending {
+            // Starting: the store's first connection is on its way.
+            return self.poll();
+        }
         let op = if held_key.is_some() {
             SlotOp::Renew
         } else {

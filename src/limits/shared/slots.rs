@@ -58,6 +58,12 @@ impl SharedStore {
         self.settings.heartbeat * 3
     }
 
+    /// Whether a first connection was made (slots are not asked for
+    /// before).
+    pub fn is_connected(&self) -> bool {
+        self.connection.load().is_some()
+    }
+
     /// `op` on this replica's slot among the `limit` slots of `key` (see
     /// [`crate::policy::InstanceLimit::key`]). An error when the store
     /// cannot answer in time; the caller keeps what it held.
@@ -78,9 +84,11 @@ impl SharedStore {
         );
         let heartbeat = self.settings.heartbeat;
         let lease = self.slot_lease();
-        // Every holder calls once a heartbeat: half a heartbeat more without
-        // any call is a gap.
-        let gap = heartbeat + heartbeat / 2;
+        // Every holder calls once a heartbeat: two without any call is a
+        // gap. A shorter outage cannot lapse a holder's lease (renewed at
+        // most a heartbeat before it began, lapsing three after), and a
+        // gap seen where there was none only delays admissions a while.
+        let gap = heartbeat * 2;
         let mut invocation = self.slots_script().prepare_invoke();
         invocation
             .key(&base)
