@@ -550,3 +550,80 @@ async fn usage_lists_the_holders_of_the_license() {
     }
     assert!(text.contains("waits for a slot"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_is_named_by_pod_name_and_a_restarted_pod_finds_its_own_slot() {
+    let Some(redis) = Redis::start() else {
+        return skip("redis-server is not installed");
+    };
+    let deployment = Deployment::new().await;
+    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 1}}));
+    let policy = deployment.policy("policy", "{}");
+    // A slow heartbeat: the killed pod's lease outlives its restart.
+    let store = store_beating(&redis, "p", SLOW_HEARTBEAT);
+    let config = deployment.config("a", &license, &policy, &store);
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let pod = |name: &str| {
+        Proxy::spawn_with_env(std::path::Path::new("."), &args, &[("POD_NAME", name)])
+            .expect("licensegate starts")
+    };
+    let first = pod("web-7d9c-abcde");
+    until_settled(std::slice::from_ref(&first), 1).await;
+    assert_eq!(slot(&first).await["instance"], "web-7d9c-abcde");
+    let mut both = vec![first, pod("web-7d9c-fghij")];
+    until_settled(&both, 1).await;
+    let other = both.pop().unwrap();
+    assert_eq!(slot(&other).await["state"], "waiting");
+
+    // The holder's container is killed and restarted under the same pod
+    // name, well within its lease: it is the holder, not a newcomer, while
+    // the other pod still waits.
+    let first = both.pop().unwrap();
+    first.signal("KILL");
+    drop(first);
+    let holder_restarted = pod("web-7d9c-abcde");
+    let (status, _) = readyz(&holder_restarted).await;
+    let deadline = Instant::now() + WAIT;
+    let mut status = status;
+    while status != 200 {
+        assert!(Instant::now() < deadline, "the restarted pod never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = readyz(&holder_restarted).await.0;
+    }
+    assert_eq!(slot_members(&redis, "p", "lic-1"), ["web-7d9c-abcde"]);
+    assert_eq!(slot(&other).await["state"], "waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_license_with_fewer_instances_sends_the_newest_holders_back_to_waiting() {
+    let Some(redis) = Redis::start() else {
+        return skip("redis-server is not installed");
+    };
+    let deployment = Deployment::new().await;
+    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 2}}));
+    let policy = deployment.policy("policy", "{}");
+    let config = deployment.config("a", &license, &policy, &store(&redis, "p"));
+    let first = Proxy::with_config(&config);
+    until_settled(std::slice::from_ref(&first), 1).await;
+    let proxies = [first, Proxy::with_config(&config)];
+    until_settled(&proxies, 2).await;
+    let oldest = slot_members(&redis, "p", "lic-1").remove(0);
+    assert_eq!(slot(&proxies[0]).await["instance"], oldest.as_str());
+
+    // The vendor renews the license with one instance: the file is
+    // replaced, each replica reloads it, and the slot taken last goes.
+    deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 1}}));
+    let held = until_settled(&proxies, 1).await;
+    assert_eq!(held, [true, false], "the oldest holder keeps its slot");
+    assert_eq!(slot_members(&redis, "p", "lic-1"), [oldest]);
+    assert_eq!(readyz(&proxies[1]).await.0, 503);
+    proxies[1].wait_for_log("lost the instance slot");
+}

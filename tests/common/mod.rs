@@ -105,9 +105,22 @@ impl Proxy {
 
     /// [`Proxy::spawn`] with `dir` as the working directory.
     pub fn spawn_in(dir: &Path, args: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
+        Proxy::spawn_with_env(dir, args, &[])
+    }
+
+    /// [`Proxy::spawn_in`] with `env` set. `POD_NAME` (a replica's default
+    /// name) is not inherited: replicas started by one test on one machine
+    /// would all take it.
+    pub fn spawn_with_env(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, (ExitStatus, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
             .args(args)
             .current_dir(dir)
+            .env_remove("POD_NAME")
+            .envs(env.iter().copied())
             .env("LICENSEGATE_LOG", "licensegate=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
