@@ -178,7 +178,12 @@ async fn until_one_ready(proxies: &[&Proxy]) -> (usize, Duration) {
 /// The members of a slot set in the store, in the order they took them.
 fn slot_members(redis: &Redis, prefix: &str, key: &str) -> Vec<String> {
     redis
-        .cli(&["ZRANGE", &format!("{prefix}:{{{key}}}:instances:order"), "0", "-1"])
+        .cli(&[
+            "ZRANGE",
+            &format!("{prefix}:{{{key}}}:instances:order"),
+            "0",
+            "-1",
+        ])
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
@@ -198,7 +203,8 @@ fn split(proxies: Vec<Proxy>, held: &[bool]) -> (Vec<Proxy>, Vec<Proxy>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_one_hands_its_slot_on() {
+async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_one_hands_its_slot_on(
+) {
     let Some(redis) = Redis::start() else {
         return skip("redis-server is not installed");
     };
@@ -219,7 +225,11 @@ async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_o
     for holder in &holders {
         names.push(slot(holder).await["instance"].as_str().unwrap().to_owned());
     }
-    assert_eq!(slot_members(&redis, "p", "lic-1"), names, "the store holds exactly the two");
+    assert_eq!(
+        slot_members(&redis, "p", "lic-1"),
+        names,
+        "the store holds exactly the two"
+    );
     for waiter in &waiters {
         // A waiter reads the holders each time it asks, four times a
         // heartbeat: the second holder may be new to it.
@@ -251,8 +261,9 @@ async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_o
     assert_eq!(metric(&page, "licensegate_instance_waiting"), Some(0.0));
     // A holder reads the holders as it renews, once a heartbeat.
     assert!(
-        eventually(async || metric(&metrics(&holders[1]).await, "licensegate_instances_held")
-            == Some(2.0))
+        eventually(
+            async || metric(&metrics(&holders[1]).await, "licensegate_instances_held") == Some(2.0)
+        )
         .await
     );
 
@@ -298,8 +309,8 @@ async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_keeps_the_extra_replica_ready_and_refuses_licensed_requests_and_shadow_serves_them_flagged()
-{
+async fn deny_keeps_the_extra_replica_ready_and_refuses_licensed_requests_and_shadow_serves_them_flagged(
+) {
     let Some(redis) = Redis::start() else {
         return skip("redis-server is not installed");
     };
@@ -427,7 +438,11 @@ async fn a_store_outage_keeps_the_holders_serving_and_the_waiter_out_and_admits_
             break;
         }
         assert!(Instant::now() < deadline, "the holders never re-asserted");
-        assert_eq!(readyz(waiter).await.0, 503, "admitted before the holders re-asserted");
+        assert_eq!(
+            readyz(waiter).await.0,
+            503,
+            "admitted before the holders re-asserted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let back = Instant::now();
@@ -539,7 +554,11 @@ async fn usage_lists_the_holders_of_the_license() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
         text.contains("instances of license lic-1: 2 of 2 held"),
         "{text}"

@@ -67,6 +67,19 @@ fn a_native_sidecar_is_appended_with_its_volumes_label_and_annotations() {
         "9901"
     );
     assert_eq!(injected["spec"]["containers"].as_array().unwrap().len(), 1);
+    // Readiness carries the instance slot, and the pod's name is the
+    // replica's name among the holders (a restarted container keeps it).
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let pod_name = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_NAME")
+        .expect("POD_NAME is set");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
 }
 
 #[test]
