@@ -258,7 +258,10 @@ impl Gateway {
         // not this replica's to hold).
         let instances = match &license {
             Some(gate) if !gate.is_per_request() => {
-                lifecycle.require(INSTANCE_READY, "instance slot not checked yet");
+                if settings.store.is_some() {
+                    // Without a store the first pass decides at once.
+                    lifecycle.require(INSTANCE_READY, "instance slot not checked yet");
+                }
                 let (instance, heartbeat) = match &settings.store {
                     Some(store) => (store.instance.clone(), store.heartbeat),
                     None => (
@@ -614,6 +617,7 @@ fn instance_upkeep(
     lifecycle: &Arc<Lifecycle>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let shared = Arc::clone(shared);
+    let changed = gate.changed();
     let current = move || -> CurrentLimit {
         let loaded = gate.loaded().ok_or(())?;
         let (license, _) = loaded.license.as_ref().ok_or(())?;
@@ -627,7 +631,7 @@ fn instance_upkeep(
         let lifecycle = Arc::clone(lifecycle);
         move |status: &SlotStatus| {
             lifecycle.set(INSTANCE_READY, status.ready());
-            if status.state == SlotState::Unlimited {
+            if matches!(status.state, SlotState::Unlimited | SlotState::Unlicensed) {
                 lifecycle.forget_note(INSTANCE_READY);
             } else {
                 lifecycle.note(INSTANCE_READY, status.describe());
@@ -638,6 +642,7 @@ fn instance_upkeep(
     slot.run(
         store,
         current,
+        changed,
         async move { draining.drained().await },
         report,
     )

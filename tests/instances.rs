@@ -11,7 +11,7 @@
 mod common;
 mod redis;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,7 @@ impl Deployment {
 
     /// A config reading `license` under `policy`, with `store` (the YAML
     /// section, or empty for none).
-    fn config(&self, name: &str, license: &PathBuf, policy: &PathBuf, store: &str) -> PathBuf {
+    fn config(&self, name: &str, license: &Path, policy: &Path, store: &str) -> PathBuf {
         write_file(
             self.dir.path(),
             &format!("{name}.config.yaml"),
@@ -112,7 +112,7 @@ fn store_beating(redis: &Redis, prefix: &str, heartbeat: Duration) -> String {
     )
 }
 
-fn start(config: &PathBuf, n: usize) -> Vec<Proxy> {
+fn start(config: &Path, n: usize) -> Vec<Proxy> {
     (0..n).map(|_| Proxy::with_config(config)).collect()
 }
 

@@ -52,6 +52,9 @@ pub struct LicenseGate {
     metrics: Arc<LicenseMetrics>,
     /// Where revocation lists come from, if anywhere.
     revocation: Option<revocations::Feed>,
+    /// Notified when the deployment license in force changes (one
+    /// listener: the instance slot, which re-reads the license's limit).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// What the last reload pass read, so that a pass reading the same again
@@ -178,6 +181,7 @@ impl LicenseGate {
                 .as_ref()
                 .map(revocations::Feed::new)
                 .transpose()?,
+            changed: Arc::new(tokio::sync::Notify::new()),
         };
         // The list first, so a revoked license is never put in force.
         gate.restore_revocations();
@@ -306,6 +310,12 @@ impl LicenseGate {
         &self.keys_path
     }
 
+    /// Notified (one permit, kept until taken) whenever the deployment
+    /// license in force changes.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
+    }
+
     /// The deployment license snapshot (file source).
     pub fn loaded(&self) -> Option<Arc<Loaded>> {
         match &self.source {
@@ -406,6 +416,7 @@ impl LicenseGate {
                     error: None,
                     last_reload: Some((now, Ok(()))),
                 }));
+                self.changed.notify_one();
                 // Logged once in force: readers of this line may rely on it.
                 tracing::info!(license = %sub, plan = %plan, expires, from = %from, "license loaded");
                 self.metrics.reloads_ok.inc();
@@ -620,6 +631,7 @@ impl LicenseGate {
                 error: Some(error),
                 last_reload: loaded.last_reload.clone(),
             }));
+            self.changed.notify_one();
             // The file may hold a newer token signed with the new key.
             self.reload_license(Trigger::Files);
         }

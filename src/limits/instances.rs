@@ -26,6 +26,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use prometheus::IntGauge;
+use tokio::sync::Notify;
 
 use super::shared::{SharedStore, SlotHolder, SlotOp};
 use crate::metrics::Registry;
@@ -64,7 +65,10 @@ impl InstanceMetrics {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotState {
-    /// Not decided yet: no license loaded, or the first answer not in.
+    /// No license is loaded: nothing to hold (readiness waits on the
+    /// license itself).
+    Unlicensed,
+    /// Not decided yet: the store's first answer is not in.
     Pending,
     /// The license sets no instance limit.
     Unlimited,
@@ -79,6 +83,7 @@ pub enum SlotState {
 impl SlotState {
     pub const fn as_str(self) -> &'static str {
         match self {
+            SlotState::Unlicensed => "unlicensed",
             SlotState::Pending => "pending",
             SlotState::Unlimited => "unlimited",
             SlotState::Held => "held",
@@ -146,6 +151,7 @@ impl SlotStatus {
         };
         match self.state {
             SlotState::Pending => "instance slot not checked yet".to_owned(),
+            SlotState::Unlicensed => "no license loaded: no instance slot to hold".to_owned(),
             SlotState::Unlimited => "no instance limit".to_owned(),
             SlotState::Released => "instance slot given back (draining)".to_owned(),
             SlotState::Held => format!(
@@ -248,11 +254,13 @@ impl InstanceSlot {
 
     /// Hold a slot while `current` says there is a limit, until `stop`
     /// resolves (draining began): then give it back and wait to be dropped.
-    /// `report` runs after every pass with the status (readiness).
+    /// `changed` wakes it when the license changes; `report` runs after
+    /// every pass with the status (readiness).
     pub async fn run(
         self: Arc<Self>,
         store: Option<Arc<SharedStore>>,
         current: impl Fn() -> CurrentLimit + Send,
+        changed: Arc<Notify>,
         stop: impl Future<Output = ()> + Send,
         report: impl Fn(&SlotStatus) + Send,
     ) {
@@ -270,6 +278,8 @@ impl InstanceSlot {
             tokio::select! {
                 () = &mut stop => break,
                 () = tokio::time::sleep(pause) => {}
+                // A new license (or none): its limit is read at once.
+                () = changed.notified() => {}
             }
         }
         if let (Some(store), Some(key)) = (&store, held_key.take()) {
@@ -316,7 +326,7 @@ impl InstanceSlot {
         }
         let limit = match limit {
             Err(()) => {
-                self.settle(SlotState::Pending, None, Vec::new(), false, None);
+                self.settle(SlotState::Unlicensed, None, Vec::new(), false, None);
                 return self.poll();
             }
             Ok(None) => {

@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 
-use super::instances::{
-    InstanceKey, InstanceLimit, InstancesDef, OnInstanceLimit, INSTANCES_LIMIT,
-};
 use super::locate::{dotted, locate, scalar_texts, Step};
 pub use super::matcher::HostMatch;
 use super::matcher::{parse_pattern, pattern_key, patterns_overlap, RouteTable, Segment};
@@ -24,7 +21,7 @@ use super::schema::{
     PeriodSetting, PolicyFile, PreflightSetting, RolesSpec, RouteSpec, StoreErrorSetting,
     MAX_FLOW_DEPTH,
 };
-use crate::license::{Claims, LicenseClaims};
+use crate::license::LicenseClaims;
 use crate::yaml::YamlError;
 
 /// A compiled policy: what the decision engine consults per request.
@@ -440,6 +437,62 @@ pub enum LicenseAmount {
     Seats,
 }
 
+/// The number a license states when the policy names no other.
+pub const INSTANCES_LIMIT: &str = "instances";
+
+/// The policy's `instances` section, compiled; the default applies without
+/// one (and without a policy): `lic.limits.instances` per license, unlimited
+/// when neither the license nor its plan sets it, `not_ready` past it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstancesDef {
+    pub amount: Amount,
+    pub key: InstanceKey,
+    pub on_limit: OnInstanceLimit,
+}
+
+impl Default for InstancesDef {
+    fn default() -> Self {
+        InstancesDef {
+            amount: Amount::License {
+                source: LicenseAmount::Limit(INSTANCES_LIMIT.to_owned()),
+                default: None,
+            },
+            key: InstanceKey::License,
+            on_limit: OnInstanceLimit::NotReady,
+        }
+    }
+}
+
+/// Whose instance slots: one license's, or every license sharing a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceKey {
+    License,
+    Claim(Claim),
+}
+
+/// What a replica that holds no instance slot does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnInstanceLimit {
+    /// Not ready (`/readyz` 503), so the orchestrator sends it no traffic;
+    /// a licensed request that reaches it anyway gets 503.
+    #[default]
+    NotReady,
+    /// Ready, and licensed requests get 403 `instance_limit_reached`.
+    Deny,
+    /// Serves, flagged in metrics, logs and the decision header.
+    Shadow,
+}
+
+impl OnInstanceLimit {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnInstanceLimit::NotReady => "not_ready",
+            OnInstanceLimit::Deny => "deny",
+            OnInstanceLimit::Shadow => "shadow",
+        }
+    }
+}
+
 /// One part of a counter key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyPart {
@@ -725,12 +778,6 @@ impl Policy {
             roles,
             amounts,
         }
-    }
-
-    /// The instance limit of the license `claims`; `None`: unlimited.
-    pub fn instance_limit(&self, claims: &Claims) -> Option<InstanceLimit> {
-        let plan = self.plans.get(&claims.lic.plan);
-        self.instances.limit_for(claims, plan)
     }
 
     /// Nodes in the route trie.

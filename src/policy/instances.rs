@@ -1,67 +1,12 @@
-//! The instance limit: how many replicas may serve under one license at
-//! once (policy section `instances`, number `lic.limits.instances`). The
-//! policy says whose slots they are and what a replica without one does;
-//! the license (or its plan) says how many there are. Counting them across
-//! the fleet is the shared store's (see `limits::instances`).
+//! The instance limit of one license: how many replicas may serve under it
+//! at once (policy section `instances`, compiled to [`InstancesDef`]; number
+//! `lic.limits.instances`). The policy says whose slots they are and what a
+//! replica without one does; the license (or its plan) says how many there
+//! are. Counting them across the fleet is the shared store's (see
+//! `limits::instances`).
 
-use super::compile::{Amount, Claim, LicenseAmount, Plan};
+use super::compile::{Claim, InstanceKey, InstancesDef, OnInstanceLimit, Plan, Policy};
 use crate::license::Claims;
-
-/// The number a license states when the policy names no other.
-pub const INSTANCES_LIMIT: &str = "instances";
-
-/// The policy's `instances` section, compiled; the default applies without
-/// one (and without a policy): `lic.limits.instances` per license, unlimited
-/// when neither the license nor its plan sets it, `not_ready` past it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstancesDef {
-    pub amount: Amount,
-    pub key: InstanceKey,
-    pub on_limit: OnInstanceLimit,
-}
-
-impl Default for InstancesDef {
-    fn default() -> Self {
-        InstancesDef {
-            amount: Amount::License {
-                source: LicenseAmount::Limit(INSTANCES_LIMIT.to_owned()),
-                default: None,
-            },
-            key: InstanceKey::License,
-            on_limit: OnInstanceLimit::NotReady,
-        }
-    }
-}
-
-/// Whose instance slots: one license's, or every license sharing a claim.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InstanceKey {
-    License,
-    Claim(Claim),
-}
-
-/// What a replica that holds no instance slot does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnInstanceLimit {
-    /// Not ready (`/readyz` 503), so the orchestrator sends it no traffic;
-    /// a licensed request that reaches it anyway gets 503.
-    #[default]
-    NotReady,
-    /// Ready, and licensed requests get 403 `instance_limit_reached`.
-    Deny,
-    /// Serves, flagged in metrics, logs and the decision header.
-    Shadow,
-}
-
-impl OnInstanceLimit {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OnInstanceLimit::NotReady => "not_ready",
-            OnInstanceLimit::Deny => "deny",
-            OnInstanceLimit::Shadow => "shadow",
-        }
-    }
-}
 
 /// One license's instance limit under a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +19,14 @@ pub struct InstanceLimit {
     /// How many replicas may hold one at once.
     pub limit: u64,
     pub on_limit: OnInstanceLimit,
+}
+
+impl Policy {
+    /// The instance limit of the license `claims`; `None`: unlimited.
+    pub fn instance_limit(&self, claims: &Claims) -> Option<InstanceLimit> {
+        let plan = self.plans.get(&claims.lic.plan);
+        self.instances.limit_for(claims, plan)
+    }
 }
 
 impl InstancesDef {

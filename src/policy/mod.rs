@@ -18,11 +18,12 @@ pub mod schema;
 mod settings;
 
 pub use compile::{
-    Access, Amount, Claim, Count, Diagnostic, Entitlement, GrpcMethod, KeyPart, LicenseAmount,
-    LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode, NameSet, OnStoreError,
-    Overage, Period, Policy, PolicyError, Preflight, RoleRule, Route, DEFAULT_THRESHOLDS,
+    Access, Amount, Claim, Count, Diagnostic, Entitlement, GrpcMethod, InstanceKey, InstancesDef,
+    KeyPart, LicenseAmount, LimitDef, LimitKind, LimitUse, MeterDef, MeterSource, MeterUse, Mode,
+    NameSet, OnInstanceLimit, OnStoreError, Overage, Period, Policy, PolicyError, Preflight,
+    RoleRule, Route, DEFAULT_THRESHOLDS, INSTANCES_LIMIT,
 };
-pub use instances::{InstanceKey, InstanceLimit, InstancesDef, OnInstanceLimit, INSTANCES_LIMIT};
+pub use instances::InstanceLimit;
 pub use metrics::PolicyMetrics;
 pub use settings::{PolicySettings, WebSocketScope};
 
