@@ -202,20 +202,49 @@ fn split(proxies: Vec<Proxy>, held: &[bool]) -> (Vec<Proxy>, Vec<Proxy>) {
     (holders, waiters)
 }
 
+/// `n` replicas of one deployment under a license of `instances`, with
+/// the policy's `instances` section `section`, sharing one Redis (key
+/// prefix `p`), settled into the ones that hold a slot and the ones that
+/// wait. `None` when Redis is not installed.
+struct Fleet {
+    redis: Redis,
+    deployment: Deployment,
+    holders: Vec<Proxy>,
+    waiters: Vec<Proxy>,
+}
+
+async fn fleet(instances: u64, section: &str, n: usize, heartbeat: Duration) -> Option<Fleet> {
+    let redis = Redis::start()?;
+    let deployment = Deployment::new().await;
+    let license = deployment.license(
+        "lic-1",
+        json!({"plan": "pro", "limits": {"instances": instances}}),
+    );
+    let policy = deployment.policy("policy", section);
+    let store = store_beating(&redis, "p", heartbeat);
+    let proxies = start(&deployment.config("a", &license, &policy, &store), n);
+    let held = until_settled(&proxies, (instances as usize).min(n)).await;
+    let (holders, waiters) = split(proxies, &held);
+    Some(Fleet {
+        redis,
+        deployment,
+        holders,
+        waiters,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_one_hands_its_slot_on(
 ) {
-    let Some(redis) = Redis::start() else {
+    let Some(Fleet {
+        redis,
+        deployment,
+        mut holders,
+        waiters,
+    }) = fleet(2, "{}", 4, SLOW_HEARTBEAT).await
+    else {
         return skip("redis-server is not installed");
     };
-    let deployment = Deployment::new().await;
-    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 2}}));
-    let policy = deployment.policy("policy", "{}");
-    let store = store_beating(&redis, "p", SLOW_HEARTBEAT);
-    let config = deployment.config("a", &license, &policy, &store);
-    let proxies = start(&config, 4);
-    let held = until_settled(&proxies, 2).await;
-    let (mut holders, waiters) = split(proxies, &held);
 
     // Readiness carries it: the waiters say why, the holders are ready.
     for holder in &holders {
@@ -309,19 +338,15 @@ async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_keeps_the_extra_replica_ready_and_refuses_licensed_requests_and_shadow_serves_them_flagged(
-) {
-    let Some(redis) = Redis::start() else {
+async fn under_deny_the_extra_replica_stays_ready_and_refuses_licensed_requests() {
+    let Some(Fleet {
+        deployment,
+        waiters,
+        ..
+    }) = fleet(1, "{on_limit: deny}", 2, HEARTBEAT).await
+    else {
         return skip("redis-server is not installed");
     };
-    let deployment = Deployment::new().await;
-    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 1}}));
-
-    let deny = deployment.policy("deny", "{on_limit: deny}");
-    let config = deployment.config("deny", &license, &deny, &store(&redis, "deny"));
-    let proxies = start(&config, 2);
-    let held = until_settled(&proxies, 1).await;
-    let (_holders, waiters) = split(proxies, &held);
     let extra = &waiters[0];
     assert!(ready(extra).await, "deny keeps the replica ready");
     let (_, report) = readyz(extra).await;
@@ -351,13 +376,30 @@ async fn deny_keeps_the_extra_replica_ready_and_refuses_licensed_requests_and_sh
         Some(1.0),
         "{page}"
     );
-    assert!(deployment.upstream.requests().is_empty());
+    assert_eq!(get(&extra.url("/public/x")).await.0.status, 200);
+    let targets: Vec<String> = deployment
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| r.target().to_owned())
+        .collect();
+    assert_eq!(
+        targets,
+        ["/public/x"],
+        "no licensed request reached the upstream"
+    );
+}
 
-    let shadow = deployment.policy("shadow", "{on_limit: shadow}");
-    let config = deployment.config("shadow", &license, &shadow, &store(&redis, "shadow"));
-    let proxies = start(&config, 2);
-    let held = until_settled(&proxies, 1).await;
-    let (_holders, waiters) = split(proxies, &held);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_shadow_the_extra_replica_serves_and_flags_it() {
+    let Some(Fleet {
+        deployment,
+        waiters,
+        ..
+    }) = fleet(1, "{on_limit: shadow}", 2, HEARTBEAT).await
+    else {
+        return skip("redis-server is not installed");
+    };
     let extra = &waiters[0];
     assert!(ready(extra).await);
     let (parts, _) = get(&extra.url("/reports/shadowed")).await;
@@ -383,16 +425,15 @@ async fn deny_keeps_the_extra_replica_ready_and_refuses_licensed_requests_and_sh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_keeps_the_holders_serving_and_the_waiter_out_and_admits_no_third_after() {
-    let Some(mut redis) = Redis::start() else {
+    let Some(Fleet {
+        mut redis,
+        deployment,
+        holders,
+        waiters,
+    }) = fleet(2, "{}", 3, HEARTBEAT).await
+    else {
         return skip("redis-server is not installed");
     };
-    let deployment = Deployment::new().await;
-    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 2}}));
-    let policy = deployment.policy("policy", "{}");
-    let config = deployment.config("a", &license, &policy, &store(&redis, "p"));
-    let proxies = start(&config, 3);
-    let held = until_settled(&proxies, 2).await;
-    let (holders, waiters) = split(proxies, &held);
     let waiter = &waiters[0];
 
     redis.kill();
@@ -533,16 +574,12 @@ async fn without_a_shared_store_a_replica_counts_as_the_one_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_lists_the_holders_of_the_license() {
-    let Some(redis) = Redis::start() else {
+    let Some(Fleet {
+        holders, waiters, ..
+    }) = fleet(2, "{}", 3, HEARTBEAT).await
+    else {
         return skip("redis-server is not installed");
     };
-    let deployment = Deployment::new().await;
-    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 2}}));
-    let policy = deployment.policy("policy", "{}");
-    let config = deployment.config("a", &license, &policy, &store(&redis, "p"));
-    let proxies = start(&config, 3);
-    let held = until_settled(&proxies, 2).await;
-    let (holders, waiters) = split(proxies, &held);
     let admin = waiters[0].admin.to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_licensegate"))
@@ -581,18 +618,8 @@ async fn a_pod_is_named_by_pod_name_and_a_restarted_pod_finds_its_own_slot() {
     // A slow heartbeat: the killed pod's lease outlives its restart.
     let store = store_beating(&redis, "p", SLOW_HEARTBEAT);
     let config = deployment.config("a", &license, &policy, &store);
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
     let pod = |name: &str| {
-        Proxy::spawn_with_env(std::path::Path::new("."), &args, &[("POD_NAME", name)])
-            .expect("licensegate starts")
+        Proxy::try_with_config_env(&config, &[], &[("POD_NAME", name)]).expect("licensegate starts")
     };
     let first = pod("web-7d9c-abcde");
     until_settled(std::slice::from_ref(&first), 1).await;

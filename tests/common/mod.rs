@@ -84,6 +84,15 @@ impl Proxy {
     /// `licensegate run --config FILE` on ephemeral ports, plus `extra`
     /// flags; the exit status and stderr when it does not start.
     pub fn try_with_config(config: &Path, extra: &[&str]) -> Result<Proxy, (ExitStatus, String)> {
+        Proxy::try_with_config_env(config, extra, &[])
+    }
+
+    /// [`Proxy::try_with_config`] with `env` set.
+    pub fn try_with_config_env(
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, (ExitStatus, String)> {
         let mut args = vec![
             "run",
             "--config",
@@ -94,7 +103,7 @@ impl Proxy {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        Proxy::spawn(&args)
+        Proxy::spawn_with_env(Path::new("."), &args, env)
     }
 
     /// Start the binary and wait for its "listening" line. On early exit,
