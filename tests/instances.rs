@@ -205,7 +205,8 @@ fn split(proxies: Vec<Proxy>, held: &[bool]) -> (Vec<Proxy>, Vec<Proxy>) {
 /// `n` replicas of one deployment under a license of `instances`, with
 /// the policy's `instances` section `section`, sharing one Redis (key
 /// prefix `p`), settled into the ones that hold a slot and the ones that
-/// wait. `None` when Redis is not installed.
+/// wait. `None` when Redis is not installed. Bind `redis` to the end of
+/// the test (`redis: _redis`): dropping it stops the server.
 struct Fleet {
     redis: Redis,
     deployment: Deployment,
@@ -340,6 +341,7 @@ async fn two_of_four_replicas_serve_under_a_two_instance_license_and_a_stopped_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_deny_the_extra_replica_stays_ready_and_refuses_licensed_requests() {
     let Some(Fleet {
+        redis: _redis,
         deployment,
         waiters,
         ..
@@ -393,6 +395,7 @@ async fn under_deny_the_extra_replica_stays_ready_and_refuses_licensed_requests(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_shadow_the_extra_replica_serves_and_flags_it() {
     let Some(Fleet {
+        redis: _redis,
         deployment,
         waiters,
         ..
@@ -575,7 +578,10 @@ async fn without_a_shared_store_a_replica_counts_as_the_one_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_lists_the_holders_of_the_license() {
     let Some(Fleet {
-        holders, waiters, ..
+        redis: _redis,
+        holders,
+        waiters,
+        ..
     }) = fleet(2, "{}", 3, HEARTBEAT).await
     else {
         return skip("redis-server is not installed");
@@ -598,7 +604,8 @@ async fn usage_lists_the_holders_of_the_license() {
     );
     assert!(
         text.contains("instances of license lic-1: 2 of 2 held"),
-        "{text}"
+        "{text}\n{}",
+        waiters[0].logs()
     );
     for holder in &holders {
         let name = slot(holder).await["instance"].as_str().unwrap().to_owned();

@@ -554,7 +554,7 @@ impl DecisionEngine {
             Ok((license, _)) => {
                 let entitled = self.entitlements.get(&license, None);
                 let refused = instance_denial(&license, self.instance_check());
-                let mut allowed = Allowed {
+                let allowed = Allowed {
                     license: Some(Arc::clone(&entitled.headers)),
                     user: self
                         .offered_user(head, peer)
@@ -562,23 +562,17 @@ impl DecisionEngine {
                     websocket: true,
                     ..Allowed::default()
                 };
-                if let Some((on_limit, denial)) = refused {
-                    let shadow = on_limit == OnInstanceLimit::Shadow;
-                    self.log_denial(
-                        &denial,
-                        shadow,
+                match refused {
+                    Some((on_limit, denial)) => self.refuse(
+                        denial,
+                        on_limit == OnInstanceLimit::Shadow,
+                        allowed,
                         UNMATCHED_ROUTE,
-                        head,
-                        peer,
+                        (head, peer),
                         (Some(&license), None),
-                    );
-                    self.metrics.denied(denial.reason, UNMATCHED_ROUTE, shadow);
-                    if !shadow {
-                        return Decision::Deny(denial);
-                    }
-                    allowed.shadow = Some(denial.reason);
+                    ),
+                    None => Decision::Allow(allowed),
                 }
-                Decision::Allow(allowed)
             }
             Err(error) => Decision::Deny(Box::new(license_denial(&error, gate.token_header()))),
         }
@@ -732,21 +726,20 @@ impl DecisionEngine {
                 });
             }
         }
+        let who = (
+            slot.get().map(|(l, _)| &**l),
+            user.get().map(|u| &*u.subject),
+        );
         match result {
             Ok(()) if allowed.preflight => {
                 self.metrics.preflight(route_name);
                 Decision::Allow(allowed)
             }
+            // Allowed, flagged with what its check's own setting let
+            // through (an instance limit under `on_limit: shadow`).
             Ok(()) if verdict.shadowed.is_some() => {
-                // Allowed, flagged with what its check's own setting let
-                // through (an instance limit under `on_limit: shadow`).
                 let denial = verdict.shadowed.expect("checked above");
-                let license = slot.get().map(|(l, _)| &**l);
-                let user = user.get().map(|u| &*u.subject);
-                self.log_denial(&denial, true, route_name, head, peer, (license, user));
-                self.metrics.denied(denial.reason, route_name, true);
-                allowed.shadow = Some(denial.reason);
-                Decision::Allow(allowed)
+                self.refuse(denial, true, allowed, route_name, (head, peer), who)
             }
             Ok(()) => {
                 match route {
@@ -758,17 +751,29 @@ impl DecisionEngine {
             Err(mut denial) => {
                 denial.route = route.map(|r| Arc::clone(&r.name));
                 let shadow = verdict.mode == Mode::Shadow;
-                let license = slot.get().map(|(l, _)| &**l);
-                let user = user.get().map(|u| &*u.subject);
-                self.log_denial(&denial, shadow, route_name, head, peer, (license, user));
-                self.metrics.denied(denial.reason, route_name, shadow);
-                if shadow {
-                    allowed.shadow = Some(denial.reason);
-                    Decision::Allow(allowed)
-                } else {
-                    Decision::Deny(denial)
-                }
+                self.refuse(denial, shadow, allowed, route_name, (head, peer), who)
             }
+        }
+    }
+
+    /// Log and count `denial` of a request to `route`; under `shadow` the
+    /// request is allowed as `allowed`, flagged with the denial's reason.
+    fn refuse(
+        &self,
+        denial: Box<Denial>,
+        shadow: bool,
+        mut allowed: Allowed,
+        route: &str,
+        (head, peer): (&http::request::Parts, &Peer),
+        who: (Option<&VerifiedLicense>, Option<&str>),
+    ) -> Decision {
+        self.log_denial(&denial, shadow, route, head, peer, who);
+        self.metrics.denied(denial.reason, route, shadow);
+        if shadow {
+            allowed.shadow = Some(denial.reason);
+            Decision::Allow(allowed)
+        } else {
+            Decision::Deny(denial)
         }
     }
 
@@ -997,8 +1002,11 @@ impl DecisionEngine {
         let limit = status.limit?;
         let mut holders = status.holders;
         if let (Some(store), Some(key)) = (self.limiter.shared(), &status.key) {
-            if let Ok(reply) = store.instance_slot(key, SlotOp::Read, limit).await {
-                holders = reply.holders;
+            match store.instance_slot(key, SlotOp::Read, limit).await {
+                Ok(reply) => holders = reply.holders,
+                Err(error) => {
+                    tracing::debug!(%error, "instance slot holders not read; showing the last seen");
+                }
             }
         }
         Some(usage::InstanceUsage {
