@@ -9,6 +9,9 @@
 //!   from `Authorization` (both from their caches), a role checked against
 //!   the license's plan, a per-user rate and a seat held by the user, and
 //!   the user's headers for the workload;
+//! - `decide/10_routes_instance_slot`: `decide/10_routes` with an instance
+//!   slot that holds (what a licensed request under an instance limit adds:
+//!   one atomic load);
 //! - `rate_limit/check`: one GCRA update on a warm key;
 //! - `request/{plain,enforcing}`: one HTTP/1.1 keep-alive request through
 //!   the in-process proxy to an in-process upstream, without and with the
@@ -35,6 +38,7 @@ use licensegate::gateway::Gateway;
 use licensegate::gateway::Metrics;
 use licensegate::license::issue::{sign, SigningKey};
 use licensegate::license::{Algorithm, LicenseGate};
+use licensegate::limits::instances::InstanceSlot;
 use licensegate::limits::{Clock, MemoryStore};
 use licensegate::policy::Policy;
 
@@ -205,6 +209,21 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decide_now(&engine, black_box(&head), &peer))
         });
     }
+
+    let slot = Arc::new(InstanceSlot::new(
+        "bench-replica".into(),
+        true,
+        Duration::from_secs(2),
+        &licensegate::metrics::Registry::new(),
+    ));
+    let engine = engine(&licensed, 10).with_instance_slot(slot);
+    assert!(matches!(
+        decide_now(&engine, &head, &peer),
+        Decision::Allow(_)
+    ));
+    c.bench_function("decide/10_routes_instance_slot", |b| {
+        b.iter(|| decide_now(&engine, black_box(&head), &peer))
+    });
 
     user_bench(c, &peer);
 
