@@ -680,3 +680,36 @@ async fn a_renewed_license_with_fewer_instances_sends_the_newest_holders_back_to
     assert_eq!(readyz(&proxies[1]).await.0, 503);
     proxies[1].wait_for_log("lost the instance slot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_under_one_name_are_told_they_share_a_slot() {
+    let Some(redis) = Redis::start() else {
+        return skip("redis-server is not installed");
+    };
+    let deployment = Deployment::new().await;
+    let license = deployment.license("lic-1", json!({"plan": "pro", "limits": {"instances": 1}}));
+    let policy = deployment.policy("policy", "{}");
+    let config = deployment.config("a", &license, &policy, &store(&redis, "p"));
+    let twin = || {
+        Proxy::try_with_config_env(&config, &[], &[("POD_NAME", "web-0")])
+            .expect("licensegate starts")
+    };
+    let twins = [twin(), twin()];
+    // Both hold "the" slot: one name is one instance to the store.
+    until_settled(&twins, 2).await;
+    assert_eq!(slot_members(&redis, "p", "lic-1"), ["web-0"]);
+    // Each renewal finds the other's process under the name.
+    for proxy in &twins {
+        proxy.wait_for_log("another replica runs as `web-0`");
+        assert!(
+            eventually(async || slot(proxy).await["name_shared"] == true).await,
+            "{}",
+            slot(proxy).await
+        );
+        let note = readyz(proxy).await.1["notes"]["instance"].clone();
+        assert!(
+            note.as_str().unwrap().contains("shares this slot"),
+            "{note}"
+        );
+    }
+}

@@ -121,6 +121,14 @@ pub struct SlotStatus {
     /// Why the last call to the store failed, while it fails.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
+    /// Another process runs under this replica's name: the two share one
+    /// slot, and the fleet is undercounted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub name_shared: bool,
+    /// Renewals in a row that found no other process since `name_shared`
+    /// was set (two processes need not alternate strictly).
+    #[serde(skip)]
+    clean_renewals: u8,
 }
 
 impl SlotStatus {
@@ -155,9 +163,14 @@ impl SlotStatus {
             SlotState::Unlimited => "no instance limit".to_owned(),
             SlotState::Released => "instance slot given back (draining)".to_owned(),
             SlotState::Held => format!(
-                "holds an instance slot of {holder} ({} of {limit} held{}){counted}",
+                "holds an instance slot of {holder} ({} of {limit} held{}){counted}{}",
                 self.holders.len().max(1),
-                names()
+                names(),
+                if self.name_shared {
+                    format!("; another replica runs as `{}` too and shares this slot: give each replica its own name (POD_NAME, or store.instance)", self.instance)
+                } else {
+                    String::new()
+                }
             ),
             SlotState::Waiting => {
                 let why = match (&self.store_error, self.settling) {
@@ -227,6 +240,8 @@ impl InstanceSlot {
                 holders: Vec::new(),
                 settling: false,
                 store_error: None,
+                name_shared: false,
+                clean_renewals: 0,
             }),
             metrics: InstanceMetrics::new(registry),
             heartbeat,
@@ -355,6 +370,7 @@ impl InstanceSlot {
         };
         match store.instance_slot(&limit.key, op, limit.limit).await {
             Ok(reply) => {
+                self.name_shared(reply.name_shared);
                 *held_key = reply.held.then(|| limit.key.clone());
                 let state = if reply.held {
                     SlotState::Held
@@ -381,6 +397,28 @@ impl InstanceSlot {
                 };
                 self.settle(state, Some(&limit), holders, false, Some(error));
                 self.poll()
+            }
+        }
+    }
+
+    /// Note whether another process renewed under this replica's name;
+    /// said in the log when it starts, cleared after three clean renewals.
+    fn name_shared(&self, shared: bool) {
+        let mut status = self.status.lock();
+        if shared {
+            if !status.name_shared {
+                tracing::error!(
+                    instance = %status.instance,
+                    "another replica runs as `{}` and renews the same instance slot: the two count as one instance; give each replica its own name (POD_NAME, or store.instance)",
+                    status.instance
+                );
+            }
+            status.name_shared = true;
+            status.clean_renewals = 0;
+        } else if status.name_shared {
+            status.clean_renewals += 1;
+            if status.clean_renewals >= 3 {
+                status.name_shared = false;
             }
         }
     }

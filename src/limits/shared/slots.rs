@@ -48,6 +48,9 @@ pub struct SlotReply {
     pub held: bool,
     /// Whether the store is settling after a gap: nobody new is admitted.
     pub settling: bool,
+    /// A renewal found another process under this replica's name since
+    /// its last one: two replicas run as one, sharing one slot.
+    pub name_shared: bool,
     /// Every holder, in the order they took their slots.
     pub holders: Vec<SlotHolder>,
 }
@@ -99,7 +102,8 @@ impl SharedStore {
             .arg(limit)
             .arg(lease.as_millis() as u64)
             .arg(gap.as_millis() as u64)
-            .arg(lease.as_millis() as u64);
+            .arg(lease.as_millis() as u64)
+            .arg(&self.process);
         let patience = self.settings.timeout.max(Duration::from_millis(250));
         let reply = tokio::time::timeout(patience, async {
             match &*connection {
@@ -136,7 +140,7 @@ fn parse(reply: &[redis::Value]) -> Option<SlotReply> {
         Value::Int(n) => Some(*n),
         _ => None,
     };
-    let [held, settling, rest @ ..] = reply else {
+    let [held, settling, name_shared, rest @ ..] = reply else {
         return None;
     };
     let holders = rest
@@ -156,6 +160,7 @@ fn parse(reply: &[redis::Value]) -> Option<SlotReply> {
     Some(SlotReply {
         held: int(held)? == 1,
         settling: int(settling)? == 1,
+        name_shared: int(name_shared)? == 1,
         holders,
     })
 }
@@ -191,13 +196,14 @@ mod tests {
         let reply = [
             Value::Int(1),
             Value::Int(0),
+            Value::Int(0),
             Value::BulkString(b"pod-a".to_vec()),
             Value::Int(5_000),
             Value::BulkString(b"pod-b".to_vec()),
             Value::Int(-20),
         ];
         let parsed = parse(&reply).unwrap();
-        assert!(parsed.held && !parsed.settling);
+        assert!(parsed.held && !parsed.settling && !parsed.name_shared);
         assert_eq!(
             parsed.holders,
             vec![
