@@ -279,11 +279,6 @@ impl InstanceSlot {
         stop: impl Future<Output = ()> + Send,
         report: impl Fn(&SlotStatus) + Send,
     ) {
-        if store.is_none() {
-            tracing::info!(
-                "no shared store: an instance limit counts this replica as the one instance"
-            );
-        }
         let mut stop = std::pin::pin!(stop);
         // The key of the slot held in the store, if any.
         let mut held_key: Option<String> = None;
