@@ -1084,6 +1084,16 @@ mod tests {
             (store.mode, store.replicas, store.timeout),
             (StoreMode::Leased, 3, Duration::from_millis(5))
         );
+        assert_eq!(store.heartbeat, Duration::from_secs(2));
+        assert!(!store.instance.is_empty(), "a default replica name");
+        let named = resolve_store("{url: 'redis://a:1', heartbeat: 500ms, instance: web-0}")
+            .unwrap()
+            .store
+            .unwrap();
+        assert_eq!(
+            (named.heartbeat, named.instance.as_str()),
+            (Duration::from_millis(500), "web-0")
+        );
         for (bad, expected) in [
             ("{mode: accurate}", "store: needs `url`"),
             (
@@ -1106,6 +1116,14 @@ mod tests {
             (
                 "{url: 'redis://a:1', key_prefix: 'a{b}'}",
                 "store.key_prefix",
+            ),
+            (
+                "{url: 'redis://a:1', heartbeat: 50ms}",
+                "store.heartbeat: must be at least 100ms",
+            ),
+            (
+                "{url: 'redis://a:1', instance: 'web 0'}",
+                "store.instance: `web 0`: not empty",
             ),
         ] {
             let error = resolve_store(bad).unwrap_err().to_string();
