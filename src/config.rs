@@ -33,7 +33,7 @@ use crate::duration::{HumanDuration, NonZeroDuration};
 use crate::license::refresh::RefreshSettings;
 use crate::license::revocation::source::{PollSettings, RevocationSettings, RevocationSource};
 use crate::license::{BudgetSettings, Environment, LicenseSettings, LicenseSource};
-use crate::limits::{StoreMode, StoreNodes, StoreSettings};
+use crate::limits::{StoreMode, StoreNodes, StoreSettings, DEFAULT_HEARTBEAT};
 use crate::metering::{MeteringFile, MeteringSettings, MeteringSettingsError};
 use crate::policy::{PolicySettings, WebSocketScope};
 use crate::proxy::settings::{
@@ -183,7 +183,7 @@ impl FileStore {
                 "must be greater than zero".into(),
             ));
         }
-        let heartbeat = self.heartbeat.map_or(Duration::from_secs(2), |d| d.0);
+        let heartbeat = self.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0);
         if heartbeat < Duration::from_millis(100) {
             return Err(invalid("store.heartbeat", "must be at least 100ms".into()));
         }
@@ -1084,7 +1084,7 @@ mod tests {
             (store.mode, store.replicas, store.timeout),
             (StoreMode::Leased, 3, Duration::from_millis(5))
         );
-        assert_eq!(store.heartbeat, Duration::from_secs(2));
+        assert_eq!(store.heartbeat, DEFAULT_HEARTBEAT);
         assert!(!store.instance.is_empty(), "a default replica name");
         let named = resolve_store("{url: 'redis://a:1', heartbeat: 500ms, instance: web-0}")
             .unwrap()

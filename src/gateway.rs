@@ -19,7 +19,7 @@ use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::instances::{CurrentLimit, InstanceSlot, SlotState, SlotStatus};
 use crate::limits::persist::CounterFile;
 use crate::limits::shared::SharedStore;
-use crate::limits::{Clock, MemoryStore, StoreMetrics};
+use crate::limits::{Clock, MemoryStore, StoreMetrics, DEFAULT_HEARTBEAT};
 use crate::metering::{Metering, MeteringError, MeteringTasks};
 use crate::metrics::Registry;
 use crate::policy::{InstancesDef, Policy};
@@ -264,10 +264,7 @@ impl Gateway {
                 }
                 let (instance, heartbeat) = match &settings.store {
                     Some(store) => (store.instance.clone(), store.heartbeat),
-                    None => (
-                        crate::config::default_instance_name(),
-                        Duration::from_secs(2),
-                    ),
+                    None => (crate::config::default_instance_name(), DEFAULT_HEARTBEAT),
                 };
                 let slot = Arc::new(InstanceSlot::new(
                     instance,

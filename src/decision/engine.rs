@@ -1012,7 +1012,7 @@ impl DecisionEngine {
         Some(usage::InstanceUsage {
             holder: status.holder.unwrap_or_default(),
             limit,
-            on_limit: status.on_limit.unwrap_or_default().to_owned(),
+            on_limit: status.on_limit.unwrap_or_default().as_str().to_owned(),
             counted: status.counted.to_owned(),
             instance: status.instance,
             state: status.state.as_str().to_owned(),

@@ -107,8 +107,11 @@ pub struct SlotStatus {
     pub holder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_limit: Option<&'static str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "on_limit_text"
+    )]
+    pub on_limit: Option<OnInstanceLimit>,
     /// `shared` (counted across the fleet) or `local` (no shared store:
     /// this replica counts as the one instance).
     pub counted: &'static str,
@@ -136,7 +139,7 @@ impl SlotStatus {
     pub fn ready(&self) -> Result<(), String> {
         match (self.state, self.on_limit) {
             (SlotState::Pending, _) => Err("instance slot not checked yet".to_owned()),
-            (SlotState::Waiting, Some("not_ready")) => Err(self.describe()),
+            (SlotState::Waiting, Some(OnInstanceLimit::NotReady)) => Err(self.describe()),
             _ => Ok(()),
         }
     }
@@ -182,11 +185,18 @@ impl SlotStatus {
                     "waiting for an instance slot: {holder} allows {limit} instance{} at once, held by others{}{why}{counted} (on_limit: {})",
                     if limit == 1 { "" } else { "s" },
                     names(),
-                    self.on_limit.unwrap_or("not_ready")
+                    self.on_limit.unwrap_or_default().as_str()
                 )
             }
         }
     }
+}
+
+fn on_limit_text<S: serde::Serializer>(
+    on_limit: &Option<OnInstanceLimit>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(on_limit.unwrap_or_default().as_str())
 }
 
 /// What the decision engine needs of a replica without a slot.
@@ -434,7 +444,7 @@ impl InstanceSlot {
         status.key = limit.map(|l| l.key.clone());
         status.holder = limit.map(|l| l.holder.clone());
         status.limit = limit.map(|l| l.limit);
-        status.on_limit = limit.map(|l| l.on_limit.as_str());
+        status.on_limit = limit.map(|l| l.on_limit);
         status.holders = holders;
         status.settling = settling;
         let error_now = store_error.is_some();

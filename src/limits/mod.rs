@@ -40,7 +40,7 @@ pub use metrics::{LimitMetrics, RefundMetrics, StoreMetrics};
 pub use outage::{OutageLedger, Unmerged, WindowKey};
 pub use quota::window as quota_window;
 pub use quota::QuotaHold;
-pub use settings::{StoreMode, StoreNodes, StoreSettings};
+pub use settings::{StoreMode, StoreNodes, StoreSettings, DEFAULT_HEARTBEAT};
 pub use threshold::{crossed, Crossing, ThresholdLedger};
 pub use ticket::{SharedTicket, Ticket, Tickets, Unserved};
 

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How often a replica announces itself and renews its instance slot,
+/// unless `store.heartbeat` says otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Where shared counters live and how they are used.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {

@@ -92,7 +92,7 @@ impl SharedStore {
         // most a heartbeat before it began, lapsing three after), and a
         // gap seen where there was none only delays admissions a while.
         let gap = heartbeat * 2;
-        let mut invocation = self.slots_script().prepare_invoke();
+        let mut invocation = self.slots_script.prepare_invoke();
         invocation
             .key(&base)
             .key(format!("{base}:order"))
@@ -123,10 +123,6 @@ impl SharedStore {
         .map_err(|_| format!("no answer within {patience:?}"))?
         .map_err(|error| error.to_string())?;
         parse(&reply).ok_or_else(|| format!("unexpected reply: {reply:?}"))
-    }
-
-    fn slots_script(&self) -> &redis::Script {
-        &self.slots_script
     }
 }
 
